@@ -1,0 +1,1 @@
+"""Protocol adapters: per wire protocol a sans-IO codec and a trio session driver."""

@@ -1,0 +1,96 @@
+"""The contract between protocol adapters and the rest of sqlward.
+
+Adapters never import `gateway`. They are handed a `Gatekeeper` (structural typing) that knows
+the identities, the targets, the policy and the audit trail, and they call it at fixed points:
+
+1. `authenticate_*` once the client has sent its credentials (the adapter runs the wire
+   exchange; the gatekeeper only judges),
+2. `resolve_target` to map the database name the client asked for to a configured target,
+3. `analyse` + `decide` for every request text before anything reaches the upstream,
+4. `record` for every audit event, *before* the client sees the effect; it raises
+   `AuditUnavailable` when the event cannot be written, and the adapter then refuses.
+
+Everything the gatekeeper returns is an immutable value; all per-connection state lives in the
+adapter's session object.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from policy.model import Analysis, Decision, Identity, TargetInfo
+
+
+class AuthError(Exception):
+    """Credentials were refused. The message is safe to show to the client."""
+
+
+class AuditUnavailable(Exception):
+    """An audit record could not be written; fail closed."""
+
+
+class ScramSecret(msgspec.Struct, frozen=True):
+    """A SCRAM-SHA-256 verifier (RFC 5802 / 7677): never the password itself."""
+
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+class UpstreamTLS(msgspec.Struct, frozen=True):
+    """TLS settings towards an upstream server (libpq `sslmode` semantics)."""
+
+    mode: str = "prefer"  # disable | allow | prefer | require | verify-ca | verify-full
+    root_cert: str = ""  # CA file for verify-ca / verify-full ("" = system store)
+    cert_file: str = ""  # client certificate, optional
+    key_file: str = ""
+    server_name: str = ""  # overrides the host name checked by verify-full
+
+
+class Target(msgspec.Struct, frozen=True):
+    """A configured upstream database. `password` is a secret: never log or encode it."""
+
+    info: TargetInfo
+    host: str
+    port: int
+    user: str
+    database: str
+    password: str = ""
+    tls: UpstreamTLS = UpstreamTLS()
+    connect_timeout: float = 10.0
+
+    def __repr__(self) -> str:  # keep the secret out of tracebacks and logs
+        return f"Target({self.info.name!r}, {self.host}:{self.port}/{self.database}, user={self.user!r})"
+
+    __str__ = __repr__
+
+
+class Gatekeeper(Protocol):
+    """What an adapter may ask of the gateway. Implemented in `gateway.gatekeeper`."""
+
+    @property
+    def gateway_name(self) -> str: ...
+
+    def scram_secret(self, username: str) -> ScramSecret | None:
+        """The SCRAM verifier of a static identity, or None when `username` is not one."""
+
+    def identity_for_scram(self, username: str) -> Identity:
+        """The identity of a static user whose SCRAM exchange just succeeded."""
+
+    def authenticate_password(self, username: str, password: str, *, tls: bool) -> Identity:
+        """Judge a cleartext password (a static secret now, an OIDC token later); AuthError."""
+
+    def resolve_target(self, name: str, protocol: str) -> Target | None:
+        """The configured target a client asked for by name, or None."""
+
+    def analyse(self, sql: str, dialect: str) -> Analysis:
+        """Literal-free facts about a request text (cached per fingerprint)."""
+
+    def decide(self, analysis: Analysis, identity: Identity, target: TargetInfo) -> Decision:
+        """The policy's decision (cached per fingerprint, identity, target, policy version)."""
+
+    def record(self, event: msgspec.Struct) -> None:
+        """Write an audit event durably before returning; raise AuditUnavailable on failure."""

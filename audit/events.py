@@ -1,0 +1,77 @@
+"""Audit event types.
+
+One frozen msgspec Struct per event kind, tagged by the `event` field in the JSON line.
+Events carry no secrets: never a password or token, never a masked value. Statement text is
+recorded as sent by the client (literal redaction comes with the policy issue).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Who(msgspec.Struct, frozen=True, omit_defaults=True):
+    subject: str
+    groups: tuple[str, ...] = ()
+    actor: tuple[str, ...] = ()
+    verified_by: str = ""
+    reason: str = ""
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="event"):
+    time: float  # Unix time, seconds
+    gateway: str
+    connection_id: str
+
+
+class ConnectionOpened(_Event, tag="connection.opened", kw_only=True):
+    client_addr: str
+    listener: str
+    protocol: str
+    tls: bool = False
+
+
+class ConnectionAuthenticated(_Event, tag="connection.authenticated", kw_only=True):
+    who: Who
+    target: str
+    environment: str
+    application_name: str = ""
+
+
+class ConnectionRefused(_Event, tag="connection.refused", kw_only=True):
+    user: str = ""
+    target: str = ""
+    reason: str
+
+
+class ConnectionClosed(_Event, tag="connection.closed", kw_only=True):
+    duration_ms: float
+    requests: int = 0
+    reason: str = ""
+
+
+class StatementDecided(_Event, tag="statement.decided", kw_only=True):
+    request_id: int
+    who: Who
+    target: str
+    environment: str
+    sql: str
+    fingerprint: str
+    operations: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    parse_status: str = "ok"
+    action: str
+    rule_id: str = ""
+    message: str = ""
+    # Extended protocol: the prepared statement name the text was parsed as.
+    statement_name: str | None = None
+
+
+class StatementCompleted(_Event, tag="statement.completed", kw_only=True):
+    request_id: int
+    # Command tags in order (one per statement of a simple-protocol string).
+    tags: tuple[str, ...] = ()
+    rows: int | None = None
+    duration_ms: float
+    error: str | None = None
+    sqlstate: str | None = None

@@ -1,0 +1,1 @@
+"""Pure decision core: statement analysis (sqlglot), rules, decisions. No I/O, no project imports."""

@@ -1,0 +1,83 @@
+"""Boundary types of the decision core.
+
+Everything here is a frozen msgspec Struct so it can be cached, hashed, compared and encoded into
+audit records without conversion. Adapters build `Identity` and `TargetInfo`; the analyser turns
+SQL text into an `Analysis`; the engine turns (analysis, identity, target) into a `Decision`.
+
+An `Analysis` never holds literal values: it is computed once per statement *shape* (the
+fingerprint) and shared by every statement of that shape, so facts that depend on literal values
+(an always-true WHERE, estimated rows) do not belong here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Action = Literal["allow", "deny", "review"]
+ParseStatus = Literal["ok", "unparsed", "error"]
+VerifiedBy = Literal["static", "oidc", "certificate", "none"]
+
+
+class Identity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Who is connected: a person, a service account or an AI agent."""
+
+    subject: str
+    display_name: str = ""
+    groups: tuple[str, ...] = ()
+    verified_by: VerifiedBy = "static"
+    issuer: str = ""
+    # Delegation chain, outermost first: ("runbook-7",) when runbook-7 acts for `subject`.
+    actor: tuple[str, ...] = ()
+    is_agent: bool = False
+    # Stated reason / ticket for the session, when given.
+    reason: str = ""
+
+
+class TargetInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The policy's view of a target: no DSN, no secrets."""
+
+    name: str
+    protocol: str
+    environment: str
+    database: str = ""
+
+
+class StatementFacts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Literal-free facts about one SQL statement."""
+
+    # Top-level operation, lower case: select, insert, update, delete, merge, copy, drop, create,
+    # alter, truncate, grant, revoke, set, show, begin, commit, rollback, call, explain, do, ...
+    operation: str
+    # Every operation the statement performs, including nested ones (a DELETE inside a CTE).
+    operations: tuple[str, ...] = ()
+    tables_read: tuple[str, ...] = ()
+    tables_written: tuple[str, ...] = ()
+    # For UPDATE / DELETE: whether a WHERE clause is present; None where not applicable.
+    has_where: bool | None = None
+    parse_status: ParseStatus = "ok"
+    # Extra detail such as the object kind of a DROP / CREATE ("table", "schema", ...).
+    detail: str = ""
+
+
+class Analysis(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Facts about one request text (which may hold several statements)."""
+
+    fingerprint: str
+    dialect: str
+    statements: tuple[StatementFacts, ...]
+    # Worst status over the statements: error > unparsed > ok.
+    parse_status: ParseStatus = "ok"
+    error: str = ""
+
+
+class Decision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the policy says about a request."""
+
+    action: Action
+    rule_id: str = ""
+    # Human sentence for the client and the audit trail.
+    message: str = ""
+    # Index of the statement that decided a refusal, when the request held several.
+    statement_index: int | None = None
