@@ -69,6 +69,8 @@ class StatementDecided(_Event, tag="statement.decided", kw_only=True):
 
 class StatementCompleted(_Event, tag="statement.completed", kw_only=True):
     request_id: int
+    # Extended protocol: request id of the statement.decided event of the prepared statement.
+    prepared_ref: int | None = None
     # Command tags in order (one per statement of a simple-protocol string).
     tags: tuple[str, ...] = ()
     rows: int | None = None

@@ -1,0 +1,803 @@
+"""One client connection through the gateway: startup, authentication, then the governed relay.
+
+Startup (`_startup`): the first bytes decide between direct TLS (PostgreSQL 17 `sslnegotiation=
+direct`: a TLS ClientHello straight away) and the classic untyped packets: SSLRequest (TLS when
+the listener has a certificate, `N` otherwise), GSSENCRequest (always `N`), CancelRequest (handed
+to the listener, which cancels the right upstream query) and the StartupMessage. A client asking
+for protocol 3.x (x > 0) or sending `_pq_.` options gets NegotiateProtocolVersion for 3.0.
+Authentication: a static identity proves its secret with SCRAM-SHA-256; any other user name is
+asked for a cleartext password, but only over TLS (the seam for OIDC tokens); an unknown user on
+plain TCP gets a SCRAM exchange against a random verifier, so it fails like a wrong password and
+user names cannot be probed. The database name picks the target; then the upstream session is
+opened with the gateway's own credentials and its ParameterStatus values are relayed, with the
+gateway's own BackendKeyData.
+
+Relay (`_relay`): two tasks. The client task frames client messages on a bytearray and forwards
+them in one write per received chunk; it decodes only what policy and audit need: Query and Parse
+(the SQL), Bind (portal -> statement), Execute, Close, Sync. A refused Query or Parse is not
+dropped: it is *replaced* by a statement the upstream rejects with a syntax error
+(`sqlward_refused_<n>`), and the upstream task swaps that ErrorResponse for the gateway's own
+(SQLSTATE 42501, naming the rule). The upstream itself therefore keeps the protocol in sync: an
+extended-protocol pipeline discards up to Sync and rolls back its implicit transaction, a
+transaction block becomes failed, ReadyForQuery carries the true status, exactly as if the server
+had refused. After a refused Parse the client task drops messages up to Sync, as the server would.
+
+The upstream task scans backend messages without decoding rows: it only looks into
+CommandComplete, ErrorResponse, EmptyQueryResponse, PortalSuspended and ReadyForQuery to complete
+audit records, which are written before the chunk holding them is forwarded. DataRow and CopyData
+bodies are streamed through without being buffered whole.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import ssl
+import struct
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
+from adapters.postgres import codec, upstream
+from adapters.postgres.codec import Backend, Frontend, ProtocolViolation
+from adapters.postgres.scram import ScramError, ScramExchange, mock_secret
+from audit.events import (
+    ConnectionAuthenticated,
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionRefused,
+    StatementCompleted,
+    StatementDecided,
+    Who,
+)
+from policy.model import Decision, Identity
+
+if TYPE_CHECKING:
+    from adapters.postgres.listener import PostgresListener
+
+log = logging.getLogger("sqlward.postgres")
+
+_unpack_len = struct.Struct("!I").unpack_from
+REFUSED_MARKER = "sqlward_refused_"
+_MARKER_BYTES = REFUSED_MARKER.encode()
+AUTH_TIMEOUT = 60.0
+SQLSTATE_REFUSED = "42501"
+
+# Backend message types the upstream task must look into (all others pass untouched).
+_WATCH = bytearray(256)
+for _t in (
+    Backend.COMMAND_COMPLETE, Backend.ERROR_RESPONSE, Backend.EMPTY_QUERY_RESPONSE,
+    Backend.PORTAL_SUSPENDED, Backend.READY_FOR_QUERY,
+):
+    _WATCH[_t] = 1
+_STREAMED = (Backend.DATA_ROW, Backend.COPY_DATA)  # may be huge: never buffered whole
+
+_KNOWN_FRONTEND = frozenset(int(t) for t in Frontend)
+
+
+def _cstr_end(buf: bytearray, start: int, end: int) -> int:
+    """Index of the NUL ending the string at `start` inside one message, or ProtocolViolation."""
+    idx = buf.find(0, start, end)
+    if idx < 0:
+        raise ProtocolViolation("string is not NUL-terminated")
+    return idx
+
+
+class SessionEnd(Exception):
+    """Ends the session after a FATAL has been sent to the client (or it is gone)."""
+
+
+class _Pending:
+    """A request forwarded upstream whose outcome is awaited (for the audit trail)."""
+
+    __slots__ = ("kind", "request_id", "ref", "started", "tags", "rows", "error", "sqlstate", "audit")
+
+    def __init__(self, kind: str, request_id: int = 0, ref: int | None = None, audit: bool = True) -> None:
+        self.kind = kind  # "query" | "execute" | "sync"
+        self.request_id = request_id
+        self.ref = ref
+        self.started = time.perf_counter()
+        self.tags: list[str] = []
+        self.rows: int | None = None
+        self.error: str | None = None
+        self.sqlstate: str | None = None
+        self.audit = audit
+
+
+class _Prefixed(trio.abc.Stream):
+    """A stream that first yields bytes already read (for direct TLS detection)."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class PostgresSession:
+    def __init__(self, listener: "PostgresListener", stream: trio.SocketStream, client_addr: str) -> None:
+        self.listener = listener
+        self.gk: Gatekeeper = listener.gatekeeper
+        self.client: trio.abc.Stream = stream
+        self.client_addr = client_addr
+        self.connection_id = secrets.token_hex(6)
+        self.tls = False
+        self.identity: Identity | None = None
+        self.who: Who | None = None
+        self.target: Target | None = None
+        self.up: upstream.UpstreamConnection | None = None
+        self.pid = 0
+        self.secret = b""
+        self.application_name = ""
+        self.requests = 0
+        self._startup_rest = b""
+        # Relay state, shared by the two tasks (same trio thread, no locks needed).
+        self._pending: deque[_Pending] = deque()
+        self._refusals: dict[str, tuple[int, bytes]] = {}  # marker -> (sync seq, ErrorResponse)
+        self._syncs_sent = 0
+        self._syncs_done = 0
+        self._statements: dict[str, int] = {}  # prepared statement name -> decided request id
+        self._portals: dict[str, int | None] = {}
+        self._discarding = False
+        self._tx_status = "I"
+        self._closing_reason = ""
+
+    # ----------------------------------------------------------------------------------------
+    # helpers
+
+    def _now(self) -> float:
+        return time.time()
+
+    def _record(self, event: object) -> None:
+        self.gk.record(event)  # type: ignore[arg-type]
+
+    def _record_quietly(self, event: object) -> None:
+        try:
+            self._record(event)
+        except AuditUnavailable:
+            log.error("audit unavailable: %s event lost", type(event).__name__)
+
+    async def _send_fatal(self, sqlstate: str, message: str, *, detail: str = "", hint: str = "") -> None:
+        try:
+            await self.client.send_all(
+                codec.error_response(sqlstate, message, severity="FATAL", detail=detail, hint=hint)
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def _refuse_connection(self, sqlstate: str, message: str, user: str = "", target: str = "") -> None:
+        self._record_quietly(
+            ConnectionRefused(
+                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
+                user=user, target=target, reason=message,
+            )
+        )
+        await self._send_fatal(sqlstate, message)
+
+    # ----------------------------------------------------------------------------------------
+    # lifecycle
+
+    async def run(self) -> None:
+        opened = time.perf_counter()
+        self._record_quietly(
+            ConnectionOpened(
+                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
+                client_addr=self.client_addr, listener=self.listener.name, protocol="postgres",
+            )
+        )
+        try:
+            ok = False
+            with trio.move_on_after(AUTH_TIMEOUT) as scope:
+                ok = await self._startup()
+            if scope.cancelled_caught:
+                await self._refuse_connection("08006", "authentication timed out")
+                self._closing_reason = "authentication timeout"
+            elif ok:
+                await self._relay()
+        except SessionEnd:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._closing_reason = self._closing_reason or "connection lost"
+        except ProtocolViolation as exc:
+            self._closing_reason = f"protocol violation: {exc}"
+            await self._send_fatal(exc.sqlstate, str(exc))
+        except ssl.SSLError as exc:
+            self._closing_reason = f"TLS error: {exc}"
+        except Exception:  # a bug: keep it off the wire, log it, close cleanly
+            log.exception("session %s failed", self.connection_id)
+            self._closing_reason = "internal error"
+            await self._send_fatal("XX000", "internal gateway error; the session was closed")
+        finally:
+            if self.pid:
+                self.listener.unregister(self.pid, self)
+            if self.up is not None:
+                await trio.aclose_forcefully(self.up.stream)
+            await trio.aclose_forcefully(self.client)
+            if self.identity is not None:
+                self._record_quietly(
+                    ConnectionClosed(
+                        time=self._now(), gateway=self.gk.gateway_name,
+                        connection_id=self.connection_id,
+                        duration_ms=round((time.perf_counter() - opened) * 1000, 3),
+                        requests=self.requests, reason=self._closing_reason,
+                    )
+                )
+
+    # ----------------------------------------------------------------------------------------
+    # startup and authentication
+
+    async def _startup(self) -> bool:
+        framer = codec.StartupFramer()
+        first = await self.client.receive_some(16384)
+        if not first:
+            return False
+        if first[0] == 0x16:  # TLS ClientHello: direct TLS negotiation
+            if self.listener.ssl_context is None:
+                raise SessionEnd()  # nothing sensible to say in plaintext to a TLS client
+            await self._start_tls(_Prefixed(self.client, first))
+        else:
+            framer.feed(first)
+        while True:
+            packet = framer.next()
+            if packet is None:
+                data = await self.client.receive_some(16384)
+                if not data:
+                    return False
+                framer.feed(data)
+                continue
+            msg = codec.decode_startup(packet)
+            if isinstance(msg, codec.SSLRequest):
+                if self.tls:
+                    raise ProtocolViolation("SSLRequest on an encrypted connection")
+                if framer.buffered:  # bytes sent before our answer could be injected plaintext
+                    raise ProtocolViolation("unexpected data after SSLRequest")
+                if self.listener.ssl_context is None:
+                    await self.client.send_all(b"N")
+                    continue
+                await self.client.send_all(b"S")
+                await self._start_tls(self.client)
+                continue
+            if isinstance(msg, codec.GSSENCRequest):
+                if framer.buffered:
+                    raise ProtocolViolation("unexpected data after GSSENCRequest")
+                await self.client.send_all(b"N")
+                continue
+            if isinstance(msg, codec.CancelRequest):
+                await self.listener.cancel(msg.pid, msg.secret)
+                return False
+            self._startup_rest = framer.take_rest()
+            return await self._handle_startup(msg)
+
+    async def _start_tls(self, raw: trio.abc.Stream) -> None:
+        ctx = self.listener.ssl_context
+        assert ctx is not None
+        stream = trio.SSLStream(raw, ctx, server_side=True)
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            raise SessionEnd() from exc
+        self.client = stream
+        self.tls = True
+
+    async def _handle_startup(self, msg: codec.StartupMessage) -> bool:
+        major, minor = msg.protocol >> 16, msg.protocol & 0xFFFF
+        if major != 3:
+            await self._refuse_connection(
+                "0A000", f"unsupported frontend protocol {major}.{minor}: sqlward supports 3.0"
+            )
+            return False
+        params = dict(msg.params)
+        protocol_options = [k for k, _ in msg.params if k.startswith("_pq_.")]
+        if minor > 0 or protocol_options:
+            await self.client.send_all(
+                codec.encode_backend(codec.NegotiateProtocolVersion(0, tuple(protocol_options)))
+            )
+        user = params.get("user", "")
+        if not user:
+            await self._refuse_connection("28000", "no user name specified in startup packet")
+            return False
+        if self.listener.tls_required and not self.tls:
+            await self._refuse_connection(
+                "28000",
+                "this sqlward listener requires TLS: connect with sslmode=require",
+                user=user,
+            )
+            return False
+        replication = params.get("replication", "false").lower()
+        if replication not in ("false", "off", "no", "0"):
+            await self._refuse_connection(
+                "42501", "replication connections are not allowed through sqlward", user=user
+            )
+            return False
+        self.application_name = params.get("application_name", "")
+        dbname = params.get("database") or self.listener.default_target or user
+
+        identity = await self._authenticate(user)
+        if identity is None:
+            return False
+        self.identity = identity
+        self.who = Who(
+            subject=identity.subject, groups=identity.groups, actor=identity.actor,
+            verified_by=identity.verified_by, reason=identity.reason,
+        )
+        target = self.gk.resolve_target(dbname, "postgres")
+        if target is None:
+            await self._refuse_connection(
+                "3D000", f'"{dbname}" is not a target of this sqlward gateway', user=user, target=dbname
+            )
+            return False
+        self.target = target
+        self._record(
+            ConnectionAuthenticated(
+                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
+                who=self.who, target=target.info.name, environment=target.info.environment,
+                application_name=self.application_name,
+            )
+        )
+        forward = [
+            (k, v) for k, v in msg.params
+            if k not in ("user", "database", "replication") and not k.startswith("_pq_.")
+        ]
+        try:
+            self.up = await upstream.connect(target, forward)
+        except upstream.UpstreamError as exc:
+            await self._refuse_connection(exc.sqlstate, str(exc), user=user, target=target.info.name)
+            return False
+        self._tx_status = self.up.tx_status
+        self.pid, self.secret = self.listener.register(self)
+        out = bytearray()
+        for name, value in self.up.parameters:
+            out += codec.encode_backend(codec.ParameterStatus(name, value))
+        for notice in self.up.notices:
+            out += notice
+        out += codec.encode_backend(codec.BackendKeyData(self.pid, self.secret))
+        out += codec.encode_backend(codec.ReadyForQuery(self.up.tx_status))
+        await self.client.send_all(out)
+        return True
+
+    async def _read_auth_message(self, framer: codec.Framer) -> bytes:
+        while True:
+            item = framer.next()
+            if item is not None:
+                mtype, body = item
+                if mtype != Frontend.PASSWORD:
+                    raise ProtocolViolation(
+                        f"expected a password message, got message type {chr(mtype)!r}"
+                    )
+                return body
+            data = await self.client.receive_some(16384)
+            if not data:
+                raise SessionEnd()
+            framer.feed(data)
+
+    async def _authenticate(self, user: str) -> Identity | None:
+        framer = codec.Framer(max_size=65536)
+        framer.feed(self._startup_rest)
+        self._startup_rest = b""
+        secret = self.gk.scram_secret(user)
+        try:
+            if secret is None and self.tls:
+                await self.client.send_all(codec.encode_backend(codec.AuthenticationCleartextPassword()))
+                body = await self._read_auth_message(framer)
+                password = codec.PasswordMessage(body).password
+                identity = self.gk.authenticate_password(user, password, tls=self.tls)
+            else:
+                known = secret is not None
+                exchange = ScramExchange(secret if secret is not None else mock_secret())
+                await self.client.send_all(
+                    codec.encode_backend(codec.AuthenticationSASL(("SCRAM-SHA-256",)))
+                )
+                initial = codec.decode_sasl_initial(
+                    codec.PasswordMessage(await self._read_auth_message(framer))
+                )
+                if initial.mechanism != "SCRAM-SHA-256" or initial.data is None:
+                    raise AuthError(f"unsupported SASL mechanism {initial.mechanism!r}")
+                server_first = exchange.first(initial.data.decode("utf-8"))
+                await self.client.send_all(
+                    codec.encode_backend(codec.AuthenticationSASLContinue(server_first.encode()))
+                )
+                final = await self._read_auth_message(framer)
+                server_final = exchange.final(final.decode("utf-8"))
+                if not known:
+                    raise AuthError("unknown identity")
+                await self.client.send_all(
+                    codec.encode_backend(codec.AuthenticationSASLFinal(server_final.encode()))
+                )
+                identity = self.gk.identity_for_scram(user)
+        except (AuthError, ScramError, UnicodeDecodeError) as exc:
+            self._record_quietly(
+                ConnectionRefused(
+                    time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
+                    user=user, reason=f"authentication failed: {exc}",
+                )
+            )
+            await self._send_fatal("28P01", f'password authentication failed for user "{user}"')
+            return None
+        await self.client.send_all(codec.encode_backend(codec.AuthenticationOk()))
+        self._startup_rest = framer.take_rest()
+        return identity
+
+    # ----------------------------------------------------------------------------------------
+    # relay
+
+    async def _relay(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._client_task, nursery.cancel_scope)
+            nursery.start_soon(self._upstream_task, nursery.cancel_scope)
+
+    def _refusal_bytes(self, decision: Decision) -> bytes:
+        message = decision.message or f'statement refused by rule "{decision.rule_id}"'
+        if decision.rule_id and decision.rule_id not in message:
+            message = f'{message} (rule "{decision.rule_id}")'
+        return codec.error_response(
+            SQLSTATE_REFUSED, message, detail=f"sqlward rule: {decision.rule_id}",
+        )
+
+    def _decide(self, sql: str, statement_name: str | None) -> tuple[int, Decision | None, bytes]:
+        """Analyse, decide and audit one request text. Returns (request id, refusal, error bytes);
+        refusal is None when the statement may run."""
+        assert self.identity is not None and self.target is not None and self.who is not None
+        self.requests += 1
+        rid = self.requests
+        info = self.target.info
+        try:
+            analysis = self.gk.analyse(sql, "postgres")
+            decision = self.gk.decide(analysis, self.identity, info)
+            fingerprint = analysis.fingerprint
+            operations = tuple(dict.fromkeys(op for s in analysis.statements for op in s.operations))
+            tables = tuple(
+                dict.fromkeys(t for s in analysis.statements for t in (*s.tables_read, *s.tables_written))
+            )
+            parse_status = analysis.parse_status
+        except Exception as exc:  # fail closed
+            log.exception("policy evaluation failed")
+            decision = Decision(
+                action="deny", rule_id="internal-error",
+                message=f"sqlward could not evaluate this statement ({type(exc).__name__}); refused",
+            )
+            fingerprint, operations, tables, parse_status = "", (), (), "error"
+        try:
+            self._record(
+                StatementDecided(
+                    time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
+                    request_id=rid, who=self.who, target=info.name, environment=info.environment,
+                    sql=sql, fingerprint=fingerprint, operations=operations, tables=tables,
+                    parse_status=parse_status, action=decision.action, rule_id=decision.rule_id,
+                    message=decision.message, statement_name=statement_name,
+                )
+            )
+        except AuditUnavailable:
+            decision = Decision(
+                action="deny", rule_id="audit-unavailable",
+                message="the audit trail cannot be written; sqlward refuses to run statements",
+            )
+        if decision.action == "allow":
+            return rid, None, b""
+        if decision.action == "review":
+            decision = Decision(
+                action="review", rule_id=decision.rule_id,
+                message=decision.message or f'statement needs approval (rule "{decision.rule_id}")',
+            )
+        return rid, decision, self._refusal_bytes(decision)
+
+    def _inject_refusal(self, error: bytes) -> str:
+        """Remember an error to swap in; returns the marker the injected SQL must contain."""
+        marker = f"{REFUSED_MARKER}{self.requests}_{secrets.token_hex(4)}"
+        self._refusals[marker] = (self._syncs_sent, error)
+        return marker
+
+    async def _client_task(self, cancel_scope: trio.CancelScope) -> None:
+        try:
+            await self._client_loop()
+            self._closing_reason = self._closing_reason or "client terminated"
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._closing_reason = self._closing_reason or "client connection lost"
+        except ProtocolViolation as exc:
+            self._closing_reason = f"protocol violation: {exc}"
+            cancel_scope.cancel()
+            await self._send_fatal(exc.sqlstate, str(exc))
+        cancel_scope.cancel()
+
+    async def _client_loop(self) -> None:
+        assert self.up is not None
+        client = self.client
+        up = self.up.stream
+        max_size = self.listener.max_message_size
+        buf = bytearray(self._startup_rest)
+        self._startup_rest = b""
+        pending = self._pending
+        need_data = not buf
+        while True:
+            if need_data:
+                data = await client.receive_some(65536)
+                if not data:
+                    try:
+                        await up.send_all(codec.encode_frontend(codec.Terminate()))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    return
+                buf += data
+            need_data = True
+            n = len(buf)
+            pos = 0
+            parts: list[bytes] | None = None  # set once some message is not forwarded verbatim
+            seg = 0  # start of the current verbatim run
+            terminate = False
+            while n - pos >= 5:
+                mtype = buf[pos]
+                (length,) = _unpack_len(buf, pos + 1)
+                if length < 4:
+                    raise ProtocolViolation(f"invalid message length {length}")
+                if length - 4 > max_size and mtype != Frontend.COPY_DATA:
+                    raise codec.MessageTooLarge(
+                        f"message of {length - 4} bytes exceeds this gateway's limit of {max_size} bytes"
+                    )
+                end = pos + 1 + length
+                if end > n:
+                    break
+                replacement: bytes | None = None
+                drop = False
+                if self._discarding and mtype != Frontend.SYNC and mtype != Frontend.TERMINATE:
+                    if mtype not in _KNOWN_FRONTEND:
+                        raise ProtocolViolation(f"invalid frontend message type {mtype}")
+                    drop = True
+                elif mtype == Frontend.EXECUTE:
+                    portal = bytes(buf[pos + 5 : _cstr_end(buf, pos + 5, end)]).decode("utf-8", "surrogateescape")
+                    self.requests += 1
+                    pending.append(_Pending("execute", self.requests, self._portals.get(portal)))
+                elif mtype == Frontend.BIND:
+                    p_end = _cstr_end(buf, pos + 5, end)
+                    s_end = _cstr_end(buf, p_end + 1, end)
+                    portal = bytes(buf[pos + 5 : p_end]).decode("utf-8", "surrogateescape")
+                    stmt = bytes(buf[p_end + 1 : s_end]).decode("utf-8", "surrogateescape")
+                    self._portals[portal] = self._statements.get(stmt)
+                elif mtype == Frontend.SYNC:
+                    self._discarding = False
+                    self._syncs_sent += 1
+                    pending.append(_Pending("sync"))
+                elif mtype == Frontend.QUERY:
+                    msg = codec.decode_frontend(mtype, bytes(buf[pos + 5 : end]))
+                    assert isinstance(msg, codec.Query)
+                    rid, refusal, error = self._decide(msg.sql, None)
+                    self._syncs_sent += 1
+                    if refusal is None:
+                        pending.append(_Pending("query", rid))
+                    else:
+                        marker = self._inject_refusal(error)
+                        replacement = codec.encode_frontend(codec.Query(marker))
+                        pending.append(_Pending("query", rid, audit=False))
+                elif mtype == Frontend.PARSE:
+                    msg = codec.decode_frontend(mtype, bytes(buf[pos + 5 : end]))
+                    assert isinstance(msg, codec.Parse)
+                    rid, refusal, error = self._decide(msg.sql, msg.name)
+                    if refusal is None:
+                        self._statements[msg.name] = rid
+                    else:
+                        self._statements.pop(msg.name, None)
+                        marker = self._inject_refusal(error)
+                        replacement = codec.encode_frontend(codec.Parse("", marker))
+                        self._discarding = True
+                elif mtype == Frontend.CLOSE:
+                    if end - pos >= 7:
+                        name = bytes(buf[pos + 6 : end - 1]).decode("utf-8", "surrogateescape")
+                        if buf[pos + 5] == 0x53:  # 'S'
+                            self._statements.pop(name, None)
+                        else:
+                            self._portals.pop(name, None)
+                elif mtype == Frontend.FUNCTION_CALL:
+                    self.requests += 1
+                    decision = Decision(
+                        action="deny", rule_id="function-call",
+                        message="the FunctionCall protocol message is not allowed through sqlward; use SQL",
+                    )
+                    self._record_quietly(
+                        StatementDecided(
+                            time=self._now(), gateway=self.gk.gateway_name,
+                            connection_id=self.connection_id, request_id=self.requests,
+                            who=self.who, target=self.target.info.name,  # type: ignore[union-attr]
+                            environment=self.target.info.environment,  # type: ignore[union-attr]
+                            sql="<FunctionCall>", fingerprint="", action="deny",
+                            rule_id=decision.rule_id, message=decision.message,
+                        )
+                    )
+                    marker = self._inject_refusal(self._refusal_bytes(decision))
+                    replacement = codec.encode_frontend(codec.Query(marker))
+                    self._syncs_sent += 1
+                    pending.append(_Pending("query", self.requests, audit=False))
+                elif mtype == Frontend.TERMINATE:
+                    terminate = True
+                elif mtype not in _KNOWN_FRONTEND or mtype == Frontend.PASSWORD:
+                    raise ProtocolViolation(f"invalid frontend message type {mtype}")
+                if replacement is not None or drop:
+                    if parts is None:
+                        parts = []
+                    parts.append(bytes(buf[seg:pos]))
+                    if replacement is not None:
+                        parts.append(replacement)
+                    seg = end
+                pos = end
+                if terminate:
+                    break
+            if pos:
+                if parts is None:
+                    out = bytes(buf[:pos])
+                else:
+                    parts.append(bytes(buf[seg:pos]))
+                    out = b"".join(parts)
+                del buf[:pos]
+                if out:
+                    await up.send_all(out)
+                if terminate:
+                    return
+
+    async def _upstream_task(self, cancel_scope: trio.CancelScope) -> None:
+        try:
+            lost = await self._upstream_loop()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            lost = True
+        except ProtocolViolation as exc:
+            log.error("upstream protocol violation: %s", exc)
+            lost = True
+        except AuditUnavailable:
+            self._closing_reason = "audit unavailable"
+            cancel_scope.cancel()
+            await self._send_fatal(
+                "58000", "the audit trail cannot be written; sqlward closed the session",
+            )
+            return
+        if lost:
+            self._closing_reason = self._closing_reason or "upstream connection lost"
+            cancel_scope.cancel()
+            await self._send_fatal(
+                "08006", "the upstream database connection was lost; sqlward closed the session"
+            )
+        cancel_scope.cancel()
+
+    def _complete(self, p: _Pending, events: list[StatementCompleted]) -> None:
+        if not p.audit:
+            return
+        events.append(
+            StatementCompleted(
+                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
+                request_id=p.request_id, prepared_ref=p.ref, tags=tuple(p.tags), rows=p.rows,
+                duration_ms=round((time.perf_counter() - p.started) * 1000, 3),
+                error=p.error, sqlstate=p.sqlstate,
+            )
+        )
+
+    def _on_backend(self, mtype: int, body: bytes | bytearray, events: list[StatementCompleted]) -> bytes | None:
+        """Bookkeeping for a watched backend message; returns replacement bytes, if any."""
+        pending = self._pending
+        head = pending[0] if pending else None
+        if mtype == Backend.READY_FOR_QUERY:
+            self._tx_status = chr(body[0]) if body else "I"
+            while pending:
+                p = pending.popleft()
+                if p.kind == "query":
+                    self._complete(p, events)
+                    break
+                if p.kind == "sync":
+                    break
+                # an Execute the server skipped after an error in its pipeline: never ran
+            self._syncs_done += 1
+            if self._refusals:
+                done = self._syncs_done
+                for marker in [m for m, (seq, _) in self._refusals.items() if seq < done]:
+                    del self._refusals[marker]
+            return None
+        if mtype == Backend.COMMAND_COMPLETE:
+            tag = bytes(body[:-1]).decode("utf-8", "replace")
+            if head is not None and head.kind != "sync":
+                head.tags.append(tag)
+                rows = codec.command_rows(tag)
+                if rows is not None:
+                    head.rows = (head.rows or 0) + rows
+                if head.kind == "execute":
+                    pending.popleft()
+                    self._complete(head, events)
+            return None
+        if mtype == Backend.ERROR_RESPONSE:
+            replacement = None
+            if self._refusals and _MARKER_BYTES in body:
+                fields = codec.error_fields(bytes(body))
+                text = fields.get("M", "")
+                for marker, (_, error) in self._refusals.items():
+                    if marker in text:
+                        replacement = error
+                        break
+            if head is not None and head.kind != "sync" and replacement is None:
+                fields = codec.error_fields(bytes(body))
+                head.error = fields.get("M", "error")
+                head.sqlstate = fields.get("C")
+                if head.kind == "execute":
+                    pending.popleft()
+                    self._complete(head, events)
+            return replacement
+        if mtype == Backend.EMPTY_QUERY_RESPONSE or mtype == Backend.PORTAL_SUSPENDED:
+            if head is not None and head.kind == "execute":
+                if mtype == Backend.PORTAL_SUSPENDED:
+                    head.tags.append("(suspended)")
+                pending.popleft()
+                self._complete(head, events)
+            return None
+        return None
+
+    async def _upstream_loop(self) -> bool:
+        """Returns True when the upstream connection was lost."""
+        assert self.up is not None
+        client = self.client
+        up = self.up.stream
+        record = self.gk.record
+        buf = bytearray(self.up.leftover)
+        skip = 0  # bytes of a streamed message body still to pass through
+        need_data = not buf
+        while True:
+            if need_data:
+                data = await up.receive_some(65536)
+                if not data:
+                    return True
+                buf += data
+            need_data = True
+            n = len(buf)
+            pos = 0
+            events: list[StatementCompleted] = []
+            parts: list[bytes] | None = None
+            seg = 0
+            while pos < n:
+                if skip:
+                    step = skip if skip < n - pos else n - pos
+                    pos += step
+                    skip -= step
+                    continue
+                if n - pos < 5:
+                    break
+                mtype = buf[pos]
+                (length,) = _unpack_len(buf, pos + 1)
+                if length < 4:
+                    raise ProtocolViolation(f"upstream sent an invalid message length {length}")
+                end = pos + 1 + length
+                if _WATCH[mtype]:
+                    if end > n:
+                        break
+                    replacement = self._on_backend(mtype, buf[pos + 5 : end], events)
+                    if replacement is not None:
+                        if parts is None:
+                            parts = []
+                        parts.append(bytes(buf[seg:pos]))
+                        parts.append(replacement)
+                        seg = end
+                    pos = end
+                elif end > n:
+                    if mtype in _STREAMED or end - pos > 1 << 20:
+                        skip = end - n
+                        pos = n
+                    break
+                else:
+                    pos = end
+            for event in events:
+                record(event)
+            if pos:
+                if parts is None:
+                    out = bytes(buf[:pos])
+                else:
+                    parts.append(bytes(buf[seg:pos]))
+                    out = b"".join(parts)
+                del buf[:pos]
+                await client.send_all(out)

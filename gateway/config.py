@@ -1,0 +1,733 @@
+"""The gateway's TOML configuration: schema, loading and validation.
+
+How it works (`load_config`), in four passes, each reporting problems as
+``FILE: $.path: what was expected``:
+
+1. Read. The file is parsed with `tomllib`; a missing file or a TOML syntax error (with its line
+   and column) is reported before anything else.
+2. Expand. Every *string value* of the decoded tree is scanned for ``${VAR}`` references, which are
+   replaced by the environment variable's value (``$${`` writes a literal ``${``; keys, numbers and
+   booleans are never touched; values are not expanded twice). The walk tracks the ``$.path`` so
+   an unset variable is reported where it is used:
+   ``dev.toml: $.targets[0].password: environment variable APP_DEV_PASSWORD is not set``.
+3. Convert. `msgspec.convert` turns the tree into the frozen Structs below, all declared with
+   ``forbid_unknown_fields=True``; msgspec's "Expected `str`, got `int` - at `$.x`" errors are
+   reworded into the format above. `environments` is converted table by table so its errors name
+   the environment (msgspec itself would print ``$.environments[...]``).
+4. Check. Cross-field rules msgspec cannot express: protocols, listen addresses, DSNs (scheme,
+   host, port, user, query parameters), secrets given twice, files that cannot be read, duplicate
+   names and rule ids, `default_target` pointing at a target of another protocol. All problems of
+   this pass are collected and reported together. Relative file paths (TLS files, secret files,
+   DSN ``sslrootcert``/``sslcert``/``sslkey``, the audit file) are then made absolute against the
+   directory of the config file, and unnamed listeners get the name ``<protocol>-<port>``.
+
+Secrets (`TargetConfig.password`, `IdentityConfig.secret`, a password inside a DSN) are hidden
+from every ``repr``/``str`` and never quoted in an error message. The file-backed variants
+(`password_file`, `secret_file`) are only checked for readability here; `gateway.gatekeeper`
+reads them once at start-up with `read_secret_file`.
+
+The reference for every key is docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import msgspec
+
+from adapters.base import UpstreamTLS
+from policy.rules import EnvironmentPolicy, Rule
+
+__all__ = [
+    "AuditConfig",
+    "Config",
+    "ConfigError",
+    "GatewaySettings",
+    "IdentityConfig",
+    "ListenerConfig",
+    "ListenerTLS",
+    "ParsedDSN",
+    "Problem",
+    "TargetConfig",
+    "load_config",
+    "parse_dsn",
+    "parse_listen",
+    "read_secret_file",
+]
+
+PROTOCOLS: tuple[str, ...] = ("postgres", "mysql")
+DEFAULT_PORTS: dict[str, int] = {"postgres": 5432, "mysql": 3306}
+DSN_SCHEMES: dict[str, tuple[str, ...]] = {
+    "postgres": ("postgresql", "postgres"),
+    "mysql": ("mysql", "mariadb"),
+}
+SSL_MODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# MySQL's own --ssl-mode names, accepted in mysql:// DSNs and mapped to the libpq names.
+_MYSQL_SSL_MODES: dict[str, str] = {
+    "disabled": "disable",
+    "preferred": "prefer",
+    "required": "require",
+    "verify_ca": "verify-ca",
+    "verify_identity": "verify-full",
+}
+DSN_PARAMETERS: tuple[str, ...] = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout")
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+_HIDDEN = "'***'"
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """One thing wrong with a config file: where (`$.path`, "" for the file as a whole) and what."""
+
+    path: str
+    message: str
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. ``str(err)`` is ready to print, one problem per line:
+    ``FILE: $.path: message``. Never contains a secret."""
+
+    def __init__(self, file: str, problems: list[Problem] | tuple[Problem, ...]) -> None:
+        self.file = file
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__(
+            "\n".join(f"{file}: {p.path}: {p.message}" if p.path else f"{file}: {p.message}" for p in self.problems)
+        )
+
+    @classmethod
+    def single(cls, file: str, path: str, message: str) -> ConfigError:
+        return cls(file, [Problem(path, message)])
+
+    @property
+    def path(self) -> str:
+        """The `$.path` of the first problem."""
+        return self.problems[0].path if self.problems else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+
+
+def _safe_fields(obj: msgspec.Struct, hidden: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    for name in obj.__struct_fields__:
+        value = getattr(obj, name)
+        if name in hidden and value:
+            yield name, _Masked()
+        elif name == "dsn" and value:
+            yield name, mask_dsn(value)
+        else:
+            yield name, value
+
+
+class _Masked:
+    def __repr__(self) -> str:
+        return _HIDDEN
+
+
+def _safe_repr(obj: msgspec.Struct, hidden: tuple[str, ...]) -> str:
+    inner = ", ".join(f"{k}={v!r}" for k, v in _safe_fields(obj, hidden))
+    return f"{type(obj).__name__}({inner})"
+
+
+class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Name of this gateway instance: written into every audit event.
+    name: str
+
+
+class ListenerTLS(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    cert_file: str
+    key_file: str
+    # True: clients that do not negotiate TLS are refused.
+    require: bool = False
+
+
+class ListenerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Default (applied by load_config): "<protocol>-<port>".
+    name: str = ""
+    protocol: str
+    # "host:port", "[ipv6]:port"; port 0 picks a free port (tests).
+    listen: str
+    tls: ListenerTLS | None = None
+    # Target used when the client names no database ("" = none).
+    default_target: str = ""
+    # Largest client message accepted, in bytes.
+    max_message_size: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = DEFAULT_MAX_MESSAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if not self.name:  # default name; an invalid `listen` is reported by load_config's checks
+            try:
+                msgspec.structs.force_setattr(self, "name", f"{self.protocol}-{parse_listen(self.listen)[1]}")
+            except ValueError:
+                pass
+
+    @property
+    def host(self) -> str:
+        """The listen host without IPv6 brackets ("::1", "127.0.0.1", "localhost")."""
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
+class TargetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    protocol: str
+    environment: str
+    dsn: str
+    password: str | None = None
+    password_file: str = ""
+
+    def __repr__(self) -> str:
+        return _safe_repr(self, ("password",))
+
+    __str__ = __repr__
+
+    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
+        yield from _safe_fields(self, ("password",))
+
+
+class IdentityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    groups: tuple[str, ...] = ()
+    display_name: str = ""
+    # An AI agent or runbook rather than a person.
+    agent: bool = False
+    # Without secret / secret_file the identity cannot log in with a password.
+    secret: str | None = None
+    secret_file: str = ""
+
+    def __repr__(self) -> str:
+        return _safe_repr(self, ("secret",))
+
+    __str__ = __repr__
+
+    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
+        yield from _safe_fields(self, ("secret",))
+
+
+class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    file: str = "audit.jsonl"
+    fsync: bool = False
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    gateway: GatewaySettings
+    listeners: Annotated[tuple[ListenerConfig, ...], msgspec.Meta(min_length=1)]
+    targets: Annotated[tuple[TargetConfig, ...], msgspec.Meta(min_length=1)]
+    identities: tuple[IdentityConfig, ...] = ()
+    audit: AuditConfig = AuditConfig()
+    environments: dict[str, EnvironmentPolicy] = {}
+    rules: tuple[Rule, ...] = ()
+    # Absolute path of the file this was loaded from (set by load_config, not by the file).
+    source: str = ""
+
+    @property
+    def base_dir(self) -> str:
+        """Directory relative paths were resolved against."""
+        return os.path.dirname(self.source) if self.source else os.getcwd()
+
+
+class ParsedDSN(msgspec.Struct, frozen=True, kw_only=True):
+    """The parts of a target DSN. `password` is the one written in the DSN, if any."""
+
+    host: str
+    port: int
+    user: str
+    database: str
+    password: str = ""
+    tls: UpstreamTLS = UpstreamTLS()
+    connect_timeout: float = 10.0
+
+    def __repr__(self) -> str:
+        return _safe_repr(self, ("password",))
+
+    __str__ = __repr__
+
+    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
+        yield from _safe_fields(self, ("password",))
+
+
+# --------------------------------------------------------------------------------------------
+# Small parsers (also used by the gatekeeper)
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:6432"`` → ("127.0.0.1", 6432); ``"[::1]:6432"`` → ("::1", 6432).
+
+    Raises ValueError with a sentence saying what was expected."""
+    expected = "expected host:port or [IPv6]:port, e.g. 127.0.0.1:6432 or [::1]:6432"
+    if listen.startswith("["):
+        end = listen.find("]")
+        if end < 0 or not listen[end + 1 :].startswith(":"):
+            raise ValueError(f"{expected}, got {listen!r}")
+        host, port_text = listen[1:end], listen[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address; {expected}") from None
+    else:
+        host, sep, port_text = listen.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{expected}, got {listen!r}")
+        if ":" in host:
+            raise ValueError(f"IPv6 addresses must be written in brackets; {expected}, got {listen!r}")
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name or address; {expected}")
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"port must be a number from 0 to 65535; {expected}, got {listen!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port}")
+    return host, port
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with its password (if any) replaced by ***, for display."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+    except ValueError:
+        return "<unparsable DSN>"
+
+
+def parse_dsn(dsn: str, protocol: str, base_dir: str = "") -> ParsedDSN:
+    """Parse a target DSN (``postgresql://user[:password]@host[:port][/database][?params]``).
+
+    The port defaults to the protocol's (5432, 3306), the database to the user name. Query
+    parameters: sslmode, sslrootcert (a file, or "system" for the system store), sslcert, sslkey,
+    connect_timeout (seconds). Relative certificate paths are resolved against `base_dir`.
+    Raises ValueError; the message never contains the password."""
+    schemes = DSN_SCHEMES.get(protocol)
+    if schemes is None:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    wanted = " or ".join(f"{s}://" for s in schemes)
+    scheme, sep, _ = dsn.partition("://")
+    if not sep:
+        raise ValueError(f"expected a URL starting with {wanted}")
+    if scheme.lower() not in schemes:
+        raise ValueError(f"scheme {scheme}:// does not match protocol {protocol} (expected {wanted})")
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:  # bad port, bad IPv6 literal
+        raise ValueError(f"malformed DSN: {exc}") from None
+    if parts.fragment:
+        raise ValueError("a DSN has no #fragment")
+    if not host:
+        raise ValueError(f"DSN has no host (expected {schemes[0]}://USER@HOST[:PORT]/DATABASE)")
+    if port == 0:
+        raise ValueError("DSN port must be from 1 to 65535")
+    user = unquote(parts.username or "")
+    if not user:
+        raise ValueError(f"DSN has no user (expected {schemes[0]}://USER@HOST[:PORT]/DATABASE)")
+    password = unquote(parts.password or "")
+    database = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if "/" in database:
+        raise ValueError("DSN path must be a single database name")
+    params: dict[str, str] = {}
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError("malformed DSN query string (expected ?key=value&key=value)") from None
+    for key, value in pairs:
+        if key not in DSN_PARAMETERS:
+            raise ValueError(f"unknown DSN parameter {key!r} (expected one of: {', '.join(DSN_PARAMETERS)})")
+        if key in params:
+            raise ValueError(f"DSN parameter {key!r} given twice")
+        params[key] = value
+
+    mode = params.get("sslmode", "prefer")
+    if protocol == "mysql":
+        mode = _MYSQL_SSL_MODES.get(mode.lower(), mode)
+    if mode not in SSL_MODES:
+        raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}; got {mode!r}")
+
+    def file_param(key: str) -> str:
+        value = params.get(key, "")
+        if not value or (key == "sslrootcert" and value == "system"):
+            return ""
+        return _resolve(value, base_dir)
+
+    timeout = 10.0
+    if "connect_timeout" in params:
+        try:
+            timeout = float(params["connect_timeout"])
+        except ValueError:
+            timeout = -1.0
+        if not (0 < timeout < float("inf")):
+            raise ValueError(f"connect_timeout must be a positive number of seconds; got {params['connect_timeout']!r}")
+    tls = UpstreamTLS(
+        mode=mode,
+        root_cert=file_param("sslrootcert"),
+        cert_file=file_param("sslcert"),
+        key_file=file_param("sslkey"),
+    )
+    return ParsedDSN(
+        host=host,
+        port=port or DEFAULT_PORTS[protocol],
+        user=user,
+        database=database or user,
+        password=password,
+        tls=tls,
+        connect_timeout=timeout,
+    )
+
+
+def read_secret_file(path: str) -> str:
+    """The content of a secret file, without its trailing line break. Raises OSError /
+    UnicodeDecodeError."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    if not path:
+        return path
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+
+
+# --------------------------------------------------------------------------------------------
+# Pass 2: ${VAR} expansion
+
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _key_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if _KEY.fullmatch(key) else f"{path}[{json.dumps(key)}]"
+
+
+def _expand_string(text: str, env: Mapping[str, str], path: str, problems: list[Problem]) -> str:
+    if "$" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while True:
+        j = text.find("$", i)
+        if j < 0:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:j])
+        if text.startswith("$${", j):
+            out.append("${")
+            i = j + 3
+        elif text.startswith("${", j):
+            end = text.find("}", j + 2)
+            if end < 0:
+                problems.append(Problem(path, "unterminated ${ (write $${ for a literal ${)"))
+                return text
+            name = text[j + 2 : end]
+            if not _VAR_NAME.fullmatch(name):
+                # The text may be a secret: do not quote it.
+                problems.append(
+                    Problem(path, "malformed ${...}: expected ${NAME} with letters, digits and _ (write $${ for a literal ${)")
+                )
+                return text
+            value = env.get(name)
+            if value is None:
+                problems.append(Problem(path, f"environment variable {name} is not set"))
+                value = ""
+            out.append(value)
+            i = end + 1
+        else:
+            out.append("$")
+            i = j + 1
+
+
+def _expand(node: Any, env: Mapping[str, str], path: str, problems: list[Problem]) -> Any:
+    if isinstance(node, str):
+        return _expand_string(node, env, path, problems)
+    if isinstance(node, dict):
+        return {k: _expand(v, env, _key_path(path, k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# Pass 3: conversion and rewording of msgspec's errors
+
+_AT = re.compile(r"^(?P<msg>.*?) - at `(?P<path>\$[^`]*)`$", re.S)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
+_SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+|\.\.\.)\]")
+
+
+def _struct_at(root: type, path: str) -> type | None:
+    """The Struct type found at a msgspec `$.path` below `root`, when there is one."""
+    tp: Any = root
+    for m in _SEGMENT.finditer(path[1:]):
+        tp = _strip(tp)
+        if m.group(1) is not None:
+            if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+                return None
+            hints = typing.get_type_hints(tp, include_extras=True)
+            if m.group(1) not in hints:
+                return None
+            tp = hints[m.group(1)]
+        else:
+            args = typing.get_args(tp)
+            if not args:
+                return None
+            tp = args[-1] if typing.get_origin(tp) is dict else args[0]
+    tp = _strip(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def _strip(tp: Any) -> Any:
+    """Annotated[X, ...] → X; X | None → X."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp
+
+
+def _reword(exc: msgspec.ValidationError, root: type, prefix: str) -> Problem:
+    text = str(exc)
+    m = _AT.match(text)
+    msg, path = (m.group("msg"), m.group("path")) if m else (text, "$")
+    path = prefix + path[1:]
+    if u := _UNKNOWN.match(msg):
+        struct = _struct_at(root, m.group("path") if m else "$")
+        expected = f" (expected one of: {', '.join(struct.__struct_fields__)})" if struct else ""
+        return Problem(_key_path(path, u.group("field")), f"unknown field{expected}")
+    if r := _MISSING.match(msg):
+        return Problem(_key_path(path, r.group("field")), "required field is missing")
+    return Problem(path, msg)
+
+
+def _convert(raw: dict[str, Any], file: str) -> Config:
+    problems: list[Problem] = []
+    if "source" in raw:
+        problems.append(Problem("$.source", "unknown field (set by the loader, not by the file)"))
+    raw = dict(raw)
+    raw.pop("source", None)
+    envs_raw = raw.pop("environments", {})
+    try:
+        config = msgspec.convert(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        problems.append(_reword(exc, Config, "$"))
+        raise ConfigError(file, problems) from None
+    environments: dict[str, EnvironmentPolicy] = {}
+    if not isinstance(envs_raw, dict):
+        problems.append(Problem("$.environments", f"Expected a table of environment names, got `{_toml_type(envs_raw)}`"))
+    else:
+        for name, table in envs_raw.items():
+            prefix = _key_path("$.environments", name)
+            try:
+                environments[name] = msgspec.convert(table, type=EnvironmentPolicy)
+            except msgspec.ValidationError as exc:
+                problems.append(_reword(exc, EnvironmentPolicy, prefix))
+    if problems:
+        raise ConfigError(file, problems)
+    return msgspec.structs.replace(config, environments=environments)
+
+
+def _toml_type(value: Any) -> str:
+    return {list: "array", dict: "object", str: "str", int: "int", float: "float", bool: "bool"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Pass 4: cross-field checks, path resolution, defaults
+
+
+def _check_readable(path: str, where: str, what: str, problems: list[Problem]) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        problems.append(Problem(where, f"cannot read {what} {path}: {exc.strerror or exc}"))
+
+
+def _finish(config: Config, file: str) -> Config:
+    source = os.path.abspath(file)
+    base = os.path.dirname(source)
+    problems: list[Problem] = []
+
+    if not config.gateway.name.strip():
+        problems.append(Problem("$.gateway.name", "expected a non-empty name"))
+
+    # Targets first: listeners refer to them.
+    targets: list[TargetConfig] = []
+    target_at: dict[str, int] = {}
+    for i, t in enumerate(config.targets):
+        at = f"$.targets[{i}]"
+        if not t.name:
+            problems.append(Problem(f"{at}.name", "expected a non-empty name"))
+        elif t.name in target_at:
+            problems.append(Problem(f"{at}.name", f"duplicate target name {t.name!r} (first at $.targets[{target_at[t.name]}])"))
+        else:
+            target_at[t.name] = i
+        if not t.environment:
+            problems.append(Problem(f"{at}.environment", "expected a non-empty environment name"))
+        password_file = _resolve(t.password_file, base)
+        if t.protocol not in PROTOCOLS:
+            problems.append(Problem(f"{at}.protocol", f"unknown protocol {t.protocol!r} (expected one of: {', '.join(PROTOCOLS)})"))
+        else:
+            try:
+                dsn = parse_dsn(t.dsn, t.protocol, base)
+            except ValueError as exc:
+                problems.append(Problem(f"{at}.dsn", str(exc)))
+            else:
+                if dsn.password and (t.password is not None or t.password_file):
+                    problems.append(Problem(f"{at}.dsn", "password given both in the DSN and in password/password_file (keep one)"))
+                for key, cert in (("sslrootcert", dsn.tls.root_cert), ("sslcert", dsn.tls.cert_file), ("sslkey", dsn.tls.key_file)):
+                    if cert:
+                        _check_readable(cert, f"{at}.dsn", f"{key} file", problems)
+        if t.password is not None and t.password_file:
+            problems.append(Problem(f"{at}.password_file", "both password and password_file are set (keep one)"))
+        elif password_file:
+            _check_readable(password_file, f"{at}.password_file", "password file", problems)
+        targets.append(msgspec.structs.replace(t, password_file=password_file))
+
+    listeners: list[ListenerConfig] = []
+    listener_at: dict[str, int] = {}
+    address_at: dict[tuple[str, int], int] = {}
+    for i, li in enumerate(config.listeners):
+        at = f"$.listeners[{i}]"
+        protocol_ok = li.protocol in PROTOCOLS
+        if not protocol_ok:
+            problems.append(Problem(f"{at}.protocol", f"unknown protocol {li.protocol!r} (expected one of: {', '.join(PROTOCOLS)})"))
+        name = li.name
+        try:
+            host, port = parse_listen(li.listen)
+        except ValueError as exc:
+            problems.append(Problem(f"{at}.listen", str(exc)))
+        else:
+            name = name or f"{li.protocol}-{port}"
+            if port and (host, port) in address_at:
+                problems.append(Problem(f"{at}.listen", f"address {li.listen} is already used by $.listeners[{address_at[host, port]}]"))
+            address_at.setdefault((host, port), i)
+        if name:
+            if name in listener_at:
+                problems.append(Problem(f"{at}.name", f"duplicate listener name {name!r} (first at $.listeners[{listener_at[name]}])"))
+            else:
+                listener_at[name] = i
+        tls = li.tls
+        if tls is not None:
+            tls = ListenerTLS(cert_file=_resolve(tls.cert_file, base), key_file=_resolve(tls.key_file, base), require=tls.require)
+            _check_readable(tls.cert_file, f"{at}.tls.cert_file", "TLS certificate file", problems)
+            _check_readable(tls.key_file, f"{at}.tls.key_file", "TLS key file", problems)
+        if li.default_target:
+            j = target_at.get(li.default_target)
+            if j is None:
+                problems.append(Problem(f"{at}.default_target", f"no target is named {li.default_target!r}"))
+            elif protocol_ok and config.targets[j].protocol != li.protocol:
+                problems.append(
+                    Problem(
+                        f"{at}.default_target",
+                        f"target {li.default_target!r} speaks {config.targets[j].protocol}, "
+                        f"but this listener speaks {li.protocol} (expected a {li.protocol} target)",
+                    )
+                )
+        listeners.append(msgspec.structs.replace(li, name=name, tls=tls))
+
+    identities: list[IdentityConfig] = []
+    identity_at: dict[str, int] = {}
+    for i, ident in enumerate(config.identities):
+        at = f"$.identities[{i}]"
+        if not ident.name:
+            problems.append(Problem(f"{at}.name", "expected a non-empty name"))
+        elif ident.name in identity_at:
+            problems.append(Problem(f"{at}.name", f"duplicate identity name {ident.name!r} (first at $.identities[{identity_at[ident.name]}])"))
+        else:
+            identity_at[ident.name] = i
+        secret_file = _resolve(ident.secret_file, base)
+        if ident.secret is not None and ident.secret_file:
+            problems.append(Problem(f"{at}.secret_file", "both secret and secret_file are set (keep one)"))
+        elif ident.secret is not None and not ident.secret:
+            problems.append(Problem(f"{at}.secret", "expected a non-empty secret (leave the key out for no password login)"))
+        elif secret_file:
+            _check_readable(secret_file, f"{at}.secret_file", "secret file", problems)
+        identities.append(msgspec.structs.replace(ident, secret_file=secret_file))
+
+    rule_at: dict[str, int] = {}
+    for i, rule in enumerate(config.rules):
+        if not rule.id:
+            problems.append(Problem(f"$.rules[{i}].id", "expected a non-empty rule id"))
+        elif rule.id in rule_at:
+            problems.append(Problem(f"$.rules[{i}].id", f"duplicate rule id {rule.id!r} (first at $.rules[{rule_at[rule.id]}])"))
+        else:
+            rule_at[rule.id] = i
+
+    if not config.audit.file:
+        problems.append(Problem("$.audit.file", "expected a file path"))
+
+    if problems:
+        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules")
+        problems.sort(key=lambda p: next((i for i, s in enumerate(order) if p.path.startswith(s)), len(order)))
+        raise ConfigError(file, problems)
+    return msgspec.structs.replace(
+        config,
+        listeners=tuple(listeners),
+        targets=tuple(targets),
+        identities=tuple(identities),
+        audit=msgspec.structs.replace(config.audit, file=_resolve(config.audit.file, base)),
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand, convert and check a config file; raise ConfigError naming every problem.
+
+    `env` replaces `os.environ` for ``${VAR}`` expansion (tests)."""
+    file = os.fspath(path)
+    env = os.environ if env is None else env
+    try:
+        with open(file, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError.single(file, "", f"cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError.single(file, "", "not a UTF-8 text file (expected a TOML file)") from None
+    except tomllib.TOMLDecodeError as exc:
+        text = str(exc)
+        m = re.match(r"^(?P<msg>.*) \((?P<where>at line (?P<line>\d+), column (?P<col>\d+)|at end of document)\)$", text)
+        if m and m.group("line"):
+            where, msg = f"line {m.group('line')}, column {m.group('col')}", m.group("msg")
+        elif m:
+            where, msg = "end of document", m.group("msg")
+        else:
+            where, msg = "", text
+        raise ConfigError.single(file, where, f"TOML syntax error: {msg}") from None
+
+    problems: list[Problem] = []
+    raw = _expand(raw, env, "$", problems)
+    if problems:
+        raise ConfigError(file, problems)
+    return _finish(_convert(raw, file), file)

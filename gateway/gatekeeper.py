@@ -1,0 +1,252 @@
+"""The gateway's implementation of `adapters.base.Gatekeeper`.
+
+How it works: `Gatekeeper.from_config` does all the work once, at start-up, and everything it
+keeps afterwards is immutable, so adapters can call it from any task without locks.
+
+- Static identities: each configured secret (`secret`, or the content of `secret_file`) is turned
+  into a SCRAM-SHA-256 verifier (`scramp`, 4096 iterations, random salt) for the SCRAM exchange the
+  adapters run, and into an HMAC-SHA256 digest (keyed with a random per-process key) for
+  `authenticate_password`, which compares digests with `hmac.compare_digest`. The cleartext secret
+  is dropped right after; an unknown user costs the same HMAC as a known one, and both failures
+  give the same message.
+- Targets: every DSN is parsed (`gateway.config.parse_dsn`) into an `adapters.base.Target` with
+  the upstream password taken from `password`, `password_file` or the DSN, in that order (the
+  config loader refuses two of them at once). `resolve_target` is then a dictionary lookup.
+- Policy: `analyse` and `decide` delegate to `policy.engine.Engine` (rules and environments from
+  the config, version 1). An exception inside `decide` becomes a deny decision (fail closed).
+- Audit: `record` appends to an `audit.JsonlWriter`; any failure becomes `AuditUnavailable` so the
+  adapter refuses the statement instead of running it unrecorded.
+
+The OIDC token path of `authenticate_password` is a marked seam (`_authenticate_token`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+import msgspec
+import scramp
+
+from adapters.base import AuditUnavailable, AuthError, ScramSecret, Target
+from audit.writer import AuditWriteError, JsonlWriter
+from gateway.config import Config, ConfigError, Problem, parse_dsn, read_secret_file
+from policy.model import Analysis, Decision, Identity, TargetInfo
+
+__all__ = ["Gatekeeper", "SCRAM_ITERATIONS"]
+
+SCRAM_ITERATIONS = 4096
+ENGINE_FAILURE_RULE = "sqlward-internal-error"
+
+
+class _Engine(Protocol):
+    def analyse(self, sql: str, dialect: str) -> Analysis: ...
+
+    def decide(self, analysis: Analysis, identity: Identity, target_info: TargetInfo) -> Decision: ...
+
+
+class _AuditWriter(Protocol):
+    def write(self, event: msgspec.Struct) -> None: ...
+
+
+class _StaticUser(msgspec.Struct, frozen=True):
+    identity: Identity
+    scram: ScramSecret | None = None  # None: no secret configured, no password login
+    digest: bytes = b""  # HMAC-SHA256(process key, secret)
+
+    def __repr__(self) -> str:
+        return f"_StaticUser({self.identity.subject!r})"
+
+
+class Gatekeeper:
+    """Judges credentials, maps database names to targets, decides and records (see module doc)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: _Engine,
+        audit_writer: _AuditWriter,
+        users: Mapping[str, _StaticUser],
+        targets: Mapping[str, Target],
+        hmac_key: bytes,
+        owns_writer: bool = False,
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._audit = audit_writer
+        self._users = dict(users)
+        self._targets = dict(targets)
+        self._hmac_key = hmac_key
+        self._owns_writer = owns_writer
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, config: Config, audit_writer: _AuditWriter | None = None, *, engine: _Engine | None = None
+    ) -> Gatekeeper:
+        """Build everything once. Raises ConfigError when a secret file cannot be read or the
+        audit file cannot be opened (the message names the config file and the `$.path`)."""
+        file = config.source or "<config>"
+        hmac_key = os.urandom(32)
+        users: dict[str, _StaticUser] = {}
+        mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
+        for i, ident in enumerate(config.identities):
+            identity = Identity(
+                subject=ident.name,
+                display_name=ident.display_name,
+                groups=ident.groups,
+                verified_by="static",
+                is_agent=ident.agent,
+            )
+            secret = ident.secret
+            if secret is None and ident.secret_file:
+                secret = _read_secret(ident.secret_file, file, f"$.identities[{i}].secret_file", "secret file")
+                if not secret:
+                    raise ConfigError.single(file, f"$.identities[{i}].secret_file", f"secret file {ident.secret_file} is empty")
+            if not secret:
+                users[ident.name] = _StaticUser(identity)
+                continue
+            salt, stored_key, server_key, iterations = mechanism.make_auth_info(secret, iteration_count=SCRAM_ITERATIONS)
+            users[ident.name] = _StaticUser(
+                identity,
+                ScramSecret(salt=salt, iterations=iterations, stored_key=stored_key, server_key=server_key),
+                _digest(hmac_key, secret),
+            )
+
+        targets: dict[str, Target] = {}
+        for i, t in enumerate(config.targets):
+            try:
+                dsn = parse_dsn(t.dsn, t.protocol, config.base_dir)
+            except ValueError as exc:  # load_config checked it already; a hand-built Config may not be
+                raise ConfigError.single(file, f"$.targets[{i}].dsn", str(exc)) from None
+            if t.password is not None:
+                password = t.password
+            elif t.password_file:
+                password = _read_secret(t.password_file, file, f"$.targets[{i}].password_file", "password file")
+            else:
+                password = dsn.password
+            targets[t.name] = Target(
+                info=TargetInfo(name=t.name, protocol=t.protocol, environment=t.environment, database=dsn.database),
+                host=dsn.host,
+                port=dsn.port,
+                user=dsn.user,
+                database=dsn.database,
+                password=password,
+                tls=dsn.tls,
+                connect_timeout=dsn.connect_timeout,
+            )
+
+        if engine is None:
+            from policy.engine import Engine  # the policy engine lands in its own issue
+
+            engine = Engine(rules=config.rules, environments=config.environments, version=1)
+
+        # Keep the config for the server, minus the identity secrets (only verifiers are kept).
+        config = msgspec.structs.replace(
+            config, identities=tuple(msgspec.structs.replace(ident, secret=None) for ident in config.identities)
+        )
+        owns_writer = audit_writer is None
+        if audit_writer is None:
+            try:
+                audit_writer = JsonlWriter(config.audit.file, fsync=config.audit.fsync)
+            except AuditWriteError as exc:
+                raise ConfigError.single(file, "$.audit.file", str(exc)) from None
+        return cls(
+            config,
+            engine=engine,
+            audit_writer=audit_writer,
+            users=users,
+            targets=targets,
+            hmac_key=hmac_key,
+            owns_writer=owns_writer,
+        )
+
+    def close(self) -> None:
+        """Close the audit writer if this gatekeeper opened it."""
+        if self._owns_writer:
+            close = getattr(self._audit, "close", None)
+            if close is not None:
+                close()
+
+    # -- Gatekeeper protocol ------------------------------------------------------------------
+
+    @property
+    def gateway_name(self) -> str:
+        return self._config.gateway.name
+
+    @property
+    def config(self) -> Config:
+        """The configuration this was built from, with `identities[*].secret` removed."""
+        return self._config
+
+    def scram_secret(self, username: str) -> ScramSecret | None:
+        user = self._users.get(username)
+        return user.scram if user is not None else None
+
+    def identity_for_scram(self, username: str) -> Identity:
+        user = self._users.get(username)
+        if user is None or user.scram is None:
+            raise AuthError(f'password authentication failed for user "{username}"')
+        return user.identity
+
+    def authenticate_password(self, username: str, password: str, *, tls: bool) -> Identity:
+        user = self._users.get(username)
+        digest = _digest(self._hmac_key, password)  # computed for unknown users too (timing)
+        if user is not None and user.digest and hmac.compare_digest(digest, user.digest):
+            return user.identity
+        # --- OIDC seam ------------------------------------------------------------------------
+        # A later issue accepts an OIDC access token in place of the password (over TLS only):
+        #     identity = self._authenticate_token(username, password, tls=tls)
+        #     if identity is not None: return identity
+        # -------------------------------------------------------------------------------------
+        raise AuthError(f'password authentication failed for user "{username}"')
+
+    def _authenticate_token(self, username: str, token: str, *, tls: bool) -> Identity | None:
+        """OIDC token verification (not implemented yet): None means "not a token I accept"."""
+        return None
+
+    def resolve_target(self, name: str, protocol: str) -> Target | None:
+        target = self._targets.get(name)
+        if target is None or target.info.protocol != protocol:
+            return None
+        return target
+
+    def analyse(self, sql: str, dialect: str) -> Analysis:
+        return self._engine.analyse(sql, dialect)
+
+    def decide(self, analysis: Analysis, identity: Identity, target: TargetInfo) -> Decision:
+        try:
+            return self._engine.decide(analysis, identity, target)
+        except Exception as exc:  # fail closed
+            return Decision(
+                action="deny",
+                rule_id=ENGINE_FAILURE_RULE,
+                message=f"the gateway could not evaluate its policy ({type(exc).__name__}); statement refused",
+            )
+
+    def record(self, event: msgspec.Struct) -> None:
+        try:
+            self._audit.write(event)
+        except Exception as exc:  # any failure means "not recorded": the adapter must refuse
+            raise AuditUnavailable(f"audit record not written: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"Gatekeeper({self.gateway_name!r}, {len(self._users)} identities, {len(self._targets)} targets)"
+
+
+def _digest(key: bytes, secret: str) -> bytes:
+    return hmac.new(key, secret.encode("utf-8"), hashlib.sha256).digest()
+
+
+def _read_secret(path: str, file: str, where: str, what: str) -> str:
+    try:
+        return read_secret_file(path)
+    except OSError as exc:
+        raise ConfigError(file, [Problem(where, f"cannot read {what} {path}: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(file, [Problem(where, f"{what} {path} is not UTF-8 text")]) from None

@@ -1,0 +1,78 @@
+"""The gateway process: builds the gatekeeper and one listener per configured listener, serves
+until SIGINT or SIGTERM, then stops accepting and closes sessions.
+
+Adapters are looked up by protocol name in `ADAPTERS`; a new protocol is one entry there.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+import sys
+from typing import Any, Callable
+
+import trio
+
+from adapters.postgres.listener import PostgresListener
+
+log = logging.getLogger("sqlward")
+
+
+def _postgres_listener(gatekeeper: Any, cfg: Any) -> PostgresListener:
+    ctx = None
+    if cfg.tls is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
+        ctx.set_alpn_protocols(["postgresql"])
+    return PostgresListener(
+        gatekeeper,
+        name=cfg.name,
+        host=cfg.host,
+        port=cfg.port,
+        ssl_context=ctx,
+        tls_required=bool(cfg.tls is not None and cfg.tls.require),
+        max_message_size=cfg.max_message_size,
+        default_target=cfg.default_target,
+    )
+
+
+ADAPTERS: dict[str, Callable[[Any, Any], Any]] = {
+    "postgres": _postgres_listener,
+}
+
+
+async def serve(config: Any, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    from gateway.gatekeeper import Gatekeeper
+
+    gatekeeper = Gatekeeper.from_config(config)
+    listeners = []
+    for cfg in config.listeners:
+        factory = ADAPTERS.get(cfg.protocol)
+        if factory is None:
+            raise SystemExit(f"sqlward: listener {cfg.name!r}: protocol {cfg.protocol!r} is not available yet")
+        listeners.append(factory(gatekeeper, cfg))
+    try:
+        async with trio.open_nursery() as nursery:
+            ports = [await nursery.start(lst.serve) for lst in listeners]
+            for lst, port in zip(listeners, ports):
+                log.info("listening: %s %s on %s:%d", lst.name, "postgres", lst.host, port)
+            task_status.started(ports)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        close = getattr(gatekeeper, "close", None)
+        if close is not None:
+            close()
+
+
+def run(config: Any) -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    trio.run(serve, config)
