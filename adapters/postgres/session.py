@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from adapters.netio import Pipe
 from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
 from adapters.postgres import codec, upstream
 from adapters.postgres.codec import Backend, Frontend, ProtocolViolation
@@ -517,8 +518,8 @@ class PostgresSession:
 
     async def _client_loop(self) -> None:
         assert self.up is not None
-        client = self.client
-        up = self.up.stream
+        client = Pipe(self.client)
+        up = Pipe(self.up.stream)
         max_size = self.listener.max_message_size
         buf = bytearray(self._startup_rest)
         self._startup_rest = b""
@@ -526,10 +527,10 @@ class PostgresSession:
         need_data = not buf
         while True:
             if need_data:
-                data = await client.receive_some(65536)
+                data = await client.receive()
                 if not data:
                     try:
-                        await up.send_all(codec.encode_frontend(codec.Terminate()))
+                        await up.send(codec.encode_frontend(codec.Terminate()))
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
                     return
@@ -643,7 +644,7 @@ class PostgresSession:
                     out = b"".join(parts)
                 del buf[:pos]
                 if out:
-                    await up.send_all(out)
+                    await up.send(out)
                 if terminate:
                     return
 
@@ -742,15 +743,15 @@ class PostgresSession:
     async def _upstream_loop(self) -> bool:
         """Returns True when the upstream connection was lost."""
         assert self.up is not None
-        client = self.client
-        up = self.up.stream
+        client = Pipe(self.client)
+        up = Pipe(self.up.stream)
         record = self.gk.record
         buf = bytearray(self.up.leftover)
         skip = 0  # bytes of a streamed message body still to pass through
         need_data = not buf
         while True:
             if need_data:
-                data = await up.receive_some(65536)
+                data = await up.receive()
                 if not data:
                     return True
                 buf += data
@@ -800,4 +801,4 @@ class PostgresSession:
                     parts.append(bytes(buf[seg:pos]))
                     out = b"".join(parts)
                 del buf[:pos]
-                await client.send_all(out)
+                await client.send(out)
