@@ -241,6 +241,13 @@ class _Reader:
         self.pos += 4
         return v
 
+    def count(self) -> int:
+        """An int16 element count; negative counts are malformed."""
+        n = self.int16()
+        if n < 0:
+            raise ProtocolViolation(f"negative count {n}")
+        return n
+
     def uint32(self) -> int:
         self._need(4)
         (v,) = struct.unpack_from("!I", self.data, self.pos)
@@ -538,10 +545,10 @@ def decode_frontend(mtype: int, body: bytes) -> FrontendMessage:
         msg = CopyFail(r.cstr())
     elif mtype == Frontend.FUNCTION_CALL:
         oid = r.uint32()
-        nf = r.int16()
-        fmts = tuple(r.int16() for _ in range(max(nf, 0)))
-        na = r.int16()
-        args = tuple(r.value() for _ in range(max(na, 0)))
+        nf = r.count()
+        fmts = tuple(r.int16() for _ in range(nf))
+        na = r.count()
+        args = tuple(r.value() for _ in range(na))
         msg = FunctionCall(oid, fmts, args, r.int16())
     elif mtype == Frontend.PASSWORD:
         return PasswordMessage(bytes(body))
@@ -836,7 +843,10 @@ def decode_backend(mtype: int, body: bytes) -> BackendMessage:
             raise ProtocolViolation(f"unknown authentication request {code}")
     elif mtype == Backend.BACKEND_KEY_DATA:
         pid = r.uint32()
-        msg = BackendKeyData(pid, r.rest())
+        key = r.rest()
+        if not 4 <= len(key) <= 256:
+            raise ProtocolViolation("invalid cancel key length")
+        msg = BackendKeyData(pid, key)
     elif mtype in _EMPTY_BACKEND:
         msg = _EMPTY_BACKEND[Backend(mtype)]()
     elif mtype == Backend.COMMAND_COMPLETE:
@@ -845,8 +855,8 @@ def decode_backend(mtype: int, body: bytes) -> BackendMessage:
         return BackendCopyData(bytes(body))
     elif mtype in (Backend.COPY_IN_RESPONSE, Backend.COPY_OUT_RESPONSE, Backend.COPY_BOTH_RESPONSE):
         fmt = r.byte()
-        n = r.int16()
-        cols = tuple(r.int16() for _ in range(max(n, 0)))
+        n = r.count()
+        cols = tuple(r.int16() for _ in range(n))
         cls = {
             Backend.COPY_IN_RESPONSE: CopyInResponse,
             Backend.COPY_OUT_RESPONSE: CopyOutResponse,
@@ -867,12 +877,14 @@ def decode_backend(mtype: int, body: bytes) -> BackendMessage:
     elif mtype == Backend.NEGOTIATE_PROTOCOL_VERSION:
         minor = r.int32()
         n = r.int32()
-        msg = NegotiateProtocolVersion(minor, tuple(r.cstr() for _ in range(max(n, 0))))
+        if n < 0:
+            raise ProtocolViolation(f"negative count {n}")
+        msg = NegotiateProtocolVersion(minor, tuple(r.cstr() for _ in range(n)))
     elif mtype == Backend.NOTIFICATION_RESPONSE:
         msg = NotificationResponse(r.uint32(), r.cstr(), r.cstr())
     elif mtype == Backend.PARAMETER_DESCRIPTION:
-        n = r.int16()
-        msg = ParameterDescription(tuple(r.uint32() for _ in range(max(n, 0))))
+        n = r.count()
+        msg = ParameterDescription(tuple(r.uint32() for _ in range(n)))
     elif mtype == Backend.PARAMETER_STATUS:
         msg = ParameterStatus(r.cstr(), r.cstr())
     elif mtype == Backend.READY_FOR_QUERY:
@@ -1013,4 +1025,4 @@ def error_fields(body: bytes) -> dict[str, str]:
 def command_rows(tag: str) -> int | None:
     """Row count of a CommandComplete tag ("SELECT 5", "INSERT 0 3", "COPY 7"), if any."""
     _, _, last = tag.rpartition(" ")
-    return int(last) if last.isdigit() else None
+    return int(last) if last.isascii() and last.isdigit() else None

@@ -45,8 +45,11 @@ class ScramExchange:
         self._server_first = ""
         self._gs2 = ""
         self._nonce = ""
+        self._done = False
 
     def first(self, client_first: str) -> str:
+        if self._client_first_bare or self._done:
+            raise ScramError("SCRAM exchange out of order")
         if client_first.startswith(("n,", "y,")):
             flag_end = 1
         elif client_first.startswith("p="):
@@ -70,8 +73,9 @@ class ScramExchange:
         return self._server_first
 
     def final(self, client_final: str) -> str:
-        if not self._server_first:
+        if not self._server_first or self._done:
             raise ScramError("SCRAM exchange out of order")
+        self._done = True  # one proof attempt per exchange, whatever its outcome
         idx = client_final.rfind(",p=")
         if idx < 0:
             raise ScramError("SCRAM client-final-message has no proof")

@@ -176,12 +176,15 @@ class PostgresSession:
             log.error("audit unavailable: %s event lost", type(event).__name__)
 
     async def _send_fatal(self, sqlstate: str, message: str, *, detail: str = "", hint: str = "") -> None:
-        try:
-            await self.client.send_all(
-                codec.error_response(sqlstate, message, severity="FATAL", detail=detail, hint=hint)
-            )
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        """Best-effort FATAL to the client; shielded (it is sent while the session is being torn
+        down) but bounded, so a client that stopped reading cannot hold the session open."""
+        data = codec.error_response(sqlstate, message, severity="FATAL", detail=detail, hint=hint)
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(5):
+                try:
+                    await self.client.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                    pass
 
     async def _refuse_connection(self, sqlstate: str, message: str, user: str = "", target: str = "") -> None:
         self._record_quietly(
