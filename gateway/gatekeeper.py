@@ -34,6 +34,7 @@ import scramp
 from adapters.base import AuditUnavailable, AuthError, ScramSecret, Target
 from audit.writer import AuditWriteError, JsonlWriter
 from gateway.config import Config, ConfigError, Problem, parse_dsn, read_secret_file
+from policy.rules import EnvironmentPolicy
 from policy.model import Analysis, Decision, Identity, TargetInfo
 
 __all__ = ["Gatekeeper", "SCRAM_ITERATIONS"]
@@ -144,7 +145,12 @@ class Gatekeeper:
         if engine is None:
             from policy.engine import Engine  # the policy engine lands in its own issue
 
-            engine = Engine(rules=config.rules, environments=config.environments, version=1)
+            # An environment without an [environments.<name>] table allows what no rule refuses
+            # (the declarative-policy issue makes production default to deny).
+            engine = Engine(
+                rules=config.rules, environments=config.environments, version=1,
+                unknown_environment=EnvironmentPolicy(),
+            )
 
         # Keep the config for the server, minus the identity secrets (only verifiers are kept).
         config = msgspec.structs.replace(
