@@ -71,6 +71,7 @@ async def serve(config: Any, *, task_status: trio.TaskStatus = trio.TASK_STATUS_
 
 
 def run(config: Any) -> None:
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)  # fallback warnings are ours to report
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,87 @@
+"""Micro-benchmark of the policy hot path (DESIGN.md section 9).
+
+Prints µs per call for `fingerprint()`, an `Engine.analyse()` cache hit and an `Engine.decide()`
+cache hit on a pgbench -S statement whose literal changes every call (the simple-protocol case:
+a cache keyed by raw text would miss every time), plus a cold `analyse()` (a full sqlglot parse)
+for scale. Best of several rounds, to damp the noise of a shared machine.
+
+    python bench/policy_micro.py [--rounds 7] [--number 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import timeit
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from policy.analysis import analyse  # noqa: E402
+from policy.engine import Engine  # noqa: E402
+from policy.fingerprint import fingerprint  # noqa: E402
+from policy.model import Identity, TargetInfo  # noqa: E402
+from policy.rules import EnvironmentPolicy, Rule  # noqa: E402
+
+STATEMENT = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+
+
+def best_us(func: object, number: int, rounds: int) -> float:
+    times = timeit.repeat(func, number=number, repeat=rounds)  # type: ignore[arg-type]
+    return min(times) / number * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--number", type=int, default=100_000)
+    args = parser.parse_args()
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+    texts = [STATEMENT.format(aid) for aid in range(1, 100_001)]
+    engine = Engine(
+        rules=[
+            Rule(id="no-drop", action="deny", operations=("drop", "truncate"), environments=("production",)),
+            Rule(id="no-unbounded-delete", action="deny", operations=("delete",), has_where=False),
+            Rule(id="bench-read", action="allow", operations=("select",), tables=("pgbench_*",)),
+        ],
+        environments={"production": EnvironmentPolicy(default_action="deny")},
+        version=1,
+    )
+    identity = Identity(subject="bench", groups=("load",))
+    target = TargetInfo(name="pgbench", protocol="postgres", environment="production")
+
+    it = iter(range(10**12))
+
+    def fp() -> None:
+        fingerprint(texts[next(it) % 100_000], "postgres")
+
+    def analyse_hit() -> None:
+        engine.analyse(texts[next(it) % 100_000], "postgres")
+
+    analysis = engine.analyse(texts[0], "postgres")
+    decision = engine.decide(analysis, identity, target)
+    assert decision.action == "allow", decision
+
+    def decide_hit() -> None:
+        engine.decide(analysis, identity, target)
+
+    def index_only() -> None:
+        texts[next(it) % 100_000]
+
+    base = best_us(index_only, args.number, args.rounds)
+    results = [
+        ("fingerprint()", best_us(fp, args.number, args.rounds) - base),
+        ("Engine.analyse() cache hit", best_us(analyse_hit, args.number, args.rounds) - base),
+        ("Engine.decide() cache hit", best_us(decide_hit, args.number, args.rounds)),
+        ("analyse() cold (sqlglot parse)", best_us(lambda: analyse(texts[1], "postgres"), 2_000, 3)),
+    ]
+    print(f"statement: {texts[0]!r}")
+    print(f"fingerprint: {analysis.fingerprint!r}")
+    for label, us in results:
+        print(f"{label:32s} {us:8.2f} µs/call")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,788 @@
+"""Literal-free facts about a request text: `analyse(sql, dialect) -> Analysis`.
+
+How it works (DESIGN.md sections 3 and 5):
+
+1. **Lex and split with our own lexer.** The text is tokenised with the same regex fragments as
+   `policy.fingerprint` (so both agree on where strings, quoted identifiers and comments start
+   and end) and split at every top-level `;`. Statements holding only whitespace or comments are
+   dropped. If the lexer meets an unterminated quote or comment, the whole text becomes a single
+   statement with parse_status "error": we cannot even tell where statements end.
+2. **Canonicalise before sqlglot sees anything.** Every string literal (including E'', dollar
+   quotes, MySQL "..") becomes `'?'`, comments become a space, MySQL executable comments
+   `/*! ... */` and `/*M! ... */` are unwrapped and optimizer hints are dropped. sqlglot drops
+   executable comments as comments (`/*!40101 SET NAMES utf8 */` parses to nothing), while the
+   server runs them: `SELECT 1 /*!, (SELECT pw FROM secret) */` reads `secret`. Our lexer
+   decides alone where strings, identifiers and comments are, so sqlglot's lexer never gets a
+   chance to disagree with it on statement boundaries or hidden text, and string contents never
+   reach the facts, which is what lets `policy.engine` cache them per fingerprint. `%s` is
+   passed on as the placeholder the fingerprint takes it for (`$1` / `?`), not as sqlglot's
+   modulo; two `-` operators (MySQL `--x` is not a comment) are emitted as `- -`; in postgres
+   the `[]` of `::oid[]` / `AS regclass[]` casts is dropped (sqlglot 30 fails on array casts to
+   oid and reg* types, which asyncpg's type introspection sends).
+3. **Recognise a few fixed-shape statements lexically** that sqlglot 30 gets wrong or refuses:
+   START TRANSACTION [modes] (parsed as an alias or a ParseError), SAVEPOINT / RELEASE /
+   ROLLBACK TO, ABORT, LISTEN / UNLISTEN / NOTIFY, DEALLOCATE, DISCARD, SHOW (postgres),
+   RESET, CHECKPOINT. PostgreSQL EXPLAIN [ANALYZE] and PREPARE .. AS are unwrapped and the
+   inner statement analysed (EXPLAIN ANALYZE runs it), giving ("explain", "delete", ...).
+4. **Parse each statement with `sqlglot.parse(text, read=dialect)`** and walk the AST:
+   operations (top level first, then nested DML in breadth-first order, deduplicated),
+   tables read and written (`schema.table` as written, lower-cased unless quoted; CTE
+   references are not tables), has_where (over every UPDATE / DELETE in the statement, MERGE
+   actions excepted), and the object kind of DDL in `detail`.
+5. **Fail closed.** `exp.Command` (sqlglot's "I did not understand this" fallback) and any
+   top-level node that is not a statement (sqlglot 30 parses `LISTEN ch`, `CLUSTER t`,
+   `FLUSH TABLES` as a column with an alias) give parse_status "unparsed" with the operation
+   taken from the first keyword; a ParseError, TokenError or any other exception gives
+   "error" with operation "unknown" (the first-keyword guess is appended to `operations` so
+   that a rule on it can still match where unparsed statements are allowed).
+
+Known limits: a server running with standard_conforming_strings=off (postgres) or
+NO_BACKSLASH_ESCAPES / ANSI_QUOTES (mysql) reads quotes differently from this lexer; compound
+statements with inner semicolons (MySQL BEGIN .. END bodies, PostgreSQL BEGIN ATOMIC) are split
+at the semicolons and so come out as errors (refused outside development). The fingerprint
+merges numbers, strings and placeholders into `?`, and sqlglot sometimes accepts one kind where
+it rejects another, so for text that is not valid SQL (`varchar('x')` vs `varchar(5)`) two texts
+with one fingerprint can differ in parse status; keywords and identifiers, hence tables and
+operations, are the same by construction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Final, NamedTuple
+
+import msgspec
+import sqlglot
+from sqlglot import exp
+
+from policy.fingerprint import ID_CHARS, LEXICONS, WS, Lexicon, dollar_quote, fingerprint
+from policy.model import Analysis, ParseStatus, StatementFacts
+
+__all__ = ["analyse"]
+
+
+# --------------------------------------------------------------------------------------- lexing
+
+
+class _Token(NamedTuple):
+    kind: str  # ws comment kept qid str num ph semi word bad op
+    text: str
+
+
+def _lexer(lex: Lexicon) -> re.Pattern[str]:
+    parts = [
+        ("ws", rf"{WS}++"),
+        ("comment", lex.comment),
+        ("kept", lex.kept_comment),
+        ("qid", lex.quoted_ident),
+        ("str", "|".join(p for p in (lex.strings, lex.dollar_open and dollar_quote(lex, "dq")) if p)),
+        ("num", lex.numbers),
+        ("ph", rf"{lex.placeholders}|\?"),
+        ("semi", ";"),
+        ("bad", lex.bad),
+        ("word", rf"[{ID_CHARS}]++"),
+        ("op", "."),
+    ]
+    return re.compile("|".join(f"(?P<{name}>{rx})" for name, rx in parts if rx), re.DOTALL)
+
+
+_LEXERS: Final[dict[str, re.Pattern[str]]] = {name: _lexer(lex) for name, lex in LEXICONS.items()}
+_VERSION_PREFIX = re.compile(r"\d{5,6}")
+
+
+class _Unlexable(Exception):
+    pass
+
+
+def _tokens(sql: str, dialect: str) -> list[_Token]:
+    """Tokens of `sql`, MySQL executable comments unwrapped; raises _Unlexable."""
+    out: list[_Token] = []
+    for m in _LEXERS[dialect].finditer(sql):
+        kind = m.lastgroup
+        assert kind is not None
+        text = m.group()
+        if kind == "bad":
+            raise _Unlexable
+        if kind == "kept":
+            if text.startswith("/*+"):  # optimizer hint: no facts in it
+                out.append(_Token("comment", text))
+                continue
+            inner = text[4:-2] if text.startswith("/*M!") else text[3:-2]
+            inner = _VERSION_PREFIX.sub("", inner, count=1) if _VERSION_PREFIX.match(inner) else inner
+            out.append(_Token("ws", " "))
+            out.extend(_tokens(inner, dialect))
+            out.append(_Token("ws", " "))
+            continue
+        out.append(_Token(kind, text))
+    return out
+
+
+def _split(tokens: Iterable[_Token]) -> list[list[_Token]]:
+    """Statements (token lists without ws/comments at the ends); empty ones dropped."""
+    pieces: list[list[_Token]] = []
+    current: list[_Token] = []
+    for tok in tokens:
+        if tok.kind == "semi":
+            pieces.append(current)
+            current = []
+        else:
+            current.append(tok)
+    pieces.append(current)
+    result = []
+    for piece in pieces:
+        significant = [i for i, t in enumerate(piece) if t.kind not in ("ws", "comment")]
+        if significant:
+            result.append(piece[significant[0] : significant[-1] + 1])
+    return result
+
+
+def _cast_array_brackets(tokens: Sequence[_Token]) -> set[int]:
+    """Indices of the `[]` / `[n]` after a type in `::type[]` or `AS type[]` (postgres).
+
+    sqlglot 30 cannot parse `::oid[]`, `::regclass[]` and the other reg* array casts that drivers
+    send (asyncpg's type introspection has `any($1::oid[])`); an array cast changes no fact."""
+    sig = [i for i, t in enumerate(tokens) if t.kind not in ("ws", "comment")]
+    drop: set[int] = set()
+
+    def at(k: int) -> _Token | None:
+        return tokens[sig[k]] if 0 <= k < len(sig) else None
+
+    for k, i in enumerate(sig):
+        if tokens[i].text != "[":
+            continue
+        p = k - 1
+        while p >= 0 and sig[p] in drop:
+            p -= 1
+        name = at(p)
+        if name is None or name.kind not in ("word", "qid"):
+            continue
+        q = p - 1
+        dot, qualifier = at(q), at(q - 1)
+        if dot is not None and dot.text == "." and qualifier is not None and qualifier.kind in ("word", "qid"):
+            q -= 2
+        before, before2 = at(q), at(q - 1)
+        is_cast = (before is not None and before.kind == "word" and before.text.upper() == "AS") or (
+            before is not None and before.text == ":" and before2 is not None and before2.text == ":"
+        )
+        if not is_cast:
+            continue
+        e = k + 1
+        inner = at(e)
+        if inner is not None and inner.kind == "num":
+            e += 1
+        close = at(e)
+        if close is not None and close.text == "]":
+            drop.update(sig[k : e + 1])
+    return drop
+
+
+def _canonical(tokens: Sequence[_Token], dialect: str) -> str:
+    """The text sqlglot parses: literals neutralised, comments gone, `--` never formed."""
+    drop = _cast_array_brackets(tokens) if dialect == "postgres" else set()
+    out: list[str] = []
+    for i, tok in enumerate(tokens):
+        if i in drop:
+            continue
+        if tok.kind in ("ws", "comment"):
+            if out and out[-1] != " ":
+                out.append(" ")
+        elif tok.kind == "str":
+            out.append("'?'")
+        elif tok.kind == "ph" and tok.text == "%s":  # the fingerprint's `?`, as sqlglot reads it
+            out.append("$1" if dialect == "postgres" else "?")
+        elif tok.kind == "op" and tok.text == "-" and out and out[-1] == "-":
+            out.append(" -")
+        else:
+            out.append(tok.text)
+    return "".join(out).strip()
+
+
+def _words(tokens: Sequence[_Token]) -> list[_Token]:
+    return [t for t in tokens if t.kind not in ("ws", "comment")]
+
+
+def _normalized(tokens: Sequence[_Token]) -> str:
+    """Significant tokens joined by single spaces, words upper-cased, strings as '?'."""
+    out = []
+    for t in _words(tokens):
+        if t.kind == "word":
+            out.append(t.text.upper())
+        elif t.kind == "str":
+            out.append("'?'")
+        else:
+            out.append(t.text)
+    return " ".join(out)
+
+
+# ------------------------------------------------------------------ first-keyword classification
+
+_KEYWORD_OPS: Final[dict[str, str]] = {
+    "SELECT": "select",
+    "WITH": "select",
+    "VALUES": "select",
+    "TABLE": "select",
+    "INSERT": "insert",
+    "REPLACE": "insert",
+    "UPDATE": "update",
+    "DELETE": "delete",
+    "MERGE": "merge",
+    "COPY": "copy",
+    "DROP": "drop",
+    "CREATE": "create",
+    "ALTER": "alter",
+    "RENAME": "alter",
+    "TRUNCATE": "truncate",
+    "GRANT": "grant",
+    "REVOKE": "revoke",
+    "SET": "set",
+    "RESET": "set",
+    "SHOW": "show",
+    "BEGIN": "begin",
+    "START": "begin",
+    "COMMIT": "commit",
+    "END": "commit",
+    "ROLLBACK": "rollback",
+    "ABORT": "rollback",
+    "SAVEPOINT": "savepoint",
+    "RELEASE": "savepoint",
+    "CALL": "call",
+    "EXPLAIN": "explain",
+    "DESCRIBE": "explain",
+    "DESC": "explain",
+    "DO": "do",
+    "ANALYZE": "analyze",
+    "ANALYSE": "analyze",
+    "VACUUM": "vacuum",
+    "USE": "use",
+    "PREPARE": "prepare",
+    "EXECUTE": "execute",
+    "DEALLOCATE": "deallocate",
+    "LISTEN": "listen",
+    "UNLISTEN": "listen",
+    "NOTIFY": "notify",
+    "LOCK": "lock",
+    "UNLOCK": "lock",
+    "COMMENT": "comment",
+}
+
+# Object kinds named after CREATE / DROP / ALTER (first one found wins).
+_OBJECT_KINDS: Final = frozenset(
+    "TABLE VIEW INDEX SCHEMA DATABASE FUNCTION PROCEDURE ROLE USER GROUP SEQUENCE TYPE TRIGGER "
+    "EXTENSION POLICY SERVER PUBLICATION SUBSCRIPTION EVENT DOMAIN COLLATION AGGREGATE OPERATOR "
+    "RULE TABLESPACE SYSTEM OWNED LANGUAGE CAST CONVERSION STATISTICS MATERIALIZED FOREIGN "
+    "ROUTINE TRANSFORM ACCESS PLUGIN LOGFILE".split()
+)
+
+
+def _keyword_op(tokens: Sequence[_Token]) -> tuple[str, str]:
+    """(operation, detail) guessed from the leading keywords, for statements sqlglot missed."""
+    words = [t.text.upper() for t in _words(tokens) if t.kind == "word"][:8]
+    if not words:
+        return "other", ""
+    first = words[0]
+    op = _KEYWORD_OPS.get(first)
+    if op is None:
+        return "other", first.lower()
+    detail = ""
+    if op in ("create", "drop", "alter"):
+        for i, w in enumerate(words[1:], start=1):
+            if w in _OBJECT_KINDS:
+                nxt = words[i + 1].lower() if i + 1 < len(words) else ""
+                if w == "MATERIALIZED":
+                    detail = "materialized view"
+                elif w in ("FOREIGN", "EVENT", "ACCESS") and nxt:
+                    detail = f"{w.lower()} {nxt}"
+                else:
+                    detail = w.lower()
+                break
+    elif op == "set":
+        detail = _set_detail(words)
+    elif op in ("grant", "revoke"):
+        if "ON" in words:
+            after = words[words.index("ON") + 1] if words.index("ON") + 1 < len(words) else ""
+            detail = after.lower() if after in _OBJECT_KINDS else ""
+        else:
+            detail = "role"
+    elif op in ("truncate", "lock"):
+        detail = "table"
+    elif first == "REPLACE":
+        detail = "replace"
+    return op, detail
+
+
+def _set_detail(words: Sequence[str]) -> str:
+    """'role' for SET [LOCAL|SESSION|DEFAULT] ROLE, 'session authorization', 'password', 'reset'."""
+    if words and words[0] == "RESET":
+        return "reset"
+    rest = list(words[1:])
+    while rest and rest[0] in ("LOCAL", "SESSION", "GLOBAL", "PERSIST", "DEFAULT"):
+        rest.pop(0)
+    first = rest[0] if rest else ""
+    return {"AUTHORIZATION": "session authorization", "ROLE": "role", "PASSWORD": "password"}.get(first, "")
+
+
+def _keyword_facts(tokens: Sequence[_Token], status: ParseStatus) -> StatementFacts:
+    op, detail = _keyword_op(tokens)
+    if status == "error":
+        ops = ("unknown", op) if op != "other" else ("unknown",)
+        return StatementFacts(operation="unknown", operations=ops, parse_status="error")
+    ops = ("insert", "delete") if detail == "replace" else (op,)
+    return StatementFacts(operation=op, operations=ops, parse_status=status, detail=detail)
+
+
+# Statements whose whole shape is recognised without sqlglot (which gets these wrong).
+_NAME = r'(?:[A-Z_\x80-\U0010FFFF][A-Z0-9_$\x80-\U0010FFFF]*|"(?:[^"]|"")+"|`(?:[^`]|``)+`)'
+_TX_MODE = (
+    r"(?:ISOLATION LEVEL (?:SERIALIZABLE|REPEATABLE READ|READ COMMITTED|READ UNCOMMITTED)"
+    r"|READ WRITE|READ ONLY|(?:NOT )?DEFERRABLE|WITH CONSISTENT SNAPSHOT)"
+)
+_TX_MODES = rf"(?: {_TX_MODE}(?: ,? {_TX_MODE})*)?"
+_CHAIN = r"(?: AND (?:NO )?CHAIN)?(?: (?:NO )?RELEASE)?"
+_KNOWN_SHAPES: Final[tuple[tuple[re.Pattern[str], str, str], ...]] = tuple(
+    (re.compile(rx), op, detail)
+    for rx, op, detail in (
+        (rf"START TRANSACTION{_TX_MODES}", "begin", ""),
+        (rf"BEGIN(?: WORK| TRANSACTION)?{_TX_MODES}", "begin", ""),
+        (rf"SAVEPOINT {_NAME}", "savepoint", ""),
+        (rf"RELEASE(?: SAVEPOINT)? {_NAME}", "savepoint", "release"),
+        (rf"ROLLBACK(?: WORK| TRANSACTION)? TO(?: SAVEPOINT)? {_NAME}", "rollback", "savepoint"),
+        (rf"(?:ABORT|ROLLBACK)(?: WORK| TRANSACTION)?{_CHAIN}", "rollback", ""),
+        (rf"(?:COMMIT|END)(?: WORK| TRANSACTION)?{_CHAIN}", "commit", ""),
+        (rf"LISTEN {_NAME}", "listen", ""),
+        (rf"UNLISTEN (?:{_NAME}|\*)", "listen", "unlisten"),
+        (rf"NOTIFY {_NAME}(?: , '\?')?", "notify", ""),
+        (rf"DEALLOCATE(?: PREPARE)? {_NAME}", "deallocate", ""),
+        (r"DISCARD (?:ALL|PLANS|SEQUENCES|TEMP|TEMPORARY)", "other", "discard"),
+        (r"CHECKPOINT", "other", "checkpoint"),
+        (rf"RESET {_NAME}(?: {_NAME})?", "set", "reset"),
+    )
+)
+# SHOW is parsed by sqlglot's mysql dialect, not by its postgres one.
+_PG_SHOW = re.compile(rf"SHOW {_NAME}(?: {_NAME})*")
+
+
+def _known_shape(tokens: Sequence[_Token], dialect: str) -> StatementFacts | None:
+    text = _normalized(tokens)
+    for rx, op, detail in _KNOWN_SHAPES:
+        if rx.fullmatch(text):
+            return StatementFacts(operation=op, operations=(op,), detail=detail)
+    if dialect == "postgres" and _PG_SHOW.fullmatch(text):
+        return StatementFacts(operation="show", operations=("show",))
+    return None
+
+
+# ----------------------------------------------------------------------------- AST walking
+
+_TOP_OPS: Final[dict[type[exp.Expression], str]] = {
+    exp.Select: "select",
+    exp.Union: "select",
+    exp.Intersect: "select",
+    exp.Except: "select",
+    exp.Values: "select",
+    exp.Subquery: "select",
+    exp.Insert: "insert",
+    exp.Update: "update",
+    exp.Delete: "delete",
+    exp.Merge: "merge",
+    exp.Copy: "copy",
+    exp.Drop: "drop",
+    exp.Create: "create",
+    exp.Alter: "alter",
+    exp.TruncateTable: "truncate",
+    exp.Grant: "grant",
+    exp.Revoke: "revoke",
+    exp.Set: "set",
+    exp.Show: "show",
+    exp.Use: "use",
+    exp.Transaction: "begin",
+    exp.Commit: "commit",
+    exp.Rollback: "rollback",
+    exp.Comment: "comment",
+    exp.Analyze: "analyze",
+    exp.Describe: "explain",
+    exp.Kill: "other",
+}
+# Operations counted wherever they appear in the tree.
+_NESTED_OPS: Final[dict[type[exp.Expression], str]] = {
+    exp.Select: "select",
+    exp.Insert: "insert",
+    exp.Update: "update",
+    exp.Delete: "delete",
+    exp.Merge: "merge",
+}
+_TABLE_KINDS: Final = frozenset({"TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE"})
+
+
+def _ident(node: exp.Expression) -> str:
+    name = str(node.this) if isinstance(node, exp.Identifier) else node.name
+    return name if isinstance(node, exp.Identifier) and node.quoted else name.lower()
+
+
+def _table_name(table: exp.Table) -> str | None:
+    """`catalog.schema.table` as written (unquoted parts lower-cased), or None for a table
+    function, a variable and the like."""
+    if not isinstance(table.this, exp.Identifier):
+        return None
+    parts = []
+    for key in ("catalog", "db"):
+        part = table.args.get(key)
+        if isinstance(part, exp.Expression) and part.name:
+            parts.append(_ident(part))
+    parts.append(_ident(table.this))
+    return ".".join(parts)
+
+
+def _target(node: exp.Expression | None) -> exp.Table | None:
+    if isinstance(node, exp.Schema):
+        node = node.this
+    return node if isinstance(node, exp.Table) else None
+
+
+def _is_cte_reference(table: exp.Table) -> bool:
+    """Whether an unqualified table name refers to a CTE visible at that point."""
+    if table.args.get("db") is not None or table.args.get("catalog") is not None:
+        return False
+    name = _ident(table.this)
+    child: exp.Expression = table
+    node = table.parent
+    while node is not None:
+        if isinstance(node, exp.With) and isinstance(child, exp.CTE):
+            ctes = node.expressions
+            visible = ctes if node.args.get("recursive") else ctes[: ctes.index(child)]
+            if any(_ident(c.args["alias"].this) == name for c in visible if c.args.get("alias")):
+                return True
+        else:
+            with_ = node.args.get("with_") or node.args.get("with")
+            if isinstance(with_, exp.With) and with_ is not child:
+                if any(_ident(c.args["alias"].this) == name for c in with_.expressions if c.args.get("alias")):
+                    return True
+        child = node
+        node = node.parent
+    return False
+
+
+def _kind(node: exp.Expression) -> str:
+    kind = node.args.get("kind")
+    text = (kind if isinstance(kind, str) else getattr(kind, "name", "") or "").upper()
+    if text == "VIEW" and (node.args.get("materialized") or node.find(exp.MaterializedProperty)):
+        return "MATERIALIZED VIEW"
+    return text
+
+
+def _copy_detail(node: exp.Copy) -> str:
+    direction = "from" if node.args.get("kind") else "to"
+    source = "file"
+    for f in node.args.get("files") or ():
+        if isinstance(f, exp.Identifier) and f.name.upper() in ("STDIN", "STDOUT", "PROGRAM"):
+            source = f.name.lower()
+    return f"{direction} {source}"
+
+
+class _Tables:
+    def __init__(self) -> None:
+        self.written: dict[int, exp.Table] = {}
+        self.excluded: set[int] = set()
+
+    def write(self, node: exp.Expression | None) -> None:
+        table = _target(node)
+        if table is not None:
+            self.written[id(table)] = table
+
+    def exclude(self, node: exp.Expression | None) -> None:
+        if node is not None:
+            for table in node.find_all(exp.Table):
+                self.excluded.add(id(table))
+
+
+def _classify_tables(tree: exp.Expression) -> _Tables:
+    tables = _Tables()
+    for node in tree.walk():
+        if isinstance(node, exp.Insert):
+            tables.write(node.this)
+        elif isinstance(node, exp.Update):
+            tables.write(node.this)
+            if isinstance(node.this, exp.Table):  # MySQL multi-table UPDATE may write any of them
+                for join in node.this.args.get("joins") or ():
+                    tables.write(join.this)
+        elif isinstance(node, exp.Delete):
+            targets = node.args.get("tables")
+            if targets:  # MySQL DELETE a, b FROM ...: names may be aliases of FROM tables
+                sources: dict[str, exp.Table] = {}
+                for t in node.find_all(exp.Table):
+                    if any(t is x for x in targets):
+                        continue
+                    alias = t.args.get("alias")
+                    if alias is not None and alias.name:
+                        sources[_ident(alias.this)] = t
+                    name = _table_name(t)
+                    if name is not None:
+                        sources.setdefault(name, t)
+                for ref in targets:
+                    tables.excluded.add(id(ref))
+                    name = _table_name(ref)
+                    resolved = sources.get(name) if name is not None else None
+                    if resolved is not None:
+                        tables.write(resolved)
+                    else:
+                        tables.excluded.discard(id(ref))
+                        tables.write(ref)
+            else:
+                tables.write(node.this)
+        elif isinstance(node, exp.Merge):
+            tables.write(node.this)
+        elif isinstance(node, exp.Select):
+            into = node.args.get("into")
+            if isinstance(into, exp.Into):
+                tables.write(into.this)
+        elif isinstance(node, exp.Copy):
+            if node.args.get("kind"):
+                tables.write(node.this)
+        elif isinstance(node, exp.Create):
+            kind = _kind(node)
+            if kind in _TABLE_KINDS:
+                tables.write(node.this)
+            elif kind == "INDEX" and isinstance(node.this, exp.Index):
+                tables.write(node.this.args.get("table"))
+            else:
+                tables.exclude(node.this)
+        elif isinstance(node, exp.Drop):
+            kind = _kind(node)
+            objects = list(node.args.get("tables") or ()) or [node.this]
+            for obj in objects:
+                if kind in _TABLE_KINDS:
+                    tables.write(obj)
+                else:
+                    tables.exclude(obj)
+            on = node.args.get("cluster")
+            if kind == "INDEX" and isinstance(on, exp.OnProperty):
+                tables.write(on.this)
+        elif isinstance(node, exp.Alter):
+            if _kind(node) in _TABLE_KINDS:
+                tables.write(node.this)
+            else:
+                tables.exclude(node.this)
+        elif isinstance(node, exp.TruncateTable):
+            for t in node.expressions:
+                if node.args.get("is_database"):
+                    tables.exclude(t)
+                else:
+                    tables.write(t)
+        elif isinstance(node, (exp.Grant, exp.Revoke)):
+            securable = node.args.get("securable")
+            if _kind(node) in ("", "TABLE"):
+                tables.write(securable)
+            else:
+                tables.exclude(securable)
+        elif isinstance(node, exp.Comment):
+            if _kind(node) in _TABLE_KINDS:
+                tables.write(node.this)
+            else:
+                tables.exclude(node.this)
+        elif isinstance(node, exp.Use):
+            tables.exclude(node)
+    return tables
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
+    """Facts from a parsed statement; None when the top node is not a statement we know."""
+    top = _TOP_OPS.get(type(tree))
+    if top is None:
+        return None
+    ops = [top]
+    wheres: list[bool] = []
+    for node in tree.walk():
+        op = _NESTED_OPS.get(type(node))
+        if op is not None:
+            ops.append(op)
+        if isinstance(node, exp.Select):
+            into = node.args.get("into")
+            if isinstance(into, exp.Into) and isinstance(_target(into.this), exp.Table):
+                if _table_name(_target(into.this)) is not None:  # type: ignore[arg-type]
+                    ops.append("create")
+        elif isinstance(node, exp.When):
+            then = node.args.get("then")
+            if isinstance(then, exp.Var) and then.name.upper() == "DELETE":
+                ops.append("delete")
+        if isinstance(node, (exp.Update, exp.Delete)) and not isinstance(node.parent, exp.When):
+            wheres.append(node.args.get("where") is not None)
+
+    tables = _classify_tables(tree)
+    read: list[str] = []
+    written: list[str] = []
+    for table in tree.find_all(exp.Table, bfs=False):  # depth-first: roughly text order
+        if id(table) in tables.excluded:
+            continue
+        name = _table_name(table)
+        if name is None:
+            continue
+        if id(table) in tables.written:  # a write target is always a real table, never a CTE
+            written.append(name)
+        elif not _is_cte_reference(table):
+            read.append(name)
+
+    detail = ""
+    if isinstance(tree, (exp.Create, exp.Drop, exp.Alter, exp.Comment)):
+        detail = _kind(tree).lower()
+    elif isinstance(tree, exp.TruncateTable):
+        detail = "database" if tree.args.get("is_database") else "table"
+    elif isinstance(tree, (exp.Grant, exp.Revoke)):
+        detail = _kind(tree).lower() or "table"
+    elif isinstance(tree, exp.Copy):
+        detail = _copy_detail(tree)
+    elif isinstance(tree, exp.Kill):
+        detail = "kill"
+    return StatementFacts(
+        operation=top,
+        operations=_dedupe(ops),
+        tables_read=_dedupe(read),
+        tables_written=_dedupe(written),
+        has_where=all(wheres) if wheres else None,
+        parse_status="ok",
+        detail=detail,
+    )
+
+
+# ------------------------------------------------------------------------- one statement
+
+
+_SQLGLOT_TOKEN = re.compile(r"<Token token_type: [^,]*, text: (.*?), line: \d+, col: \d+, .*?>")
+_POSITION = re.compile(r"\.?\s*Line \d+, Col: \d+\.?\s*$")
+
+
+def _error_text(err: BaseException) -> str:
+    """First line of a sqlglot error, without positions (they refer to the canonical text)."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    text = _POSITION.sub("", _SQLGLOT_TOKEN.sub(r"'\1'", text))
+    return text or type(err).__name__
+
+
+def _unwrap(tokens: Sequence[_Token], dialect: str) -> tuple[str, Sequence[_Token]] | None:
+    """("explain" | "prepare", inner statement tokens) for PostgreSQL EXPLAIN / PREPARE."""
+    if dialect != "postgres":
+        return None
+    sig = [i for i, t in enumerate(tokens) if t.kind not in ("ws", "comment")]
+    if not sig or tokens[sig[0]].kind != "word":
+        return None
+
+    def text(k: int) -> str:
+        return tokens[sig[k]].text.upper() if k < len(sig) else ""
+
+    def skip_parens(k: int) -> int:
+        depth = 0
+        while k < len(sig):
+            depth += {"(": 1, ")": -1}.get(text(k), 0)
+            k += 1
+            if depth == 0:
+                break
+        return k
+
+    first = text(0)
+    k = 1
+    if first == "EXPLAIN":
+        if text(k) == "(":
+            k = skip_parens(k)
+        while text(k) in ("ANALYZE", "ANALYSE", "VERBOSE"):
+            k += 1
+        op = "explain"
+    elif first == "PREPARE" and len(sig) > 2:
+        k = 2
+        if text(k) == "(":
+            k = skip_parens(k)
+        if text(k) != "AS":
+            return None
+        k += 1
+        op = "prepare"
+    else:
+        return None
+    return (op, tokens[sig[k] :]) if k < len(sig) else None
+
+
+def _statement(tokens: Sequence[_Token], dialect: str) -> tuple[list[StatementFacts], str]:
+    """Facts of one `;`-delimited piece (sqlglot may still find several) and an error text."""
+    known = _known_shape(tokens, dialect)
+    if known is not None:
+        return [known], ""
+    unwrapped = _unwrap(tokens, dialect)
+    if unwrapped is not None:
+        op, inner_tokens = unwrapped
+        inner, error = _statement(inner_tokens, dialect)
+        facts = []
+        for f in inner:
+            facts.append(
+                StatementFacts(
+                    operation=op,
+                    operations=_dedupe((op, *f.operations)),
+                    tables_read=f.tables_read,
+                    tables_written=f.tables_written,
+                    has_where=f.has_where,
+                    parse_status=f.parse_status,
+                    detail=f.detail,
+                )
+            )
+        return facts, error
+    text = _canonical(tokens, dialect)
+    try:
+        trees = [t for t in sqlglot.parse(text, read=dialect) if t is not None]
+    except Exception as err:  # ParseError, TokenError, RecursionError, sqlglot bugs: fail closed
+        return [_keyword_facts(tokens, "error")], _error_text(err)
+    if not trees:  # sqlglot saw nothing; we did: do not let it through as "empty"
+        return [_keyword_facts(tokens, "unparsed")], ""
+    facts = []
+    for tree in trees:
+        try:
+            f = None if isinstance(tree, exp.Command) else _ast_facts(tree)
+        except Exception as err:  # a surprise in the AST walk: fail closed
+            return [_keyword_facts(tokens, "error")], f"analysis failed: {_error_text(err)}"
+        if f is None:
+            f = _keyword_facts(tokens, "unparsed")
+        elif f.operation == "set":
+            words = [t.text.upper() for t in _words(tokens) if t.kind == "word"][:6]
+            f = msgspec.structs.replace(f, detail=_set_detail(words))
+        facts.append(f)
+    return facts, ""
+
+
+# --------------------------------------------------------------------------------- public
+
+_RANK: Final[dict[str, int]] = {"ok": 0, "unparsed": 1, "error": 2}
+
+
+def analyse(sql: str, dialect: str, fingerprint_: str | None = None) -> Analysis:
+    """Facts about every statement of `sql`. `fingerprint_` saves recomputing a known key."""
+    if dialect not in _LEXERS:
+        raise ValueError(f"unknown SQL dialect {dialect!r}")
+    fp = fingerprint(sql, dialect) if fingerprint_ is None else fingerprint_
+    try:
+        pieces = _split(_tokens(sql, dialect))
+    except _Unlexable:
+        facts = _keyword_facts([], "error")
+        return Analysis(
+            fingerprint=fp,
+            dialect=dialect,
+            statements=(facts,),
+            parse_status="error",
+            error="unterminated quoted string, quoted identifier or comment",
+        )
+    statements: list[StatementFacts] = []
+    first_error = ""
+    for piece in pieces:
+        facts, error = _statement(piece, dialect)
+        statements.extend(facts)
+        if error and not first_error:
+            first_error = error
+    status: ParseStatus = "ok"
+    for s in statements:
+        if _RANK[s.parse_status] > _RANK[status]:
+            status = s.parse_status
+    return Analysis(
+        fingerprint=fp,
+        dialect=dialect,
+        statements=tuple(statements),
+        parse_status=status,
+        error=first_error,
+    )

@@ -1,0 +1,334 @@
+"""Unit tests for policy.engine: rule matching, defaults, unparsed statements and caching."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from policy.engine import Engine
+from policy.model import Analysis, Identity, StatementFacts, TargetInfo
+from policy.rules import EnvironmentPolicy, Rule
+
+PG = "postgres"
+
+PROD = TargetInfo(name="orders-db", protocol="postgres", environment="production")
+STAGING = TargetInfo(name="orders-staging", protocol="postgres", environment="staging")
+ALICE = Identity(subject="alice@example.com", groups=("analysts", "staff"))
+BOB = Identity(subject="bob@example.com", groups=("staff",))
+
+ENVS = {
+    "production": EnvironmentPolicy(default_action="deny"),
+    "staging": EnvironmentPolicy(default_action="allow"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_sqlglot(caplog: pytest.LogCaptureFixture) -> None:
+    # sqlglot logs a warning for every statement it falls back to exp.Command on.
+    caplog.set_level(logging.ERROR, logger="sqlglot")
+
+
+def facts(**kw: Any) -> Analysis:
+    """An analysis holding one statement with the given facts."""
+    kw.setdefault("operation", "select")
+    kw.setdefault("operations", (kw["operation"],))
+    return Analysis(fingerprint=repr(sorted(kw.items())), dialect=PG, statements=(StatementFacts(**kw),))
+
+
+def decide(rule: Rule, analysis: Analysis, identity: Identity = ALICE, target: TargetInfo = STAGING) -> str:
+    """Whether `rule` (the only rule) decided the statement: "match" or "no match"."""
+    engine = Engine([rule], ENVS, version=1)
+    d = engine.decide(analysis, identity, target)
+    return "match" if d.rule_id == rule.id else "no match"
+
+
+# (rule, analysis, identity, target, expected) — each criterion both matching and not matching.
+MATCHER_TABLE: list[tuple[Rule, Analysis, Identity, TargetInfo, str]] = [
+    # operations: any of the statement's operations
+    (Rule(id="r", action="deny", operations=("drop",)), facts(operation="drop"), ALICE, STAGING, "match"),
+    (Rule(id="r", action="deny", operations=("drop",)), facts(operation="select"), ALICE, STAGING, "no match"),
+    (Rule(id="r", action="deny", operations=("delete",)), facts(operation="select", operations=("select", "delete")), ALICE, STAGING, "match"),
+    (Rule(id="r", action="deny", operations=("DROP",)), facts(operation="drop"), ALICE, STAGING, "match"),
+    # tables: globs, case-insensitive, bare name of schema.table, read or written
+    (Rule(id="r", action="deny", tables=("users",)), facts(tables_read=("public.users",)), ALICE, STAGING, "match"),
+    (Rule(id="r", action="deny", tables=("users",)), facts(tables_read=("public.orders",)), ALICE, STAGING, "no match"),
+    (Rule(id="r", action="deny", tables=("public.*",)), facts(tables_written=("public.orders",)), ALICE, STAGING, "match"),
+    (Rule(id="r", action="deny", tables=("public.*",)), facts(tables_written=("orders",)), ALICE, STAGING, "no match"),
+    (Rule(id="r", action="deny", tables=("PAY*",)), facts(tables_read=("x", "billing.Payments")), ALICE, STAGING, "match"),
+    (Rule(id="r", action="deny", tables=("s.users",)), facts(tables_read=("users",)), ALICE, STAGING, "no match"),
+    (Rule(id="r", action="deny", tables=("users",)), facts(), ALICE, STAGING, "no match"),
+    # environments and targets: exact names
+    (Rule(id="r", action="deny", environments=("production",)), facts(), ALICE, PROD, "match"),
+    (Rule(id="r", action="deny", environments=("production",)), facts(), ALICE, STAGING, "no match"),
+    (Rule(id="r", action="deny", targets=("orders-db",)), facts(), ALICE, PROD, "match"),
+    (Rule(id="r", action="deny", targets=("orders-db",)), facts(), ALICE, STAGING, "no match"),
+    # identities: subject globs (case-sensitive)
+    (Rule(id="r", action="deny", identities=("alice@*",)), facts(), ALICE, STAGING, "match"),
+    (Rule(id="r", action="deny", identities=("alice@*",)), facts(), BOB, STAGING, "no match"),
+    (Rule(id="r", action="deny", identities=("ALICE@*",)), facts(), ALICE, STAGING, "no match"),
+    # groups: any overlap
+    (Rule(id="r", action="deny", groups=("analysts", "ops")), facts(), ALICE, STAGING, "match"),
+    (Rule(id="r", action="deny", groups=("analysts", "ops")), facts(), BOB, STAGING, "no match"),
+    # has_where
+    (Rule(id="r", action="deny", has_where=False), facts(operation="delete", has_where=False), ALICE, STAGING, "match"),
+    (Rule(id="r", action="deny", has_where=False), facts(operation="delete", has_where=True), ALICE, STAGING, "no match"),
+    (Rule(id="r", action="deny", has_where=True), facts(operation="update", has_where=True), ALICE, STAGING, "match"),
+    (Rule(id="r", action="deny", has_where=False), facts(operation="select"), ALICE, STAGING, "no match"),
+    # all criteria together: every non-empty one must match
+    (
+        Rule(id="r", action="deny", operations=("delete",), tables=("orders",), environments=("production",), groups=("staff",), has_where=False),
+        facts(operation="delete", tables_written=("orders",), has_where=False),
+        BOB,
+        PROD,
+        "match",
+    ),
+    (
+        Rule(id="r", action="deny", operations=("delete",), tables=("orders",), environments=("production",), groups=("staff",), has_where=False),
+        facts(operation="delete", tables_written=("orders",), has_where=True),
+        BOB,
+        PROD,
+        "no match",
+    ),
+    # no criteria: matches everything
+    (Rule(id="r", action="deny"), facts(), ALICE, STAGING, "match"),
+]
+
+
+@pytest.mark.parametrize(("rule", "analysis", "identity", "target", "expected"), MATCHER_TABLE)
+def test_matcher_table(rule: Rule, analysis: Analysis, identity: Identity, target: TargetInfo, expected: str) -> None:
+    assert decide(rule, analysis, identity, target) == expected
+
+
+# Allow rules must cover every operation and table of a statement (strict_allow, the default).
+ALLOW_TABLE: list[tuple[Rule, Analysis, bool]] = [
+    (Rule(id="a", action="allow", operations=("select",)), facts(operation="select"), True),
+    (Rule(id="a", action="allow", operations=("select",)), facts(operation="select", operations=("select", "delete")), False),
+    (Rule(id="a", action="allow", operations=("select", "delete")), facts(operation="select", operations=("select", "delete")), True),
+    (Rule(id="a", action="allow", tables=("public.*",)), facts(tables_read=("public.a", "public.b")), True),
+    (Rule(id="a", action="allow", tables=("public.*",)), facts(tables_read=("secret.y",), tables_written=("public.x",)), False),
+    (Rule(id="a", action="allow", tables=("public.*",)), facts(), False),  # no table to cover
+]
+
+
+@pytest.mark.parametrize(("rule", "analysis", "allowed"), ALLOW_TABLE)
+def test_allow_rules_must_cover_the_statement(rule: Rule, analysis: Analysis, allowed: bool) -> None:
+    engine = Engine([rule], ENVS, version=1)
+    d = engine.decide(analysis, ALICE, PROD)  # production denies by default
+    assert (d.action == "allow") is allowed
+    assert d.rule_id == ("a" if allowed else "default")
+
+
+def test_strict_allow_can_be_switched_off() -> None:
+    rule = Rule(id="a", action="allow", operations=("select",))
+    analysis = facts(operation="select", operations=("select", "delete"))
+    assert Engine([rule], ENVS, version=1).decide(analysis, ALICE, PROD).action == "deny"
+    assert Engine([rule], ENVS, version=1, strict_allow=False).decide(analysis, ALICE, PROD).action == "allow"
+
+
+def test_first_matching_rule_wins() -> None:
+    rules = [
+        Rule(id="allow-alice", action="allow", identities=("alice@*",)),
+        Rule(id="no-drop", action="deny", operations=("drop",)),
+        Rule(id="no-drop-2", action="deny", operations=("drop",), message="never"),
+    ]
+    engine = Engine(rules, ENVS, version=1)
+    drop = facts(operation="drop", tables_written=("t",))
+    assert engine.decide(drop, ALICE, PROD).rule_id == "allow-alice"
+    assert engine.decide(drop, BOB, PROD).rule_id == "no-drop"
+
+
+def test_refusal_message_names_the_rule() -> None:
+    rule = Rule(id="no-drop", action="deny", operations=("drop",), environments=("production",))
+    d = Engine([rule], ENVS, version=1).decide(facts(operation="drop"), ALICE, PROD)
+    assert d.action == "deny" and d.statement_index == 0
+    assert d.message == 'statement refused by rule "no-drop": DROP is not allowed in production'
+    custom = Rule(id="no-drop", action="deny", operations=("drop",), message="ask the DBA team")
+    d = Engine([custom], ENVS, version=1).decide(facts(operation="drop"), ALICE, PROD)
+    assert d.message == 'statement refused by rule "no-drop": ask the DBA team'
+
+
+def test_derived_message_mentions_criteria() -> None:
+    rule = Rule(id="r", action="deny", operations=("delete", "update"), tables=("orders",), has_where=False, groups=("staff",))
+    d = Engine([rule], ENVS, version=1).decide(facts(operation="delete", tables_read=("orders",), has_where=False), BOB, PROD)
+    assert d.message == (
+        'statement refused by rule "r": DELETE / UPDATE on orders without a WHERE clause is not allowed for group staff'
+    )
+
+
+def test_defaults_per_environment() -> None:
+    engine = Engine([], ENVS, version=1)
+    d = engine.decide(facts(operation="delete"), ALICE, PROD)
+    assert (d.action, d.rule_id, d.statement_index) == ("deny", "default", 0)
+    assert 'rule "default"' in d.message and "DELETE" in d.message and "production" in d.message
+    d = engine.decide(facts(operation="delete"), ALICE, STAGING)
+    assert (d.action, d.rule_id, d.message) == ("allow", "default", "")
+
+
+def test_unknown_environment_denies_by_default() -> None:
+    target = TargetInfo(name="x", protocol="postgres", environment="qa")
+    assert Engine([], ENVS, version=1).decide(facts(), ALICE, target).action == "deny"
+    lenient = Engine([], ENVS, version=1, unknown_environment=EnvironmentPolicy())
+    assert lenient.decide(facts(), ALICE, target).action == "allow"
+
+
+def test_review_is_reported_and_deny_beats_review() -> None:
+    rules = [
+        Rule(id="review-deletes", action="review", operations=("delete",)),
+        Rule(id="no-drop", action="deny", operations=("drop",)),
+    ]
+    engine = Engine(rules, ENVS, version=1)
+    d = engine.decide(facts(operation="delete"), ALICE, STAGING)
+    assert (d.action, d.rule_id, d.statement_index) == ("review", "review-deletes", 0)
+    assert d.message == 'needs approval (rule "review-deletes")'
+    both = engine.analyse("DELETE FROM t WHERE id = 1; DROP TABLE t", PG)
+    d = engine.decide(both, ALICE, STAGING)
+    assert (d.action, d.rule_id, d.statement_index) == ("deny", "no-drop", 1)
+    assert d.message.startswith('statement 2 of 2 refused by rule "no-drop"')
+
+
+def test_any_refused_statement_refuses_the_request() -> None:
+    engine = Engine([Rule(id="no-drop", action="deny", operations=("drop",))], ENVS, version=1)
+    d = engine.decide(engine.analyse("SELECT 1; SELECT 2; DROP TABLE t", PG), ALICE, STAGING)
+    assert (d.action, d.statement_index) == ("deny", 2)
+    d = engine.decide(engine.analyse("SELECT 1; SELECT 2", PG), ALICE, STAGING)
+    assert (d.action, d.rule_id) == ("allow", "default")
+
+
+def test_allowed_request_lists_the_allowing_rules() -> None:
+    rules = [Rule(id="reads", action="allow", operations=("select",)), Rule(id="writes", action="allow", operations=("insert",))]
+    engine = Engine(rules, ENVS, version=1)
+    d = engine.decide(engine.analyse("SELECT 1; INSERT INTO t VALUES (1); SELECT 2", PG), ALICE, PROD)
+    assert (d.action, d.rule_id, d.statement_index) == ("allow", "reads,writes", None)
+
+
+def test_empty_analysis_is_allowed() -> None:
+    engine = Engine([Rule(id="deny-all", action="deny")], ENVS, version=1)
+    d = engine.decide(engine.analyse(" ; -- nothing", PG), ALICE, PROD)
+    assert d.action == "allow"
+
+
+@pytest.mark.parametrize(
+    ("environment", "policy", "allowed"),
+    [
+        ("production", EnvironmentPolicy(default_action="allow"), False),
+        ("staging", EnvironmentPolicy(default_action="allow"), False),
+        ("development", EnvironmentPolicy(), True),
+        ("dev", EnvironmentPolicy(), True),
+        ("local", EnvironmentPolicy(), True),
+        ("test", EnvironmentPolicy(), True),
+        ("production", EnvironmentPolicy(allow_unparsed=True), True),
+        ("dev", EnvironmentPolicy(allow_unparsed=False), False),
+    ],
+)
+@pytest.mark.parametrize("sql", ["VACUUM t", "SELECT FROM WHERE (", "SELECT 'unterminated"])
+def test_unparsed_statements_per_environment(environment: str, policy: EnvironmentPolicy, allowed: bool, sql: str) -> None:
+    engine = Engine([], {environment: policy}, version=1)
+    target = TargetInfo(name="db", protocol="postgres", environment=environment)
+    d = engine.decide(engine.analyse(sql, PG), ALICE, target)
+    if allowed:
+        assert d.action == "allow"
+    else:
+        assert (d.action, d.rule_id, d.statement_index) == ("deny", "unparseable", 0)
+        assert "sqlglot could not parse the statement" in d.message and environment in d.message
+
+
+def test_rules_still_apply_to_allowed_unparsed_statements() -> None:
+    engine = Engine([Rule(id="no-vacuum", action="deny", operations=("vacuum",))], {"dev": EnvironmentPolicy()}, version=1)
+    target = TargetInfo(name="db", protocol="postgres", environment="dev")
+    assert engine.decide(engine.analyse("VACUUM FULL t", PG), ALICE, target).rule_id == "no-vacuum"
+
+
+def test_parse_error_message_carries_the_error() -> None:
+    engine = Engine([], ENVS, version=1)
+    d = engine.decide(engine.analyse("SELECT FROM WHERE (", PG), ALICE, PROD)
+    assert "Expected table name" in d.message
+
+
+# ------------------------------------------------------------------------------------- caching
+
+
+def test_analysis_is_parsed_once_per_shape() -> None:
+    engine = Engine([], ENVS, version=1)
+    a = engine.analyse("SELECT abalance FROM pgbench_accounts WHERE aid = 1;", PG)
+    b = engine.analyse("SELECT abalance FROM pgbench_accounts WHERE aid = 99;", PG)
+    c = engine.analyse("SELECT abalance FROM pgbench_accounts WHERE aid = 99;", "mysql")
+    d = engine.analyse("SELECT bbalance FROM pgbench_branches WHERE bid = 1;", PG)
+    assert a is b
+    assert c is not a and c.dialect == "mysql"
+    assert d is not a and d.statements[0].tables_read == ("pgbench_branches",)
+
+
+def test_unclassifiable_texts_are_not_cached() -> None:
+    engine = Engine([], ENVS, version=1, cache_size=4)
+    a = engine.analyse("SELECT 'x", PG)
+    assert a.parse_status == "error" and engine.analyse("SELECT 'x", PG) is not a
+
+
+def test_decision_cache_returns_the_same_object() -> None:
+    engine = Engine([Rule(id="ro", action="allow", operations=("select",))], ENVS, version=7)
+    analysis = engine.analyse("SELECT * FROM t WHERE a = 1", PG)
+    first = engine.decide(analysis, ALICE, PROD)
+    again = engine.decide(engine.analyse("SELECT * FROM t WHERE a = 2", PG), ALICE, PROD)
+    assert again is first and first.action == "allow"
+    assert engine.version == 7
+
+
+def test_decision_cache_is_keyed_by_groups_subject_actor_and_target() -> None:
+    engine = Engine([Rule(id="analysts-only", action="allow", groups=("analysts",))], ENVS, version=1)
+    analysis = engine.analyse("SELECT * FROM t WHERE a = 1", PG)
+    analyst = Identity(subject="carol", groups=("analysts",))
+    plain = Identity(subject="carol", groups=())
+    assert engine.decide(analysis, analyst, PROD).action == "allow"
+    assert engine.decide(analysis, plain, PROD).action == "deny"  # same fingerprint, other groups
+    assert engine.decide(analysis, analyst, PROD).action == "allow"
+
+    by_subject = Engine([Rule(id="no-bob", action="deny", identities=("bob@*",))], ENVS, version=1)
+    assert by_subject.decide(analysis, ALICE, STAGING).action == "allow"
+    assert by_subject.decide(analysis, BOB, STAGING).action == "deny"
+
+    by_target = Engine([Rule(id="no-prod", action="deny", targets=("orders-db",))], ENVS, version=1)
+    staging_like = TargetInfo(name="orders-db", protocol="postgres", environment="staging")
+    assert by_target.decide(analysis, ALICE, STAGING).action == "allow"
+    assert by_target.decide(analysis, ALICE, staging_like).action == "deny"
+
+    agent = Identity(subject="alice@example.com", groups=ALICE.groups, actor=("runbook-7",))
+    a = engine.decide(analysis, ALICE, STAGING)
+    b = engine.decide(analysis, agent, STAGING)
+    assert a == b and a is not b  # separate cache entries per actor chain
+
+
+def test_caches_are_bounded() -> None:
+    engine = Engine([], ENVS, version=1, cache_size=8)
+    for i in range(50):
+        analysis = engine.analyse(f"SELECT * FROM t{i}", PG)
+        engine.decide(analysis, ALICE, STAGING)
+        assert len(engine._analyses) <= 8 and len(engine._decisions) <= 8
+    recent = engine.analyse("SELECT * FROM t49", PG)
+    assert engine.analyse("SELECT * FROM t49", PG) is recent
+
+
+def test_cache_size_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Engine([], ENVS, version=1, cache_size=0)
+
+
+def test_rules_and_environments_are_exposed() -> None:
+    rules = [Rule(id="a", action="allow")]
+    engine = Engine(rules, ENVS, version=3)
+    assert [r.id for r in engine.rules] == ["a"]
+    assert engine.environments["production"].default_action == "deny"
+
+
+def test_analyser_failure_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import policy.engine as engine_module
+
+    def boom(sql: str, dialect: str, fp: str | None = None) -> Analysis:
+        raise RuntimeError("surprise")
+
+    monkeypatch.setattr(engine_module, "_analyse", boom)
+    engine = Engine([], {"production": EnvironmentPolicy(default_action="allow")}, version=1)
+    analysis = engine.analyse("SELECT 1", PG)
+    assert analysis.parse_status == "error" and "surprise" in analysis.error
+    assert engine.decide(analysis, ALICE, PROD).action == "deny"
