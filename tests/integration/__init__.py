@@ -1,0 +1,1 @@
+"""Integration tests: real servers, real drivers, the real gateway process."""
