@@ -44,6 +44,7 @@ import trio
 from adapters.netio import Pipe
 from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
 from adapters.postgres import codec, upstream
+from adapters.postgres.encodings import decoder_for, printable
 from adapters.postgres.codec import Backend, Frontend, ProtocolViolation
 from adapters.postgres.scram import ScramError, ScramExchange, mock_secret
 from audit.events import (
@@ -72,7 +73,7 @@ SQLSTATE_REFUSED = "42501"
 _WATCH = bytearray(256)
 for _t in (
     Backend.COMMAND_COMPLETE, Backend.ERROR_RESPONSE, Backend.EMPTY_QUERY_RESPONSE,
-    Backend.PORTAL_SUSPENDED, Backend.READY_FOR_QUERY,
+    Backend.PORTAL_SUSPENDED, Backend.READY_FOR_QUERY, Backend.PARAMETER_STATUS,
 ):
     _WATCH[_t] = 1
 _STREAMED = (Backend.DATA_ROW, Backend.COPY_DATA)  # may be huge: never buffered whole
@@ -159,6 +160,7 @@ class PostgresSession:
         self._discarding = False
         self._tx_status = "I"
         self._closing_reason = ""
+        self._decode_sql = decoder_for("UTF8")
 
     # ----------------------------------------------------------------------------------------
     # helpers
@@ -233,7 +235,7 @@ class PostgresSession:
                 self.listener.unregister(self.pid, self)
             if self.up is not None:
                 await trio.aclose_forcefully(self.up.stream)
-            await trio.aclose_forcefully(self.client)
+            await self._close_client()
             if self.identity is not None:
                 self._record_quietly(
                     ConnectionClosed(
@@ -243,6 +245,18 @@ class PostgresSession:
                         requests=self.requests, reason=self._closing_reason,
                     )
                 )
+
+    async def _close_client(self) -> None:
+        """Close the client stream; TLS gets a close_notify (libpq reports its absence as an
+        error, e.g. after a cancel over TLS), bounded so a dead peer cannot stall us."""
+        if isinstance(self.client, trio.SSLStream):
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await self.client.aclose()
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+                    pass
+        await trio.aclose_forcefully(self.client)
 
     # ----------------------------------------------------------------------------------------
     # startup and authentication
@@ -311,7 +325,9 @@ class PostgresSession:
         protocol_options = [k for k, _ in msg.params if k.startswith("_pq_.")]
         if minor > 0 or protocol_options:
             await self.client.send_all(
-                codec.encode_backend(codec.NegotiateProtocolVersion(0, tuple(protocol_options)))
+                # The field holds the full version number (3 << 16 | minor), as PostgreSQL sends it
+                # and libpq 18 reads it, although the docs call it the newest minor version.
+                codec.encode_backend(codec.NegotiateProtocolVersion(codec.PROTOCOL_3_0, tuple(protocol_options)))
             )
         user = params.get("user", "")
         if not user:
@@ -365,6 +381,9 @@ class PostgresSession:
             await self._refuse_connection(exc.sqlstate, str(exc), user=user, target=target.info.name)
             return False
         self._tx_status = self.up.tx_status
+        for name, value in self.up.parameters:
+            if name == "client_encoding":
+                self._decode_sql = decoder_for(value)
         self.pid, self.secret = self.listener.register(self)
         out = bytearray()
         for name, value in self.up.parameters:
@@ -482,7 +501,7 @@ class PostgresSession:
                 StatementDecided(
                     time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
                     request_id=rid, who=self.who, target=info.name, environment=info.environment,
-                    sql=sql, fingerprint=fingerprint, operations=operations, tables=tables,
+                    sql=printable(sql), fingerprint=printable(fingerprint), operations=operations, tables=tables,
                     parse_status=parse_status, action=decision.action, rule_id=decision.rule_id,
                     message=decision.message, statement_name=statement_name,
                 )
@@ -577,9 +596,10 @@ class PostgresSession:
                     self._syncs_sent += 1
                     pending.append(_Pending("sync"))
                 elif mtype == Frontend.QUERY:
-                    msg = codec.decode_frontend(mtype, bytes(buf[pos + 5 : end]))
-                    assert isinstance(msg, codec.Query)
-                    rid, refusal, error = self._decide(msg.sql, None)
+                    sql_end = _cstr_end(buf, pos + 5, end)
+                    if sql_end != end - 1:
+                        raise ProtocolViolation("unexpected bytes after the end of a Query message")
+                    rid, refusal, error = self._decide(self._decode_sql(bytes(buf[pos + 5 : sql_end])), None)
                     self._syncs_sent += 1
                     if refusal is None:
                         pending.append(_Pending("query", rid))
@@ -588,13 +608,18 @@ class PostgresSession:
                         replacement = codec.encode_frontend(codec.Query(marker))
                         pending.append(_Pending("query", rid, audit=False))
                 elif mtype == Frontend.PARSE:
-                    msg = codec.decode_frontend(mtype, bytes(buf[pos + 5 : end]))
-                    assert isinstance(msg, codec.Parse)
-                    rid, refusal, error = self._decide(msg.sql, msg.name)
+                    n_end = _cstr_end(buf, pos + 5, end)
+                    sql_end = _cstr_end(buf, n_end + 1, end)
+                    if end - sql_end < 3:
+                        raise ProtocolViolation("Parse message is truncated")
+                    name = self._decode_sql(bytes(buf[pos + 5 : n_end]))
+                    rid, refusal, error = self._decide(
+                        self._decode_sql(bytes(buf[n_end + 1 : sql_end])), name
+                    )
                     if refusal is None:
-                        self._statements[msg.name] = rid
+                        self._statements[name] = rid
                     else:
-                        self._statements.pop(msg.name, None)
+                        self._statements.pop(name, None)
                         marker = self._inject_refusal(error)
                         replacement = codec.encode_frontend(codec.Parse("", marker))
                         self._discarding = True
@@ -705,6 +730,11 @@ class PostgresSession:
                 done = self._syncs_done
                 for marker in [m for m, (seq, _) in self._refusals.items() if seq < done]:
                     del self._refusals[marker]
+            return None
+        if mtype == Backend.PARAMETER_STATUS:
+            if body.startswith(b"client_encoding\0"):
+                value = bytes(body[16:]).rstrip(b"\0").decode("ascii", "replace")
+                self._decode_sql = decoder_for(value)
             return None
         if mtype == Backend.COMMAND_COMPLETE:
             tag = bytes(body[:-1]).decode("utf-8", "replace")
