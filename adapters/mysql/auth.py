@@ -56,16 +56,19 @@ messages below are AuthMoreData packets, i.e. 0x01 followed by the bytes shown:
 
 A MySQL server can only take the fast path when its in-memory cache holds SHA256(SHA256(pw)) for
 the account. The gateway keeps exactly that value as its verifier (`Sha2Verifier`), so for it
-the fast path always works; a mismatch is a wrong password. The full-path password is checked
-against the same verifier by hashing it twice. Note what the verifier is worth to a thief: it is
-not enough to log in by itself (the scramble needs SHA256(pw)), but together with one recorded
-fast-path exchange it yields SHA256(pw), which is; and it is unsalted. Treat it as a secret.
+the fast path always works. On a mismatch (or an unknown user) `Sha2ServerAuth` still answers
+0x04 as MySQL does, so wrong passwords and unknown users look alike on the wire; the full-path
+password is then checked against the same verifier by hashing it twice. Note what the verifier
+is worth to a thief: it is not enough to log in by itself (the scramble needs SHA256(pw)), but
+together with one recorded fast-path exchange (nonce and scramble, visible on a plain
+connection) it yields SHA256(pw), which is; and it is unsalted. Treat it as a secret.
 
 MariaDB client_ed25519
 ----------------------
 The server sends a 32-byte nonce; the client answers with a 64-byte Ed25519 signature of it. The
 key derivation is MariaDB's own: the expanded secret key is SHA-512 of the password, whatever its
-length, where RFC 8032 would hash a 32-byte seed. `cryptography`'s Ed25519PrivateKey only takes
+length, where RFC 8032 hashes a 32-byte seed (for a 32-byte password the two coincide, which the
+tests use to check this code against `cryptography`). `cryptography`'s Ed25519PrivateKey only takes
 seeds, so signing is done here in integer arithmetic (extended twisted Edwards coordinates,
 RFC 8032 section 5.1):
 
@@ -463,7 +466,9 @@ class Sha2ClientAuth:
             self.server_public_key = body
             self.state = "full_sent"
             return rsa_encrypt_password(self._password, self._nonce, body)
-        raise AuthProtocolError(f"caching_sha2_password: unexpected AuthMoreData {body[:8]!r} in state {self.state}")
+        raise AuthProtocolError(
+            f"caching_sha2_password: unexpected AuthMoreData {body[:8]!r} in state {self.state}"
+        )
 
 
 class Sha2Step:
