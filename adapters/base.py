@@ -40,6 +40,17 @@ class ScramSecret(msgspec.Struct, frozen=True):
     server_key: bytes
 
 
+class MysqlSecret(msgspec.Struct, frozen=True):
+    """MySQL verifiers of a static secret: SHA1(SHA1(secret)) for mysql_native_password and
+    SHA256(SHA256(secret)) for caching_sha2_password. Never the secret itself."""
+
+    native: bytes
+    sha2: bytes
+
+    def __repr__(self) -> str:
+        return "MysqlSecret(<hidden>)"
+
+
 class UpstreamTLS(msgspec.Struct, frozen=True):
     """TLS settings towards an upstream server (libpq `sslmode` semantics)."""
 
@@ -61,6 +72,8 @@ class Target(msgspec.Struct, frozen=True):
     password: str = ""
     tls: UpstreamTLS = UpstreamTLS()
     connect_timeout: float = 10.0
+    # MySQL: let clients run LOAD DATA LOCAL INFILE (sends client files to the server).
+    allow_local_infile: bool = False
 
     def __repr__(self) -> str:  # keep the secret out of tracebacks and logs
         return f"Target({self.info.name!r}, {self.host}:{self.port}/{self.database}, user={self.user!r})"
@@ -79,6 +92,12 @@ class Gatekeeper(Protocol):
 
     def identity_for_scram(self, username: str) -> Identity:
         """The identity of a static user whose SCRAM exchange just succeeded."""
+
+    def mysql_secret(self, username: str) -> MysqlSecret | None:
+        """The MySQL verifiers of a static identity, or None when `username` is not one."""
+
+    def static_identity(self, username: str) -> Identity:
+        """The identity of a static user who just proved its secret (any mechanism)."""
 
     def authenticate_password(self, username: str, password: str, *, tls: bool) -> Identity:
         """Judge a cleartext password (a static secret now, an OIDC token later); AuthError."""

@@ -39,7 +39,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any
+from typing import Literal, Annotated, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
@@ -165,6 +165,10 @@ class ListenerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     default_target: str = ""
     # Largest client message accepted, in bytes.
     max_message_size: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = DEFAULT_MAX_MESSAGE_SIZE
+    # MySQL listeners: when caching_sha2_password takes the full path (password over TLS, or
+    # RSA-encrypted) instead of the fast scramble check. "never" (the gateway always holds the
+    # fast-path verifier), "first-login" (MySQL's behaviour after a restart), "always".
+    caching_sha2_full_auth: Literal["never", "first-login", "always"] = "never"
 
     def __post_init__(self) -> None:
         if not self.name:  # default name; an invalid `listen` is reported by load_config's checks
@@ -190,6 +194,8 @@ class TargetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     dsn: str
     password: str | None = None
     password_file: str = ""
+    # MySQL only: allow LOAD DATA LOCAL INFILE (the client sends its files to the server).
+    allow_local_infile: bool = False
 
     def __repr__(self) -> str:
         return _safe_repr(self, ("password",))

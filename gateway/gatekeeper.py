@@ -31,7 +31,7 @@ from typing import Protocol
 import msgspec
 import scramp
 
-from adapters.base import AuditUnavailable, AuthError, ScramSecret, Target
+from adapters.base import AuditUnavailable, AuthError, MysqlSecret, ScramSecret, Target
 from audit.writer import AuditWriteError, JsonlWriter
 from gateway.config import Config, ConfigError, Problem, parse_dsn, read_secret_file
 from policy.rules import EnvironmentPolicy
@@ -57,6 +57,7 @@ class _StaticUser(msgspec.Struct, frozen=True):
     identity: Identity
     scram: ScramSecret | None = None  # None: no secret configured, no password login
     digest: bytes = b""  # HMAC-SHA256(process key, secret)
+    mysql: MysqlSecret | None = None
 
     def __repr__(self) -> str:
         return f"_StaticUser({self.identity.subject!r})"
@@ -117,6 +118,10 @@ class Gatekeeper:
                 identity,
                 ScramSecret(salt=salt, iterations=iterations, stored_key=stored_key, server_key=server_key),
                 _digest(hmac_key, secret),
+                MysqlSecret(
+                    native=hashlib.sha1(hashlib.sha1(secret.encode()).digest()).digest(),
+                    sha2=hashlib.sha256(hashlib.sha256(secret.encode()).digest()).digest(),
+                ),
             )
 
         targets: dict[str, Target] = {}
@@ -140,6 +145,7 @@ class Gatekeeper:
                 password=password,
                 tls=dsn.tls,
                 connect_timeout=dsn.connect_timeout,
+                allow_local_infile=t.allow_local_infile,
             )
 
         if engine is None:
@@ -198,6 +204,16 @@ class Gatekeeper:
         user = self._users.get(username)
         if user is None or user.scram is None:
             raise AuthError(f'password authentication failed for user "{username}"')
+        return user.identity
+
+    def mysql_secret(self, username: str) -> MysqlSecret | None:
+        user = self._users.get(username)
+        return user.mysql if user is not None else None
+
+    def static_identity(self, username: str) -> Identity:
+        user = self._users.get(username)
+        if user is None or user.scram is None:
+            raise AuthError(f"access denied for user {username!r}")
         return user.identity
 
     def authenticate_password(self, username: str, password: str, *, tls: bool) -> Identity:

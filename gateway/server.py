@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import trio
 
+from adapters.mysql.listener import MysqlListener
 from adapters.postgres.listener import PostgresListener
 
 log = logging.getLogger("sqlward")
@@ -38,8 +39,32 @@ def _postgres_listener(gatekeeper: Any, cfg: Any) -> PostgresListener:
     )
 
 
+def _mysql_listener(gatekeeper: Any, cfg: Any) -> MysqlListener:
+    ctx = None
+    if cfg.tls is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
+    probe = cfg.default_target or next(
+        (t.name for t in gatekeeper.config.targets if t.protocol == "mysql"), ""
+    )
+    return MysqlListener(
+        gatekeeper,
+        name=cfg.name,
+        host=cfg.host,
+        port=cfg.port,
+        ssl_context=ctx,
+        tls_required=bool(cfg.tls is not None and cfg.tls.require),
+        max_message_size=cfg.max_message_size,
+        default_target=cfg.default_target,
+        probe_target=probe,
+        sha2_full_auth=cfg.caching_sha2_full_auth,
+    )
+
+
 ADAPTERS: dict[str, Callable[[Any, Any], Any]] = {
     "postgres": _postgres_listener,
+    "mysql": _mysql_listener,
 }
 
 
@@ -57,7 +82,7 @@ async def serve(config: Any, *, task_status: trio.TaskStatus = trio.TASK_STATUS_
         async with trio.open_nursery() as nursery:
             ports = [await nursery.start(lst.serve) for lst in listeners]
             for lst, port in zip(listeners, ports):
-                log.info("listening: %s %s on %s:%d", lst.name, "postgres", lst.host, port)
+                log.info("listening: %s on %s:%d", lst.name, lst.host, port)
             task_status.started(ports)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import codecs
 from typing import Callable
 
+from adapters.text import printable  # noqa: F401  (re-exported for the session)
+
 _PG_TO_PYTHON = {
     "UTF8": "utf-8", "UNICODE": "utf-8", "SQL_ASCII": "latin-1",
     "LATIN1": "latin-1", "LATIN2": "iso8859-2", "LATIN3": "iso8859-3", "LATIN4": "iso8859-4",
@@ -44,12 +46,3 @@ def decoder_for(pg_encoding: str) -> Callable[[bytes], str]:
         return codec.decode(data, "surrogateescape")[0]
 
     return decode
-
-
-def printable(text: str) -> str:
-    """Text safe for UTF-8 JSON: surrogate escapes (undecodable bytes) become \\xNN."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

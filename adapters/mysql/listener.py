@@ -1,0 +1,123 @@
+"""A MySQL / MariaDB listener: accepts connections and runs a `MysqlSession` each.
+
+At start it reads the greeting of one upstream (the default target, or the first MySQL target)
+to learn the server version and capabilities it will show its own clients, so that what a client
+negotiates with the gateway also holds on the upstream and packets pass unchanged. If that
+upstream is down, a conservative set is offered (no SESSION_TRACK) and the version is the
+gateway's own.
+
+It also owns the gateway connection ids (what clients see in the greeting and use with KILL),
+the RSA key pair for caching_sha2_password full authentication on plain connections, and the
+"has logged in since start" cache that decides between the fast and the full path, as MySQL does.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import ssl
+
+import trio
+
+from adapters.base import Gatekeeper
+from adapters.mysql import auth, upstream
+from adapters.mysql.constants import Capability
+from adapters.mysql.session import MysqlSession
+
+log = logging.getLogger("sqlward.mysql")
+
+# What the gateway itself can relay; the upstream's greeting narrows it down.
+SUPPORTED = (
+    Capability.LONG_PASSWORD | Capability.FOUND_ROWS | Capability.LONG_FLAG
+    | Capability.CONNECT_WITH_DB | Capability.LOCAL_FILES | Capability.IGNORE_SPACE
+    | Capability.PROTOCOL_41 | Capability.INTERACTIVE | Capability.TRANSACTIONS
+    | Capability.SECURE_CONNECTION | Capability.MULTI_STATEMENTS | Capability.MULTI_RESULTS
+    | Capability.PS_MULTI_RESULTS | Capability.PLUGIN_AUTH | Capability.CONNECT_ATTRS
+    | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA | Capability.SESSION_TRACK
+    | Capability.DEPRECATE_EOF
+)
+# Flags the gateway offers even when the upstream is unknown.
+CONSERVATIVE = SUPPORTED & ~Capability.SESSION_TRACK
+DEFAULT_VERSION = "8.0.36-sqlward"
+
+
+class MysqlListener:
+    def __init__(
+        self,
+        gatekeeper: Gatekeeper,
+        *,
+        name: str,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_required: bool = False,
+        max_message_size: int = 64 << 20,
+        default_target: str = "",
+        probe_target: str = "",
+        sha2_full_auth: str = "never",
+    ) -> None:
+        self.gatekeeper = gatekeeper
+        self.name = name
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.tls_required = tls_required
+        self.max_message_size = max_message_size
+        self.default_target = default_target
+        self.probe_target = probe_target or default_target
+        self.capabilities = int(CONSERVATIVE)
+        self.server_version = DEFAULT_VERSION
+        self.charset = 45  # utf8mb4_general_ci
+        self.rsa_private_key, self.rsa_public_key = auth.generate_rsa_keypair()
+        self.sha2_full_auth = sha2_full_auth
+        self.sha2_cache: set[str] = set()
+        self._sessions: dict[int, MysqlSession] = {}
+        self._next_id = secrets.randbelow(1 << 20) + 1000
+
+    async def _probe(self) -> None:
+        target = self.gatekeeper.resolve_target(self.probe_target, "mysql") if self.probe_target else None
+        if target is None:
+            return
+        try:
+            greeting = await upstream.probe(target)
+        except (upstream.UpstreamError, trio.TooSlowError, OSError) as exc:
+            log.warning("listener %s: could not read the greeting of %r (%s); offering defaults",
+                        self.name, target.info.name, exc)
+            return
+        self.capabilities = int(SUPPORTED & greeting.capabilities) | Capability.LONG_PASSWORD
+        self.server_version = greeting.server_version
+        if greeting.character_set:
+            self.charset = greeting.character_set
+
+    async def serve(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        await self._probe()
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        if self.port == 0:
+            self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()
+            addr = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            addr = "unknown"
+        await MysqlSession(self, stream, addr).run()
+
+    # -- connection ids -------------------------------------------------------------------
+
+    def allocate_id(self, session: MysqlSession) -> int:
+        while True:
+            self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
+            if self._next_id not in self._sessions:
+                break
+        self._sessions[self._next_id] = session
+        return self._next_id
+
+    def release_id(self, connection_id: int, session: MysqlSession) -> None:
+        if self._sessions.get(connection_id) is session:
+            del self._sessions[connection_id]
+
+    def session(self, connection_id: int) -> MysqlSession | None:
+        return self._sessions.get(connection_id)
