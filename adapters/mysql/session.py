@@ -160,7 +160,10 @@ class MysqlSession:
             if packet is not None:
                 self._seq = (packet.seq + 1 + (len(packet.payload) // 0xFFFFFF)) & 0xFF
                 return packet.payload
-            data = await self.client.receive_some(65536)
+            if self._cpipe is not None:
+                data = await self._cpipe.receive()
+            else:
+                data = await self.client.receive_some(65536)
             if not data:
                 raise SessionEnd()
             self._framer.feed(data)
