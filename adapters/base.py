@@ -108,8 +108,11 @@ class Gatekeeper(Protocol):
     def analyse(self, sql: str, dialect: str) -> Analysis:
         """Literal-free facts about a request text (cached per fingerprint)."""
 
-    def decide(self, analysis: Analysis, identity: Identity, target: TargetInfo) -> Decision:
-        """The policy's decision (cached per fingerprint, identity, target, policy version)."""
+    def decide(
+        self, analysis: Analysis, identity: Identity, target: TargetInfo, *, schema: str = ""
+    ) -> Decision:
+        """The policy's decision (cached per fingerprint, identity, target, schema, policy
+        version); `schema` qualifies unqualified table names (MySQL's current database)."""
 
     def record(self, event: msgspec.Struct) -> None:
         """Write an audit event durably before returning; raise AuditUnavailable on failure."""

@@ -241,8 +241,12 @@ class Gatekeeper:
     def analyse(self, sql: str, dialect: str) -> Analysis:
         return self._engine.analyse(sql, dialect)
 
-    def decide(self, analysis: Analysis, identity: Identity, target: TargetInfo) -> Decision:
+    def decide(
+        self, analysis: Analysis, identity: Identity, target: TargetInfo, *, schema: str = ""
+    ) -> Decision:
         try:
+            if schema:
+                return self._engine.decide(analysis, identity, target, schema=schema)  # type: ignore[call-arg]
             return self._engine.decide(analysis, identity, target)
         except Exception as exc:  # fail closed
             return Decision(

@@ -41,6 +41,8 @@ the rules that allowed its statements. A request with no statements is allowed.
 
 from __future__ import annotations
 
+import msgspec
+
 import fnmatch
 import itertools
 import re
@@ -229,9 +231,14 @@ class Engine:
 
     # ------------------------------------------------------------------------------- decide
 
-    def decide(self, analysis: Analysis, identity: Identity, target: TargetInfo) -> Decision:
-        """The policy's decision on a request (cached; see the module docstring)."""
+    def decide(
+        self, analysis: Analysis, identity: Identity, target: TargetInfo, *, schema: str = ""
+    ) -> Decision:
+        """The policy's decision on a request (cached; see the module docstring). `schema` is the
+        session's current database (MySQL `USE`): unqualified table names are qualified with it
+        before rules match, so a rule on `shop.orders` also catches `orders` after `USE shop`."""
         key = (
+            schema,
             analysis.fingerprint,
             analysis.dialect,
             identity.subject,
@@ -244,6 +251,8 @@ class Engine:
         cached = self._decisions.get(key)
         if cached is not None:
             return cached
+        if schema:
+            analysis = _qualified(analysis, schema.lower())
         decision = self._decide(analysis, identity, target)
         if not analysis.fingerprint.startswith(RAW_PREFIX):
             _store(self._decisions, key, decision, self._cache_size)
@@ -309,3 +318,18 @@ class Engine:
         if first_review is not None:
             return first_review
         return Decision(action="allow", rule_id=",".join(dict.fromkeys(allowed_by)))
+
+
+def _qualified(analysis: Analysis, schema: str) -> Analysis:
+    """The analysis with unqualified table names prefixed by `schema`."""
+
+    def q(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n if "." in n else f"{schema}.{n}" for n in names)
+
+    return msgspec.structs.replace(
+        analysis,
+        statements=tuple(
+            msgspec.structs.replace(st, tables_read=q(st.tables_read), tables_written=q(st.tables_written))
+            for st in analysis.statements
+        ),
+    )

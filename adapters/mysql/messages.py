@@ -68,15 +68,28 @@ SSLRequest / HandshakeResponse41. Its server version string starts with the repl
 "5.5.5-" (e.g. "5.5.5-10.11.6-MariaDB"). `decode_*` fold those bits into the 64-bit
 `capabilities`; `encode` writes them only when bit 0 is clear.
 
+Per-session state the decoders need from the driver: the negotiated capabilities (client caps
+& server caps, 64 bits); for COM_STMT_EXECUTE the statement's num_params, the parameter types
+bound by its previous execution (types are only resent when new_params_bind_flag is 1) and the
+parameters fed by COM_STMT_SEND_LONG_DATA since its last execution or COM_STMT_RESET (they have
+no NULL bit and no value in the packet); for binary rows the column types of the result set.
+
+When the two sides of a relay negotiated different CLIENT_DEPRECATE_EOF (or CACHE_METADATA,
+QUERY_ATTRIBUTES, SESSION_TRACK), packets must be converted, not copied: drop or insert the EOF
+after the column definitions, turn the final EOF into a 0xFE OK (or back, losing affected rows,
+info and session state), strip or add the query-attribute prefix of COM_QUERY; and since that
+changes the number of packets, renumber the sequence ids on the client side.
+
 Text is UTF-8 with `surrogateescape` (lossless for any bytes); column values and auth data are
-bytes. Binary-protocol values decode to int, float, bytes, `DateTime`, `Time` or None.
+bytes. Binary-protocol values decode to int, float, bytes, `DateTime`, `Time`, `LONG_DATA` (a
+parameter sent as long data) or None.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import struct
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any, Union
 
 import msgspec
@@ -107,6 +120,7 @@ from .packets import (
     ProtocolViolation,
     Reader,
     UnknownCommand,
+    UnknownStatement,
     from_text,
     int1,
     int2,
@@ -140,7 +154,6 @@ _STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
 _PARAM_COUNT_AVAILABLE = int(CursorType.PARAMETER_COUNT_AVAILABLE)
 
 _SSL_REQUEST_LEN = 32
-_FILLER_23 = bytes(23)
 
 # --------------------------------------------------------------------------------------------
 # Binary-protocol values
@@ -206,7 +219,14 @@ class Time(msgspec.Struct, frozen=True):
         return -td if self.negative else td
 
 
-BinaryValue = Union[int, float, bytes, DateTime, Time, None]
+class LongData(msgspec.Struct, frozen=True):
+    """Stands for a COM_STMT_EXECUTE parameter whose value was sent beforehand with
+    COM_STMT_SEND_LONG_DATA: such a parameter has neither a NULL bit nor a value in the packet."""
+
+
+LONG_DATA = LongData()
+
+BinaryValue = Union[int, float, bytes, DateTime, Time, LongData, None]
 
 
 class ParamType(msgspec.Struct, frozen=True):
@@ -356,7 +376,7 @@ def _write_value(out: list[bytes], t: ParamType, v: BinaryValue) -> None:
     raise ValueError(f"field type {ft} has no binary encoding")
 
 
-def _bitmap(values: Sequence[Any], offset: int) -> bytes:
+def _bitmap(values: Sequence[Any], offset: int) -> bytes:  # None sets the bit, LONG_DATA does not
     bits = bytearray((len(values) + offset + 7) // 8)
     for i, v in enumerate(values):
         if v is None:
@@ -370,10 +390,14 @@ def _is_null(bitmap: bytes, i: int, offset: int) -> bool:
     return bool(bitmap[p >> 3] & (1 << (p & 7)))
 
 
-def _read_values(r: Reader, types: Sequence[ParamType], bitmap: bytes, offset: int) -> tuple:
-    values = []
+def _read_values(
+    r: Reader, types: Sequence[ParamType], bitmap: bytes, offset: int, long_data: Container[int] = ()
+) -> tuple:
+    values: list[BinaryValue] = []
     for i, t in enumerate(types):
-        if _is_null(bitmap, i, offset) or t.field_type == FieldType.NULL:
+        if i in long_data:
+            values.append(LONG_DATA)
+        elif _is_null(bitmap, i, offset) or t.field_type == FieldType.NULL:
             values.append(None)
         else:
             values.append(_read_value(r, t))
@@ -382,7 +406,7 @@ def _read_values(r: Reader, types: Sequence[ParamType], bitmap: bytes, offset: i
 
 def _write_values(out: list[bytes], types: Sequence[ParamType], values: Sequence[Any]) -> None:
     for t, v in zip(types, values):
-        if v is not None:
+        if v is not None and not isinstance(v, LongData):
             _write_value(out, t, v)
 
 
@@ -1050,6 +1074,8 @@ def encode_binary_row(values: Sequence[BinaryValue] | BinaryRow, types: Sequence
         values = values.values
     if len(values) != len(types):
         raise ValueError(f"{len(values)} values for {len(types)} columns")
+    if any(isinstance(v, LongData) for v in values):
+        raise ValueError("LONG_DATA only stands for COM_STMT_EXECUTE parameters")
     out = [b"\x00", _bitmap(values, 2)]
     _write_values(out, types, values)
     return b"".join(out)
@@ -1164,7 +1190,8 @@ class ComStmtExecute(msgspec.Struct, frozen=True):
     """COM_STMT_EXECUTE. `types` are the parameter types in effect: sent in this packet when
     `new_params_bound`, else the ones bound by an earlier execution (passed to the decoder).
     `names` (one per parameter, "" for positional ones) are sent only with
-    CLIENT_QUERY_ATTRIBUTES and bound types. MariaDB: statement id 0xFFFFFFFF means "the
+    CLIENT_QUERY_ATTRIBUTES and bound types. A value is `LONG_DATA` for a parameter sent with
+    COM_STMT_SEND_LONG_DATA (not repeated here). MariaDB: statement id 0xFFFFFFFF means "the
     statement prepared last" (pipelined PREPARE + EXECUTE)."""
 
     statement_id: int
@@ -1311,10 +1338,13 @@ def decode_stmt_execute(
     param_count: int,
     prev_types: Sequence[ParamType] = (),
     capabilities: int = PROTOCOL_41,
+    long_data: Container[int] = (),
 ) -> ComStmtExecute:
     """Decode COM_STMT_EXECUTE. `param_count` is num_params of the statement's
     COM_STMT_PREPARE_OK; `prev_types` the types bound by its previous execution (used when the
-    client does not send types again, new_params_bind_flag = 0)."""
+    client does not send types again, new_params_bind_flag = 0); `long_data` the ids of the
+    parameters that received COM_STMT_SEND_LONG_DATA since the statement's last execution or
+    COM_STMT_RESET: the packet carries no value for them, they decode as `LONG_DATA`."""
     r = Reader(payload)
     _check_header(r, Command.STMT_EXECUTE, "COM_STMT_EXECUTE")
     stmt_id, flags, iterations = r.int4(), r.int1(), r.int4()
@@ -1344,7 +1374,7 @@ def decode_stmt_execute(
                 if len(prev_types) < n:
                     raise r.fail(f"statement {stmt_id}: parameter types were never bound")
                 types = tuple(prev_types[:n])
-            values = _read_values(r, types, bitmap, 0)
+            values = _read_values(r, types, bitmap, 0, long_data)
     r.end()
     return ComStmtExecute(stmt_id, flags, iterations, values, types, names, bound)
 
@@ -1432,14 +1462,22 @@ def decode_command(
     *,
     param_count: int | None = None,
     prev_types: Sequence[ParamType] = (),
+    long_data: Container[int] = (),
 ) -> CommandMessage:
-    """Decode any command-phase client packet. COM_STMT_EXECUTE needs the statement's
-    `param_count` (and `prev_types`), see `decode_stmt_execute` and `stmt_execute_id`."""
+    """Decode any command-phase client packet.
+
+    COM_STMT_EXECUTE needs what COM_STMT_PREPARE_OK said about the statement: look its id up
+    with `stmt_execute_id` and pass its `param_count`, the types bound by its last execution
+    (`prev_types`) and the parameters sent as long data since (`long_data`), see
+    `decode_stmt_execute`. `param_count` None means the statement is unknown:
+    `UnknownStatement` (ER_UNKNOWN_STMT_HANDLER) is raised, which the session answers with ERR.
+    """
     cmd = command_of(payload)
     if cmd == Command.STMT_EXECUTE:
         if param_count is None:
-            raise ValueError("COM_STMT_EXECUTE needs the statement's param_count: use decode_stmt_execute")
-        return decode_stmt_execute(payload, param_count, prev_types, capabilities)
+            raise UnknownStatement(f"Unknown prepared statement handler ({stmt_execute_id(payload)}) "
+                                   "given to mysqld_stmt_execute")
+        return decode_stmt_execute(payload, param_count, prev_types, capabilities, long_data)
     decoder = _COMMAND_DECODERS.get(cmd)
     if decoder is None:
         return ComOther(int(cmd), bytes(payload[1:]))

@@ -43,7 +43,7 @@ what the bytes mean depends on the connection's character set, which the session
 Errors carry their wire code: `ProtocolViolation.errno` / `.sqlstate` are what an ERR packet
 about it should say (ER_NET_READ_ERROR 1158 / 08S01 unless a subclass or the raiser says
 otherwise; `PacketsOutOfOrder` 1156, `PacketTooLarge` 1153, `UnknownCommand` 1047, handshake
-decoding 1043).
+decoding 1043, `UnknownStatement` 1243 / HY000).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from .constants import (
     ER_NET_PACKETS_OUT_OF_ORDER,
     ER_NET_READ_ERROR,
     ER_UNKNOWN_COM_ERROR,
+    ER_UNKNOWN_STMT_HANDLER,
     MAX_PACKET_CHUNK,
 )
 
@@ -69,6 +70,7 @@ __all__ = [
     "PacketTooLarge",
     "PacketsOutOfOrder",
     "UnknownCommand",
+    "UnknownStatement",
     "HandshakeError",
     "Packet",
     "PacketFramer",
@@ -136,6 +138,14 @@ class UnknownCommand(ProtocolViolation):
     """A command byte no server knows. Framing is intact: answer with ERR and carry on."""
 
     errno = ER_UNKNOWN_COM_ERROR
+
+
+class UnknownStatement(ProtocolViolation):
+    """COM_STMT_* for a statement id the session does not know (ER_UNKNOWN_STMT_HANDLER).
+    Framing is intact: answer with ERR and carry on."""
+
+    errno = ER_UNKNOWN_STMT_HANDLER
+    sqlstate = "HY000"
 
 
 class HandshakeError(ProtocolViolation):

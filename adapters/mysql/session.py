@@ -72,6 +72,7 @@ _KILL_PREFIX = re.compile(r"^\s*(?:/\*.*?\*/\s*)*KILL\b", re.IGNORECASE | re.DOT
 _LOCAL_INFILE = re.compile(
     r"\bLOAD\s+(?:DATA|XML)\s+(?:LOW_PRIORITY\s+|CONCURRENT\s+)?LOCAL\b", re.IGNORECASE
 )
+_USE = re.compile(r"^\s*USE\s+(?:`([^`]+)`|(\w+))\s*;?\s*$", re.IGNORECASE)
 _SET_NAMES = re.compile(r"^\s*SET\s+(?:NAMES|CHARACTER\s+SET|CHARSET)\s+['\"`]?(\w+)", re.IGNORECASE)
 
 # Character set ids whose bytes are not UTF-8 (MySQL's "latin1" is Windows-1252).
@@ -212,7 +213,7 @@ class MysqlSession:
             self._closing_reason = self._closing_reason or "client closed the connection"
         except UpstreamLost:
             self._closing_reason = "upstream connection lost"
-            await self._send_err(2013, "HY000", "the upstream database connection was lost; sqlward closed the session")
+            await self._send_err(1158, "08S01", "the upstream database connection was lost; sqlward closed the session")
         except PacketTooLarge as exc:
             self._closing_reason = f"packet too large: {exc}"
             await self._send_err(1153, "08S01", f"packet too large for this sqlward listener: {exc}")
@@ -415,7 +416,7 @@ class MysqlSession:
         info = self.target.info
         try:
             analysis = self.gk.analyse(sql, "mysql")
-            decision = self.gk.decide(analysis, self.identity, info)
+            decision = self.gk.decide(analysis, self.identity, info, schema=self.schema)
             fingerprint = analysis.fingerprint
             operations = tuple(dict.fromkeys(op for s in analysis.statements for op in s.operations))
             tables = tuple(dict.fromkeys(t for s in analysis.statements for t in (*s.tables_read, *s.tables_written)))
@@ -551,6 +552,9 @@ class MysqlSession:
             m = _SET_NAMES.match(sql)
             if m:
                 self.codec = _codec_for_name(m.group(1))
+            m = _USE.match(sql)
+            if m:
+                self.schema = m.group(1) or m.group(2)
 
     async def _prepare(self, payload: bytes) -> None:
         sql = payload[1:].decode(self.codec, "surrogateescape")

@@ -27,7 +27,7 @@ from adapters.mysql.packets import PacketFramer, ProtocolViolation, encode_packe
 
 
 class UpstreamError(Exception):
-    def __init__(self, message: str, errno: int = 2013, sqlstate: str = "08S01") -> None:
+    def __init__(self, message: str, errno: int = 1158, sqlstate: str = "08S01") -> None:
         super().__init__(message)
         self.errno = errno
         self.sqlstate = sqlstate

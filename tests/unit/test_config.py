@@ -208,9 +208,13 @@ def test_relative_paths_resolve_against_config_dir_not_cwd(tmp_path: Path, monke
 
 def test_example_file_loads_with_env_set() -> None:
     config = load_config(str(EXAMPLE), env={"SQLWARD_ALICE_SECRET": "alice-secret"})
-    assert [li.name for li in config.listeners] == ["pg"]
+    assert [li.name for li in config.listeners] == ["pg", "my"]
+    assert config.listeners[1].protocol == "mysql" and config.listeners[1].port == 6603
     assert (config.listeners[0].host, config.listeners[0].port) == ("127.0.0.1", 6432)
-    assert {t.name: t.environment for t in config.targets} == {"demo": "development", "demo-prod": "production"}
+    assert {t.name: t.environment for t in config.targets} == {
+        "demo": "development", "demo-prod": "production",
+        "demo-my": "development", "demo-my-prod": "production",
+    }
     ids = {i.name: i for i in config.identities}
     assert ids["alice"].groups == ("dba",) and ids["alice"].secret == "alice-secret"
     assert ids["ci-agent"].agent is True

@@ -365,7 +365,7 @@ def test_cli_check_config_ok(capsys: pytest.CaptureFixture[str], monkeypatch: py
     monkeypatch.setenv("SQLWARD_ALICE_SECRET", "x")
     assert cli.main(["check-config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
-    assert out == f"{EXAMPLE}: ok (1 listeners, 2 targets, 2 identities, 2 rules)\n"
+    assert out == f"{EXAMPLE}: ok (2 listeners, 4 targets, 2 identities, 2 rules)\n"
 
 
 def test_cli_check_config_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
