@@ -70,6 +70,20 @@ class Analysis(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Worst status over the statements: error > unparsed > ok.
     parse_status: ParseStatus = "ok"
     error: str = ""
+    # Summaries over all statements, in first-seen order (filled in when left empty), so the
+    # audit record of every execution does not recompute them.
+    operations: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.operations:
+            ops = tuple(dict.fromkeys(op for st in self.statements for op in st.operations))
+            msgspec.structs.force_setattr(self, "operations", ops)
+        if not self.tables:
+            tables = tuple(
+                dict.fromkeys(t for st in self.statements for t in (*st.tables_read, *st.tables_written))
+            )
+            msgspec.structs.force_setattr(self, "tables", tables)
 
 
 class Decision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -418,8 +418,8 @@ class MysqlSession:
             analysis = self.gk.analyse(sql, "mysql")
             decision = self.gk.decide(analysis, self.identity, info, schema=self.schema)
             fingerprint = analysis.fingerprint
-            operations = tuple(dict.fromkeys(op for s in analysis.statements for op in s.operations))
-            tables = tuple(dict.fromkeys(t for s in analysis.statements for t in (*s.tables_read, *s.tables_written)))
+            operations = analysis.operations
+            tables = analysis.tables
             parse_status = analysis.parse_status
         except Exception as exc:  # fail closed
             log.exception("policy evaluation failed")
@@ -602,16 +602,20 @@ class MysqlSession:
             buf += data
 
     def _completed(self, scanner: ResponseScanner, rid: int, ref: int | None, started: float) -> StatementCompleted:
-        rows = scanner.rows if scanner.column_count else scanner.affected_rows
-        tags = ("ERROR",) if scanner.error_code is not None else (
-            tuple(f"RESULT {scanner.rows}" for _ in range(1)) if scanner.column_count else ("OK",)
-        )
+        failed = scanner.error_code is not None
+        if failed:
+            tags: tuple[str, ...] = ("ERROR",)
+        elif scanner.column_count:
+            tags = (f"ROWS {scanner.rows}",)
+        else:
+            tags = (f"OK {scanner.affected_rows or 0}",)
         return StatementCompleted(
             time=self._now(), gateway=self.gk.gateway_name, connection_id=self.audit_id,
-            request_id=rid, prepared_ref=ref, tags=tags, rows=rows,
+            request_id=rid, prepared_ref=ref, tags=tags,
+            rows=scanner.rows if scanner.column_count else scanner.affected_rows,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            error=scanner.error_message if scanner.error_code is not None else None,
-            sqlstate=scanner.error_sqlstate or None if scanner.error_code is not None else None,
+            error=scanner.error_message if failed else None,
+            sqlstate=(scanner.error_sqlstate or None) if failed else None,
         )
 
     async def _relay_infile(self) -> None:

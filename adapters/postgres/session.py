@@ -484,10 +484,8 @@ class PostgresSession:
             analysis = self.gk.analyse(sql, "postgres")
             decision = self.gk.decide(analysis, self.identity, info)
             fingerprint = analysis.fingerprint
-            operations = tuple(dict.fromkeys(op for s in analysis.statements for op in s.operations))
-            tables = tuple(
-                dict.fromkeys(t for s in analysis.statements for t in (*s.tables_read, *s.tables_written))
-            )
+            operations = analysis.operations
+            tables = analysis.tables
             parse_status = analysis.parse_status
         except Exception as exc:  # fail closed
             log.exception("policy evaluation failed")
