@@ -1,0 +1,1 @@
+"""Integration tests for the MySQL / MariaDB gateway: the system MariaDB, real drivers, the real gateway."""
