@@ -74,3 +74,27 @@ def _mapped(exc: OSError) -> Exception:
     if exc.errno == errno.EBADF:
         return trio.ClosedResourceError("socket was closed")
     return trio.BrokenResourceError(f"socket error: {exc.strerror}")
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream that first yields bytes already read: a TLS ClientHello that arrived before the
+    TLS layer was in place (PostgreSQL direct TLS, a MySQL hello sent right behind SSLRequest)."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

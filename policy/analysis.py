@@ -401,7 +401,7 @@ _TOP_OPS: Final[dict[type[exp.Expression], str]] = {
     exp.Comment: "comment",
     exp.Analyze: "analyze",
     exp.Describe: "explain",
-    exp.Kill: "other",
+    exp.Kill: "kill",
 }
 # Operations counted wherever they appear in the tree.
 _NESTED_OPS: Final[dict[type[exp.Expression], str]] = {
@@ -634,8 +634,8 @@ def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
         detail = _kind(tree).lower() or "table"
     elif isinstance(tree, exp.Copy):
         detail = _copy_detail(tree)
-    elif isinstance(tree, exp.Kill):
-        detail = "kill"
+    elif isinstance(tree, exp.Use) and tree.this is not None:
+        detail = tree.this.name  # the database a MySQL USE switches to (qualifies later tables)
     return StatementFacts(
         operation=top,
         operations=_dedupe(ops),

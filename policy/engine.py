@@ -60,6 +60,7 @@ __all__ = ["DEV_ENVIRONMENTS", "Engine"]
 DEV_ENVIRONMENTS: Final = frozenset({"development", "dev", "local", "test"})
 UNPARSEABLE_RULE: Final = "unparseable"
 DEFAULT_RULE: Final = "default"
+DYNAMIC_SQL_RULE: Final = "dynamic-sql"
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -251,7 +252,7 @@ class Engine:
         cached = self._decisions.get(key)
         if cached is not None:
             return cached
-        if schema:
+        if schema or analysis.dialect == "mysql":
             analysis = _qualified(analysis, schema.lower())
         decision = self._decide(analysis, identity, target)
         if not analysis.fingerprint.startswith(RAW_PREFIX):
@@ -271,6 +272,16 @@ class Engine:
         allowed_by: list[str] = []
         for index, st in enumerate(analysis.statements):
             which = "statement" if count == 1 else f"statement {index + 1} of {count}"
+            if st.operation in ("prepare", "execute") and st.parse_status != "ok":
+                # SQL-level dynamic SQL (PREPARE ... FROM / AS, EXECUTE [IMMEDIATE]) hides the
+                # statement it runs from analysis: refused in every environment (fail closed).
+                return Decision(
+                    action="deny",
+                    rule_id=DYNAMIC_SQL_RULE,
+                    message=f"{which} refused: dynamic SQL ({st.operation.upper()}) hides the statement "
+                    "it runs from policy; send the statement itself",
+                    statement_index=index,
+                )
             if st.parse_status != "ok" and not allow_unparsed:
                 why = "sqlglot could not parse the statement"
                 if st.parse_status == "unparsed":
@@ -321,15 +332,17 @@ class Engine:
 
 
 def _qualified(analysis: Analysis, schema: str) -> Analysis:
-    """The analysis with unqualified table names prefixed by `schema`."""
+    """The analysis with unqualified table names prefixed by the database in effect: `schema`,
+    then whatever a USE statement earlier in the same request switched to."""
+    statements = []
+    current = schema
+    for st in analysis.statements:
+        if st.operation == "use" and st.detail:
+            current = st.detail.lower()
+        if current:
+            def q(names: tuple[str, ...], db: str = current) -> tuple[str, ...]:
+                return tuple(n if "." in n else f"{db}.{n}" for n in names)
 
-    def q(names: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(n if "." in n else f"{schema}.{n}" for n in names)
-
-    return msgspec.structs.replace(
-        analysis,
-        statements=tuple(
-            msgspec.structs.replace(st, tables_read=q(st.tables_read), tables_written=q(st.tables_written))
-            for st in analysis.statements
-        ),
-    )
+            st = msgspec.structs.replace(st, tables_read=q(st.tables_read), tables_written=q(st.tables_written))
+        statements.append(st)
+    return msgspec.structs.replace(analysis, statements=tuple(statements))

@@ -134,6 +134,8 @@ class ResponseScanner:
                     return n
                 pos = end
                 continue
+            if length and n - pos < 5:
+                break  # the first payload byte decides what this packet is
             if self.state == _State.ROWS and length and buf[pos + 4] not in (0xFE, 0xFF):
                 self.rows += 1
                 self._continued = length == MAX_PACKET_CHUNK

@@ -42,7 +42,7 @@ from adapters.mysql.packets import (
     encode_packets,
 )
 from adapters.mysql.response import ResponseScanner, Shape
-from adapters.netio import Pipe
+from adapters.netio import Pipe, PrefixedStream
 from adapters.text import printable as _printable
 from audit.events import (
     ConnectionAuthenticated,
@@ -53,7 +53,7 @@ from audit.events import (
     StatementDecided,
     Who,
 )
-from policy.model import Decision, Identity
+from policy.model import Analysis, Decision, Identity
 
 if TYPE_CHECKING:
     from adapters.mysql.listener import MysqlListener
@@ -68,11 +68,9 @@ _KILL = re.compile(
     r"^\s*KILL\s+(?:(?:HARD|SOFT)\s+)?(?:(CONNECTION|QUERY)\s+)?(?:ID\s+)?(\d+)\s*;?\s*$",
     re.IGNORECASE,
 )
-_KILL_PREFIX = re.compile(r"^\s*(?:/\*.*?\*/\s*)*KILL\b", re.IGNORECASE | re.DOTALL)
 _LOCAL_INFILE = re.compile(
     r"\bLOAD\s+(?:DATA|XML)\s+(?:LOW_PRIORITY\s+|CONCURRENT\s+)?LOCAL\b", re.IGNORECASE
 )
-_USE = re.compile(r"^\s*USE\s+(?:`([^`]+)`|(\w+))\s*;?\s*$", re.IGNORECASE)
 _SET_NAMES = re.compile(r"^\s*SET\s+(?:NAMES|CHARACTER\s+SET|CHARSET)\s+['\"`]?(\w+)", re.IGNORECASE)
 
 # Character set ids whose bytes are not UTF-8 (MySQL's "latin1" is Windows-1252).
@@ -275,9 +273,11 @@ class MysqlSession:
         if messages.is_ssl_request(payload):
             if lst.ssl_context is None:
                 raise ProtocolViolation("TLS requested but this listener has no certificate")
-            if self._framer.buffered:
-                raise ProtocolViolation("unexpected data after the TLS request")
-            stream = trio.SSLStream(self.client, lst.ssl_context, server_side=True)
+            # Clients send their TLS ClientHello right behind the SSLRequest (the server says
+            # nothing in between): bytes already read belong to the TLS layer.
+            early = self._framer.take_rest()
+            raw = PrefixedStream(self.client, early) if early else self.client
+            stream = trio.SSLStream(raw, lst.ssl_context, server_side=True)
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
@@ -409,11 +409,12 @@ class MysqlSession:
             message = f'{message} (rule "{decision.rule_id}")'
         return messages.err_packet(ER_REFUSED, SQLSTATE_REFUSED, message)
 
-    def _decide(self, sql: str, statement_name: str | None = None) -> tuple[int, Decision | None]:
+    def _decide(self, sql: str, statement_name: str | None = None) -> tuple[int, Decision | None, Analysis | None]:
         assert self.identity is not None and self.target is not None and self.who is not None
         self.requests += 1
         rid = self.requests
         info = self.target.info
+        analysis: Analysis | None = None
         try:
             analysis = self.gk.analyse(sql, "mysql")
             decision = self.gk.decide(analysis, self.identity, info, schema=self.schema)
@@ -428,6 +429,11 @@ class MysqlSession:
                 message=f"sqlward could not evaluate this statement ({type(exc).__name__}); refused",
             )
             fingerprint, operations, tables, parse_status = "", (), (), "error"
+        if analysis is not None and "kill" in analysis.operations:
+            decision = Decision(
+                action="deny", rule_id="kill-form",
+                message="KILL must be sent on its own as KILL [CONNECTION | QUERY] <sqlward connection id>",
+            )
         if decision.action == "allow" and _LOCAL_INFILE.search(sql) and not self.target.allow_local_infile:
             decision = Decision(
                 action="deny", rule_id="local-infile",
@@ -449,8 +455,8 @@ class MysqlSession:
                 message="the audit trail cannot be written; sqlward refuses to run statements",
             )
         if decision.action == "allow":
-            return rid, None
-        return rid, decision
+            return rid, None, analysis
+        return rid, decision, analysis
 
     def _refuse_command(self, name: str) -> Decision:
         assert self.who is not None and self.target is not None
@@ -499,7 +505,7 @@ class MysqlSession:
             elif cmd == Command.STATISTICS:
                 await self._forward(payload, Shape.STRING, audit=False)
             elif cmd == Command.FIELD_LIST:
-                await self._forward(payload, Shape.FIELD_LIST, audit=False)
+                await self._field_list(payload)
             elif cmd == Command.PROCESS_INFO:
                 await self._forward(payload, Shape.RESULTSET, audit=False)
             elif cmd == Command.QUIT:
@@ -532,33 +538,38 @@ class MysqlSession:
 
     async def _query(self, payload: bytes) -> None:
         sql = payload[1:].decode(self.codec, "surrogateescape")
-        if _KILL_PREFIX.match(sql):
-            m = _KILL.match(sql)
-            if m is None:
-                self._seq = 1
-                await self._write(messages.err_packet(
-                    ER_REFUSED, SQLSTATE_REFUSED, "sqlward supports only KILL [CONNECTION | QUERY] <connection id>",
-                ))
-                return
+        m = _KILL.match(sql)
+        if m is not None:  # the one KILL form the gateway maps to its own connection ids
             await self._kill(int(m.group(2)), query_only=(m.group(1) or "").upper() == "QUERY")
             return
-        rid, refusal = self._decide(sql)
+        rid, refusal, analysis = self._decide(sql)
         if refusal is not None:
             self._seq = 1
             await self._write(self._refusal(refusal))
             return
         scanner = await self._forward(payload, Shape.RESULTSET, rid=rid)
-        if scanner.error_code is None:
+        if scanner.error_code is None and analysis is not None:
+            for st in analysis.statements:
+                if st.operation == "use" and st.detail:
+                    self.schema = st.detail
             m = _SET_NAMES.match(sql)
             if m:
                 self.codec = _codec_for_name(m.group(1))
-            m = _USE.match(sql)
-            if m:
-                self.schema = m.group(1) or m.group(2)
+
+    async def _field_list(self, payload: bytes) -> None:
+        """COM_FIELD_LIST reads a table's columns: decided as the SELECT it amounts to."""
+        table = payload[1:].split(b"\0", 1)[0].decode(self.codec, "surrogateescape")
+        quoted = "`" + table.replace("`", "``") + "`"
+        _, refusal, _ = self._decide(f"SELECT * FROM {quoted} LIMIT 0", statement_name=None)
+        if refusal is not None:
+            self._seq = 1
+            await self._write(self._refusal(refusal))
+            return
+        await self._forward(payload, Shape.FIELD_LIST, audit=False)
 
     async def _prepare(self, payload: bytes) -> None:
         sql = payload[1:].decode(self.codec, "surrogateescape")
-        rid, refusal = self._decide(sql, statement_name="")
+        rid, refusal, _ = self._decide(sql, statement_name="")
         if refusal is not None:
             self._seq = 1
             await self._write(self._refusal(refusal))

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from adapters.netio import Pipe
+from adapters.netio import Pipe, PrefixedStream
 from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
 from adapters.postgres import codec, upstream
 from adapters.postgres.encodings import decoder_for, printable
@@ -108,29 +108,6 @@ class _Pending:
         self.error: str | None = None
         self.sqlstate: str | None = None
         self.audit = audit
-
-
-class _Prefixed(trio.abc.Stream):
-    """A stream that first yields bytes already read (for direct TLS detection)."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            return data
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class PostgresSession:
@@ -269,7 +246,7 @@ class PostgresSession:
         if first[0] == 0x16:  # TLS ClientHello: direct TLS negotiation
             if self.listener.ssl_context is None:
                 raise SessionEnd()  # nothing sensible to say in plaintext to a TLS client
-            await self._start_tls(_Prefixed(self.client, first))
+            await self._start_tls(PrefixedStream(self.client, first))
         else:
             framer.feed(first)
         while True:

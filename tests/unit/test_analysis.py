@@ -197,7 +197,7 @@ CASES: list[Case] = [
     Case(MY, "COMMIT", "commit", ("commit",)),
     Case(MY, "LOCK TABLES t WRITE", "lock", ("lock",), status="unparsed"),
     Case(MY, "FLUSH PRIVILEGES", "other", ("other",), status="unparsed", detail="flush"),
-    Case(MY, "KILL 12", "other", ("other",), detail="kill"),
+    Case(MY, "KILL 12", "kill", ("kill",)),
     Case(MY, "PREPARE s FROM 'DELETE FROM t'", "prepare", ("prepare",), status="unparsed"),
     Case(MY, "LOAD DATA INFILE '/etc/passwd' INTO TABLE t", "unknown", ("unknown",), status="error"),
     Case(MY, "SELECT * INTO OUTFILE '/tmp/x' FROM t", "unknown", ("unknown", "select"), status="error"),
