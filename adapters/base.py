@@ -51,6 +51,15 @@ class MysqlSecret(msgspec.Struct, frozen=True):
         return "MysqlSecret(<hidden>)"
 
 
+class IdentitySettings(msgspec.Struct, frozen=True):
+    """Session-level identity behaviour (the `[identity]` config table)."""
+
+    on_token_expiry: str = "refuse"  # refuse | close
+    upstream_application_name: bool = True  # PostgreSQL application_name = "sqlward:<who>"
+    upstream_setting: bool = True  # PostgreSQL SET sqlward.identity / MySQL @sqlward_identity
+    sql_comment: bool = False  # sqlcommenter-style /* sqlward_identity='...' */ on statements
+
+
 class UpstreamTLS(msgspec.Struct, frozen=True):
     """TLS settings towards an upstream server (libpq `sslmode` semantics)."""
 
@@ -101,6 +110,20 @@ class Gatekeeper(Protocol):
 
     def authenticate_password(self, username: str, password: str, *, tls: bool) -> Identity:
         """Judge a cleartext password (a static secret now, an OIDC token later); AuthError."""
+
+    async def authenticate_token(self, username: str, token: str, *, tls: bool, loopback: bool) -> Identity:
+        """Verify an OIDC / JWT access token presented as the password (AuthError with a clear
+        message when refused). `tls` and `loopback` say how the client is connected; tokens on
+        plain TCP are refused unless the listener allows it for loopback clients."""
+
+    def identity_for_certificate(self, cert: dict) -> Identity | None:  # type: ignore[type-arg]
+        """The identity of a verified client certificate (mutual TLS), or None when it maps to none."""
+
+    def access_refusal(self, identity: Identity, target: TargetInfo) -> str | None:
+        """None when `identity` may reach `target`; otherwise the reason, for the client."""
+
+    def identity_settings(self) -> "IdentitySettings":
+        """How identities are shown upstream and what happens when a token expires."""
 
     def resolve_target(self, name: str, protocol: str) -> Target | None:
         """The configured target a client asked for by name, or None."""

@@ -58,6 +58,9 @@ class _State(IntEnum):
     INFILE = 9  # the server asked for a LOCAL INFILE; the client must send the file
 
 
+_DONE, _INFILE, _ROWS, _COLUMNS = _State.DONE, _State.INFILE, _State.ROWS, _State.COLUMNS
+
+
 def _lenenc(buf: bytearray, pos: int, end: int) -> tuple[int, int]:
     """(value, next position) of a length-encoded integer inside [pos, end)."""
     if pos >= end:
@@ -117,7 +120,8 @@ class ResponseScanner:
         Stops at the end of the response (see `done`), or at the LOCAL INFILE request."""
         pos = 0
         n = len(buf)
-        while pos < n and self.state != _State.DONE and self.state != _State.INFILE:
+        state = self.state
+        while pos < n and state != _DONE and state != _INFILE:
             if self._skip:
                 step = min(self._skip, n - pos)
                 pos += step
@@ -136,7 +140,7 @@ class ResponseScanner:
                 continue
             if length and n - pos < 5:
                 break  # the first payload byte decides what this packet is
-            if self.state == _State.ROWS and length and buf[pos + 4] not in (0xFE, 0xFF):
+            if state == _ROWS and length and buf[pos + 4] < 0xFE:
                 self.rows += 1
                 self._continued = length == MAX_PACKET_CHUNK
                 if end > n:
@@ -148,7 +152,7 @@ class ResponseScanner:
                 # Only rows and column values are that large; anything else is not a packet we
                 # need to look into beyond its header.
                 self._continued = True
-                if self.state == _State.ROWS:
+                if state == _ROWS:
                     self.rows += 1
                 if end > n:
                     self._skip = end - n
@@ -157,7 +161,14 @@ class ResponseScanner:
                 continue
             if end > n:
                 break  # wait for the whole (small) packet
+            if state == _COLUMNS and buf[pos + 4] != 0xFF:  # the common case, inline
+                self._columns_left -= 1
+                if self._columns_left == 0:
+                    state = self.state = _State.ROWS if self.deprecate_eof else _State.COLUMNS_EOF
+                pos = end
+                continue
             self._packet(buf, pos + 4, end, length)
+            state = self.state
             pos = end
         return pos
 

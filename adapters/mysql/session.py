@@ -71,6 +71,8 @@ _KILL = re.compile(
 _LOCAL_INFILE = re.compile(
     r"\bLOAD\s+(?:DATA|XML)\s+(?:LOW_PRIORITY\s+|CONCURRENT\s+)?LOCAL\b", re.IGNORECASE
 )
+# Operations that cannot be a LOAD DATA statement (skip the LOCAL INFILE scan for them).
+_PLAIN_OPS = frozenset({"select", "insert", "update", "delete", "begin", "commit", "rollback", "show", "use", "set"})
 _SET_NAMES = re.compile(r"^\s*SET\s+(?:NAMES|CHARACTER\s+SET|CHARSET)\s+['\"`]?(\w+)", re.IGNORECASE)
 
 # Character set ids whose bytes are not UTF-8 (MySQL's "latin1" is Windows-1252).
@@ -434,7 +436,12 @@ class MysqlSession:
                 action="deny", rule_id="kill-form",
                 message="KILL must be sent on its own as KILL [CONNECTION | QUERY] <sqlward connection id>",
             )
-        if decision.action == "allow" and _LOCAL_INFILE.search(sql) and not self.target.allow_local_infile:
+        if (
+            decision.action == "allow"
+            and not self.target.allow_local_infile
+            and (analysis is None or analysis.parse_status != "ok" or not _PLAIN_OPS.issuperset(analysis.operations))
+            and _LOCAL_INFILE.search(sql)
+        ):
             decision = Decision(
                 action="deny", rule_id="local-infile",
                 message=f"LOAD DATA LOCAL INFILE is not allowed on target {info.name!r}",
@@ -538,8 +545,10 @@ class MysqlSession:
 
     async def _query(self, payload: bytes) -> None:
         sql = payload[1:].decode(self.codec, "surrogateescape")
-        m = _KILL.match(sql)
-        if m is not None:  # the one KILL form the gateway maps to its own connection ids
+        # The one KILL form the gateway maps to its own connection ids (any other KILL is
+        # refused by _decide, whose analysis sees it wherever it hides).
+        m = _KILL.match(sql) if ("KILL" in sql or "kill" in sql or "Kill" in sql) else None
+        if m is not None:
             await self._kill(int(m.group(2)), query_only=(m.group(1) or "").upper() == "QUERY")
             return
         rid, refusal, analysis = self._decide(sql)
@@ -549,12 +558,14 @@ class MysqlSession:
             return
         scanner = await self._forward(payload, Shape.RESULTSET, rid=rid)
         if scanner.error_code is None and analysis is not None:
-            for st in analysis.statements:
-                if st.operation == "use" and st.detail:
-                    self.schema = st.detail
-            m = _SET_NAMES.match(sql)
-            if m:
-                self.codec = _codec_for_name(m.group(1))
+            if "use" in analysis.operations:
+                for st in analysis.statements:
+                    if st.operation == "use" and st.detail:
+                        self.schema = st.detail
+            if "set" in analysis.operations:
+                m = _SET_NAMES.match(sql)
+                if m:
+                    self.codec = _codec_for_name(m.group(1))
 
     async def _field_list(self, payload: bytes) -> None:
         """COM_FIELD_LIST reads a table's columns: decided as the SELECT it amounts to."""
