@@ -116,7 +116,7 @@ class Gatekeeper(Protocol):
         message when refused). `tls` and `loopback` say how the client is connected; tokens on
         plain TCP are refused unless the listener allows it for loopback clients."""
 
-    def identity_for_certificate(self, cert: dict) -> Identity | None:  # type: ignore[type-arg]
+    def identity_for_certificate(self, cert: dict, mode: str) -> Identity | None:  # type: ignore[type-arg]
         """The identity of a verified client certificate (mutual TLS), or None when it maps to none."""
 
     def access_refusal(self, identity: Identity, target: TargetInfo) -> str | None:

@@ -16,10 +16,19 @@ How it works (`load_config`), in four passes, each reporting problems as
    the environment (msgspec itself would print ``$.environments[...]``).
 4. Check. Cross-field rules msgspec cannot express: protocols, listen addresses, DSNs (scheme,
    host, port, user, query parameters), secrets given twice, files that cannot be read, duplicate
-   names and rule ids, `default_target` pointing at a target of another protocol. All problems of
-   this pass are collected and reported together. Relative file paths (TLS files, secret files,
-   DSN ``sslrootcert``/``sslcert``/``sslkey``, the audit file) are then made absolute against the
+   names and rule ids, `default_target` pointing at a target of another protocol; for identity:
+   `[[oidc]]` issuers with exactly one key source (`jwks_file`, which must hold a JWK set, or an
+   ``https://`` `jwks_url`), public-key algorithms only (``none`` and ``HS*`` are refused by
+   name), listeners whose `client_ca_file` needs `tls` and whose `cert_identity` needs
+   `client_ca_file`. All problems of this pass are collected and reported together. Relative file
+   paths (TLS files, client CA files, secret files, JWKS and JWKS CA files, DSN
+   ``sslrootcert``/``sslcert``/``sslkey``, the audit file) are then made absolute against the
    directory of the config file, and unnamed listeners get the name ``<protocol>-<port>``.
+
+`[identity]` decodes into `IdentityOptions`, a strict subclass of `adapters.base.IdentitySettings`
+(`.settings()` gives the plain adapter-facing value); `[[access]]` into `AccessRule`s, judged by
+`gateway.gatekeeper.Gatekeeper.access_refusal`; `[[oidc]]` into `IssuerConfig`s for
+`gateway.oidc.TokenVerifier`.
 
 Secrets (`TargetConfig.password`, `IdentityConfig.secret`, a password inside a DSN) are hidden
 from every ``repr``/``str`` and never quoted in an error message. The file-backed variants
@@ -44,15 +53,20 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 
-from adapters.base import UpstreamTLS
+from adapters.base import IdentitySettings, UpstreamTLS
 from policy.rules import EnvironmentPolicy, Rule
 
 __all__ = [
+    "AccessRule",
     "AuditConfig",
     "Config",
     "ConfigError",
+    "DEFAULT_JWS_ALGORITHMS",
     "GatewaySettings",
     "IdentityConfig",
+    "IdentityOptions",
+    "IssuerConfig",
+    "JWS_ALGORITHMS",
     "ListenerConfig",
     "ListenerTLS",
     "ParsedDSN",
@@ -81,6 +95,13 @@ _MYSQL_SSL_MODES: dict[str, str] = {
 }
 DSN_PARAMETERS: tuple[str, ...] = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout")
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+# Signature algorithms an [[oidc]] issuer may allow: public-key algorithms only. "none" and the
+# shared-secret HS256/HS384/HS512 are never accepted (see gateway/oidc.py).
+JWS_ALGORITHMS: tuple[str, ...] = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519", "Ed448",
+)
+DEFAULT_JWS_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+CERT_IDENTITY_MODES: tuple[str, ...] = ("none", "subject-cn", "san-uri")
 
 _HIDDEN = "'***'"
 
@@ -169,6 +190,13 @@ class ListenerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # RSA-encrypted) instead of the fast scramble check. "never" (the gateway always holds the
     # fast-path verifier), "first-login" (MySQL's behaviour after a restart), "always".
     caching_sha2_full_auth: Literal["never", "first-login", "always"] = "never"
+    # OIDC tokens presented on plain TCP: honoured only for loopback clients, and only when true.
+    allow_plaintext_tokens: bool = False
+    # Mutual TLS: request client certificates signed by this CA ("" = no client certificates).
+    client_ca_file: str = ""
+    # How a verified client certificate names the identity: "none" (it does not), "subject-cn"
+    # (the subject's commonName), "san-uri" (the first URI subjectAltName, e.g. a SPIFFE id).
+    cert_identity: Literal["none", "subject-cn", "san-uri"] = "none"
 
     def __post_init__(self) -> None:
         if not self.name:  # default name; an invalid `listen` is reported by load_config's checks
@@ -225,6 +253,49 @@ class IdentityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         yield from _safe_fields(self, ("secret",))
 
 
+class IssuerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One trusted OIDC / JWT issuer (`[[oidc]]`); used by `gateway.oidc.TokenVerifier`."""
+
+    # The exact `iss` claim of its tokens.
+    issuer: str
+    # A token must name at least one of these in its `aud` claim.
+    audiences: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)]
+    # Where the issuer's public keys (a JWKS) come from: exactly one of a file or an HTTPS URL.
+    jwks_file: str = ""
+    jwks_url: str = ""
+    # CA file for the HTTPS connection to jwks_url ("" = the system store).
+    jwks_ca_file: str = ""
+    subject_claim: str = "sub"
+    # A list of strings or one space-separated string.
+    groups_claim: str = "groups"
+    algorithms: tuple[str, ...] = DEFAULT_JWS_ALGORITHMS
+    leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
+    jwks_refresh_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
+    jwks_min_refetch_seconds: Annotated[int, msgspec.Meta(ge=0)] = 30
+
+
+class IdentityOptions(IdentitySettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `[identity]` table: `adapters.base.IdentitySettings`, decoded strictly."""
+
+    on_token_expiry: Literal["refuse", "close"] = "refuse"
+
+    def settings(self) -> IdentitySettings:
+        """The same values as the adapter-facing `IdentitySettings`."""
+        return IdentitySettings(**msgspec.structs.asdict(self))
+
+
+class AccessRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One `[[access]]` rule: who may reach which targets. Every criterion left empty matches
+    anything; the first rule whose criteria all match decides."""
+
+    targets: tuple[str, ...] = ()  # globs over target names
+    environments: tuple[str, ...] = ()  # target environments
+    subjects: tuple[str, ...] = ()  # globs over identity subjects
+    groups: tuple[str, ...] = ()  # any overlap with the identity's groups
+    actors: tuple[str, ...] = ()  # globs; matches when any actor of the chain matches
+    action: Literal["allow", "deny"]
+
+
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     file: str = "audit.jsonl"
     fsync: bool = False
@@ -238,6 +309,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     audit: AuditConfig = AuditConfig()
     environments: dict[str, EnvironmentPolicy] = {}
     rules: tuple[Rule, ...] = ()
+    oidc: tuple[IssuerConfig, ...] = ()
+    identity: IdentityOptions = IdentityOptions()
+    access: tuple[AccessRule, ...] = ()
     # Absolute path of the file this was loaded from (set by load_config, not by the file).
     source: str = ""
 
@@ -657,7 +731,16 @@ def _finish(config: Config, file: str) -> Config:
                         f"but this listener speaks {li.protocol} (expected a {li.protocol} target)",
                     )
                 )
-        listeners.append(msgspec.structs.replace(li, name=name, tls=tls))
+        client_ca_file = _resolve(li.client_ca_file, base)
+        if client_ca_file:
+            if tls is None:
+                problems.append(Problem(f"{at}.client_ca_file", "client certificates need TLS: add a tls table to this listener"))
+            _check_readable(client_ca_file, f"{at}.client_ca_file", "client CA file", problems)
+        if li.cert_identity != "none" and not client_ca_file:
+            problems.append(
+                Problem(f"{at}.cert_identity", f"cert_identity = {li.cert_identity!r} needs client_ca_file (the CA that signs client certificates)")
+            )
+        listeners.append(msgspec.structs.replace(li, name=name, tls=tls, client_ca_file=client_ca_file))
 
     identities: list[IdentityConfig] = []
     identity_at: dict[str, int] = {}
@@ -690,8 +773,21 @@ def _finish(config: Config, file: str) -> Config:
     if not config.audit.file:
         problems.append(Problem("$.audit.file", "expected a file path"))
 
+    issuers = [_check_issuer(issuer, f"$.oidc[{i}]", base, problems) for i, issuer in enumerate(config.oidc)]
+    issuer_at: dict[str, int] = {}
+    for i, issuer in enumerate(config.oidc):
+        if issuer.issuer in issuer_at:
+            problems.append(Problem(f"$.oidc[{i}].issuer", f"duplicate issuer {issuer.issuer!r} (first at $.oidc[{issuer_at[issuer.issuer]}])"))
+        elif issuer.issuer:
+            issuer_at[issuer.issuer] = i
+
+    for i, access in enumerate(config.access):
+        for key in ("targets", "environments", "subjects", "groups", "actors"):
+            if any(not value for value in getattr(access, key)):
+                problems.append(Problem(f"$.access[{i}].{key}", "expected non-empty strings (leave the key out to match anything)"))
+
     if problems:
-        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules")
+        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules", "$.oidc", "$.identity", "$.access")
         problems.sort(key=lambda p: next((i for i, s in enumerate(order) if p.path.startswith(s)), len(order)))
         raise ConfigError(file, problems)
     return msgspec.structs.replace(
@@ -699,9 +795,74 @@ def _finish(config: Config, file: str) -> Config:
         listeners=tuple(listeners),
         targets=tuple(targets),
         identities=tuple(identities),
+        oidc=tuple(issuers),
         audit=msgspec.structs.replace(config.audit, file=_resolve(config.audit.file, base)),
         source=source,
     )
+
+
+def _check_issuer(issuer: IssuerConfig, at: str, base: str, problems: list[Problem]) -> IssuerConfig:
+    """Cross-field checks of one [[oidc]] table; returns it with its file paths made absolute."""
+    if not issuer.issuer:
+        problems.append(Problem(f"{at}.issuer", "expected the issuer's identifier (the exact iss claim of its tokens)"))
+    if any(not aud for aud in issuer.audiences):
+        problems.append(Problem(f"{at}.audiences", "expected non-empty audience names"))
+    for key in ("subject_claim", "groups_claim"):
+        if not getattr(issuer, key):
+            problems.append(Problem(f"{at}.{key}", "expected a claim name"))
+    if not issuer.algorithms:
+        problems.append(Problem(f"{at}.algorithms", f"expected at least one algorithm (default: {', '.join(DEFAULT_JWS_ALGORITHMS)})"))
+    for j, alg in enumerate(issuer.algorithms):
+        where = f"{at}.algorithms[{j}]"
+        if alg.lower() == "none":
+            problems.append(Problem(where, "unsigned tokens (alg none) are never accepted"))
+        elif alg.upper().startswith("HS"):
+            problems.append(
+                Problem(where, f"{alg} is a shared-secret algorithm; sqlward verifies tokens with the issuer's public keys only "
+                        f"(expected one of: {', '.join(JWS_ALGORITHMS)})")
+            )
+        elif alg not in JWS_ALGORITHMS:
+            problems.append(Problem(where, f"unknown algorithm {alg!r} (expected one of: {', '.join(JWS_ALGORITHMS)})"))
+
+    jwks_file = _resolve(issuer.jwks_file, base)
+    jwks_ca_file = _resolve(issuer.jwks_ca_file, base)
+    if issuer.jwks_file and issuer.jwks_url:
+        problems.append(Problem(f"{at}.jwks_url", "both jwks_file and jwks_url are set (keep one)"))
+    elif not issuer.jwks_file and not issuer.jwks_url:
+        problems.append(Problem(at, "expected jwks_file or jwks_url (where the issuer's signing keys come from)"))
+    elif jwks_file:
+        _check_jwks_file(jwks_file, f"{at}.jwks_file", problems)
+    else:
+        try:
+            url = urlsplit(issuer.jwks_url)
+            host = url.hostname
+            url.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            problems.append(Problem(f"{at}.jwks_url", f"malformed URL: {exc}"))
+        else:
+            if url.scheme.lower() != "https":
+                problems.append(Problem(f"{at}.jwks_url", "expected an https:// URL (signing keys are never fetched over plain HTTP)"))
+            elif not host:
+                problems.append(Problem(f"{at}.jwks_url", "expected https://HOST[:PORT]/PATH"))
+    if jwks_ca_file:
+        if not issuer.jwks_url:
+            problems.append(Problem(f"{at}.jwks_ca_file", "jwks_ca_file is only used with jwks_url"))
+        _check_readable(jwks_ca_file, f"{at}.jwks_ca_file", "CA file", problems)
+    return msgspec.structs.replace(issuer, jwks_file=jwks_file, jwks_ca_file=jwks_ca_file)
+
+
+def _check_jwks_file(path: str, where: str, problems: list[Problem]) -> None:
+    try:
+        with open(path, "rb") as f:
+            document = json.loads(f.read())
+    except OSError as exc:
+        problems.append(Problem(where, f"cannot read JWKS file {path}: {exc.strerror or exc}"))
+        return
+    except ValueError:
+        problems.append(Problem(where, f"JWKS file {path} is not JSON (expected {{\"keys\": [...]}})"))
+        return
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        problems.append(Problem(where, f"JWKS file {path} is not a JWK set (expected {{\"keys\": [...]}})"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The gateway's implementation of `adapters.base.Gatekeeper`.
 
-How it works: `Gatekeeper.from_config` does all the work once, at start-up, and everything it
-keeps afterwards is immutable, so adapters can call it from any task without locks.
+How it works: `Gatekeeper.from_config` does all the work once, at start-up. Everything it keeps
+afterwards is immutable except the OIDC key caches inside `gateway.oidc.TokenVerifier` (guarded
+there by a trio lock), so adapters can call it from any task without locks of their own.
 
 - Static identities: each configured secret (`secret`, or the content of `secret_file`) is turned
   into a SCRAM-SHA-256 verifier (`scramp`, 4096 iterations, random salt) for the SCRAM exchange the
@@ -9,6 +10,19 @@ keeps afterwards is immutable, so adapters can call it from any task without loc
   `authenticate_password`, which compares digests with `hmac.compare_digest`. The cleartext secret
   is dropped right after; an unknown user costs the same HMAC as a known one, and both failures
   give the same message.
+- OIDC tokens (`authenticate_token`): refused for the name of a static identity (those log in
+  only with their secret) and on plain TCP unless the adapter says the client is on loopback and
+  its listener allows it; otherwise verified by `gateway.oidc.TokenVerifier` against the
+  `[[oidc]]` issuers. The connection's user name must be the token's subject or its outermost
+  actor (case-insensitive), so what the client says and what the token proves cannot differ. The
+  token becomes `Identity(verified_by="oidc", issuer, actor=<act chain>, is_agent=bool(chain),
+  expires_at=exp)`; a `name` claim becomes the display name.
+- Client certificates (`identity_for_certificate`): the listener's `cert_identity` mode picks
+  the subject commonName or the first URI subjectAltName (a SPIFFE id) of the verified peer
+  certificate. When that name is also a static identity, its groups, display name and agent flag
+  are used (never its secret).
+- Target access (`access_refusal`): `[[access]]` rules in order, first match wins; when there are
+  rules and none matches, access is refused; without rules every identity reaches every target.
 - Targets: every DSN is parsed (`gateway.config.parse_dsn`) into an `adapters.base.Target` with
   the upstream password taken from `password`, `password_file` or the DSN, in that order (the
   config loader refuses two of them at once). `resolve_target` is then a dictionary lookup.
@@ -17,23 +31,26 @@ keeps afterwards is immutable, so adapters can call it from any task without loc
 - Audit: `record` appends to an `audit.JsonlWriter`; any failure becomes `AuditUnavailable` so the
   adapter refuses the statement instead of running it unrecorded.
 
-The OIDC token path of `authenticate_password` is a marked seam (`_authenticate_token`).
+The how-to for all of this is docs/identity.md.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
-from typing import Protocol
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import msgspec
 import scramp
 
-from adapters.base import AuditUnavailable, AuthError, MysqlSecret, ScramSecret, Target
+from adapters.base import AuditUnavailable, AuthError, IdentitySettings, MysqlSecret, ScramSecret, Target
 from audit.writer import AuditWriteError, JsonlWriter
-from gateway.config import Config, ConfigError, Problem, parse_dsn, read_secret_file
+from gateway.config import AccessRule, Config, ConfigError, Problem, parse_dsn, read_secret_file
+from gateway.oidc import IssuerSetupError, TokenError, TokenVerifier
 from policy.rules import EnvironmentPolicy
 from policy.model import Analysis, Decision, Identity, TargetInfo
 
@@ -76,6 +93,7 @@ class Gatekeeper:
         targets: Mapping[str, Target],
         hmac_key: bytes,
         owns_writer: bool = False,
+        verifier: TokenVerifier | None = None,
     ) -> None:
         self._config = config
         self._engine = engine
@@ -84,15 +102,24 @@ class Gatekeeper:
         self._targets = dict(targets)
         self._hmac_key = hmac_key
         self._owns_writer = owns_writer
+        self._verifier = verifier if verifier is not None else TokenVerifier(())
+        self._access: tuple[AccessRule, ...] = config.access
+        self._identity_settings: IdentitySettings = config.identity.settings()
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
     def from_config(
-        cls, config: Config, audit_writer: _AuditWriter | None = None, *, engine: _Engine | None = None
+        cls,
+        config: Config,
+        audit_writer: _AuditWriter | None = None,
+        *,
+        engine: _Engine | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> Gatekeeper:
-        """Build everything once. Raises ConfigError when a secret file cannot be read or the
-        audit file cannot be opened (the message names the config file and the `$.path`)."""
+        """Build everything once. Raises ConfigError when a secret file cannot be read, an OIDC
+        CA file cannot be loaded or the audit file cannot be opened (the message names the config
+        file and the `$.path`). `clock` is the OIDC verifier's (tests move time with it)."""
         file = config.source or "<config>"
         hmac_key = os.urandom(32)
         users: dict[str, _StaticUser] = {}
@@ -158,6 +185,11 @@ class Gatekeeper:
                 unknown_environment=EnvironmentPolicy(),
             )
 
+        try:
+            verifier = TokenVerifier(config.oidc, clock=clock)
+        except IssuerSetupError as exc:
+            raise ConfigError.single(file, f"$.oidc[{exc.index}].jwks_ca_file", str(exc)) from None
+
         # Keep the config for the server, minus the identity secrets (only verifiers are kept).
         config = msgspec.structs.replace(
             config, identities=tuple(msgspec.structs.replace(ident, secret=None) for ident in config.identities)
@@ -176,6 +208,7 @@ class Gatekeeper:
             targets=targets,
             hmac_key=hmac_key,
             owns_writer=owns_writer,
+            verifier=verifier,
         )
 
     def close(self) -> None:
@@ -217,20 +250,99 @@ class Gatekeeper:
         return user.identity
 
     def authenticate_password(self, username: str, password: str, *, tls: bool) -> Identity:
+        """Judge a static identity's secret sent in clear (PostgreSQL cleartext password, MySQL
+        mysql_clear_password). OIDC tokens go through `authenticate_token`."""
         user = self._users.get(username)
         digest = _digest(self._hmac_key, password)  # computed for unknown users too (timing)
         if user is not None and user.digest and hmac.compare_digest(digest, user.digest):
             return user.identity
-        # --- OIDC seam ------------------------------------------------------------------------
-        # A later issue accepts an OIDC access token in place of the password (over TLS only):
-        #     identity = self._authenticate_token(username, password, tls=tls)
-        #     if identity is not None: return identity
-        # -------------------------------------------------------------------------------------
         raise AuthError(f'password authentication failed for user "{username}"')
 
-    def _authenticate_token(self, username: str, token: str, *, tls: bool) -> Identity | None:
-        """OIDC token verification (not implemented yet): None means "not a token I accept"."""
-        return None
+    def is_static(self, username: str) -> bool:
+        """True when `username` names a configured static identity (with or without a secret)."""
+        return username in self._users
+
+    async def authenticate_token(self, username: str, token: str, *, tls: bool, loopback: bool) -> Identity:
+        if username in self._users:
+            raise AuthError(
+                f'user "{username}" is a static identity and logs in with its secret, not with a token'
+            )
+        if not (tls or loopback):
+            raise AuthError(
+                "tokens are accepted only over TLS: connect with TLS (sslmode=require; for MySQL clients --ssl)"
+            )
+        if not self._verifier.issuers:
+            raise AuthError(
+                f'password authentication failed for user "{username}": not a static identity, '
+                "and token login is not configured (no [[oidc]] issuer)"
+            )
+        try:
+            verified = await self._verifier.verify(token)
+        except TokenError as exc:
+            raise AuthError(f"token refused: {exc}") from None
+        names = (verified.subject, *verified.actor[:1])
+        if username.casefold() not in (n.casefold() for n in names):
+            via = f" (or its actor {verified.actor[0]})" if verified.actor else ""
+            raise AuthError(
+                f'token refused: it is for "{verified.subject}"{via}, but the connection\'s user name is "{username}"'
+            )
+        name = verified.claims.get("name")
+        return Identity(
+            subject=verified.subject,
+            display_name=name if isinstance(name, str) else "",
+            groups=verified.groups,
+            verified_by="oidc",
+            issuer=verified.issuer,
+            actor=verified.actor,
+            is_agent=bool(verified.actor),
+            expires_at=verified.expires_at,
+        )
+
+    def identity_for_certificate(self, cert: Mapping[str, Any], mode: str) -> Identity | None:
+        """The identity a verified client certificate (`ssl.SSLSocket.getpeercert()`, a dict)
+        names under the listener's `cert_identity` mode, or None (mode "none", no certificate, no
+        such name). Only call it for certificates the TLS layer verified against the listener's
+        `client_ca_file`: this function judges names, not signatures."""
+        if mode == "none" or not cert:
+            return None
+        if mode == "subject-cn":
+            names = [v for k, v in _rdns(cert.get("subject", ())) if k == "commonName"]
+            if len(set(names)) != 1:  # none, or ambiguous
+                return None
+            subject = names[0]
+        elif mode == "san-uri":
+            uris = [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
+            if not uris:
+                return None
+            subject = uris[0]
+        else:
+            raise ValueError(f"unknown cert_identity mode {mode!r}")
+        if not subject:
+            return None
+        issuer_cns = [v for k, v in _rdns(cert.get("issuer", ())) if k == "commonName"]
+        static = self._users.get(subject)
+        return Identity(
+            subject=subject,
+            display_name=static.identity.display_name if static else "",
+            groups=static.identity.groups if static else (),
+            verified_by="certificate",
+            issuer=issuer_cns[0] if issuer_cns else "",
+            is_agent=static.identity.is_agent if static else False,
+        )
+
+    def access_refusal(self, identity: Identity, target: TargetInfo) -> str | None:
+        if not self._access:
+            return None
+        who = identity.subject + (f" (via {' via '.join(identity.actor)})" if identity.actor else "")
+        for n, rule in enumerate(self._access, start=1):
+            if _access_matches(rule, identity, target):
+                if rule.action == "allow":
+                    return None
+                return f"identity {who} may not reach target {target.name} (rule {n} of [[access]])"
+        return f"identity {who} may not reach target {target.name} (no [[access]] rule allows it)"
+
+    def identity_settings(self) -> IdentitySettings:
+        return self._identity_settings
 
     def resolve_target(self, name: str, protocol: str) -> Target | None:
         target = self._targets.get(name)
@@ -263,6 +375,30 @@ class Gatekeeper:
 
     def __repr__(self) -> str:
         return f"Gatekeeper({self.gateway_name!r}, {len(self._users)} identities, {len(self._targets)} targets)"
+
+
+def _access_matches(rule: AccessRule, identity: Identity, target: TargetInfo) -> bool:
+    if rule.targets and not any(fnmatch.fnmatchcase(target.name, g) for g in rule.targets):
+        return False
+    if rule.environments and target.environment not in rule.environments:
+        return False
+    if rule.subjects and not any(fnmatch.fnmatchcase(identity.subject, g) for g in rule.subjects):
+        return False
+    if rule.groups and not set(rule.groups) & set(identity.groups):
+        return False
+    if rule.actors and not any(fnmatch.fnmatchcase(a, g) for a in identity.actor for g in rule.actors):
+        return False
+    return True
+
+
+def _rdns(name: Any) -> list[tuple[str, str]]:
+    """getpeercert()'s subject / issuer (a tuple of RDNs, each a tuple of (key, value)) flattened."""
+    out: list[tuple[str, str]] = []
+    for rdn in name or ():
+        for pair in rdn:
+            if isinstance(pair, tuple) and len(pair) == 2:
+                out.append((str(pair[0]), str(pair[1])))
+    return out
 
 
 def _digest(key: bytes, secret: str) -> bytes:

@@ -20,14 +20,32 @@ from adapters.postgres.listener import PostgresListener
 log = logging.getLogger("sqlward")
 
 
+def _server_context(cfg: Any, alpn: list[str] | None = None) -> ssl.SSLContext | None:
+    """The listener's TLS context; with `client_ca_file`, client certificates are requested and
+    verified against it (mutual TLS; a client without one still gets TLS)."""
+    if cfg.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
+    client_ca = getattr(cfg, "client_ca_file", "")
+    if client_ca:
+        ctx.load_verify_locations(cafile=client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def _identity_options(listener: Any, cfg: Any) -> Any:
+    listener.allow_plaintext_tokens = bool(getattr(cfg, "allow_plaintext_tokens", False))
+    listener.cert_identity = getattr(cfg, "cert_identity", "none") or "none"
+    return listener
+
+
 def _postgres_listener(gatekeeper: Any, cfg: Any) -> PostgresListener:
-    ctx = None
-    if cfg.tls is not None:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
-        ctx.set_alpn_protocols(["postgresql"])
-    return PostgresListener(
+    ctx = _server_context(cfg, ["postgresql"])
+    return _identity_options(PostgresListener(
         gatekeeper,
         name=cfg.name,
         host=cfg.host,
@@ -36,19 +54,15 @@ def _postgres_listener(gatekeeper: Any, cfg: Any) -> PostgresListener:
         tls_required=bool(cfg.tls is not None and cfg.tls.require),
         max_message_size=cfg.max_message_size,
         default_target=cfg.default_target,
-    )
+    ), cfg)
 
 
 def _mysql_listener(gatekeeper: Any, cfg: Any) -> MysqlListener:
-    ctx = None
-    if cfg.tls is not None:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
+    ctx = _server_context(cfg)
     probe = cfg.default_target or next(
         (t.name for t in gatekeeper.config.targets if t.protocol == "mysql"), ""
     )
-    return MysqlListener(
+    return _identity_options(MysqlListener(
         gatekeeper,
         name=cfg.name,
         host=cfg.host,
@@ -59,7 +73,7 @@ def _mysql_listener(gatekeeper: Any, cfg: Any) -> MysqlListener:
         default_target=cfg.default_target,
         probe_target=probe,
         sha2_full_auth=cfg.caching_sha2_full_auth,
-    )
+    ), cfg)
 
 
 ADAPTERS: dict[str, Callable[[Any, Any], Any]] = {

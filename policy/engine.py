@@ -23,7 +23,9 @@ Decision for each statement, in order:
 2. Otherwise the first rule whose every non-empty criterion matches decides. Criteria:
    operations, tables (fnmatch globs, case-insensitive; a pattern without a dot also matches the
    bare name of `schema.table`), environments and targets (exact names), identities (subject
-   globs, case-sensitive), groups (any overlap), has_where.
+   globs, case-sensitive), groups (any overlap), actors (globs over the delegation chain: any
+   actor matches), agents (true: only agents or delegated identities; false: only people),
+   has_where.
    For deny and review rules, operations and tables match when ANY of the statement's
    operations / tables is listed. For allow rules they must cover ALL of them (and a tables
    criterion needs at least one table): otherwise "allow select" would let
@@ -117,6 +119,8 @@ class _CompiledRule:
         "targets",
         "identities",
         "groups",
+        "actors",
+        "agents",
         "cover_all",
         "sentence",
     )
@@ -131,6 +135,8 @@ class _CompiledRule:
         self.targets = frozenset(rule.targets)
         self.identities = _glob(rule.identities, ignore_case=False)
         self.groups = frozenset(rule.groups)
+        self.actors = _glob(rule.actors, ignore_case=False)
+        self.agents = rule.agents
         self.cover_all = strict_allow and rule.action == "allow"
         self.sentence = rule.message or _describe(rule)
 
@@ -150,6 +156,10 @@ class _CompiledRule:
         if self.identities is not None and not self.identities.match(identity.subject):
             return False
         if self.groups and self.groups.isdisjoint(identity.groups):
+            return False
+        if self.actors is not None and not any(self.actors.match(a) for a in identity.actor):
+            return False
+        if self.agents is not None and (identity.is_agent or bool(identity.actor)) is not self.agents:
             return False
         if self.rule.has_where is not None and st.has_where is not self.rule.has_where:
             return False
@@ -244,6 +254,7 @@ class Engine:
             analysis.dialect,
             identity.subject,
             identity.groups,
+            identity.is_agent,
             identity.actor,
             target.name,
             target.environment,

@@ -33,6 +33,8 @@ class Identity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     is_agent: bool = False
     # Stated reason / ticket for the session, when given.
     reason: str = ""
+    # Unix time after which the credential (an OIDC token) is no longer valid; None: no expiry.
+    expires_at: float | None = None
 
 
 class TargetInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -23,6 +23,8 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     targets: tuple[str, ...] = ()
     identities: tuple[str, ...] = ()  # identity subjects (globs)
     groups: tuple[str, ...] = ()  # any of these groups
+    actors: tuple[str, ...] = ()  # globs over the identity's actor chain (an agent acting for it)
+    agents: bool | None = None  # True: only agents / delegated sessions; False: only people
     has_where: bool | None = None  # match only UPDATE/DELETE with (True) or without (False) WHERE
     message: str = ""  # sentence shown to the client; a default is derived from the rule
 

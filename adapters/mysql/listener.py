@@ -64,6 +64,9 @@ class MysqlListener:
         self.tls_required = tls_required
         self.max_message_size = max_message_size
         self.default_target = default_target
+        # Identity options (set by the gateway from the listener config).
+        self.allow_plaintext_tokens = False  # tokens on plain TCP from loopback clients
+        self.cert_identity = "none"  # none | subject-cn | san-uri (mutual TLS)
         self.probe_target = probe_target or default_target
         self.capabilities = int(CONSERVATIVE)
         self.server_version = DEFAULT_VERSION

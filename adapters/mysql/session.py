@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
+from adapters import identity as ident
 from adapters.mysql import auth, messages, upstream
 from adapters.mysql.constants import Capability, Command, ServerStatus
 from adapters.mysql.packets import (
@@ -53,6 +54,8 @@ from audit.events import (
     StatementDecided,
     Who,
 )
+import msgspec
+
 from policy.model import Analysis, Decision, Identity
 
 if TYPE_CHECKING:
@@ -116,6 +119,10 @@ class UpstreamLost(Exception):
     pass
 
 
+class TokenExpired(Exception):
+    """The session's token expired and the configuration says to close the session."""
+
+
 class MysqlSession:
     def __init__(self, listener: "MysqlListener", stream: trio.SocketStream, client_addr: str) -> None:
         self.listener = listener
@@ -140,6 +147,7 @@ class MysqlSession:
         self._statements: dict[int, int] = {}  # statement id -> request id of its decision
         self._closing_reason = ""
         self._cpipe: Pipe | None = None
+        self._sql_comment = b""
         self._upipe: Pipe | None = None
 
     # ------------------------------------------------------------------------------------
@@ -224,6 +232,9 @@ class MysqlSession:
             self._closing_reason = self._closing_reason or "connection lost"
         except ssl.SSLError as exc:
             self._closing_reason = f"TLS error: {exc}"
+        except TokenExpired:
+            self._closing_reason = "token expired"
+            await self._send_err(1045, "28000", "the session's token expired; sqlward closed the session")
         except AuditUnavailable:
             self._closing_reason = "audit unavailable"
             await self._send_err(1105, "HY000", "the audit trail cannot be written; sqlward closed the session")
@@ -304,6 +315,10 @@ class MysqlSession:
         identity = await self._authenticate(user, response, nonce)
         if identity is None:
             return False
+        attrs = dict(response.attributes)
+        reason = attrs.get("sqlward.reason") or attrs.get("sqlward_reason") or ""
+        if reason and not identity.reason:
+            identity = msgspec.structs.replace(identity, reason=reason[: ident.MAX_REASON])
         dbname = response.database or lst.default_target
         target = self.gk.resolve_target(dbname, "mysql") if dbname else None
         if target is None:
@@ -312,12 +327,16 @@ class MysqlSession:
             )
             await self._refuse_connection(1049, "42000", what, user=user, target=dbname)
             return False
+        refusal = self.gk.access_refusal(identity, target.info)
+        if refusal is not None:
+            await self._refuse_connection(1044, "42000", refusal, user=user, target=target.info.name)
+            return False
         self._set_identity(identity, target)
         try:
             self.up = await upstream.connect(
                 target, capabilities=self.client_caps & ~Capability.SSL
                 if target.allow_local_infile else self.client_caps & ~Capability.SSL & ~Capability.LOCAL_FILES,
-                charset=self.charset, attributes=response.attributes,
+                charset=self.charset, attributes=self._upstream_attributes(response.attributes, identity),
             )
         except upstream.UpstreamError as exc:
             await self._refuse_connection(exc.errno, exc.sqlstate, str(exc), user=user, target=target.info.name)
@@ -326,22 +345,80 @@ class MysqlSession:
         self._cpipe = Pipe(self.client)
         self._upipe = Pipe(self.up.stream)
         self._ubuf = bytearray(self.up.leftover)
+        await self._show_identity_upstream(identity)
         await self._write(messages.ok_packet(self.client_caps, status_flags=self.up.status))
         return True
 
-    def _set_identity(self, identity: Identity, target: Target) -> None:
+    def _upstream_attributes(
+        self, attributes: tuple[tuple[str, str], ...], identity: Identity
+    ) -> tuple[tuple[str, str], ...]:
+        label = ident.upstream_label(identity, limit=255)
+        return tuple((k, v) for k, v in attributes if not k.startswith("sqlward")) + (("sqlward_identity", label),)
+
+    async def _show_identity_upstream(self, identity: Identity) -> None:
+        """SET @sqlward_identity on the upstream session, so the database sees who is there."""
+        settings = self.gk.identity_settings()
+        self._sql_comment = ident.sql_comment(identity).encode() if settings.sql_comment else b""
+        if not settings.upstream_setting:
+            return
+        label = ident.upstream_label(identity, limit=255).replace("\\", "\\\\").replace("'", "''")
+        scanner = await self._upstream_command(bytes([Command.QUERY]) + f"SET @sqlward_identity = '{label}'".encode())
+        if scanner.error_code is not None:
+            raise UpstreamLost()
+
+    async def _upstream_command(self, payload: bytes) -> ResponseScanner:
+        """Run one command on the upstream for the gateway itself; nothing reaches the client."""
+        assert self._upipe is not None
+        await self._upipe_send(payload)
+        scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=bool(self.client_caps & Capability.DEPRECATE_EOF))
+        while True:
+            if self._ubuf:
+                n = scanner.scan(self._ubuf)
+                del self._ubuf[:n]
+                if scanner.done:
+                    return scanner
+            data = await self._upipe.receive()
+            if not data:
+                raise UpstreamLost()
+            self._ubuf += data
+
+    def _update_identity(self, identity: Identity) -> None:
         self.identity = identity
-        self.target = target
         self.who = Who(
             subject=identity.subject, groups=identity.groups, actor=identity.actor,
             verified_by=identity.verified_by, reason=identity.reason,
         )
+
+    def _expiry_refusal(self) -> Decision | None:
+        """A refusal once the session's token has expired (TokenExpired to close instead)."""
+        assert self.identity is not None
+        if self.identity.expires_at is None or not ident.expired(self.identity):
+            return None
+        if self.gk.identity_settings().on_token_expiry == "close":
+            raise TokenExpired()
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.identity.expires_at))
+        return Decision(
+            action="deny", rule_id="token-expired",
+            message=f"the token of {self.identity.subject} expired at {when}; reconnect with a fresh token",
+        )
+
+    def _set_identity(self, identity: Identity, target: Target) -> None:
+        self._update_identity(identity)
+        self.target = target
         self.gk.record(
             ConnectionAuthenticated(
                 time=self._now(), gateway=self.gk.gateway_name, connection_id=self.audit_id,
                 who=self.who, target=target.info.name, environment=target.info.environment,
             )
         )
+
+    def _certificate_identity(self) -> Identity | None:
+        if not isinstance(self.client, trio.SSLStream) or self.listener.cert_identity == "none":
+            return None
+        cert = self.client.getpeercert()
+        if not cert:
+            return None
+        return self.gk.identity_for_certificate(cert, self.listener.cert_identity)
 
     async def _auth_switch(self, plugin: str, data: bytes) -> bytes:
         await self._write(messages.encode(messages.AuthSwitchRequest(plugin, data), self.client_caps))
@@ -354,14 +431,24 @@ class MysqlSession:
         secret = self.gk.mysql_secret(user)
         plugin = response.auth_plugin_name or auth.NATIVE_PASSWORD
         data = response.auth_response
+        loopback_plain = lst.allow_plaintext_tokens and ident.is_loopback(self.client_addr.rsplit(":", 1)[0])
         try:
-            if plugin == auth.CLEAR_PASSWORD or (secret is None and self.tls):
-                if not self.tls:
-                    raise AuthError("mysql_clear_password is only accepted over TLS")
+            cert_identity = self._certificate_identity()
+            if cert_identity is not None and cert_identity.subject == user:
+                return cert_identity  # mutual TLS: the verified certificate is the credential
+            if plugin == auth.CLEAR_PASSWORD or secret is None:
+                if not (self.tls or loopback_plain):
+                    raise AuthError(
+                        "mysql_clear_password is only accepted over TLS" if secret is not None else
+                        f"'{user}' is not a static identity: sqlward accepts tokens only over TLS "
+                        "(mysql_clear_password only accepted over TLS)"
+                    )
                 if plugin != auth.CLEAR_PASSWORD:
                     data = await self._auth_switch(auth.CLEAR_PASSWORD, b"")
                 password = data.rstrip(b"\0").decode("utf-8")
-                return self.gk.authenticate_password(user, password, tls=True)
+                if secret is not None:
+                    return self.gk.authenticate_password(user, password, tls=self.tls)
+                return await self.gk.authenticate_token(user, password, tls=self.tls, loopback=loopback_plain)
             if plugin == auth.NATIVE_PASSWORD and secret is not None and data:
                 if auth.native_check(secret.native, nonce, data):
                     return self.gk.static_identity(user)
@@ -394,8 +481,10 @@ class MysqlSession:
                     user=user, reason=f"authentication failed: {exc}",
                 )
             )
-            if "only accepted over TLS" in str(exc):
-                await self._send_err(1251, "08004", "mysql_clear_password is only accepted over TLS")
+            if "only accepted over TLS" in str(exc) and secret is not None:
+                await self._send_err(1251, "08004", str(exc))
+            elif secret is None and isinstance(exc, AuthError) and str(exc):
+                await self._send_err(1045, "28000", f"Access denied for user '{user}': {exc}")
             else:
                 await self._send_err(
                     1045, "28000", f"Access denied for user '{user}'@'{self.client_addr.rsplit(':', 1)[0]}' (using password: YES)"
@@ -417,13 +506,18 @@ class MysqlSession:
         rid = self.requests
         info = self.target.info
         analysis: Analysis | None = None
+        reason = ident.reason_from_sql(sql)
+        if reason and reason != self.identity.reason:
+            self._update_identity(msgspec.structs.replace(self.identity, reason=reason))
         try:
             analysis = self.gk.analyse(sql, "mysql")
-            decision = self.gk.decide(analysis, self.identity, info, schema=self.schema)
+            decision = self._expiry_refusal() or self.gk.decide(analysis, self.identity, info, schema=self.schema)
             fingerprint = analysis.fingerprint
             operations = analysis.operations
             tables = analysis.tables
             parse_status = analysis.parse_status
+        except TokenExpired:
+            raise
         except Exception as exc:  # fail closed
             log.exception("policy evaluation failed")
             decision = Decision(
@@ -490,6 +584,11 @@ class MysqlSession:
             elif cmd == Command.STMT_EXECUTE:
                 if len(payload) < 5:
                     raise ProtocolViolation("COM_STMT_EXECUTE is truncated")
+                expiry = self._expiry_refusal() if self.identity.expires_at is not None else None  # type: ignore[union-attr]
+                if expiry is not None:
+                    self._seq = 1
+                    await self._write(self._refusal(expiry))
+                    continue
                 stmt_id = int.from_bytes(payload[1:5], "little")
                 await self._forward(payload, Shape.RESULTSET, ref=self._statements.get(stmt_id))
             elif cmd == Command.STMT_PREPARE:
@@ -556,6 +655,8 @@ class MysqlSession:
             self._seq = 1
             await self._write(self._refusal(refusal))
             return
+        if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
+            payload = payload[:1] + self._sql_comment + payload[1:]
         scanner = await self._forward(payload, Shape.RESULTSET, rid=rid)
         if scanner.error_code is None and analysis is not None:
             if "use" in analysis.operations:
@@ -768,5 +869,6 @@ class MysqlSession:
             self.codec = _python_codec(self.charset)
         self._set_identity(identity, target)
         self.schema = target.database
+        await self._show_identity_upstream(identity)
         await self._write(messages.ok_packet(self.client_caps))
         return True

@@ -43,6 +43,9 @@ class PostgresListener:
         self.tls_required = tls_required
         self.max_message_size = max_message_size
         self.default_target = default_target
+        # Identity options (set by the gateway from the listener config).
+        self.allow_plaintext_tokens = False  # tokens on plain TCP from loopback clients
+        self.cert_identity = "none"  # none | subject-cn | san-uri (mutual TLS)
         self._sessions: dict[int, PostgresSession] = {}
 
     async def serve(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:

@@ -5,12 +5,17 @@ direct`: a TLS ClientHello straight away) and the classic untyped packets: SSLRe
 the listener has a certificate, `N` otherwise), GSSENCRequest (always `N`), CancelRequest (handed
 to the listener, which cancels the right upstream query) and the StartupMessage. A client asking
 for protocol 3.x (x > 0) or sending `_pq_.` options gets NegotiateProtocolVersion for 3.0.
-Authentication: a static identity proves its secret with SCRAM-SHA-256; any other user name is
-asked for a cleartext password, but only over TLS (the seam for OIDC tokens); an unknown user on
-plain TCP gets a SCRAM exchange against a random verifier, so it fails like a wrong password and
-user names cannot be probed. The database name picks the target; then the upstream session is
-opened with the gateway's own credentials and its ParameterStatus values are relayed, with the
-gateway's own BackendKeyData.
+Authentication: a client certificate verified by the listener's CA (mutual TLS) that names the
+startup user is the credential; a static identity proves its secret with SCRAM-SHA-256; any
+other user name presents an OIDC token as a cleartext password, only over TLS (or plain TCP from
+loopback when the listener allows it); on plain TCP such a user is refused with a clear FATAL, so
+a token never travels in clear. The stated session reason comes from `options`
+(`-c sqlward.reason=...`), `application_name` (`reason=...`) or a leading
+`/* sqlward:reason=... */` comment. The database name picks the target, the access rules must let
+the identity reach it; then the upstream session is opened with the gateway's own credentials,
+showing the identity as application_name `sqlward:<subject>[ via <actor>]` and the setting
+`sqlward.identity`, and its ParameterStatus values are relayed with the gateway's own
+BackendKeyData. Once a token expires, statements are refused (or the session is closed).
 
 Relay (`_relay`): two tasks. The client task frames client messages on a bytearray and forwards
 them in one write per received chunk; it decodes only what policy and audit need: Query and Parse
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 import ssl
 import struct
@@ -43,10 +49,11 @@ import trio
 
 from adapters.netio import Pipe, PrefixedStream
 from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
+from adapters import identity as ident
 from adapters.postgres import codec, upstream
 from adapters.postgres.encodings import decoder_for, printable
 from adapters.postgres.codec import Backend, Frontend, ProtocolViolation
-from adapters.postgres.scram import ScramError, ScramExchange, mock_secret
+from adapters.postgres.scram import ScramError, ScramExchange
 from audit.events import (
     ConnectionAuthenticated,
     ConnectionClosed,
@@ -56,6 +63,8 @@ from audit.events import (
     StatementDecided,
     Who,
 )
+import msgspec
+
 from policy.model import Decision, Identity
 
 if TYPE_CHECKING:
@@ -87,6 +96,29 @@ def _cstr_end(buf: bytearray, start: int, end: int) -> int:
     if idx < 0:
         raise ProtocolViolation("string is not NUL-terminated")
     return idx
+
+
+_SQLWARD_SETTING = re.compile(r"sqlward\.", re.IGNORECASE)
+_SETTING_WRITE = re.compile(r"\b(?:SET|RESET|set_config)\b[^;]*?sqlward\.", re.IGNORECASE | re.DOTALL)
+
+
+def _tampering(sql: str) -> Decision | None:
+    """Statements that would rewrite the identity the gateway shows the database
+    (SET sqlward.identity, set_config('sqlward.identity', ...)) are refused."""
+    if _SQLWARD_SETTING.search(sql) is None or _SETTING_WRITE.search(sql) is None:
+        return None  # reading current_setting('sqlward.identity') is fine
+    return Decision(
+        action="deny", rule_id="identity-tampering",
+        message="the sqlward.* settings carry the session's identity and cannot be changed",
+    )
+
+
+class TokenExpired(Exception):
+    """The session's token expired and the configuration says to close the session."""
+
+
+class _TokenNeedsTLS(Exception):
+    """A non-static user on plain TCP: a token must not travel in clear."""
 
 
 class SessionEnd(Exception):
@@ -138,6 +170,7 @@ class PostgresSession:
         self._tx_status = "I"
         self._closing_reason = ""
         self._decode_sql = decoder_for("UTF8")
+        self._sql_comment = b""
 
     # ----------------------------------------------------------------------------------------
     # helpers
@@ -280,6 +313,15 @@ class PostgresSession:
             self._startup_rest = framer.take_rest()
             return await self._handle_startup(msg)
 
+    def _certificate_identity(self) -> Identity | None:
+        """The identity named by a verified client certificate (mutual TLS), if any."""
+        if not isinstance(self.client, trio.SSLStream) or self.listener.cert_identity == "none":
+            return None
+        cert = self.client.getpeercert()
+        if not cert:
+            return None
+        return self.gk.identity_for_certificate(cert, self.listener.cert_identity)
+
     async def _start_tls(self, raw: trio.abc.Stream) -> None:
         ctx = self.listener.ssl_context
         assert ctx is not None
@@ -329,16 +371,21 @@ class PostgresSession:
         identity = await self._authenticate(user)
         if identity is None:
             return False
-        self.identity = identity
-        self.who = Who(
-            subject=identity.subject, groups=identity.groups, actor=identity.actor,
-            verified_by=identity.verified_by, reason=identity.reason,
+        reason = ident.reason_from_options(params.get("options", "")) or ident.reason_from_application_name(
+            self.application_name
         )
+        if reason and not identity.reason:
+            identity = msgspec.structs.replace(identity, reason=reason)
+        self._set_identity(identity)
         target = self.gk.resolve_target(dbname, "postgres")
         if target is None:
             await self._refuse_connection(
                 "3D000", f'"{dbname}" is not a target of this sqlward gateway', user=user, target=dbname
             )
+            return False
+        refusal = self.gk.access_refusal(identity, target.info)
+        if refusal is not None:
+            await self._refuse_connection("42501", refusal, user=user, target=target.info.name)
             return False
         self.target = target
         self._record(
@@ -352,18 +399,23 @@ class PostgresSession:
             (k, v) for k, v in msg.params
             if k not in ("user", "database", "replication") and not k.startswith("_pq_.")
         ]
+        forward = self._upstream_identity_params(forward, identity)
         try:
             self.up = await upstream.connect(target, forward)
         except upstream.UpstreamError as exc:
             await self._refuse_connection(exc.sqlstate, str(exc), user=user, target=target.info.name)
             return False
         self._tx_status = self.up.tx_status
+        if self.gk.identity_settings().sql_comment:
+            self._sql_comment = ident.sql_comment(identity).encode()
         for name, value in self.up.parameters:
             if name == "client_encoding":
                 self._decode_sql = decoder_for(value)
         self.pid, self.secret = self.listener.register(self)
         out = bytearray()
         for name, value in self.up.parameters:
+            if name == "application_name":  # the client sees its own name; upstream shows who
+                value = self.application_name
             out += codec.encode_backend(codec.ParameterStatus(name, value))
         for notice in self.up.notices:
             out += notice
@@ -371,6 +423,31 @@ class PostgresSession:
         out += codec.encode_backend(codec.ReadyForQuery(self.up.tx_status))
         await self.client.send_all(out)
         return True
+
+    def _set_identity(self, identity: Identity) -> None:
+        self.identity = identity
+        self.who = Who(
+            subject=identity.subject, groups=identity.groups, actor=identity.actor,
+            verified_by=identity.verified_by, reason=identity.reason,
+        )
+
+    def _upstream_identity_params(
+        self, params: list[tuple[str, str]], identity: Identity
+    ) -> list[tuple[str, str]]:
+        """Show the person (and agent) to the database: application_name and the custom
+        setting sqlward.identity, both visible in pg_stat_activity / current_setting()."""
+        settings = self.gk.identity_settings()
+        label = ident.upstream_label(identity)
+        out = list(params)
+        if settings.upstream_application_name:
+            shown = f"{label} {self.application_name}" if self.application_name else label
+            out = [(k, v) for k, v in out if k != "application_name"] + [("application_name", shown[:63])]
+        if settings.upstream_setting:
+            value = label.replace("\\", "\\\\").replace(" ", "\\ ")
+            options = dict(out).get("options", "")
+            out = [(k, v) for k, v in out if k != "options"]
+            out.append(("options", f"{options} -c sqlward.identity={value}".strip()))
+        return out
 
     async def _read_auth_message(self, framer: codec.Framer) -> bytes:
         while True:
@@ -392,15 +469,21 @@ class PostgresSession:
         framer.feed(self._startup_rest)
         self._startup_rest = b""
         secret = self.gk.scram_secret(user)
+        lst = self.listener
+        loopback_plain = lst.allow_plaintext_tokens and ident.is_loopback(self.client_addr.rsplit(":", 1)[0])
         try:
-            if secret is None and self.tls:
+            cert_identity = self._certificate_identity()
+            if cert_identity is not None and cert_identity.subject == user:
+                identity = cert_identity  # mutual TLS: the verified certificate is the credential
+            elif secret is None and (self.tls or loopback_plain):
                 await self.client.send_all(codec.encode_backend(codec.AuthenticationCleartextPassword()))
                 body = await self._read_auth_message(framer)
-                password = codec.PasswordMessage(body).password
-                identity = self.gk.authenticate_password(user, password, tls=self.tls)
+                token = codec.PasswordMessage(body).password
+                identity = await self.gk.authenticate_token(user, token, tls=self.tls, loopback=loopback_plain)
+            elif secret is None:
+                raise _TokenNeedsTLS()
             else:
-                known = secret is not None
-                exchange = ScramExchange(secret if secret is not None else mock_secret())
+                exchange = ScramExchange(secret)
                 await self.client.send_all(
                     codec.encode_backend(codec.AuthenticationSASL(("SCRAM-SHA-256",)))
                 )
@@ -415,12 +498,23 @@ class PostgresSession:
                 )
                 final = await self._read_auth_message(framer)
                 server_final = exchange.final(final.decode("utf-8"))
-                if not known:
-                    raise AuthError("unknown identity")
                 await self.client.send_all(
                     codec.encode_backend(codec.AuthenticationSASLFinal(server_final.encode()))
                 )
                 identity = self.gk.identity_for_scram(user)
+        except _TokenNeedsTLS:
+            message = (
+                f'"{user}" is not a static identity: sqlward accepts tokens only over TLS '
+                "(connect with sslmode=require)"
+            )
+            self._record_quietly(
+                ConnectionRefused(
+                    time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
+                    user=user, reason=message,
+                )
+            )
+            await self._send_fatal("28000", message)
+            return None
         except (AuthError, ScramError, UnicodeDecodeError) as exc:
             self._record_quietly(
                 ConnectionRefused(
@@ -428,7 +522,10 @@ class PostgresSession:
                     user=user, reason=f"authentication failed: {exc}",
                 )
             )
-            await self._send_fatal("28P01", f'password authentication failed for user "{user}"')
+            detail = str(exc) if isinstance(exc, AuthError) and secret is None else ""
+            await self._send_fatal(
+                "28P01", f'password authentication failed for user "{user}"', detail=detail,
+            )
             return None
         await self.client.send_all(codec.encode_backend(codec.AuthenticationOk()))
         self._startup_rest = framer.take_rest()
@@ -457,13 +554,19 @@ class PostgresSession:
         self.requests += 1
         rid = self.requests
         info = self.target.info
+        reason = ident.reason_from_sql(sql)
+        if reason and reason != self.identity.reason:
+            self._set_identity(msgspec.structs.replace(self.identity, reason=reason))
         try:
             analysis = self.gk.analyse(sql, "postgres")
-            decision = self.gk.decide(analysis, self.identity, info)
+            expiry = self._expiry_refusal()
+            decision = expiry or _tampering(sql) or self.gk.decide(analysis, self.identity, info)
             fingerprint = analysis.fingerprint
             operations = analysis.operations
             tables = analysis.tables
             parse_status = analysis.parse_status
+        except TokenExpired:
+            raise
         except Exception as exc:  # fail closed
             log.exception("policy evaluation failed")
             decision = Decision(
@@ -495,6 +598,19 @@ class PostgresSession:
             )
         return rid, decision, self._refusal_bytes(decision)
 
+    def _expiry_refusal(self) -> Decision | None:
+        """A refusal once the session's token has expired (or TokenExpired to close it)."""
+        assert self.identity is not None
+        if self.identity.expires_at is None or not ident.expired(self.identity):
+            return None
+        if self.gk.identity_settings().on_token_expiry == "close":
+            raise TokenExpired()
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.identity.expires_at))
+        return Decision(
+            action="deny", rule_id="token-expired",
+            message=f"the token of {self.identity.subject} expired at {when}; reconnect with a fresh token",
+        )
+
     def _inject_refusal(self, error: bytes) -> str:
         """Remember an error to swap in; returns the marker the injected SQL must contain."""
         marker = f"{REFUSED_MARKER}{self.requests}_{secrets.token_hex(4)}"
@@ -511,6 +627,10 @@ class PostgresSession:
             self._closing_reason = f"protocol violation: {exc}"
             cancel_scope.cancel()
             await self._send_fatal(exc.sqlstate, str(exc))
+        except TokenExpired:
+            self._closing_reason = "token expired"
+            cancel_scope.cancel()
+            await self._send_fatal("28000", "the session's token expired; sqlward closed the session")
         cancel_scope.cancel()
 
     async def _client_loop(self) -> None:
@@ -559,7 +679,13 @@ class PostgresSession:
                 elif mtype == Frontend.EXECUTE:
                     portal = bytes(buf[pos + 5 : _cstr_end(buf, pos + 5, end)]).decode("utf-8", "surrogateescape")
                     self.requests += 1
-                    pending.append(_Pending("execute", self.requests, self._portals.get(portal)))
+                    expiry = self._expiry_refusal() if self.identity.expires_at is not None else None  # type: ignore[union-attr]
+                    if expiry is None:
+                        pending.append(_Pending("execute", self.requests, self._portals.get(portal)))
+                    else:  # a prepared statement must not outlive the token either
+                        marker = self._inject_refusal(self._refusal_bytes(expiry))
+                        replacement = codec.encode_frontend(codec.Parse("", marker))
+                        self._discarding = True
                 elif mtype == Frontend.BIND:
                     p_end = _cstr_end(buf, pos + 5, end)
                     s_end = _cstr_end(buf, p_end + 1, end)
@@ -578,6 +704,9 @@ class PostgresSession:
                     self._syncs_sent += 1
                     if refusal is None:
                         pending.append(_Pending("query", rid))
+                        if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
+                            body = self._sql_comment + bytes(buf[pos + 5 : end])
+                            replacement = struct.pack("!BI", Frontend.QUERY, len(body) + 4) + body
                     else:
                         marker = self._inject_refusal(error)
                         replacement = codec.encode_frontend(codec.Query(marker))

@@ -304,11 +304,20 @@ def test_upstream_killed_psycopg(gateway: GatewayProcess, direct):
 # -- authentication and targets -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("user", ["alice", "nobody-such"])
-def test_wrong_password_fatal_28P01(gw_endpoint: Endpoint, user: str):
+def test_wrong_password_fatal_28P01(gw_endpoint: Endpoint):
     with pytest.raises(pgwire.PgError) as ei:
-        pgwire.open_session(gw_endpoint.host, gw_endpoint.port, user, "wrong-password", "app")
+        pgwire.open_session(gw_endpoint.host, gw_endpoint.port, "alice", "wrong-password", "app")
     assert ei.value.severity == "FATAL" and ei.value.sqlstate == "28P01", ei.value
+    gw_endpoint.assert_serving()
+
+
+def test_non_static_user_on_plain_tcp_is_told_tokens_need_tls(gw_endpoint: Endpoint):
+    """A user that is not a static identity can only present a token, and a token never travels
+    in clear: on plain TCP the gateway refuses before asking for any password (issue 4)."""
+    with pytest.raises(pgwire.PgError) as ei:
+        pgwire.open_session(gw_endpoint.host, gw_endpoint.port, "nobody-such", "wrong-password", "app")
+    assert ei.value.severity == "FATAL" and ei.value.sqlstate == "28000", ei.value
+    assert "only over TLS" in str(ei.value)
     gw_endpoint.assert_serving()
 
 
@@ -325,7 +334,11 @@ def test_unknown_target_fatal_3D000(gw_endpoint: Endpoint):
 
 
 def test_no_cleartext_password_without_tls(gw_endpoint: Endpoint):
-    for user in ("alice", "nobody-such"):
+    with gw_endpoint.connect() as c:
+        c.send(pgwire.startup_message({"user": "nobody-such", "database": "app"}))
+        first = c.read_message()
+        assert first.type == "E" and first.sqlstate == "28000", first  # never an auth request
+    for user in ("alice",):
         with gw_endpoint.connect() as c:
             c.send(pgwire.startup_message({"user": user, "database": "app"}))
             first = c.read_message()

@@ -681,3 +681,190 @@ def test_config_error_shape(tmp_path: Path) -> None:
     assert str(err) == f"{err.file}: $.targets[0].dsn: Expected `str`, got `int`"
     assert err.path == "$.targets[0].dsn"
     assert err.problems[0].message == "Expected `str`, got `int`"
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity: [[oidc]], [identity], [[access]], listener keys for tokens and mutual TLS
+
+JWKS = '{"keys": []}'
+
+IDENTITY = """
+[[listeners]]
+name = "pg-tls"
+protocol = "postgres"
+listen = "127.0.0.1:6433"
+tls = { cert_file = "gw.crt", key_file = "gw.key" }
+allow_plaintext_tokens = true
+client_ca_file = "clients-ca.pem"
+cert_identity = "san-uri"
+
+[[oidc]]
+issuer = "https://idp.example"
+audiences = ["sqlward", "db"]
+jwks_url = "https://idp.example/.well-known/jwks.json"
+jwks_ca_file = "idp-ca.pem"
+subject_claim = "email"
+groups_claim = "roles"
+algorithms = ["ES256", "PS256", "Ed25519"]
+leeway_seconds = 5
+jwks_refresh_seconds = 300
+jwks_min_refetch_seconds = 10
+
+[[oidc]]
+issuer = "https://other.example"
+audiences = ["sqlward"]
+jwks_file = "keys/jwks.json"
+
+[identity]
+on_token_expiry = "close"
+upstream_application_name = false
+upstream_setting = true
+sql_comment = true
+
+[[access]]
+targets = ["prod-*"]
+environments = ["production"]
+subjects = ["*@example.com"]
+groups = ["dba"]
+actors = ["runbook-*"]
+action = "deny"
+
+[[access]]
+action = "allow"
+"""
+
+
+@pytest.fixture
+def identity_dir(tmp_path: Path) -> Path:
+    for name in ("gw.crt", "gw.key", "clients-ca.pem", "idp-ca.pem"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "jwks.json").write_text(JWKS)
+    return tmp_path
+
+
+def test_identity_config_round_trip(identity_dir: Path) -> None:
+    from adapters.base import IdentitySettings
+    from gateway.config import AccessRule, IdentityOptions, IssuerConfig
+
+    config = load_config(write(identity_dir, MINIMAL + IDENTITY), env={})
+    plain, tls = config.listeners
+    assert (plain.allow_plaintext_tokens, plain.client_ca_file, plain.cert_identity) == (False, "", "none")
+    assert tls.allow_plaintext_tokens is True and tls.cert_identity == "san-uri"
+    assert tls.client_ca_file == str(identity_dir / "clients-ca.pem")
+
+    first, second = config.oidc
+    assert first == IssuerConfig(
+        issuer="https://idp.example",
+        audiences=("sqlward", "db"),
+        jwks_url="https://idp.example/.well-known/jwks.json",
+        jwks_ca_file=str(identity_dir / "idp-ca.pem"),
+        subject_claim="email",
+        groups_claim="roles",
+        algorithms=("ES256", "PS256", "Ed25519"),
+        leeway_seconds=5,
+        jwks_refresh_seconds=300,
+        jwks_min_refetch_seconds=10,
+    )
+    assert second.jwks_file == str(identity_dir / "keys" / "jwks.json") and second.jwks_url == ""
+    assert (second.subject_claim, second.groups_claim, second.algorithms) == ("sub", "groups", ("RS256", "ES256", "EdDSA"))
+    assert (second.leeway_seconds, second.jwks_refresh_seconds, second.jwks_min_refetch_seconds) == (30, 600, 30)
+
+    assert isinstance(config.identity, IdentityOptions) and isinstance(config.identity, IdentitySettings)
+    assert config.identity.settings() == IdentitySettings(
+        on_token_expiry="close", upstream_application_name=False, upstream_setting=True, sql_comment=True
+    )
+    assert type(config.identity.settings()) is IdentitySettings
+    assert config.access == (
+        AccessRule(
+            targets=("prod-*",), environments=("production",), subjects=("*@example.com",), groups=("dba",),
+            actors=("runbook-*",), action="deny",
+        ),
+        AccessRule(action="allow"),
+    )
+
+
+def test_identity_defaults(tmp_path: Path) -> None:
+    from adapters.base import IdentitySettings
+
+    config = load_config(write(tmp_path, MINIMAL), env={})
+    assert config.oidc == () and config.access == ()
+    assert config.identity.settings() == IdentitySettings()
+    assert config.identity.on_token_expiry == "refuse"
+
+
+def _oidc(extra: str, base: str = 'issuer = "https://idp"\naudiences = ["sqlward"]\n') -> str:
+    return MINIMAL + "\n[[oidc]]\n" + base + extra + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "fragments"),
+    [
+        (_oidc('jwks_file = "keys.json"\njwks_url = "https://idp/jwks"'), "$.oidc[0].jwks_url", ("both jwks_file and jwks_url are set",)),
+        (_oidc(""), "$.oidc[0]", ("expected jwks_file or jwks_url",)),
+        (_oidc('jwks_url = "http://idp/jwks"'), "$.oidc[0].jwks_url", ("expected an https:// URL",)),
+        (_oidc('jwks_url = "https:///jwks"'), "$.oidc[0].jwks_url", ("expected https://HOST",)),
+        (_oidc('jwks_url = "https://idp:99999/jwks"'), "$.oidc[0].jwks_url", ("malformed URL",)),
+        (_oidc('jwks_file = "keys.json"\njwks_ca_file = "keys.json"'), "$.oidc[0].jwks_ca_file", ("only used with jwks_url",)),
+        (_oidc('jwks_url = "https://idp/jwks"\njwks_ca_file = "no-ca.pem"'), "$.oidc[0].jwks_ca_file", ("cannot read CA file", "No such file")),
+        (_oidc('jwks_file = "missing.json"'), "$.oidc[0].jwks_file", ("cannot read JWKS file", "No such file")),
+        (_oidc('jwks_file = "notjson.json"'), "$.oidc[0].jwks_file", ("is not JSON",)),
+        (_oidc('jwks_file = "nokeys.json"'), "$.oidc[0].jwks_file", ("is not a JWK set",)),
+        (_oidc('jwks_file = "keys.json"\nalgorithms = ["RS256", "HS256"]'), "$.oidc[0].algorithms[1]", ("HS256 is a shared-secret algorithm", "public keys only")),
+        (_oidc('jwks_file = "keys.json"\nalgorithms = ["none"]'), "$.oidc[0].algorithms[0]", ("alg none) are never accepted",)),
+        (_oidc('jwks_file = "keys.json"\nalgorithms = ["RS1"]'), "$.oidc[0].algorithms[0]", ("unknown algorithm 'RS1'", "RS256", "EdDSA")),
+        (_oidc('jwks_file = "keys.json"\nalgorithms = []'), "$.oidc[0].algorithms", ("expected at least one algorithm",)),
+        (_oidc('jwks_file = "keys.json"\nsubject_claim = ""'), "$.oidc[0].subject_claim", ("expected a claim name",)),
+        (_oidc('jwks_file = "keys.json"\nleeway_seconds = 3600'), "$.oidc[0].leeway_seconds", ("Expected `int` <= 300",)),
+        (_oidc('jwks_file = "keys.json"\njwks_refresh_seconds = 0'), "$.oidc[0].jwks_refresh_seconds", ("Expected `int` >= 1",)),
+        (_oidc('jwks_file = "keys.json"\njwks_uri = "x"'), "$.oidc[0].jwks_uri", ("unknown field", "jwks_url", "jwks_file")),
+        (_oidc('jwks_file = "keys.json"', base='issuer = "https://idp"\naudiences = []\n'), "$.oidc[0].audiences", ("Expected `array` of length >= 1",)),
+        (_oidc('jwks_file = "keys.json"', base='issuer = "https://idp"\naudiences = [""]\n'), "$.oidc[0].audiences", ("non-empty audience",)),
+        (_oidc('jwks_file = "keys.json"', base='audiences = ["a"]\n'), "$.oidc[0].issuer", ("required field is missing",)),
+        (_oidc('jwks_file = "keys.json"', base='issuer = ""\naudiences = ["a"]\n'), "$.oidc[0].issuer", ("expected the issuer's identifier",)),
+        (
+            _oidc('jwks_file = "keys.json"') + '[[oidc]]\nissuer = "https://idp"\naudiences = ["b"]\njwks_file = "keys.json"\n',
+            "$.oidc[1].issuer",
+            ("duplicate issuer 'https://idp' (first at $.oidc[0])",),
+        ),
+        (MINIMAL + '\n[identity]\non_token_expiry = "logout"\n', "$.identity.on_token_expiry", ("Invalid enum value 'logout'",)),
+        (MINIMAL + "\n[identity]\nsql_comments = true\n", "$.identity.sql_comments", ("unknown field", "sql_comment", "on_token_expiry")),
+        (MINIMAL + '\n[[access]]\naction = "maybe"\n', "$.access[0].action", ("Invalid enum value 'maybe'",)),
+        (MINIMAL + "\n[[access]]\ntargets = []\n", "$.access[0].action", ("required field is missing",)),
+        (MINIMAL + '\n[[access]]\nusers = ["a"]\naction = "deny"\n', "$.access[0].users", ("unknown field", "subjects", "actors")),
+        (MINIMAL + '\n[[access]]\nsubjects = [""]\naction = "deny"\n', "$.access[0].subjects", ("expected non-empty strings",)),
+    ],
+)
+def test_identity_config_errors(tmp_path: Path, text: str, path: str, fragments: tuple[str, ...]) -> None:
+    (tmp_path / "keys.json").write_text(JWKS)
+    (tmp_path / "notjson.json").write_text("{")
+    (tmp_path / "nokeys.json").write_text('{"k": []}')
+    err = load_error(tmp_path, text)
+    assert_problem(err, path, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("listener_extra", "path", "fragment"),
+    [
+        ('client_ca_file = "ca.pem"', "$.listeners[0].client_ca_file", "client certificates need TLS"),
+        ('cert_identity = "subject-cn"', "$.listeners[0].cert_identity", "needs client_ca_file"),
+        ('tls = { cert_file = "ca.pem", key_file = "ca.pem" }\nclient_ca_file = "none.pem"', "$.listeners[0].client_ca_file", "cannot read client CA file"),
+        ('cert_identity = "email"', "$.listeners[0].cert_identity", "Invalid enum value 'email'"),
+        ('allow_plaintext_tokens = "yes"', "$.listeners[0].allow_plaintext_tokens", "Expected `bool`, got `str`"),
+    ],
+)
+def test_listener_identity_errors(tmp_path: Path, listener_extra: str, path: str, fragment: str) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    text = MINIMAL.replace('listen = "127.0.0.1:6432"', f'listen = "127.0.0.1:6432"\n{listener_extra}')
+    assert_problem(load_error(tmp_path, text), path, fragment)
+
+
+def test_mutual_tls_listener_ok(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    text = MINIMAL.replace(
+        'listen = "127.0.0.1:6432"',
+        'listen = "127.0.0.1:6432"\ntls = { cert_file = "ca.pem", key_file = "ca.pem", require = true }\n'
+        'client_ca_file = "ca.pem"\ncert_identity = "subject-cn"',
+    )
+    listener = load_config(write(tmp_path, text), env={}).listeners[0]
+    assert (listener.client_ca_file, listener.cert_identity) == (str(tmp_path / "ca.pem"), "subject-cn")

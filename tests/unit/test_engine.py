@@ -332,3 +332,31 @@ def test_analyser_failure_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     analysis = engine.analyse("SELECT 1", PG)
     assert analysis.parse_status == "error" and "surprise" in analysis.error
     assert engine.decide(analysis, ALICE, PROD).action == "deny"
+
+
+def test_rules_match_on_actor_chain_and_agent_flag() -> None:
+    """Issue 4: a rule can name the agent acting for a person, or all agents."""
+    from policy.engine import Engine as _Engine
+    from policy.model import Identity as _Identity, TargetInfo as _TargetInfo
+    from policy.rules import Rule as _Rule
+
+    engine = _Engine(
+        [
+            _Rule(id="no-runbook-writes", action="deny", operations=("delete",), actors=("runbook-*",)),
+            _Rule(id="agents-read-only", action="deny", operations=("update",), agents=True),
+        ],
+        {"development": EnvironmentPolicy()},
+        1,
+    )
+    target = _TargetInfo(name="app", protocol="postgres", environment="development")
+    person = _Identity(subject="alice")
+    delegated = _Identity(subject="alice", actor=("runbook-7",), is_agent=True)
+    other_agent = _Identity(subject="ci", is_agent=True)
+    delete = engine.analyse("DELETE FROM t WHERE id = 1", "postgres")
+    update = engine.analyse("UPDATE t SET a = 1 WHERE id = 1", "postgres")
+    assert engine.decide(delete, person, target).action == "allow"
+    assert engine.decide(delete, delegated, target).rule_id == "no-runbook-writes"
+    assert engine.decide(delete, other_agent, target).action == "allow"
+    assert engine.decide(update, person, target).action == "allow"
+    assert engine.decide(update, other_agent, target).rule_id == "agents-read-only"
+    assert engine.decide(update, delegated, target).rule_id == "agents-read-only"

@@ -1,5 +1,5 @@
-"""gateway.gatekeeper (static identities, SCRAM verifiers, targets, policy delegation, audit)
-and gateway.cli exit codes."""
+"""gateway.gatekeeper (static identities, SCRAM verifiers, OIDC tokens against a real test issuer,
+client certificates, target access, targets, policy delegation, audit) and gateway.cli exit codes."""
 
 from __future__ import annotations
 
@@ -8,18 +8,29 @@ import os
 import textwrap
 import time
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 import pytest
 import scramp
+import trio
 
-from adapters.base import AuditUnavailable, AuthError, Gatekeeper as GatekeeperProtocol, ScramSecret, Target, UpstreamTLS
+from adapters.base import (
+    AuditUnavailable,
+    AuthError,
+    Gatekeeper as GatekeeperProtocol,
+    IdentitySettings,
+    ScramSecret,
+    Target,
+    UpstreamTLS,
+)
 from audit.events import ConnectionOpened
 from audit.writer import JsonlWriter
 from gateway import cli
 from gateway.config import Config, ConfigError, load_config
 from gateway.gatekeeper import ENGINE_FAILURE_RULE, SCRAM_ITERATIONS, Gatekeeper
 from policy.model import Analysis, Decision, Identity, StatementFacts, TargetInfo
+from tests.support.oidc import TestIssuer, actor_chain
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "examples" / "dev.toml"
@@ -435,3 +446,336 @@ def test_python_dash_m_gateway() -> None:
         [sys.executable, "-m", "gateway", "--version"], cwd=REPO, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0 and result.stdout.startswith("sqlward ")
+
+
+# ---------------------------------------------------------------------------------------------
+# OIDC tokens (a real test issuer with its JWKS over HTTPS), certificates, target access
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> TestIssuer:
+    issuer = TestIssuer(tmp_path_factory.mktemp("gk-idp"))
+    with issuer:
+        yield issuer
+
+
+def _config_with(tmp_path: Path, extra: str) -> Config:
+    (tmp_path / "ca.pem").write_text("ca")
+    (tmp_path / "target.pw").write_text("FileS3cret\n")
+    (tmp_path / "bot.secret").write_text("BotS3cret\n")
+    path = tmp_path / "sqlward.toml"
+    path.write_text(textwrap.dedent(CONFIG) + "\n" + extra)
+    return load_config(str(path), env=ENV)
+
+
+@pytest.fixture
+def token_gk(tmp_path: Path, idp: TestIssuer) -> Gatekeeper:
+    config = _config_with(tmp_path, idp.oidc_toml(subject_claim="email"))
+    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+    yield gatekeeper
+    gatekeeper.close()
+
+
+def authenticate(gk: Gatekeeper, username: str, token: str, *, tls: bool = True, loopback: bool = False) -> Identity:
+    return trio.run(lambda: gk.authenticate_token(username, token, tls=tls, loopback=loopback))
+
+
+def token_refused(gk: Gatekeeper, username: str, token: str, *fragments: str, **kw: bool) -> str:
+    with pytest.raises(AuthError) as info:
+        authenticate(gk, username, token, **kw)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+    return str(info.value)
+
+
+def test_satisfies_adapter_protocol_identity_methods(token_gk: Gatekeeper) -> None:
+    proto: GatekeeperProtocol = token_gk
+    for name in ("authenticate_token", "identity_for_certificate", "access_refusal", "identity_settings"):
+        assert callable(getattr(proto, name))
+
+
+def test_token_over_tls(token_gk: Gatekeeper, idp: TestIssuer) -> None:
+    token = idp.mint(sub="u-17", email="carol@example.com", groups=["analysts"], name="Carol")
+    identity = authenticate(token_gk, "carol@example.com", token)
+    exp = idp.claims()["exp"]
+    assert identity == Identity(
+        subject="carol@example.com",
+        display_name="Carol",
+        groups=("analysts",),
+        verified_by="oidc",
+        issuer="https://idp.test",
+        actor=(),
+        is_agent=False,
+        expires_at=identity.expires_at,
+    )
+    assert abs(identity.expires_at - exp) <= 2
+
+
+def test_user_name_is_compared_case_insensitively(token_gk: Gatekeeper, idp: TestIssuer) -> None:
+    assert authenticate(token_gk, "Carol@Example.com", idp.mint(email="carol@example.com")).subject == "carol@example.com"
+
+
+def test_agent_token_with_act(token_gk: Gatekeeper, idp: TestIssuer) -> None:
+    token = idp.mint(email="carol@example.com", act=actor_chain("agent-7", "runbook-2"))
+    identity = authenticate(token_gk, "carol@example.com", token)
+    assert identity.actor == ("agent-7", "runbook-2") and identity.is_agent is True
+    # The agent presenting the token may connect under its own name too.
+    assert authenticate(token_gk, "agent-7", token).subject == "carol@example.com"
+    token_refused(token_gk, "runbook-2", token, 'it is for "carol@example.com" (or its actor agent-7)')
+
+
+def test_user_name_must_match_the_token(token_gk: Gatekeeper, idp: TestIssuer) -> None:
+    message = token_refused(token_gk, "dave@example.com", idp.mint(email="carol@example.com"))
+    assert message == 'token refused: it is for "carol@example.com", but the connection\'s user name is "dave@example.com"'
+
+
+def test_token_over_plain_tcp_refused_unless_loopback_allowed(token_gk: Gatekeeper, idp: TestIssuer) -> None:
+    token = idp.mint(email="carol@example.com")
+    token_refused(token_gk, "carol@example.com", token, "tokens are accepted only over TLS", "sslmode=require", tls=False)
+    # The adapter says loopback=True only for a loopback peer on a listener with allow_plaintext_tokens.
+    assert authenticate(token_gk, "carol@example.com", token, tls=False, loopback=True).verified_by == "oidc"
+
+
+def test_static_identity_name_with_a_token_refused(token_gk: Gatekeeper, idp: TestIssuer) -> None:
+    for name in ("alice", "nopass"):
+        token = idp.mint(email=name)
+        token_refused(token_gk, name, token, f'user "{name}" is a static identity', "logs in with its secret")
+    # ...and the token is not a password either.
+    with pytest.raises(AuthError):
+        token_gk.authenticate_password("alice", idp.mint(email="alice"), tls=True)
+
+
+@pytest.mark.parametrize(
+    ("mint", "fragment"),
+    [
+        (lambda idp: idp.mint(email="carol@example.com", ttl=-3600), "token refused: token expired"),
+        (lambda idp: idp.mint_unsigned(email="carol@example.com"), "token refused: unsigned tokens (alg: none)"),
+        (lambda idp: idp.mint_hs256_with_public_key(email="carol@example.com"), "token refused: tokens signed with a shared secret"),
+        (lambda idp: idp.mint(email="carol@example.com", aud="other"), "token refused: token audience"),
+        (lambda idp: idp.mint_bad_signature(email="carol@example.com"), "token refused: bad signature"),
+        (lambda idp: "not-a-token", "token refused: not a JWT"),
+    ],
+)
+def test_bad_tokens_refused(token_gk: Gatekeeper, idp: TestIssuer, mint: Callable[[TestIssuer], str], fragment: str) -> None:
+    token_refused(token_gk, "carol@example.com", mint(idp), fragment)
+
+
+def test_tokens_without_issuers(gk: Gatekeeper, idp: TestIssuer) -> None:
+    token_refused(gk, "carol", idp.mint(), "token login is not configured")
+
+
+def test_expiry_follows_the_gatekeeper_clock(tmp_path: Path, idp: TestIssuer) -> None:
+    now = [time.time()]
+    config = _config_with(tmp_path, idp.oidc_toml(source="file"))
+    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine(), clock=lambda: now[0])
+    token = idp.mint(sub="carol", ttl=60)
+    assert authenticate(gatekeeper, "carol", token).subject == "carol"
+    now[0] += 120
+    token_refused(gatekeeper, "carol", token, "token expired")
+
+
+def test_unloadable_jwks_ca_file_is_a_config_error(tmp_path: Path, idp: TestIssuer) -> None:
+    (tmp_path / "bad-ca.pem").write_text("not PEM")
+    config = _config_with(tmp_path, idp.oidc_toml(jwks_ca_file="bad-ca.pem"))
+    with pytest.raises(ConfigError) as info:
+        Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+    assert str(info.value).startswith(f"{config.source}: $.oidc[0].jwks_ca_file: cannot load jwks_ca_file")
+
+
+# -- identity settings --------------------------------------------------------------------------
+
+
+def test_identity_settings(gk: Gatekeeper, tmp_path: Path) -> None:
+    assert gk.identity_settings() == IdentitySettings()
+    config = _config_with(tmp_path, '[identity]\non_token_expiry = "close"\nsql_comment = true\n')
+    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+    settings = gatekeeper.identity_settings()
+    assert type(settings) is IdentitySettings
+    assert settings == IdentitySettings(on_token_expiry="close", sql_comment=True)
+
+
+# -- certificates -------------------------------------------------------------------------------
+
+
+def _peer_cert(cn: str | None = "payments-svc", uris: tuple[str, ...] = (), issuer_cn: str = "Clients CA") -> dict:
+    """The shape of ssl.SSLSocket.getpeercert() for a verified certificate."""
+    subject = [(("organizationName", "Example"),)]
+    if cn is not None:
+        subject.append((("commonName", cn),))
+    cert: dict = {
+        "subject": tuple(subject),
+        "issuer": ((("commonName", issuer_cn),),),
+        "version": 3,
+        "notAfter": "Jan  1 00:00:00 2099 GMT",
+    }
+    cert["subjectAltName"] = (("DNS", "svc.internal"), *(("URI", u) for u in uris))
+    return cert
+
+
+def test_certificate_identity_subject_cn(gk: Gatekeeper) -> None:
+    identity = gk.identity_for_certificate(_peer_cert("payments-svc"), "subject-cn")
+    assert identity == Identity(subject="payments-svc", verified_by="certificate", issuer="Clients CA")
+
+
+def test_certificate_identity_san_uri(gk: Gatekeeper) -> None:
+    cert = _peer_cert("ignored", uris=("spiffe://prod.example/ns/pay/sa/api", "https://second"))
+    identity = gk.identity_for_certificate(cert, "san-uri")
+    assert identity is not None and identity.subject == "spiffe://prod.example/ns/pay/sa/api"
+    assert identity.verified_by == "certificate"
+
+
+def test_certificate_identity_uses_a_static_identity_of_that_name(gk: Gatekeeper) -> None:
+    identity = gk.identity_for_certificate(_peer_cert("bot"), "subject-cn")
+    assert identity is not None and identity.is_agent is True and identity.verified_by == "certificate"
+    identity = gk.identity_for_certificate(_peer_cert("alice"), "subject-cn")
+    assert identity.groups == ("dba", "ops") and identity.display_name == "Alice"
+
+
+def test_certificate_identity_none(gk: Gatekeeper) -> None:
+    assert gk.identity_for_certificate(_peer_cert(), "none") is None
+    assert gk.identity_for_certificate({}, "subject-cn") is None  # no (verified) certificate
+    assert gk.identity_for_certificate(_peer_cert(cn=None), "subject-cn") is None
+    assert gk.identity_for_certificate(_peer_cert(), "san-uri") is None  # no URI SAN
+    two_cns = _peer_cert("a")
+    two_cns["subject"] += ((("commonName", "b"),),)
+    assert gk.identity_for_certificate(two_cns, "subject-cn") is None  # ambiguous
+    with pytest.raises(ValueError):
+        gk.identity_for_certificate(_peer_cert(), "email")
+
+
+def test_certificate_identity_from_a_real_tls_handshake(gk: Gatekeeper, tmp_path: Path) -> None:
+    """getpeercert() of a real mutual-TLS connection, with a client certificate that has both a
+    CN and a SPIFFE URI."""
+    import datetime as dt
+    import socket
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tests.support.certs import make_pki
+
+    pki = make_pki(tmp_path, prefix="srv-")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sidecar-1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://example.org/sidecar")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (tmp_path / "client-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "client.pem").write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pki.cert_file, pki.key_file)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.load_verify_locations(str(tmp_path / "client-ca.pem"))
+    client_ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+    client_ctx.load_cert_chain(str(tmp_path / "client.pem"))
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: dict = {}
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            seen.update(tls.getpeercert())
+            tls.recv(1)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    with socket.create_connection(listener.getsockname()) as raw, client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"x")
+    thread.join(5)
+    listener.close()
+
+    assert gk.identity_for_certificate(seen, "subject-cn") == Identity(
+        subject="sidecar-1", verified_by="certificate", issuer="client CA"
+    )
+    assert gk.identity_for_certificate(seen, "san-uri").subject == "spiffe://example.org/sidecar"
+
+
+# -- target access ------------------------------------------------------------------------------
+
+ACCESS = """
+[[access]]
+targets = ["from*"]
+groups = ["ops"]
+action = "allow"
+
+[[access]]
+environments = ["production"]
+action = "deny"
+
+[[access]]
+actors = ["runbook-*"]
+targets = ["indsn"]
+action = "deny"
+
+[[access]]
+subjects = ["*@example.com", "alice"]
+action = "allow"
+"""
+
+
+@pytest.fixture
+def access_gk(tmp_path: Path) -> Gatekeeper:
+    config = _config_with(tmp_path, ACCESS)
+    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+    yield gatekeeper
+    gatekeeper.close()
+
+
+def _info(gk: Gatekeeper, name: str, protocol: str = "postgres") -> TargetInfo:
+    return gk.resolve_target(name, protocol).info
+
+
+def test_access_no_rules_everyone_reaches_everything(gk: Gatekeeper) -> None:
+    for target in ("app", "fromfile", "indsn"):
+        assert gk.access_refusal(Identity(subject="anyone"), _info(gk, target)) is None
+
+
+def test_access_first_match_wins(access_gk: Gatekeeper) -> None:
+    ops = Identity(subject="alice", groups=("ops",))
+    # Rule 1 allows ops on fromfile (production) before rule 2 denies production.
+    assert access_gk.access_refusal(ops, _info(access_gk, "fromfile")) is None
+    # Rule 2: production (the mysql target shop) refused for ops too.
+    assert access_gk.access_refusal(ops, _info(access_gk, "shop", "mysql")) == (
+        "identity alice may not reach target shop (rule 2 of [[access]])"
+    )
+    plain = Identity(subject="carol@example.com")
+    assert access_gk.access_refusal(plain, _info(access_gk, "fromfile")) == (
+        "identity carol@example.com may not reach target fromfile (rule 2 of [[access]])"
+    )
+    # Rule 4 allows subjects by glob.
+    assert access_gk.access_refusal(plain, _info(access_gk, "app")) is None
+    assert access_gk.access_refusal(Identity(subject="alice"), _info(access_gk, "indsn")) is None
+
+
+def test_access_actor_globs(access_gk: Gatekeeper) -> None:
+    agent = Identity(subject="carol@example.com", actor=("agent-1", "runbook-9"), is_agent=True)
+    assert access_gk.access_refusal(agent, _info(access_gk, "indsn")) == (
+        "identity carol@example.com (via agent-1 via runbook-9) may not reach target indsn (rule 3 of [[access]])"
+    )
+    assert access_gk.access_refusal(agent, _info(access_gk, "app")) is None  # rule 3 is for indsn only
+
+
+def test_access_default_deny_when_rules_exist(access_gk: Gatekeeper) -> None:
+    assert access_gk.access_refusal(Identity(subject="mallory"), _info(access_gk, "app")) == (
+        "identity mallory may not reach target app (no [[access]] rule allows it)"
+    )
