@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
+from adapters.session_common import GovernedSession, SessionEnd, TokenExpired, refusal_message
 from adapters import identity as ident
 from adapters.mysql import auth, messages, upstream
 from adapters.mysql.constants import Capability, Command, ServerStatus
@@ -111,19 +112,11 @@ def _codec_for_name(name: str) -> str:
     return "utf-8"
 
 
-class SessionEnd(Exception):
-    pass
-
-
 class UpstreamLost(Exception):
     pass
 
 
-class TokenExpired(Exception):
-    """The session's token expired and the configuration says to close the session."""
-
-
-class MysqlSession:
+class MysqlSession(GovernedSession):
     def __init__(self, listener: "MysqlListener", stream: trio.SocketStream, client_addr: str) -> None:
         self.listener = listener
         self.gk: Gatekeeper = listener.gatekeeper
@@ -155,12 +148,6 @@ class MysqlSession:
 
     def _now(self) -> float:
         return time.time()
-
-    def _record_quietly(self, event: object) -> None:
-        try:
-            self.gk.record(event)  # type: ignore[arg-type]
-        except AuditUnavailable:
-            log.error("audit unavailable: %s event lost", type(event).__name__)
 
     async def _read_packet(self, expected_seq: int | None) -> bytes:
         """One logical client packet (connection phase or command)."""
@@ -255,16 +242,6 @@ class MysqlSession:
                         requests=self.requests, reason=self._closing_reason,
                     )
                 )
-
-    async def _close_client(self) -> None:
-        if isinstance(self.client, trio.SSLStream):
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await self.client.aclose()
-                    return
-                except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
-                    pass
-        await trio.aclose_forcefully(self.client)
 
     # ------------------------------------------------------------------------------------
     # connection phase
@@ -382,26 +359,6 @@ class MysqlSession:
                 raise UpstreamLost()
             self._ubuf += data
 
-    def _update_identity(self, identity: Identity) -> None:
-        self.identity = identity
-        self.who = Who(
-            subject=identity.subject, groups=identity.groups, actor=identity.actor,
-            verified_by=identity.verified_by, reason=identity.reason,
-        )
-
-    def _expiry_refusal(self) -> Decision | None:
-        """A refusal once the session's token has expired (TokenExpired to close instead)."""
-        assert self.identity is not None
-        if self.identity.expires_at is None or not ident.expired(self.identity):
-            return None
-        if self.gk.identity_settings().on_token_expiry == "close":
-            raise TokenExpired()
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.identity.expires_at))
-        return Decision(
-            action="deny", rule_id="token-expired",
-            message=f"the token of {self.identity.subject} expired at {when}; reconnect with a fresh token",
-        )
-
     def _set_identity(self, identity: Identity, target: Target) -> None:
         self._update_identity(identity)
         self.target = target
@@ -411,14 +368,6 @@ class MysqlSession:
                 who=self.who, target=target.info.name, environment=target.info.environment,
             )
         )
-
-    def _certificate_identity(self) -> Identity | None:
-        if not isinstance(self.client, trio.SSLStream) or self.listener.cert_identity == "none":
-            return None
-        cert = self.client.getpeercert()
-        if not cert:
-            return None
-        return self.gk.identity_for_certificate(cert, self.listener.cert_identity)
 
     async def _auth_switch(self, plugin: str, data: bytes) -> bytes:
         await self._write(messages.encode(messages.AuthSwitchRequest(plugin, data), self.client_caps))
@@ -495,10 +444,7 @@ class MysqlSession:
     # command phase
 
     def _refusal(self, decision: Decision) -> bytes:
-        message = decision.message or f'statement refused by rule "{decision.rule_id}"'
-        if decision.rule_id and decision.rule_id not in message:
-            message = f'{message} (rule "{decision.rule_id}")'
-        return messages.err_packet(ER_REFUSED, SQLSTATE_REFUSED, message)
+        return messages.err_packet(ER_REFUSED, SQLSTATE_REFUSED, refusal_message(decision))
 
     def _decide(self, sql: str, statement_name: str | None = None) -> tuple[int, Decision | None, Analysis | None]:
         assert self.identity is not None and self.target is not None and self.who is not None

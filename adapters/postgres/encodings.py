@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 from typing import Callable
 
-from adapters.text import printable  # noqa: F401  (re-exported for the session)
 
 _PG_TO_PYTHON = {
     "UTF8": "utf-8", "UNICODE": "utf-8", "SQL_ASCII": "latin-1",

@@ -35,7 +35,6 @@ bodies are streamed through without being buffered whole.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import secrets
@@ -49,9 +48,11 @@ import trio
 
 from adapters.netio import Pipe, PrefixedStream
 from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
+from adapters.session_common import GovernedSession, SessionEnd, TokenExpired, refusal_message
 from adapters import identity as ident
 from adapters.postgres import codec, upstream
-from adapters.postgres.encodings import decoder_for, printable
+from adapters.postgres.encodings import decoder_for
+from adapters.text import printable
 from adapters.postgres.codec import Backend, Frontend, ProtocolViolation
 from adapters.postgres.scram import ScramError, ScramExchange
 from audit.events import (
@@ -113,16 +114,8 @@ def _tampering(sql: str) -> Decision | None:
     )
 
 
-class TokenExpired(Exception):
-    """The session's token expired and the configuration says to close the session."""
-
-
 class _TokenNeedsTLS(Exception):
     """A non-static user on plain TCP: a token must not travel in clear."""
-
-
-class SessionEnd(Exception):
-    """Ends the session after a FATAL has been sent to the client (or it is gone)."""
 
 
 class _Pending:
@@ -142,7 +135,7 @@ class _Pending:
         self.audit = audit
 
 
-class PostgresSession:
+class PostgresSession(GovernedSession):
     def __init__(self, listener: "PostgresListener", stream: trio.SocketStream, client_addr: str) -> None:
         self.listener = listener
         self.gk: Gatekeeper = listener.gatekeeper
@@ -180,12 +173,6 @@ class PostgresSession:
 
     def _record(self, event: object) -> None:
         self.gk.record(event)  # type: ignore[arg-type]
-
-    def _record_quietly(self, event: object) -> None:
-        try:
-            self._record(event)
-        except AuditUnavailable:
-            log.error("audit unavailable: %s event lost", type(event).__name__)
 
     async def _send_fatal(self, sqlstate: str, message: str, *, detail: str = "", hint: str = "") -> None:
         """Best-effort FATAL to the client; shielded (it is sent while the session is being torn
@@ -256,18 +243,6 @@ class PostgresSession:
                     )
                 )
 
-    async def _close_client(self) -> None:
-        """Close the client stream; TLS gets a close_notify (libpq reports its absence as an
-        error, e.g. after a cancel over TLS), bounded so a dead peer cannot stall us."""
-        if isinstance(self.client, trio.SSLStream):
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await self.client.aclose()
-                    return
-                except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
-                    pass
-        await trio.aclose_forcefully(self.client)
-
     # ----------------------------------------------------------------------------------------
     # startup and authentication
 
@@ -312,15 +287,6 @@ class PostgresSession:
                 return False
             self._startup_rest = framer.take_rest()
             return await self._handle_startup(msg)
-
-    def _certificate_identity(self) -> Identity | None:
-        """The identity named by a verified client certificate (mutual TLS), if any."""
-        if not isinstance(self.client, trio.SSLStream) or self.listener.cert_identity == "none":
-            return None
-        cert = self.client.getpeercert()
-        if not cert:
-            return None
-        return self.gk.identity_for_certificate(cert, self.listener.cert_identity)
 
     async def _start_tls(self, raw: trio.abc.Stream) -> None:
         ctx = self.listener.ssl_context
@@ -376,7 +342,7 @@ class PostgresSession:
         )
         if reason and not identity.reason:
             identity = msgspec.structs.replace(identity, reason=reason)
-        self._set_identity(identity)
+        self._update_identity(identity)
         target = self.gk.resolve_target(dbname, "postgres")
         if target is None:
             await self._refuse_connection(
@@ -423,13 +389,6 @@ class PostgresSession:
         out += codec.encode_backend(codec.ReadyForQuery(self.up.tx_status))
         await self.client.send_all(out)
         return True
-
-    def _set_identity(self, identity: Identity) -> None:
-        self.identity = identity
-        self.who = Who(
-            subject=identity.subject, groups=identity.groups, actor=identity.actor,
-            verified_by=identity.verified_by, reason=identity.reason,
-        )
 
     def _upstream_identity_params(
         self, params: list[tuple[str, str]], identity: Identity
@@ -540,11 +499,8 @@ class PostgresSession:
             nursery.start_soon(self._upstream_task, nursery.cancel_scope)
 
     def _refusal_bytes(self, decision: Decision) -> bytes:
-        message = decision.message or f'statement refused by rule "{decision.rule_id}"'
-        if decision.rule_id and decision.rule_id not in message:
-            message = f'{message} (rule "{decision.rule_id}")'
         return codec.error_response(
-            SQLSTATE_REFUSED, message, detail=f"sqlward rule: {decision.rule_id}",
+            SQLSTATE_REFUSED, refusal_message(decision), detail=f"sqlward rule: {decision.rule_id}",
         )
 
     def _decide(self, sql: str, statement_name: str | None) -> tuple[int, Decision | None, bytes]:
@@ -556,7 +512,7 @@ class PostgresSession:
         info = self.target.info
         reason = ident.reason_from_sql(sql)
         if reason and reason != self.identity.reason:
-            self._set_identity(msgspec.structs.replace(self.identity, reason=reason))
+            self._update_identity(msgspec.structs.replace(self.identity, reason=reason))
         try:
             analysis = self.gk.analyse(sql, "postgres")
             expiry = self._expiry_refusal()
@@ -597,19 +553,6 @@ class PostgresSession:
                 message=decision.message or f'statement needs approval (rule "{decision.rule_id}")',
             )
         return rid, decision, self._refusal_bytes(decision)
-
-    def _expiry_refusal(self) -> Decision | None:
-        """A refusal once the session's token has expired (or TokenExpired to close it)."""
-        assert self.identity is not None
-        if self.identity.expires_at is None or not ident.expired(self.identity):
-            return None
-        if self.gk.identity_settings().on_token_expiry == "close":
-            raise TokenExpired()
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.identity.expires_at))
-        return Decision(
-            action="deny", rule_id="token-expired",
-            message=f"the token of {self.identity.subject} expired at {when}; reconnect with a fresh token",
-        )
 
     def _inject_refusal(self, error: bytes) -> str:
         """Remember an error to swap in; returns the marker the injected SQL must contain."""

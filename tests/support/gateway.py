@@ -138,6 +138,7 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         workdir: str | os.PathLike[str] | None = None,
         allow_nonzero_exit: bool = False,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sqlward-gw-"))
@@ -152,7 +153,9 @@ class GatewayProcess:
         self.allow_nonzero_exit = allow_nonzero_exit
         self.env = env
         self.identities = identities if identities is not None else DEFAULT_IDENTITIES
-        lst = {"protocol": "postgres", "listen": f"{self.host}:{self.port}"}
+        # `listen_host` "0.0.0.0" also accepts clients on the machine's other addresses;
+        # clients of the helpers below still connect to 127.0.0.1.
+        lst = {"protocol": "postgres", "listen": f"{listen_host}:{self.port}"}
         lst.update(listener or {})
         doc: dict[str, Any] = {
             "gateway": {"name": name},
@@ -226,13 +229,13 @@ class GatewayProcess:
     def _listening(self) -> bool:
         """Is something listening on our port? Read /proc/net/tcp so the check opens no
         connection (a probe connection would show up in the audit trail)."""
-        want = f"0100007F:{self.port:04X}"
+        want = (f"0100007F:{self.port:04X}", f"00000000:{self.port:04X}")  # 127.0.0.1 or 0.0.0.0
         try:
             with open("/proc/net/tcp") as f:
                 next(f)
                 for line in f:
                     parts = line.split()
-                    if parts[1] == want and parts[3] == "0A":
+                    if parts[1] in want and parts[3] == "0A":
                         return True
             return False
         except OSError:
