@@ -69,3 +69,47 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+# -- guards: the identity the gateway shows the database must not be rewritten by the client ----
+
+_PG_PREFILTER = re.compile(r"sqlward|set_config|application_name", re.IGNORECASE)
+_PG_SET = re.compile(r"\b(?:SET|RESET)\b[^;]*?\b(sqlward\s*\.|application_name\b)", re.IGNORECASE | re.DOTALL)
+_PG_SET_CONFIG = re.compile(r"set_config\s*\(", re.IGNORECASE)
+_PG_SET_CONFIG_LITERAL = re.compile(r"set_config\s*\(\s*'([A-Za-z0-9_.]*)'\s*,", re.IGNORECASE)
+_PG_SET_CONFIG_APP = re.compile(
+    r"set_config\s*\(\s*'application_name'\s*,\s*'([^']*)'\s*,", re.IGNORECASE
+)
+_MY_IDENTITY_WRITE = re.compile(
+    r"@\s*`?sqlward_identity`?\s*:?=|\bINTO\b[^;]*@\s*`?sqlward_identity", re.IGNORECASE | re.DOTALL
+)
+
+
+def pg_identity_write(sql: str) -> bool:
+    """True when a PostgreSQL statement would set `sqlward.*` or application_name in a way that
+    could impersonate someone: SET / RESET of them (quotes removed first, so `"sqlward".x` is
+    seen), and any set_config whose setting name is not a plain literal or names one of them.
+    Setting application_name to a value without "sqlward" in the statement stays allowed."""
+    if _PG_PREFILTER.search(sql) is None:
+        return False
+    plain = sql.replace('"', "")
+    m = _PG_SET.search(plain)
+    if m is not None and (m.group(1).lower().startswith("sqlward") or "sqlward" in plain.lower()):
+        return True
+    for call in _PG_SET_CONFIG.finditer(plain):
+        literal = _PG_SET_CONFIG_LITERAL.match(plain, call.start())
+        if literal is None:
+            return True  # the setting's name is computed: cannot tell which one it is
+        name = literal.group(1).lower()
+        if name.startswith("sqlward."):
+            return True
+        if name == "application_name":
+            value = _PG_SET_CONFIG_APP.match(plain, call.start())
+            if value is None or "sqlward" in value.group(1).lower():
+                return True  # a computed or impersonating application_name
+    return False
+
+
+def mysql_identity_write(sql: str) -> bool:
+    """True when a MySQL statement assigns the @sqlward_identity session variable."""
+    return "sqlward" in sql.lower() and _MY_IDENTITY_WRITE.search(sql) is not None

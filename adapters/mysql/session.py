@@ -79,6 +79,11 @@ _LOCAL_INFILE = re.compile(
 _PLAIN_OPS = frozenset({"select", "insert", "update", "delete", "begin", "commit", "rollback", "show", "use", "set"})
 _SET_NAMES = re.compile(r"^\s*SET\s+(?:NAMES|CHARACTER\s+SET|CHARSET)\s+['\"`]?(\w+)", re.IGNORECASE)
 
+_TAMPERING = Decision(
+    action="deny", rule_id="identity-tampering",
+    message="@sqlward_identity carries the session's identity and cannot be changed",
+)
+
 # Character set ids whose bytes are not UTF-8 (MySQL's "latin1" is Windows-1252).
 _LATIN1_IDS = frozenset({5, 8, 15, 31, 47, 48, 49, 94})
 _BINARY_ID = 63
@@ -343,6 +348,19 @@ class MysqlSession(GovernedSession):
         if scanner.error_code is not None:
             raise UpstreamLost()
 
+    async def _reset_connection(self) -> None:
+        """COM_RESET_CONNECTION (what pools send): reset upstream, then show the identity
+        again (the reset clears user variables) before the client gets its OK."""
+        self._statements.clear()
+        scanner = await self._upstream_command(bytes([Command.RESET_CONNECTION]))
+        self._seq = 1
+        if scanner.error_code is not None:
+            await self._write(messages.err_packet(scanner.error_code, scanner.error_sqlstate or None, scanner.error_message))
+            return
+        assert self.identity is not None
+        await self._show_identity_upstream(self.identity)
+        await self._write(messages.ok_packet(self.client_caps, status_flags=scanner.status or int(ServerStatus.AUTOCOMMIT)))
+
     async def _upstream_command(self, payload: bytes) -> ResponseScanner:
         """Run one command on the upstream for the gateway itself; nothing reaches the client."""
         assert self._upipe is not None
@@ -457,7 +475,11 @@ class MysqlSession(GovernedSession):
             self._update_identity(msgspec.structs.replace(self.identity, reason=reason))
         try:
             analysis = self.gk.analyse(sql, "mysql")
-            decision = self._expiry_refusal() or self.gk.decide(analysis, self.identity, info, schema=self.schema)
+            decision = (
+                self._expiry_refusal()
+                or (_TAMPERING if ident.mysql_identity_write(sql) else None)
+                or self.gk.decide(analysis, self.identity, info, schema=self.schema)
+            )
             fingerprint = analysis.fingerprint
             operations = analysis.operations
             tables = analysis.tables
@@ -505,16 +527,18 @@ class MysqlSession(GovernedSession):
             return rid, None, analysis
         return rid, decision, analysis
 
-    def _refuse_command(self, name: str) -> Decision:
+    def _refuse_command(self, name: str, decision: Decision | None = None) -> Decision:
+        """Audit (and return) the refusal of a command the gateway refuses without SQL text."""
         assert self.who is not None and self.target is not None
         self.requests += 1
-        decision = Decision(action="deny", rule_id="command-not-allowed", message=f"{name} is not allowed through sqlward")
+        if decision is None:
+            decision = Decision(action="deny", rule_id="command-not-allowed", message=f"{name} is not allowed through sqlward")
         self._record_quietly(
             StatementDecided(
                 time=self._now(), gateway=self.gk.gateway_name, connection_id=self.audit_id,
                 request_id=self.requests, who=self.who, target=self.target.info.name,
                 environment=self.target.info.environment, sql=f"<{name}>", fingerprint="",
-                action="deny", rule_id=decision.rule_id, message=decision.message,
+                action=decision.action, rule_id=decision.rule_id, message=decision.message,
             )
         )
         return decision
@@ -532,6 +556,7 @@ class MysqlSession(GovernedSession):
                     raise ProtocolViolation("COM_STMT_EXECUTE is truncated")
                 expiry = self._expiry_refusal() if self.identity.expires_at is not None else None  # type: ignore[union-attr]
                 if expiry is not None:
+                    self._refuse_command("execute of a prepared statement", expiry)
                     self._seq = 1
                     await self._write(self._refusal(expiry))
                     continue
@@ -552,8 +577,7 @@ class MysqlSession(GovernedSession):
                 if scanner.error_code is None:
                     self.schema = payload[1:].decode(self.codec, "replace")
             elif cmd == Command.RESET_CONNECTION:
-                self._statements.clear()
-                await self._forward(payload, Shape.SIMPLE, audit=False)
+                await self._reset_connection()
             elif cmd == Command.STATISTICS:
                 await self._forward(payload, Shape.STRING, audit=False)
             elif cmd == Command.FIELD_LIST:

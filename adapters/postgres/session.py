@@ -36,7 +36,6 @@ bodies are streamed through without being buffered whole.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import ssl
 import struct
@@ -99,18 +98,15 @@ def _cstr_end(buf: bytearray, start: int, end: int) -> int:
     return idx
 
 
-_SQLWARD_SETTING = re.compile(r"sqlward\.", re.IGNORECASE)
-_SETTING_WRITE = re.compile(r"\b(?:SET|RESET|set_config)\b[^;]*?sqlward\.", re.IGNORECASE | re.DOTALL)
-
-
 def _tampering(sql: str) -> Decision | None:
     """Statements that would rewrite the identity the gateway shows the database
-    (SET sqlward.identity, set_config('sqlward.identity', ...)) are refused."""
-    if _SQLWARD_SETTING.search(sql) is None or _SETTING_WRITE.search(sql) is None:
-        return None  # reading current_setting('sqlward.identity') is fine
+    (sqlward.* settings, an application_name impersonating a sqlward label) are refused."""
+    if not ident.pg_identity_write(sql):
+        return None
     return Decision(
         action="deny", rule_id="identity-tampering",
-        message="the sqlward.* settings carry the session's identity and cannot be changed",
+        message="the sqlward.* settings and the sqlward: application_name carry the session's "
+        "identity and cannot be changed",
     )
 
 
@@ -554,6 +550,19 @@ class PostgresSession(GovernedSession):
             )
         return rid, decision, self._refusal_bytes(decision)
 
+    def _record_refusal(self, rid: int, what: str, decision: Decision, name: str | None = None) -> None:
+        """Audit a refusal the gateway made without a SQL text to analyse."""
+        assert self.who is not None and self.target is not None
+        self._record_quietly(
+            StatementDecided(
+                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
+                request_id=rid, who=self.who, target=self.target.info.name,
+                environment=self.target.info.environment, sql=what, fingerprint="",
+                action=decision.action, rule_id=decision.rule_id, message=decision.message,
+                statement_name=name,
+            )
+        )
+
     def _inject_refusal(self, error: bytes) -> str:
         """Remember an error to swap in; returns the marker the injected SQL must contain."""
         marker = f"{REFUSED_MARKER}{self.requests}_{secrets.token_hex(4)}"
@@ -626,6 +635,7 @@ class PostgresSession(GovernedSession):
                     if expiry is None:
                         pending.append(_Pending("execute", self.requests, self._portals.get(portal)))
                     else:  # a prepared statement must not outlive the token either
+                        self._record_refusal(self.requests, "<execute of a prepared statement>", expiry, portal)
                         marker = self._inject_refusal(self._refusal_bytes(expiry))
                         replacement = codec.encode_frontend(codec.Parse("", marker))
                         self._discarding = True
@@ -683,16 +693,7 @@ class PostgresSession(GovernedSession):
                         action="deny", rule_id="function-call",
                         message="the FunctionCall protocol message is not allowed through sqlward; use SQL",
                     )
-                    self._record_quietly(
-                        StatementDecided(
-                            time=self._now(), gateway=self.gk.gateway_name,
-                            connection_id=self.connection_id, request_id=self.requests,
-                            who=self.who, target=self.target.info.name,  # type: ignore[union-attr]
-                            environment=self.target.info.environment,  # type: ignore[union-attr]
-                            sql="<FunctionCall>", fingerprint="", action="deny",
-                            rule_id=decision.rule_id, message=decision.message,
-                        )
-                    )
+                    self._record_refusal(self.requests, "<FunctionCall>", decision)
                     marker = self._inject_refusal(self._refusal_bytes(decision))
                     replacement = codec.encode_frontend(codec.Query(marker))
                     self._syncs_sent += 1
