@@ -83,6 +83,15 @@ class GovernedSession:
             return None
         return self.gk.identity_for_certificate(cert, self.listener.cert_identity)
 
+    def _closes_at_expiry(self) -> float | None:
+        """When the session must be closed because its token expires (`on_token_expiry =
+        "close"`), as a trio clock deadline; None otherwise."""
+        if self.identity is None or self.identity.expires_at is None:
+            return None
+        if self.gk.identity_settings().on_token_expiry != "close":
+            return None
+        return trio.current_time() + max(0.0, self.identity.expires_at - time.time())
+
     async def _close_client(self) -> None:
         """Close the client stream; TLS gets a close_notify (libpq reports its absence as an
         error, e.g. after a cancel over TLS), bounded so a dead peer cannot stall us."""

@@ -208,7 +208,11 @@ class MysqlSession(GovernedSession):
                 self._closing_reason = "authentication timeout"
                 await self._refuse_connection(1043, "08S01", "authentication timed out")
             elif ok:
-                await self._command_loop()
+                deadline = self._closes_at_expiry()
+                with trio.CancelScope(deadline=deadline if deadline is not None else float("inf")) as expiry:
+                    await self._command_loop()
+                if expiry.cancelled_caught:  # the token expired (on_token_expiry = "close")
+                    raise TokenExpired()
         except SessionEnd:
             self._closing_reason = self._closing_reason or "client closed the connection"
         except UpstreamLost:

@@ -493,6 +493,16 @@ class PostgresSession(GovernedSession):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._client_task, nursery.cancel_scope)
             nursery.start_soon(self._upstream_task, nursery.cancel_scope)
+            deadline = self._closes_at_expiry()
+            if deadline is not None:
+                nursery.start_soon(self._expiry_task, deadline, nursery.cancel_scope)
+
+    async def _expiry_task(self, deadline: float, cancel_scope: trio.CancelScope) -> None:
+        """Closes an idle session too when its token expires (on_token_expiry = "close")."""
+        await trio.sleep_until(deadline)
+        self._closing_reason = "token expired"
+        cancel_scope.cancel()
+        await self._send_fatal("28000", "the session's token expired; sqlward closed the session")
 
     def _refusal_bytes(self, decision: Decision) -> bytes:
         return codec.error_response(
