@@ -2,11 +2,16 @@
 
 How it works: `main(argv)` parses the arguments with argparse and dispatches to one function per
 subcommand, each returning the process exit code (0 ok, 1 runtime failure, 2 usage or
-configuration error). Configuration problems are printed as the `ConfigError` message
-(``FILE: $.path: what was expected``), never as a traceback.
+configuration error; `policy test` returns 0 / 1 / 3 for allow / deny / review). Configuration
+problems are printed as the `ConfigError` message (``FILE: $.path: what was expected``), never as
+a traceback.
 
     sqlward check-config FILE      validate a config file, print a one-line summary
     sqlward serve --config FILE    load the config and run the gateway until SIGINT / SIGTERM
+    sqlward policy test --config FILE --as IDENTITY --target TARGET [--json] "SQL"
+                                   the policy's decision on one SQL text, explained (no gateway
+                                   or upstream is contacted; see gateway.policy_check); exit 0
+                                   allow, 1 deny, 3 review, 2 usage or configuration error
     sqlward --version
 
 `gateway.server` is imported only by `serve`, so `check-config` stays fast and works without the
@@ -48,6 +53,33 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway until SIGINT / SIGTERM")
     serve.add_argument("--config", "-c", required=True, metavar="FILE", help="TOML configuration file")
+
+    policy = sub.add_parser("policy", help="policy tools")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND")
+    test = policy_sub.add_parser(
+        "test",
+        help="explain the policy's decision on one SQL text (exit 0 allow, 1 deny, 3 review, 2 error)",
+        description="Evaluate SQL against the configured policy as the gateway would, without a gateway "
+        "or upstream. Exit status: 0 allow, 1 deny, 3 review, 2 usage or configuration error.",
+    )
+    test.add_argument("--config", "-c", required=True, metavar="FILE", help="TOML configuration file")
+    test.add_argument(
+        "--as", dest="identity", required=True, metavar="IDENTITY",
+        help="a static identity of [[identities]], or any subject (an ad-hoc identity, as a token would give)",
+    )
+    test.add_argument("--target", required=True, metavar="TARGET", help="target name")
+    test.add_argument("--dialect", choices=("postgres", "mysql"), help="SQL dialect (default: the target's protocol)")
+    test.add_argument(
+        "--group", dest="groups", action="append", default=[], metavar="G",
+        help="group of the ad-hoc identity (repeatable)",
+    )
+    test.add_argument(
+        "--actor", dest="actors", action="append", default=[], metavar="A",
+        help="actor of the ad-hoc identity's delegation chain, outermost first (repeatable); makes it an agent",
+    )
+    test.add_argument("--schema", metavar="DB", help="MySQL current database (default: the target DSN's database)")
+    test.add_argument("--json", action="store_true", help="print one JSON object")
+    test.add_argument("sql", metavar="SQL", help="the SQL text (may hold several statements)")
     return parser
 
 
@@ -89,6 +121,36 @@ def serve(file: str) -> int:
     return EXIT_OK
 
 
+def policy_test(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from gateway.policy_check import PolicyTestError, evaluate, exit_code, format_text
+
+    try:
+        config = load_config(args.config)
+        report = evaluate(
+            config,
+            identity=args.identity,
+            target=args.target,
+            sql=args.sql,
+            dialect=args.dialect,
+            groups=tuple(args.groups),
+            actors=tuple(args.actors),
+            schema=args.schema,
+        )
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except PolicyTestError as exc:
+        print(f"sqlward policy test: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.json:
+        print(msgspec.json.encode(report).decode())
+    else:
+        print(format_text(report))
+    return exit_code(report)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -99,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.file)
     if args.command == "serve":
         return serve(args.config)
+    if args.command == "policy":
+        if args.policy_command == "test":
+            return policy_test(args)
+        print("sqlward policy: expected a command: test", file=sys.stderr)
+        return EXIT_CONFIG
     parser.print_usage(sys.stderr)
     return EXIT_CONFIG
 
