@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-import ssl
+from typing import Any
 
 import trio
 
 from adapters.base import Gatekeeper
+from adapters.listener_common import ListenerBase
 from adapters.mysql import auth, upstream
 from adapters.mysql.constants import Capability
 from adapters.mysql.session import MysqlSession
@@ -41,33 +42,14 @@ CONSERVATIVE = SUPPORTED & ~Capability.SESSION_TRACK
 DEFAULT_VERSION = "8.0.36-sqlward"
 
 
-class MysqlListener:
+class MysqlListener(ListenerBase):
+    session_class = MysqlSession
+
     def __init__(
-        self,
-        gatekeeper: Gatekeeper,
-        *,
-        name: str,
-        host: str,
-        port: int,
-        ssl_context: ssl.SSLContext | None = None,
-        tls_required: bool = False,
-        max_message_size: int = 64 << 20,
-        default_target: str = "",
-        probe_target: str = "",
-        sha2_full_auth: str = "never",
+        self, gatekeeper: Gatekeeper, *, probe_target: str = "", sha2_full_auth: str = "never", **settings: Any
     ) -> None:
-        self.gatekeeper = gatekeeper
-        self.name = name
-        self.host = host
-        self.port = port
-        self.ssl_context = ssl_context
-        self.tls_required = tls_required
-        self.max_message_size = max_message_size
-        self.default_target = default_target
-        # Identity options (set by the gateway from the listener config).
-        self.allow_plaintext_tokens = False  # tokens on plain TCP from loopback clients
-        self.cert_identity = "none"  # none | subject-cn | san-uri (mutual TLS)
-        self.probe_target = probe_target or default_target
+        super().__init__(gatekeeper, **settings)
+        self.probe_target = probe_target or self.default_target
         self.capabilities = int(CONSERVATIVE)
         self.server_version = DEFAULT_VERSION
         self.charset = 45  # utf8mb4_general_ci
@@ -77,7 +59,8 @@ class MysqlListener:
         self._sessions: dict[int, MysqlSession] = {}
         self._next_id = secrets.randbelow(1 << 20) + 1000
 
-    async def _probe(self) -> None:
+    async def prepare(self) -> None:
+        """Learn the upstream's version and capabilities before accepting clients."""
         target = self.gatekeeper.resolve_target(self.probe_target, "mysql") if self.probe_target else None
         if target is None:
             return
@@ -91,22 +74,6 @@ class MysqlListener:
         self.server_version = greeting.server_version
         if greeting.character_set:
             self.charset = greeting.character_set
-
-    async def serve(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        await self._probe()
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        if self.port == 0:
-            self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = stream.socket.getpeername()
-            addr = f"{peer[0]}:{peer[1]}"
-        except OSError:
-            addr = "unknown"
-        await MysqlSession(self, stream, addr).run()
 
     # -- connection ids -------------------------------------------------------------------
 

@@ -11,58 +11,23 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-import ssl
+from typing import Any
 
-import trio
 
 from adapters.base import Gatekeeper
+from adapters.listener_common import ListenerBase
 from adapters.postgres import upstream
 from adapters.postgres.session import PostgresSession
 
 log = logging.getLogger("sqlward.postgres")
 
 
-class PostgresListener:
-    def __init__(
-        self,
-        gatekeeper: Gatekeeper,
-        *,
-        name: str,
-        host: str,
-        port: int,
-        ssl_context: ssl.SSLContext | None = None,
-        tls_required: bool = False,
-        max_message_size: int = 64 << 20,
-        default_target: str = "",
-    ) -> None:
-        self.gatekeeper = gatekeeper
-        self.name = name
-        self.host = host
-        self.port = port
-        self.ssl_context = ssl_context
-        self.tls_required = tls_required
-        self.max_message_size = max_message_size
-        self.default_target = default_target
-        # Identity options (set by the gateway from the listener config).
-        self.allow_plaintext_tokens = False  # tokens on plain TCP from loopback clients
-        self.cert_identity = "none"  # none | subject-cn | san-uri (mutual TLS)
+class PostgresListener(ListenerBase):
+    session_class = PostgresSession
+
+    def __init__(self, gatekeeper: Gatekeeper, **settings: Any) -> None:
+        super().__init__(gatekeeper, **settings)
         self._sessions: dict[int, PostgresSession] = {}
-
-    async def serve(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        if self.port == 0:
-            self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = stream.socket.getpeername()
-            addr = f"{peer[0]}:{peer[1]}"
-        except OSError:
-            addr = "unknown"
-        session = PostgresSession(self, stream, addr)
-        await session.run()
 
     # -- cancel routing ------------------------------------------------------------------------
 
