@@ -36,6 +36,7 @@ bodies are streamed through without being buffered whole.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import ssl
 import struct
@@ -96,6 +97,23 @@ def _cstr_end(buf: bytearray, start: int, end: int) -> int:
     if idx < 0:
         raise ProtocolViolation("string is not NUL-terminated")
     return idx
+
+
+_ESCALATING_SETTINGS = ("role", "session_authorization")
+_OPTION_SETTING = re.compile(r"(?:-c\s*|--)([A-Za-z_][A-Za-z0-9_.]*)\s*=")
+
+
+def _startup_escalation(params: tuple[tuple[str, str], ...]) -> str:
+    """The name of a startup setting that would change who the upstream thinks we are (a
+    `role` / `session_authorization` startup parameter, or one in `options`), else ""."""
+    for key, value in params:
+        if key.lower() in _ESCALATING_SETTINGS:
+            return key
+        if key == "options":
+            for name in _OPTION_SETTING.findall(value):
+                if name.lower() in _ESCALATING_SETTINGS or name.lower().startswith("sqlward.identity"):
+                    return name
+    return ""
 
 
 def _tampering(sql: str) -> Decision | None:
@@ -329,6 +347,12 @@ class PostgresSession(GovernedSession):
             return False
         self.application_name = params.get("application_name", "")
         dbname = params.get("database") or self.listener.default_target or user
+        escalation = _startup_escalation(msg.params)
+        if escalation:
+            await self._refuse_connection(
+                "42501", f"setting {escalation} at connection start is not allowed through sqlward", user=user
+            )
+            return False
 
         identity = await self._authenticate(user)
         if identity is None:

@@ -437,3 +437,18 @@ def test_backend_key_data_not_upstream(gw_endpoint: Endpoint):
     with gw_endpoint.session() as c:
         upstream_pid = int(c.simple("select pg_backend_pid()")[1].values[0])
         assert c.backend_pid != upstream_pid
+
+
+@pytest.mark.parametrize("params", [
+    {"options": "-c role=postgres"},
+    {"options": "--session_authorization=postgres"},
+    {"role": "postgres"},
+])
+def test_startup_settings_cannot_change_the_upstream_role(gateway: GatewayProcess, params: dict):
+    """`role` / `session_authorization` given at connection start would change who the upstream
+    thinks we are before any statement is decided: refused with a FATAL naming the setting."""
+    with pytest.raises(pgwire.PgError) as ei:  # raw startup packet: libpq has no "role" option
+        pgwire.open_session(gateway.host, gateway.port, "alice", "alice-secret", "app", params=params)
+    assert ei.value.sqlstate == "42501" and "not allowed through sqlward" in str(ei.value)
+    with psycopg.connect(gateway.dsn("alice", "alice-secret", "app")) as c:
+        assert c.execute("select 1").fetchone() == (1,)
