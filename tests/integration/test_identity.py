@@ -483,8 +483,10 @@ def test_clients_cannot_rewrite_the_identity_setting(idgw, ca, direct, agent_tok
     sub, agent, token = agent_token
     label = f"sqlward:{sub} via {agent}"
     since = idgw.audit_offset()
-    # A startup option naming sqlward.identity does not win over the gateway's own.
-    with pg_connect(idgw, ca, agent, token, options="-c sqlward.identity=mallory") as c:
+    # A startup option naming sqlward.identity is refused outright.
+    with pytest.raises(psycopg.OperationalError, match="sqlward.identity at connection start"):
+        pg_connect(idgw, ca, agent, token, options="-c sqlward.identity=mallory")
+    with pg_connect(idgw, ca, agent, token) as c:
         for sql in ("SET sqlward.identity = 'x'",
                     "select set_config('sqlward.identity', 'mallory', false)"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as ei:
