@@ -12,8 +12,10 @@ How it works (`load_config`), in four passes, each reporting problems as
    ``dev.toml: $.targets[0].password: environment variable APP_DEV_PASSWORD is not set``.
 3. Convert. `msgspec.convert` turns the tree into the frozen Structs below, all declared with
    ``forbid_unknown_fields=True``; msgspec's "Expected `str`, got `int` - at `$.x`" errors are
-   reworded into the format above. `environments` is converted table by table so its errors name
-   the environment (msgspec itself would print ``$.environments[...]``).
+   reworded into the format above. `environments` and `guardrails` are converted table by table so
+   their errors name the environment or guardrail (msgspec itself would print
+   ``$.environments[...]``); a `[guardrails.<id>]` table must name a guardrail of the catalogue
+   (`policy.guardrails.CATALOGUE`) and set only the options that guardrail takes.
 4. Check. Cross-field rules msgspec cannot express: protocols, listen addresses, DSNs (scheme,
    host, port, user, query parameters), secrets given twice, files that cannot be read, duplicate
    names and rule ids, `default_target` pointing at a target of another protocol; for identity:
@@ -54,6 +56,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import msgspec
 
 from adapters.base import IdentitySettings, UpstreamTLS
+from policy.guardrails import GuardrailConfig, guardrail_problems
 from policy.rules import EnvironmentPolicy, Rule
 
 __all__ = [
@@ -309,6 +312,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     audit: AuditConfig = AuditConfig()
     environments: dict[str, EnvironmentPolicy] = {}
     rules: tuple[Rule, ...] = ()
+    guardrails: dict[str, GuardrailConfig] = {}
     oidc: tuple[IssuerConfig, ...] = ()
     identity: IdentityOptions = IdentityOptions()
     access: tuple[AccessRule, ...] = ()
@@ -612,6 +616,7 @@ def _convert(raw: dict[str, Any], file: str) -> Config:
     raw = dict(raw)
     raw.pop("source", None)
     envs_raw = raw.pop("environments", {})
+    guards_raw = raw.pop("guardrails", {})
     try:
         config = msgspec.convert(raw, type=Config)
     except msgspec.ValidationError as exc:
@@ -627,9 +632,24 @@ def _convert(raw: dict[str, Any], file: str) -> Config:
                 environments[name] = msgspec.convert(table, type=EnvironmentPolicy)
             except msgspec.ValidationError as exc:
                 problems.append(_reword(exc, EnvironmentPolicy, prefix))
+    guardrails: dict[str, GuardrailConfig] = {}
+    if not isinstance(guards_raw, dict):
+        problems.append(Problem("$.guardrails", f"Expected a table of guardrail ids, got `{_toml_type(guards_raw)}`"))
+    else:
+        for gid, table in guards_raw.items():
+            prefix = _key_path("$.guardrails", gid)
+            try:
+                guardrail = msgspec.convert(table, type=GuardrailConfig)
+            except msgspec.ValidationError as exc:
+                problems.append(_reword(exc, GuardrailConfig, prefix))
+                continue
+            bad = guardrail_problems(gid, guardrail)
+            problems.extend(Problem(_key_path(prefix, field) if field else prefix, message) for field, message in bad)
+            if not bad:
+                guardrails[gid] = guardrail
     if problems:
         raise ConfigError(file, problems)
-    return msgspec.structs.replace(config, environments=environments)
+    return msgspec.structs.replace(config, environments=environments, guardrails=guardrails)
 
 
 def _toml_type(value: Any) -> str:

@@ -182,7 +182,7 @@ class Gatekeeper:
             # (the declarative-policy issue makes production default to deny).
             engine = Engine(
                 rules=config.rules, environments=config.environments, version=1,
-                unknown_environment=EnvironmentPolicy(),
+                unknown_environment=EnvironmentPolicy(), guardrails=config.guardrails,
             )
 
         try:

@@ -595,15 +595,24 @@ def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
         return None
     ops = [top]
     wheres: list[bool] = []
+    functions: list[str] = []
+    select_into = ""
+    modifying_cte = False
     for node in tree.walk():
         op = _NESTED_OPS.get(type(node))
         if op is not None:
             ops.append(op)
+        if isinstance(node, exp.Func):
+            functions.append(_function_name(node))
+        elif isinstance(node, exp.CTE):
+            if isinstance(node.this, exp.Expression) and node.this.find(*_WRITE_NODES) is not None:
+                modifying_cte = True
         if isinstance(node, exp.Select):
             into = node.args.get("into")
             if isinstance(into, exp.Into) and isinstance(_target(into.this), exp.Table):
                 if _table_name(_target(into.this)) is not None:  # type: ignore[arg-type]
                     ops.append("create")
+                    select_into = "table"
         elif isinstance(node, exp.When):
             then = node.args.get("then")
             if isinstance(then, exp.Var) and then.name.upper() == "DELETE":
@@ -636,6 +645,13 @@ def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
         detail = _copy_detail(tree)
     elif isinstance(tree, exp.Use) and tree.this is not None:
         detail = tree.this.name  # the database a MySQL USE switches to (qualifies later tables)
+    has_limit: bool | None = None
+    if top == "select" and not isinstance(tree, exp.Values):
+        query = tree.this if isinstance(tree, exp.Subquery) and tree.args.get("limit") is None else tree
+        has_limit = any(
+            isinstance(q, exp.Expression) and (q.args.get("limit") is not None or q.args.get("fetch") is not None)
+            for q in (tree, query)
+        )
     return StatementFacts(
         operation=top,
         operations=_dedupe(ops),
@@ -644,7 +660,23 @@ def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
         has_where=all(wheres) if wheres else None,
         parse_status="ok",
         detail=detail,
+        functions=_dedupe(f for f in functions if f),
+        select_into=select_into,
+        has_limit=has_limit,
+        data_modifying_cte=modifying_cte,
     )
+
+
+_WRITE_NODES: Final = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
+
+
+def _function_name(node: exp.Func) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower() if not isinstance(node.this, exp.Expression) else node.this.name.lower()
+    try:
+        return node.sql_name().lower()
+    except Exception:  # a Func subclass without a usable name: not a fact worth failing over
+        return type(node).__name__.lower()
 
 
 # ------------------------------------------------------------------------- one statement
@@ -702,8 +734,71 @@ def _unwrap(tokens: Sequence[_Token], dialect: str) -> tuple[str, Sequence[_Toke
     return (op, tokens[sig[k] :]) if k < len(sig) else None
 
 
+_DML_WORDS: Final = frozenset("SELECT INSERT UPDATE DELETE MERGE WITH VALUES TABLE REPLACE CREATE EXECUTE DECLARE".split())
+
+
+def _lexical_overlay(tokens: Sequence[_Token], facts: list[StatementFacts]) -> list[StatementFacts]:
+    """Facts read from the keywords themselves (they also hold where sqlglot failed): what a
+    RESET resets, INTO OUTFILE / DUMPFILE, LOAD DATA / XML, EXPLAIN ANALYZE, and for statements sqlglot
+    did not parse, the functions called (a word followed by `(`)."""
+    sig = _words(tokens)
+    words = [t.text.upper() for t in sig if t.kind == "word"]
+    into = ""
+    for a, b in zip(words, words[1:]):
+        if a == "INTO" and b in ("OUTFILE", "DUMPFILE"):
+            into = b.lower()
+            break
+    load_data = len(words) > 1 and words[0] == "LOAD" and words[1] in ("DATA", "XML")
+    analyze = False
+    if words and words[0] == "EXPLAIN":
+        for w in words[1:]:
+            if w in _DML_WORDS:
+                break
+            if w in ("ANALYZE", "ANALYSE"):
+                analyze = True
+                break
+    elif len(words) > 1 and words[0] in ("ANALYZE", "ANALYSE") and words[1] in _DML_WORDS:
+        analyze = True  # MariaDB: ANALYZE <statement> runs it
+    reset = " ".join(words[1:3]).lower() if words and words[0] == "RESET" else ""
+    if reset and reset != "session authorization":
+        reset = reset.split(" ")[0]
+    lexical_functions: tuple[str, ...] | None = None
+    keyword_detail: str | None = None
+    out = []
+    for f in facts:
+        functions = f.functions
+        if f.parse_status != "ok" and not functions:
+            if lexical_functions is None:
+                lexical_functions = _dedupe(
+                    t.text.lower() for t, n in zip(sig, sig[1:]) if t.kind == "word" and n.text == "("
+                )
+            functions = lexical_functions
+        guessed = f.keyword_detail
+        if f.parse_status == "error" and not f.detail and not guessed:
+            if keyword_detail is None:
+                keyword_detail = _keyword_op(tokens)[1]
+            guessed = keyword_detail
+        out.append(
+            msgspec.structs.replace(
+                f,
+                functions=functions,
+                select_into=f.select_into or into,
+                load_data=f.load_data or load_data,
+                explain_analyze=f.explain_analyze or analyze,
+                reset=f.reset or reset,
+                keyword_detail=guessed,
+            )
+        )
+    return out
+
+
 def _statement(tokens: Sequence[_Token], dialect: str) -> tuple[list[StatementFacts], str]:
     """Facts of one `;`-delimited piece (sqlglot may still find several) and an error text."""
+    facts, error = _statement_facts(tokens, dialect)
+    return _lexical_overlay(tokens, facts), error
+
+
+def _statement_facts(tokens: Sequence[_Token], dialect: str) -> tuple[list[StatementFacts], str]:
     known = _known_shape(tokens, dialect)
     if known is not None:
         return [known], ""
@@ -713,17 +808,7 @@ def _statement(tokens: Sequence[_Token], dialect: str) -> tuple[list[StatementFa
         inner, error = _statement(inner_tokens, dialect)
         facts = []
         for f in inner:
-            facts.append(
-                StatementFacts(
-                    operation=op,
-                    operations=_dedupe((op, *f.operations)),
-                    tables_read=f.tables_read,
-                    tables_written=f.tables_written,
-                    has_where=f.has_where,
-                    parse_status=f.parse_status,
-                    detail=f.detail,
-                )
-            )
+            facts.append(msgspec.structs.replace(f, operation=op, operations=_dedupe((op, *f.operations))))
         return facts, error
     text = _canonical(tokens, dialect)
     try:

@@ -14,7 +14,14 @@ How it works (DESIGN.md sections 3, 5 and 9):
 - Both caches are plain dicts bounded by `cache_size`: when full, the older half (insertion
   order) is dropped. No locking: the gateway runs the engine on one trio thread.
 
-Decision for each statement, in order:
+Guardrails (`policy.guardrails`, switched on per environment by `[guardrails.<id>]`) come first:
+request-level ones (multi-statement) before any statement, then, for each statement, the
+statement-level ones in catalogue order, before the unparseable check and the rules. A guardrail
+with action "deny" refuses with its id as rule id and its reason; one with action "review" makes
+the statement need approval unless something else denies it (an allow rule does not lift it).
+Guardrail checks read only the cached facts, so they are part of the cached decision.
+
+Decision for each statement, in order (after the dynamic-SQL check and the guardrails):
 
 1. A statement whose parse_status is "error" or "unparsed" is refused by the built-in rule
    "unparseable" unless the environment allows unparsed statements (`allow_unparsed`; None
@@ -53,6 +60,7 @@ from types import MappingProxyType
 from typing import Final, TypeVar
 
 from policy.analysis import analyse as _analyse
+from policy.guardrails import ActiveGuardrail, GuardrailConfig, compile_guardrails
 from policy.fingerprint import RAW_PREFIX, fingerprint
 from policy.model import Action, Analysis, Decision, Identity, StatementFacts, TargetInfo
 from policy.rules import EnvironmentPolicy, Rule
@@ -183,7 +191,17 @@ class _CompiledRule:
 class Engine:
     """Rules + per-environment defaults for one policy version, with analysis/decision caches."""
 
-    __slots__ = ("_rules", "_environments", "_version", "_cache_size", "_unknown_env", "_analyses", "_decisions")
+    __slots__ = (
+        "_rules",
+        "_environments",
+        "_version",
+        "_cache_size",
+        "_unknown_env",
+        "_analyses",
+        "_decisions",
+        "_guardrails",
+        "_guardrails_by_env",
+    )
 
     def __init__(
         self,
@@ -194,6 +212,7 @@ class Engine:
         *,
         unknown_environment: EnvironmentPolicy = EnvironmentPolicy(default_action="deny"),
         strict_allow: bool = True,
+        guardrails: Mapping[str, GuardrailConfig] | None = None,
     ) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
@@ -204,6 +223,8 @@ class Engine:
         self._unknown_env = unknown_environment
         self._analyses: dict[tuple[str, str], Analysis] = {}
         self._decisions: dict[tuple[object, ...], Decision] = {}
+        self._guardrails = compile_guardrails(guardrails or {})
+        self._guardrails_by_env: dict[str, tuple[ActiveGuardrail, ...]] = {}
 
     @property
     def version(self) -> int:
@@ -270,6 +291,18 @@ class Engine:
             _store(self._decisions, key, decision, self._cache_size)
         return decision
 
+    @property
+    def guardrails(self) -> tuple[ActiveGuardrail, ...]:
+        return self._guardrails
+
+    def _active_guardrails(self, environment: str) -> tuple[ActiveGuardrail, ...]:
+        active = self._guardrails_by_env.get(environment)
+        if active is None:
+            active = tuple(g for g in self._guardrails if g.applies_to(environment))
+            if len(self._guardrails_by_env) < self._cache_size:
+                self._guardrails_by_env[environment] = active
+        return active
+
     def _environment(self, name: str) -> EnvironmentPolicy:
         return self._environments.get(name, self._unknown_env)
 
@@ -281,6 +314,15 @@ class Engine:
         count = len(analysis.statements)
         first_review: Decision | None = None
         allowed_by: list[str] = []
+        guardrails = self._active_guardrails(target.environment)
+        for g in guardrails:
+            why = g.check_request(analysis)
+            if why is None:
+                continue
+            if g.config.action == "deny":
+                return Decision(action="deny", rule_id=g.id, message=f'request refused by guardrail "{g.id}": {why}')
+            if first_review is None:
+                first_review = Decision(action="review", rule_id=g.id, message=f'needs approval (guardrail "{g.id}"): {why}')
         for index, st in enumerate(analysis.statements):
             which = "statement" if count == 1 else f"statement {index + 1} of {count}"
             if st.operation in ("prepare", "execute") and st.parse_status != "ok":
@@ -293,6 +335,25 @@ class Engine:
                     "it runs from policy; send the statement itself",
                     statement_index=index,
                 )
+            guard_review: Decision | None = None
+            for g in guardrails:
+                why = g.check(st)
+                if why is None:
+                    continue
+                if g.config.action == "deny":
+                    return Decision(
+                        action="deny",
+                        rule_id=g.id,
+                        message=f'{which} refused by guardrail "{g.id}": {why}',
+                        statement_index=index,
+                    )
+                if guard_review is None:
+                    guard_review = Decision(
+                        action="review",
+                        rule_id=g.id,
+                        message=f'needs approval (guardrail "{g.id}"): {why}',
+                        statement_index=index,
+                    )
             if st.parse_status != "ok" and not allow_unparsed:
                 why = "sqlglot could not parse the statement"
                 if st.parse_status == "unparsed":
@@ -325,6 +386,10 @@ class Engine:
                     message=f'{which} refused by rule "{rule_id}": {sentence}',
                     statement_index=index,
                 )
+            if guard_review is not None:  # a guardrail's review is not lifted by an allow rule
+                if first_review is None:
+                    first_review = guard_review
+                continue
             if action == "review":
                 if first_review is None:
                     assert rule is not None

@@ -61,6 +61,24 @@ class StatementFacts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     parse_status: ParseStatus = "ok"
     # Extra detail such as the object kind of a DROP / CREATE ("table", "schema", ...).
     detail: str = ""
+    # Functions called, lower-case names (schema prefix dropped), deduplicated.
+    functions: tuple[str, ...] = ()
+    # SELECT ... INTO: "table" (a new table: postgres SELECT INTO), "outfile" / "dumpfile" (MySQL
+    # server files); "" otherwise (MySQL INTO @variable is not a write).
+    select_into: str = ""
+    # MySQL LOAD DATA / LOAD XML (reads a file into a table).
+    load_data: bool = False
+    # For a top-level SELECT / set operation: whether it has LIMIT or FETCH; None otherwise.
+    has_limit: bool | None = None
+    # A CTE holds INSERT / UPDATE / DELETE / MERGE (`WITH d AS (DELETE ...) SELECT ...`).
+    data_modifying_cte: bool = False
+    # EXPLAIN ANALYZE (postgres, mysql) or MariaDB ANALYZE <statement>: the inner statement runs.
+    explain_analyze: bool = False
+    # For a statement sqlglot could not parse (parse_status "error", whose `detail` stays empty):
+    # the detail guessed from its leading keywords ("table" for DROP TABLE ..., "role", ...).
+    keyword_detail: str = ""
+    # For RESET: what is reset, lower case ("role", "session authorization", "all", a setting).
+    reset: str = ""
 
 
 class Analysis(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
