@@ -584,6 +584,16 @@ def _classify_tables(tree: exp.Expression) -> _Tables:
     return tables
 
 
+def _bounding(limit: exp.Expression | None) -> bool:
+    """A LIMIT that bounds the rows: `LIMIT ALL` and `LIMIT NULL` are the same as no LIMIT."""
+    if limit is None:
+        return False
+    value = limit.args.get("expression")
+    if isinstance(value, exp.Null) or (isinstance(value, exp.Var) and value.name.upper() == "ALL"):
+        return False
+    return True
+
+
 def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -649,7 +659,7 @@ def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
     if top == "select" and not isinstance(tree, exp.Values):
         query = tree.this if isinstance(tree, exp.Subquery) and tree.args.get("limit") is None else tree
         has_limit = any(
-            isinstance(q, exp.Expression) and (q.args.get("limit") is not None or q.args.get("fetch") is not None)
+            isinstance(q, exp.Expression) and (_bounding(q.args.get("limit")) or q.args.get("fetch") is not None)
             for q in (tree, query)
         )
     return StatementFacts(

@@ -464,14 +464,8 @@ CORPUS: list[Any] = [
     Case(PG, "TABLE users", R, "select-without-limit"),
     Case(PG, "SELECT * FROM users -- LIMIT 1", R, "select-without-limit"),
     Case(PG, "SELECT * FROM users OFFSET 0", R, "select-without-limit"),
-    pytest.param(
-        Case(PG, "SELECT * FROM users LIMIT ALL", R, "select-without-limit"),
-        marks=bug("LIMIT ALL is no limit in PostgreSQL, but it sets has_limit and the statement is allowed by reads"),
-    ),
-    pytest.param(
-        Case(PG, "SELECT * FROM users LIMIT NULL", R, "select-without-limit"),
-        marks=bug("LIMIT NULL is no limit in PostgreSQL, but it sets has_limit and the statement is allowed by reads"),
-    ),
+    Case(PG, "SELECT * FROM users LIMIT ALL", R, "select-without-limit"),
+    Case(PG, "SELECT * FROM users LIMIT NULL", R, "select-without-limit"),
     pytest.param(
         Case(MY, "SELECT * FROM users /*!99999 LIMIT 1 */", R, "select-without-limit"),
         marks=bug("a /*!99999 ... */ comment is not executed by any MySQL server, yet its LIMIT counts; allowed by reads"),
