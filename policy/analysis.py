@@ -319,7 +319,12 @@ def _set_detail(words: Sequence[str]) -> str:
     while rest and rest[0] in ("LOCAL", "SESSION", "GLOBAL", "PERSIST", "DEFAULT"):
         rest.pop(0)
     first = rest[0] if rest else ""
-    return {"AUTHORIZATION": "session authorization", "ROLE": "role", "PASSWORD": "password"}.get(first, "")
+    return {
+        "AUTHORIZATION": "session authorization",
+        "SESSION_AUTHORIZATION": "session authorization",  # SET session_authorization = 'bob'
+        "ROLE": "role",
+        "PASSWORD": "password",
+    }.get(first, "")
 
 
 def _keyword_facts(tokens: Sequence[_Token], status: ParseStatus) -> StatementFacts:

@@ -374,18 +374,8 @@ CORPUS: list[Any] = [
     Case(PG, "SET role = 'admin'", D, "identity-escalation"),
     Case(PG, "SET SESSION role TO admin", D, "identity-escalation"),
     Case(PG, "SELECT pg_catalog.set_config('role', 'admin', false)", D, "identity-escalation"),
-    pytest.param(
-        Case(PG, "SET session_authorization = 'bob'", D, "identity-escalation"),
-        marks=bug(
-            "SET session_authorization = 'bob' (the GUC spelling; the grammar turns SET SESSION AUTHORIZATION "
-            "into exactly this) switches the session user like SET SESSION AUTHORIZATION, but "
-            "identity-escalation only looks at detail 'session authorization', so rule reads allows it"
-        ),
-    ),
-    pytest.param(
-        Case(PG, "SET session_authorization TO bob", D, "identity-escalation"),
-        marks=bug("SET session_authorization TO bob is not seen by identity-escalation (allowed by reads)"),
-    ),
+    Case(PG, "SET session_authorization = 'bob'", D, "identity-escalation"),
+    Case(PG, "SET session_authorization TO bob", D, "identity-escalation"),
     Case(MY, "SET ROLE admin", D, "identity-escalation"),
     Case(MY, "SET ROLE ALL", D, "identity-escalation"),
     Case(MY, "/*! SET ROLE admin */", D, "identity-escalation"),
