@@ -77,3 +77,12 @@ class StatementCompleted(_Event, tag="statement.completed", kw_only=True):
     duration_ms: float
     error: str | None = None
     sqlstate: str | None = None
+
+
+class PolicyReloaded(_Event, tag="policy.reloaded", kw_only=True):
+    # Version of the policy now in force (unchanged when the reload failed).
+    version: int
+    # Policy files read, in load order.
+    files: tuple[str, ...] = ()
+    # Why the new policy was refused (the running one stays); None when it was installed.
+    error: str | None = None

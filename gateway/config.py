@@ -75,6 +75,7 @@ __all__ = [
     "ParsedDSN",
     "Problem",
     "TargetConfig",
+    "convert_policy_tables",
     "load_config",
     "parse_dsn",
     "parse_listen",
@@ -169,6 +170,9 @@ def _safe_repr(obj: msgspec.Struct, hidden: tuple[str, ...]) -> str:
 class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Name of this gateway instance: written into every audit event.
     name: str
+    # Policy files (TOML or YAML; globs relative to the config file), loaded in order after the
+    # config's own [[rules]] / [environments.X] / [guardrails.<id>] (see gateway/policy_files.py).
+    policy_files: tuple[str, ...] = ()
 
 
 class ListenerTLS(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -622,6 +626,17 @@ def _convert(raw: dict[str, Any], file: str) -> Config:
     except msgspec.ValidationError as exc:
         problems.append(_reword(exc, Config, "$"))
         raise ConfigError(file, problems) from None
+    environments, guardrails = convert_policy_tables(envs_raw, guards_raw, problems)
+    if problems:
+        raise ConfigError(file, problems)
+    return msgspec.structs.replace(config, environments=environments, guardrails=guardrails)
+
+
+def convert_policy_tables(
+    envs_raw: Any, guards_raw: Any, problems: list[Problem]
+) -> tuple[dict[str, EnvironmentPolicy], dict[str, GuardrailConfig]]:
+    """Convert decoded `environments` and `guardrails` tables table by table (so errors name the
+    environment or guardrail), appending problems. Shared with `gateway.policy_files`."""
     environments: dict[str, EnvironmentPolicy] = {}
     if not isinstance(envs_raw, dict):
         problems.append(Problem("$.environments", f"Expected a table of environment names, got `{_toml_type(envs_raw)}`"))
@@ -647,9 +662,7 @@ def _convert(raw: dict[str, Any], file: str) -> Config:
             problems.extend(Problem(_key_path(prefix, field) if field else prefix, message) for field, message in bad)
             if not bad:
                 guardrails[gid] = guardrail
-    if problems:
-        raise ConfigError(file, problems)
-    return msgspec.structs.replace(config, environments=environments, guardrails=guardrails)
+    return environments, guardrails
 
 
 def _toml_type(value: Any) -> str:
@@ -677,6 +690,9 @@ def _finish(config: Config, file: str) -> Config:
 
     if not config.gateway.name.strip():
         problems.append(Problem("$.gateway.name", "expected a non-empty name"))
+    for i, pattern in enumerate(config.gateway.policy_files):
+        if not pattern.strip():
+            problems.append(Problem(f"$.gateway.policy_files[{i}]", "expected a file path or glob"))
 
     # Targets first: listeners refer to them.
     targets: list[TargetConfig] = []
@@ -917,4 +933,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     raw = _expand(raw, env, "$", problems)
     if problems:
         raise ConfigError(file, problems)
-    return _finish(_convert(raw, file), file)
+    config = _finish(_convert(raw, file), file)
+    if config.gateway.policy_files:
+        from gateway.policy_files import load_policy  # imports this module
+
+        load_policy(config)  # the policy files must be valid at start-up too (raises ConfigError)
+    return config

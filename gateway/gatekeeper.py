@@ -26,8 +26,12 @@ there by a trio lock), so adapters can call it from any task without locks of th
 - Targets: every DSN is parsed (`gateway.config.parse_dsn`) into an `adapters.base.Target` with
   the upstream password taken from `password`, `password_file` or the DSN, in that order (the
   config loader refuses two of them at once). `resolve_target` is then a dictionary lookup.
-- Policy: `analyse` and `decide` delegate to `policy.engine.Engine` (rules and environments from
-  the config, version 1). An exception inside `decide` becomes a deny decision (fail closed).
+- Policy: `analyse` and `decide` delegate to `policy.engine.Engine` (rules, environments and
+  guardrails from the config and its policy files, `gateway.policy_files`; version 1). An
+  exception inside `decide` becomes a deny decision (fail closed). `reload_policy` re-reads the
+  policy files and, when they are valid, builds a new Engine with the next version and installs
+  it with one attribute assignment: a call already inside the old engine finishes with it. A bad
+  file leaves the running engine in place. Either way a `policy.reloaded` audit event is written.
 - Audit: `record` appends to an `audit.JsonlWriter`; any failure becomes `AuditUnavailable` so the
   adapter refuses the statement instead of running it unrecorded.
 
@@ -39,6 +43,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -48,9 +53,11 @@ import msgspec
 import scramp
 
 from adapters.base import AuditUnavailable, AuthError, IdentitySettings, MysqlSecret, ScramSecret, Target
+from audit.events import PolicyReloaded
 from audit.writer import AuditWriteError, JsonlWriter
 from gateway.config import AccessRule, Config, ConfigError, Problem, parse_dsn, read_secret_file
 from gateway.oidc import IssuerSetupError, TokenError, TokenVerifier
+from gateway.policy_files import PolicyBundle, files_state, load_policy
 from policy.rules import EnvironmentPolicy
 from policy.model import Analysis, Decision, Identity, TargetInfo
 
@@ -104,6 +111,10 @@ class Gatekeeper:
         self._owns_writer = owns_writer
         self._verifier = verifier if verifier is not None else TokenVerifier(())
         self._access: tuple[AccessRule, ...] = config.access
+        self._policy_files: tuple[str, ...] = ()
+        # The policy files as last read (see `policy_changed`).
+        self._policy_state: tuple[tuple[str, int, int], ...] = files_state(config) if config.gateway.policy_files else ()
+        self._clock = time.time
         self._identity_settings: IdentitySettings = config.identity.settings()
 
     # -- construction -------------------------------------------------------------------------
@@ -175,15 +186,11 @@ class Gatekeeper:
                 allow_local_infile=t.allow_local_infile,
             )
 
+        policy_files: tuple[str, ...] = ()
         if engine is None:
-            from policy.engine import Engine  # the policy engine lands in its own issue
-
-            # An environment without an [environments.<name>] table allows what no rule refuses
-            # (the declarative-policy issue makes production default to deny).
-            engine = Engine(
-                rules=config.rules, environments=config.environments, version=1,
-                unknown_environment=EnvironmentPolicy(), guardrails=config.guardrails,
-            )
+            bundle = load_policy(config)  # raises ConfigError naming the policy file
+            engine = _build_engine(bundle, 1)
+            policy_files = bundle.files
 
         try:
             verifier = TokenVerifier(config.oidc, clock=clock)
@@ -200,7 +207,7 @@ class Gatekeeper:
                 audit_writer = JsonlWriter(config.audit.file, fsync=config.audit.fsync)
             except AuditWriteError as exc:
                 raise ConfigError.single(file, "$.audit.file", str(exc)) from None
-        return cls(
+        gatekeeper = cls(
             config,
             engine=engine,
             audit_writer=audit_writer,
@@ -210,6 +217,56 @@ class Gatekeeper:
             owns_writer=owns_writer,
             verifier=verifier,
         )
+        gatekeeper._policy_files = policy_files
+        return gatekeeper
+
+    # -- policy reload ------------------------------------------------------------------------
+
+    @property
+    def policy_version(self) -> int:
+        return int(getattr(self._engine, "version", 0))
+
+    @property
+    def policy_files(self) -> tuple[str, ...]:
+        """The policy files of the running policy, in load order."""
+        return self._policy_files
+
+    def policy_changed(self) -> bool:
+        """True when a policy file was edited, added or removed since it was last read (a stat
+        per file; cheap enough to poll)."""
+        if not self._config.gateway.policy_files:
+            return False
+        return files_state(self._config) != self._policy_state
+
+    def reload_policy(self) -> str | None:
+        """Re-read the policy files and swap in a new engine (version + 1). Returns None on
+        success, or the error message (the running policy stays). Writes `policy.reloaded`."""
+        if self._config.gateway.policy_files:
+            self._policy_state = files_state(self._config)  # before reading: a later edit reloads again
+        version = self.policy_version
+        error: str | None = None
+        files = self._policy_files
+        try:
+            bundle = load_policy(self._config)
+            engine = _build_engine(bundle, version + 1)
+        except ConfigError as exc:
+            error = str(exc)
+        except Exception as exc:  # never let a reload take the gateway down
+            error = f"policy reload failed: {type(exc).__name__}: {exc}"
+        else:
+            self._engine = engine  # the atomic swap
+            self._policy_files = files = bundle.files
+            version += 1
+        try:
+            self._audit.write(
+                PolicyReloaded(
+                    time=self._clock(), gateway=self.gateway_name, connection_id="",
+                    version=version, files=files, error=error,
+                )
+            )
+        except Exception as exc:  # the reload itself stands; say that its record is missing
+            logging.getLogger("sqlward").warning("policy.reloaded audit event not written: %s", exc)
+        return error
 
     def close(self) -> None:
         """Close the audit writer if this gatekeeper opened it."""
@@ -375,6 +432,16 @@ class Gatekeeper:
 
     def __repr__(self) -> str:
         return f"Gatekeeper({self.gateway_name!r}, {len(self._users)} identities, {len(self._targets)} targets)"
+
+
+def _build_engine(bundle: PolicyBundle, version: int) -> _Engine:
+    from policy.engine import Engine
+
+    # An environment without an [environments.<name>] table allows what no rule refuses.
+    return Engine(
+        rules=bundle.rules, environments=bundle.environments, version=version,
+        unknown_environment=EnvironmentPolicy(), guardrails=bundle.guardrails,
+    )
 
 
 def _access_matches(rule: AccessRule, identity: Identity, target: TargetInfo) -> bool:

@@ -1,6 +1,10 @@
 """The gateway process: builds the gatekeeper and one listener per configured listener, serves
 until SIGINT or SIGTERM, then stops accepting and closes sessions.
 
+SIGHUP reloads the policy (`Gatekeeper.reload_policy`); with `[gateway] policy_files`, a task
+also polls the files' mtimes every `POLICY_POLL_SECONDS` and reloads when one changes (or a glob
+matches another set of files). Each result is logged; a bad file keeps the running policy.
+
 Adapters are looked up by protocol name in `ADAPTERS`; a new protocol is one entry there.
 """
 
@@ -18,6 +22,23 @@ from adapters.mysql.listener import MysqlListener
 from adapters.postgres.listener import PostgresListener
 
 log = logging.getLogger("sqlward")
+
+POLICY_POLL_SECONDS = 2.0
+
+
+def _reload(gatekeeper: Any, why: str) -> None:
+    error = gatekeeper.reload_policy()
+    if error is None:
+        log.info("policy reloaded (%s): version %d", why, gatekeeper.policy_version)
+    else:
+        log.error("policy reload (%s) refused, version %d stays: %s", why, gatekeeper.policy_version, error)
+
+
+async def _watch_policy(gatekeeper: Any) -> None:
+    while True:
+        await trio.sleep(POLICY_POLL_SECONDS)
+        if gatekeeper.policy_changed():
+            _reload(gatekeeper, "policy files changed")
 
 
 def _server_context(cfg: Any, alpn: list[str] | None = None) -> ssl.SSLContext | None:
@@ -97,9 +118,14 @@ async def serve(config: Any, *, task_status: trio.TaskStatus = trio.TASK_STATUS_
             ports = [await nursery.start(lst.serve) for lst in listeners]
             for lst, port in zip(listeners, ports):
                 log.info("listening: %s on %s:%d", lst.name, lst.host, port)
+            if config.gateway.policy_files and hasattr(gatekeeper, "policy_changed"):
+                nursery.start_soon(_watch_policy, gatekeeper)
             task_status.started(ports)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        _reload(gatekeeper, "SIGHUP")
+                        continue
                     log.info("received %s, shutting down", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break

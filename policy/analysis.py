@@ -95,8 +95,10 @@ class _Unlexable(Exception):
     pass
 
 
-def _tokens(sql: str, dialect: str) -> list[_Token]:
-    """Tokens of `sql`, MySQL executable comments unwrapped; raises _Unlexable."""
+def _tokens(sql: str, dialect: str, *, versioned: bool = True) -> list[_Token]:
+    """Tokens of `sql`, MySQL executable comments unwrapped; raises _Unlexable. With
+    `versioned=False`, comments that carry a server version (`/*!50000 ...*/`, `/*M!100500
+    ...*/`) are dropped instead: what a server older than that version runs."""
     out: list[_Token] = []
     for m in _LEXERS[dialect].finditer(sql):
         kind = m.lastgroup
@@ -109,13 +111,34 @@ def _tokens(sql: str, dialect: str) -> list[_Token]:
                 out.append(_Token("comment", text))
                 continue
             inner = text[4:-2] if text.startswith("/*M!") else text[3:-2]
-            inner = _VERSION_PREFIX.sub("", inner, count=1) if _VERSION_PREFIX.match(inner) else inner
+            version = _VERSION_PREFIX.match(inner)
+            if version:
+                if not versioned and not _always_runs(text, int(version.group())):
+                    out.append(_Token("ws", " "))
+                    continue
+                inner = _VERSION_PREFIX.sub("", inner, count=1)
             out.append(_Token("ws", " "))
-            out.extend(_tokens(inner, dialect))
+            out.extend(_tokens(inner, dialect, versioned=versioned))
             out.append(_Token("ws", " "))
             continue
         out.append(_Token(kind, text))
     return out
+
+
+_VERSIONED_COMMENT = re.compile(r"/\*M?!\d")
+# Versions every server sqlward supports has reached (MySQL 5.7, MariaDB 10.2): comments at or
+# below them always run; above, it depends on the server and both readings are judged.
+_OLDEST_MYSQL, _OLDEST_MARIADB = 50700, 100200
+
+
+def _always_runs(comment: str, version: int) -> bool:
+    if comment.startswith("/*M!"):
+        return version <= _OLDEST_MARIADB
+    return version <= _OLDEST_MYSQL
+
+
+def _piece_key(piece: Sequence[_Token]) -> str:
+    return " ".join(t.text for t in piece if t.kind not in ("ws", "comment"))
 
 
 def _split(tokens: Iterable[_Token]) -> list[list[_Token]]:
@@ -859,6 +882,11 @@ def analyse(sql: str, dialect: str, fingerprint_: str | None = None) -> Analysis
     fp = fingerprint(sql, dialect) if fingerprint_ is None else fingerprint_
     try:
         pieces = _split(_tokens(sql, dialect))
+        if dialect == "mysql" and _VERSIONED_COMMENT.search(sql):
+            # Whether a versioned comment runs depends on the server's version: judge both
+            # readings (the statements of each; any refusal refuses the request).
+            seen = {_piece_key(p) for p in pieces}
+            pieces += [p for p in _split(_tokens(sql, dialect, versioned=False)) if _piece_key(p) not in seen]
     except _Unlexable:
         facts = _keyword_facts([], "error")
         return Analysis(

@@ -315,12 +315,6 @@ def test_write_policy_lets_bounded_writes_through(write_judge: Judge) -> None:
 # ----------------------------------------------------------------- versioned executable comments
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a WHERE inside a MySQL versioned comment /*!NNNNN ... */ whose version is above the "
-    "server's (e.g. 90000-99999, no such server) is a plain comment, so the write has no WHERE; the "
-    "analyser counts it as a WHERE and the unbounded write passes",
-)
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(version=st.integers(90000, 99999), core=st.sampled_from(["DELETE FROM users", "UPDATE users SET a = 1"]))
 def test_where_in_a_future_versioned_comment_is_not_a_where(write_judge: Judge, version: int, core: str) -> None:

@@ -264,23 +264,10 @@ CORPUS: list[Any] = [
     Case(MY, "# a\nDELETE FROM t", D, "delete-without-where"),
     Case(MY, "SELECT 1; /* */ DELETE FROM t", D, "delete-without-where"),
     Case(MY, "DELETE FROM t # WHERE id = 1", D, "delete-without-where"),
-    pytest.param(
-        Case(MY, "DELETE FROM t /*!99999 WHERE id = 1 */", D, "delete-without-where"),
-        marks=bug(
-            "a versioned executable comment whose version is above any server (/*!99999 ... */) is a plain "
-            "comment to MySQL, so this DELETE has no WHERE and removes every row; the analyser reads the "
-            "comment's text as a WHERE (has_where=True) and rule dba-writes allows it"
-        ),
-    ),
+    Case(MY, "DELETE FROM t /*!99999 WHERE id = 1 */", D, "delete-without-where"),
     Case(MY, "DELETE FROM t /*!50000 WHERE id = 1 */", A, "dba-writes"),
-    pytest.param(
-        Case(MY, "DELETE FROM t /*M!999999 WHERE id = 1 */", D, "delete-without-where"),
-        marks=bug("MariaDB's /*M!999999 ... */ is a plain comment to every server; its WHERE is counted (dba-writes allows)"),
-    ),
-    pytest.param(
-        Case(MY, "UPDATE t SET a = 1 /*!99999 WHERE id = 1 */", D, "update-without-where"),
-        marks=bug("UPDATE whose only WHERE is inside /*!99999 ... */ (never executed) is allowed by dba-writes"),
-    ),
+    Case(MY, "DELETE FROM t /*M!999999 WHERE id = 1 */", D, "delete-without-where"),
+    Case(MY, "UPDATE t SET a = 1 /*!99999 WHERE id = 1 */", D, "update-without-where"),
     Case(MY, "ANALYZE DELETE FROM users", D, "writes-disguised-as-reads"),
     Case(MY, "DELETE users FROM users", D, "delete-without-where"),
     Case(MY, "UPDATE users, t SET users.a = 1", D, "update-without-where"),
@@ -456,10 +443,7 @@ CORPUS: list[Any] = [
     Case(PG, "SELECT * FROM users OFFSET 0", R, "select-without-limit"),
     Case(PG, "SELECT * FROM users LIMIT ALL", R, "select-without-limit"),
     Case(PG, "SELECT * FROM users LIMIT NULL", R, "select-without-limit"),
-    pytest.param(
-        Case(MY, "SELECT * FROM users /*!99999 LIMIT 1 */", R, "select-without-limit"),
-        marks=bug("a /*!99999 ... */ comment is not executed by any MySQL server, yet its LIMIT counts; allowed by reads"),
-    ),
+    Case(MY, "SELECT * FROM users /*!99999 LIMIT 1 */", R, "select-without-limit"),
     Case(PG, "SELECT * FROM users LIMIT 10", A, "reads"),
     Case(PG, "SELECT * FROM users FETCH FIRST 5 ROWS ONLY", A, "reads"),
     Case(MY, "SELECT * FROM users LIMIT 1", A, "reads"),

@@ -1,0 +1,170 @@
+"""Policy files: `[gateway] policy_files = ["policies/*.toml", "extra.yaml"]`.
+
+How it works:
+
+- `policy_paths(config)` expands the patterns in order, relative to the config file's directory.
+  A glob's matches are sorted by name; a file named by several patterns is loaded once, at its
+  first place. A pattern without glob characters must name an existing file; a glob may match
+  nothing.
+- Each file is read as TOML (`tomllib`, for ``.toml``) or YAML (`yaml.safe_load`, for ``.yaml``
+  / ``.yml``) and may hold only `rules`, `environments` and `guardrails`, with the same strict
+  schemas as the main config (`gateway.config.convert_policy_tables`). Errors are `ConfigError`s
+  naming the policy file and the `$.path`. No ``${VAR}`` expansion happens in policy files.
+- `load_policy(config)` merges: the main config's rules first, then each file's in order;
+  environments and guardrails of later files replace earlier ones key by key. A rule id used
+  twice (in the config or any file) is an error. The result is a `PolicyBundle`.
+- `files_state(paths)` is what the server's watcher compares every 2 s: the matching files with
+  their mtime and size (one glob and one stat per file).
+
+The gatekeeper (`Gatekeeper.reload_policy`) turns a bundle into a new `policy.engine.Engine`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tomllib
+from typing import Any
+
+import msgspec
+
+from gateway.config import Config, ConfigError, Problem, _reword, convert_policy_tables
+from policy.guardrails import GuardrailConfig
+from policy.rules import EnvironmentPolicy, Rule
+
+__all__ = ["PolicyBundle", "files_state", "load_policy", "policy_paths"]
+
+_MAGIC = frozenset("*?[")
+
+
+class PolicyBundle(msgspec.Struct, frozen=True):
+    """Everything an Engine needs, merged from the main config and its policy files."""
+
+    rules: tuple[Rule, ...]
+    environments: dict[str, EnvironmentPolicy]
+    guardrails: dict[str, GuardrailConfig]
+    files: tuple[str, ...] = ()
+
+
+class _PolicyDoc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    rules: tuple[Rule, ...] = ()
+
+
+def policy_paths(config: Config) -> tuple[str, ...]:
+    """The policy files in load order (absolute paths). Raises ConfigError for a plain path that
+    does not exist."""
+    base = config.base_dir
+    file = config.source or "<config>"
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, pattern in enumerate(config.gateway.policy_files):
+        full = os.path.expanduser(pattern)
+        if not os.path.isabs(full):
+            full = os.path.join(base, full)
+        full = os.path.normpath(full)
+        if _MAGIC & set(pattern):
+            matches = sorted(p for p in glob.glob(full) if os.path.isfile(p))
+        else:
+            if not os.path.isfile(full):
+                raise ConfigError.single(file, f"$.gateway.policy_files[{i}]", f"policy file {full} does not exist")
+            matches = [full]
+        for path in matches:
+            if path not in seen:
+                seen.add(path)
+                out.append(path)
+    return tuple(out)
+
+
+def files_state(config: Config) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime_ns, size) of every file the patterns match now; changes when a file is
+    edited, added or removed. Never raises."""
+    try:
+        paths = policy_paths(config)
+    except ConfigError:
+        return (("<missing>", 0, 0),)
+    state = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            state.append((path, st.st_mtime_ns, st.st_size))
+        except OSError:
+            state.append((path, -1, -1))
+    return tuple(state)
+
+
+def _read(path: str) -> dict[str, Any]:
+    lower = path.lower()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError.single(path, "", f"cannot read policy file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError.single(path, "", "not a UTF-8 text file") from None
+    if lower.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError.single(path, where, f"YAML syntax error: {problem}") from None
+        if raw is None:
+            return {}
+    elif lower.endswith(".toml"):
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError.single(path, "", f"TOML syntax error: {exc}") from None
+    else:
+        raise ConfigError.single(path, "", "unknown policy file type (expected .toml, .yaml or .yml)")
+    if not isinstance(raw, dict):
+        raise ConfigError.single(path, "$", "expected a mapping with rules, environments and guardrails")
+    return raw
+
+
+def _load_file(path: str) -> tuple[tuple[Rule, ...], dict[str, EnvironmentPolicy], dict[str, GuardrailConfig]]:
+    raw = dict(_read(path))
+    envs_raw = raw.pop("environments", {})
+    guards_raw = raw.pop("guardrails", {})
+    problems: list[Problem] = []
+    try:
+        doc = msgspec.convert(raw, type=_PolicyDoc)
+    except msgspec.ValidationError as exc:
+        problems.append(_reword(exc, _PolicyDoc, "$"))
+        doc = _PolicyDoc()
+    environments, guardrails = convert_policy_tables(envs_raw, guards_raw, problems)
+    for i, rule in enumerate(doc.rules):
+        if not rule.id:
+            problems.append(Problem(f"$.rules[{i}].id", "expected a non-empty rule id"))
+    if problems:
+        raise ConfigError(path, problems)
+    return doc.rules, environments, guardrails
+
+
+def load_policy(config: Config) -> PolicyBundle:
+    """The merged policy of `config` and its policy files. Raises ConfigError (naming the policy
+    file and the `$.path`) on the first file with a problem."""
+    paths = policy_paths(config)
+    rules = list(config.rules)
+    environments = dict(config.environments)
+    guardrails = dict(config.guardrails)
+    first: dict[str, str] = {r.id: f"{config.source or '<config>'} at $.rules[{i}]" for i, r in enumerate(config.rules)}
+    for path in paths:
+        file_rules, file_envs, file_guards = _load_file(path)
+        dupes = []
+        for i, rule in enumerate(file_rules):
+            if rule.id in first:
+                dupes.append(Problem(f"$.rules[{i}].id", f"duplicate rule id {rule.id!r} (first in {first[rule.id]})"))
+            else:
+                first[rule.id] = f"{path} at $.rules[{i}]"
+        if dupes:
+            raise ConfigError(path, dupes)
+        rules.extend(file_rules)
+        environments.update(file_envs)
+        guardrails.update(file_guards)
+    return PolicyBundle(rules=tuple(rules), environments=environments, guardrails=guardrails, files=paths)
