@@ -137,5 +137,9 @@ class Gatekeeper(Protocol):
         """The policy's decision (cached per fingerprint, identity, target, schema, policy
         version); `schema` qualifies unqualified table names (MySQL's current database)."""
 
+    @property
+    def policy_version(self) -> int:
+        """Changes whenever the policy is reloaded; prepared statements are decided again then."""
+
     def record(self, event: msgspec.Struct) -> None:
         """Write an audit event durably before returning; raise AuditUnavailable on failure."""

@@ -142,7 +142,8 @@ class MysqlSession(GovernedSession):
         self._framer = PacketFramer(max_payload=listener.max_message_size)
         self._seq = 0
         self._ubuf = bytearray()
-        self._statements: dict[int, int] = {}  # statement id -> request id of its decision
+        # statement id -> (request id of its decision, SQL, policy version it was decided under)
+        self._statements: dict[int, tuple[int, str, int]] = {}
         self._closing_reason = ""
         self._cpipe: Pipe | None = None
         self._sql_comment = b""
@@ -565,7 +566,16 @@ class MysqlSession(GovernedSession):
                     await self._write(self._refusal(expiry))
                     continue
                 stmt_id = int.from_bytes(payload[1:5], "little")
-                await self._forward(payload, Shape.RESULTSET, ref=self._statements.get(stmt_id))
+                prepared = self._statements.get(stmt_id)
+                if prepared is not None and prepared[2] != self.gk.policy_version:
+                    # The policy changed since PREPARE: decide the statement again.
+                    _, refusal, _ = self._decide(prepared[1], statement_name=str(stmt_id))
+                    if refusal is not None:
+                        self._seq = 1
+                        await self._write(self._refusal(refusal))
+                        continue
+                    prepared = self._statements[stmt_id] = (prepared[0], prepared[1], self.gk.policy_version)
+                await self._forward(payload, Shape.RESULTSET, ref=prepared[0] if prepared else None)
             elif cmd == Command.STMT_PREPARE:
                 await self._prepare(payload)
             elif cmd in (Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA):
@@ -655,6 +665,7 @@ class MysqlSession(GovernedSession):
 
     async def _prepare(self, payload: bytes) -> None:
         sql = payload[1:].decode(self.codec, "surrogateescape")
+        version = self.gk.policy_version
         rid, refusal, _ = self._decide(sql, statement_name="")
         if refusal is not None:
             self._seq = 1
@@ -662,7 +673,7 @@ class MysqlSession(GovernedSession):
             return
         scanner = await self._forward(payload, Shape.PREPARE, audit=False)
         if scanner.statement_id is not None and scanner.error_code is None:
-            self._statements[scanner.statement_id] = rid
+            self._statements[scanner.statement_id] = (rid, sql, version)
 
     async def _forward(
         self, payload: bytes, shape: Shape, *, rid: int | None = None, ref: int | None = None, audit: bool = True,

@@ -172,6 +172,7 @@ class PostgresSession(GovernedSession):
         self._syncs_sent = 0
         self._syncs_done = 0
         self._statements: dict[str, int] = {}  # prepared statement name -> decided request id
+        self._prepared_sql: dict[str, tuple[str, int]] = {}  # name -> (SQL, policy version decided)
         self._portals: dict[str, int | None] = {}
         self._discarding = False
         self._tx_status = "I"
@@ -676,9 +677,19 @@ class PostgresSession(GovernedSession):
                 elif mtype == Frontend.BIND:
                     p_end = _cstr_end(buf, pos + 5, end)
                     s_end = _cstr_end(buf, p_end + 1, end)
-                    portal = bytes(buf[pos + 5 : p_end]).decode("utf-8", "surrogateescape")
-                    stmt = bytes(buf[p_end + 1 : s_end]).decode("utf-8", "surrogateescape")
+                    portal = self._decode_sql(bytes(buf[pos + 5 : p_end]))
+                    stmt = self._decode_sql(bytes(buf[p_end + 1 : s_end]))
                     self._portals[portal] = self._statements.get(stmt)
+                    prepared = self._prepared_sql.get(stmt)
+                    if prepared is not None and prepared[1] != self.gk.policy_version:
+                        # The policy changed since this statement was decided: decide again.
+                        rid, refusal, error = self._decide(prepared[0], stmt)
+                        if refusal is None:
+                            self._prepared_sql[stmt] = (prepared[0], self.gk.policy_version)
+                        else:
+                            marker = self._inject_refusal(error)
+                            replacement = codec.encode_frontend(codec.Parse("", marker))
+                            self._discarding = True
                 elif mtype == Frontend.SYNC:
                     self._discarding = False
                     self._syncs_sent += 1
@@ -704,13 +715,16 @@ class PostgresSession(GovernedSession):
                     if end - sql_end < 3:
                         raise ProtocolViolation("Parse message is truncated")
                     name = self._decode_sql(bytes(buf[pos + 5 : n_end]))
-                    rid, refusal, error = self._decide(
-                        self._decode_sql(bytes(buf[n_end + 1 : sql_end])), name
-                    )
+                    sql = self._decode_sql(bytes(buf[n_end + 1 : sql_end]))
+                    version = self.gk.policy_version
+                    rid, refusal, error = self._decide(sql, name)
                     if refusal is None:
                         self._statements[name] = rid
+                        if name:  # named statements outlive this pipeline: re-decided on policy change
+                            self._prepared_sql[name] = (sql, version)
                     else:
                         self._statements.pop(name, None)
+                        self._prepared_sql.pop(name, None)
                         marker = self._inject_refusal(error)
                         replacement = codec.encode_frontend(codec.Parse("", marker))
                         self._discarding = True
@@ -719,6 +733,7 @@ class PostgresSession(GovernedSession):
                         name = bytes(buf[pos + 6 : end - 1]).decode("utf-8", "surrogateescape")
                         if buf[pos + 5] == 0x53:  # 'S'
                             self._statements.pop(name, None)
+                            self._prepared_sql.pop(name, None)
                         else:
                             self._portals.pop(name, None)
                 elif mtype == Frontend.FUNCTION_CALL:

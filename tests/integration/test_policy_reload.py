@@ -64,3 +64,36 @@ def test_reload_on_change_and_sighup(it_database: object) -> None:
             conn.execute("select count(*) from accounts")
         assert conn.execute("select 1").fetchone() == (1,)
         assert gw.alive
+
+
+def test_prepared_statements_are_decided_again_after_a_reload(it_database: object) -> None:
+    """A statement prepared under the old policy is decided again at its next execution once
+    the policy changed (issue 3: "re-checked if the policy changed"), in the same session."""
+    gw = GatewayProcess(
+        targets=[target("app", upstream_dsn())],
+        extra={"gateway": {"name": "it", "policy_files": ["policies/*.toml"]}},
+    )
+    policy = gw.dir / "policies" / "p.toml"
+    policy.parent.mkdir()
+    policy.write_text('[[rules]]\nid = "ok"\naction = "allow"\n')
+    with gw, psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True) as conn:
+        query = "select count(*) from accounts where %s"
+        for _ in range(3):  # prepare=True: a named server-side statement, then Bind/Execute only
+            assert conn.execute(query, (True,), prepare=True).fetchone() is not None
+        time.sleep(1.1)
+        policy.write_text('[[rules]]\nid = "no-accounts"\noperations = ["select"]\ntables = ["accounts"]\naction = "deny"\n')
+
+        def refused() -> bool:
+            try:
+                conn.execute(query, (True,), prepare=True)
+            except pe.InsufficientPrivilege as exc:
+                return "no-accounts" in str(exc)
+            return False
+
+        assert _wait(refused), gw.stderr_text()
+        assert conn.execute("select 1").fetchone() == (1,)  # the session goes on
+        decided = [
+            e for e in gw.audit_events()
+            if e.get("event") == "statement.decided" and e.get("rule_id") == "no-accounts"
+        ]
+        assert decided and decided[0]["statement_name"], decided
