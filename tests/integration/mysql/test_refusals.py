@@ -275,3 +275,27 @@ def test_dynamic_sql_cannot_read_a_denied_table(my_via, script: list[str]):
             except pymysql.MySQLError as e:
                 assert is_refusal(e) or e.args[0] in (1243,), e.args
     assert ("SECRET of sqlward_it2",) not in rows, f"{script} read {rows}"
+
+
+def test_same_rule_refuses_through_psql_and_the_mariadb_cli(two_protocol_gateway, my_direct, direct_dsn):
+    """Issue 5: one policy, the stock command-line clients of both databases, the same refusal."""
+    import os
+    import subprocess
+
+    gw, pg_port = two_protocol_gateway
+    env = {**os.environ, "PGPASSWORD": SECRETS["alice"], "MYSQL_PWD": SECRETS["alice"]}
+    psql = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "alice", "-d", "pg_prod", "-v", "ON_ERROR_STOP=1",
+         "-c", "DROP TABLE guarded"],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    assert psql.returncode != 0 and "42501" not in psql.stdout and "no-drop" in psql.stderr, psql
+    mariadb = subprocess.run(
+        ["mariadb", "-h", "127.0.0.1", "-P", str(gw.port), "-u", "alice", "--skip-ssl", "prod",
+         "-e", "DROP TABLE guarded"],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    assert mariadb.returncode != 0 and "1227" in mariadb.stderr and "no-drop" in mariadb.stderr, mariadb
+    _guarded_intact(my_direct)
+    with psycopg.connect(direct_dsn, autocommit=True) as d:
+        assert d.execute("select note from guarded").fetchone() == ("must survive",)
