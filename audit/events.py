@@ -65,6 +65,8 @@ class StatementDecided(_Event, tag="statement.decided", kw_only=True):
     message: str = ""
     # Extended protocol: the prepared statement name the text was parsed as.
     statement_name: str | None = None
+    # Which statement of a multi-statement request decided a refusal (0-based).
+    statement_index: int | None = None
 
 
 class StatementCompleted(_Event, tag="statement.completed", kw_only=True):

@@ -521,6 +521,7 @@ class MysqlSession(GovernedSession):
                     sql=_printable(sql), fingerprint=_printable(fingerprint), operations=operations,
                     tables=tables, parse_status=parse_status, action=decision.action,
                     rule_id=decision.rule_id, message=decision.message, statement_name=statement_name,
+                    statement_index=decision.statement_index,
                 )
             )
         except AuditUnavailable:

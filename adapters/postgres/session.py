@@ -569,6 +569,7 @@ class PostgresSession(GovernedSession):
                     sql=printable(sql), fingerprint=printable(fingerprint), operations=operations, tables=tables,
                     parse_status=parse_status, action=decision.action, rule_id=decision.rule_id,
                     message=decision.message, statement_name=statement_name,
+                    statement_index=decision.statement_index,
                 )
             )
         except AuditUnavailable:
