@@ -30,6 +30,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 
 from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
@@ -55,8 +56,6 @@ from audit.events import (
     StatementDecided,
     Who,
 )
-import msgspec
-
 from policy.model import Analysis, Decision, Identity
 
 if TYPE_CHECKING:

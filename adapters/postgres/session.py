@@ -44,6 +44,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 
 from adapters.netio import Pipe, PrefixedStream
@@ -64,8 +65,6 @@ from audit.events import (
     StatementDecided,
     Who,
 )
-import msgspec
-
 from policy.model import Decision, Identity
 
 if TYPE_CHECKING:

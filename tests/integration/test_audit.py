@@ -190,3 +190,16 @@ def test_refused_connection_and_no_secrets_anywhere(gateway: GatewayProcess):
     for i, line in enumerate(text.splitlines()):
         obj = json.loads(line)
         assert isinstance(obj, dict) and isinstance(obj.get("event"), str), (i, line[:200])
+
+
+def test_refusal_names_the_statement_that_decided(gateway: GatewayProcess, app_name: str):
+    """In a multi-statement request the decided event says which statement was refused."""
+    since = gateway.audit_offset()
+    with psycopg.connect(gateway.dsn("alice", "alice-secret", "prod", application_name=app_name), autocommit=True) as c:
+        with pytest.raises(pe.InsufficientPrivilege):
+            c.execute("select 1; drop table no_such_table_for_audit")
+    events = gateway.wait_audit(
+        lambda es: any(e.get("event") == "statement.decided" and e.get("action") == "deny" for e in es), since=since
+    )
+    denied = [e for e in events if e.get("event") == "statement.decided" and e.get("action") == "deny"]
+    assert denied[-1]["statement_index"] == 1 and denied[-1]["rule_id"] == "no-drop", denied

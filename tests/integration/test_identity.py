@@ -788,6 +788,25 @@ def test_on_token_expiry_close_ends_the_session(close_gw, issuer, ca):
     assert [d["sql"] for d in events_of(close_gw, since, "statement.decided", sub)] == ["select 'still valid'"]
 
 
+def test_on_token_expiry_close_ends_an_idle_session(close_gw, issuer, ca):
+    """An idle session is closed at its token's exp too, without the client sending anything:
+    the upstream backend is gone and the audit says why."""
+    exp = int(time.time()) + 3
+    sub = uniq("idle")
+    token = issuer.mint(sub=sub, exp=exp)
+    since = close_gw.audit_offset()
+    with pg_connect(close_gw, ca, sub, token) as c:
+        assert c.execute("select 1").fetchone() == (1,)
+        auth = wait_event(close_gw, since, is_authenticated(sub), f"connection.authenticated for {sub}")
+        sleep_past(exp)
+        closed = wait_event(
+            close_gw, since,
+            lambda e: e.get("event") == "connection.closed" and e["connection_id"] == auth["connection_id"],
+            f"connection.closed for {sub}",
+        )
+        assert closed["reason"] == "token expired"
+
+
 # -- the session reason ----------------------------------------------------------------------------
 
 

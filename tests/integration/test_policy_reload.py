@@ -97,3 +97,19 @@ def test_prepared_statements_are_decided_again_after_a_reload(it_database: objec
             if e.get("event") == "statement.decided" and e.get("rule_id") == "no-accounts"
         ]
         assert decided and decided[0]["statement_name"], decided
+
+
+def test_sql_comment_names_the_identity_to_the_server(it_database: object) -> None:
+    """`[identity] sql_comment = true`: each forwarded statement carries a sqlcommenter-style
+    comment naming the identity, so the server's own view of the query shows who sent it."""
+    gw = GatewayProcess(
+        targets=[target("app", upstream_dsn())],
+        extra={"identity": {"sql_comment": True}},
+    )
+    with gw, psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True) as conn:
+        (query,) = conn.execute("select query from pg_stat_activity where pid = pg_backend_pid()").fetchone()
+        assert query.startswith("/*sqlward_identity='alice'*/ "), query
+    plain = GatewayProcess(targets=[target("app", upstream_dsn())])
+    with plain, psycopg.connect(plain.dsn("alice", "alice-secret", "app"), autocommit=True) as conn:
+        (query,) = conn.execute("select query from pg_stat_activity where pid = pg_backend_pid()").fetchone()
+        assert "sqlward_identity" not in query, query

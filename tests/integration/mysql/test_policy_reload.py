@@ -48,3 +48,23 @@ def test_prepared_statement_is_decided_again_after_a_reload(mysql_it_database: s
             assert plain.fetchall() == [(1,)]  # the session goes on
         finally:
             conn.close()
+
+
+def test_sql_comment_names_the_identity_to_the_server(mysql_it_database: str) -> None:
+    """`[identity] sql_comment = true` on MySQL: the processlist shows the identity comment."""
+    gw = GatewayProcess(
+        targets=[my_target("app")],
+        listener=mysql_listener(default_target="app"),
+        extra={"identity": {"sql_comment": True}},
+    )
+    with gw:
+        conn = mysql.connector.connect(
+            host=gw.host, port=gw.port, user="alice", password="alice-secret", database="app", use_pure=True,
+        )
+        try:
+            cur = conn.cursor()
+            cur.execute("select info from information_schema.processlist where id = connection_id()")
+            (info,) = cur.fetchone()
+            assert info.startswith("/*sqlward_identity='alice'*/ "), info
+        finally:
+            conn.close()
