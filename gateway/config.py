@@ -57,7 +57,7 @@ import msgspec
 
 from adapters.base import IdentitySettings, UpstreamTLS
 from policy.guardrails import GuardrailConfig, guardrail_problems
-from policy.rules import EnvironmentPolicy, Rule
+from policy.rules import EnvironmentPolicy, Rule, rule_problems
 
 __all__ = [
     "AccessRule",
@@ -799,8 +799,10 @@ def _finish(config: Config, file: str) -> Config:
 
     rule_at: dict[str, int] = {}
     for i, rule in enumerate(config.rules):
+        for key, message in rule_problems(rule):
+            problems.append(Problem(f"$.rules[{i}].{key}", message))
         if not rule.id:
-            problems.append(Problem(f"$.rules[{i}].id", "expected a non-empty rule id"))
+            pass
         elif rule.id in rule_at:
             problems.append(Problem(f"$.rules[{i}].id", f"duplicate rule id {rule.id!r} (first at $.rules[{rule_at[rule.id]}])"))
         else:

@@ -30,7 +30,7 @@ import msgspec
 
 from gateway.config import Config, ConfigError, Problem, _reword, convert_policy_tables
 from policy.guardrails import GuardrailConfig
-from policy.rules import EnvironmentPolicy, Rule
+from policy.rules import EnvironmentPolicy, Rule, rule_problems
 
 __all__ = ["PolicyBundle", "files_state", "load_policy", "policy_paths"]
 
@@ -139,8 +139,8 @@ def _load_file(path: str) -> tuple[tuple[Rule, ...], dict[str, EnvironmentPolicy
         doc = _PolicyDoc()
     environments, guardrails = convert_policy_tables(envs_raw, guards_raw, problems)
     for i, rule in enumerate(doc.rules):
-        if not rule.id:
-            problems.append(Problem(f"$.rules[{i}].id", "expected a non-empty rule id"))
+        for key, message in rule_problems(rule):
+            problems.append(Problem(f"$.rules[{i}].{key}", message))
     if problems:
         raise ConfigError(path, problems)
     return doc.rules, environments, guardrails

@@ -55,6 +55,7 @@ from typing import Final, NamedTuple
 import msgspec
 import sqlglot
 from sqlglot import exp
+from sqlglot.optimizer.simplify import simplify
 
 from policy.fingerprint import ID_CHARS, LEXICONS, WS, Lexicon, dollar_quote, fingerprint
 from policy.model import Analysis, ParseStatus, StatementFacts
@@ -200,8 +201,9 @@ def _cast_array_brackets(tokens: Sequence[_Token]) -> set[int]:
     return drop
 
 
-def _canonical(tokens: Sequence[_Token], dialect: str) -> str:
-    """The text sqlglot parses: literals neutralised, comments gone, `--` never formed."""
+def _canonical(tokens: Sequence[_Token], dialect: str, literals: bool = False) -> str:
+    """The text sqlglot parses: literals neutralised (kept with `literals`, for the per-text
+    evaluation of literal-dependent facts), comments gone, `--` never formed."""
     drop = _cast_array_brackets(tokens) if dialect == "postgres" else set()
     out: list[str] = []
     for i, tok in enumerate(tokens):
@@ -210,7 +212,7 @@ def _canonical(tokens: Sequence[_Token], dialect: str) -> str:
         if tok.kind in ("ws", "comment"):
             if out and out[-1] != " ":
                 out.append(" ")
-        elif tok.kind == "str":
+        elif tok.kind == "str" and not literals:
             out.append("'?'")
         elif tok.kind == "ph" and tok.text == "%s":  # the fingerprint's `?`, as sqlglot reads it
             out.append("$1" if dialect == "postgres" else "?")
@@ -626,8 +628,103 @@ def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
-    """Facts from a parsed statement; None when the top node is not a statement we know."""
+def _const_truth(node: exp.Expression) -> bool | None:
+    """The truth of a row-independent condition when sqlglot's simplifier can tell, else None."""
+    try:
+        value = simplify(node.copy())
+    except Exception:  # the simplifier gives up on odd input: unknown
+        return None
+    if isinstance(value, exp.Boolean):
+        return bool(value.this)
+    if isinstance(value, exp.Null):
+        return False
+    if isinstance(value, exp.Literal) and value.is_number:
+        try:
+            return float(value.this) != 0  # MySQL: WHERE 1
+        except ValueError:
+            return None
+    return None
+
+
+_ROW_DEPENDENT: Final = (exp.Column, exp.Subquery, exp.Select, exp.Star)
+_LITERALS: Final = (exp.Literal, exp.Placeholder, exp.Parameter)
+
+
+_T, _F, _R = "T", "F", "R"  # true for every row, false for every row, depends on the row
+_AND: Final = {(a, b): (_F if _F in (a, b) else _T if a == b == _T else _R) for a in "TFR" for b in "TFR"}
+_OR: Final = {(a, b): (_T if _T in (a, b) else _F if a == b == _F else _R) for a in "TFR" for b in "TFR"}
+_NOT: Final = {_T: _F, _F: _T, _R: _R}
+
+
+def _where_truth(cond: exp.Expression, literals: bool) -> tuple[frozenset[str], bool]:
+    """The possible values of a WHERE condition over the rows of a table (T: it holds for every
+    row, whatever the row: `id > 0 OR TRUE`, `id = id`, `now() > '2020'`; F: for none; R: it
+    depends on the row) and whether literal values were involved. A row-independent part that
+    uses literals is T or F depending on them, which the fingerprint merges: without `literals`
+    it may be either; with `literals` (the text's own values) it is evaluated. A row-independent
+    part the simplifier cannot evaluate counts as T (fail closed: it selects all rows or none)."""
+    if isinstance(cond, exp.Paren):
+        return _where_truth(cond.this, literals)
+    if isinstance(cond, (exp.And, exp.Or)):
+        (a, la), (b, lb) = _where_truth(cond.left, literals), _where_truth(cond.right, literals)
+        table = _AND if isinstance(cond, exp.And) else _OR
+        return frozenset(table[x, y] for x in a for y in b), la or lb
+    if isinstance(cond, exp.Not):
+        v, lit = _where_truth(cond.this, literals)
+        return frozenset(_NOT[x] for x in v), lit
+    if isinstance(cond, exp.Boolean):
+        return frozenset(_T if cond.this else _F), False
+    if not any(isinstance(n, _ROW_DEPENDENT) for n in cond.walk()):
+        uses = any(isinstance(n, _LITERALS) for n in cond.walk())
+        if uses and not literals:
+            return frozenset((_T, _F)), True
+        truth = _const_truth(cond)
+        return frozenset(_F if truth is False else _T), uses
+    if isinstance(cond, (exp.EQ, exp.GTE, exp.LTE, exp.NullSafeEQ)) and cond.left == cond.right:
+        return frozenset(_T), False  # id = id: every row (but NULLs) matches
+    return frozenset(_R), False
+
+
+def _where_trivial(node: exp.Expression, literals: bool) -> str:
+    where = node.args.get("where")
+    if not isinstance(where, exp.Where) or where.this is None:
+        return ""
+    values, uses_literals = _where_truth(where.this, literals)
+    if _T not in values:
+        return ""
+    if literals or not uses_literals:
+        return "always"
+    return "literals"
+
+
+def _columns(tree: exp.Expression) -> list[str]:
+    """Columns referenced, as `table.column` where the table can be told (its alias resolved, or
+    the statement's only table), `table.*` for stars, else the bare column name."""
+    aliases: dict[str, str] = {}
+    tables: list[str] = []
+    for t in tree.find_all(exp.Table):
+        name = _table_name(t)
+        if name is None:
+            continue
+        if not _is_cte_reference(t):
+            tables.append(name)
+        aliases[_ident(t.args["alias"].this) if t.args.get("alias") is not None and t.args["alias"].this is not None else name.rsplit(".", 1)[-1]] = name
+    only = tables[0] if len(set(tables)) == 1 else ""
+    out = []
+    for col in tree.find_all(exp.Column):
+        name = "*" if isinstance(col.this, exp.Star) else (_ident(col.this) if isinstance(col.this, exp.Identifier) else col.name.lower())
+        qualifier = _ident(col.args["table"]) if isinstance(col.args.get("table"), exp.Identifier) else ""
+        table = aliases.get(qualifier, qualifier) if qualifier else only
+        out.append(f"{table}.{name}" if table else name)
+    for star in tree.find_all(exp.Star):
+        if isinstance(star.parent, exp.Select):
+            out.extend(f"{t}.*" for t in dict.fromkeys(tables)) if tables else out.append("*")
+    return out
+
+
+def _ast_facts(tree: exp.Expression, literals: bool = False) -> StatementFacts | None:
+    """Facts from a parsed statement; None when the top node is not a statement we know.
+    `literals`: the text kept its string literals (per-text evaluation of literal facts)."""
     top = _TOP_OPS.get(type(tree))
     if top is None:
         return None
@@ -636,6 +733,7 @@ def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
     functions: list[str] = []
     select_into = ""
     modifying_cte = False
+    trivial: set[str] = set()
     for node in tree.walk():
         op = _NESTED_OPS.get(type(node))
         if op is not None:
@@ -657,6 +755,7 @@ def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
                 ops.append("delete")
         if isinstance(node, (exp.Update, exp.Delete)) and not isinstance(node.parent, exp.When):
             wheres.append(node.args.get("where") is not None)
+            trivial.add(_where_trivial(node, literals))
 
     tables = _classify_tables(tree)
     read: list[str] = []
@@ -702,6 +801,8 @@ def _ast_facts(tree: exp.Expression) -> StatementFacts | None:
         select_into=select_into,
         has_limit=has_limit,
         data_modifying_cte=modifying_cte,
+        where_trivial="always" if "always" in trivial else ("literals" if "literals" in trivial else ""),
+        columns=_dedupe(_columns(tree)),
     )
 
 
@@ -830,25 +931,25 @@ def _lexical_overlay(tokens: Sequence[_Token], facts: list[StatementFacts]) -> l
     return out
 
 
-def _statement(tokens: Sequence[_Token], dialect: str) -> tuple[list[StatementFacts], str]:
+def _statement(tokens: Sequence[_Token], dialect: str, literals: bool = False) -> tuple[list[StatementFacts], str]:
     """Facts of one `;`-delimited piece (sqlglot may still find several) and an error text."""
-    facts, error = _statement_facts(tokens, dialect)
+    facts, error = _statement_facts(tokens, dialect, literals)
     return _lexical_overlay(tokens, facts), error
 
 
-def _statement_facts(tokens: Sequence[_Token], dialect: str) -> tuple[list[StatementFacts], str]:
+def _statement_facts(tokens: Sequence[_Token], dialect: str, literals: bool = False) -> tuple[list[StatementFacts], str]:
     known = _known_shape(tokens, dialect)
     if known is not None:
         return [known], ""
     unwrapped = _unwrap(tokens, dialect)
     if unwrapped is not None:
         op, inner_tokens = unwrapped
-        inner, error = _statement(inner_tokens, dialect)
+        inner, error = _statement(inner_tokens, dialect, literals)
         facts = []
         for f in inner:
             facts.append(msgspec.structs.replace(f, operation=op, operations=_dedupe((op, *f.operations))))
         return facts, error
-    text = _canonical(tokens, dialect)
+    text = _canonical(tokens, dialect, literals)
     try:
         trees = [t for t in sqlglot.parse(text, read=dialect) if t is not None]
     except Exception as err:  # ParseError, TokenError, RecursionError, sqlglot bugs: fail closed
@@ -858,7 +959,7 @@ def _statement_facts(tokens: Sequence[_Token], dialect: str) -> tuple[list[State
     facts = []
     for tree in trees:
         try:
-            f = None if isinstance(tree, exp.Command) else _ast_facts(tree)
+            f = None if isinstance(tree, exp.Command) else _ast_facts(tree, literals)
         except Exception as err:  # a surprise in the AST walk: fail closed
             return [_keyword_facts(tokens, "error")], f"analysis failed: {_error_text(err)}"
         if f is None:
@@ -875,8 +976,11 @@ def _statement_facts(tokens: Sequence[_Token], dialect: str) -> tuple[list[State
 _RANK: Final[dict[str, int]] = {"ok": 0, "unparsed": 1, "error": 2}
 
 
-def analyse(sql: str, dialect: str, fingerprint_: str | None = None) -> Analysis:
-    """Facts about every statement of `sql`. `fingerprint_` saves recomputing a known key."""
+def analyse(sql: str, dialect: str, fingerprint_: str | None = None, *, keep_literals: bool = False) -> Analysis:
+    """Facts about every statement of `sql`. `fingerprint_` saves recomputing a known key.
+    `keep_literals` passes string literals to sqlglot as written, so literal-dependent facts
+    (`where_trivial`) are judged on this very text; such an Analysis must not be cached by
+    fingerprint."""
     if dialect not in _LEXERS:
         raise ValueError(f"unknown SQL dialect {dialect!r}")
     fp = fingerprint(sql, dialect) if fingerprint_ is None else fingerprint_
@@ -898,8 +1002,11 @@ def analyse(sql: str, dialect: str, fingerprint_: str | None = None) -> Analysis
         )
     statements: list[StatementFacts] = []
     first_error = ""
+    executable = dialect == "mysql" and any(
+        m.lastgroup == "kept" and not m.group().startswith("/*+") for m in _LEXERS[dialect].finditer(sql)
+    )
     for piece in pieces:
-        facts, error = _statement(piece, dialect)
+        facts, error = _statement(piece, dialect, keep_literals)
         statements.extend(facts)
         if error and not first_error:
             first_error = error
@@ -913,4 +1020,5 @@ def analyse(sql: str, dialect: str, fingerprint_: str | None = None) -> Analysis
         statements=tuple(statements),
         parse_status=status,
         error=first_error,
+        executable_comment=executable,
     )

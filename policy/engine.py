@@ -55,15 +55,19 @@ import msgspec
 import fnmatch
 import itertools
 import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from zoneinfo import ZoneInfo
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Final, TypeVar
 
 from policy.analysis import analyse as _analyse
-from policy.guardrails import ActiveGuardrail, GuardrailConfig, compile_guardrails
+from policy.guardrails import DEFAULT_ESTIMATE_TIMEOUT, ActiveGuardrail, GuardrailConfig, compile_guardrails
 from policy.fingerprint import RAW_PREFIX, fingerprint
 from policy.model import Action, Analysis, Decision, Identity, StatementFacts, TargetInfo
-from policy.rules import EnvironmentPolicy, Rule
+from policy.rules import DAYS, PRODUCTION_ENVIRONMENTS, EnvironmentPolicy, Rule, parse_hours
 
 __all__ = ["DEV_ENVIRONMENTS", "Engine"]
 
@@ -71,6 +75,7 @@ DEV_ENVIRONMENTS: Final = frozenset({"development", "dev", "local", "test"})
 UNPARSEABLE_RULE: Final = "unparseable"
 DEFAULT_RULE: Final = "default"
 DYNAMIC_SQL_RULE: Final = "dynamic-sql"
+ESTIMATE_RULE: Final = "estimate-pending"
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -115,6 +120,21 @@ def _describe(rule: Rule) -> str:
     return " ".join(parts)
 
 
+PENDING: Final = ("pending",)  # a rule's `rows_over` needs an estimate the caller has not given
+
+
+class _Context:
+    """What a rule may look at besides the statement and who sends it."""
+
+    __slots__ = ("count", "now", "estimate", "has_estimate")
+
+    def __init__(self, count: int, now: float, estimate: int | None, has_estimate: bool) -> None:
+        self.count = count
+        self.now = now
+        self.estimate = estimate
+        self.has_estimate = has_estimate
+
+
 class _CompiledRule:
     """A `Rule` with its criteria pre-processed for matching."""
 
@@ -123,6 +143,7 @@ class _CompiledRule:
         "ops",
         "tables",
         "tables_bare",
+        "columns",
         "environments",
         "targets",
         "identities",
@@ -131,6 +152,10 @@ class _CompiledRule:
         "agents",
         "cover_all",
         "sentence",
+        "days",
+        "hours",
+        "zone",
+        "reason_re",
     )
 
     def __init__(self, rule: Rule, strict_allow: bool) -> None:
@@ -139,6 +164,7 @@ class _CompiledRule:
         # Table globs: all patterns against the full name; dot-less ones also against the bare name.
         self.tables = _glob(rule.tables, ignore_case=True)
         self.tables_bare = _glob([p for p in rule.tables if "." not in p], ignore_case=True)
+        self.columns = tuple(_column_pattern(p) for p in rule.columns)
         self.environments = frozenset(rule.environments)
         self.targets = frozenset(rule.targets)
         self.identities = _glob(rule.identities, ignore_case=False)
@@ -147,6 +173,14 @@ class _CompiledRule:
         self.agents = rule.agents
         self.cover_all = strict_allow and rule.action == "allow"
         self.sentence = rule.message or _describe(rule)
+        self.days = frozenset(DAYS.index(d.lower()) for d in rule.days)
+        self.hours = parse_hours(rule.hours) if rule.hours else None
+        self.zone = ZoneInfo(rule.timezone) if (rule.days or rule.hours) else None
+        self.reason_re = re.compile(rule.reason_pattern, re.IGNORECASE) if rule.reason_pattern else None
+
+    @property
+    def timed(self) -> bool:
+        return self.zone is not None
 
     def _table_matches(self, name: str) -> bool:
         assert self.tables is not None
@@ -156,36 +190,149 @@ class _CompiledRule:
             return self.tables_bare.match(name.rsplit(".", 1)[1]) is not None
         return False
 
-    def matches(self, st: StatementFacts, identity: Identity, target: TargetInfo) -> bool:
-        if self.environments and target.environment not in self.environments:
+    def _in_window(self, now: float) -> bool:
+        assert self.zone is not None
+        local = datetime.fromtimestamp(now, self.zone)
+        if self.days and local.weekday() not in self.days:
             return False
-        if self.targets and target.name not in self.targets:
-            return False
-        if self.identities is not None and not self.identities.match(identity.subject):
-            return False
-        if self.groups and self.groups.isdisjoint(identity.groups):
-            return False
-        if self.actors is not None and not any(self.actors.match(a) for a in identity.actor):
-            return False
-        if self.agents is not None and (identity.is_agent or bool(identity.actor)) is not self.agents:
-            return False
-        if self.rule.has_where is not None and st.has_where is not self.rule.has_where:
-            return False
+        if self.hours is not None:
+            minute = local.hour * 60 + local.minute
+            start, end = self.hours
+            inside = start <= minute < end if start < end else (minute >= start or minute < end)
+            if not inside:
+                return False
+        return True
+
+    def match(
+        self, st: StatementFacts, identity: Identity, target: TargetInfo, ctx: _Context
+    ) -> tuple[str, ...] | None:
+        """The facts that matched (for the explanation), `PENDING` when only a row estimate is
+        missing, or None when the rule does not match."""
+        rule = self.rule
+        facts: list[str] = []
+        if self.environments:
+            if target.environment not in self.environments:
+                return None
+            facts.append(f"environment={target.environment}")
+        if self.targets:
+            if target.name not in self.targets:
+                return None
+            facts.append(f"target={target.name}")
+        if self.identities is not None:
+            if not self.identities.match(identity.subject):
+                return None
+            facts.append(f"identity={identity.subject}")
+        if self.groups:
+            common = self.groups.intersection(identity.groups)
+            if not common:
+                return None
+            facts.append("groups=" + ",".join(sorted(common)))
+        if self.actors is not None:
+            hit = [a for a in identity.actor if self.actors.match(a)]
+            if not hit:
+                return None
+            facts.append(f"actor={hit[0]}")
+        if self.agents is not None:
+            agent = identity.is_agent or bool(identity.actor)
+            if agent is not self.agents:
+                return None
+            facts.append(f"agent={str(agent).lower()}")
+        if rule.reason is not None:
+            if bool(identity.reason) is not rule.reason:
+                return None
+            facts.append("reason=" + ("given" if identity.reason else "none"))
+        if self.reason_re is not None:
+            if not self.reason_re.search(identity.reason):
+                return None
+            facts.append(f"reason~{rule.reason_pattern}")
+        if rule.statements_over is not None:
+            if ctx.count <= rule.statements_over:
+                return None
+            facts.append(f"statements={ctx.count}>{rule.statements_over}")
+        if self.zone is not None:
+            if not self._in_window(ctx.now):
+                return None
+            facts.append(f"time in {','.join(rule.days) or 'any day'} {rule.hours or 'any time'} {rule.timezone}")
+        if rule.has_where is not None:
+            if st.has_where is not rule.has_where:
+                return None
+            facts.append(f"has_where={str(st.has_where).lower()}")
+        if rule.where_always_true is not None:
+            if (st.where_trivial == "always") is not rule.where_always_true:
+                return None
+            facts.append(f"where_always_true={str(rule.where_always_true).lower()}")
         if self.ops:
             ops = st.operations or (st.operation,)
             if self.cover_all:
                 if not self.ops.issuperset(ops):
-                    return False
-            elif self.ops.isdisjoint(ops):
-                return False
+                    return None
+                facts.append("operations=" + ",".join(ops))
+            else:
+                hit = [op for op in ops if op in self.ops]
+                if not hit:
+                    return None
+                facts.append("operation=" + ",".join(hit))
         if self.tables is not None:
             names = (*st.tables_read, *st.tables_written)
             if self.cover_all:
                 if not names or not all(self._table_matches(n) for n in names):
-                    return False
-            elif not any(self._table_matches(n) for n in names):
-                return False
+                    return None
+                facts.append("tables=" + ",".join(names))
+            else:
+                hit = [n for n in names if self._table_matches(n)]
+                if not hit:
+                    return None
+                facts.append("table=" + ",".join(hit))
+        if self.columns:
+            cols = st.columns
+            if self.cover_all:
+                if not cols or not all(any(_column_matches(p, c) for p in self.columns) for c in cols):
+                    return None
+                facts.append("columns=" + ",".join(cols))
+            else:
+                hit = [c for c in cols if any(_column_matches(p, c) for p in self.columns)]
+                if not hit:
+                    return None
+                facts.append("column=" + ",".join(hit))
+        if rule.rows_over is not None:
+            if not ctx.has_estimate:
+                return PENDING
+            if ctx.estimate is None:
+                # No estimate: deny / review rules match (fail closed), allow rules do not.
+                if rule.action == "allow":
+                    return None
+                facts.append("estimated_rows=unknown")
+            elif ctx.estimate <= rule.rows_over:
+                return None
+            else:
+                facts.append(f"estimated_rows={ctx.estimate}>{rule.rows_over}")
+        return tuple(facts)
+
+
+_ColumnPattern = tuple[re.Pattern[str] | None, bool, re.Pattern[str]]
+
+
+def _column_pattern(pattern: str) -> _ColumnPattern:
+    """(table glob or None, whether the table glob is schema-less, column glob) of a column
+    criterion ("users.ssn", "public.users.ssn", "*.ssn", "ssn")."""
+    table, _, column = pattern.lower().rpartition(".")
+    return (re.compile(fnmatch.translate(table)) if table else None), "." not in table, re.compile(fnmatch.translate(column))
+
+
+def _column_matches(pattern: _ColumnPattern, fact: str) -> bool:
+    """Whether a referenced column (`schema.table.col`, `table.col`, `table.*`, `col`) may be one
+    the pattern names. A star covers every column of its table; a column whose table could not
+    be told may belong to any table."""
+    table_glob, bare, column_glob = pattern
+    table, _, column = fact.lower().rpartition(".")
+    if column != "*" and not column_glob.match(column):
+        return False
+    if table_glob is None or not table:
         return True
+    if table_glob.match(table):
+        return True
+    # "users.ssn" also names public.users.ssn: compare the bare table name.
+    return bare and "." in table and table_glob.match(table.rsplit(".", 1)[1]) is not None
 
 
 class Engine:
@@ -199,8 +346,14 @@ class Engine:
         "_unknown_env",
         "_analyses",
         "_decisions",
+        "_literal_facts",
         "_guardrails",
         "_guardrails_by_env",
+        "_clock",
+        "_timed",
+        "_uses_reason",
+        "_uses_where_true",
+        "_estimate_timeout",
     )
 
     def __init__(
@@ -210,9 +363,10 @@ class Engine:
         version: int,
         cache_size: int = 10_000,
         *,
-        unknown_environment: EnvironmentPolicy = EnvironmentPolicy(default_action="deny"),
+        unknown_environment: EnvironmentPolicy | None = None,
         strict_allow: bool = True,
         guardrails: Mapping[str, GuardrailConfig] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
@@ -220,11 +374,21 @@ class Engine:
         self._environments = dict(environments)
         self._version = version
         self._cache_size = cache_size
-        self._unknown_env = unknown_environment
+        self._unknown_env = unknown_environment or EnvironmentPolicy(default_action="deny")
         self._analyses: dict[tuple[str, str], Analysis] = {}
         self._decisions: dict[tuple[object, ...], Decision] = {}
+        self._literal_facts: dict[tuple[str, str], tuple[str, ...]] = {}
         self._guardrails = compile_guardrails(guardrails or {})
         self._guardrails_by_env: dict[str, tuple[ActiveGuardrail, ...]] = {}
+        self._clock = clock
+        # Criteria that make a decision depend on more than the cache key's usual parts.
+        self._timed = any(r.timed for r in self._rules)
+        self._uses_reason = any(r.rule.reason is not None or r.reason_re is not None for r in self._rules)
+        self._uses_where_true = any(r.rule.where_always_true is not None for r in self._rules) or any(
+            g.id == "where-always-true" for g in self._guardrails
+        )
+        timeouts = [g.config.timeout for g in self._guardrails if g.estimates is not None and g.config.timeout]
+        self._estimate_timeout = max(timeouts) if timeouts else DEFAULT_ESTIMATE_TIMEOUT
 
     @property
     def version(self) -> int:
@@ -237,6 +401,11 @@ class Engine:
     @property
     def environments(self) -> Mapping[str, EnvironmentPolicy]:
         return MappingProxyType(self._environments)
+
+    @property
+    def estimate_timeout(self) -> float:
+        """Seconds an EXPLAIN estimate may take (the mass-write guardrail's `timeout`, default 2)."""
+        return self._estimate_timeout
 
     # ------------------------------------------------------------------------------ analyse
 
@@ -264,11 +433,24 @@ class Engine:
     # ------------------------------------------------------------------------------- decide
 
     def decide(
-        self, analysis: Analysis, identity: Identity, target: TargetInfo, *, schema: str = ""
+        self,
+        analysis: Analysis,
+        identity: Identity,
+        target: TargetInfo,
+        *,
+        schema: str = "",
+        sql: str | None = None,
+        estimates: Mapping[int, int | None] | None = None,
     ) -> Decision:
         """The policy's decision on a request (cached; see the module docstring). `schema` is the
         session's current database (MySQL `USE`): unqualified table names are qualified with it
-        before rules match, so a rule on `shop.orders` also catches `orders` after `USE shop`."""
+        before rules match, so a rule on `shop.orders` also catches `orders` after `USE shop`.
+        `sql` is the request text: literal-dependent facts (an always-true WHERE such as `1=1`)
+        are judged on it when the policy asks for them; without it they count as true (fail
+        closed). `estimates` maps statement indices to the rows EXPLAIN estimates they affect
+        (None: no estimate) when a previous decision was `pending`; such decisions are not cached."""
+        if self._uses_where_true and any(st.where_trivial == "literals" for st in analysis.statements):
+            analysis = self._resolve_literals(analysis, sql)
         key = (
             schema,
             analysis.fingerprint,
@@ -280,16 +462,45 @@ class Engine:
             target.name,
             target.environment,
             self._version,
+            identity.reason if self._uses_reason else None,
+            int(self._clock() // 60) if self._timed else None,
+            tuple(st.where_trivial for st in analysis.statements) if self._uses_where_true else None,
         )
-        cached = self._decisions.get(key)
-        if cached is not None:
-            return cached
+        if estimates is None:
+            cached = self._decisions.get(key)
+            if cached is not None:
+                return cached
         if schema or analysis.dialect == "mysql":
             analysis = _qualified(analysis, schema.lower())
-        decision = self._decide(analysis, identity, target)
-        if not analysis.fingerprint.startswith(RAW_PREFIX):
+        decision = self._decide(analysis, identity, target, estimates)
+        if estimates is None and not analysis.fingerprint.startswith(RAW_PREFIX):
             _store(self._decisions, key, decision, self._cache_size)
         return decision
+
+    def _resolve_literals(self, analysis: Analysis, sql: str | None) -> Analysis:
+        """The analysis with each "literals" where_trivial judged on the text's own literals:
+        "always" or "". Texts are analysed again with their literals (cached per text); when that
+        cannot be lined up with the shape's analysis, every such WHERE counts as always true."""
+        resolved: tuple[str, ...] | None = None
+        if sql is not None:
+            key = (analysis.dialect, sql)
+            resolved = self._literal_facts.get(key)
+            if resolved is None:
+                try:
+                    text = _analyse(sql, analysis.dialect, analysis.fingerprint, keep_literals=True)
+                    if len(text.statements) == len(analysis.statements):
+                        resolved = tuple(st.where_trivial for st in text.statements)
+                except Exception:  # fail closed below
+                    resolved = None
+                if resolved is not None:
+                    _store(self._literal_facts, key, resolved, self._cache_size)
+        statements = []
+        for i, st in enumerate(analysis.statements):
+            if st.where_trivial == "literals":
+                value = "always" if resolved is None or resolved[i] != "" else ""
+                st = msgspec.structs.replace(st, where_trivial=value)
+            statements.append(st)
+        return msgspec.structs.replace(analysis, statements=tuple(statements))
 
     @property
     def guardrails(self) -> tuple[ActiveGuardrail, ...]:
@@ -306,23 +517,37 @@ class Engine:
     def _environment(self, name: str) -> EnvironmentPolicy:
         return self._environments.get(name, self._unknown_env)
 
-    def _decide(self, analysis: Analysis, identity: Identity, target: TargetInfo) -> Decision:
+    def _decide(
+        self,
+        analysis: Analysis,
+        identity: Identity,
+        target: TargetInfo,
+        estimates: Mapping[int, int | None] | None,
+    ) -> Decision:
         env = self._environment(target.environment)
+        default_action: Action = env.default_action or (
+            "deny" if target.environment in PRODUCTION_ENVIRONMENTS else "allow"
+        )
         allow_unparsed = env.allow_unparsed
         if allow_unparsed is None:
             allow_unparsed = target.environment in DEV_ENVIRONMENTS
         count = len(analysis.statements)
+        now = self._clock()
         first_review: Decision | None = None
         allowed_by: list[str] = []
+        pending: list[int] = []
         guardrails = self._active_guardrails(target.environment)
         for g in guardrails:
             why = g.check_request(analysis)
             if why is None:
                 continue
+            facts = (f"guardrail={g.id}", f"environment={target.environment}")
             if g.config.action == "deny":
-                return Decision(action="deny", rule_id=g.id, message=f'request refused by guardrail "{g.id}": {why}')
+                return Decision(action="deny", rule_id=g.id, message=f'request refused by guardrail "{g.id}": {why}', facts=facts)
             if first_review is None:
-                first_review = Decision(action="review", rule_id=g.id, message=f'needs approval (guardrail "{g.id}"): {why}')
+                first_review = Decision(
+                    action="review", rule_id=g.id, message=f'needs approval (guardrail "{g.id}"): {why}', facts=facts
+                )
         for index, st in enumerate(analysis.statements):
             which = "statement" if count == 1 else f"statement {index + 1} of {count}"
             if st.operation in ("prepare", "execute") and st.parse_status != "ok":
@@ -334,10 +559,24 @@ class Engine:
                     message=f"{which} refused: dynamic SQL ({st.operation.upper()}) hides the statement "
                     "it runs from policy; send the statement itself",
                     statement_index=index,
+                    facts=(f"operation={st.operation}", "parse_status=" + st.parse_status),
                 )
+            has_estimate = estimates is not None and index in estimates
+            estimate = estimates.get(index) if estimates is not None else None
             guard_review: Decision | None = None
+            waiting = False
             for g in guardrails:
-                why = g.check(st)
+                if g.estimates is not None:
+                    if not g.estimates(st):
+                        continue
+                    if not has_estimate:
+                        waiting = True
+                        continue
+                    why = g.check_rows(st, estimate)
+                    facts: tuple[str, ...] = (f"guardrail={g.id}", f"estimated_rows={'unknown' if estimate is None else estimate}")
+                else:
+                    why = g.check(st)
+                    facts = (f"guardrail={g.id}", *_statement_facts(st))
                 if why is None:
                     continue
                 if g.config.action == "deny":
@@ -346,6 +585,7 @@ class Engine:
                         rule_id=g.id,
                         message=f'{which} refused by guardrail "{g.id}": {why}',
                         statement_index=index,
+                        facts=facts,
                     )
                 if guard_review is None:
                     guard_review = Decision(
@@ -353,6 +593,7 @@ class Engine:
                         rule_id=g.id,
                         message=f'needs approval (guardrail "{g.id}"): {why}',
                         statement_index=index,
+                        facts=facts,
                     )
             if st.parse_status != "ok" and not allow_unparsed:
                 why = "sqlglot could not parse the statement"
@@ -368,15 +609,29 @@ class Engine:
                         f'are not allowed in environment "{target.environment}"'
                     ),
                     statement_index=index,
+                    facts=(f"parse_status={st.parse_status}", f"environment={target.environment}"),
                 )
+            ctx = _Context(count, now, estimate, has_estimate)
             action: Action
-            rule = next((r for r in self._rules if r.matches(st, identity, target)), None)
-            if rule is None:
-                action, rule_id = env.default_action, DEFAULT_RULE
+            matched: tuple[str, ...] | None = None
+            rule: _CompiledRule | None = None
+            for candidate in self._rules:
+                matched = candidate.match(st, identity, target, ctx)
+                if matched is not None:
+                    rule = candidate
+                    break
+            if matched is PENDING:
+                waiting = True
+            if waiting:
+                pending.append(index)
+                continue
+            if rule is None or matched is None:
+                action, rule_id = default_action, DEFAULT_RULE
                 sentence = (
                     f"no rule allows {_ops_text(st.operations or (st.operation,))} and environment "
                     f'"{target.environment}" denies what no rule allows'
                 )
+                matched = ("no rule matched", f"environment={target.environment}", f"default={default_action}")
             else:
                 action, rule_id, sentence = rule.rule.action, rule.rule.id, rule.sentence
             if action == "deny":
@@ -385,6 +640,7 @@ class Engine:
                     rule_id=rule_id,
                     message=f'{which} refused by rule "{rule_id}": {sentence}',
                     statement_index=index,
+                    facts=matched,
                 )
             if guard_review is not None:  # a guardrail's review is not lifted by an allow rule
                 if first_review is None:
@@ -399,12 +655,38 @@ class Engine:
                         rule_id=rule_id,
                         message=f'needs approval (rule "{rule_id}"){suffix}',
                         statement_index=index,
+                        facts=matched,
                     )
                 continue
             allowed_by.append(rule_id)
+        if pending:
+            return Decision(
+                action="deny",
+                rule_id=ESTIMATE_RULE,
+                message="the decision needs an estimate of the rows the statement changes",
+                statement_index=pending[0],
+                pending=tuple(pending),
+            )
         if first_review is not None:
             return first_review
         return Decision(action="allow", rule_id=",".join(dict.fromkeys(allowed_by)))
+
+
+def _statement_facts(st: StatementFacts) -> tuple[str, ...]:
+    """The facts a guardrail reads, for the explanation of its refusal."""
+    facts = ["operation=" + ",".join(st.operations or (st.operation,))]
+    if st.detail or st.keyword_detail:
+        facts.append(f"object={st.detail or st.keyword_detail}")
+    tables = (*st.tables_written, *st.tables_read)
+    if tables:
+        facts.append("table=" + ",".join(dict.fromkeys(tables)))
+    if st.has_where is not None:
+        facts.append(f"has_where={str(st.has_where).lower()}")
+    if st.where_trivial:
+        facts.append("where_always_true=true")
+    if st.parse_status != "ok":
+        facts.append(f"parse_status={st.parse_status}")
+    return tuple(facts)
 
 
 def _qualified(analysis: Analysis, schema: str) -> Analysis:

@@ -26,7 +26,7 @@ import msgspec
 
 from policy.model import Analysis, StatementFacts
 
-__all__ = ["CATALOGUE", "Guardrail", "GuardrailConfig", "ActiveGuardrail", "compile_guardrails", "guardrail_problems"]
+__all__ = ["DEFAULT_ESTIMATE_TIMEOUT", "CATALOGUE", "Guardrail", "GuardrailConfig", "ActiveGuardrail", "compile_guardrails", "guardrail_problems"]
 
 
 class GuardrailConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -36,6 +36,9 @@ class GuardrailConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     action: Literal["deny", "review"] = "deny"
     max_statements: int | None = None  # multi-statement: statements allowed per request (default 1)
     tables: tuple[str, ...] = ()  # select-without-limit: table globs (required)
+    max_rows: int | None = None  # mass-write: estimated rows allowed per write (default 1000)
+    timeout: float | None = None  # mass-write: seconds the estimate may take (default 2)
+    on_unknown: Literal["refuse", "allow"] | None = None  # mass-write: no estimate (default refuse)
 
 
 class Guardrail(msgspec.Struct, frozen=True):
@@ -46,6 +49,10 @@ class Guardrail(msgspec.Struct, frozen=True):
     # Request-level check (the whole analysis); returns why, or None.
     check_request: Callable[[Analysis, "ActiveGuardrail"], str | None] | None = None
     options: tuple[str, ...] = ()  # GuardrailConfig fields this guardrail takes
+    # Estimate-based check (mass-write): `estimates` says whether a statement needs an estimate
+    # of the rows it affects; `check_rows` judges it (rows None: the estimate failed).
+    estimates: Callable[[StatementFacts], bool] | None = None
+    check_rows: Callable[[StatementFacts, int | None, "ActiveGuardrail"], str | None] | None = None
 
 
 _DDL: Final = frozenset({"create", "alter", "drop"})
@@ -180,6 +187,46 @@ def _select_without_limit(st: StatementFacts, g: ActiveGuardrail) -> str | None:
     return None
 
 
+def _where_always_true(st: StatementFacts, g: ActiveGuardrail) -> str | None:
+    if st.where_trivial == "always":  # "literals" is resolved by the engine on the text itself
+        return "the WHERE clause holds for every row, so it changes every row"
+    return None
+
+
+_MASS_WRITES: Final = frozenset({"update", "delete", "merge"})
+
+
+def _estimates(st: StatementFacts) -> bool:
+    ops = _ops(st)
+    return st.parse_status == "ok" and (
+        any(op in _MASS_WRITES for op in ops) or ("insert" in ops and bool(st.tables_read))
+    )
+
+
+def _mass_write(st: StatementFacts, rows: int | None, g: ActiveGuardrail) -> str | None:
+    limit = g.config.max_rows if g.config.max_rows is not None else DEFAULT_MAX_ROWS
+    if rows is None:
+        if (g.config.on_unknown or "refuse") == "allow":
+            return None
+        return "the rows it would change could not be estimated (EXPLAIN failed or timed out)"
+    if rows > limit:
+        return f"it would change about {rows:,} rows (estimate), over the limit of {limit:,}"
+    return None
+
+
+def _parser_mismatch(analysis: Analysis, g: ActiveGuardrail) -> str | None:
+    if analysis.executable_comment:
+        return "MySQL executable comments (/*! ... */) hide statement text that other tools read as a comment"
+    for st in analysis.statements:
+        if st.parse_status == "unparsed":
+            return f"the parser fell back to an opaque command for {st.operation.upper()}, so the server may read it differently"
+    return None
+
+
+DEFAULT_MAX_ROWS: Final = 1000
+DEFAULT_ESTIMATE_TIMEOUT: Final = 2.0
+
+
 def _multi_statement(analysis: Analysis, g: ActiveGuardrail) -> str | None:
     limit = g.config.max_statements if g.config.max_statements is not None else 1
     count = len(analysis.statements)
@@ -196,6 +243,21 @@ CATALOGUE: Final[Mapping[str, Guardrail]] = {
         Guardrail("truncate", "Refuses TRUNCATE.", _truncate),
         Guardrail("delete-without-where", "Refuses DELETE without a WHERE clause, wherever it is nested.", _delete_without_where),
         Guardrail("update-without-where", "Refuses UPDATE without a WHERE clause, wherever it is nested.", _update_without_where),
+        Guardrail(
+            "where-always-true",
+            "Refuses UPDATE and DELETE whose WHERE holds for every row (`1=1`, `id > 0 OR TRUE`, `id = id`), "
+            "judged on the literal values of each statement.",
+            _where_always_true,
+        ),
+        Guardrail(
+            "mass-write",
+            "Refuses UPDATE, DELETE, MERGE and INSERT ... SELECT the upstream's EXPLAIN estimates to change "
+            "more than `max_rows` rows (default 1000); `timeout` bounds the estimate (default 2 s), "
+            "`on_unknown` says what happens without one (default refuse).",
+            options=("max_rows", "timeout", "on_unknown"),
+            estimates=_estimates,
+            check_rows=_mass_write,
+        ),
         Guardrail("ddl-in-protected-env", "Refuses every CREATE, ALTER and DROP, of any object.", _ddl),
         Guardrail("grant-revoke", "Refuses GRANT and REVOKE.", _grant_revoke),
         Guardrail(
@@ -215,6 +277,12 @@ CATALOGUE: Final[Mapping[str, Guardrail]] = {
             options=("max_statements",),
         ),
         Guardrail("unparseable", "Refuses statements the analyser could not parse, whatever the environment allows.", _unparseable),
+        Guardrail(
+            "parser-mismatch",
+            "Refuses requests where parsers may disagree: MySQL executable comments (/*! ... */, /*M! ... */) "
+            "and statements sqlglot only understood as an opaque command.",
+            check_request=_parser_mismatch,
+        ),
         Guardrail(
             "file-and-program-access",
             "Refuses server-side file and program access: COPY to/from a file or PROGRAM, pg_read_file and "
@@ -265,12 +333,20 @@ class ActiveGuardrail:
     def check(self, st: StatementFacts) -> str | None:
         return self.guardrail.check(st, self) if self.guardrail.check is not None else None
 
+    @property
+    def estimates(self) -> Callable[[StatementFacts], bool] | None:
+        return self.guardrail.estimates
+
+    def check_rows(self, st: StatementFacts, rows: int | None) -> str | None:
+        assert self.guardrail.check_rows is not None
+        return self.guardrail.check_rows(st, rows, self)
+
     def check_request(self, analysis: Analysis) -> str | None:
         fn = self.guardrail.check_request
         return fn(analysis, self) if fn is not None else None
 
 
-_OPTION_DEFAULTS: Final = {"max_statements": None, "tables": ()}
+_OPTION_DEFAULTS: Final = {"max_statements": None, "tables": (), "max_rows": None, "timeout": None, "on_unknown": None}
 
 
 def guardrail_problems(gid: str, config: GuardrailConfig) -> list[tuple[str, str]]:
@@ -286,6 +362,10 @@ def guardrail_problems(gid: str, config: GuardrailConfig) -> list[tuple[str, str
         problems.append(("environments", "expected non-empty environment names (leave the key out for every environment)"))
     if gid == "multi-statement" and config.max_statements is not None and config.max_statements < 1:
         problems.append(("max_statements", "expected an integer >= 1"))
+    if config.max_rows is not None and config.max_rows < 0:
+        problems.append(("max_rows", "expected an integer >= 0"))
+    if config.timeout is not None and not 0 < config.timeout <= 60:
+        problems.append(("timeout", "expected seconds between 0 and 60"))
     if gid == "select-without-limit":
         if not config.tables:
             problems.append(("tables", "expected at least one table glob"))

@@ -79,6 +79,13 @@ class StatementFacts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keyword_detail: str = ""
     # For RESET: what is reset, lower case ("role", "session authorization", "all", a setting).
     reset: str = ""
+    # An UPDATE / DELETE whose WHERE holds for every row: "always" (`id = id`, `x OR TRUE`),
+    # "literals" (it may, depending on literal values the fingerprint merges: `1 = 1`, `'a'='a'`;
+    # the engine evaluates such texts one by one when a rule or guardrail asks), "" otherwise.
+    where_trivial: str = ""
+    # Columns referenced: `table.column` (aliases resolved; an unqualified column is given the
+    # statement's only table), `table.*` for stars, a bare name when the table cannot be told.
+    columns: tuple[str, ...] = ()
 
 
 class Analysis(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -94,6 +101,9 @@ class Analysis(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # audit record of every execution does not recompute them.
     operations: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
+    # MySQL executable comments (`/*! ... */`, `/*M! ... */`) were unwrapped: the server runs
+    # text other parsers (and reviewers) take for a comment.
+    executable_comment: bool = False
 
     def __post_init__(self) -> None:
         if not self.operations:
@@ -115,3 +125,11 @@ class Decision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     message: str = ""
     # Index of the statement that decided a refusal, when the request held several.
     statement_index: int | None = None
+    # The facts that matched, for the audit trail and `sqlward policy test`:
+    # ("operation=delete", "table=public.users", "has_where=false", "environment=production").
+    facts: tuple[str, ...] = ()
+    # Statements (indices) whose decision needs an estimate of the rows they affect (a rule's
+    # `rows_over`, the mass-write guardrail). Such a decision is provisional: its action is
+    # "deny" (fail closed if the caller ignores this); the caller asks the upstream (EXPLAIN) and
+    # decides again with `estimates`.
+    pending: tuple[int, ...] = ()

@@ -6,7 +6,9 @@ everything); rules are tried in order and the first match decides. See `policy.e
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -26,12 +28,77 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     actors: tuple[str, ...] = ()  # globs over the identity's actor chain (an agent acting for it)
     agents: bool | None = None  # True: only agents / delegated sessions; False: only people
     has_where: bool | None = None  # match only UPDATE/DELETE with (True) or without (False) WHERE
+    # UPDATE / DELETE whose WHERE holds for every row (`1=1`, `id > 0 OR TRUE`): True / False.
+    where_always_true: bool | None = None
+    columns: tuple[str, ...] = ()  # globs over columns referenced: "users.ssn", "*.password", "ssn"
+    # Estimated rows an UPDATE / DELETE / INSERT .. SELECT / MERGE affects is over N (EXPLAIN on
+    # the upstream, asked only when every other criterion of the rule matched).
+    rows_over: int | None = None
+    statements_over: int | None = None  # the request holds more than N statements
+    # Time window: days of the week ("mon".."sun") and hours "HH:MM-HH:MM" (may wrap midnight),
+    # in `timezone` (IANA name). Empty: any day / any time.
+    days: tuple[str, ...] = ()
+    hours: str = ""
+    timezone: str = "UTC"
+    reason: bool | None = None  # the session stated a reason (True) / did not (False)
+    reason_pattern: str = ""  # regular expression the stated reason must contain (case-insensitive)
     message: str = ""  # sentence shown to the client; a default is derived from the rule
 
 
+PRODUCTION_ENVIRONMENTS: Final = frozenset({"production", "prod"})
+
+
 class EnvironmentPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    # What happens to a statement no rule matched.
-    default_action: Literal["allow", "deny"] = "allow"
+    # What happens to a statement no rule matched. None: "deny" in production ("production",
+    # "prod": what no rule allows is refused), "allow" elsewhere.
+    default_action: Literal["allow", "deny"] | None = None
     # Statements sqlglot cannot parse: None = allowed in development-like environments
     # ("development", "dev", "local", "test"), refused elsewhere.
     allow_unparsed: bool | None = None
+
+
+DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HOURS: Final = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
+
+
+def parse_hours(text: str) -> tuple[int, int]:
+    """"09:00-18:00" -> (540, 1080) minutes since midnight; ValueError when malformed."""
+    m = _HOURS.match(text.strip())
+    if m is None:
+        raise ValueError("expected hours as HH:MM-HH:MM (24-hour clock), e.g. 09:00-18:00")
+    start, end = int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4])
+    if end > 24 * 60 or start == end:
+        raise ValueError("expected a non-empty window ending at 24:00 at the latest")
+    return start, end
+
+
+def rule_problems(rule: Rule) -> list[tuple[str, str]]:
+    """(field, message) for each problem with a rule (beyond what decoding checks)."""
+    problems: list[tuple[str, str]] = []
+    if not rule.id:
+        problems.append(("id", "expected a non-empty rule id"))
+    for key in ("operations", "tables", "columns", "environments", "targets", "identities", "groups", "actors", "days"):
+        if any(not v for v in getattr(rule, key)):
+            problems.append((key, "expected non-empty strings (leave the key out to match anything)"))
+    bad_days = [d for d in rule.days if d and d.lower() not in DAYS]
+    if bad_days:
+        problems.append(("days", f"unknown day {bad_days[0]!r} (expected {', '.join(DAYS)})"))
+    if rule.hours:
+        try:
+            parse_hours(rule.hours)
+        except ValueError as err:
+            problems.append(("hours", str(err)))
+    try:
+        ZoneInfo(rule.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(("timezone", f"unknown time zone {rule.timezone!r} (expected an IANA name such as Europe/Paris)"))
+    if rule.reason_pattern:
+        try:
+            re.compile(rule.reason_pattern)
+        except re.error as err:
+            problems.append(("reason_pattern", f"not a valid regular expression: {err}"))
+    for key in ("rows_over", "statements_over"):
+        value = getattr(rule, key)
+        if value is not None and value < 0:
+            problems.append((key, "expected an integer >= 0"))
+    return problems

@@ -218,7 +218,7 @@ def test_empty_analysis_is_allowed() -> None:
         ("dev", EnvironmentPolicy(), True),
         ("local", EnvironmentPolicy(), True),
         ("test", EnvironmentPolicy(), True),
-        ("production", EnvironmentPolicy(allow_unparsed=True), True),
+        ("production", EnvironmentPolicy(allow_unparsed=True, default_action="allow"), True),
         ("dev", EnvironmentPolicy(allow_unparsed=False), False),
     ],
 )
@@ -360,3 +360,145 @@ def test_rules_match_on_actor_chain_and_agent_flag() -> None:
     assert engine.decide(update, person, target).action == "allow"
     assert engine.decide(update, other_agent, target).rule_id == "agents-read-only"
     assert engine.decide(update, delegated, target).rule_id == "agents-read-only"
+
+
+# ------------------------------------------------------------------ criteria added for issue 5
+
+MY = "mysql"
+
+
+def _decide_sql(e: Engine, sql: str, dialect: str = PG, identity: Identity = ALICE, target: TargetInfo = PROD, **kw: Any):
+    return e.decide(e.analyse(sql, dialect), identity, target, sql=sql, **kw)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "sql", "dialect", "hit"),
+    [
+        ("users.ssn", "SELECT ssn FROM users", PG, True),
+        ("users.ssn", "SELECT u.ssn FROM public.users AS u", PG, True),
+        ("users.ssn", "SELECT * FROM users", PG, True),  # a star covers every column
+        ("users.ssn", "SELECT u.* FROM users u JOIN orders o ON o.uid = u.id", PG, True),
+        ("users.ssn", "SELECT name FROM users", PG, False),
+        ("users.ssn", "SELECT ssn FROM orders", PG, False),
+        ("*.ssn", "SELECT `SSN` FROM shop.people", MY, True),
+        ("ssn", "SELECT a.ssn FROM a JOIN b ON a.id = b.id", PG, True),
+        ("public.users.ssn", "SELECT ssn FROM public.users", PG, True),
+        ("users.ssn", "UPDATE users SET ssn = NULL WHERE id = 1", PG, True),
+        ("users.ssn", "SELECT count(*) FROM users WHERE ssn LIKE '1%'", PG, True),
+    ],
+)
+def test_column_criterion(pattern: str, sql: str, dialect: str, hit: bool) -> None:
+    e = Engine([Rule(id="no-ssn", action="deny", columns=(pattern,))], ENVS, version=1)
+    d = _decide_sql(e, sql, dialect, target=STAGING)
+    assert (d.action, d.rule_id) == (("deny", "no-ssn") if hit else ("allow", "default")), d
+    if hit:
+        assert any(f.startswith("column=") for f in d.facts), d.facts
+
+
+@pytest.mark.parametrize(
+    ("sql", "hit"),
+    [
+        ("DELETE FROM t WHERE 1 = 1", True),
+        ("DELETE FROM t WHERE 1 = 2", False),
+        ("DELETE FROM t WHERE id > 0 OR TRUE", True),
+        ("DELETE FROM t WHERE id = 3", False),
+        ("UPDATE t SET a = 1 WHERE 'x' = 'x'", True),
+        ("UPDATE t SET a = 1 WHERE 'x' = 'y'", False),
+    ],
+)
+def test_where_always_true_criterion_is_judged_on_each_text(sql: str, hit: bool) -> None:
+    e = Engine([Rule(id="trivial", action="deny", where_always_true=True)], ENVS, version=1)
+    # The same shape first with the other literal values: the cached decision must not leak.
+    other = sql.replace("1 = 1", "1 = 2") if "1 = 1" in sql else sql.replace("1 = 2", "1 = 1")
+    _decide_sql(e, other, target=STAGING)
+    d = _decide_sql(e, sql, target=STAGING)
+    assert (d.rule_id == "trivial") is hit, d
+
+
+def test_where_always_true_without_the_text_fails_closed() -> None:
+    e = Engine([Rule(id="trivial", action="deny", where_always_true=True)], ENVS, version=1)
+    sql = "DELETE FROM t WHERE 1 = 2"
+    assert e.decide(e.analyse(sql, PG), ALICE, STAGING).rule_id == "trivial"
+
+
+def test_rows_over_asks_for_an_estimate_only_when_the_rest_matches() -> None:
+    rules = [
+        Rule(id="big-deletes", action="review", operations=("delete",), rows_over=1000),
+        Rule(id="allow-rest", action="allow"),
+    ]
+    e = Engine(rules, ENVS, version=1)
+    assert not _decide_sql(e, "UPDATE t SET a = 1 WHERE b > 2").pending  # operation does not match
+    d = _decide_sql(e, "DELETE FROM t WHERE b > 2")
+    assert d.pending == (0,) and d.action == "deny"
+    assert _decide_sql(e, "DELETE FROM t WHERE b > 2", estimates={0: 50_000}).rule_id == "big-deletes"
+    assert _decide_sql(e, "DELETE FROM t WHERE b > 2", estimates={0: 10}).rule_id == "allow-rest"
+    # No estimate (EXPLAIN failed): a review / deny rule matches (fail closed) ...
+    d = _decide_sql(e, "DELETE FROM t WHERE b > 2", estimates={0: None})
+    assert d.rule_id == "big-deletes" and "estimated_rows=unknown" in d.facts
+    # ... an allow rule does not.
+    e2 = Engine([Rule(id="small-ok", action="allow", rows_over=None), Rule(id="x", action="allow", rows_over=5)], ENVS, version=1)
+    assert _decide_sql(e2, "DELETE FROM t WHERE b > 2").rule_id == "small-ok"
+
+
+def test_statements_over_criterion() -> None:
+    e = Engine([Rule(id="batches", action="deny", statements_over=2), Rule(id="ok", action="allow")], ENVS, version=1)
+    assert _decide_sql(e, "SELECT 1; SELECT 2").rule_id == "ok"
+    d = _decide_sql(e, "SELECT 1; SELECT 2; SELECT 3")
+    assert d.rule_id == "batches" and "statements=3>2" in d.facts
+
+
+def test_time_window_criterion_follows_the_clock() -> None:
+    import datetime as dt
+
+    now = [dt.datetime(2026, 11, 25, 10, 30, tzinfo=dt.timezone.utc).timestamp()]  # a Wednesday
+    rules = [
+        Rule(id="office-hours", action="allow", days=("mon", "tue", "wed", "thu", "fri"), hours="09:00-18:00", timezone="Europe/Paris"),
+    ]
+    e = Engine(rules, ENVS, version=1, clock=lambda: now[0])
+    assert _decide_sql(e, "SELECT 1").rule_id == "office-hours"  # 11:30 in Paris
+    now[0] += 8 * 3600  # 19:30 in Paris: outside, and the cached decision must not be reused
+    assert _decide_sql(e, "SELECT 1").rule_id == "default"
+    now[0] += 3 * 86400  # Saturday
+    assert _decide_sql(e, "SELECT 1").action == "deny"
+    night = Engine([Rule(id="night", action="deny", hours="22:00-06:00")], ENVS, version=1, clock=lambda: now[0])
+    now[0] = dt.datetime(2026, 11, 25, 23, 0, tzinfo=dt.timezone.utc).timestamp()
+    assert _decide_sql(night, "SELECT 1", target=STAGING).rule_id == "night"
+    now[0] = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc).timestamp()
+    assert _decide_sql(night, "SELECT 1", target=STAGING).rule_id == "default"
+
+
+def test_reason_criteria() -> None:
+    rules = [
+        Rule(id="ticketed", action="allow", reason_pattern=r"\bINC-\d+"),
+        Rule(id="no-reason", action="deny", reason=False, message="state a reason (application_name or the reason comment)"),
+        Rule(id="reasoned", action="review", reason=True),
+    ]
+    e = Engine(rules, ENVS, version=1)
+    with_ticket = Identity(subject="a", reason="fixing inc-42 outage")
+    vague = Identity(subject="a", reason="just looking")
+    silent = Identity(subject="a")
+    assert _decide_sql(e, "SELECT 1", identity=with_ticket).rule_id == "ticketed"
+    assert _decide_sql(e, "SELECT 1", identity=silent).rule_id == "no-reason"
+    assert _decide_sql(e, "SELECT 1", identity=vague).rule_id == "reasoned"
+
+
+def test_production_denies_what_no_rule_allows_by_default() -> None:
+    e = Engine([], {"production": EnvironmentPolicy(), "staging": EnvironmentPolicy()}, version=1)
+    d = _decide_sql(e, "SELECT 1", target=PROD)
+    assert (d.action, d.rule_id) == ("deny", "default") and "default=deny" in d.facts
+    assert _decide_sql(e, "SELECT 1", target=STAGING).action == "allow"
+
+
+def test_every_decision_explains_the_facts_that_matched() -> None:
+    rule = Rule(id="no-deletes", action="deny", operations=("delete",), tables=("users",), environments=("production",), groups=("staff",))
+    e = Engine([rule], ENVS, version=1)
+    d = _decide_sql(e, "DELETE FROM public.users WHERE id = 1")
+    assert d.facts == ("environment=production", "groups=staff", "operation=delete", "table=public.users")
+
+
+def test_rule_problems_name_the_field() -> None:
+    from policy.rules import rule_problems
+
+    bad = Rule(id="x", action="deny", days=("funday",), hours="9-5", timezone="Mars/Olympus", reason_pattern="(", rows_over=-1)
+    fields = {f for f, _ in rule_problems(bad)}
+    assert fields == {"days", "hours", "timezone", "reason_pattern", "rows_over"}
