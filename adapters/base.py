@@ -16,6 +16,7 @@ adapter's session object.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -132,10 +133,25 @@ class Gatekeeper(Protocol):
         """Literal-free facts about a request text (cached per fingerprint)."""
 
     def decide(
-        self, analysis: Analysis, identity: Identity, target: TargetInfo, *, schema: str = ""
+        self,
+        analysis: Analysis,
+        identity: Identity,
+        target: TargetInfo,
+        *,
+        schema: str = "",
+        sql: str | None = None,
+        estimates: "Mapping[int, int | None] | None" = None,
     ) -> Decision:
         """The policy's decision (cached per fingerprint, identity, target, schema, policy
-        version); `schema` qualifies unqualified table names (MySQL's current database)."""
+        version); `schema` qualifies unqualified table names (MySQL's current database); `sql`
+        lets literal-dependent facts be judged on the text; `estimates` answers a `pending`
+        decision (see `estimate_rows`)."""
+
+    async def estimate_rows(
+        self, target: Target, sql: str, analysis: Analysis, indices: Sequence[int], *, schema: str = ""
+    ) -> dict[int, int | None]:
+        """Rows each listed statement of `sql` would change, by EXPLAIN on a side connection of
+        the gateway's (None for a statement without an estimate: error or timeout)."""
 
     @property
     def policy_version(self) -> int:

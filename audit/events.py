@@ -67,6 +67,9 @@ class StatementDecided(_Event, tag="statement.decided", kw_only=True):
     statement_name: str | None = None
     # Which statement of a multi-statement request decided a refusal (0-based).
     statement_index: int | None = None
+    # The facts that matched the deciding rule or guardrail ("operation=delete", "table=users",
+    # "estimated_rows=52000"): why this decision, without re-running the policy.
+    facts: tuple[str, ...] = ()
 
 
 class StatementCompleted(_Event, tag="statement.completed", kw_only=True):

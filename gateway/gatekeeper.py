@@ -46,7 +46,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -57,7 +57,9 @@ from audit.events import PolicyReloaded
 from audit.writer import AuditWriteError, JsonlWriter
 from gateway.config import AccessRule, Config, ConfigError, Problem, parse_dsn, read_secret_file
 from gateway.oidc import IssuerSetupError, TokenError, TokenVerifier
+from gateway.estimator import Estimator
 from gateway.policy_files import PolicyBundle, files_state, load_policy
+from policy.estimates import statement_texts
 from policy.rules import EnvironmentPolicy
 from policy.model import Analysis, Decision, Identity, TargetInfo
 
@@ -65,12 +67,13 @@ __all__ = ["Gatekeeper", "SCRAM_ITERATIONS"]
 
 SCRAM_ITERATIONS = 4096
 ENGINE_FAILURE_RULE = "sqlward-internal-error"
+log = logging.getLogger(__name__)
 
 
 class _Engine(Protocol):
     def analyse(self, sql: str, dialect: str) -> Analysis: ...
 
-    def decide(self, analysis: Analysis, identity: Identity, target_info: TargetInfo) -> Decision: ...
+    def decide(self, analysis: Analysis, identity: Identity, target_info: TargetInfo, **kw: Any) -> Decision: ...
 
 
 class _AuditWriter(Protocol):
@@ -101,8 +104,10 @@ class Gatekeeper:
         hmac_key: bytes,
         owns_writer: bool = False,
         verifier: TokenVerifier | None = None,
+        estimator: Estimator | None = None,
     ) -> None:
         self._config = config
+        self._estimator = estimator if estimator is not None else Estimator()
         self._engine = engine
         self._audit = audit_writer
         self._users = dict(users)
@@ -411,18 +416,53 @@ class Gatekeeper:
         return self._engine.analyse(sql, dialect)
 
     def decide(
-        self, analysis: Analysis, identity: Identity, target: TargetInfo, *, schema: str = ""
+        self,
+        analysis: Analysis,
+        identity: Identity,
+        target: TargetInfo,
+        *,
+        schema: str = "",
+        sql: str | None = None,
+        estimates: Mapping[int, int | None] | None = None,
     ) -> Decision:
         try:
+            extra: dict[str, Any] = {}
             if schema:
-                return self._engine.decide(analysis, identity, target, schema=schema)  # type: ignore[call-arg]
-            return self._engine.decide(analysis, identity, target)
+                extra["schema"] = schema
+            if sql is not None:
+                extra["sql"] = sql
+            if estimates is not None:
+                extra["estimates"] = estimates
+            return self._engine.decide(analysis, identity, target, **extra)
         except Exception as exc:  # fail closed
             return Decision(
                 action="deny",
                 rule_id=ENGINE_FAILURE_RULE,
                 message=f"the gateway could not evaluate its policy ({type(exc).__name__}); statement refused",
             )
+
+    async def estimate_rows(
+        self, target: Target, sql: str, analysis: Analysis, indices: Sequence[int], *, schema: str = ""
+    ) -> dict[int, int | None]:
+        """Rows each pending statement would change (None: no estimate), by EXPLAIN on a side
+        connection (`gateway.estimator`), within the policy's estimate timeout."""
+        timeout = float(getattr(self._engine, "estimate_timeout", 2.0))
+        texts = statement_texts(sql, analysis.dialect, len(analysis.statements))
+        out: dict[int, int | None] = {}
+        for i in indices:
+            if texts is None or i >= len(texts):
+                out[i] = None
+                continue
+            try:
+                out[i] = await self._estimator.rows(target, texts[i], analysis.dialect, schema=schema, timeout=timeout)
+            except Exception:  # no estimate: the policy fails closed on None
+                log.warning("row estimate failed for target %s", target.info.name, exc_info=True)
+                out[i] = None
+        return out
+
+    async def aclose(self) -> None:
+        """Close the side connections (estimates, catalogue)."""
+        await self._estimator.aclose()
 
     def record(self, event: msgspec.Struct) -> None:
         try:

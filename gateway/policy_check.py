@@ -3,7 +3,10 @@
 How it works: `evaluate` builds a `gateway.gatekeeper.Gatekeeper` from the loaded config with
 `Gatekeeper.from_config` (so the policy `Engine`, its rules, environments and fallbacks are the
 very ones `sqlward serve` builds) and a no-op audit writer (the audit file is never opened).
-Nothing is sent to a gateway or an upstream database; the DSNs are parsed, not dialled.
+Nothing is sent to a gateway, and an upstream database is contacted only when a rule or
+guardrail needs an estimate of the rows a statement changes (`rows_over`, mass-write): then the
+decision is `pending`, `Gatekeeper.estimate_rows` runs EXPLAIN on the target as the gateway
+would, and the decision is made again with the figures (shown under "estimates").
 
 The request is then judged in the order the protocol adapters use:
 
@@ -35,6 +38,7 @@ import logging
 from typing import Literal
 
 import msgspec
+import trio
 
 from adapters import identity as ident
 from gateway.config import Config
@@ -98,6 +102,8 @@ class StatementReport(msgspec.Struct, frozen=True):
     has_where: bool | None
     parse_status: str
     detail: str = ""
+    where_always_true: bool = False
+    columns: tuple[str, ...] = ()
 
 
 class Report(msgspec.Struct, frozen=True):
@@ -115,6 +121,10 @@ class Report(msgspec.Struct, frozen=True):
     error: str
     statements: tuple[StatementReport, ...]
     policy_version: int = 1
+    # The facts that matched the deciding rule or guardrail.
+    facts: tuple[str, ...] = ()
+    # Row estimates asked of the upstream, by 1-based statement index (None: no estimate).
+    estimates: dict[int, int | None] = {}
 
 
 def exit_code(report: Report) -> int:
@@ -199,6 +209,19 @@ def evaluate(
         logging.getLogger("sqlglot").setLevel(logging.ERROR)
         analysis = gatekeeper.analyse(sql, dialect)
         decision = _decide(gatekeeper, analysis, who, info, sql, dialect, schema)
+        estimates: dict[int, int | None] = {}
+        if decision.pending:
+            resolved = gatekeeper.resolve_target(info.name, info.protocol)
+            assert resolved is not None
+
+            async def _estimate() -> dict[int, int | None]:
+                try:
+                    return await gatekeeper.estimate_rows(resolved, sql, analysis, decision.pending, schema=schema or "")
+                finally:
+                    await gatekeeper.aclose()
+
+            estimates = trio.run(_estimate)
+            decision = gatekeeper.decide(analysis, who, info, schema=schema, sql=sql, estimates=estimates)
     finally:
         gatekeeper.close()
 
@@ -227,9 +250,13 @@ def evaluate(
                 has_where=st.has_where,
                 parse_status=st.parse_status,
                 detail=st.detail,
+                where_always_true=st.where_trivial == "always",
+                columns=st.columns,
             )
             for i, st in enumerate(shown.statements, start=1)
         ),
+        facts=decision.facts,
+        estimates={i + 1: n for i, n in estimates.items()},
     )
 
 
@@ -251,7 +278,7 @@ def _decide(
             message="the sqlward.* settings and the sqlward: application_name carry the session's "
             "identity and cannot be changed",
         )
-    return gatekeeper.decide(analysis, who, info, schema=schema)
+    return gatekeeper.decide(analysis, who, info, schema=schema, sql=sql)
 
 
 def _names(names: tuple[str, ...]) -> str:
@@ -277,6 +304,10 @@ def format_text(report: Report) -> str:
     ]
     if report.statement is not None:
         lines.append(f"statement:   {report.statement} of {len(report.statements)}")
+    if report.facts:
+        lines.append(f"because:     {'; '.join(report.facts)}")
+    for index, rows in report.estimates.items():
+        lines.append(f"estimate:    statement {index}: " + ("no estimate (EXPLAIN failed or timed out)" if rows is None else f"about {rows:,} rows"))
     lines += [
         f"identity:    {who_text}",
         f"target:      {t.name} ({t.protocol}, environment {t.environment})",
@@ -293,6 +324,8 @@ def format_text(report: Report) -> str:
         lines.append(f"      operations: {', '.join(st.operations)}")
         lines.append(f"      read:       {_names(st.tables_read)}")
         lines.append(f"      written:    {_names(st.tables_written)}")
-        lines.append(f"      has_where:  {where}")
+        lines.append(f"      has_where:  {where}" + ("  (always true)" if st.where_always_true else ""))
+        if st.columns:
+            lines.append(f"      columns:    {', '.join(st.columns)}")
         lines.append(f"      parse:      {st.parse_status}")
     return "\n".join(lines)

@@ -130,6 +130,10 @@ async def serve(config: Any, *, task_status: trio.TaskStatus = trio.TASK_STATUS_
                     nursery.cancel_scope.cancel()
                     break
     finally:
+        aclose = getattr(gatekeeper, "aclose", None)
+        if aclose is not None:  # side connections (row estimates, catalogue)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await aclose()
         close = getattr(gatekeeper, "close", None)
         if close is not None:
             close()

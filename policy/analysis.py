@@ -1022,3 +1022,27 @@ def analyse(sql: str, dialect: str, fingerprint_: str | None = None, *, keep_lit
         error=first_error,
         executable_comment=executable,
     )
+
+
+def split_texts(sql: str, dialect: str) -> list[str]:
+    """The text of each statement `analyse` finds in `sql`, in the same order, literals kept and
+    comments dropped (what `policy.estimates` sends to EXPLAIN). A piece sqlglot reads as
+    several statements is rendered back by sqlglot, one text per statement. MySQL versioned
+    comments are read the way the newest server reads them (both readings are analysed, so the
+    counts then differ and the caller has no estimate: fail closed)."""
+    texts: list[str] = []
+    for piece in _split(_tokens(sql, dialect)):
+        text = _canonical(piece, dialect, literals=True)
+        if _known_shape(piece, dialect) is not None or _unwrap(piece, dialect) is not None:
+            texts.append(text)
+            continue
+        try:
+            trees = [t for t in sqlglot.parse(text, read=dialect) if t is not None]
+        except Exception:
+            texts.append(text)
+            continue
+        if len(trees) <= 1:
+            texts.append(text)
+        else:
+            texts.extend(t.sql(dialect=dialect) for t in trees)
+    return texts

@@ -165,8 +165,25 @@ def _file_and_program(st: StatementFacts, g: ActiveGuardrail) -> str | None:
     return None
 
 
+# Functions that change state although a SELECT calls them.
+_SIDE_EFFECT_FUNCTIONS: Final = frozenset(
+    {
+        "nextval", "setval", "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf",
+        "pg_rotate_logfile", "pg_switch_wal", "pg_create_restore_point", "lo_unlink", "lo_create",
+        "lo_creat", "lo_from_bytea", "lo_put", "dblink_exec", "dblink", "pg_advisory_lock",
+        "pg_advisory_xact_lock", "pg_notify", "pg_promote", "pg_drop_replication_slot",
+        "pg_create_logical_replication_slot", "pg_create_physical_replication_slot",
+        "pg_truncate_visibility_map", "pg_stat_reset", "txid_current", "sys_exec", "sys_eval",
+        "get_lock", "release_all_locks",
+    }
+)
+
+
 def _writes_disguised(st: StatementFacts, g: ActiveGuardrail) -> str | None:
     ops = _ops(st)
+    hit = [f for f in st.functions if f in _SIDE_EFFECT_FUNCTIONS]
+    if hit and st.operation in ("select", "explain", "values", "call", "do"):
+        return f"{hit[0]}() changes state although it is called from a {st.operation.upper()}"
     if st.select_into == "table":
         return "SELECT ... INTO creates and fills a table"
     if st.operation == "create" and st.detail == "table" and "select" in ops:
@@ -291,8 +308,9 @@ CATALOGUE: Final[Mapping[str, Guardrail]] = {
         ),
         Guardrail(
             "writes-disguised-as-reads",
-            "Refuses writes that look like reads: SELECT INTO, CREATE TABLE AS, data-modifying CTEs and "
-            "EXPLAIN ANALYZE of a write.",
+            "Refuses writes that look like reads: SELECT INTO, CREATE TABLE AS, data-modifying CTEs, "
+            "EXPLAIN ANALYZE of a write and functions with side effects (nextval, pg_terminate_backend, "
+            "dblink_exec, GET_LOCK, ...) called from a SELECT.",
             _writes_disguised,
         ),
         Guardrail(

@@ -468,7 +468,7 @@ class MysqlSession(GovernedSession):
     def _refusal(self, decision: Decision) -> bytes:
         return messages.err_packet(ER_REFUSED, SQLSTATE_REFUSED, refusal_message(decision))
 
-    def _decide(self, sql: str, statement_name: str | None = None) -> tuple[int, Decision | None, Analysis | None]:
+    async def _decide(self, sql: str, statement_name: str | None = None) -> tuple[int, Decision | None, Analysis | None]:
         assert self.identity is not None and self.target is not None and self.who is not None
         self.requests += 1
         rid = self.requests
@@ -482,8 +482,11 @@ class MysqlSession(GovernedSession):
             decision = (
                 self._expiry_refusal()
                 or (_TAMPERING if ident.mysql_identity_write(sql) else None)
-                or self.gk.decide(analysis, self.identity, info, schema=self.schema)
+                or self.gk.decide(analysis, self.identity, info, schema=self.schema, sql=sql)
             )
+            if decision.pending:
+                estimates = await self.gk.estimate_rows(self.target, sql, analysis, decision.pending, schema=self.schema)
+                decision = self.gk.decide(analysis, self.identity, info, schema=self.schema, sql=sql, estimates=estimates)
             fingerprint = analysis.fingerprint
             operations = analysis.operations
             tables = analysis.tables
@@ -520,7 +523,7 @@ class MysqlSession(GovernedSession):
                     sql=_printable(sql), fingerprint=_printable(fingerprint), operations=operations,
                     tables=tables, parse_status=parse_status, action=decision.action,
                     rule_id=decision.rule_id, message=decision.message, statement_name=statement_name,
-                    statement_index=decision.statement_index,
+                    statement_index=decision.statement_index, facts=decision.facts,
                 )
             )
         except AuditUnavailable:
@@ -569,7 +572,7 @@ class MysqlSession(GovernedSession):
                 prepared = self._statements.get(stmt_id)
                 if prepared is not None and prepared[2] != self.gk.policy_version:
                     # The policy changed since PREPARE: decide the statement again.
-                    _, refusal, _ = self._decide(prepared[1], statement_name=str(stmt_id))
+                    _, refusal, _ = await self._decide(prepared[1], statement_name=str(stmt_id))
                     if refusal is not None:
                         self._seq = 1
                         await self._write(self._refusal(refusal))
@@ -634,7 +637,7 @@ class MysqlSession(GovernedSession):
         if m is not None:
             await self._kill(int(m.group(2)), query_only=(m.group(1) or "").upper() == "QUERY")
             return
-        rid, refusal, analysis = self._decide(sql)
+        rid, refusal, analysis = await self._decide(sql)
         if refusal is not None:
             self._seq = 1
             await self._write(self._refusal(refusal))
@@ -656,7 +659,7 @@ class MysqlSession(GovernedSession):
         """COM_FIELD_LIST reads a table's columns: decided as the SELECT it amounts to."""
         table = payload[1:].split(b"\0", 1)[0].decode(self.codec, "surrogateescape")
         quoted = "`" + table.replace("`", "``") + "`"
-        _, refusal, _ = self._decide(f"SELECT * FROM {quoted} LIMIT 0", statement_name=None)
+        _, refusal, _ = await self._decide(f"SELECT * FROM {quoted} LIMIT 0", statement_name=None)
         if refusal is not None:
             self._seq = 1
             await self._write(self._refusal(refusal))
@@ -666,7 +669,7 @@ class MysqlSession(GovernedSession):
     async def _prepare(self, payload: bytes) -> None:
         sql = payload[1:].decode(self.codec, "surrogateescape")
         version = self.gk.policy_version
-        rid, refusal, _ = self._decide(sql, statement_name="")
+        rid, refusal, _ = await self._decide(sql, statement_name="")
         if refusal is not None:
             self._seq = 1
             await self._write(self._refusal(refusal))

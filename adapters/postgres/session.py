@@ -533,7 +533,7 @@ class PostgresSession(GovernedSession):
             SQLSTATE_REFUSED, refusal_message(decision), detail=f"sqlward rule: {decision.rule_id}",
         )
 
-    def _decide(self, sql: str, statement_name: str | None) -> tuple[int, Decision | None, bytes]:
+    async def _decide(self, sql: str, statement_name: str | None) -> tuple[int, Decision | None, bytes]:
         """Analyse, decide and audit one request text. Returns (request id, refusal, error bytes);
         refusal is None when the statement may run."""
         assert self.identity is not None and self.target is not None and self.who is not None
@@ -546,7 +546,10 @@ class PostgresSession(GovernedSession):
         try:
             analysis = self.gk.analyse(sql, "postgres")
             expiry = self._expiry_refusal()
-            decision = expiry or _tampering(sql) or self.gk.decide(analysis, self.identity, info)
+            decision = expiry or _tampering(sql) or self.gk.decide(analysis, self.identity, info, sql=sql)
+            if decision.pending:
+                estimates = await self.gk.estimate_rows(self.target, sql, analysis, decision.pending, schema="")
+                decision = self.gk.decide(analysis, self.identity, info, sql=sql, estimates=estimates)
             fingerprint = analysis.fingerprint
             operations = analysis.operations
             tables = analysis.tables
@@ -568,7 +571,7 @@ class PostgresSession(GovernedSession):
                     sql=printable(sql), fingerprint=printable(fingerprint), operations=operations, tables=tables,
                     parse_status=parse_status, action=decision.action, rule_id=decision.rule_id,
                     message=decision.message, statement_name=statement_name,
-                    statement_index=decision.statement_index,
+                    statement_index=decision.statement_index, facts=decision.facts,
                 )
             )
         except AuditUnavailable:
@@ -683,7 +686,7 @@ class PostgresSession(GovernedSession):
                     prepared = self._prepared_sql.get(stmt)
                     if prepared is not None and prepared[1] != self.gk.policy_version:
                         # The policy changed since this statement was decided: decide again.
-                        rid, refusal, error = self._decide(prepared[0], stmt)
+                        rid, refusal, error = await self._decide(prepared[0], stmt)
                         if refusal is None:
                             self._prepared_sql[stmt] = (prepared[0], self.gk.policy_version)
                         else:
@@ -698,7 +701,7 @@ class PostgresSession(GovernedSession):
                     sql_end = _cstr_end(buf, pos + 5, end)
                     if sql_end != end - 1:
                         raise ProtocolViolation("unexpected bytes after the end of a Query message")
-                    rid, refusal, error = self._decide(self._decode_sql(bytes(buf[pos + 5 : sql_end])), None)
+                    rid, refusal, error = await self._decide(self._decode_sql(bytes(buf[pos + 5 : sql_end])), None)
                     self._syncs_sent += 1
                     if refusal is None:
                         pending.append(_Pending("query", rid))
@@ -717,7 +720,7 @@ class PostgresSession(GovernedSession):
                     name = self._decode_sql(bytes(buf[pos + 5 : n_end]))
                     sql = self._decode_sql(bytes(buf[n_end + 1 : sql_end]))
                     version = self.gk.policy_version
-                    rid, refusal, error = self._decide(sql, name)
+                    rid, refusal, error = await self._decide(sql, name)
                     if refusal is None:
                         self._statements[name] = rid
                         if name:  # named statements outlive this pipeline: re-decided on policy change

@@ -214,6 +214,8 @@ TABLE: list[tuple[str, dict[str, Any], str, tuple[str, ...], tuple[str, ...]]] =
             "WITH i AS (INSERT INTO log VALUES (1) RETURNING *) SELECT 1",
             "EXPLAIN ANALYZE DELETE FROM t WHERE id = 1",
             "EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1 WHERE id = 2",
+            "SELECT nextval('s')",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
         ),
         ("EXPLAIN DELETE FROM t WHERE id = 1", "EXPLAIN ANALYZE SELECT * FROM t", "WITH x AS (SELECT 1) SELECT * FROM x", "CREATE TABLE x (a int)"),
     ),
@@ -221,7 +223,7 @@ TABLE: list[tuple[str, dict[str, Any], str, tuple[str, ...], tuple[str, ...]]] =
         "writes-disguised-as-reads",
         {},
         MY,
-        ("CREATE TABLE x AS SELECT * FROM t", "CREATE TABLE x SELECT * FROM t", "EXPLAIN ANALYZE DELETE FROM t WHERE id = 1", "ANALYZE DELETE FROM t WHERE id = 1"),
+        ("CREATE TABLE x AS SELECT * FROM t", "CREATE TABLE x SELECT * FROM t", "EXPLAIN ANALYZE DELETE FROM t WHERE id = 1", "ANALYZE DELETE FROM t WHERE id = 1", "SELECT GET_LOCK('x', 10)"),
         ("EXPLAIN DELETE FROM t WHERE id = 1", "EXPLAIN ANALYZE SELECT * FROM t", "SELECT a INTO @v FROM t", "WITH x AS (SELECT 1) SELECT * FROM x"),
     ),
     (
