@@ -399,6 +399,10 @@ def _known_shape(tokens: Sequence[_Token], dialect: str) -> StatementFacts | Non
             return StatementFacts(operation=op, operations=(op,), detail=detail)
     if dialect == "postgres" and _PG_SHOW.fullmatch(text):
         return StatementFacts(operation="show", operations=("show",))
+    if dialect == "mysql" and text == "CHANGE USER":
+        # Not SQL: the MySQL adapter decides COM_CHANGE_USER (a switch of the session's identity)
+        # as this pseudo statement, so rules and the identity-escalation guardrail can judge it.
+        return StatementFacts(operation="change user", operations=("change user",))
     return None
 
 

@@ -140,6 +140,8 @@ def _identity_escalation(st: StatementFacts, g: ActiveGuardrail) -> str | None:
         return f"SET {st.detail.upper()} changes the identity the session acts as"
     if st.operation == "set" and st.reset in ("role", "session authorization"):
         return f"RESET {st.reset.upper()} changes the identity the session acts as"
+    if st.operation == "change user":
+        return "CHANGE USER (COM_CHANGE_USER) switches the identity the session acts as"
     if "set_config" in st.functions:
         return "set_config() can change the role the session acts as"
     return None
@@ -284,7 +286,7 @@ CATALOGUE: Final[Mapping[str, Guardrail]] = {
         ),
         Guardrail(
             "identity-escalation",
-            "Refuses SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE / SESSION AUTHORIZATION and set_config().",
+            "Refuses SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE / SESSION AUTHORIZATION, set_config() and MySQL CHANGE USER (COM_CHANGE_USER).",
             _identity_escalation,
         ),
         Guardrail(

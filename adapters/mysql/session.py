@@ -811,6 +811,13 @@ class MysqlSession(GovernedSession):
         request = messages.decode_command(payload, self.client_caps)
         assert isinstance(request, messages.ComChangeUser)
         self._seq = 1
+        # Switching identity is decided like a statement ("CHANGE USER": the identity-escalation
+        # guardrail, rules on operation "change user"); a refusal ends the session.
+        _, refusal, _ = await self._decide("CHANGE USER", statement_name=None)
+        if refusal is not None:
+            await self._write(self._refusal(refusal))
+            self._closing_reason = "change user refused by policy"
+            return False
         # MySQL scrambles COM_CHANGE_USER with the connection's greeting nonce; we do not keep
         # it, so the exchange continues with an AuthSwitchRequest and a fresh nonce.
         switch = messages.ComChangeUser(

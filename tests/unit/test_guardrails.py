@@ -165,7 +165,7 @@ TABLE: list[tuple[str, dict[str, Any], str, tuple[str, ...], tuple[str, ...]]] =
         ("SET ROLE admin", "set role to admin", "SET LOCAL ROLE x", "SET SESSION AUTHORIZATION bob", "RESET ROLE", "RESET SESSION AUTHORIZATION", "SELECT set_config('role', 'admin', false)"),
         ("SET search_path TO app", "RESET search_path", "SELECT current_user"),
     ),
-    ("identity-escalation", {}, MY, ("SET ROLE admin", "SET ROLE ALL", "SET DEFAULT ROLE r TO u"), ("SET NAMES utf8mb4", "SELECT CURRENT_ROLE()")),
+    ("identity-escalation", {}, MY, ("SET ROLE admin", "SET ROLE ALL", "SET DEFAULT ROLE r TO u", "CHANGE USER"), ("SET NAMES utf8mb4", "SELECT CURRENT_ROLE()")),
     ("multi-statement", {}, PG, ("SELECT 1; SELECT 2", "SELECT 1; -- x\nDROP TABLE t", "BEGIN; DELETE FROM t WHERE id = 1; COMMIT"), ("SELECT 1", "SELECT 1;", "SELECT ';'")),
     ("multi-statement", {}, MY, ("SELECT 1; SELECT 2", "SELECT 1 /*!; DROP TABLE t */"), ("SELECT 1", "SELECT 1; -- only a comment")),
     ("multi-statement", {"max_statements": 2}, PG, ("SELECT 1; SELECT 2; SELECT 3",), ("SELECT 1; SELECT 2",)),
