@@ -2,7 +2,7 @@
 
 1. A decision does not change under whitespace changes, comment insertion between tokens and
    keyword-case changes, for statements generated from a small grammar in both dialects.
-2. With delete-without-where / update-without-where switched on in production, no DELETE or
+2. With delete-without-where / update-without-where / where-always-true switched on in production, no DELETE or
    UPDATE without a WHERE on the protected table passes, whatever wraps it (CTE, EXPLAIN ANALYZE,
    multi-statement, comments, schema qualification, quoting), even for an identity that an allow
    rule lets write.
@@ -73,9 +73,9 @@ class Judge:
         target = TARGETS[dialect]
         schema = target.database if dialect == MY else ""
         engine = _fresh(self.config)
-        fresh = engine.decide(engine.analyse(sql, dialect), who, target, schema=schema)
+        fresh = engine.decide(engine.analyse(sql, dialect), who, target, schema=schema, sql=sql)
         gk = self.gatekeeper
-        cached = gk.decide(gk.analyse(sql, dialect), who, target, schema=schema)
+        cached = gk.decide(gk.analyse(sql, dialect), who, target, schema=schema, sql=sql)
         return (fresh.action, fresh.rule_id), (cached.action, cached.rule_id)
 
 
@@ -94,6 +94,9 @@ allow_unparsed = false
 environments = ["production"]
 
 [guardrails.update-without-where]
+environments = ["production"]
+
+[guardrails.where-always-true]
 environments = ["production"]
 
 [[rules]]
@@ -233,6 +236,12 @@ CORES = {
         "UPDATE {T} AS u SET a = 1",
         "UPDATE {T} SET a = 1 RETURNING id",
         "UPDATE {T} SET a = 1 FROM t",
+        "DELETE FROM {T} WHERE 1 = 1",
+        "DELETE FROM {T} WHERE 'x' = 'x'",
+        "UPDATE {T} SET a = 1 WHERE id > 0 OR TRUE",
+        "UPDATE {T} SET a = 1 WHERE id = id",
+        "DELETE FROM {T} WHERE NOT ( 1 = 2 )",
+        "DELETE FROM {T} WHERE now ( ) > '2020-01-01'",
     ],
     MY: [
         "DELETE FROM {T}",
@@ -244,6 +253,10 @@ CORES = {
         "UPDATE {T} SET a = 1 LIMIT 5",
         "UPDATE {T} SET a = 1 ORDER BY id",
         "UPDATE {T}, t SET a = 1",
+        "DELETE FROM {T} WHERE 1",
+        "DELETE FROM {T} WHERE 1 = 1 LIMIT 10",
+        "UPDATE {T} SET a = 1 WHERE TRUE OR id = 4",
+        "UPDATE {T} SET a = 1 WHERE 'a' = 'a'",
     ],
 }
 WRAPPERS = {
@@ -307,7 +320,12 @@ def test_no_unbounded_write_on_a_protected_table_passes_in_production(write_judg
 
 def test_write_policy_lets_bounded_writes_through(write_judge: Judge) -> None:
     """Sanity check of the property above: the allow rule does let a bounded write pass."""
-    for dialect, sql in ((PG, 'DELETE FROM "public"."users" WHERE id = 1'), (MY, "UPDATE `shop`.`users` SET a = 1 WHERE id = 1")):
+    for dialect, sql in (
+        (PG, 'DELETE FROM "public"."users" WHERE id = 1'),
+        (MY, "UPDATE `shop`.`users` SET a = 1 WHERE id = 1"),
+        (PG, "DELETE FROM users WHERE 1 = 2 OR id = 3"),
+        (MY, "UPDATE users SET a = 1 WHERE 1 = 1 AND id = 3"),
+    ):
         fresh, cached = write_judge.both(sql, dialect, ALICE)
         assert fresh == cached == ("allow", "dba-anything"), sql
 

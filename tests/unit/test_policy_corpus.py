@@ -73,6 +73,9 @@ environments = ["production"]
 [guardrails.update-without-where]
 environments = ["production"]
 
+[guardrails.where-always-true]
+environments = ["production"]
+
 [guardrails.grant-revoke]
 environments = ["production"]
 
@@ -138,7 +141,7 @@ class Policy(NamedTuple):
         name = target or ("app-prod" if dialect == PG else "shop-prod")
         info = self.targets[name]
         analysis = self.gatekeeper.analyse(sql, dialect)
-        return self.gatekeeper.decide(analysis, who, info, schema=info.database if dialect == MY else "")
+        return self.gatekeeper.decide(analysis, who, info, schema=info.database if dialect == MY else "", sql=sql)
 
 
 def build_policy(directory: Path) -> Policy:
@@ -180,6 +183,17 @@ class Case(NamedTuple):
 D, R, A = "deny", "review", "allow"
 
 CORPUS: list[Any] = [
+    # ------------------------------------------------ WHERE that holds for every row (per text)
+    Case(PG, "DELETE FROM orders WHERE 1=1", D, "where-always-true"),
+    Case(PG, "DELETE FROM orders WHERE 1=2", A, "dba-writes"),
+    Case(PG, "delete from orders where id > 0 or true", D, "where-always-true"),
+    Case(PG, "UPDATE orders SET a = 1 WHERE 'on' = 'on' /* looks bounded */", D, "where-always-true"),
+    Case(PG, "UPDATE orders SET a = 1 WHERE 'on' = 'off' OR id = 4", A, "dba-writes"),
+    Case(PG, "WITH d AS (DELETE FROM orders WHERE TRUE RETURNING *) SELECT * FROM d", D, "where-always-true"),
+    Case(MY, "UPDATE orders SET a = 1 WHERE 1", D, "where-always-true"),
+    Case(MY, "UPDATE orders SET a = 1 WHERE 0", A, "dba-writes"),
+    Case(MY, "DELETE FROM orders WHERE id = id LIMIT 5", D, "where-always-true"),
+    Case(MY, "DELETE FROM `orders` WHERE 2 > 1", D, "where-always-true"),
     # ---------------------------------------------------------------- DROP TABLE (+ evasions)
     Case(PG, "DROP TABLE t", D, "drop-table"),
     Case(PG, "drop table t", D, "drop-table"),
