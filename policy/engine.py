@@ -546,7 +546,7 @@ class Engine:
                 return Decision(action="deny", rule_id=g.id, message=f'request refused by guardrail "{g.id}": {why}', facts=facts)
             if first_review is None:
                 first_review = Decision(
-                    action="review", rule_id=g.id, message=f'needs approval (guardrail "{g.id}"): {why}', facts=facts
+                    action="review", rule_id=g.id, message=f'needs approval (guardrail "{g.id}"{_by(g.config.approvers)}): {why}', facts=facts
                 )
         for index, st in enumerate(analysis.statements):
             which = "statement" if count == 1 else f"statement {index + 1} of {count}"
@@ -591,7 +591,7 @@ class Engine:
                     guard_review = Decision(
                         action="review",
                         rule_id=g.id,
-                        message=f'needs approval (guardrail "{g.id}"): {why}',
+                        message=f'needs approval (guardrail "{g.id}"{_by(g.config.approvers)}): {why}',
                         statement_index=index,
                         facts=facts,
                     )
@@ -653,7 +653,7 @@ class Engine:
                     first_review = Decision(
                         action="review",
                         rule_id=rule_id,
-                        message=f'needs approval (rule "{rule_id}"){suffix}',
+                        message=f'needs approval (rule "{rule_id}"{_by(rule.rule.approvers)}){suffix}',
                         statement_index=index,
                         facts=matched,
                     )
@@ -670,6 +670,10 @@ class Engine:
         if first_review is not None:
             return first_review
         return Decision(action="allow", rule_id=",".join(dict.fromkeys(allowed_by)))
+
+
+def _by(approvers: Sequence[str]) -> str:
+    return f", by {' or '.join(approvers)}" if approvers else ""
 
 
 def _statement_facts(st: StatementFacts) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ class GuardrailConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     environments: tuple[str, ...] = ()  # empty: every environment
     action: Literal["deny", "review"] = "deny"
+    approvers: tuple[str, ...] = ()  # for review: who may approve (see Rule.approvers)
     max_statements: int | None = None  # multi-statement: statements allowed per request (default 1)
     tables: tuple[str, ...] = ()  # select-without-limit: table globs (required)
     max_rows: int | None = None  # mass-write: estimated rows allowed per write (default 1000)

@@ -42,6 +42,9 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timezone: str = "UTC"
     reason: bool | None = None  # the session stated a reason (True) / did not (False)
     reason_pattern: str = ""  # regular expression the stated reason must contain (case-insensitive)
+    # For review: who may approve ("group:dba", "alice@example.com", "bot:change-bot"); shown with
+    # the refusal until the approval flow exists.
+    approvers: tuple[str, ...] = ()
     message: str = ""  # sentence shown to the client; a default is derived from the rule
 
 
@@ -77,7 +80,7 @@ def rule_problems(rule: Rule) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if not rule.id:
         problems.append(("id", "expected a non-empty rule id"))
-    for key in ("operations", "tables", "columns", "environments", "targets", "identities", "groups", "actors", "days"):
+    for key in ("operations", "tables", "columns", "environments", "targets", "identities", "groups", "actors", "days", "approvers"):
         if any(not v for v in getattr(rule, key)):
             problems.append((key, "expected non-empty strings (leave the key out to match anything)"))
     bad_days = [d for d in rule.days if d and d.lower() not in DAYS]
@@ -97,6 +100,8 @@ def rule_problems(rule: Rule) -> list[tuple[str, str]]:
             re.compile(rule.reason_pattern)
         except re.error as err:
             problems.append(("reason_pattern", f"not a valid regular expression: {err}"))
+    if rule.approvers and rule.action != "review":
+        problems.append(("approvers", "only a review rule has approvers"))
     for key in ("rows_over", "statements_over"):
         value = getattr(rule, key)
         if value is not None and value < 0:

@@ -502,3 +502,17 @@ def test_rule_problems_name_the_field() -> None:
     bad = Rule(id="x", action="deny", days=("funday",), hours="9-5", timezone="Mars/Olympus", reason_pattern="(", rows_over=-1)
     fields = {f for f, _ in rule_problems(bad)}
     assert fields == {"days", "hours", "timezone", "reason_pattern", "rows_over"}
+
+
+def test_review_names_who_may_approve() -> None:
+    from policy.guardrails import GuardrailConfig
+
+    e = Engine(
+        [Rule(id="big", action="review", operations=("delete",), approvers=("group:dba", "bot:change-bot"))],
+        ENVS, version=1,
+        guardrails={"truncate": GuardrailConfig(action="review", approvers=("group:sre",))},
+    )
+    d = _decide_sql(e, "DELETE FROM t WHERE id = 1")
+    assert d.action == "review" and d.message == 'needs approval (rule "big", by group:dba or bot:change-bot)'
+    d = _decide_sql(e, "TRUNCATE t", target=STAGING)
+    assert d.action == "review" and 'guardrail "truncate", by group:sre' in d.message
