@@ -58,6 +58,9 @@ import msgspec
 from adapters.base import IdentitySettings, UpstreamTLS
 from policy.guardrails import GuardrailConfig, guardrail_problems
 from policy.rules import EnvironmentPolicy, Rule, rule_problems
+from masking.model import MaskRule
+from masking.policy import MaskingSettings
+from masking.policy import rule_problems as mask_rule_problems
 
 __all__ = [
     "AccessRule",
@@ -320,6 +323,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     oidc: tuple[IssuerConfig, ...] = ()
     identity: IdentityOptions = IdentityOptions()
     access: tuple[AccessRule, ...] = ()
+    masks: tuple[MaskRule, ...] = ()
+    masking: MaskingSettings = MaskingSettings()
     # Absolute path of the file this was loaded from (set by load_config, not by the file).
     source: str = ""
 
@@ -808,6 +813,26 @@ def _finish(config: Config, file: str) -> Config:
         else:
             rule_at[rule.id] = i
 
+    mask_at: dict[str, int] = {}
+    uses_hash = False
+    for i, mask in enumerate(config.masks):
+        for key, message in mask_rule_problems(mask):
+            problems.append(Problem(f"$.masks[{i}].{key}", message))
+        if mask.id in mask_at:
+            problems.append(Problem(f"$.masks[{i}].id", f"duplicate mask id {mask.id!r} (first at $.masks[{mask_at[mask.id]}])"))
+        elif mask.id:
+            mask_at[mask.id] = i
+        uses_hash = uses_hash or mask.function == "hash"
+    hash_key_file = _resolve(config.masking.hash_key_file, base)
+    if config.masking.hash_key and hash_key_file:
+        problems.append(Problem("$.masking.hash_key_file", "both hash_key and hash_key_file are set (keep one)"))
+    elif hash_key_file:
+        _check_readable(hash_key_file, "$.masking.hash_key_file", "hash key file", problems)
+    elif uses_hash and not config.masking.hash_key and not config.gateway.policy_files:
+        problems.append(Problem("$.masking.hash_key", "a mask rule uses function \"hash\": set hash_key or hash_key_file"))
+    if config.masking.catalogue_max_age <= 0:
+        problems.append(Problem("$.masking.catalogue_max_age", "expected seconds > 0"))
+
     if not config.audit.file:
         problems.append(Problem("$.audit.file", "expected a file path"))
 
@@ -825,7 +850,7 @@ def _finish(config: Config, file: str) -> Config:
                 problems.append(Problem(f"$.access[{i}].{key}", "expected non-empty strings (leave the key out to match anything)"))
 
     if problems:
-        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules", "$.oidc", "$.identity", "$.access")
+        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules", "$.masks", "$.masking", "$.oidc", "$.identity", "$.access")
         problems.sort(key=lambda p: next((i for i, s in enumerate(order) if p.path.startswith(s)), len(order)))
         raise ConfigError(file, problems)
     return msgspec.structs.replace(
@@ -835,6 +860,7 @@ def _finish(config: Config, file: str) -> Config:
         identities=tuple(identities),
         oidc=tuple(issuers),
         audit=msgspec.structs.replace(config.audit, file=_resolve(config.audit.file, base)),
+        masking=msgspec.structs.replace(config.masking, hash_key_file=hash_key_file),
         source=source,
     )
 

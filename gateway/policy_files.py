@@ -7,7 +7,7 @@ How it works:
   first place. A pattern without glob characters must name an existing file; a glob may match
   nothing.
 - Each file is read as TOML (`tomllib`, for ``.toml``) or YAML (`yaml.safe_load`, for ``.yaml``
-  / ``.yml``) and may hold only `rules`, `environments` and `guardrails`, with the same strict
+  / ``.yml``) and may hold only `rules`, `masks`, `environments` and `guardrails`, with the same strict
   schemas as the main config (`gateway.config.convert_policy_tables`). Errors are `ConfigError`s
   naming the policy file and the `$.path`. No ``${VAR}`` expansion happens in policy files.
 - `load_policy(config)` merges: the main config's rules first, then each file's in order;
@@ -31,6 +31,8 @@ import msgspec
 from gateway.config import Config, ConfigError, Problem, _reword, convert_policy_tables
 from policy.guardrails import GuardrailConfig
 from policy.rules import EnvironmentPolicy, Rule, rule_problems
+from masking.model import MaskRule
+from masking.policy import rule_problems as mask_rule_problems
 
 __all__ = ["PolicyBundle", "files_state", "load_policy", "policy_paths"]
 
@@ -44,10 +46,12 @@ class PolicyBundle(msgspec.Struct, frozen=True):
     environments: dict[str, EnvironmentPolicy]
     guardrails: dict[str, GuardrailConfig]
     files: tuple[str, ...] = ()
+    masks: tuple[MaskRule, ...] = ()
 
 
 class _PolicyDoc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rules: tuple[Rule, ...] = ()
+    masks: tuple[MaskRule, ...] = ()
 
 
 def policy_paths(config: Config) -> tuple[str, ...]:
@@ -123,11 +127,13 @@ def _read(path: str) -> dict[str, Any]:
     else:
         raise ConfigError.single(path, "", "unknown policy file type (expected .toml, .yaml or .yml)")
     if not isinstance(raw, dict):
-        raise ConfigError.single(path, "$", "expected a mapping with rules, environments and guardrails")
+        raise ConfigError.single(path, "$", "expected a mapping with rules, masks, environments and guardrails")
     return raw
 
 
-def _load_file(path: str) -> tuple[tuple[Rule, ...], dict[str, EnvironmentPolicy], dict[str, GuardrailConfig]]:
+def _load_file(
+    path: str,
+) -> tuple[tuple[Rule, ...], dict[str, EnvironmentPolicy], dict[str, GuardrailConfig], tuple[MaskRule, ...]]:
     raw = dict(_read(path))
     envs_raw = raw.pop("environments", {})
     guards_raw = raw.pop("guardrails", {})
@@ -141,9 +147,12 @@ def _load_file(path: str) -> tuple[tuple[Rule, ...], dict[str, EnvironmentPolicy
     for i, rule in enumerate(doc.rules):
         for key, message in rule_problems(rule):
             problems.append(Problem(f"$.rules[{i}].{key}", message))
+    for i, mask in enumerate(doc.masks):
+        for key, message in mask_rule_problems(mask):
+            problems.append(Problem(f"$.masks[{i}].{key}", message))
     if problems:
         raise ConfigError(path, problems)
-    return doc.rules, environments, guardrails
+    return doc.rules, environments, guardrails, doc.masks
 
 
 def load_policy(config: Config) -> PolicyBundle:
@@ -154,17 +163,25 @@ def load_policy(config: Config) -> PolicyBundle:
     environments = dict(config.environments)
     guardrails = dict(config.guardrails)
     first: dict[str, str] = {r.id: f"{config.source or '<config>'} at $.rules[{i}]" for i, r in enumerate(config.rules)}
+    masks = list(config.masks)
+    mask_first: dict[str, str] = {m.id: f"{config.source or '<config>'} at $.masks[{i}]" for i, m in enumerate(config.masks)}
     for path in paths:
-        file_rules, file_envs, file_guards = _load_file(path)
+        file_rules, file_envs, file_guards, file_masks = _load_file(path)
         dupes = []
         for i, rule in enumerate(file_rules):
             if rule.id in first:
                 dupes.append(Problem(f"$.rules[{i}].id", f"duplicate rule id {rule.id!r} (first in {first[rule.id]})"))
             else:
                 first[rule.id] = f"{path} at $.rules[{i}]"
+        for i, mask in enumerate(file_masks):
+            if mask.id in mask_first:
+                dupes.append(Problem(f"$.masks[{i}].id", f"duplicate mask id {mask.id!r} (first in {mask_first[mask.id]})"))
+            else:
+                mask_first[mask.id] = f"{path} at $.masks[{i}]"
         if dupes:
             raise ConfigError(path, dupes)
         rules.extend(file_rules)
+        masks.extend(file_masks)
         environments.update(file_envs)
         guardrails.update(file_guards)
-    return PolicyBundle(rules=tuple(rules), environments=environments, guardrails=guardrails, files=paths)
+    return PolicyBundle(rules=tuple(rules), environments=environments, guardrails=guardrails, files=paths, masks=tuple(masks))
