@@ -58,6 +58,10 @@ from audit.writer import AuditWriteError, JsonlWriter
 from gateway.config import AccessRule, Config, ConfigError, Problem, parse_dsn, read_secret_file
 from gateway.oidc import IssuerSetupError, TokenError, TokenVerifier
 from gateway.estimator import Estimator
+from masking.catalogue import CatalogueCache, load_catalogue
+from masking.context import MaskContext, RequestMask, plan_request
+from masking.policy import MaskingPolicy
+from policy.fingerprint import RAW_PREFIX
 from gateway.policy_files import PolicyBundle, files_state, load_policy
 from policy.estimates import statement_texts
 from policy.rules import EnvironmentPolicy
@@ -108,6 +112,10 @@ class Gatekeeper:
     ) -> None:
         self._config = config
         self._estimator = estimator if estimator is not None else Estimator()
+        self._masking = MaskingPolicy(())
+        self._catalogues = CatalogueCache(self._load_catalogue, max_age=config.masking.catalogue_max_age)
+        self._catalogue_pools: dict[str, Any] = {}
+        self._plans: dict[tuple[object, ...], RequestMask] = {}
         self._engine = engine
         self._audit = audit_writer
         self._users = dict(users)
@@ -192,9 +200,11 @@ class Gatekeeper:
             )
 
         policy_files: tuple[str, ...] = ()
+        masking = MaskingPolicy(())
         if engine is None:
             bundle = load_policy(config)  # raises ConfigError naming the policy file
             engine = _build_engine(bundle, 1)
+            masking = _build_masking(config, bundle)
             policy_files = bundle.files
 
         try:
@@ -223,6 +233,7 @@ class Gatekeeper:
             verifier=verifier,
         )
         gatekeeper._policy_files = policy_files
+        gatekeeper._masking = masking
         return gatekeeper
 
     # -- policy reload ------------------------------------------------------------------------
@@ -254,12 +265,14 @@ class Gatekeeper:
         try:
             bundle = load_policy(self._config)
             engine = _build_engine(bundle, version + 1)
+            masking = _build_masking(self._config, bundle)
         except ConfigError as exc:
             error = str(exc)
         except Exception as exc:  # never let a reload take the gateway down
             error = f"policy reload failed: {type(exc).__name__}: {exc}"
         else:
-            self._engine = engine  # the atomic swap
+            self._engine, self._masking = engine, masking  # the atomic swap
+            self._plans.clear()
             self._policy_files = files = bundle.files
             version += 1
         try:
@@ -463,6 +476,66 @@ class Gatekeeper:
     async def aclose(self) -> None:
         """Close the side connections (estimates, catalogue)."""
         await self._estimator.aclose()
+        for pool in self._catalogue_pools.values():
+            await pool.aclose()
+        self._catalogue_pools.clear()
+
+    # -- masking ------------------------------------------------------------------------------
+
+    def masks_apply(self, identity: Identity, target: TargetInfo) -> bool:
+        """Whether any masking rule applies to `identity` on `target` (cheap, cached)."""
+        return self._masking.for_identity(identity.subject, identity.groups, target.name, target.environment) is not None
+
+    async def _load_catalogue(self, target: Target) -> Any:
+        protocol = target.info.protocol
+        pool = self._catalogue_pools.get(protocol)
+        if pool is None:
+            if protocol == "postgres":
+                from adapters.postgres.sidequery import SidePool as PgPool
+
+                pool = PgPool(size=1)
+            else:
+                from adapters.mysql.sidequery import SidePool as MyPool
+
+                pool = MyPool(size=1)
+            self._catalogue_pools[protocol] = pool
+        kwargs = {"pg_pool": pool} if protocol == "postgres" else {"mysql_pool": pool}
+        return await load_catalogue(target, timeout=30.0, **kwargs)
+
+    async def mask_context(
+        self, target: Target, sql: str, analysis: Analysis, identity: Identity, *, schema: str = ""
+    ) -> MaskContext | None:
+        """How to mask the results of an allowed request (None: no masking rule applies to this
+        identity on this target). Reads the target's schema catalogue (cached; read again after
+        DDL and every `catalogue_max_age` seconds); raises when it cannot be read, and the
+        adapter then refuses (fail closed)."""
+        masking = self._masking
+        masks = masking.for_identity(identity.subject, identity.groups, target.info.name, target.info.environment)
+        if masks is None:
+            return None
+        catalogue = await self._catalogues.get(target)
+        key = (
+            analysis.dialect, analysis.fingerprint, schema.lower(), masks.key, target.info.name,
+            catalogue.version, self.policy_version,
+        )
+        request = self._plans.get(key)
+        if request is None:
+            request = plan_request(sql, analysis, catalogue, masks, schema.lower(), masking.settings)
+            if len(self._plans) >= 10_000:
+                self._plans.clear()
+            if not analysis.fingerprint.startswith(RAW_PREFIX):
+                self._plans[key] = request
+        if request.schema_change:
+            self._catalogues.invalidate(target.info.name)  # read again before the next statement
+        by_oid, by_name = masks.wire_specs(catalogue)
+        return MaskContext(
+            request=request,
+            by_oid=by_oid,
+            by_name=by_name,
+            classifiers=masks.classifiers,
+            classifier_spec=next(iter(masks.classifier_specs.values()), None),
+            hash_key=masking.hash_key,
+        )
 
     def record(self, event: msgspec.Struct) -> None:
         try:
@@ -482,6 +555,16 @@ def _build_engine(bundle: PolicyBundle, version: int) -> _Engine:
         rules=bundle.rules, environments=bundle.environments, version=version,
         unknown_environment=EnvironmentPolicy(), guardrails=bundle.guardrails,
     )
+
+
+def _build_masking(config: Config, bundle: PolicyBundle) -> MaskingPolicy:
+    settings = config.masking
+    key = settings.hash_key
+    if settings.hash_key_file:
+        key = _read_secret(settings.hash_key_file, config.source or "<config>", "$.masking.hash_key_file", "hash key file")
+    if any(m.function == "hash" for m in bundle.masks) and not key:
+        raise ConfigError.single(config.source or "<config>", "$.masking.hash_key", 'a mask rule uses function "hash": set hash_key or hash_key_file')
+    return MaskingPolicy(bundle.masks, settings, key.encode("utf-8"))
 
 
 def _access_matches(rule: AccessRule, identity: Identity, target: TargetInfo) -> bool:

@@ -1,0 +1,137 @@
+"""The masking context of one request: what the adapters need to rewrite its result rows.
+
+How it works: `plan_request(sql, analysis, catalogue, masks, schema, settings)` is called by the
+gateway (`Gatekeeper.mask_context`) for every request of an identity under masking, after the
+policy allowed it, and is cached per statement shape. It decides:
+
+1. Refusals that protect masked data (a sentence naming the rule, for the client): several
+   statements in one request touching a masked table (send them one at a time: each result set
+   needs its own plan); a statement the analyser could not parse that may touch a masked table;
+   COPY ... TO STDOUT of a masked table (COPY rows are not rewritten); and whatever
+   `masking.plan.build_plan` refuses (predicates, joins, grouping or ordering on masked columns,
+   whole-row references, unresolvable lineage), unless `mask_all_on_doubt` asks to mask every
+   output column instead.
+2. The `MaskPlan`: per output column, the mask to apply (lineage through aliases, expressions,
+   CTEs, subqueries, views, UNION, `*`).
+3. `redact_errors`: the statement touches a masked table, so upstream error texts (which can
+   quote values: `invalid input syntax for type integer: "alice@example.com"`) are replaced.
+
+`MaskContext` adds what is per identity and catalogue rather than per statement: the wire
+cross-check maps (`IdentityMasks.wire_specs`) and the content classifiers.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from masking.lineage import lineage
+from masking.model import Catalogue, MaskSpec
+from masking.plan import MaskPlan, build_plan
+from masking.policy import IdentityMasks, MaskingSettings
+
+__all__ = ["MaskContext", "RequestMask", "plan_request"]
+
+_NO_ROWS: Final = frozenset(
+    {"begin", "commit", "rollback", "set", "use", "savepoint", "release", "listen", "unlisten", "notify",
+     "deallocate", "discard", "reset", "checkpoint", "change user", "create", "alter", "drop", "grant",
+     "revoke", "truncate", "comment", "analyze", "kill", "prepare", "execute"}
+)
+MASK_RULE_PREFIX: Final = "masking"
+
+
+class RequestMask(msgspec.Struct, frozen=True):
+    """The per-shape part of a request's masking (cached)."""
+
+    plan: MaskPlan = MaskPlan()
+    refusal: str = ""
+    rule_id: str = ""
+    redact_errors: bool = False
+    schema_change: bool = False  # DDL: the catalogue must be read again afterwards
+
+
+class MaskContext(msgspec.Struct, frozen=True):
+    """Everything an adapter needs to mask the results of one request."""
+
+    request: RequestMask
+    by_oid: dict[tuple[int, int], MaskSpec] = {}
+    by_name: dict[tuple[str, str], MaskSpec] = {}
+    classifiers: frozenset[str] = frozenset()
+    classifier_spec: MaskSpec | None = None
+    hash_key: bytes = b""
+
+    @property
+    def refusal(self) -> str:
+        return self.request.refusal
+
+
+def _refuse(rule_id: str, sentence: str) -> RequestMask:
+    return RequestMask(refusal=sentence, rule_id=rule_id or MASK_RULE_PREFIX, redact_errors=True)
+
+
+def _first_rule(masks: IdentityMasks) -> str:
+    return masks.rules[0].id if masks.rules else MASK_RULE_PREFIX
+
+
+def plan_request(
+    sql: str,
+    analysis: "object",
+    catalogue: Catalogue,
+    masks: IdentityMasks,
+    schema: str,
+    settings: MaskingSettings,
+) -> RequestMask:
+    from policy.model import Analysis
+
+    assert isinstance(analysis, Analysis)
+    dialect = analysis.dialect
+    ops = set(analysis.operations)
+    schema_change = bool(ops & {"create", "alter", "drop"}) or any(
+        st.operation == "rename" for st in analysis.statements
+    )
+    touched = [t for t in analysis.tables if masks.table_masked(t, catalogue, schema)]
+    if analysis.parse_status != "ok":
+        if masks.rules and (touched or not analysis.tables):
+            if not ops or ops <= _NO_ROWS:
+                return RequestMask(redact_errors=True, schema_change=schema_change)
+            if settings.mask_all_on_doubt:
+                return RequestMask(plan=MaskPlan(mask_rest=MaskSpec(function="redact", rule_id="mask-on-doubt")), redact_errors=True)
+            return _refuse(
+                _first_rule(masks),
+                f'masking rule "{_first_rule(masks)}": this statement could not be analysed, and masking applies '
+                "to you on this target; statements the analyser cannot read are refused",
+            )
+        return RequestMask(schema_change=schema_change)
+    if len(analysis.statements) > 1:
+        if touched:
+            return _refuse(
+                _first_rule(masks),
+                f'masking rule "{_first_rule(masks)}": {touched[0]} has masked columns; send statements that read it '
+                "one at a time (each result needs its own mask plan)",
+            )
+        return RequestMask(schema_change=schema_change)
+    st = analysis.statements[0]
+    if st.operation == "copy" and touched:
+        return _refuse(
+            _first_rule(masks),
+            f'masking rule "{_first_rule(masks)}": COPY of {touched[0]} is refused because it has masked columns '
+            "(COPY rows are not masked); use SELECT",
+        )
+    if not ops or ops <= _NO_ROWS:
+        return RequestMask(redact_errors=bool(touched), schema_change=schema_change)
+    lin = lineage(sql, dialect, catalogue, default_schema=schema)
+    plan = build_plan(
+        lin,
+        masks.spec_for,
+        masked_tables=lambda t: masks.table_masked(t, catalogue, schema),
+        mask_all_on_doubt=settings.mask_all_on_doubt,
+    )
+    if plan.refusal:
+        rule = next((s.rule_id for s in plan.columns if s is not None), "") or _first_rule(masks)
+        return RequestMask(plan=plan, refusal=plan.refusal, rule_id=rule, redact_errors=True)
+    return RequestMask(
+        plan=plan,
+        redact_errors=bool(touched) or bool(plan.masked_sources),
+        schema_change=schema_change,
+    )
