@@ -17,11 +17,14 @@ adapter's session object.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from policy.model import Analysis, Decision, Identity, TargetInfo
+
+if TYPE_CHECKING:
+    from masking.context import MaskContext
 
 
 class AuthError(Exception):
@@ -156,6 +159,15 @@ class Gatekeeper(Protocol):
     @property
     def policy_version(self) -> int:
         """Changes whenever the policy is reloaded; prepared statements are decided again then."""
+
+    def masks_apply(self, identity: Identity, target: TargetInfo) -> bool:
+        """Whether any masking rule applies to `identity` on `target` (cheap)."""
+
+    async def mask_context(
+        self, target: Target, sql: str, analysis: Analysis, identity: Identity, *, schema: str = ""
+    ) -> "MaskContext | None":
+        """How to mask the results of an allowed request; None when no masking rule applies.
+        Raises when the target's schema catalogue cannot be read (the adapter refuses)."""
 
     def record(self, event: msgspec.Struct) -> None:
         """Write an audit event durably before returning; raise AuditUnavailable on failure."""

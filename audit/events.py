@@ -82,6 +82,8 @@ class StatementCompleted(_Event, tag="statement.completed", kw_only=True):
     duration_ms: float
     error: str | None = None
     sqlstate: str | None = None
+    # Masking: values masked per output column ("email (pii-email: partial)": 120), never the values.
+    masked: dict[str, int] = {}
 
 
 class PolicyReloaded(_Event, tag="policy.reloaded", kw_only=True):

@@ -65,7 +65,10 @@ from audit.events import (
     StatementDecided,
     Who,
 )
-from policy.model import Decision, Identity
+from adapters.maskcolumns import Column, ColumnMasks, column_maskers
+from adapters.postgres.rowmask import RowMasker, kind_for_oid
+from masking.context import MaskContext
+from policy.model import Analysis, Decision, Identity
 
 if TYPE_CHECKING:
     from adapters.postgres.listener import PostgresListener
@@ -86,6 +89,10 @@ for _t in (
 ):
     _WATCH[_t] = 1
 _STREAMED = (Backend.DATA_ROW, Backend.COPY_DATA)  # may be huge: never buffered whole
+# Sessions under masking also look at row descriptions and rows (each DataRow is buffered whole).
+_WATCH_MASKED = bytearray(_WATCH)
+for _t in (Backend.ROW_DESCRIPTION, Backend.NO_DATA, Backend.DATA_ROW):
+    _WATCH_MASKED[_t] = 1
 
 _KNOWN_FRONTEND = frozenset(int(t) for t in Frontend)
 
@@ -134,10 +141,21 @@ class _TokenNeedsTLS(Exception):
 class _Pending:
     """A request forwarded upstream whose outcome is awaited (for the audit trail)."""
 
-    __slots__ = ("kind", "request_id", "ref", "started", "tags", "rows", "error", "sqlstate", "audit")
+    __slots__ = (
+        "kind", "request_id", "ref", "started", "tags", "rows", "error", "sqlstate", "audit",
+        "mask", "inject", "masked",
+    )
 
-    def __init__(self, kind: str, request_id: int = 0, ref: int | None = None, audit: bool = True) -> None:
-        self.kind = kind  # "query" | "execute" | "sync"
+    def __init__(
+        self, kind: str, request_id: int = 0, ref: int | None = None, audit: bool = True,
+        mask: MaskContext | None = None, inject: bool = False,
+    ) -> None:
+        self.kind = kind  # "query" | "execute" | "sync" | "describe" (masked sessions)
+        # Masking: the request's context, and whether the gateway put a Describe (portal) before
+        # this Execute whose RowDescription / NoData it swallows (to learn formats and origins).
+        self.mask = mask
+        self.inject = inject
+        self.masked: dict[str, int] = {}
         self.request_id = request_id
         self.ref = ref
         self.started = time.perf_counter()
@@ -178,6 +196,14 @@ class PostgresSession(GovernedSession):
         self._closing_reason = ""
         self._decode_sql = decoder_for("UTF8")
         self._sql_comment = b""
+        # Masking (only for identities a [[masks]] rule applies to; see adapters.maskcolumns).
+        self._watch = _WATCH
+        self._masked = False
+        self._last_mask: MaskContext | None = None
+        self._stmt_masks: dict[str, MaskContext | None] = {}
+        self._portal_masks: dict[str, MaskContext | None] = {}
+        self._rows: RowMasker | None = None  # rewriter of the result set being relayed
+        self._row_counts: ColumnMasks | None = None
 
     # ----------------------------------------------------------------------------------------
     # helpers
@@ -550,6 +576,11 @@ class PostgresSession(GovernedSession):
             if decision.pending:
                 estimates = await self.gk.estimate_rows(self.target, sql, analysis, decision.pending, schema="")
                 decision = self.gk.decide(analysis, self.identity, info, sql=sql, estimates=estimates)
+            self._last_mask = None
+            self._masked = self.gk.masks_apply(self.identity, info)
+            self._watch = _WATCH_MASKED if self._masked else _WATCH
+            if decision.action == "allow" and self._masked:
+                decision = await self._plan_masking(sql, analysis) or decision
             fingerprint = analysis.fingerprint
             operations = analysis.operations
             tables = analysis.tables
@@ -587,6 +618,50 @@ class PostgresSession(GovernedSession):
                 message=decision.message or f'statement needs approval (rule "{decision.rule_id}")',
             )
         return rid, decision, self._refusal_bytes(decision)
+
+    async def _plan_masking(self, sql: str, analysis: Analysis) -> Decision | None:
+        """Sets `_last_mask` for an allowed request of a masked identity; returns a refusal when
+        masking cannot protect the result (or the catalogue cannot be read: fail closed)."""
+        assert self.target is not None and self.identity is not None
+        try:
+            ctx = await self.gk.mask_context(self.target, sql, analysis, self.identity)
+        except Exception as exc:
+            log.warning("masking context unavailable for %s: %s", self.target.info.name, exc)
+            return Decision(
+                action="deny", rule_id="masking-unavailable",
+                message="masking applies to you on this target and its schema catalogue could not be read; "
+                "statement refused",
+            )
+        if ctx is not None and ctx.refusal:
+            return Decision(action="deny", rule_id=ctx.request.rule_id, message=ctx.refusal)
+        self._last_mask = ctx
+        return None
+
+    def _start_rows(self, body: bytes | bytearray, ctx: MaskContext | None) -> None:
+        """A RowDescription: prepare the rewriter of the rows that follow (None when no column
+        needs masking, so those rows pass as bytes)."""
+        self._rows = None
+        self._row_counts = None
+        if ctx is None:
+            return
+        desc = codec.decode_backend(Backend.ROW_DESCRIPTION, bytes(body))
+        assert isinstance(desc, codec.RowDescription)
+        columns = [
+            Column(f.name, kind_for_oid(f.type_oid), ctx.by_oid.get((f.table_oid, f.column_attr)) if f.table_oid else None)
+            for f in desc.fields
+        ]
+        masks = column_maskers(ctx, columns, "postgres")
+        if masks.active:
+            self._rows = RowMasker(
+                [f.type_oid for f in desc.fields], [f.format for f in desc.fields], masks.maskers,
+            )
+            self._row_counts = masks
+
+    def _end_rows(self, p: _Pending | None) -> None:
+        if self._row_counts is not None and p is not None:
+            self._row_counts.add_counts(p.masked)
+        self._rows = None
+        self._row_counts = None
 
     def _record_refusal(self, rid: int, what: str, decision: Decision, name: str | None = None) -> None:
         """Audit a refusal the gateway made without a SQL text to analyse."""
@@ -671,7 +746,15 @@ class PostgresSession(GovernedSession):
                     self.requests += 1
                     expiry = self._expiry_refusal() if self.identity.expires_at is not None else None  # type: ignore[union-attr]
                     if expiry is None:
-                        pending.append(_Pending("execute", self.requests, self._portals.get(portal)))
+                        if self._masked:
+                            # Learn the portal's formats and column origins just before its rows.
+                            pending.append(
+                                _Pending("execute", self.requests, self._portals.get(portal),
+                                         mask=self._portal_masks.get(portal), inject=True)
+                            )
+                            replacement = codec.encode_frontend(codec.Describe("P", portal)) + bytes(buf[pos:end])
+                        else:
+                            pending.append(_Pending("execute", self.requests, self._portals.get(portal)))
                     else:  # a prepared statement must not outlive the token either
                         self._record_refusal(self.requests, "<execute of a prepared statement>", expiry, portal)
                         marker = self._inject_refusal(self._refusal_bytes(expiry))
@@ -683,12 +766,14 @@ class PostgresSession(GovernedSession):
                     portal = self._decode_sql(bytes(buf[pos + 5 : p_end]))
                     stmt = self._decode_sql(bytes(buf[p_end + 1 : s_end]))
                     self._portals[portal] = self._statements.get(stmt)
+                    self._portal_masks[portal] = self._stmt_masks.get(stmt)
                     prepared = self._prepared_sql.get(stmt)
                     if prepared is not None and prepared[1] != self.gk.policy_version:
                         # The policy changed since this statement was decided: decide again.
                         rid, refusal, error = await self._decide(prepared[0], stmt)
                         if refusal is None:
                             self._prepared_sql[stmt] = (prepared[0], self.gk.policy_version)
+                            self._stmt_masks[stmt] = self._portal_masks[portal] = self._last_mask
                         else:
                             marker = self._inject_refusal(error)
                             replacement = codec.encode_frontend(codec.Parse("", marker))
@@ -704,7 +789,7 @@ class PostgresSession(GovernedSession):
                     rid, refusal, error = await self._decide(self._decode_sql(bytes(buf[pos + 5 : sql_end])), None)
                     self._syncs_sent += 1
                     if refusal is None:
-                        pending.append(_Pending("query", rid))
+                        pending.append(_Pending("query", rid, mask=self._last_mask))
                         if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
                             body = self._sql_comment + bytes(buf[pos + 5 : end])
                             replacement = struct.pack("!BI", Frontend.QUERY, len(body) + 4) + body
@@ -723,11 +808,13 @@ class PostgresSession(GovernedSession):
                     rid, refusal, error = await self._decide(sql, name)
                     if refusal is None:
                         self._statements[name] = rid
+                        self._stmt_masks[name] = self._last_mask
                         if name:  # named statements outlive this pipeline: re-decided on policy change
                             self._prepared_sql[name] = (sql, version)
                     else:
                         self._statements.pop(name, None)
                         self._prepared_sql.pop(name, None)
+                        self._stmt_masks.pop(name, None)
                         marker = self._inject_refusal(error)
                         replacement = codec.encode_frontend(codec.Parse("", marker))
                         self._discarding = True
@@ -737,8 +824,13 @@ class PostgresSession(GovernedSession):
                         if buf[pos + 5] == 0x53:  # 'S'
                             self._statements.pop(name, None)
                             self._prepared_sql.pop(name, None)
+                            self._stmt_masks.pop(name, None)
                         else:
                             self._portals.pop(name, None)
+                            self._portal_masks.pop(name, None)
+                elif mtype == Frontend.DESCRIBE:
+                    if self._masked:  # its RowDescription / NoData is the client's, not ours
+                        pending.append(_Pending("describe"))
                 elif mtype == Frontend.FUNCTION_CALL:
                     self.requests += 1
                     decision = Decision(
@@ -807,7 +899,7 @@ class PostgresSession(GovernedSession):
                 time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
                 request_id=p.request_id, prepared_ref=p.ref, tags=tuple(p.tags), rows=p.rows,
                 duration_ms=round((time.perf_counter() - p.started) * 1000, 3),
-                error=p.error, sqlstate=p.sqlstate,
+                error=p.error, sqlstate=p.sqlstate, masked=p.masked,
             )
         )
 
@@ -815,6 +907,31 @@ class PostgresSession(GovernedSession):
         """Bookkeeping for a watched backend message; returns replacement bytes, if any."""
         pending = self._pending
         head = pending[0] if pending else None
+        if mtype == Backend.DATA_ROW:
+            rows = self._rows
+            if rows is None:
+                return None
+            new = rows.mask_datarow(body)
+            if new is None:
+                return None
+            return struct.pack("!BI", Backend.DATA_ROW, len(new) + 4) + new
+        if mtype == Backend.ROW_DESCRIPTION or mtype == Backend.NO_DATA:
+            if head is not None and head.kind == "describe":
+                pending.popleft()  # the client's own Describe: forward
+                return None
+            if head is not None and head.kind == "execute" and head.inject:
+                head.inject = False
+                if mtype == Backend.ROW_DESCRIPTION:
+                    self._start_rows(body, head.mask)
+                return b""  # our injected Describe: the client did not ask for it
+            if mtype == Backend.ROW_DESCRIPTION:
+                self._start_rows(body, head.mask if head is not None else None)
+            return None
+        if mtype == Backend.ERROR_RESPONSE and self._masked:
+            while head is not None and head.kind == "describe":
+                pending.popleft()
+                head = pending[0] if pending else None
+            self._end_rows(head)
         if mtype == Backend.READY_FOR_QUERY:
             self._tx_status = chr(body[0]) if body else "I"
             while pending:
@@ -838,6 +955,8 @@ class PostgresSession(GovernedSession):
             return None
         if mtype == Backend.COMMAND_COMPLETE:
             tag = bytes(body[:-1]).decode("utf-8", "replace")
+            if self._rows is not None or self._row_counts is not None:
+                self._end_rows(head)
             if head is not None and head.kind != "sync":
                 head.tags.append(tag)
                 rows = codec.command_rows(tag)
@@ -860,11 +979,22 @@ class PostgresSession(GovernedSession):
                 fields = codec.error_fields(bytes(body))
                 head.error = fields.get("M", "error")
                 head.sqlstate = fields.get("C")
+                if head.mask is not None and head.mask.request.redact_errors:
+                    # The server's text can quote a masked value ("invalid input syntax ...: <value>").
+                    head.error = "(hidden: the statement reads masked columns)"
+                    replacement = codec.error_response(
+                        fields.get("C", "XX000"),
+                        f"the statement failed (SQLSTATE {fields.get('C', 'XX000')}); sqlward hides the "
+                        "server's message because the statement reads masked columns",
+                        severity=fields.get("S", "ERROR"),
+                    )
                 if head.kind == "execute":
                     pending.popleft()
                     self._complete(head, events)
             return replacement
         if mtype == Backend.EMPTY_QUERY_RESPONSE or mtype == Backend.PORTAL_SUSPENDED:
+            if self._rows is not None or self._row_counts is not None:
+                self._end_rows(head)
             if head is not None and head.kind == "execute":
                 if mtype == Backend.PORTAL_SUSPENDED:
                     head.tags.append("(suspended)")
@@ -907,7 +1037,7 @@ class PostgresSession(GovernedSession):
                 if length < 4:
                     raise ProtocolViolation(f"upstream sent an invalid message length {length}")
                 end = pos + 1 + length
-                if _WATCH[mtype]:
+                if self._watch[mtype]:
                     if end > n:
                         break
                     replacement = self._on_backend(mtype, buf[pos + 5 : end], events)
