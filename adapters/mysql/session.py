@@ -56,6 +56,8 @@ from audit.events import (
     StatementDecided,
     Who,
 )
+from adapters.mysql.maskrelay import MaskingRelay, RowState
+from masking.context import MaskContext
 from policy.model import Analysis, Decision, Identity
 
 if TYPE_CHECKING:
@@ -147,6 +149,12 @@ class MysqlSession(GovernedSession):
         self._cpipe: Pipe | None = None
         self._sql_comment = b""
         self._upipe: Pipe | None = None
+        # Masking (identities a [[masks]] rule applies to): the context of the request being
+        # decided, per prepared statement, and the row rewriter of each open cursor.
+        self._masked = False
+        self._last_mask: MaskContext | None = None
+        self._stmt_masks: dict[int, MaskContext | None] = {}
+        self._cursor_rows: dict[int, RowState | None] = {}
 
     # ------------------------------------------------------------------------------------
     # helpers
@@ -356,6 +364,8 @@ class MysqlSession(GovernedSession):
         """COM_RESET_CONNECTION (what pools send): reset upstream, then show the identity
         again (the reset clears user variables) before the client gets its OK."""
         self._statements.clear()
+        self._stmt_masks.clear()
+        self._cursor_rows.clear()
         scanner = await self._upstream_command(bytes([Command.RESET_CONNECTION]))
         self._seq = 1
         if scanner.error_code is not None:
@@ -487,6 +497,10 @@ class MysqlSession(GovernedSession):
             if decision.pending:
                 estimates = await self.gk.estimate_rows(self.target, sql, analysis, decision.pending, schema=self.schema)
                 decision = self.gk.decide(analysis, self.identity, info, schema=self.schema, sql=sql, estimates=estimates)
+            self._last_mask = None
+            self._masked = self.gk.masks_apply(self.identity, info)
+            if decision.action == "allow" and self._masked:
+                decision = await self._plan_masking(sql, analysis) or decision
             fingerprint = analysis.fingerprint
             operations = analysis.operations
             tables = analysis.tables
@@ -535,6 +549,65 @@ class MysqlSession(GovernedSession):
             return rid, None, analysis
         return rid, decision, analysis
 
+    async def _plan_masking(self, sql: str, analysis: Analysis) -> Decision | None:
+        """Sets `_last_mask` for an allowed request of a masked identity; returns a refusal when
+        masking cannot protect the result (or the catalogue cannot be read: fail closed)."""
+        assert self.target is not None and self.identity is not None
+        try:
+            ctx = await self.gk.mask_context(self.target, sql, analysis, self.identity, schema=self.schema)
+        except Exception as exc:
+            log.warning("masking context unavailable for %s: %s", self.target.info.name, exc)
+            return Decision(
+                action="deny", rule_id="masking-unavailable",
+                message="masking applies to you on this target and its schema catalogue could not be read; "
+                "statement refused",
+            )
+        if ctx is not None and ctx.refusal:
+            return Decision(action="deny", rule_id=ctx.request.rule_id, message=ctx.refusal)
+        self._last_mask = ctx
+        return None
+
+    async def _forward_masked(
+        self, payload: bytes, shape: Shape, *, ctx: MaskContext | None, binary: bool,
+        rid: int | None = None, ref: int | None = None, audit: bool = True, stmt_id: int | None = None,
+    ) -> MaskingRelay:
+        """`_forward` for sessions under masking: rows are rewritten (`adapters.mysql.maskrelay`)."""
+        assert self._cpipe is not None and self._upipe is not None
+        if rid is None and audit:
+            self.requests += 1
+            rid = self.requests
+        started = time.perf_counter()
+        await self._upipe_send(payload)
+        relay = MaskingRelay(
+            ctx, shape=shape, binary=binary, deprecate_eof=bool(self.client_caps & Capability.DEPRECATE_EOF),
+            capabilities=self.client_caps,
+            rows=self._cursor_rows.get(stmt_id) if shape == Shape.FETCH and stmt_id is not None else None,
+        )
+        buf = self._ubuf
+        upipe, cpipe = self._upipe, self._cpipe
+        while True:
+            if buf:
+                out = relay.feed(buf)
+                if relay.done:
+                    if audit:
+                        event = self._completed(relay.scanner, rid or 0, ref, started)
+                        event = msgspec.structs.replace(
+                            event, masked=relay.masked,
+                            error="(hidden: the statement reads masked columns)" if relay.error_hidden else event.error,
+                        )
+                        self.gk.record(event)
+                    if out:
+                        await cpipe.send(out)
+                    if stmt_id is not None and shape == Shape.RESULTSET:
+                        self._cursor_rows[stmt_id] = relay.cursor_rows
+                    return relay
+                if out:
+                    await cpipe.send(out)
+            data = await upipe.receive()
+            if not data:
+                raise UpstreamLost()
+            buf += data
+
     def _refuse_command(self, name: str, decision: Decision | None = None) -> Decision:
         """Audit (and return) the refusal of a command the gateway refuses without SQL text."""
         assert self.who is not None and self.target is not None
@@ -578,14 +651,31 @@ class MysqlSession(GovernedSession):
                         await self._write(self._refusal(refusal))
                         continue
                     prepared = self._statements[stmt_id] = (prepared[0], prepared[1], self.gk.policy_version)
+                    self._stmt_masks[stmt_id] = self._last_mask
+                if self._masked:
+                    await self._forward_masked(
+                        payload, Shape.RESULTSET, ctx=self._stmt_masks.get(stmt_id), binary=True,
+                        ref=prepared[0] if prepared else None, stmt_id=stmt_id,
+                    )
+                    continue
                 await self._forward(payload, Shape.RESULTSET, ref=prepared[0] if prepared else None)
             elif cmd == Command.STMT_PREPARE:
                 await self._prepare(payload)
             elif cmd in (Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA):
                 if cmd == Command.STMT_CLOSE and len(payload) >= 5:
-                    self._statements.pop(int.from_bytes(payload[1:5], "little"), None)
+                    closed = int.from_bytes(payload[1:5], "little")
+                    self._statements.pop(closed, None)
+                    self._stmt_masks.pop(closed, None)
+                    self._cursor_rows.pop(closed, None)
                 await self._upipe_send(payload)  # no response
             elif cmd == Command.STMT_FETCH:
+                if self._masked and len(payload) >= 5:
+                    fetched = int.from_bytes(payload[1:5], "little")
+                    await self._forward_masked(
+                        payload, Shape.FETCH, ctx=self._stmt_masks.get(fetched), binary=True, audit=False,
+                        stmt_id=fetched,
+                    )
+                    continue
                 await self._forward(payload, Shape.FETCH, audit=False)
             elif cmd in (Command.PING, Command.STMT_RESET, Command.SET_OPTION):
                 await self._forward(payload, Shape.SIMPLE, audit=False)
@@ -644,7 +734,10 @@ class MysqlSession(GovernedSession):
             return
         if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
             payload = payload[:1] + self._sql_comment + payload[1:]
-        scanner = await self._forward(payload, Shape.RESULTSET, rid=rid)
+        if self._masked:
+            scanner = (await self._forward_masked(payload, Shape.RESULTSET, ctx=self._last_mask, binary=False, rid=rid)).scanner
+        else:
+            scanner = await self._forward(payload, Shape.RESULTSET, rid=rid)
         if scanner.error_code is None and analysis is not None:
             if "use" in analysis.operations:
                 for st in analysis.statements:
@@ -674,9 +767,11 @@ class MysqlSession(GovernedSession):
             self._seq = 1
             await self._write(self._refusal(refusal))
             return
+        mask = self._last_mask
         scanner = await self._forward(payload, Shape.PREPARE, audit=False)
         if scanner.statement_id is not None and scanner.error_code is None:
             self._statements[scanner.statement_id] = (rid, sql, version)
+            self._stmt_masks[scanner.statement_id] = mask
 
     async def _forward(
         self, payload: bytes, shape: Shape, *, rid: int | None = None, ref: int | None = None, audit: bool = True,
@@ -859,6 +954,8 @@ class MysqlSession(GovernedSession):
             if reset.error_code is not None:
                 raise UpstreamLost()
         self._statements.clear()
+        self._stmt_masks.clear()
+        self._cursor_rows.clear()
         if request.character_set:
             self.charset = request.character_set
             self.codec = _python_codec(self.charset)
