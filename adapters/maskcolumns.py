@@ -45,12 +45,19 @@ class Column:
 class ColumnMasks:
     """The maskers of one result set and how many values each masked."""
 
-    __slots__ = ("maskers", "labels", "counts")
+    __slots__ = ("maskers", "labels", "counts", "raw", "counted")
 
-    def __init__(self, maskers: list[ValueMasker | None], labels: list[str], counts: list[int]) -> None:
-        self.maskers = maskers
+    def __init__(
+        self, maskers: list[ValueMasker | None], labels: list[str], counts: list[int],
+        raw: list[ValueMasker | None] | None = None, counted: list[bool] | None = None,
+    ) -> None:
+        self.maskers = maskers  # counting maskers (each call on a value counts it)
         self.labels = labels
         self.counts = counts
+        # The same maskers without the counting wrapper where the row rewriter counts itself
+        # (`counted[i]`); classifier maskers count only hits and stay wrapped.
+        self.raw = raw if raw is not None else maskers
+        self.counted = counted if counted is not None else [False] * len(maskers)
 
     @property
     def active(self) -> bool:
@@ -97,6 +104,8 @@ def column_maskers(ctx: MaskContext, columns: Sequence[Column], dialect: str) ->
     scanner = ContentScanner(ctx.classifiers) if ctx.classifiers else None
     counts = [0] * n
     maskers: list[ValueMasker | None] = []
+    raw: list[ValueMasker | None] = []
+    counted: list[bool] = []
     labels: list[str] = []
     for i, col in enumerate(columns):
         if doubt:
@@ -106,12 +115,20 @@ def column_maskers(ctx: MaskContext, columns: Sequence[Column], dialect: str) ->
             if spec is None:
                 spec = col.wire_spec
         if spec is not None:
-            maskers.append(_counting(_safe_masker(spec, col.kind, ctx.hash_key, dialect), counts, i))
+            f = _safe_masker(spec, col.kind, ctx.hash_key, dialect)
+            maskers.append(_counting(f, counts, i))
+            raw.append(f)
+            counted.append(True)
             labels.append(f"{col.name} ({spec.rule_id or 'mask'}: {spec.function})")
         elif scanner is not None and col.kind in _SCANNED:
-            maskers.append(_classifying(scanner, col.kind, dialect, counts, i))
+            f = _classifying(scanner, col.kind, dialect, counts, i)
+            maskers.append(f)
+            raw.append(f)
+            counted.append(False)
             labels.append(f"{col.name} (classifiers)")
         else:
             maskers.append(None)
+            raw.append(None)
+            counted.append(False)
             labels.append("")
-    return ColumnMasks(maskers, labels, counts)
+    return ColumnMasks(maskers, labels, counts, raw, counted)

@@ -788,14 +788,19 @@ class RowMasker:
     """Masks the DataRows of one result shape. Build it once per RowDescription (and per Bind's
     result formats), then call `mask_datarow` / `mask_datarow_message` for every row."""
 
-    __slots__ = ("_plan", "_ncols", "type_oids", "formats")
+    __slots__ = ("_plan", "_ncols", "type_oids", "formats", "_counts")
 
     def __init__(
         self,
         type_oids: Sequence[int],
         formats: Sequence[int],
         maskers: Sequence[Masker | None],
+        *,
+        counts: list[int] | None = None,
+        counted: Sequence[bool] | None = None,
     ) -> None:
+        """`counts` (optional, one per column): incremented for each non-NULL value handed to
+        the masker of a column whose `counted` flag is set (the audit's masked-value counts)."""
         if not len(type_oids) == len(formats) == len(maskers):
             raise ValueError("type_oids, formats and maskers must have one entry per column")
         plan: list[ColumnFn | None] = []
@@ -810,6 +815,14 @@ class RowMasker:
                 plan.append(_binary_column(oid, masker))
         self._plan: tuple[ColumnFn | None, ...] = tuple(plan)
         self._ncols = len(plan)
+        self._counts = counts
+        if counts is not None:
+            flags = tuple(counted) if counted is not None else tuple(m is not None for m in maskers)
+            # Wrap nothing: count in the row loop (a closure per value costs more).
+            self._plan = tuple(
+                (fn, i) if fn is not None and flags[i] else fn  # type: ignore[misc]
+                for i, fn in enumerate(self._plan)
+            )
         self.type_oids = tuple(type_oids)
         self.formats = tuple(formats)
 
@@ -822,7 +835,10 @@ class RowMasker:
 
     def mask_datarow(self, body: bytes | bytearray | memoryview) -> bytes | None:
         """The masked DataRow body, or None when no value changed. Raises ValueError for a
-        malformed body (wrong column count, bad or overrunning lengths, trailing bytes)."""
+        malformed body (wrong column count, bad or overrunning lengths, trailing bytes).
+
+        Hot path (one call per row of a masked result): the columns after the last masked one
+        are walked by a separate, cheaper loop that only checks their lengths."""
         if type(body) is not bytes:
             body = bytes(body)
         size = len(body)
@@ -832,11 +848,19 @@ class RowMasker:
             raise ValueError(
                 f"DataRow has {_unpack_i16(body, 0)[0]} columns, expected {self._ncols}"
             )
+        unpack = _unpack_i32
         pos = 2
-        changes: list[tuple[int, int, bytes | None]] | None = None
+        parts: list[bytes] | None = None
+        prev = 0
+        counts = self._counts
         try:
             for fn in self._plan:
-                n = _unpack_i32(body, pos)[0]
+                n = unpack(body, pos)[0]
+                if fn is None:
+                    pos += 4 + n if n > 0 else 4
+                    if n < -1:
+                        raise ValueError(f"invalid value length {n}")
+                    continue
                 start = pos
                 pos += 4
                 if n < 0:
@@ -844,36 +868,114 @@ class RowMasker:
                         raise ValueError(f"invalid value length {n}")
                     continue
                 end = pos + n
-                if fn is not None:
-                    if end > size:
-                        raise ValueError("DataRow is truncated")
-                    value = body[pos:end]
-                    new = fn(value)
-                    if new is not value and new != value:
-                        if changes is None:
-                            changes = []
-                        changes.append((start, end, new))
+                if end > size:
+                    raise ValueError("DataRow is truncated")
+                value = body[pos:end]
+                if type(fn) is tuple:
+                    fn, index = fn
+                    counts[index] += 1  # type: ignore[index]
+                new = fn(value)
                 pos = end
+                if new is value or new == value:
+                    continue
+                if parts is None:
+                    parts = []
+                parts.append(body[prev:start])
+                if new is None:
+                    parts.append(_NULL_LENGTH)
+                else:
+                    if type(new) is not bytes:
+                        new = bytes(new)
+                    parts.append(_pack_i32(len(new)))
+                    parts.append(new)
+                prev = end
         except struct.error:
             raise ValueError("DataRow is truncated") from None
         if pos != size:
             raise ValueError("DataRow is truncated" if pos > size else "bytes after the last column")
-        if changes is None:
+        if parts is None:
             return None
-        parts: list[bytes] = []
-        prev = 0
-        for start, end, new in changes:
-            parts.append(body[prev:start])
-            if new is None:
-                parts.append(_NULL_LENGTH)
-            else:
-                if type(new) is not bytes:
-                    new = bytes(new)
-                parts.append(_pack_i32(len(new)))
-                parts.append(new)
-            prev = end
         parts.append(body[prev:])
         return b"".join(parts)
+
+    def mask_rows(self, data: bytes, pos: int, limit: int) -> tuple[list[bytes], int]:
+        """Mask the run of complete DataRow messages in `data[pos:limit]` (the relay's buffer):
+        returns the bytes to send in their place (unchanged rows as slices, changed rows
+        re-framed) and the position after the last complete DataRow. Stops at the first
+        message that is not a complete DataRow. ValueError on a malformed row.
+
+        The relay's hot path: one call per received chunk, everything in locals."""
+        out: list[bytes] = []
+        seg = pos
+        plan = self._plan
+        ncols = self._ncols
+        counts = self._counts
+        unpack = _unpack_i32
+        unpack16 = _unpack_i16
+        pack = _pack_i32
+        null = _NULL_LENGTH
+        while limit - pos >= 7 and data[pos] == 0x44:
+            end = pos + 1 + unpack(data, pos + 1)[0]
+            if end > limit:
+                break
+            if unpack16(data, pos + 5)[0] != ncols:
+                raise ValueError(f"DataRow has {unpack16(data, pos + 5)[0]} columns, expected {ncols}")
+            p = pos + 7
+            prev = pos + 5
+            row: list[bytes] | None = None
+            delta = 0
+            for fn in plan:
+                n = unpack(data, p)[0]
+                if fn is None:
+                    if n > 0:
+                        p += 4 + n
+                    elif n == -1 or n == 0:
+                        p += 4
+                    else:
+                        raise ValueError(f"invalid value length {n}")
+                    continue
+                start = p
+                p += 4
+                if n < 0:
+                    if n != -1:
+                        raise ValueError(f"invalid value length {n}")
+                    continue
+                vend = p + n
+                if vend > end:
+                    raise ValueError("DataRow is truncated")
+                value = data[p:vend]
+                if type(fn) is tuple:
+                    fn, index = fn
+                    counts[index] += 1  # type: ignore[index]
+                new = fn(value)
+                p = vend
+                if new is value or new == value:
+                    continue
+                if row is None:
+                    row = [b""]  # the message header, once the new length is known
+                row.append(data[prev:start])
+                if new is None:
+                    row.append(null)
+                    delta -= n
+                else:
+                    if type(new) is not bytes:
+                        new = bytes(new)
+                    row.append(pack(len(new)) + new)
+                    delta += len(new) - n
+                prev = vend
+            if p != end:
+                raise ValueError("DataRow is truncated" if p > end else "bytes after the last column")
+            if row is not None:
+                if seg < pos:
+                    out.append(data[seg:pos])
+                row[0] = b"D" + pack(end - pos - 1 + delta)
+                row.append(data[prev:end])
+                out.append(b"".join(row))
+                seg = end
+            pos = end
+        if seg < pos:
+            out.append(data[seg:pos])
+        return out, pos
 
     def mask_datarow_message(self, msg: bytes | bytearray | memoryview) -> bytes:
         """A complete DataRow message ('D', Int32 length, body), masked and re-framed; the same

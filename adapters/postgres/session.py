@@ -653,7 +653,8 @@ class PostgresSession(GovernedSession):
         masks = column_maskers(ctx, columns, "postgres")
         if masks.active:
             self._rows = RowMasker(
-                [f.type_oid for f in desc.fields], [f.format for f in desc.fields], masks.maskers,
+                [f.type_oid for f in desc.fields], [f.format for f in desc.fields], masks.raw,
+                counts=masks.counts, counted=masks.counted,
             )
             self._row_counts = masks
 
@@ -1024,6 +1025,7 @@ class PostgresSession(GovernedSession):
             events: list[StatementCompleted] = []
             parts: list[bytes] | None = None
             seg = 0
+            data: bytes | None = None
             while pos < n:
                 if skip:
                     step = skip if skip < n - pos else n - pos
@@ -1037,6 +1039,18 @@ class PostgresSession(GovernedSession):
                 if length < 4:
                     raise ProtocolViolation(f"upstream sent an invalid message length {length}")
                 end = pos + 1 + length
+                if mtype == 0x44 and self._rows is not None:  # DataRows of a masked result
+                    if end > n:
+                        break
+                    if data is None:
+                        data = bytes(buf)  # once per chunk: rows are sliced from it
+                    out_rows, after = self._rows.mask_rows(data, pos, n)
+                    if parts is None:
+                        parts = []
+                    parts.append(data[seg:pos])
+                    parts.extend(out_rows)
+                    seg = pos = after
+                    continue
                 if self._watch[mtype]:
                     if end > n:
                         break
