@@ -72,6 +72,7 @@ __all__ = ["Gatekeeper", "SCRAM_ITERATIONS"]
 SCRAM_ITERATIONS = 4096
 ENGINE_FAILURE_RULE = "sqlward-internal-error"
 log = logging.getLogger(__name__)
+_SCHEMA_OPS = frozenset({"create", "alter", "drop", "rename", "truncate"})
 
 
 class _Engine(Protocol):
@@ -446,7 +447,12 @@ class Gatekeeper:
                 extra["sql"] = sql
             if estimates is not None:
                 extra["estimates"] = estimates
-            return self._engine.decide(analysis, identity, target, **extra)
+            decision = self._engine.decide(analysis, identity, target, **extra)
+            if self._masking and decision.action == "allow" and _SCHEMA_OPS.intersection(analysis.operations):
+                # Whoever changes the schema (exempt identities too), masked sessions must see the
+                # new columns: the catalogue is read again before their next statement.
+                self._catalogues.invalidate(target.name)
+            return decision
         except Exception as exc:  # fail closed
             return Decision(
                 action="deny",

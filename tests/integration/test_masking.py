@@ -298,3 +298,21 @@ def test_random_pii_never_leaks(tap: Tap, mask_db: str, emails: list[str], ssn_n
         assert value.encode() not in received, (shape, value)
     for value in ssns:
         assert value.encode() not in received, (shape, value)
+
+
+def test_catalogue_is_read_again_after_ddl(tap: Tap, mask_db: str) -> None:
+    """`SELECT *` is expanded from the schema catalogue: after a column is added through the
+    gateway, the next statement sees it (a stale catalogue would be doubt: every column masked)."""
+    with psycopg.connect(_dsn(tap.port, "dora"), autocommit=True) as d:  # exempt, but DDL refreshes for all
+        d.execute("CREATE TABLE ddl_probe (id int PRIMARY KEY, label text)")
+        d.execute("INSERT INTO ddl_probe VALUES (1, 'plain')")
+    try:
+        with psycopg.connect(_dsn(tap.port), autocommit=True) as c:
+            assert c.execute("SELECT * FROM ddl_probe").fetchall() == [(1, "plain")]
+            c.execute("ALTER TABLE ddl_probe ADD COLUMN ssn text DEFAULT '219-09-9999'")
+            rows = c.execute("SELECT * FROM ddl_probe").fetchall()
+        assert rows[0][:2] == (1, "plain")  # not redacted: the plan knows the new column list
+        assert rows[0][2] != "219-09-9999" and rows[0][2].endswith("99")  # *.ssn masks the new column
+    finally:
+        with psycopg.connect(_admin_dsn(mask_db), autocommit=True) as d:
+            d.execute("DROP TABLE IF EXISTS ddl_probe")
