@@ -36,7 +36,7 @@ __all__ = ["MaskContext", "RequestMask", "plan_request"]
 _NO_ROWS: Final = frozenset(
     {"begin", "commit", "rollback", "set", "use", "savepoint", "release", "listen", "unlisten", "notify",
      "deallocate", "discard", "reset", "checkpoint", "change user", "create", "alter", "drop", "grant",
-     "revoke", "truncate", "comment", "analyze", "kill", "prepare", "execute"}
+     "revoke", "truncate", "comment", "analyze", "kill", "prepare"}
 )
 MASK_RULE_PREFIX: Final = "masking"
 

@@ -340,17 +340,17 @@ def _partial_number(
 # --- email ----------------------------------------------------------------------------------
 
 
-_EMAIL_ASCII: Final = re.compile(rb"([^\s@])([^\s@]*)@((?:[^\s@.]+\.)+[A-Za-z]{2,})")
+_EMAIL_ASCII: Final = re.compile(rb"[^\s@]+@(?:[^\s@.]+\.)+[A-Za-z]{2,}")
 
 
 def _email(value: bytes | None) -> bytes | None:
     if value is None:
         return None
     if value.isascii():  # the common case, on bytes (no decode / encode)
-        m = _EMAIL_ASCII.fullmatch(value)
-        if m is None:
+        if _EMAIL_ASCII.fullmatch(value) is None:
             return _TEXT_REDACTION
-        return (m.group(1) if m.group(2) else b"*") + b"****@" + m.group(3)
+        at = value.index(b"@")
+        return (value[:1] if at > 1 else b"*") + b"****" + value[at:]
     try:
         text = value.decode()
     except UnicodeDecodeError:

@@ -51,6 +51,12 @@ class MaskingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 _FUNCTIONS: Final = frozenset({"redact", "null", "partial", "email", "hash", "truncate_date"})
+_SYSTEM_SCHEMAS: Final = frozenset({"pg_catalog", "information_schema", "mysql", "performance_schema", "sys"})
+# Catalogue views / tables holding sample values (most common values, histograms) of columns.
+_STATISTICS: Final = frozenset(
+    {"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data",
+     "column_statistics", "column_stats"}
+)
 
 
 def rule_problems(rule: MaskRule) -> list[tuple[str, str]]:
@@ -139,10 +145,14 @@ class IdentityMasks:
         return found
 
     def table_masked(self, table: str, catalogue: Catalogue | None, default_schema: str = "") -> bool:
+        if table.lower().rpartition(".")[2] in _STATISTICS and self._patterns:
+            return True  # planner statistics hold sample values of every column
         info = catalogue.lookup(table, default_schema) if catalogue is not None else None
         if info is not None:
             return any(self.spec_for(f"{info.name}.{c.name}") is not None for c in info.columns)
         schema, _, name = table.lower().rpartition(".")
+        if schema in _SYSTEM_SCHEMAS or (not schema and name.startswith("pg_")):
+            return False  # system catalogues (psql's \d, drivers' type introspection)
         return any(p.may_name_table(schema, name) for patterns, _ in self._patterns for p in patterns)
 
     def wire_specs(
