@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
 def _summary(file: str, config: Config) -> str:
     return (
         f"{file}: ok ({len(config.listeners)} listeners, {len(config.targets)} targets, "
-        f"{len(config.identities)} identities, {len(config.rules)} rules)"
+        f"{len(config.identities)} identities, {len(config.rules)} rules"
+        + (f", {len(config.masks)} masks" if config.masks else "")
+        + ")"
     )
 
 

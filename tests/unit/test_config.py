@@ -207,7 +207,7 @@ def test_relative_paths_resolve_against_config_dir_not_cwd(tmp_path: Path, monke
 
 
 def test_example_file_loads_with_env_set() -> None:
-    config = load_config(str(EXAMPLE), env={"SQLWARD_ALICE_SECRET": "alice-secret"})
+    config = load_config(str(EXAMPLE), env={"SQLWARD_ALICE_SECRET": "alice-secret", "SQLWARD_ANALYST_SECRET": "a"})
     assert [li.name for li in config.listeners] == ["pg", "my"]
     assert config.listeners[1].protocol == "mysql" and config.listeners[1].port == 6603
     assert (config.listeners[0].host, config.listeners[0].port) == ("127.0.0.1", 6432)
@@ -218,6 +218,7 @@ def test_example_file_loads_with_env_set() -> None:
     ids = {i.name: i for i in config.identities}
     assert ids["alice"].groups == ("dba",) and ids["alice"].secret == "alice-secret"
     assert ids["ci-agent"].agent is True
+    assert [m.id for m in config.masks] == ["customer-email"] and config.masks[0].exempt_groups == ("dba",)
     rules = {r.id: r for r in config.rules}
     assert rules["no-drop-in-production"].operations == ("drop",)
     assert rules["no-drop-in-production"].environments == ("production",)
@@ -229,7 +230,7 @@ def test_example_file_loads_with_env_set() -> None:
 
 def test_example_file_without_env_names_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(str(EXAMPLE), env={})
+        load_config(str(EXAMPLE), env={"SQLWARD_ANALYST_SECRET": "a"})
     assert str(info.value) == (
         f"{EXAMPLE}: $.identities[0].secret: environment variable SQLWARD_ALICE_SECRET is not set"
     )

@@ -374,13 +374,15 @@ def test_audit_file_in_missing_directory_is_a_config_error(config: Config, tmp_p
 
 def test_cli_check_config_ok(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SQLWARD_ALICE_SECRET", "x")
+    monkeypatch.setenv("SQLWARD_ANALYST_SECRET", "y")
     assert cli.main(["check-config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
-    assert out == f"{EXAMPLE}: ok (2 listeners, 4 targets, 2 identities, 2 rules)\n"
+    assert out == f"{EXAMPLE}: ok (2 listeners, 4 targets, 3 identities, 2 rules, 1 masks)\n"
 
 
 def test_cli_check_config_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SQLWARD_ALICE_SECRET", raising=False)
+    monkeypatch.setenv("SQLWARD_ANALYST_SECRET", "y")
     assert cli.main(["check-config", str(EXAMPLE)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
