@@ -788,7 +788,7 @@ class RowMasker:
     """Masks the DataRows of one result shape. Build it once per RowDescription (and per Bind's
     result formats), then call `mask_datarow` / `mask_datarow_message` for every row."""
 
-    __slots__ = ("_plan", "_ncols", "type_oids", "formats", "_counts")
+    __slots__ = ("_plan", "_ncols", "type_oids", "formats", "_counts", "_last")
 
     def __init__(
         self,
@@ -816,6 +816,7 @@ class RowMasker:
         self._plan: tuple[ColumnFn | None, ...] = tuple(plan)
         self._ncols = len(plan)
         self._counts = counts
+        self._last = max((i for i, fn in enumerate(plan) if fn is not None), default=-1)
         if counts is not None:
             flags = tuple(counted) if counted is not None else tuple(m is not None for m in maskers)
             # Wrap nothing: count in the row loop (a closure per value costs more).
@@ -907,7 +908,9 @@ class RowMasker:
         The relay's hot path: one call per received chunk, everything in locals."""
         out: list[bytes] = []
         seg = pos
-        plan = self._plan
+        # Columns after the last masked one are not walked: their bytes are copied as they came
+        # (nothing in them is masked; the message length frames the row).
+        plan = self._plan[: self._last + 1]
         ncols = self._ncols
         counts = self._counts
         unpack = _unpack_i32
@@ -963,8 +966,8 @@ class RowMasker:
                     row.append(pack(len(new)) + new)
                     delta += len(new) - n
                 prev = vend
-            if p != end:
-                raise ValueError("DataRow is truncated" if p > end else "bytes after the last column")
+            if p > end:
+                raise ValueError("DataRow is truncated")
             if row is not None:
                 if seg < pos:
                     out.append(data[seg:pos])
