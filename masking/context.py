@@ -22,6 +22,7 @@ cross-check maps (`IdentityMasks.wire_specs`) and the content classifiers.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import msgspec
@@ -39,6 +40,7 @@ _NO_ROWS: Final = frozenset(
      "revoke", "truncate", "comment", "analyze", "kill", "prepare"}
 )
 MASK_RULE_PREFIX: Final = "masking"
+_RULE_IN_SENTENCE: Final = re.compile(r'masking rule "([^"]+)"')
 
 
 class RequestMask(msgspec.Struct, frozen=True):
@@ -128,10 +130,11 @@ def plan_request(
         mask_all_on_doubt=settings.mask_all_on_doubt,
     )
     if plan.refusal:
-        rule = next((s.rule_id for s in plan.columns if s is not None), "") or _first_rule(masks)
+        named = _RULE_IN_SENTENCE.search(plan.refusal)
+        rule = named.group(1) if named else _first_rule(masks)
         return RequestMask(plan=plan, refusal=plan.refusal, rule_id=rule, redact_errors=True)
     return RequestMask(
         plan=plan,
-        redact_errors=bool(touched) or bool(plan.masked_sources),
+        redact_errors=bool(touched) or bool(plan.masked_sources) or plan.mask_rest is not None,
         schema_change=schema_change,
     )

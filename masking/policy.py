@@ -72,8 +72,9 @@ def rule_problems(rule: MaskRule) -> list[tuple[str, str]]:
     for i, pattern in enumerate(rule.columns):
         if pattern.count(".") > 2:
             problems.append((f"columns[{i}]", "expected column, table.column or schema.table.column"))
-    if rule.keep_first < 0 or rule.keep_last < 0:
-        problems.append(("keep_first" if rule.keep_first < 0 else "keep_last", "expected an integer >= 0"))
+    for key in ("keep_first", "keep_last"):
+        if getattr(rule, key) < 0:
+            problems.append((key, "expected an integer >= 0"))
     return problems
 
 
@@ -153,7 +154,13 @@ class IdentityMasks:
         schema, _, name = table.lower().rpartition(".")
         if schema in _SYSTEM_SCHEMAS or (not schema and name.startswith("pg_")):
             return False  # system catalogues (psql's \d, drivers' type introspection)
-        return any(p.may_name_table(schema, name) for patterns, _ in self._patterns for p in patterns)
+        # An unqualified name may live in any schema (search path, current database): a rule's
+        # schema part then cannot rule it out (fail closed).
+        return any(
+            p.may_name_table(schema, name) if schema else (p.table is None or p.table.match(name) is not None)
+            for patterns, _ in self._patterns
+            for p in patterns
+        )
 
     def wire_specs(
         self, catalogue: Catalogue

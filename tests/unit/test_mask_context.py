@@ -123,14 +123,6 @@ def test_several_statements_reading_masked_table_are_refused(dialect: str, sql: 
     assert not r.plan.needs_masking
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: masking/policy.py:153 (IdentityMasks.table_masked) matches an unqualified table missing "
-        "from the catalogue with schema '', so with a schema-qualified rule the multi-statement check "
-        "of masking/context.py does not see customers as masked: no refusal, empty plan, clear rows"
-    ),
-)
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_several_statements_reading_uncatalogued_table_of_qualified_rule_are_refused(dialect: str) -> None:
     schema = CATALOGUE_SCHEMA[dialect]
@@ -233,14 +225,6 @@ def test_unmasked_column_in_predicate_is_allowed(dialect: str) -> None:
     assert r.plan.columns == (EMAIL,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: masking/context.py:131 takes rule_id from plan.columns, which build_plan leaves empty on "
-        "every refusal, so rule_id is always the identity's first rule (pii-email) even when the "
-        "refusal sentence names another rule (pii-ssn)"
-    ),
-)
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_predicate_refusal_rule_id_is_the_rule_of_the_probed_column(dialect: str) -> None:
     r = _plan(dialect, "SELECT id FROM customers WHERE ssn = '123-45-6789'")
@@ -298,15 +282,6 @@ def test_untraceable_lineage_over_unmasked_table_changes_nothing(dialect: str) -
     assert _nothing_to_do(r)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: masking/context.py:135 sets redact_errors only from touched tables / masked_sources; an "
-        "opaque statement (table function) masked in full under mask_all_on_doubt gets "
-        "redact_errors=False, so server error texts quoting values it read pass in clear, unlike the "
-        "unparsable-statement doubt path (line 102) which sets redact_errors=True"
-    ),
-)
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_mask_on_doubt_plan_of_opaque_statement_redacts_errors(dialect: str) -> None:
     r = _plan(dialect, "SELECT * FROM somefunc()", doubt=True)

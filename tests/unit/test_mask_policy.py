@@ -266,15 +266,6 @@ def test_table_masked_classifier_only_rules_name_no_table() -> None:
     assert masks.table_masked("public.unknown", PG_CAT) is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: masking/policy.py IdentityMasks.table_masked: an unqualified table missing from the "
-        "catalogue is matched with schema '' (default_schema and the search path are ignored), so a "
-        "schema-qualified rule like public.customers.email never names it and the table counts as "
-        "unmasked (fail open)"
-    ),
-)
 @pytest.mark.parametrize(
     "pattern, table, default_schema",
     [("public.customers.email", "customers", "public"), ("shop.customers.email", "customers", "shop")],
@@ -371,13 +362,6 @@ def test_rule_problems_negative_keep_counts() -> None:
     assert _fields(MaskRule(id="r", columns=("ssn",), keep_last=-2)) == ["keep_last"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (minor): masking/policy.py rule_problems reports only keep_first when both keep_first and "
-        "keep_last are negative, although it promises one (field, message) per problem"
-    ),
-)
 def test_rule_problems_both_keep_counts_negative_reports_both() -> None:
     assert sorted(_fields(MaskRule(id="r", columns=("ssn",), keep_first=-1, keep_last=-1))) == [
         "keep_first",
