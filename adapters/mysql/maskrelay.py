@@ -29,7 +29,7 @@ from masking.context import MaskContext
 from adapters.maskcolumns import Column, ColumnMasks, column_maskers
 from adapters.mysql import messages
 from adapters.mysql.packets import MAX_PACKET_CHUNK, ProtocolViolation, encode_packets
-from adapters.mysql.response import ResponseScanner, Shape, _State
+from adapters.mysql.response import CURSOR_EXISTS, ResponseScanner, Shape, _State
 from adapters.mysql.rowmask import BinaryRowMasker, TextRowMasker, kind_for_column
 
 __all__ = ["MaskingRelay", "RowState"]
@@ -115,6 +115,10 @@ class MaskingRelay:
                 self._start_rows()
                 if scanner.state == _State.DONE:  # a cursor: the rows come by COM_STMT_FETCH
                     self.cursor_rows = self._rows
+            if state == _State.ROWS and scanner.state == _State.DONE and scanner.status & CURSOR_EXISTS:
+                # CLIENT_DEPRECATE_EOF: the metadata of a cursor ends with an OK carrying
+                # SERVER_STATUS_CURSOR_EXISTS, after which the rows come by COM_STMT_FETCH.
+                self.cursor_rows = self._rows
             if state == _State.ROWS and scanner.state != _State.ROWS:
                 self._end_rows()
             if new is None and self._delta == 0:

@@ -671,6 +671,16 @@ class MysqlSession(GovernedSession):
             elif cmd == Command.STMT_FETCH:
                 if self._masked and len(payload) >= 5:
                     fetched = int.from_bytes(payload[1:5], "little")
+                    if self._cursor_rows.get(fetched) is None and self._stmt_masks.get(fetched) is not None:
+                        # No row rewriter was set up when the cursor was opened: fail closed.
+                        decision = Decision(
+                            action="deny", rule_id="masking-cursor",
+                            message="this cursor's rows cannot be masked; fetch without a server-side cursor",
+                        )
+                        self._refuse_command("fetch from a cursor", decision)
+                        self._seq = 1
+                        await self._write(self._refusal(decision))
+                        continue
                     await self._forward_masked(
                         payload, Shape.FETCH, ctx=self._stmt_masks.get(fetched), binary=True, audit=False,
                         stmt_id=fetched,

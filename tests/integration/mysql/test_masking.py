@@ -9,6 +9,7 @@ CLI for a few), none of the original values may appear, answered or refused.
 from __future__ import annotations
 
 import datetime as dt
+import struct
 import os
 import subprocess
 from typing import Iterator
@@ -257,3 +258,34 @@ def test_random_pii_never_leaks(tap: Tap, mask_db: str, emails: list[str], shape
     (_run_connector_prepared if prepared else _run_pymysql)(tap.port, shape)
     for value in emails:
         assert value.encode() not in tap.received, (shape, value)
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_server_side_cursor_rows_are_masked(tap: Tap, deprecate_eof: bool) -> None:
+    """COM_STMT_EXECUTE with a read-only cursor returns only the metadata; the rows come by
+    COM_STMT_FETCH, and are masked with the plan of the statement that opened the cursor."""
+    from tests.support import mywire
+
+    caps = mywire.DEFAULT_CAPABILITIES | mywire.CLIENT_DEPRECATE_EOF
+    if not deprecate_eof:
+        caps &= ~mywire.CLIENT_DEPRECATE_EOF
+    tap.reset()
+    with mywire.RawMySQL.open("127.0.0.1", tap.port) as c:
+        c.read_handshake()
+        c.login("ana", SECRETS["ana"], DB, capabilities=caps)
+        st = c.stmt_prepare("SELECT id, email, ssn FROM customers ORDER BY id")
+        c.command(0x17, struct.pack("<IBI", st.stmt_id, 0x01, 1))  # CURSOR_TYPE_READ_ONLY
+        n = mywire.Buf(c.read_packet()).lenenc()
+        cols = c._read_columns(n)
+        if deprecate_eof:  # the metadata ends with an OK (0xFE) carrying SERVER_STATUS_CURSOR_EXISTS
+            assert c.read_packet()[:1] == b"\xfe"
+        fetched: list = []
+        for _ in range(3):
+            c.command(0x1C, struct.pack("<II", st.stmt_id, 1))  # COM_STMT_FETCH, one row
+            rows, _ = c._read_rows(cols, binary=True)
+            fetched += rows
+        c.stmt_close(st)
+        assert c.scalar("SELECT 7") == 7  # the session goes on
+    assert [r[0] for r in fetched] == [1, 2]
+    assert [r[1] for r in fetched] == ["z****@example.com", "z****@corp-mail.io"]
+    assert not _leaks(tap.received), _leaks(tap.received)
