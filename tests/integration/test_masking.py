@@ -316,3 +316,40 @@ def test_catalogue_is_read_again_after_ddl(tap: Tap, mask_db: str) -> None:
     finally:
         with psycopg.connect(_admin_dsn(mask_db), autocommit=True) as d:
             d.execute("DROP TABLE IF EXISTS ddl_probe")
+
+
+def test_cursors_pipelines_and_sql_level_prepare(tap: Tap) -> None:
+    """Rows fetched through a portal in batches (asyncpg cursor), several Executes in one
+    psycopg pipeline, and SQL-level PREPARE / EXECUTE and COPY of a query: masked or refused."""
+    tap.reset()
+
+    async def cursor_batches() -> list[str]:
+        conn = await asyncpg.connect(_dsn(tap.port), ssl=False)
+        try:
+            async with conn.transaction():
+                cur = await conn.cursor("SELECT email FROM customers ORDER BY id")
+                return [r["email"] for r in await cur.fetch(1)] + [r["email"] for r in await cur.fetch(5)]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(cursor_batches()) == ["z****@example.com", "z****@corp-mail.io"]
+    with psycopg.connect(_dsn(tap.port), autocommit=True) as c:
+        with c.pipeline():
+            a = c.execute("SELECT email FROM customers WHERE id = %s", (1,))
+            b = c.execute("SELECT name, ssn FROM customers WHERE id = %s", (2,))
+            d = c.execute("SELECT card FROM customers WHERE id = %s", (1,))
+        assert a.fetchall() == [("z****@example.com",)]
+        assert b.fetchone()[1] != SSNS[1]
+        assert d.fetchone()[0] != CARDS[0]
+        c.execute("PREPARE p AS SELECT email FROM customers ORDER BY id")
+        try:
+            rows = c.execute("EXECUTE p").fetchall()
+        except psycopg.Error:
+            rows = []  # refused: its lineage cannot be traced
+        assert all(r[0] not in EMAILS for r in rows)
+        with pytest.raises(psycopg.Error):
+            with c.cursor().copy("COPY (SELECT email FROM customers) TO STDOUT") as cp:
+                for _ in cp:
+                    pass
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    assert not _leaks(tap.received), _leaks(tap.received)
