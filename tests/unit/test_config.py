@@ -385,6 +385,34 @@ def test_rule_errors(tmp_path: Path) -> None:
     assert_problem(err, "$.rules[0].id", "required field is missing")
 
 
+def test_new_rule_criteria_errors_name_the_key(tmp_path: Path) -> None:
+    err = load_error(tmp_path, MINIMAL + '\n[[rules]]\nid = "r"\naction = "deny"\nhours = "9-17"\ndays = ["someday"]\n')
+    assert_problem(err, "$.rules[0].hours", "HH:MM-HH:MM")
+    assert_problem(err, "$.rules[0].days", "unknown day 'someday'")
+    err = load_error(tmp_path, MINIMAL + '\n[[rules]]\nid = "r"\naction = "allow"\napprovers = ["group:dba"]\n')
+    assert_problem(err, "$.rules[0].approvers", "only a review rule")
+
+
+def test_mask_errors_name_the_key(tmp_path: Path) -> None:
+    err = load_error(tmp_path, MINIMAL + '\n[[masks]]\nid = "m"\nfunction = "scramble"\ncolumns = ["a.b"]\n')
+    assert_problem(err, "$.masks[0].function", "Invalid enum value 'scramble'")
+    err = load_error(tmp_path, MINIMAL + '\n[[masks]]\nid = "m"\n')
+    assert_problem(err, "$.masks[0].columns", "columns (globs) or classifiers")
+    err = load_error(tmp_path, MINIMAL + '\n[[masks]]\nid = "m"\ncolumns = ["a.b"]\nfunction = "hash"\n')
+    assert_problem(err, "$.masking.hash_key", "function \"hash\"")
+    err = load_error(tmp_path, MINIMAL + '\n[[masks]]\nid = "m"\ncolumns = ["a.b"]\n\n[[masks]]\nid = "m"\ncolumns = ["c"]\n')
+    assert_problem(err, "$.masks[1].id", "duplicate mask id 'm'")
+    err = load_error(tmp_path, MINIMAL + '\n[masking]\nhash_key = "k"\nhash_key_file = "f"\n')
+    assert_problem(err, "$.masking.hash_key_file", "both hash_key and hash_key_file")
+
+
+def test_masks_load_with_a_hash_key_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + '\n[masking]\nhash_key = "${KEY}"\n\n[[masks]]\nid = "m"\ncolumns = ["*.ssn"]\nfunction = "hash"\nexempt_groups = ["dpo"]\n')
+    config = load_config(path, env={"KEY": "s3cret"})
+    assert config.masking.hash_key == "s3cret"
+    assert config.masks[0].columns == ("*.ssn",) and config.masks[0].exempt_groups == ("dpo",)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks
 
