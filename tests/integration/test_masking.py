@@ -353,3 +353,29 @@ def test_cursors_pipelines_and_sql_level_prepare(tap: Tap) -> None:
                     pass
         assert c.execute("SELECT 1").fetchone() == (1,)
     assert not _leaks(tap.received), _leaks(tap.received)
+
+
+def test_masks_in_a_policy_file_follow_a_reload_without_dropping_sessions(mask_db: str) -> None:
+    import time as _time
+
+    gw = GatewayProcess(
+        targets=[target("shop", f"postgresql://postgres@127.0.0.1:5432/{mask_db}?sslmode=disable", "staging")],
+        identities=[{"name": "ana", "secret": SECRETS["ana"], "groups": ["analysts"]}],
+        extra={"gateway": {"name": "it-mask-reload", "policy_files": ["policies/*.toml"]}},
+    )
+    policy = gw.dir / "policies" / "masks.toml"
+    policy.parent.mkdir()
+    policy.write_text('[[rules]]\nid = "ok"\naction = "allow"\n')
+    with gw, psycopg.connect(_dsn(gw.port), autocommit=True, prepare_threshold=None) as c:
+        assert c.execute("SELECT email FROM customers WHERE id = 1").fetchone() == (EMAILS[0],)
+        _time.sleep(1.1)
+        policy.write_text(
+            '[[rules]]\nid = "ok"\naction = "allow"\n\n'
+            '[[masks]]\nid = "pii-email"\ncolumns = ["customers.email"]\nfunction = "email"\n'
+        )
+        deadline = _time.monotonic() + 10
+        value = EMAILS[0]
+        while _time.monotonic() < deadline and value == EMAILS[0]:
+            _time.sleep(0.2)
+            value = c.execute("SELECT email FROM customers WHERE id = 1").fetchone()[0]
+        assert value == "z****@example.com", gw.stderr_text()
