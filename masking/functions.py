@@ -284,9 +284,17 @@ def _redact_pg_time(value: bytes | None) -> bytes | None:
 def _partial_text(keep_first: int, keep_last: int) -> ValueMasker:
     keep = keep_first + keep_last
 
+    stars = [b"*" * i for i in range(64)]
+
     def mask(value: bytes | None) -> bytes | None:
         if value is None:
             return None
+        if value.isascii():  # characters are bytes: no decode / encode
+            n = len(value)
+            if keep >= n:
+                return stars[n] if n < 64 else b"*" * n
+            middle = n - keep
+            return value[:keep_first] + (stars[middle] if middle < 64 else b"*" * middle) + value[n - keep_last :]
         try:
             text = value.decode()
         except UnicodeDecodeError:

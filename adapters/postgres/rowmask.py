@@ -72,6 +72,7 @@ import struct
 import uuid
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
+from typing import Final
 
 from masking.model import TypeKind
 
@@ -784,6 +785,9 @@ def _binary_column(type_oid: int, masker: Masker) -> ColumnFn:
     return column
 
 
+_SMALL_LENGTHS: Final = tuple(struct.pack("!i", i) for i in range(256))
+
+
 class RowMasker:
     """Masks the DataRows of one result shape. Build it once per RowDescription (and per Bind's
     result formats), then call `mask_datarow` / `mask_datarow_message` for every row."""
@@ -916,6 +920,7 @@ class RowMasker:
         unpack = _unpack_i32
         unpack16 = _unpack_i16
         pack = _pack_i32
+        lengths = _SMALL_LENGTHS
         null = _NULL_LENGTH
         while limit - pos >= 7 and data[pos] == 0x44:
             end = pos + 1 + unpack(data, pos + 1)[0]
@@ -963,8 +968,9 @@ class RowMasker:
                 else:
                     if type(new) is not bytes:
                         new = bytes(new)
-                    row.append(pack(len(new)) + new)
-                    delta += len(new) - n
+                    size = len(new)
+                    row.append((lengths[size] if size < 256 else pack(size)) + new)
+                    delta += size - n
                 prev = vend
             if p > end:
                 raise ValueError("DataRow is truncated")
