@@ -269,6 +269,7 @@ def _constant(constant: bytes) -> ValueMasker:
     def mask(value: bytes | None) -> bytes | None:
         return None if value is None else constant
 
+    mask.fast = ("const", constant)  # type: ignore[attr-defined]  # compiled row walk
     return mask
 
 
@@ -304,6 +305,7 @@ def _partial_text(keep_first: int, keep_last: int) -> ValueMasker:
             return b"*" * n
         return (text[:keep_first] + "*" * (n - keep) + text[n - keep_last :]).encode()
 
+    mask.fast = ("partial", keep_first, keep_last)  # type: ignore[attr-defined]  # compiled row walk
     return mask
 
 
@@ -369,6 +371,12 @@ def _email(value: bytes | None) -> bytes | None:
     local = m.group(1)
     head = local[0] if len(local) > 1 else "*"
     return (head + "****@" + m.group(2)).encode()
+
+
+# The compiled PostgreSQL row walk (adapters/postgres/_rowwalk.pyx) runs these maskers itself on
+# ASCII values; `fast` says which one (and it calls the function for anything else).
+_email.fast = ("email", _TEXT_REDACTION)  # type: ignore[attr-defined]
+_null.fast = ("null",)  # type: ignore[attr-defined]
 
 
 # --- hash -----------------------------------------------------------------------------------

@@ -76,6 +76,11 @@ from typing import Final
 
 from masking.model import TypeKind
 
+try:  # the compiled row walk (adapters/postgres/_rowwalk.pyx), when it was built
+    from adapters.postgres import _rowwalk
+except ImportError:  # no C compiler at install time: the pure-Python walk below
+    _rowwalk = None  # type: ignore[assignment]
+
 from .codec import FieldDescription
 
 __all__ = [
@@ -786,13 +791,27 @@ def _binary_column(type_oid: int, masker: Masker) -> ColumnFn:
 
 
 _SMALL_LENGTHS: Final = tuple(struct.pack("!i", i) for i in range(256))
+_FAST_CODES: Final = {"const": 1, "null": 2, "partial": 3, "email": 4}
+
+
+def _fast_entry(entry: object) -> tuple[object, ...] | None:
+    """A `_rowwalk` plan entry: (masker, count index, code, a, b); see _rowwalk.pyx."""
+    if entry is None:
+        return None
+    fn, index = entry if type(entry) is tuple else (entry, -1)  # type: ignore[misc]
+    fast = getattr(fn, "fast", None)
+    if fast is None:
+        return (fn, index, 0, None, None)
+    name, *args = fast
+    args += [None] * (2 - len(args))
+    return (fn, index, _FAST_CODES[name], args[0], args[1])
 
 
 class RowMasker:
     """Masks the DataRows of one result shape. Build it once per RowDescription (and per Bind's
     result formats), then call `mask_datarow` / `mask_datarow_message` for every row."""
 
-    __slots__ = ("_plan", "_ncols", "type_oids", "formats", "_counts", "_last")
+    __slots__ = ("_plan", "_ncols", "type_oids", "formats", "_counts", "_last", "_fast_plan", "_fast_counts")
 
     def __init__(
         self,
@@ -821,6 +840,7 @@ class RowMasker:
         self._ncols = len(plan)
         self._counts = counts
         self._last = max((i for i, fn in enumerate(plan) if fn is not None), default=-1)
+        # The compiled walk's plan: up to the last masked column, (masker, count index or -1).
         if counts is not None:
             flags = tuple(counted) if counted is not None else tuple(m is not None for m in maskers)
             # Wrap nothing: count in the row loop (a closure per value costs more).
@@ -830,6 +850,8 @@ class RowMasker:
             )
         self.type_oids = tuple(type_oids)
         self.formats = tuple(formats)
+        self._fast_plan = tuple(_fast_entry(e) for e in self._plan[: self._last + 1])
+        self._fast_counts = counts if counts is not None else []
 
     @classmethod
     def from_fields(
@@ -904,6 +926,19 @@ class RowMasker:
         return b"".join(parts)
 
     def mask_rows(self, data: bytes, pos: int, limit: int) -> tuple[list[bytes], int]:
+        """Mask the run of complete DataRow messages in `data[pos:limit]` (see
+        `_mask_rows_py`); the compiled `_rowwalk` does it when it was built."""
+        if _rowwalk is not None:
+            return _rowwalk.mask_rows(data, pos, limit, self._ncols, self._fast_plan, self._fast_counts)  # type: ignore[no-any-return]
+        return self._mask_rows_py(data, pos, limit)
+
+    def _mask_rows_py(self, data: bytes, pos: int, limit: int) -> tuple[list[bytes], int]:
+        try:
+            return self._walk_rows(data, pos, limit)
+        except struct.error:  # a length field runs past the buffer
+            raise ValueError("DataRow is truncated") from None
+
+    def _walk_rows(self, data: bytes, pos: int, limit: int) -> tuple[list[bytes], int]:
         """Mask the run of complete DataRow messages in `data[pos:limit]` (the relay's buffer):
         returns the bytes to send in their place (unchanged rows as slices, changed rows
         re-framed) and the position after the last complete DataRow. Stops at the first

@@ -1044,7 +1044,10 @@ class PostgresSession(GovernedSession):
                         break
                     if data is None:
                         data = bytes(buf)  # once per chunk: rows are sliced from it
-                    out_rows, after = self._rows.mask_rows(data, pos, n)
+                    try:
+                        out_rows, after = self._rows.mask_rows(data, pos, n)
+                    except ValueError as exc:  # never forward what could not be masked
+                        raise ProtocolViolation(f"upstream sent a DataRow that cannot be masked: {exc}") from exc
                     if parts is None:
                         parts = []
                     parts.append(data[seg:pos])
