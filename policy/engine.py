@@ -535,6 +535,7 @@ class Engine:
         now = self._clock()
         first_review: Decision | None = None
         allowed_by: list[str] = []
+        allowed_facts: list[str] = []
         pending: list[int] = []
         guardrails = self._active_guardrails(target.environment)
         for g in guardrails:
@@ -659,6 +660,7 @@ class Engine:
                     )
                 continue
             allowed_by.append(rule_id)
+            allowed_facts.extend(matched)
         if pending:
             return Decision(
                 action="deny",
@@ -669,7 +671,9 @@ class Engine:
             )
         if first_review is not None:
             return first_review
-        return Decision(action="allow", rule_id=",".join(dict.fromkeys(allowed_by)))
+        return Decision(
+            action="allow", rule_id=",".join(dict.fromkeys(allowed_by)), facts=tuple(dict.fromkeys(allowed_facts))
+        )
 
 
 def _by(approvers: Sequence[str]) -> str:

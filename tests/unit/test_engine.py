@@ -516,3 +516,11 @@ def test_review_names_who_may_approve() -> None:
     assert d.action == "review" and d.message == 'needs approval (rule "big", by group:dba or bot:change-bot)'
     d = _decide_sql(e, "TRUNCATE t", target=STAGING)
     assert d.action == "review" and 'guardrail "truncate", by group:sre' in d.message
+
+
+def test_allow_decisions_are_explained_too() -> None:
+    e = Engine([Rule(id="reads", action="allow", operations=("select",))], ENVS, version=1)
+    d = _decide_sql(e, "SELECT * FROM t")
+    assert (d.action, d.rule_id, d.facts) == ("allow", "reads", ("operations=select",))
+    d = _decide_sql(e, "INSERT INTO t VALUES (1)", target=STAGING)
+    assert d.action == "allow" and d.facts == ("no rule matched", "environment=staging", "default=allow")
