@@ -16,9 +16,10 @@ from typing import Any
 import trio
 
 from adapters import identity as ident
-from adapters.base import AuditUnavailable, Gatekeeper
+from adapters.base import AuditUnavailable, Gatekeeper, Target
 from audit.events import Who
-from policy.model import Decision, Identity
+from masking.context import MaskContext
+from policy.model import Analysis, Decision, Identity
 
 log = logging.getLogger("sqlward")
 
@@ -53,6 +54,40 @@ class GovernedSession:
             self.gk.record(event)  # type: ignore[arg-type]
         except AuditUnavailable:
             log.error("audit unavailable: %s event lost", type(event).__name__)
+
+    target: Target | None = None
+    # Masking state shared by both protocols: whether a [[masks]] rule applies to this identity
+    # on this target, and the MaskContext of the request decided last.
+    _masked: bool = False
+    _last_mask: MaskContext | None = None
+
+    async def _finish_decision(self, decision: Decision, analysis: Analysis, sql: str, schema: str) -> Decision:
+        """The steps after the (cached) policy decision that need I/O, shared by both protocols:
+        a pending decision gets its row estimates (EXPLAIN on a side connection) and is decided
+        again; an allowed request of an identity under masking gets its MaskContext
+        (`_last_mask`), or a refusal when masking cannot protect its result."""
+        assert self.target is not None and self.identity is not None
+        info = self.target.info
+        if decision.pending:
+            estimates = await self.gk.estimate_rows(self.target, sql, analysis, decision.pending, schema=schema)
+            decision = self.gk.decide(analysis, self.identity, info, schema=schema, sql=sql, estimates=estimates)
+        self._last_mask = None
+        self._masked = self.gk.masks_apply(self.identity, info)
+        if decision.action != "allow" or not self._masked:
+            return decision
+        try:
+            ctx = await self.gk.mask_context(self.target, sql, analysis, self.identity, schema=schema)
+        except Exception as exc:  # the catalogue cannot be read: fail closed
+            log.warning("masking context unavailable for %s: %s", info.name, exc)
+            return Decision(
+                action="deny", rule_id="masking-unavailable",
+                message="masking applies to you on this target and its schema catalogue could not be read; "
+                "statement refused",
+            )
+        if ctx is not None and ctx.refusal:
+            return Decision(action="deny", rule_id=ctx.request.rule_id, message=ctx.refusal)
+        self._last_mask = ctx
+        return decision
 
     def _update_identity(self, identity: Identity) -> None:
         self.identity = identity

@@ -151,8 +151,6 @@ class MysqlSession(GovernedSession):
         self._upipe: Pipe | None = None
         # Masking (identities a [[masks]] rule applies to): the context of the request being
         # decided, per prepared statement, and the row rewriter of each open cursor.
-        self._masked = False
-        self._last_mask: MaskContext | None = None
         self._stmt_masks: dict[int, MaskContext | None] = {}
         self._cursor_rows: dict[int, RowState | None] = {}
 
@@ -494,13 +492,7 @@ class MysqlSession(GovernedSession):
                 or (_TAMPERING if ident.mysql_identity_write(sql) else None)
                 or self.gk.decide(analysis, self.identity, info, schema=self.schema, sql=sql)
             )
-            if decision.pending:
-                estimates = await self.gk.estimate_rows(self.target, sql, analysis, decision.pending, schema=self.schema)
-                decision = self.gk.decide(analysis, self.identity, info, schema=self.schema, sql=sql, estimates=estimates)
-            self._last_mask = None
-            self._masked = self.gk.masks_apply(self.identity, info)
-            if decision.action == "allow" and self._masked:
-                decision = await self._plan_masking(sql, analysis) or decision
+            decision = await self._finish_decision(decision, analysis, sql, self.schema)
             fingerprint = analysis.fingerprint
             operations = analysis.operations
             tables = analysis.tables
@@ -548,24 +540,6 @@ class MysqlSession(GovernedSession):
         if decision.action == "allow":
             return rid, None, analysis
         return rid, decision, analysis
-
-    async def _plan_masking(self, sql: str, analysis: Analysis) -> Decision | None:
-        """Sets `_last_mask` for an allowed request of a masked identity; returns a refusal when
-        masking cannot protect the result (or the catalogue cannot be read: fail closed)."""
-        assert self.target is not None and self.identity is not None
-        try:
-            ctx = await self.gk.mask_context(self.target, sql, analysis, self.identity, schema=self.schema)
-        except Exception as exc:
-            log.warning("masking context unavailable for %s: %s", self.target.info.name, exc)
-            return Decision(
-                action="deny", rule_id="masking-unavailable",
-                message="masking applies to you on this target and its schema catalogue could not be read; "
-                "statement refused",
-            )
-        if ctx is not None and ctx.refusal:
-            return Decision(action="deny", rule_id=ctx.request.rule_id, message=ctx.refusal)
-        self._last_mask = ctx
-        return None
 
     async def _forward_masked(
         self, payload: bytes, shape: Shape, *, ctx: MaskContext | None, binary: bool,

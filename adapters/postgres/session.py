@@ -198,8 +198,6 @@ class PostgresSession(GovernedSession):
         self._sql_comment = b""
         # Masking (only for identities a [[masks]] rule applies to; see adapters.maskcolumns).
         self._watch = _WATCH
-        self._masked = False
-        self._last_mask: MaskContext | None = None
         self._stmt_masks: dict[str, MaskContext | None] = {}
         self._portal_masks: dict[str, MaskContext | None] = {}
         self._rows: RowMasker | None = None  # rewriter of the result set being relayed
@@ -573,14 +571,8 @@ class PostgresSession(GovernedSession):
             analysis = self.gk.analyse(sql, "postgres")
             expiry = self._expiry_refusal()
             decision = expiry or _tampering(sql) or self.gk.decide(analysis, self.identity, info, sql=sql)
-            if decision.pending:
-                estimates = await self.gk.estimate_rows(self.target, sql, analysis, decision.pending, schema="")
-                decision = self.gk.decide(analysis, self.identity, info, sql=sql, estimates=estimates)
-            self._last_mask = None
-            self._masked = self.gk.masks_apply(self.identity, info)
+            decision = await self._finish_decision(decision, analysis, sql, "")
             self._watch = _WATCH_MASKED if self._masked else _WATCH
-            if decision.action == "allow" and self._masked:
-                decision = await self._plan_masking(sql, analysis) or decision
             fingerprint = analysis.fingerprint
             operations = analysis.operations
             tables = analysis.tables
@@ -618,24 +610,6 @@ class PostgresSession(GovernedSession):
                 message=decision.message or f'statement needs approval (rule "{decision.rule_id}")',
             )
         return rid, decision, self._refusal_bytes(decision)
-
-    async def _plan_masking(self, sql: str, analysis: Analysis) -> Decision | None:
-        """Sets `_last_mask` for an allowed request of a masked identity; returns a refusal when
-        masking cannot protect the result (or the catalogue cannot be read: fail closed)."""
-        assert self.target is not None and self.identity is not None
-        try:
-            ctx = await self.gk.mask_context(self.target, sql, analysis, self.identity)
-        except Exception as exc:
-            log.warning("masking context unavailable for %s: %s", self.target.info.name, exc)
-            return Decision(
-                action="deny", rule_id="masking-unavailable",
-                message="masking applies to you on this target and its schema catalogue could not be read; "
-                "statement refused",
-            )
-        if ctx is not None and ctx.refusal:
-            return Decision(action="deny", rule_id=ctx.request.rule_id, message=ctx.refusal)
-        self._last_mask = ctx
-        return None
 
     def _start_rows(self, body: bytes | bytearray, ctx: MaskContext | None) -> None:
         """A RowDescription: prepare the rewriter of the rows that follow (None when no column
