@@ -29,6 +29,7 @@ GUARDRAILS = {
     "mass-write": {"environments": ["production"], "max_rows": 100},
     "where-always-true": {"environments": ["production"]},
     "parser-mismatch": {"environments": ["production"]},
+    "identity-escalation": {"environments": ["production"]},
 }
 
 
@@ -189,3 +190,28 @@ def test_policy_test_cli_asks_the_upstream_only_for_an_estimate(guarded_gateway)
         assert report["estimates"]["1"] > 100 and any(f.startswith("estimated_rows=") for f in report["facts"])
         code, report = run("SELECT * FROM est_big", target_name)
         assert code == 0 and report["estimates"] == {}, report
+
+
+def test_change_user_is_refused_by_identity_escalation(guarded_gateway):
+    """COM_CHANGE_USER switches the identity a session acts as: decided as the pseudo statement
+    CHANGE USER, so the identity-escalation guardrail refuses it (mysql-connector and a raw
+    protocol client)."""
+    import mysql.connector
+
+    from tests.support import mywire
+
+    gw, _ = guarded_gateway
+    since = gw.audit_offset()
+    conn = mysql.connector.connect(host=gw.host, port=gw.port, user="alice", password=SECRETS["alice"],
+                                   database="prod", ssl_disabled=True, use_pure=True)
+    with pytest.raises(mysql.connector.Error) as ei:
+        conn.cmd_change_user(username="bob", password=SECRETS["bob"], database="prod")
+    assert "identity-escalation" in str(ei.value)
+    with mywire.RawMySQL.open("127.0.0.1", gw.port) as c:
+        c.read_handshake()
+        c.login("alice", SECRETS["alice"], "prod")
+        with pytest.raises(mywire.MySQLError) as em:
+            c.change_user("bob", SECRETS["bob"], "prod")
+        assert "identity-escalation" in str(em.value)
+    evs = gw.wait_audit(lambda es: len([e for e in es if e.get("rule_id") == "identity-escalation"]) >= 2, since=since)
+    assert all(e["sql"] == "CHANGE USER" for e in evs if e.get("rule_id") == "identity-escalation")
