@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from policy.model import Analysis, Decision, Identity, TargetInfo
+from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
 
 if TYPE_CHECKING:
-    from masking.context import MaskContext
+    from sqlward.masking.context import MaskContext
 
 
 class AuthError(Exception):

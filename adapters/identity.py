@@ -15,7 +15,7 @@ import ipaddress
 import re
 import time
 
-from policy.model import Identity
+from sqlward.policy.model import Identity
 
 _OPTION_REASON = re.compile(r"(?:^|\s)(?:-c\s*|--)sqlward\.reason=((?:\\.|\S)+)")
 _APP_REASON = re.compile(r"(?:^|[\s;,])reason=([^\s;,]+)")

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from adapters.base import Gatekeeper
+from sqlward.adapters.base import Gatekeeper
 
 
 class ListenerBase:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from masking.classifiers import ContentScanner
-from masking.context import MaskContext
-from masking.functions import make_masker, redaction
-from masking.model import MaskSpec, TypeKind
+from sqlward.masking.classifiers import ContentScanner
+from sqlward.masking.context import MaskContext
+from sqlward.masking.functions import make_masker, redaction
+from sqlward.masking.model import MaskSpec, TypeKind
 
 __all__ = ["Column", "ColumnMasks", "column_maskers"]
 

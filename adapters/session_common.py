@@ -15,11 +15,11 @@ from typing import Any
 
 import trio
 
-from adapters import identity as ident
-from adapters.base import AuditUnavailable, Gatekeeper, Target
-from audit.events import Who
-from masking.context import MaskContext
-from policy.model import Analysis, Decision, Identity
+from sqlward.adapters import identity as ident
+from sqlward.adapters.base import AuditUnavailable, Gatekeeper, Target
+from sqlward.audit.events import Who
+from sqlward.masking.context import MaskContext
+from sqlward.policy.model import Analysis, Decision, Identity
 
 log = logging.getLogger("sqlward")
 

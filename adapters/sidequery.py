@@ -12,7 +12,7 @@ from typing import Awaitable, Callable, Generic, Protocol, TypeVar
 import msgspec
 import trio
 
-from adapters.base import Target
+from sqlward.adapters.base import Target
 
 __all__ = ["SideQueryError", "Result", "SidePoolBase"]
 

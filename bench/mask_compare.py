@@ -164,7 +164,7 @@ def main() -> None:
     config = workdir / "gateway.toml"
     config.write_text(CONFIG.format(pg_port=pg_port, my_port=my_port, db=DB, audit=workdir / "audit.jsonl"))
     gw = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        [sys.executable, "-m", "sqlward.gateway", "serve", "--config", str(config)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(workdir / "stderr.log", "wb"),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

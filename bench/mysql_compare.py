@@ -11,7 +11,7 @@ In one run it:
      ``sysbench oltp_point_select --tables=1 --table-size=10000 prepare``
      (only when ``sbtest1`` is missing or has another number of rows);
   2. starts the bare relay (bench/relay.py) on a free port;
-  3. starts sqlward (``python -m gateway serve --config FILE``) with a mysql
+  3. starts sqlward (``python -m sqlward.gateway serve --config FILE``) with a mysql
      listener, the audit file on and the ``no-drop`` rule loaded;
   4. runs ``sysbench oltp_point_select --threads=T --time=D`` with
      ``--db-ps-mode=disable`` (COM_QUERY, literal in the text) and
@@ -342,7 +342,7 @@ def start_sqlward(args: argparse.Namespace, services: Services) -> Service:
     )
     svc = services.spawn(
         "sqlward",
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        [sys.executable, "-m", "sqlward.gateway", "serve", "--config", str(config)],
         "127.0.0.1", port, env=env, cwd=REPO_ROOT,
         user=GATEWAY_USER, dbname=GATEWAY_DB, password=GATEWAY_SECRET,
         extra={"audit": audit, "config": config},

@@ -10,7 +10,7 @@ In one run it:
   2. starts pgbouncer (session pooling, auth_type=trust) on a free port, if the
      binary is installed (else that column is skipped with a note);
   3. starts the bare relay (bench/relay.py) on a free port;
-  4. starts sqlward (``python -m gateway serve --config FILE``) with audit on;
+  4. starts sqlward (``python -m sqlward.gateway serve --config FILE``) with audit on;
   5. runs ``pgbench -S -n -c C -j J -T D`` in ``-M simple`` and ``-M prepared``
      against each path, rotating the path order every round;
   6. prints TPS per (mode, path) and the ratios sqlward/relay, sqlward/direct,
@@ -395,7 +395,7 @@ def start_sqlward(args: argparse.Namespace, services: Services) -> Service:
     )
     svc = services.spawn(
         "sqlward",
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        [sys.executable, "-m", "sqlward.gateway", "serve", "--config", str(config)],
         "127.0.0.1", port, env=env, cwd=REPO_ROOT,
         user=GATEWAY_USER, dbname=GATEWAY_DB, password=GATEWAY_SECRET,
         extra={"audit": audit, "config": config},

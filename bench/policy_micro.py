@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from policy.analysis import analyse  # noqa: E402
-from policy.engine import Engine  # noqa: E402
-from policy.fingerprint import fingerprint  # noqa: E402
-from policy.model import Identity, TargetInfo  # noqa: E402
-from policy.rules import EnvironmentPolicy, Rule  # noqa: E402
+from sqlward.policy.analysis import analyse  # noqa: E402
+from sqlward.policy.engine import Engine  # noqa: E402
+from sqlward.policy.fingerprint import fingerprint  # noqa: E402
+from sqlward.policy.model import Identity, TargetInfo  # noqa: E402
+from sqlward.policy.rules import EnvironmentPolicy, Rule  # noqa: E402
 
 STATEMENT = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 

@@ -1,5 +1,5 @@
-"""`python -m gateway ...` is `sqlward ...` (see gateway.cli)."""
+"""`python -m sqlward.gateway ...` is `sqlward ...` (see gateway.cli)."""
 
-from gateway.cli import main
+from sqlward.gateway.cli import main
 
 raise SystemExit(main())

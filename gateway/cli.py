@@ -24,7 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.config import Config, ConfigError, load_config
+from sqlward.gateway.config import Config, ConfigError, load_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -108,7 +108,7 @@ def serve(file: str) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    from gateway.server import run
+    from sqlward.gateway.server import run
 
     try:
         run(config)
@@ -126,7 +126,7 @@ def serve(file: str) -> int:
 def policy_test(args: argparse.Namespace) -> int:
     import msgspec
 
-    from gateway.policy_check import PolicyTestError, evaluate, exit_code, format_text
+    from sqlward.gateway.policy_check import PolicyTestError, evaluate, exit_code, format_text
 
     try:
         config = load_config(args.config)

@@ -55,12 +55,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 
-from adapters.base import IdentitySettings, UpstreamTLS
-from policy.guardrails import GuardrailConfig, guardrail_problems
-from policy.rules import EnvironmentPolicy, Rule, rule_problems
-from masking.model import MaskRule
-from masking.policy import MaskingSettings
-from masking.policy import rule_problems as mask_rule_problems
+from sqlward.adapters.base import IdentitySettings, UpstreamTLS
+from sqlward.policy.guardrails import GuardrailConfig, guardrail_problems
+from sqlward.policy.rules import EnvironmentPolicy, Rule, rule_problems
+from sqlward.masking.model import MaskRule
+from sqlward.masking.policy import MaskingSettings
+from sqlward.masking.policy import rule_problems as mask_rule_problems
 
 __all__ = [
     "AccessRule",
@@ -963,7 +963,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError(file, problems)
     config = _finish(_convert(raw, file), file)
     if config.gateway.policy_files:
-        from gateway.policy_files import load_policy  # imports this module
+        from sqlward.gateway.policy_files import load_policy  # imports this module
 
         load_policy(config)  # the policy files must be valid at start-up too (raises ConfigError)
     return config

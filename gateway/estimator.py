@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
-from adapters.base import Target
-from policy.estimates import explain_plan, rows_from_mysql, rows_from_postgres
+from sqlward.adapters.base import Target
+from sqlward.policy.estimates import explain_plan, rows_from_mysql, rows_from_postgres
 
 __all__ = ["Estimator"]
 
@@ -36,14 +36,14 @@ class Estimator:
         pool = self._pools.get(protocol)
         if pool is None:
             if protocol == "postgres":
-                from adapters.postgres.sidequery import SidePool as PgPool
+                from sqlward.adapters.postgres.sidequery import SidePool as PgPool
 
                 pool = PgPool(
                     size=self._pool_size,
                     parameters=(("default_transaction_read_only", "on"), ("plan_cache_mode", "force_generic_plan")),
                 )
             else:
-                from adapters.mysql.sidequery import SidePool as MyPool
+                from sqlward.adapters.mysql.sidequery import SidePool as MyPool
 
                 pool = MyPool(size=self._pool_size, multi_statements=False)
             self._pools[protocol] = pool

@@ -52,20 +52,20 @@ from typing import Any, Protocol
 import msgspec
 import scramp
 
-from adapters.base import AuditUnavailable, AuthError, IdentitySettings, MysqlSecret, ScramSecret, Target
-from audit.events import PolicyReloaded
-from audit.writer import AuditWriteError, JsonlWriter
-from gateway.config import AccessRule, Config, ConfigError, Problem, parse_dsn, read_secret_file
-from gateway.oidc import IssuerSetupError, TokenError, TokenVerifier
-from gateway.estimator import Estimator
-from masking.catalogue import CatalogueCache, load_catalogue
-from masking.context import MaskContext, RequestMask, plan_request
-from masking.policy import MaskingPolicy
-from policy.fingerprint import RAW_PREFIX
-from gateway.policy_files import PolicyBundle, files_state, load_policy
-from policy.estimates import statement_texts
-from policy.rules import EnvironmentPolicy
-from policy.model import Analysis, Decision, Identity, TargetInfo
+from sqlward.adapters.base import AuditUnavailable, AuthError, IdentitySettings, MysqlSecret, ScramSecret, Target
+from sqlward.audit.events import PolicyReloaded
+from sqlward.audit.writer import AuditWriteError, JsonlWriter
+from sqlward.gateway.config import AccessRule, Config, ConfigError, Problem, parse_dsn, read_secret_file
+from sqlward.gateway.oidc import IssuerSetupError, TokenError, TokenVerifier
+from sqlward.gateway.estimator import Estimator
+from sqlward.masking.catalogue import CatalogueCache, load_catalogue
+from sqlward.masking.context import MaskContext, RequestMask, plan_request
+from sqlward.masking.policy import MaskingPolicy
+from sqlward.policy.fingerprint import RAW_PREFIX
+from sqlward.gateway.policy_files import PolicyBundle, files_state, load_policy
+from sqlward.policy.estimates import statement_texts
+from sqlward.policy.rules import EnvironmentPolicy
+from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
 
 __all__ = ["Gatekeeper", "SCRAM_ITERATIONS"]
 
@@ -497,11 +497,11 @@ class Gatekeeper:
         pool = self._catalogue_pools.get(protocol)
         if pool is None:
             if protocol == "postgres":
-                from adapters.postgres.sidequery import SidePool as PgPool
+                from sqlward.adapters.postgres.sidequery import SidePool as PgPool
 
                 pool = PgPool(size=1)
             else:
-                from adapters.mysql.sidequery import SidePool as MyPool
+                from sqlward.adapters.mysql.sidequery import SidePool as MyPool
 
                 pool = MyPool(size=1)
             self._catalogue_pools[protocol] = pool
@@ -554,7 +554,7 @@ class Gatekeeper:
 
 
 def _build_engine(bundle: PolicyBundle, version: int) -> _Engine:
-    from policy.engine import Engine
+    from sqlward.policy.engine import Engine
 
     # An environment without an [environments.<name>] table allows what no rule refuses.
     return Engine(

@@ -70,7 +70,7 @@ from joserfc import jws
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import JWKRegistry, Key
 
-from gateway.config import JWS_ALGORITHMS, IssuerConfig
+from sqlward.gateway.config import JWS_ALGORITHMS, IssuerConfig
 
 __all__ = [
     "IssuerConfig",

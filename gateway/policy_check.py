@@ -40,11 +40,11 @@ from typing import Literal
 import msgspec
 import trio
 
-from adapters import identity as ident
-from gateway.config import Config
-from gateway.gatekeeper import Gatekeeper
-from policy.engine import _qualified
-from policy.model import Analysis, Decision, Identity, TargetInfo
+from sqlward.adapters import identity as ident
+from sqlward.gateway.config import Config
+from sqlward.gateway.gatekeeper import Gatekeeper
+from sqlward.policy.engine import _qualified
+from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
 
 __all__ = [
     "ACCESS_RULE",

@@ -28,11 +28,11 @@ from typing import Any
 
 import msgspec
 
-from gateway.config import Config, ConfigError, Problem, _reword, convert_policy_tables
-from policy.guardrails import GuardrailConfig
-from policy.rules import EnvironmentPolicy, Rule, rule_problems
-from masking.model import MaskRule
-from masking.policy import rule_problems as mask_rule_problems
+from sqlward.gateway.config import Config, ConfigError, Problem, _reword, convert_policy_tables
+from sqlward.policy.guardrails import GuardrailConfig
+from sqlward.policy.rules import EnvironmentPolicy, Rule, rule_problems
+from sqlward.masking.model import MaskRule
+from sqlward.masking.policy import rule_problems as mask_rule_problems
 
 __all__ = ["PolicyBundle", "files_state", "load_policy", "policy_paths"]
 

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import trio
 
-from adapters.mysql.listener import MysqlListener
-from adapters.postgres.listener import PostgresListener
+from sqlward.adapters.mysql.listener import MysqlListener
+from sqlward.adapters.postgres.listener import PostgresListener
 
 log = logging.getLogger("sqlward")
 
@@ -104,7 +104,7 @@ ADAPTERS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 async def serve(config: Any, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    from gateway.gatekeeper import Gatekeeper
+    from sqlward.gateway.gatekeeper import Gatekeeper
 
     gatekeeper = Gatekeeper.from_config(config)
     listeners = []

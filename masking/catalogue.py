@@ -59,7 +59,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 import trio
 
-from masking.model import Catalogue, ColumnInfo, TableInfo, TypeKind
+from sqlward.masking.model import Catalogue, ColumnInfo, TableInfo, TypeKind
 
 __all__ = [
     "type_kind",

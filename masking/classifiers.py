@@ -69,7 +69,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, get_args
 
-from masking.model import Classifier
+from sqlward.masking.model import Classifier
 
 __all__ = ["CLASSIFIERS", "IBAN_LENGTHS", "ContentScanner", "classify", "luhn_valid", "iban_valid"]
 

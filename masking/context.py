@@ -27,10 +27,10 @@ from typing import Final
 
 import msgspec
 
-from masking.lineage import lineage
-from masking.model import Catalogue, MaskSpec
-from masking.plan import MaskPlan, build_plan
-from masking.policy import IdentityMasks, MaskingSettings
+from sqlward.masking.lineage import lineage
+from sqlward.masking.model import Catalogue, MaskSpec
+from sqlward.masking.plan import MaskPlan, build_plan
+from sqlward.masking.policy import IdentityMasks, MaskingSettings
 
 __all__ = ["MaskContext", "RequestMask", "plan_request"]
 
@@ -84,7 +84,7 @@ def plan_request(
     schema: str,
     settings: MaskingSettings,
 ) -> RequestMask:
-    from policy.model import Analysis
+    from sqlward.policy.model import Analysis
 
     assert isinstance(analysis, Analysis)
     dialect = analysis.dialect

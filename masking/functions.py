@@ -88,7 +88,7 @@ import re
 from collections.abc import Callable
 from typing import Final, get_args
 
-from masking.model import DatePart, MaskFunction, MaskSpec, TypeKind
+from sqlward.masking.model import DatePart, MaskFunction, MaskSpec, TypeKind
 
 __all__ = [
     "DEFAULT_INT_MAX",

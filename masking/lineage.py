@@ -87,8 +87,8 @@ import msgspec
 import sqlglot
 from sqlglot import exp
 
-from masking.model import Catalogue, TableInfo
-from policy.analysis import (
+from sqlward.masking.model import Catalogue, TableInfo
+from sqlward.policy.analysis import (
     _VERSIONED_COMMENT,
     _canonical,
     _known_shape,

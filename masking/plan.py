@@ -41,8 +41,8 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from masking.lineage import Lineage, OutputColumn
-from masking.model import Catalogue, MaskSpec
+from sqlward.masking.lineage import Lineage, OutputColumn
+from sqlward.masking.model import Catalogue, MaskSpec
 
 __all__ = ["MASK_ON_DOUBT", "MaskPlan", "build_plan", "masked_tables_from", "unknown_table_is_masked"]
 

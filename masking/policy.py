@@ -31,7 +31,7 @@ from typing import Final
 
 import msgspec
 
-from masking.model import Catalogue, MaskRule, MaskSpec
+from sqlward.masking.model import Catalogue, MaskRule, MaskSpec
 
 __all__ = ["IdentityMasks", "MaskingPolicy", "MaskingSettings", "rule_problems"]
 

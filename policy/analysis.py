@@ -57,8 +57,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.simplify import simplify
 
-from policy.fingerprint import ID_CHARS, LEXICONS, WS, Lexicon, dollar_quote, fingerprint
-from policy.model import Analysis, ParseStatus, StatementFacts
+from sqlward.policy.fingerprint import ID_CHARS, LEXICONS, WS, Lexicon, dollar_quote, fingerprint
+from sqlward.policy.model import Analysis, ParseStatus, StatementFacts
 
 __all__ = ["analyse"]
 

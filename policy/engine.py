@@ -63,11 +63,11 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Final, TypeVar
 
-from policy.analysis import analyse as _analyse
-from policy.guardrails import DEFAULT_ESTIMATE_TIMEOUT, ActiveGuardrail, GuardrailConfig, compile_guardrails
-from policy.fingerprint import RAW_PREFIX, fingerprint
-from policy.model import Action, Analysis, Decision, Identity, StatementFacts, TargetInfo
-from policy.rules import DAYS, PRODUCTION_ENVIRONMENTS, EnvironmentPolicy, Rule, parse_hours
+from sqlward.policy.analysis import analyse as _analyse
+from sqlward.policy.guardrails import DEFAULT_ESTIMATE_TIMEOUT, ActiveGuardrail, GuardrailConfig, compile_guardrails
+from sqlward.policy.fingerprint import RAW_PREFIX, fingerprint
+from sqlward.policy.model import Action, Analysis, Decision, Identity, StatementFacts, TargetInfo
+from sqlward.policy.rules import DAYS, PRODUCTION_ENVIRONMENTS, EnvironmentPolicy, Rule, parse_hours
 
 __all__ = ["DEV_ENVIRONMENTS", "Engine"]
 

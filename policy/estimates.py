@@ -36,7 +36,7 @@ _PG_PARAM: Final = re.compile(r"\$(\d+)")
 
 def statement_texts(sql: str, dialect: str, count: int) -> list[str] | None:
     """The text of each of the `count` statements of `sql`, or None when they do not line up."""
-    from policy.analysis import split_texts  # the analyser's own lexer decides the boundaries
+    from sqlward.policy.analysis import split_texts  # the analyser's own lexer decides the boundaries
 
     try:
         texts = split_texts(sql, dialect)

@@ -24,7 +24,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from policy.model import Analysis, StatementFacts
+from sqlward.policy.model import Analysis, StatementFacts
 
 __all__ = ["DEFAULT_ESTIMATE_TIMEOUT", "CATALOGUE", "Guardrail", "GuardrailConfig", "ActiveGuardrail", "compile_guardrails", "guardrail_problems"]
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from policy.model import Action
+from sqlward.policy.model import Action
 
 
 class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -19,11 +19,11 @@ from typing import Any
 
 import trio
 
-from adapters.base import Gatekeeper
-from adapters.listener_common import ListenerBase
-from adapters.mysql import auth, upstream
-from adapters.mysql.constants import Capability
-from adapters.mysql.session import MysqlSession
+from sqlward.adapters.base import Gatekeeper
+from sqlward.adapters.listener_common import ListenerBase
+from sqlward.adapters.mysql import auth, upstream
+from sqlward.adapters.mysql.constants import Capability
+from sqlward.adapters.mysql.session import MysqlSession
 
 log = logging.getLogger("sqlward.mysql")
 

@@ -25,12 +25,12 @@ COM_STMT_FETCH: `row_masker` is handed to the relay of each fetch.
 
 from __future__ import annotations
 
-from masking.context import MaskContext
-from adapters.maskcolumns import Column, ColumnMasks, column_maskers
-from adapters.mysql import messages
-from adapters.mysql.packets import MAX_PACKET_CHUNK, ProtocolViolation, encode_packets
-from adapters.mysql.response import CURSOR_EXISTS, ResponseScanner, Shape, _State
-from adapters.mysql.rowmask import BinaryRowMasker, TextRowMasker, kind_for_column
+from sqlward.masking.context import MaskContext
+from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
+from sqlward.adapters.mysql import messages
+from sqlward.adapters.mysql.packets import MAX_PACKET_CHUNK, ProtocolViolation, encode_packets
+from sqlward.adapters.mysql.response import CURSOR_EXISTS, ResponseScanner, Shape, _State
+from sqlward.adapters.mysql.rowmask import BinaryRowMasker, TextRowMasker, kind_for_column
 
 __all__ = ["MaskingRelay", "RowState"]
 

@@ -64,7 +64,7 @@ import struct
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 
-from masking.model import TypeKind
+from sqlward.masking.model import TypeKind
 
 from .constants import BINARY_CHARSET, FieldFlag, FieldType
 from .packets import lenenc_bytes, lenenc_int

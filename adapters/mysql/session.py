@@ -33,21 +33,21 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
-from adapters.session_common import GovernedSession, SessionEnd, TokenExpired, refusal_message
-from adapters import identity as ident
-from adapters.mysql import auth, messages, upstream
-from adapters.mysql.constants import Capability, Command, ServerStatus
-from adapters.mysql.packets import (
+from sqlward.adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
+from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired, refusal_message
+from sqlward.adapters import identity as ident
+from sqlward.adapters.mysql import auth, messages, upstream
+from sqlward.adapters.mysql.constants import Capability, Command, ServerStatus
+from sqlward.adapters.mysql.packets import (
     PacketFramer,
     PacketTooLarge,
     ProtocolViolation,
     encode_packets,
 )
-from adapters.mysql.response import ResponseScanner, Shape
-from adapters.netio import Pipe, PrefixedStream
-from adapters.text import printable as _printable
-from audit.events import (
+from sqlward.adapters.mysql.response import ResponseScanner, Shape
+from sqlward.adapters.netio import Pipe, PrefixedStream
+from sqlward.adapters.text import printable as _printable
+from sqlward.audit.events import (
     ConnectionAuthenticated,
     ConnectionClosed,
     ConnectionOpened,
@@ -56,12 +56,12 @@ from audit.events import (
     StatementDecided,
     Who,
 )
-from adapters.mysql.maskrelay import MaskingRelay, RowState
-from masking.context import MaskContext
-from policy.model import Analysis, Decision, Identity
+from sqlward.adapters.mysql.maskrelay import MaskingRelay, RowState
+from sqlward.masking.context import MaskContext
+from sqlward.policy.model import Analysis, Decision, Identity
 
 if TYPE_CHECKING:
-    from adapters.mysql.listener import MysqlListener
+    from sqlward.adapters.mysql.listener import MysqlListener
 
 log = logging.getLogger("sqlward.mysql")
 

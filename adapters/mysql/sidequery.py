@@ -41,11 +41,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from adapters.base import Target
-from adapters.mysql import messages, upstream
-from adapters.mysql.constants import Capability, ServerStatus, SetOption
-from adapters.mysql.packets import MAX_PACKET_CHUNK, PacketFramer, ProtocolViolation, encode_packets
-from adapters.sidequery import Result, SidePoolBase, SideQueryError
+from sqlward.adapters.base import Target
+from sqlward.adapters.mysql import messages, upstream
+from sqlward.adapters.mysql.constants import Capability, ServerStatus, SetOption
+from sqlward.adapters.mysql.packets import MAX_PACKET_CHUNK, PacketFramer, ProtocolViolation, encode_packets
+from sqlward.adapters.sidequery import Result, SidePoolBase, SideQueryError
 
 __all__ = ["SideQueryError", "Result", "SideConnection", "open_side_connection", "SidePool"]
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import trio
 
-from adapters.base import Target
-from adapters.mysql import auth, messages
-from adapters.mysql.constants import Capability
-from adapters.mysql.packets import PacketFramer, ProtocolViolation, encode_packets
+from sqlward.adapters.base import Target
+from sqlward.adapters.mysql import auth, messages
+from sqlward.adapters.mysql.constants import Capability
+from sqlward.adapters.mysql.packets import PacketFramer, ProtocolViolation, encode_packets
 
 
 class UpstreamError(Exception):

@@ -14,10 +14,10 @@ import secrets
 from typing import Any
 
 
-from adapters.base import Gatekeeper
-from adapters.listener_common import ListenerBase
-from adapters.postgres import upstream
-from adapters.postgres.session import PostgresSession
+from sqlward.adapters.base import Gatekeeper
+from sqlward.adapters.listener_common import ListenerBase
+from sqlward.adapters.postgres import upstream
+from sqlward.adapters.postgres.session import PostgresSession
 
 log = logging.getLogger("sqlward.postgres")
 

@@ -74,10 +74,10 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
-from masking.model import TypeKind
+from sqlward.masking.model import TypeKind
 
 try:  # the compiled row walk (adapters/postgres/_rowwalk.pyx), when it was built
-    from adapters.postgres import _rowwalk
+    from sqlward.adapters.postgres import _rowwalk
 except ImportError:  # no C compiler at install time: the pure-Python walk below
     _rowwalk = None  # type: ignore[assignment]
 

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import secrets
 
-from adapters.base import ScramSecret
+from sqlward.adapters.base import ScramSecret
 
 
 class ScramError(Exception):

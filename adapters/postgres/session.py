@@ -47,16 +47,16 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from adapters.netio import Pipe, PrefixedStream
-from adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
-from adapters.session_common import GovernedSession, SessionEnd, TokenExpired, refusal_message
-from adapters import identity as ident
-from adapters.postgres import codec, upstream
-from adapters.postgres.encodings import decoder_for
-from adapters.text import printable
-from adapters.postgres.codec import Backend, Frontend, ProtocolViolation
-from adapters.postgres.scram import ScramError, ScramExchange
-from audit.events import (
+from sqlward.adapters.netio import Pipe, PrefixedStream
+from sqlward.adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
+from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired, refusal_message
+from sqlward.adapters import identity as ident
+from sqlward.adapters.postgres import codec, upstream
+from sqlward.adapters.postgres.encodings import decoder_for
+from sqlward.adapters.text import printable
+from sqlward.adapters.postgres.codec import Backend, Frontend, ProtocolViolation
+from sqlward.adapters.postgres.scram import ScramError, ScramExchange
+from sqlward.audit.events import (
     ConnectionAuthenticated,
     ConnectionClosed,
     ConnectionOpened,
@@ -65,13 +65,13 @@ from audit.events import (
     StatementDecided,
     Who,
 )
-from adapters.maskcolumns import Column, ColumnMasks, column_maskers
-from adapters.postgres.rowmask import RowMasker, kind_for_oid
-from masking.context import MaskContext
-from policy.model import Analysis, Decision, Identity
+from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
+from sqlward.adapters.postgres.rowmask import RowMasker, kind_for_oid
+from sqlward.masking.context import MaskContext
+from sqlward.policy.model import Analysis, Decision, Identity
 
 if TYPE_CHECKING:
-    from adapters.postgres.listener import PostgresListener
+    from sqlward.adapters.postgres.listener import PostgresListener
 
 log = logging.getLogger("sqlward.postgres")
 

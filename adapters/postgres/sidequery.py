@@ -33,9 +33,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from adapters.base import Target
-from adapters.postgres import codec, upstream
-from adapters.sidequery import Result, SidePoolBase, SideQueryError
+from sqlward.adapters.base import Target
+from sqlward.adapters.postgres import codec, upstream
+from sqlward.adapters.sidequery import Result, SidePoolBase, SideQueryError
 
 __all__ = ["SideQueryError", "Result", "SideConnection", "open_side_connection", "SidePool"]
 

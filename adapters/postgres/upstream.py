@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import scramp
 import trio
 
-from adapters.base import Target, UpstreamTLS
-from adapters.postgres import codec
+from sqlward.adapters.base import Target, UpstreamTLS
+from sqlward.adapters.postgres import codec
 
 
 class UpstreamError(Exception):

@@ -15,12 +15,12 @@ import pymysql
 import pytest
 import trio
 
-from adapters.base import Target, UpstreamTLS
-from adapters.mysql import sidequery as mys
-from adapters.postgres import sidequery as pgs
-from adapters.sidequery import SideQueryError
-from masking.catalogue import CatalogueCache, load_catalogue, load_mysql_catalogue, load_pg_catalogue
-from policy.model import TargetInfo
+from sqlward.adapters.base import Target, UpstreamTLS
+from sqlward.adapters.mysql import sidequery as mys
+from sqlward.adapters.postgres import sidequery as pgs
+from sqlward.adapters.sidequery import SideQueryError
+from sqlward.masking.catalogue import CatalogueCache, load_catalogue, load_mysql_catalogue, load_pg_catalogue
+from sqlward.policy.model import TargetInfo
 
 DB = "sqlward_side"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable"
@@ -459,7 +459,7 @@ def test_my_run_one_statement_per_round_trip(my_db: str) -> None:
 
 def test_gateway_estimator_over_side_pools(pg_db: str, my_db: str) -> None:
     """The gateway's row estimator (gateway.estimator) works on these pools."""
-    from gateway.estimator import Estimator
+    from sqlward.gateway.estimator import Estimator
 
     async def main() -> None:
         est = Estimator()

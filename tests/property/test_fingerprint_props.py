@@ -17,8 +17,8 @@ import logging
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from policy.analysis import analyse
-from policy.fingerprint import RAW_PREFIX, fingerprint
+from sqlward.policy.analysis import analyse
+from sqlward.policy.fingerprint import RAW_PREFIX, fingerprint
 
 PG = "postgres"
 MY = "mysql"

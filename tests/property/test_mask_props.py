@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from masking.classifiers import _FINDERS, CLASSIFIERS, ContentScanner, classify
-from masking.functions import Masker
-from masking.model import DatePart, MaskSpec, TypeKind
+from sqlward.masking.classifiers import _FINDERS, CLASSIFIERS, ContentScanner, classify
+from sqlward.masking.functions import Masker
+from sqlward.masking.model import DatePart, MaskSpec, TypeKind
 from tests.unit.test_mask_functions import assert_valid_for_kind
 
 PG = "postgres"

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.mysql import messages as M
-from adapters.mysql import packets as P
-from adapters.mysql.constants import Capability as Cap
-from adapters.mysql.constants import Command, FieldType, ServerStatus
+from sqlward.adapters.mysql import messages as M
+from sqlward.adapters.mysql import packets as P
+from sqlward.adapters.mysql.constants import Capability as Cap
+from sqlward.adapters.mysql.constants import Command, FieldType, ServerStatus
 
 # --------------------------------------------------------------------------------------------
 # Field strategies

@@ -12,7 +12,7 @@ import typing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.postgres import codec as c
+from sqlward.adapters.postgres import codec as c
 
 # --------------------------------------------------------------------------------------------
 # Field strategies (ranges are those of the wire fields)

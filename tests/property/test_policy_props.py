@@ -24,11 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import Config, load_config
-from gateway.gatekeeper import Gatekeeper
-from policy.engine import Engine
-from policy.model import Identity, TargetInfo
-from policy.rules import EnvironmentPolicy
+from sqlward.gateway.config import Config, load_config
+from sqlward.gateway.gatekeeper import Gatekeeper
+from sqlward.policy.engine import Engine
+from sqlward.policy.model import Identity, TargetInfo
+from sqlward.policy.rules import EnvironmentPolicy
 from tests.unit.test_policy_corpus import ALICE, BOB, POLICY
 
 PG = "postgres"

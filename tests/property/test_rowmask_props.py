@@ -18,12 +18,12 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.mysql import messages as M
-from adapters.mysql import rowmask as my
-from adapters.mysql.constants import FieldType as T
-from adapters.mysql.packets import lenenc_bytes
-from adapters.postgres import codec
-from adapters.postgres import rowmask as pg
+from sqlward.adapters.mysql import messages as M
+from sqlward.adapters.mysql import rowmask as my
+from sqlward.adapters.mysql.constants import FieldType as T
+from sqlward.adapters.mysql.packets import lenenc_bytes
+from sqlward.adapters.postgres import codec
+from sqlward.adapters.postgres import rowmask as pg
 
 # --------------------------------------------------------------------------------------------
 # PostgreSQL binary values, canonical (as the server's send functions produce them)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.postgres import rowmask
-from masking.functions import make_masker
-from masking.model import MaskSpec
+from sqlward.adapters.postgres import rowmask
+from sqlward.masking.functions import make_masker
+from sqlward.masking.model import MaskSpec
 
 pytestmark = pytest.mark.skipif(rowmask._rowwalk is None, reason="the Cython row walk is not built here")
 

@@ -5,7 +5,7 @@
         gw.audit_events()
 
 `GatewayProcess` writes a TOML config (built from plain dicts, with sensible defaults) into a
-temp dir, picks a free port, starts `python -m gateway serve --config FILE` from the repository
+temp dir, picks a free port, starts `python -m sqlward.gateway serve --config FILE` from the repository
 root and waits (20 s at most) until the port is listening; if the process dies or never listens,
 the error carries its stderr. On exit it sends SIGTERM and fails (AssertionError) when the
 process does not stop, exits non-zero, or printed a Python traceback.
@@ -197,7 +197,7 @@ class GatewayProcess:
             env.update(self.env)
         with open(self.stdout_file, "wb") as out, open(self.stderr_file, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_file)],
+                [sys.executable, "-m", "sqlward.gateway", "serve", "--config", str(self.config_file)],
                 cwd=str(REPO_ROOT),
                 stdout=out,
                 stderr=err,

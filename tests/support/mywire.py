@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Sequence
 
-from adapters.mysql import auth as myauth
+from sqlward.adapters.mysql import auth as myauth
 
 # -- numbers -------------------------------------------------------------------------------------
 

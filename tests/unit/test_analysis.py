@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 import pytest
 
-from policy.analysis import analyse
-from policy.fingerprint import fingerprint
-from policy.model import StatementFacts
+from sqlward.policy.analysis import analyse
+from sqlward.policy.fingerprint import fingerprint
+from sqlward.policy.model import StatementFacts
 
 PG = "postgres"
 MY = "mysql"

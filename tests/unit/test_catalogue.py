@@ -6,8 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from adapters.base import Target, UpstreamTLS
-from masking.catalogue import (
+from sqlward.adapters.base import Target, UpstreamTLS
+from sqlward.masking.catalogue import (
     MYSQL_CATALOGUE_SQL,
     PG_CATALOGUE_SQL,
     CatalogueCache,
@@ -17,8 +17,8 @@ from masking.catalogue import (
     pg_catalogue_from_rows,
     type_kind,
 )
-from masking.model import Catalogue, ColumnInfo, TableInfo
-from policy.model import TargetInfo
+from sqlward.masking.model import Catalogue, ColumnInfo, TableInfo
+from sqlward.policy.model import TargetInfo
 
 PG_KINDS = [
     ("character varying(255)", "text"),

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from masking.classifiers import _FINDERS, CLASSIFIERS, ContentScanner, classify, iban_valid, luhn_valid
+from sqlward.masking.classifiers import _FINDERS, CLASSIFIERS, ContentScanner, classify, iban_valid, luhn_valid
 
 ALL = frozenset(CLASSIFIERS)
 

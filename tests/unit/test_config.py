@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import UpstreamTLS
-from gateway.config import (
+from sqlward.adapters.base import UpstreamTLS
+from sqlward.gateway.config import (
     Config,
     ConfigError,
     ListenerConfig,
@@ -18,7 +18,7 @@ from gateway.config import (
     parse_dsn,
     parse_listen,
 )
-from policy.rules import EnvironmentPolicy, Rule
+from sqlward.policy.rules import EnvironmentPolicy, Rule
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "examples" / "dev.toml"
@@ -773,8 +773,8 @@ def identity_dir(tmp_path: Path) -> Path:
 
 
 def test_identity_config_round_trip(identity_dir: Path) -> None:
-    from adapters.base import IdentitySettings
-    from gateway.config import AccessRule, IdentityOptions, IssuerConfig
+    from sqlward.adapters.base import IdentitySettings
+    from sqlward.gateway.config import AccessRule, IdentityOptions, IssuerConfig
 
     config = load_config(write(identity_dir, MINIMAL + IDENTITY), env={})
     plain, tls = config.listeners
@@ -814,7 +814,7 @@ def test_identity_config_round_trip(identity_dir: Path) -> None:
 
 
 def test_identity_defaults(tmp_path: Path) -> None:
-    from adapters.base import IdentitySettings
+    from sqlward.adapters.base import IdentitySettings
 
     config = load_config(write(tmp_path, MINIMAL), env={})
     assert config.oidc == () and config.access == ()

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from policy.engine import Engine
-from policy.model import Analysis, Identity, StatementFacts, TargetInfo
-from policy.rules import EnvironmentPolicy, Rule
+from sqlward.policy.engine import Engine
+from sqlward.policy.model import Analysis, Identity, StatementFacts, TargetInfo
+from sqlward.policy.rules import EnvironmentPolicy, Rule
 
 PG = "postgres"
 
@@ -322,7 +322,7 @@ def test_rules_and_environments_are_exposed() -> None:
 
 
 def test_analyser_failure_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import policy.engine as engine_module
+    import sqlward.policy.engine as engine_module
 
     def boom(sql: str, dialect: str, fp: str | None = None) -> Analysis:
         raise RuntimeError("surprise")
@@ -336,9 +336,9 @@ def test_analyser_failure_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_rules_match_on_actor_chain_and_agent_flag() -> None:
     """Issue 4: a rule can name the agent acting for a person, or all agents."""
-    from policy.engine import Engine as _Engine
-    from policy.model import Identity as _Identity, TargetInfo as _TargetInfo
-    from policy.rules import Rule as _Rule
+    from sqlward.policy.engine import Engine as _Engine
+    from sqlward.policy.model import Identity as _Identity, TargetInfo as _TargetInfo
+    from sqlward.policy.rules import Rule as _Rule
 
     engine = _Engine(
         [
@@ -497,7 +497,7 @@ def test_every_decision_explains_the_facts_that_matched() -> None:
 
 
 def test_rule_problems_name_the_field() -> None:
-    from policy.rules import rule_problems
+    from sqlward.policy.rules import rule_problems
 
     bad = Rule(id="x", action="deny", days=("funday",), hours="9-5", timezone="Mars/Olympus", reason_pattern="(", rows_over=-1)
     fields = {f for f, _ in rule_problems(bad)}
@@ -505,7 +505,7 @@ def test_rule_problems_name_the_field() -> None:
 
 
 def test_review_names_who_may_approve() -> None:
-    from policy.guardrails import GuardrailConfig
+    from sqlward.policy.guardrails import GuardrailConfig
 
     e = Engine(
         [Rule(id="big", action="review", operations=("delete",), approvers=("group:dba", "bot:change-bot"))],

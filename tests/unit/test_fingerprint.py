@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from policy.fingerprint import RAW_PREFIX, fingerprint
+from sqlward.policy.fingerprint import RAW_PREFIX, fingerprint
 
 PG = "postgres"
 MY = "mysql"

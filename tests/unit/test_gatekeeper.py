@@ -15,7 +15,7 @@ import pytest
 import scramp
 import trio
 
-from adapters.base import (
+from sqlward.adapters.base import (
     AuditUnavailable,
     AuthError,
     Gatekeeper as GatekeeperProtocol,
@@ -24,12 +24,12 @@ from adapters.base import (
     Target,
     UpstreamTLS,
 )
-from audit.events import ConnectionOpened
-from audit.writer import JsonlWriter
-from gateway import cli
-from gateway.config import Config, ConfigError, load_config
-from gateway.gatekeeper import ENGINE_FAILURE_RULE, SCRAM_ITERATIONS, Gatekeeper
-from policy.model import Analysis, Decision, Identity, StatementFacts, TargetInfo
+from sqlward.audit.events import ConnectionOpened
+from sqlward.audit.writer import JsonlWriter
+from sqlward.gateway import cli
+from sqlward.gateway.config import Config, ConfigError, load_config
+from sqlward.gateway.gatekeeper import ENGINE_FAILURE_RULE, SCRAM_ITERATIONS, Gatekeeper
+from sqlward.policy.model import Analysis, Decision, Identity, StatementFacts, TargetInfo
 from tests.support.oidc import TestIssuer, actor_chain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,7 +175,7 @@ def test_engine_built_from_config_with_version_1(gk: Gatekeeper) -> None:
 
 
 def test_real_engine_when_available(config: Config) -> None:
-    pytest.importorskip("policy.engine")
+    pytest.importorskip("sqlward.policy.engine")
     gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter())
     assert gatekeeper.analyse("SELECT 1", "postgres").dialect == "postgres"
 
@@ -407,9 +407,9 @@ def test_cli_serve_calls_server_run(monkeypatch: pytest.MonkeyPatch, config: Con
     import types
 
     seen: list[Config] = []
-    fake = types.ModuleType("gateway.server")
+    fake = types.ModuleType("sqlward.gateway.server")
     fake.run = seen.append
-    monkeypatch.setitem(sys.modules, "gateway.server", fake)
+    monkeypatch.setitem(sys.modules, "sqlward.gateway.server", fake)
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
     assert cli.main(["serve", "--config", config.source]) == 0
@@ -423,9 +423,9 @@ def test_cli_serve_startup_config_error(monkeypatch: pytest.MonkeyPatch, config:
     def run(cfg: Config) -> None:
         raise ConfigError.single(cfg.source, "$.audit.file", "cannot open audit file")
 
-    fake = types.ModuleType("gateway.server")
+    fake = types.ModuleType("sqlward.gateway.server")
     fake.run = run
-    monkeypatch.setitem(sys.modules, "gateway.server", fake)
+    monkeypatch.setitem(sys.modules, "sqlward.gateway.server", fake)
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
     assert cli.main(["serve", "--config", config.source]) == 2
@@ -445,7 +445,7 @@ def test_python_dash_m_gateway() -> None:
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "--version"], cwd=REPO, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "sqlward.gateway", "--version"], cwd=REPO, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0 and result.stdout.startswith("sqlward ")
 

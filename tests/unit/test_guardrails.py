@@ -11,11 +11,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.config import ConfigError, load_config
-from policy.engine import Engine
-from policy.guardrails import CATALOGUE, GuardrailConfig, compile_guardrails
-from policy.model import Identity, TargetInfo
-from policy.rules import EnvironmentPolicy, Rule
+from sqlward.gateway.config import ConfigError, load_config
+from sqlward.policy.engine import Engine
+from sqlward.policy.guardrails import CATALOGUE, GuardrailConfig, compile_guardrails
+from sqlward.policy.model import Identity, TargetInfo
+from sqlward.policy.rules import EnvironmentPolicy, Rule
 
 PG = "postgres"
 MY = "mysql"
@@ -434,7 +434,7 @@ def test_config_guardrails_must_be_a_table(tmp_path: Path) -> None:
 
 
 def test_gatekeeper_passes_guardrails_to_the_engine(tmp_path: Path) -> None:
-    from gateway.gatekeeper import Gatekeeper
+    from sqlward.gateway.gatekeeper import Gatekeeper
 
     class _Writer:
         def write(self, event: Any) -> None:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from masking.lineage import Lineage, lineage, statement_lineages
-from masking.model import Catalogue, ColumnInfo, TableInfo
+from sqlward.masking.lineage import Lineage, lineage, statement_lineages
+from sqlward.masking.model import Catalogue, ColumnInfo, TableInfo
 
 PG = "postgres"
 MY = "mysql"

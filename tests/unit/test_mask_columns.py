@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from adapters.maskcolumns import Column, ColumnMasks, column_maskers
-from masking.context import MaskContext, RequestMask
-from masking.model import MaskSpec
-from masking.plan import MaskPlan
+from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
+from sqlward.masking.context import MaskContext, RequestMask
+from sqlward.masking.model import MaskSpec
+from sqlward.masking.plan import MaskPlan
 
 REDACT = MaskSpec(function="redact", rule_id="r-redact")
 NULL = MaskSpec(function="null", rule_id="r-null")

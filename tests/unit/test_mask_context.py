@@ -9,11 +9,11 @@ import logging
 
 import pytest
 
-from masking.context import MaskContext, RequestMask, plan_request
-from masking.model import Catalogue, ColumnInfo, MaskRule, MaskSpec, TableInfo
-from masking.plan import MASK_ON_DOUBT
-from masking.policy import IdentityMasks, MaskingSettings
-from policy.analysis import analyse
+from sqlward.masking.context import MaskContext, RequestMask, plan_request
+from sqlward.masking.model import Catalogue, ColumnInfo, MaskRule, MaskSpec, TableInfo
+from sqlward.masking.plan import MASK_ON_DOUBT
+from sqlward.masking.policy import IdentityMasks, MaskingSettings
+from sqlward.policy.analysis import analyse
 
 PG, MY = "postgres", "mysql"
 DIALECTS = [PG, MY]

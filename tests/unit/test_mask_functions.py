@@ -20,8 +20,8 @@ from typing import Any, get_args
 
 import pytest
 
-from masking.functions import Masker, make_masker, redaction
-from masking.model import MaskSpec, TypeKind
+from sqlward.masking.functions import Masker, make_masker, redaction
+from sqlward.masking.model import MaskSpec, TypeKind
 
 PG = "postgres"
 MY = "mysql"

@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 import pytest
 
-from masking.lineage import Lineage, OutputColumn, lineage
-from masking.model import Catalogue, ColumnInfo, MaskSpec, TableInfo
-from masking.plan import MASK_ON_DOUBT, MaskPlan, build_plan, masked_tables_from, unknown_table_is_masked
+from sqlward.masking.lineage import Lineage, OutputColumn, lineage
+from sqlward.masking.model import Catalogue, ColumnInfo, MaskSpec, TableInfo
+from sqlward.masking.plan import MASK_ON_DOUBT, MaskPlan, build_plan, masked_tables_from, unknown_table_is_masked
 
 PG = "postgres"
 MY = "mysql"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from masking.model import Catalogue, ColumnInfo, MaskRule, MaskSpec, TableInfo
-from masking.policy import IdentityMasks, MaskingPolicy, MaskingSettings, rule_problems
+from sqlward.masking.model import Catalogue, ColumnInfo, MaskRule, MaskSpec, TableInfo
+from sqlward.masking.policy import IdentityMasks, MaskingPolicy, MaskingSettings, rule_problems
 
 
 def _table(name: str, columns: str, oid: int = 0) -> TableInfo:

@@ -43,7 +43,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.mysql import auth as A
+from sqlward.adapters.mysql import auth as A
 
 MARIADB_HOST = "127.0.0.1"
 MARIADB_PORT = 3306

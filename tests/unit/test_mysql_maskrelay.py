@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.mysql import messages
-from adapters.mysql.constants import Capability, FieldType, ServerStatus
-from adapters.mysql.maskrelay import MaskingRelay
-from adapters.mysql.packets import MAX_PACKET_CHUNK, ProtocolViolation, encode_packets, lenenc_bytes_or_null, lenenc_int
-from adapters.mysql.response import Shape
-from masking.context import MaskContext, RequestMask
-from masking.model import MaskSpec
-from masking.plan import MaskPlan
+from sqlward.adapters.mysql import messages
+from sqlward.adapters.mysql.constants import Capability, FieldType, ServerStatus
+from sqlward.adapters.mysql.maskrelay import MaskingRelay
+from sqlward.adapters.mysql.packets import MAX_PACKET_CHUNK, ProtocolViolation, encode_packets, lenenc_bytes_or_null, lenenc_int
+from sqlward.adapters.mysql.response import Shape
+from sqlward.masking.context import MaskContext, RequestMask
+from sqlward.masking.model import MaskSpec
+from sqlward.masking.plan import MaskPlan
 
 CAPS = int(
     Capability.LONG_PASSWORD | Capability.LONG_FLAG | Capability.PROTOCOL_41 | Capability.TRANSACTIONS

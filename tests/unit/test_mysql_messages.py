@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.mysql import constants as C
-from adapters.mysql import messages as M
-from adapters.mysql.constants import Capability as Cap
-from adapters.mysql.messages import (
+from sqlward.adapters.mysql import constants as C
+from sqlward.adapters.mysql import messages as M
+from sqlward.adapters.mysql.constants import Capability as Cap
+from sqlward.adapters.mysql.messages import (
     AuthMoreData,
     AuthNextFactor,
     AuthSwitchRequest,
@@ -59,7 +59,7 @@ from adapters.mysql.messages import (
     TextRow,
     Time,
 )
-from adapters.mysql.packets import (
+from sqlward.adapters.mysql.packets import (
     HandshakeError,
     PacketTooLarge,
     ProtocolViolation,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.mysql import constants as C
-from adapters.mysql.packets import (
+from sqlward.adapters.mysql import constants as C
+from sqlward.adapters.mysql.packets import (
     MAX_PACKET_CHUNK,
     HandshakeError,
     Packet,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.mysql.constants import FieldType as T
-from adapters.mysql.rowmask import (
+from sqlward.adapters.mysql.constants import FieldType as T
+from sqlward.adapters.mysql.rowmask import (
     BinaryRowMasker,
     TextRowMasker,
     binary_value_to_text,

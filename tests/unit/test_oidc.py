@@ -12,8 +12,8 @@ import msgspec
 import pytest
 import trio
 
-from gateway.config import IssuerConfig
-from gateway.oidc import IssuerSetupError, TokenError, TokenVerifier, VerifiedToken
+from sqlward.gateway.config import IssuerConfig
+from sqlward.gateway.oidc import IssuerSetupError, TokenError, TokenVerifier, VerifiedToken
 from tests.support.oidc import TestIssuer, actor_chain, b64url
 
 NOW = float(int(time.time()))

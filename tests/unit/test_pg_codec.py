@@ -13,8 +13,8 @@ import typing
 
 import pytest
 
-from adapters.postgres import codec
-from adapters.postgres.codec import (
+from sqlward.adapters.postgres import codec
+from sqlward.adapters.postgres.codec import (
     AuthenticationCleartextPassword,
     AuthenticationGSS,
     AuthenticationGSSContinue,

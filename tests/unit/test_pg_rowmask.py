@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.postgres import codec
-from adapters.postgres.rowmask import (
+from sqlward.adapters.postgres import codec
+from sqlward.adapters.postgres.rowmask import (
     CopyCsvMasker,
     CopyTextMasker,
     RowMasker,

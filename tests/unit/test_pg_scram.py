@@ -13,8 +13,8 @@ import scramp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.base import ScramSecret
-from adapters.postgres.scram import ScramError, ScramExchange, mock_secret
+from sqlward.adapters.base import ScramSecret
+from sqlward.adapters.postgres.scram import ScramError, ScramExchange, mock_secret
 
 MECHS = ["SCRAM-SHA-256"]
 PASSWORD = "correct horse battery staple"

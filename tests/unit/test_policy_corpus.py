@@ -14,9 +14,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from gateway.config import load_config
-from gateway.gatekeeper import Gatekeeper
-from policy.model import Decision, Identity, TargetInfo
+from sqlward.gateway.config import load_config
+from sqlward.gateway.gatekeeper import Gatekeeper
+from sqlward.policy.model import Decision, Identity, TargetInfo
 
 PG = "postgres"
 MY = "mysql"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
-from gateway.gatekeeper import Gatekeeper
-from gateway.policy_files import load_policy
-from policy.model import Identity, TargetInfo
+from sqlward.gateway.config import ConfigError, load_config
+from sqlward.gateway.gatekeeper import Gatekeeper
+from sqlward.gateway.policy_files import load_policy
+from sqlward.policy.model import Identity, TargetInfo
 
 ALICE = Identity(subject="alice", verified_by="static")
 APP = TargetInfo(name="app", protocol="postgres", environment="development", database="app")

@@ -178,7 +178,7 @@ def test_policy_test_cli_asks_the_upstream_only_for_an_estimate(guarded_gateway)
 
     def run(sql: str, target_name: str) -> tuple[int, dict]:
         out = subprocess.run(
-            [sys.executable, "-m", "gateway", "policy", "test", "--config", str(gw.config_file),
+            [sys.executable, "-m", "sqlward.gateway", "policy", "test", "--config", str(gw.config_file),
              "--as", "alice", "--target", target_name, "--json", sql],
             capture_output=True, text=True, timeout=60,
         )
