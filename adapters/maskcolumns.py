@@ -19,6 +19,8 @@ never recorded.
 
 from __future__ import annotations
 
+from sqlward.policy import rule_ids
+
 from collections.abc import Callable, Sequence
 
 from sqlward.masking.classifiers import ContentScanner
@@ -30,7 +32,7 @@ __all__ = ["Column", "ColumnMasks", "column_maskers"]
 
 ValueMasker = Callable[[bytes | None], bytes | None]
 _SCANNED: frozenset[str] = frozenset({"text", "json"})
-_DOUBT = MaskSpec(function="redact", rule_id="mask-on-doubt")
+_DOUBT = MaskSpec(function="redact", rule_id=rule_ids.MASK_ON_DOUBT)
 
 
 class Column:

@@ -22,6 +22,8 @@ cross-check maps (`IdentityMasks.wire_specs`) and the content classifiers.
 
 from __future__ import annotations
 
+from sqlward.policy import rule_ids
+
 import re
 from typing import Final
 
@@ -98,7 +100,7 @@ def plan_request(
             if not ops or ops <= _NO_ROWS:
                 return RequestMask(redact_errors=True, schema_change=schema_change)
             if settings.mask_all_on_doubt:
-                return RequestMask(plan=MaskPlan(mask_rest=MaskSpec(function="redact", rule_id="mask-on-doubt")), redact_errors=True)
+                return RequestMask(plan=MaskPlan(mask_rest=MaskSpec(function="redact", rule_id=rule_ids.MASK_ON_DOUBT)), redact_errors=True)
             return _refuse(
                 _first_rule(masks),
                 f'masking rule "{_first_rule(masks)}": this statement could not be analysed, and masking applies '

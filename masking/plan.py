@@ -37,6 +37,8 @@ Sans-IO, no global state.
 
 from __future__ import annotations
 
+from sqlward.policy import rule_ids
+
 from collections.abc import Callable, Iterable
 
 import msgspec
@@ -46,7 +48,7 @@ from sqlward.masking.model import Catalogue, MaskSpec
 
 __all__ = ["MASK_ON_DOUBT", "MaskPlan", "build_plan", "masked_tables_from", "unknown_table_is_masked"]
 
-MASK_ON_DOUBT = MaskSpec(function="redact", rule_id="mask-on-doubt")
+MASK_ON_DOUBT = MaskSpec(function="redact", rule_id=rule_ids.MASK_ON_DOUBT)
 
 
 class MaskPlan(msgspec.Struct, frozen=True):

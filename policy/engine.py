@@ -66,16 +66,17 @@ from typing import Final, TypeVar
 from sqlward.policy.analysis import analyse as _analyse
 from sqlward.policy.guardrails import DEFAULT_ESTIMATE_TIMEOUT, ActiveGuardrail, GuardrailConfig, compile_guardrails
 from sqlward.policy.fingerprint import RAW_PREFIX, fingerprint
+from sqlward.policy import rule_ids
 from sqlward.policy.model import Action, Analysis, Decision, Identity, StatementFacts, TargetInfo
 from sqlward.policy.rules import DAYS, PRODUCTION_ENVIRONMENTS, EnvironmentPolicy, Rule, parse_hours
 
 __all__ = ["DEV_ENVIRONMENTS", "Engine"]
 
 DEV_ENVIRONMENTS: Final = frozenset({"development", "dev", "local", "test"})
-UNPARSEABLE_RULE: Final = "unparseable"
-DEFAULT_RULE: Final = "default"
-DYNAMIC_SQL_RULE: Final = "dynamic-sql"
-ESTIMATE_RULE: Final = "estimate-pending"
+UNPARSEABLE_RULE: Final = rule_ids.UNPARSEABLE
+DEFAULT_RULE: Final = rule_ids.DEFAULT
+DYNAMIC_SQL_RULE: Final = rule_ids.DYNAMIC_SQL
+ESTIMATE_RULE: Final = rule_ids.ESTIMATE_PENDING
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
