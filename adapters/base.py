@@ -1,38 +1,61 @@
 """The contract between protocol adapters and the rest of sqlward.
 
-Adapters never import `gateway`. They are handed a `Gatekeeper` (structural typing) that knows
-the identities, the targets, the policy and the audit trail, and they call it at fixed points:
+Adapters never import `sqlward.gateway`. A listener is built by the gateway with
+`SessionServices` (the `Gatekeeper`, the `StatementPipeline` and the audit `Recorder`), its typed
+`ListenerSettings` and a `SessionRegistry`; each session it accepts gets those and nothing else.
+A session calls them at fixed points:
 
-1. `authenticate_*` once the client has sent its credentials (the adapter runs the wire
-   exchange; the gatekeeper only judges),
-2. `resolve_target` to map the database name the client asked for to a configured target,
-3. `analyse` + `decide` for every request text before anything reaches the upstream,
-4. `record` for every audit event, *before* the client sees the effect; it raises
-   `AuditUnavailable` when the event cannot be written, and the adapter then refuses.
+1. `Gatekeeper.authenticate_*` once the client has sent its credentials (the adapter runs the
+   wire exchange; the gatekeeper only judges), `resolve_target` to map the database name the
+   client asked for to a configured target, `access_refusal` to apply `[[access]]`;
+2. `StatementPipeline.judge(ctx, StatementRequest)` for every request text (and every
+   protocol-level command that needs a verdict) before anything reaches the upstream: the one
+   place where a request's fate is decided. It records the `statement.decided` event into the
+   session's `AuditScope` (`ctx.audit`);
+3. `AuditScope.add` for the session's other events and `AuditScope.flush` at the relay's flush
+   points, *before* the client or the upstream sees the effect; a failed flush raises
+   `AuditUnavailable`, and the adapter refuses or closes (fail closed).
 
-Everything the gatekeeper returns is an immutable value; all per-connection state lives in the
-adapter's session object.
+Everything the gateway returns is an immutable value; all per-connection state lives in the
+adapter's session object and its `SessionContext`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
+from sqlward.audit.events import Who
+from sqlward.audit.recorder import AuditScope, AuditUnavailable, Recorder
 from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
 
 if TYPE_CHECKING:
     from sqlward.masking.context import MaskContext
 
+__all__ = [
+    "AuditUnavailable", "AuthError", "CertIdentityMode", "Dialect", "Gatekeeper", "IdentitySettings",
+    "KillRequest", "ListenerSettings", "MysqlSecret", "ScramSecret", "SessionContext", "SessionRegistry",
+    "SessionServices", "StatementPipeline", "StatementRequest", "Target", "UpstreamTLS", "Verdict",
+]
+
+Dialect = Literal["postgres", "mysql"]
+# "statement": SQL text to analyse (simple Query, Parse, COM_QUERY, COM_STMT_PREPARE, ...);
+# "execute": a run of an already-decided prepared statement (only session-wide checks apply);
+# "command": a protocol command with no SQL text, named by `command` (FunctionCall, COM_DROP_DB).
+RequestKind = Literal["statement", "execute", "command"]
+CertIdentityMode = Literal["none", "subject-cn", "san-uri"]
+Sha2FullAuth = Literal["never", "first-login", "always"]
+TokenExpiryMode = Literal["refuse", "close"]
+TlsMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
 
 class AuthError(Exception):
     """Credentials were refused. The message is safe to show to the client."""
-
-
-class AuditUnavailable(Exception):
-    """An audit record could not be written; fail closed."""
 
 
 class ScramSecret(msgspec.Struct, frozen=True):
@@ -58,7 +81,7 @@ class MysqlSecret(msgspec.Struct, frozen=True):
 class IdentitySettings(msgspec.Struct, frozen=True):
     """Session-level identity behaviour (the `[identity]` config table)."""
 
-    on_token_expiry: str = "refuse"  # refuse | close
+    on_token_expiry: TokenExpiryMode = "refuse"
     upstream_application_name: bool = True  # PostgreSQL application_name = "sqlward:<who>"
     upstream_setting: bool = True  # PostgreSQL SET sqlward.identity / MySQL @sqlward_identity
     sql_comment: bool = False  # sqlcommenter-style /* sqlward_identity='...' */ on statements
@@ -67,7 +90,7 @@ class IdentitySettings(msgspec.Struct, frozen=True):
 class UpstreamTLS(msgspec.Struct, frozen=True):
     """TLS settings towards an upstream server (libpq `sslmode` semantics)."""
 
-    mode: str = "prefer"  # disable | allow | prefer | require | verify-ca | verify-full
+    mode: TlsMode = "prefer"
     root_cert: str = ""  # CA file for verify-ca / verify-full ("" = system store)
     cert_file: str = ""  # client certificate, optional
     key_file: str = ""
@@ -95,7 +118,7 @@ class Target(msgspec.Struct, frozen=True):
 
 
 class Gatekeeper(Protocol):
-    """What an adapter may ask of the gateway. Implemented in `gateway.gatekeeper`."""
+    """Who may connect where. Implemented in `sqlward.gateway.gatekeeper`."""
 
     @property
     def gateway_name(self) -> str: ...
@@ -113,61 +136,178 @@ class Gatekeeper(Protocol):
         """The identity of a static user who just proved its secret (any mechanism)."""
 
     def authenticate_password(self, username: str, password: str, *, tls: bool) -> Identity:
-        """Judge a cleartext password (a static secret now, an OIDC token later); AuthError."""
+        """Judge a static identity's secret sent in clear; AuthError."""
 
     async def authenticate_token(self, username: str, token: str, *, tls: bool, loopback: bool) -> Identity:
         """Verify an OIDC / JWT access token presented as the password (AuthError with a clear
         message when refused). `tls` and `loopback` say how the client is connected; tokens on
         plain TCP are refused unless the listener allows it for loopback clients."""
 
-    def identity_for_certificate(self, cert: dict, mode: str) -> Identity | None:  # type: ignore[type-arg]
+    def identity_for_certificate(self, cert: dict[str, object], mode: CertIdentityMode) -> Identity | None:
         """The identity of a verified client certificate (mutual TLS), or None when it maps to none."""
 
     def access_refusal(self, identity: Identity, target: TargetInfo) -> str | None:
         """None when `identity` may reach `target`; otherwise the reason, for the client."""
 
-    def identity_settings(self) -> "IdentitySettings":
+    def identity_settings(self) -> IdentitySettings:
         """How identities are shown upstream and what happens when a token expires."""
 
-    def resolve_target(self, name: str, protocol: str) -> Target | None:
+    def resolve_target(self, name: str, protocol: Dialect) -> Target | None:
         """The configured target a client asked for by name, or None."""
 
-    def analyse(self, sql: str, dialect: str) -> Analysis:
-        """Literal-free facts about a request text (cached per fingerprint)."""
+    def mysql_targets(self) -> tuple[str, ...]:
+        """Names of the MySQL targets, in config order (a MySQL listener probes the first)."""
 
-    def decide(
-        self,
-        analysis: Analysis,
-        identity: Identity,
-        target: TargetInfo,
-        *,
-        schema: str = "",
-        sql: str | None = None,
-        estimates: "Mapping[int, int | None] | None" = None,
-    ) -> Decision:
-        """The policy's decision (cached per fingerprint, identity, target, schema, policy
-        version); `schema` qualifies unqualified table names (MySQL's current database); `sql`
-        lets literal-dependent facts be judged on the text; `estimates` answers a `pending`
-        decision (see `estimate_rows`)."""
 
-    async def estimate_rows(
-        self, target: Target, sql: str, analysis: Analysis, indices: Sequence[int], *, schema: str = ""
-    ) -> dict[int, int | None]:
-        """Rows each listed statement of `sql` would change, by EXPLAIN on a side connection of
-        the gateway's (None for a statement without an estimate: error or timeout)."""
+class StatementRequest(msgspec.Struct, frozen=True):
+    """One request to judge, as the adapter read it off the wire."""
+
+    sql: str
+    dialect: Dialect
+    kind: RequestKind = "statement"
+    # MySQL: the session's current database (unqualified names are qualified with it).
+    schema: str = ""
+    # Extended protocol / COM_STMT_*: the prepared statement's name (for the audit record).
+    statement_name: str | None = None
+    # kind "command": the protocol command ("FunctionCall", "COM_DROP_DB", "cursor fetch", ...).
+    command: str = ""
+
+
+class KillRequest(msgspec.Struct, frozen=True):
+    """MySQL `KILL [CONNECTION | QUERY] <id>`: the gateway connection id to reach."""
+
+    connection_id: int
+    query_only: bool
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """The pipeline's answer for one request."""
+
+    request_id: int
+    decision: Decision
+    analysis: Analysis | None = None
+    # How to mask the results of an allowed request (None: nothing to mask).
+    mask: MaskContext | None = None
+    # A [[masks]] rule applies to this identity on this target (rows must be watched).
+    masked: bool = False
+    # The session's token expired and `on_token_expiry = "close"`: end the session.
+    close_session: bool = False
+    # MySQL KILL in the form the gateway maps onto its own connection ids.
+    kill: KillRequest | None = None
+    # Row estimates asked of the upstream, by 0-based statement index (None: no estimate).
+    estimates: dict[int, int | None] = {}
+    # What an offline verdict (`sqlward policy test`) could not know.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.action == "allow"
+
+
+class SessionContext:
+    """What the pipeline judges a session's requests with: who, where, the audit scope and the
+    request counter. Owned by the session; the pipeline updates `identity` when a statement
+    states a new reason (`/* sqlward:reason=... */`) and counts requests."""
+
+    __slots__ = ("audit", "identity", "who", "target", "requests", "offline")
+
+    def __init__(self, audit: AuditScope, *, offline: bool = False) -> None:
+        self.audit = audit
+        self.identity: Identity | None = None
+        self.who: Who | None = None
+        self.target: Target | None = None
+        self.requests = 0
+        # True for `sqlward policy test`: no live session, no upstream session state.
+        self.offline = offline
+
+    def set_identity(self, identity: Identity) -> None:
+        self.identity = identity
+        self.who = Who(
+            subject=identity.subject, groups=identity.groups, actor=identity.actor,
+            verified_by=identity.verified_by, reason=identity.reason,
+        )
+
+    def next_request(self) -> int:
+        self.requests += 1
+        return self.requests
+
+
+class StatementPipeline(Protocol):
+    """The one place where a request's fate is decided (`sqlward.gateway.pipeline`)."""
 
     @property
     def policy_version(self) -> int:
         """Changes whenever the policy is reloaded; prepared statements are decided again then."""
 
-    def masks_apply(self, identity: Identity, target: TargetInfo) -> bool:
-        """Whether any masking rule applies to `identity` on `target` (cheap)."""
+    async def judge(self, ctx: SessionContext, request: StatementRequest, *, durable: bool = True) -> Verdict:
+        """Analysis, built-in checks, guardrails, rules, row estimates, the mask plan; records
+        `statement.decided` in `ctx.audit`, flushed at once when `durable` (a failure then
+        refuses with `audit-unavailable`), else at the adapter's next flush point."""
 
-    async def mask_context(
-        self, target: Target, sql: str, analysis: Analysis, identity: Identity, *, schema: str = ""
-    ) -> "MaskContext | None":
-        """How to mask the results of an allowed request; None when no masking rule applies.
-        Raises when the target's schema catalogue cannot be read (the adapter refuses)."""
 
-    def record(self, event: msgspec.Struct) -> None:
-        """Write an audit event durably before returning; raise AuditUnavailable on failure."""
+@dataclass(frozen=True)
+class SessionServices:
+    """What the gateway hands every listener (and through it, every session)."""
+
+    gatekeeper: Gatekeeper
+    pipeline: StatementPipeline
+    recorder: Recorder
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """A listener's configuration, as its sessions need it (from `[[listeners]]`)."""
+
+    name: str
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+    tls_required: bool = False
+    max_message_size: int = 64 << 20
+    default_target: str = ""
+    # OIDC tokens on plain TCP from loopback clients.
+    allow_plaintext_tokens: bool = False
+    # Mutual TLS: how a verified client certificate names the identity.
+    cert_identity: CertIdentityMode = "none"
+    # MySQL: when caching_sha2_password takes the full path.
+    sha2_full_auth: Sha2FullAuth = "never"
+    # MySQL: the target whose greeting (version, capabilities) the listener shows its clients.
+    probe_target: str = ""
+
+
+S = TypeVar("S")
+
+
+class SessionRegistry(Generic[S]):
+    """The live sessions of one listener by the id the gateway gave them: PostgreSQL backend
+    pids (with the cancel secret, random ids) and MySQL connection ids (sequential, what KILL
+    names). Cross-session operations (cancel, KILL, later approval holds) go through it, never
+    through the listener."""
+
+    def __init__(self, *, sequential: bool, first: int | None = None, randbelow: Callable[[int], int] = secrets.randbelow) -> None:
+        self._sessions: dict[int, S] = {}
+        self._sequential = sequential
+        self._randbelow = randbelow
+        self._next = first if first is not None else randbelow(1 << 20) + 1000
+
+    def add(self, session: S) -> int:
+        """A fresh id for `session` (never 0, never one in use)."""
+        while True:
+            if self._sequential:
+                self._next = (self._next + 1) & 0xFFFFFFFF or 1
+                key = self._next
+            else:
+                key = self._randbelow(2**31 - 2) + 1
+            if key not in self._sessions:
+                self._sessions[key] = session
+                return key
+
+    def remove(self, key: int, session: S) -> None:
+        if self._sessions.get(key) is session:
+            del self._sessions[key]
+
+    def get(self, key: int) -> S | None:
+        return self._sessions.get(key)
+
+    def __len__(self) -> int:
+        return len(self._sessions)

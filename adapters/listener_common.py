@@ -1,51 +1,44 @@
-"""What every protocol's listener shares: its settings, the accept loop, and the peer address.
+"""What every protocol's listener shares: the accept loop and the peer address.
 
-A protocol listener subclasses `ListenerBase`, sets `session_class` to its session driver (called
-as `session_class(listener, stream, "host:port")` and then `.run()`), and may override
-`prepare()` to do work before the socket opens (the MySQL listener reads an upstream greeting).
+A protocol listener subclasses `ListenerBase`, implements `new_session(stream, client_addr)`
+(returning a session with an async `run()`), and may override `prepare()` to do work before the
+socket opens (the MySQL listener reads an upstream greeting). It is built by the gateway with
+the `SessionServices` and its typed `ListenerSettings`; it owns the `SessionRegistry` of its
+live sessions and hands services, settings and registry to each session it creates, so a
+session never reads its listener's attributes (and the session module never imports the
+listener's).
 """
 
 from __future__ import annotations
 
-import ssl
-from typing import Any, ClassVar
+from typing import Protocol
 
 import trio
 
-from sqlward.adapters.base import Gatekeeper
+from sqlward.adapters.base import ListenerSettings, SessionServices
+
+
+class _Session(Protocol):
+    """What `new_session` returns."""
+
+    async def run(self) -> None: ...
 
 
 class ListenerBase:
-    session_class: ClassVar[Any]
-
-    def __init__(
-        self,
-        gatekeeper: Gatekeeper,
-        *,
-        name: str,
-        host: str,
-        port: int,
-        ssl_context: ssl.SSLContext | None = None,
-        tls_required: bool = False,
-        max_message_size: int = 64 << 20,
-        default_target: str = "",
-    ) -> None:
-        self.gatekeeper = gatekeeper
-        self.name = name
-        self.host = host
-        self.port = port
-        self.ssl_context = ssl_context
-        self.tls_required = tls_required
-        self.max_message_size = max_message_size
-        self.default_target = default_target
-        # Identity options (set by the gateway from the listener config).
-        self.allow_plaintext_tokens = False  # tokens on plain TCP from loopback clients
-        self.cert_identity = "none"  # none | subject-cn | san-uri (mutual TLS)
+    def __init__(self, services: SessionServices, settings: ListenerSettings) -> None:
+        self.services = services
+        self.settings = settings
+        self.name = settings.name
+        self.host = settings.host
+        self.port = settings.port  # the bound port once serving (port 0 picks a free one)
 
     async def prepare(self) -> None:
         """Work to do before the socket opens."""
 
-    async def serve(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    def new_session(self, stream: trio.SocketStream, client_addr: str) -> _Session:
+        raise NotImplementedError
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         await self.prepare()
         listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         if self.port == 0:
@@ -59,4 +52,4 @@ class ListenerBase:
             addr = f"{peer[0]}:{peer[1]}"
         except OSError:
             addr = "unknown"
-        await self.session_class(self, stream, addr).run()
+        await self.new_session(stream, addr).run()

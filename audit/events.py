@@ -1,6 +1,9 @@
 """Audit event types.
 
-One frozen msgspec Struct per event kind, tagged by the `event` field in the JSON line.
+One frozen msgspec Struct per event kind, tagged by the `event` field in the JSON line. An event
+holds only what it is about; the envelope (time, RFC 3339 time text, gateway, connection id,
+per-session sequence number, trace and span ids) is stamped by the session's
+`audit.recorder.AuditScope` when the event is recorded, never spelt out by an adapter.
 Events carry no secrets: never a password or token, never a masked value. Statement text is
 recorded as sent by the client (literal redaction comes with the policy issue).
 """
@@ -18,10 +21,20 @@ class Who(msgspec.Struct, frozen=True, omit_defaults=True):
     reason: str = ""
 
 
-class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="event"):
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What every audit line starts with (stamped by `AuditScope`; for readers and tests)."""
+
     time: float  # Unix time, seconds
+    time_text: str  # the same instant as RFC 3339 UTC text, milliseconds: 2026-12-07T08:55:05.123Z
     gateway: str
-    connection_id: str
+    connection_id: str  # "" for gateway-level events (policy.reloaded)
+    seq: int  # per connection (per gateway for gateway-level events), from 1, no gaps
+    trace_id: str = ""  # W3C trace context of the session's span, when tracing is on
+    span_id: str = ""
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="event"):
+    pass
 
 
 class ConnectionOpened(_Event, tag="connection.opened", kw_only=True):
@@ -93,3 +106,9 @@ class PolicyReloaded(_Event, tag="policy.reloaded", kw_only=True):
     files: tuple[str, ...] = ()
     # Why the new policy was refused (the running one stays); None when it was installed.
     error: str | None = None
+
+
+AuditEvent = (
+    ConnectionOpened | ConnectionAuthenticated | ConnectionRefused | ConnectionClosed
+    | StatementDecided | StatementCompleted | PolicyReloaded
+)

@@ -32,8 +32,12 @@ there by a trio lock), so adapters can call it from any task without locks of th
   policy files and, when they are valid, builds a new Engine with the next version and installs
   it with one attribute assignment: a call already inside the old engine finishes with it. A bad
   file leaves the running engine in place. Either way a `policy.reloaded` audit event is written.
-- Audit: `record` appends to an `audit.JsonlWriter`; any failure becomes `AuditUnavailable` so the
-  adapter refuses the statement instead of running it unrecorded.
+- Audit: the gatekeeper builds the process's `audit.recorder.Recorder` over the configured sink
+  (`audit.writer.JsonlWriter` unless a sink is passed in); sessions get scopes from it, and the
+  statement pipeline (`gateway.pipeline`) records every decision through them.
+- The statement pipeline (`gateway.pipeline.Pipeline`) is the only caller of `analyse`,
+  `decide`, `estimate_rows`, `masks_apply` and `mask_context`: they are the gatekeeper's
+  services to it, not part of the adapters' contract.
 
 The how-to for all of this is docs/identity.md.
 """
@@ -52,8 +56,9 @@ from typing import Any, Protocol
 import msgspec
 import scramp
 
-from sqlward.adapters.base import AuditUnavailable, AuthError, IdentitySettings, MysqlSecret, ScramSecret, Target
+from sqlward.adapters.base import AuthError, CertIdentityMode, Dialect, IdentitySettings, MysqlSecret, ScramSecret, Target
 from sqlward.audit.events import PolicyReloaded
+from sqlward.audit.recorder import Recorder, Sink
 from sqlward.audit.writer import AuditWriteError, JsonlWriter
 from sqlward.gateway.config import AccessRule, Config, ConfigError, Problem, parse_dsn, read_secret_file
 from sqlward.gateway.oidc import IssuerSetupError, TokenError, TokenVerifier
@@ -65,24 +70,24 @@ from sqlward.policy.fingerprint import RAW_PREFIX
 from sqlward.gateway.policy_files import PolicyBundle, files_state, load_policy
 from sqlward.policy.estimates import statement_texts
 from sqlward.policy.rules import EnvironmentPolicy
+from sqlward.policy import rule_ids
 from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
 
 __all__ = ["Gatekeeper", "SCRAM_ITERATIONS"]
 
 SCRAM_ITERATIONS = 4096
-ENGINE_FAILURE_RULE = "sqlward-internal-error"
+ENGINE_FAILURE_RULE = rule_ids.INTERNAL_ERROR
 log = logging.getLogger(__name__)
 _SCHEMA_OPS = frozenset({"create", "alter", "drop", "rename", "truncate"})
 
 
 class _Engine(Protocol):
+    version: int
+    estimate_timeout: float
+
     def analyse(self, sql: str, dialect: str) -> Analysis: ...
 
     def decide(self, analysis: Analysis, identity: Identity, target_info: TargetInfo, **kw: Any) -> Decision: ...
-
-
-class _AuditWriter(Protocol):
-    def write(self, event: msgspec.Struct) -> None: ...
 
 
 class _StaticUser(msgspec.Struct, frozen=True):
@@ -103,7 +108,7 @@ class Gatekeeper:
         config: Config,
         *,
         engine: _Engine,
-        audit_writer: _AuditWriter,
+        recorder: Recorder,
         users: Mapping[str, _StaticUser],
         targets: Mapping[str, Target],
         hmac_key: bytes,
@@ -118,7 +123,7 @@ class Gatekeeper:
         self._catalogue_pools: dict[str, Any] = {}
         self._plans: dict[tuple[object, ...], RequestMask] = {}
         self._engine = engine
-        self._audit = audit_writer
+        self.recorder = recorder
         self._users = dict(users)
         self._targets = dict(targets)
         self._hmac_key = hmac_key
@@ -137,14 +142,15 @@ class Gatekeeper:
     def from_config(
         cls,
         config: Config,
-        audit_writer: _AuditWriter | None = None,
+        audit_sink: Sink | None = None,
         *,
         engine: _Engine | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Gatekeeper:
         """Build everything once. Raises ConfigError when a secret file cannot be read, an OIDC
         CA file cannot be loaded or the audit file cannot be opened (the message names the config
-        file and the `$.path`). `clock` is the OIDC verifier's (tests move time with it)."""
+        file and the `$.path`). `clock` is the OIDC verifier's (tests move time with it).
+        `audit_sink` replaces the configured audit file (tests, `sqlward policy test`)."""
         file = config.source or "<config>"
         hmac_key = os.urandom(32)
         users: dict[str, _StaticUser] = {}
@@ -217,16 +223,16 @@ class Gatekeeper:
         config = msgspec.structs.replace(
             config, identities=tuple(msgspec.structs.replace(ident, secret=None) for ident in config.identities)
         )
-        owns_writer = audit_writer is None
-        if audit_writer is None:
+        owns_writer = audit_sink is None
+        if audit_sink is None:
             try:
-                audit_writer = JsonlWriter(config.audit.file, fsync=config.audit.fsync)
+                audit_sink = JsonlWriter(config.audit.file, fsync=config.audit.fsync)
             except AuditWriteError as exc:
                 raise ConfigError.single(file, "$.audit.file", str(exc)) from None
         gatekeeper = cls(
             config,
             engine=engine,
-            audit_writer=audit_writer,
+            recorder=Recorder(config.gateway.name, audit_sink),
             users=users,
             targets=targets,
             hmac_key=hmac_key,
@@ -241,7 +247,7 @@ class Gatekeeper:
 
     @property
     def policy_version(self) -> int:
-        return int(getattr(self._engine, "version", 0))
+        return self._engine.version
 
     @property
     def policy_files(self) -> tuple[str, ...]:
@@ -255,7 +261,7 @@ class Gatekeeper:
             return False
         return files_state(self._config) != self._policy_state
 
-    def reload_policy(self) -> str | None:
+    async def reload_policy(self) -> str | None:
         """Re-read the policy files and swap in a new engine (version + 1). Returns None on
         success, or the error message (the running policy stays). Writes `policy.reloaded`."""
         if self._config.gateway.policy_files:
@@ -276,23 +282,16 @@ class Gatekeeper:
             self._plans.clear()
             self._policy_files = files = bundle.files
             version += 1
-        try:
-            self._audit.write(
-                PolicyReloaded(
-                    time=self._clock(), gateway=self.gateway_name, connection_id="",
-                    version=version, files=files, error=error,
-                )
-            )
-        except Exception as exc:  # the reload itself stands; say that its record is missing
-            logging.getLogger("sqlward").warning("policy.reloaded audit event not written: %s", exc)
+        # The reload itself stands whether or not its record can be written (logged if lost).
+        scope = self.recorder.gateway_scope
+        scope.add(PolicyReloaded(version=version, files=files, error=error))
+        await scope.flush_quietly()
         return error
 
     def close(self) -> None:
-        """Close the audit writer if this gatekeeper opened it."""
+        """Close the audit sink if this gatekeeper opened it."""
         if self._owns_writer:
-            close = getattr(self._audit, "close", None)
-            if close is not None:
-                close()
+            self.recorder.close()
 
     # -- Gatekeeper protocol ------------------------------------------------------------------
 
@@ -374,7 +373,7 @@ class Gatekeeper:
             expires_at=verified.expires_at,
         )
 
-    def identity_for_certificate(self, cert: Mapping[str, Any], mode: str) -> Identity | None:
+    def identity_for_certificate(self, cert: Mapping[str, Any], mode: CertIdentityMode) -> Identity | None:
         """The identity a verified client certificate (`ssl.SSLSocket.getpeercert()`, a dict)
         names under the listener's `cert_identity` mode, or None (mode "none", no certificate, no
         such name). Only call it for certificates the TLS layer verified against the listener's
@@ -420,11 +419,14 @@ class Gatekeeper:
     def identity_settings(self) -> IdentitySettings:
         return self._identity_settings
 
-    def resolve_target(self, name: str, protocol: str) -> Target | None:
+    def resolve_target(self, name: str, protocol: Dialect) -> Target | None:
         target = self._targets.get(name)
         if target is None or target.info.protocol != protocol:
             return None
         return target
+
+    def mysql_targets(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self._config.targets if t.protocol == "mysql")
 
     def analyse(self, sql: str, dialect: str) -> Analysis:
         return self._engine.analyse(sql, dialect)
@@ -465,7 +467,7 @@ class Gatekeeper:
     ) -> dict[int, int | None]:
         """Rows each pending statement would change (None: no estimate), by EXPLAIN on a side
         connection (`gateway.estimator`), within the policy's estimate timeout."""
-        timeout = float(getattr(self._engine, "estimate_timeout", 2.0))
+        timeout = self._engine.estimate_timeout
         texts = statement_texts(sql, analysis.dialect, len(analysis.statements))
         out: dict[int, int | None] = {}
         for i in indices:
@@ -542,12 +544,6 @@ class Gatekeeper:
             classifier_spec=next(iter(masks.classifier_specs.values()), None),
             hash_key=masking.hash_key,
         )
-
-    def record(self, event: msgspec.Struct) -> None:
-        try:
-            self._audit.write(event)
-        except Exception as exc:  # any failure means "not recorded": the adapter must refuse
-            raise AuditUnavailable(f"audit record not written: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"Gatekeeper({self.gateway_name!r}, {len(self._users)} identities, {len(self._targets)} targets)"

@@ -14,34 +14,39 @@ import logging
 import signal
 import ssl
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
 
 import trio
 
+from sqlward.adapters.base import ListenerSettings, SessionServices
+from sqlward.adapters.listener_common import ListenerBase
 from sqlward.adapters.mysql.listener import MysqlListener
 from sqlward.adapters.postgres.listener import PostgresListener
+from sqlward.gateway.config import Config, ListenerConfig, parse_listen
+from sqlward.gateway.gatekeeper import Gatekeeper
+from sqlward.gateway.pipeline import Pipeline
 
 log = logging.getLogger("sqlward")
 
 POLICY_POLL_SECONDS = 2.0
 
 
-def _reload(gatekeeper: Any, why: str) -> None:
-    error = gatekeeper.reload_policy()
+async def _reload(gatekeeper: Gatekeeper, why: str) -> None:
+    error = await gatekeeper.reload_policy()
     if error is None:
         log.info("policy reloaded (%s): version %d", why, gatekeeper.policy_version)
     else:
         log.error("policy reload (%s) refused, version %d stays: %s", why, gatekeeper.policy_version, error)
 
 
-async def _watch_policy(gatekeeper: Any) -> None:
+async def _watch_policy(gatekeeper: Gatekeeper) -> None:
     while True:
         await trio.sleep(POLICY_POLL_SECONDS)
         if gatekeeper.policy_changed():
-            _reload(gatekeeper, "policy files changed")
+            await _reload(gatekeeper, "policy files changed")
 
 
-def _server_context(cfg: Any, alpn: list[str] | None = None) -> ssl.SSLContext | None:
+def _server_context(cfg: ListenerConfig, alpn: list[str] | None = None) -> ssl.SSLContext | None:
     """The listener's TLS context; with `client_ca_file`, client certificates are requested and
     verified against it (mutual TLS; a client without one still gets TLS)."""
     if cfg.tls is None:
@@ -49,97 +54,82 @@ def _server_context(cfg: Any, alpn: list[str] | None = None) -> ssl.SSLContext |
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
-    client_ca = getattr(cfg, "client_ca_file", "")
-    if client_ca:
-        ctx.load_verify_locations(cafile=client_ca)
+    if cfg.client_ca_file:
+        ctx.load_verify_locations(cafile=cfg.client_ca_file)
         ctx.verify_mode = ssl.CERT_OPTIONAL
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx
 
 
-def _identity_options(listener: Any, cfg: Any) -> Any:
-    listener.allow_plaintext_tokens = bool(getattr(cfg, "allow_plaintext_tokens", False))
-    listener.cert_identity = getattr(cfg, "cert_identity", "none") or "none"
-    return listener
-
-
-def _postgres_listener(gatekeeper: Any, cfg: Any) -> PostgresListener:
-    ctx = _server_context(cfg, ["postgresql"])
-    return _identity_options(PostgresListener(
-        gatekeeper,
+def listener_settings(cfg: ListenerConfig, gatekeeper: Gatekeeper, *, alpn: list[str] | None = None) -> ListenerSettings:
+    """The typed settings a listener and its sessions get from a `[[listeners]]` entry."""
+    host, port = parse_listen(cfg.listen)
+    probe = ""
+    if cfg.protocol == "mysql":
+        probe = cfg.default_target or next(iter(gatekeeper.mysql_targets()), "")
+    return ListenerSettings(
         name=cfg.name,
-        host=cfg.host,
-        port=cfg.port,
-        ssl_context=ctx,
+        host=host,
+        port=port,
+        ssl_context=_server_context(cfg, alpn),
         tls_required=bool(cfg.tls is not None and cfg.tls.require),
         max_message_size=cfg.max_message_size,
         default_target=cfg.default_target,
-    ), cfg)
-
-
-def _mysql_listener(gatekeeper: Any, cfg: Any) -> MysqlListener:
-    ctx = _server_context(cfg)
-    probe = cfg.default_target or next(
-        (t.name for t in gatekeeper.config.targets if t.protocol == "mysql"), ""
-    )
-    return _identity_options(MysqlListener(
-        gatekeeper,
-        name=cfg.name,
-        host=cfg.host,
-        port=cfg.port,
-        ssl_context=ctx,
-        tls_required=bool(cfg.tls is not None and cfg.tls.require),
-        max_message_size=cfg.max_message_size,
-        default_target=cfg.default_target,
-        probe_target=probe,
+        allow_plaintext_tokens=cfg.allow_plaintext_tokens,
+        cert_identity=cfg.cert_identity,
         sha2_full_auth=cfg.caching_sha2_full_auth,
-    ), cfg)
+        probe_target=probe,
+    )
 
 
-ADAPTERS: dict[str, Callable[[Any, Any], Any]] = {
+def _postgres_listener(services: SessionServices, gatekeeper: Gatekeeper, cfg: ListenerConfig) -> ListenerBase:
+    return PostgresListener(services, listener_settings(cfg, gatekeeper, alpn=["postgresql"]))
+
+
+def _mysql_listener(services: SessionServices, gatekeeper: Gatekeeper, cfg: ListenerConfig) -> ListenerBase:
+    return MysqlListener(services, listener_settings(cfg, gatekeeper))
+
+
+# A new protocol adapter is one entry here.
+ADAPTERS: dict[str, Callable[[SessionServices, Gatekeeper, ListenerConfig], ListenerBase]] = {
     "postgres": _postgres_listener,
     "mysql": _mysql_listener,
 }
 
 
-async def serve(config: Any, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    from sqlward.gateway.gatekeeper import Gatekeeper
-
+async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED) -> None:
     gatekeeper = Gatekeeper.from_config(config)
-    listeners = []
+    services = SessionServices(gatekeeper=gatekeeper, pipeline=Pipeline(gatekeeper), recorder=gatekeeper.recorder)
+    listeners: list[ListenerBase] = []
     for cfg in config.listeners:
         factory = ADAPTERS.get(cfg.protocol)
         if factory is None:
             raise SystemExit(f"sqlward: listener {cfg.name!r}: protocol {cfg.protocol!r} is not available yet")
-        listeners.append(factory(gatekeeper, cfg))
+        listeners.append(factory(services, gatekeeper, cfg))
     try:
         async with trio.open_nursery() as nursery:
             ports = [await nursery.start(lst.serve) for lst in listeners]
             for lst, port in zip(listeners, ports):
                 log.info("listening: %s on %s:%d", lst.name, lst.host, port)
-            if config.gateway.policy_files and hasattr(gatekeeper, "policy_changed"):
+            if config.gateway.policy_files:
                 nursery.start_soon(_watch_policy, gatekeeper)
             task_status.started(ports)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        _reload(gatekeeper, "SIGHUP")
+                        await _reload(gatekeeper, "SIGHUP")
                         continue
                     log.info("received %s, shutting down", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
     finally:
-        aclose = getattr(gatekeeper, "aclose", None)
-        if aclose is not None:  # side connections (row estimates, catalogue)
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await aclose()
-        close = getattr(gatekeeper, "close", None)
-        if close is not None:
-            close()
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await gatekeeper.aclose()  # side connections (row estimates, catalogue)
+        gatekeeper.close()
 
 
-def run(config: Any) -> None:
+def run(config: Config) -> None:
     logging.getLogger("sqlglot").setLevel(logging.ERROR)  # fallback warnings are ours to report
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,

@@ -1,0 +1,161 @@
+"""The one recorder of audit events: a per-session scope stamps the envelope, batches are
+written at the relay's flush points through an async sink.
+
+How it works:
+
+- `Recorder` is one per gateway process. It owns the sink (`audit.writer.JsonlWriter` today; a
+  remote sink later implements the same `Sink` protocol) and hands out scopes.
+- `AuditScope` is one per session (and one for the gateway itself, connection id ""). `add`
+  encodes an event at once (msgspec) and stamps the envelope in front of it: `time` (Unix
+  seconds), `time_text` (RFC 3339 UTC with milliseconds, formatted once per second), `gateway`,
+  `connection_id`, `seq` (1, 2, 3, ... per scope: a gap means a lost record) and, when set,
+  `trace_id` / `span_id`. The envelope keys come first in the JSON object; the event's own keys
+  (`event`, ...) follow. Nothing is written yet.
+- `flush` hands every line added since the last flush to the sink in one call, so one system
+  call per flush point instead of one per event. The adapters flush where the relay already
+  has a flush point: before forwarding what a client sent upstream (so the decision is on disk
+  before the statement runs) and before forwarding what the upstream answered to the client
+  (so the completion is on disk before the client sees it). `record` is `add` + `flush`.
+- Any failure of the sink raises `AuditUnavailable`; the caller refuses or closes (fail
+  closed). The lines of a failed batch are dropped, and their sequence numbers stay unused, so
+  the gap shows in the trail. `flush_quietly` is for events about the connection itself
+  (opened, refused, closed): a failure is logged, not raised.
+
+Ordering: a session's events reach the sink in the order they were added; sinks write one
+batch at a time (the JSONL file with a single `os.write` of whole lines on an O_APPEND
+descriptor), so batches of different sessions never interleave inside a line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+
+log = logging.getLogger("sqlward.audit")
+
+__all__ = ["AuditScope", "AuditUnavailable", "Recorder", "Sink"]
+
+
+class AuditUnavailable(Exception):
+    """An audit record could not be written; fail closed."""
+
+
+class Sink(Protocol):
+    """Where audit lines go. `write` gets one batch of complete JSON lines (each ending in
+    a newline) and returns once they are durable as configured; it raises on failure."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    """Records nothing (`sqlward policy test` never opens the audit file)."""
+
+    async def write(self, data: bytes) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class Recorder:
+    """One per gateway process: the sink, the gateway's name, the clock (see module doc)."""
+
+    def __init__(self, gateway: str, sink: Sink, *, clock: Callable[[], float] = time.time) -> None:
+        self.gateway = gateway
+        self.sink = sink
+        self._clock = clock
+        self._encode = msgspec.json.Encoder().encode
+        self._gateway_json = msgspec.json.encode(gateway)
+        self._second = -1
+        self._second_text = ""
+        self.gateway_scope = self.scope("")
+
+    def scope(self, connection_id: str) -> AuditScope:
+        """A new per-session scope (its sequence numbers start at 1)."""
+        return AuditScope(self, connection_id)
+
+    def _stamp(self) -> bytes:
+        """`"time":...,"time_text":"...",` for now."""
+        now = self._clock()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        millis = int((now - second) * 1000)
+        return b'{"time":%r,"time_text":"%s.%03dZ",' % (now, self._second_text.encode(), millis)
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self.sink.write(data)
+        except Exception as exc:  # any failure means "not recorded": the caller must refuse
+            raise AuditUnavailable(f"audit record not written: {exc}") from exc
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class AuditScope:
+    """The envelope of one session's events and the lines not yet flushed (see module doc)."""
+
+    __slots__ = ("_recorder", "connection_id", "_head", "_seq", "_lines", "trace_id", "span_id")
+
+    def __init__(self, recorder: Recorder, connection_id: str) -> None:
+        self._recorder = recorder
+        self.connection_id = connection_id
+        self._head = b'"gateway":%s,"connection_id":%s,' % (
+            recorder._gateway_json, msgspec.json.encode(connection_id),
+        )
+        self._seq = 0
+        self._lines: list[bytes] = []
+        self.trace_id = ""  # set by telemetry when the session has a span
+        self.span_id = ""
+
+    @property
+    def pending(self) -> int:
+        """Events added and not yet flushed."""
+        return len(self._lines)
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the last event added."""
+        return self._seq
+
+    def add(self, event: msgspec.Struct) -> None:
+        """Stamp and encode `event`; it is written at the next flush."""
+        self._seq += 1
+        recorder = self._recorder
+        body = recorder._encode(event)
+        trace = b""
+        if self.trace_id:
+            trace = b'"trace_id":"%s","span_id":"%s",' % (self.trace_id.encode(), self.span_id.encode())
+        self._lines.append(b"%s%s\"seq\":%d,%s%s\n" % (recorder._stamp(), self._head, self._seq, trace, body[1:]))
+
+    async def flush(self) -> None:
+        """Write every pending line in one batch; AuditUnavailable when the sink fails (the
+        batch is dropped: its sequence numbers stay unused)."""
+        lines = self._lines
+        if not lines:
+            return
+        self._lines = []
+        await self._recorder.write(lines[0] if len(lines) == 1 else b"".join(lines))
+
+    async def record(self, event: msgspec.Struct) -> None:
+        """`add` then `flush`: for events that must be durable before the caller goes on."""
+        self.add(event)
+        await self.flush()
+
+    async def flush_quietly(self) -> bool:
+        """`flush` for events about the connection itself: a failure is logged, not raised."""
+        lost = len(self._lines)
+        try:
+            await self.flush()
+        except AuditUnavailable as exc:
+            log.error("audit unavailable: %d event(s) of connection %r lost: %s", lost, self.connection_id, exc)
+            return False
+        return True

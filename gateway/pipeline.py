@@ -1,0 +1,328 @@
+"""The statement pipeline: the one place where a request's fate is decided.
+
+Both protocol adapters and `sqlward policy test` call `Pipeline.judge(ctx, request)`; nothing
+else assembles a decision. For one request it runs, in this order:
+
+1. **Session checks** (every kind of request): the stated reason of a leading
+   `/* sqlward:reason=... */` comment becomes the session's; a session whose token expired is
+   refused (`token-expired`), or ended (`close_session`) when `[identity] on_token_expiry =
+   "close"`.
+2. **Protocol commands without SQL** (`kind="command"`): the PostgreSQL FunctionCall message
+   (`function-call`), the MySQL commands that bypass SQL (`command-not-allowed`), a MySQL cursor
+   whose rows cannot be masked (`masking-cursor`). The audit record names the command as
+   `<COM_DROP_DB>`.
+3. **Built-in statement checks**: identity tampering (`identity-tampering`: SET sqlward.*,
+   application_name impersonation, `@sqlward_identity`); MySQL `KILL [CONNECTION | QUERY] <id>`
+   alone is recognised as the form the gateway maps onto its own connection ids (`own-session`,
+   returned as `Verdict.kill`; the session checks ownership), any other KILL form is refused
+   (`kill-form`).
+4. **Analysis** (`policy.engine`, cached per fingerprint) and the **policy**: guardrails, rules,
+   the environment default (cached per fingerprint, identity, target, schema, policy version).
+   An exception anywhere here refuses the request (`internal-error`).
+5. **MySQL LOAD DATA LOCAL** on a target that does not allow it (`local-infile`).
+6. **Row estimates**: a decision `pending` on `rows_over` / mass-write gets EXPLAIN figures from
+   a side connection and is decided again.
+7. **The mask plan**: for an allowed request of an identity a `[[masks]]` rule applies to, the
+   `MaskContext` that the adapter's row rewriters use, or a refusal when masking cannot protect
+   the result (`masking-unavailable` when the schema catalogue cannot be read).
+8. *(The approval step of the next issue goes here: a `review` decision waits for a verdict.)*
+   Today `review` refuses with "needs approval".
+9. **The record**: `statement.decided` with the facts that matched is added to the session's
+   audit scope. With `durable=True` the scope is flushed at once and a failure refuses the
+   request (`audit-unavailable`); with `durable=False` the adapter flushes at its next flush
+   point, before anything reaches the upstream (the PostgreSQL relay batches a pipeline).
+
+An allowed `kind="execute"` (a run of a statement decided at Parse / PREPARE time) is not
+recorded here: its `statement.completed` refers to the decision.
+
+`judge` works the same offline (`SessionContext.offline`, for `sqlward policy test`): the
+checks and the policy are the very same calls; what needs a live upstream session (the mask plan
+when the catalogue cannot be read, whose connection a KILL reaches) is said in `Verdict.notes`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from sqlward.adapters import identity as ident
+from sqlward.adapters.base import (
+    AuditUnavailable,
+    KillRequest,
+    SessionContext,
+    StatementRequest,
+    Verdict,
+)
+from sqlward.adapters.text import printable
+from sqlward.audit.events import StatementDecided
+from sqlward.policy import rule_ids
+from sqlward.policy.model import Analysis, Decision, Identity
+
+if TYPE_CHECKING:
+    from sqlward.gateway.gatekeeper import Gatekeeper
+    from sqlward.masking.context import MaskContext
+
+__all__ = ["Pipeline", "command_decision", "tampering", "token_expiry", "kill_request", "local_infile"]
+
+log = logging.getLogger("sqlward.pipeline")
+
+# -- the built-in checks: small pure functions, in the order `judge` applies them -------------
+
+_KILL = re.compile(
+    r"^\s*KILL\s+(?:(?:HARD|SOFT)\s+)?(?:(CONNECTION|QUERY)\s+)?(?:ID\s+)?(\d+)\s*;?\s*$",
+    re.IGNORECASE,
+)
+_LOCAL_INFILE = re.compile(
+    r"\bLOAD\s+(?:DATA|XML)\s+(?:LOW_PRIORITY\s+|CONCURRENT\s+)?LOCAL\b", re.IGNORECASE
+)
+# Operations that cannot be a LOAD DATA statement (skip the LOCAL INFILE scan for them).
+_PLAIN_OPS = frozenset({"select", "insert", "update", "delete", "begin", "commit", "rollback", "show", "use", "set"})
+
+# Protocol commands with no SQL text: the rule that refuses each and the sentence the client reads.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "FunctionCall": (
+        rule_ids.FUNCTION_CALL, "the FunctionCall protocol message is not allowed through sqlward; use SQL",
+    ),
+    "cursor fetch": (
+        rule_ids.MASKING_CURSOR, "this cursor's rows cannot be masked; fetch without a server-side cursor",
+    ),
+}
+
+
+def token_expiry(identity: Identity, *, close: bool, now: float | None = None) -> Decision | None:
+    """`token-expired` once the session's token has expired (None while it is valid)."""
+    if identity.expires_at is None or not ident.expired(identity, now):
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(identity.expires_at))
+    return Decision(
+        action="deny", rule_id=rule_ids.TOKEN_EXPIRED,
+        message=f"the token of {identity.subject} expired at {when}; reconnect with a fresh token"
+        + ("; sqlward closes the session" if close else ""),
+    )
+
+
+def command_decision(command: str) -> Decision:
+    """The verdict on a protocol command that carries no SQL (always a refusal today)."""
+    rule_id, message = _COMMANDS.get(command, (rule_ids.COMMAND_NOT_ALLOWED, f"{command} is not allowed through sqlward"))
+    return Decision(action="deny", rule_id=rule_id, message=message)
+
+
+def tampering(request: StatementRequest) -> Decision | None:
+    """Statements that would rewrite the identity the gateway shows the database."""
+    if request.dialect == "mysql":
+        if not ident.mysql_identity_write(request.sql):
+            return None
+        message = "@sqlward_identity carries the session's identity and cannot be changed"
+    else:
+        if not ident.pg_identity_write(request.sql):
+            return None
+        message = (
+            "the sqlward.* settings and the sqlward: application_name carry the session's "
+            "identity and cannot be changed"
+        )
+    return Decision(action="deny", rule_id=rule_ids.IDENTITY_TAMPERING, message=message)
+
+
+def kill_request(request: StatementRequest) -> KillRequest | None:
+    """MySQL `KILL [CONNECTION | QUERY] <id>` sent alone: the form the gateway maps onto its own
+    connection ids."""
+    sql = request.sql
+    if request.dialect != "mysql" or not ("KILL" in sql or "kill" in sql or "Kill" in sql):
+        return None
+    m = _KILL.match(sql)
+    if m is None:
+        return None
+    return KillRequest(connection_id=int(m.group(2)), query_only=(m.group(1) or "").upper() == "QUERY")
+
+
+_KILL_FORM = Decision(
+    action="deny", rule_id=rule_ids.KILL_FORM,
+    message="KILL must be sent on its own as KILL [CONNECTION | QUERY] <sqlward connection id>",
+)
+
+
+def local_infile(request: StatementRequest, analysis: Analysis, *, allowed: bool, target: str) -> Decision | None:
+    """MySQL LOAD DATA / XML LOCAL on a target without `allow_local_infile`."""
+    if request.dialect != "mysql" or allowed:
+        return None
+    if analysis.parse_status == "ok" and _PLAIN_OPS.issuperset(analysis.operations):
+        return None
+    if _LOCAL_INFILE.search(request.sql) is None:
+        return None
+    return Decision(
+        action="deny", rule_id=rule_ids.LOCAL_INFILE,
+        message=f"LOAD DATA LOCAL INFILE is not allowed on target {target!r}",
+    )
+
+
+def _internal_error(exc: BaseException) -> Decision:
+    return Decision(
+        action="deny", rule_id=rule_ids.INTERNAL_ERROR,
+        message=f"sqlward could not evaluate this statement ({type(exc).__name__}); refused",
+    )
+
+
+_AUDIT_UNAVAILABLE = Decision(
+    action="deny", rule_id=rule_ids.AUDIT_UNAVAILABLE,
+    message="the audit trail cannot be written; sqlward refuses to run statements",
+)
+
+
+class Pipeline:
+    """`StatementPipeline` of `sqlward.adapters.base`, over the gateway's `Gatekeeper` (its policy
+    engine, estimator and masking policy). See the module doc for the order of the steps."""
+
+    def __init__(self, gatekeeper: Gatekeeper) -> None:
+        self._gk = gatekeeper
+
+    @property
+    def policy_version(self) -> int:
+        return self._gk.policy_version
+
+    async def judge(self, ctx: SessionContext, request: StatementRequest, *, durable: bool = True) -> Verdict:
+        identity, target = ctx.identity, ctx.target
+        assert identity is not None and target is not None, "judge() before the session has an identity and a target"
+        gk = self._gk
+        info = target.info
+        rid = ctx.next_request()
+        sql = request.sql
+
+        # 1. session checks
+        if request.kind == "statement":
+            reason = ident.reason_from_sql(sql)
+            if reason and reason != identity.reason:
+                identity = msgspec.structs.replace(identity, reason=reason)
+                ctx.set_identity(identity)
+        if identity.expires_at is not None:
+            close = gk.identity_settings().on_token_expiry == "close"
+            expiry = token_expiry(identity, close=close)
+            if expiry is not None:
+                if close and not ctx.offline:
+                    return Verdict(request_id=rid, decision=expiry, close_session=True)
+                return await self._record(ctx, request, rid, expiry, durable=durable)
+        if request.kind == "execute":
+            return Verdict(request_id=rid, decision=Decision(action="allow"))
+
+        # 2. protocol commands
+        if request.kind == "command":
+            return await self._record(ctx, request, rid, command_decision(request.command), durable=durable)
+
+        # 3.-7. built-in checks, analysis, policy, estimates, mask plan
+        analysis: Analysis | None = None
+        mask: MaskContext | None = None
+        masked = False
+        kill: KillRequest | None = None
+        estimates: dict[int, int | None] = {}
+        notes: list[str] = []
+        try:
+            decision = tampering(request)
+            kill = kill_request(request) if decision is None else None
+            if kill is not None:
+                decision = Decision(action="allow", rule_id=rule_ids.OWN_SESSION, facts=(f"kill={kill.connection_id}",))
+                if ctx.offline:
+                    notes.append(
+                        f"KILL reaches gateway connection {kill.connection_id} only if it is a session of "
+                        f"{identity.subject}: only a live gateway knows"
+                    )
+            else:
+                analysis = gk.analyse(sql, request.dialect)
+                if decision is None:
+                    if request.dialect == "mysql" and "kill" in analysis.operations:
+                        decision = _KILL_FORM
+                    else:
+                        decision = gk.decide(analysis, identity, info, schema=request.schema, sql=sql)
+                if decision.action == "allow":
+                    decision = local_infile(
+                        request, analysis, allowed=target.allow_local_infile, target=info.name,
+                    ) or decision
+                if decision.pending:
+                    estimates = await gk.estimate_rows(target, sql, analysis, decision.pending, schema=request.schema)
+                    decision = gk.decide(
+                        analysis, identity, info, schema=request.schema, sql=sql, estimates=estimates,
+                    )
+                masked = gk.masks_apply(identity, info)
+                if decision.action == "allow" and masked:
+                    decision, mask = await self._mask_plan(ctx, request, analysis, decision, notes)
+        except Exception as exc:  # fail closed
+            log.exception("policy evaluation failed")
+            decision = _internal_error(exc)
+
+        # 8. approvals (next issue): a review is a refusal that says who may approve.
+        if decision.action == "review" and not decision.message:
+            decision = msgspec.structs.replace(decision, message=f'statement needs approval (rule "{decision.rule_id}")')
+
+        # 9. the record
+        verdict = Verdict(
+            request_id=rid, decision=decision, analysis=analysis, mask=mask, masked=masked, kill=kill,
+            estimates=estimates, notes=tuple(notes),
+        )
+        return await self._record(ctx, request, rid, decision, durable=durable, verdict=verdict)
+
+    async def _mask_plan(
+        self, ctx: SessionContext, request: StatementRequest, analysis: Analysis, decision: Decision, notes: list[str],
+    ) -> tuple[Decision, MaskContext | None]:
+        assert ctx.identity is not None and ctx.target is not None
+        try:
+            mask = await self._gk.mask_context(ctx.target, request.sql, analysis, ctx.identity, schema=request.schema)
+        except Exception as exc:  # the catalogue cannot be read: fail closed
+            if ctx.offline:
+                notes.append(
+                    f"masking applies to {ctx.identity.subject} on {ctx.target.info.name}, and its schema "
+                    f"catalogue could not be read ({exc}): the mask plan is not known offline"
+                )
+                return decision, None
+            log.warning("masking context unavailable for %s: %s", ctx.target.info.name, exc)
+            return Decision(
+                action="deny", rule_id=rule_ids.MASKING_UNAVAILABLE,
+                message="masking applies to you on this target and its schema catalogue could not be read; "
+                "statement refused",
+            ), None
+        if mask is not None and mask.refusal:
+            return Decision(action="deny", rule_id=mask.request.rule_id, message=mask.refusal), None
+        return decision, mask
+
+    async def _record(
+        self, ctx: SessionContext, request: StatementRequest, rid: int, decision: Decision, *,
+        durable: bool, verdict: Verdict | None = None,
+    ) -> Verdict:
+        target = ctx.target
+        assert target is not None and ctx.who is not None
+        analysis = verdict.analysis if verdict is not None else None
+        if request.kind == "command":
+            sql, fingerprint = f"<{request.command}>", ""
+        elif request.kind == "execute":
+            sql, fingerprint = "<execute of a prepared statement>", ""
+        elif verdict is not None and verdict.kill is not None:
+            verb = "KILL QUERY" if verdict.kill.query_only else "KILL CONNECTION"
+            sql, fingerprint = f"{verb} {verdict.kill.connection_id}", f"{verb} ?"
+        else:
+            sql, fingerprint = printable(request.sql), printable(analysis.fingerprint) if analysis is not None else ""
+        killed = verdict is not None and verdict.kill is not None
+        if analysis is not None:
+            parse_status = analysis.parse_status
+        else:  # a command, an execute or a KILL carry no SQL to parse; a failed analysis does
+            parse_status = "ok" if request.kind != "statement" or killed else "error"
+        ctx.audit.add(
+            StatementDecided(
+                request_id=rid, who=ctx.who, target=target.info.name, environment=target.info.environment,
+                sql=sql, fingerprint=fingerprint,
+                operations=("kill",) if killed else (analysis.operations if analysis is not None else ()),
+                tables=analysis.tables if analysis is not None else (),
+                parse_status=parse_status,
+                action=decision.action, rule_id=decision.rule_id, message=decision.message,
+                statement_name=request.statement_name, statement_index=decision.statement_index,
+                facts=decision.facts,
+            )
+        )
+        if verdict is None:
+            verdict = Verdict(request_id=rid, decision=decision)
+        if durable and not ctx.offline:
+            try:
+                await ctx.audit.flush()
+            except AuditUnavailable:
+                return Verdict(request_id=rid, decision=_AUDIT_UNAVAILABLE, analysis=analysis)
+        return verdict
