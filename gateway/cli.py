@@ -9,8 +9,9 @@ a traceback.
     sqlward check-config FILE      validate a config file, print a one-line summary
     sqlward serve --config FILE    load the config and run the gateway until SIGINT / SIGTERM
     sqlward policy test --config FILE --as IDENTITY --target TARGET [--json] "SQL"
-                                   the policy's decision on one SQL text, explained (no gateway
-                                   or upstream is contacted; see gateway.policy_check); exit 0
+                                   the verdict a live session would get on one SQL text (or a
+                                   protocol --command), explained, through the same statement
+                                   pipeline without a gateway (see gateway.policy_check); exit 0
                                    allow, 1 deny, 3 review, 2 usage or configuration error
     sqlward --version
 
@@ -21,6 +22,7 @@ server's dependencies being importable.
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from collections.abc import Sequence
 
@@ -78,9 +80,34 @@ def _parser() -> argparse.ArgumentParser:
         help="actor of the ad-hoc identity's delegation chain, outermost first (repeatable); makes it an agent",
     )
     test.add_argument("--schema", metavar="DB", help="MySQL current database (default: the target DSN's database)")
+    test.add_argument(
+        "--expires-at", type=_when, metavar="TIME",
+        help="judge as a token of the ad-hoc identity expiring at TIME (Unix seconds or ISO 8601, e.g. "
+        "2026-01-01T00:00:00Z): what a live session gets once its token has expired",
+    )
+    test.add_argument(
+        "--command", dest="protocol_command", default="", metavar="NAME",
+        help="judge a protocol command that carries no SQL instead of a text: FunctionCall (PostgreSQL), "
+        "COM_CREATE_DB, COM_DROP_DB, COM_REFRESH, ... (MySQL)",
+    )
     test.add_argument("--json", action="store_true", help="print one JSON object")
-    test.add_argument("sql", metavar="SQL", help="the SQL text (may hold several statements)")
+    test.add_argument("sql", metavar="SQL", nargs="?", default="", help="the SQL text (may hold several statements)")
     return parser
+
+
+def _when(text: str) -> float:
+    """A point in time for --expires-at: Unix seconds, or ISO 8601 (UTC when no offset is given)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (Unix seconds or ISO 8601)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
 
 
 def _summary(file: str, config: Config) -> str:
@@ -139,6 +166,8 @@ def policy_test(args: argparse.Namespace) -> int:
             groups=tuple(args.groups),
             actors=tuple(args.actors),
             schema=args.schema,
+            expires_at=args.expires_at,
+            command=args.protocol_command,
         )
     except ConfigError as exc:
         print(exc, file=sys.stderr)

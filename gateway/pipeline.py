@@ -201,7 +201,7 @@ class Pipeline:
             close = gk.identity_settings().on_token_expiry == "close"
             expiry = token_expiry(identity, close=close)
             if expiry is not None:
-                if close and not ctx.offline:
+                if close:  # the session ends: nothing is recorded as decided
                     return Verdict(request_id=rid, decision=expiry, close_session=True)
                 return await self._record(ctx, request, rid, expiry, durable=durable)
         if request.kind == "execute":

@@ -1,23 +1,21 @@
-"""`sqlward policy test`: the gateway's decision on one SQL text, without a running gateway.
+"""`sqlward policy test`: the verdict a live session would get on one SQL text, offline.
 
 How it works: `evaluate` builds a `gateway.gatekeeper.Gatekeeper` from the loaded config with
-`Gatekeeper.from_config` (so the policy `Engine`, its rules, environments and fallbacks are the
-very ones `sqlward serve` builds) and a no-op audit writer (the audit file is never opened).
-Nothing is sent to a gateway, and an upstream database is contacted only when a rule or
-guardrail needs an estimate of the rows a statement changes (`rows_over`, mass-write): then the
-decision is `pending`, `Gatekeeper.estimate_rows` runs EXPLAIN on the target as the gateway
-would, and the decision is made again with the figures (shown under "estimates").
+`Gatekeeper.from_config` (the very policy engine, rules, environments, guardrails and masks
+`sqlward serve` builds) over a `NullSink` (the audit file is never opened), and asks the same
+`gateway.pipeline.Pipeline.judge` the protocol adapters call, with an offline
+`SessionContext`. So every built-in check of a live session applies in the same order: the
+stated reason, token expiry (give `--expires-at` to judge as a token expiring then), protocol
+commands without SQL (`--command FunctionCall`, `--command COM_DROP_DB`), identity tampering,
+the MySQL KILL forms and LOAD DATA LOCAL, the rules and guardrails, row estimates, the mask plan.
+Before the pipeline, `[[access]]` is applied as the listener would at connection time: a
+refusal becomes a deny decision with rule id "access".
 
-The request is then judged in the order the protocol adapters use:
-
-1. `[[access]]`: `Gatekeeper.access_refusal(identity, target)`; a refusal becomes a deny
-   decision with rule id "access" (the gateway refuses the connection itself).
-2. Identity tampering: statements that would rewrite the identity the gateway shows the database
-   (`adapters.identity.pg_identity_write` / `mysql_identity_write`) are refused with rule id
-   "identity-tampering", as the adapters do.
-3. `Gatekeeper.decide(analysis, identity, target, schema=...)`: the rules, the built-in
-   "unparseable" and "dynamic-sql" refusals and the environment default (fail closed on an
-   engine exception, as in the gateway).
+An upstream database is contacted only where a live session would contact it: an estimate of
+the rows a statement changes (`rows_over`, mass-write: EXPLAIN on the target) and the schema
+catalogue of a target where masking applies to the identity. What cannot be known offline is
+said in `Report.notes`: whose connection a KILL reaches, a mask plan whose catalogue could not
+be read, the session's earlier `USE` / `SET` history.
 
 The identity is the static identity of that name from `[[identities]]` (its groups, display
 name and agent flag), or else an ad-hoc identity with that subject and the given groups and actor
@@ -26,24 +24,25 @@ dialect defaults to the target's protocol; for MySQL the current database (`sche
 the DSN's database, as a MySQL session's does, and unqualified table names are shown qualified
 the way the engine matches them.
 
-Not simulated (they depend on a live session): token expiry ("token-expired"), MySQL
-`LOAD DATA LOCAL INFILE` and `KILL` forms, and the session's `USE` history before this text.
-
 `PolicyTestError` is a usage problem (unknown target, contradicting options): exit status 2.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Literal
 
 import msgspec
 import trio
 
-from sqlward.adapters import identity as ident
+from sqlward.adapters.base import SessionContext, StatementRequest, Verdict
+from sqlward.audit.recorder import NullSink
 from sqlward.gateway.config import Config
 from sqlward.gateway.gatekeeper import Gatekeeper
-from sqlward.policy.engine import _qualified
+from sqlward.gateway.pipeline import Pipeline
+from sqlward.policy import rule_ids
+from sqlward.policy.engine import qualified
 from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
 
 __all__ = [
@@ -58,21 +57,14 @@ __all__ = [
     "format_text",
 ]
 
-ACCESS_RULE = "access"
-TAMPERING_RULE = "identity-tampering"
+ACCESS_RULE = rule_ids.ACCESS
 DIALECTS: tuple[str, ...] = ("postgres", "mysql")
 EXIT_BY_ACTION: dict[str, int] = {"allow": 0, "deny": 1, "review": 3}
+Dialect = Literal["postgres", "mysql"]
 
 
 class PolicyTestError(Exception):
     """The request cannot be evaluated as given (usage error, exit status 2)."""
-
-
-class _NoAudit:
-    """Audit writer that records nothing (the policy test never opens the audit file)."""
-
-    def write(self, event: msgspec.Struct) -> None:
-        pass
 
 
 class IdentityReport(msgspec.Struct, frozen=True):
@@ -82,6 +74,8 @@ class IdentityReport(msgspec.Struct, frozen=True):
     groups: tuple[str, ...] = ()
     actor: tuple[str, ...] = ()
     is_agent: bool = False
+    # --expires-at: the Unix time the ad-hoc identity's token expires.
+    expires_at: float | None = None
 
 
 class TargetReport(msgspec.Struct, frozen=True):
@@ -125,6 +119,14 @@ class Report(msgspec.Struct, frozen=True):
     facts: tuple[str, ...] = ()
     # Row estimates asked of the upstream, by 1-based statement index (None: no estimate).
     estimates: dict[int, int | None] = {}
+    # --command: the protocol command judged instead of SQL text.
+    command: str = ""
+    # A live session would be ended (the token expired and on_token_expiry = "close").
+    closes_session: bool = False
+    # Source columns ("schema.table.column") a live session would mask in the result.
+    masked_columns: tuple[str, ...] = ()
+    # What could not be known offline.
+    notes: tuple[str, ...] = ()
 
 
 def exit_code(report: Report) -> int:
@@ -136,14 +138,15 @@ Source = Literal["static", "ad-hoc"]
 
 
 def _identity(
-    config: Config, name: str, groups: tuple[str, ...], actors: tuple[str, ...]
+    config: Config, name: str, groups: tuple[str, ...], actors: tuple[str, ...], expires_at: float | None,
 ) -> tuple[Identity, Source]:
     for ident_cfg in config.identities:
         if ident_cfg.name == name:
-            if groups or actors:
+            if groups or actors or expires_at is not None:
                 raise PolicyTestError(
                     f"{name!r} is a static identity of [[identities]]: its groups and agent flag come from the "
-                    "config (a static name cannot log in with a token), so --group / --actor do not apply"
+                    "config and it logs in with its secret, not a token, so --group / --actor / --expires-at "
+                    "do not apply"
                 )
             # The same Identity Gatekeeper.from_config builds for a static user.
             return (
@@ -158,7 +161,10 @@ def _identity(
             )
     # What Gatekeeper.authenticate_token gives for a token of this subject.
     return (
-        Identity(subject=name, groups=groups, verified_by="oidc", actor=actors, is_agent=bool(actors)),
+        Identity(
+            subject=name, groups=groups, verified_by="oidc", actor=actors, is_agent=bool(actors),
+            expires_at=expires_at,
+        ),
         "ad-hoc",
     )
 
@@ -166,7 +172,7 @@ def _identity(
 def _target(config: Config, gatekeeper: Gatekeeper, name: str) -> TargetInfo:
     for t in config.targets:
         if t.name == name:
-            target = gatekeeper.resolve_target(name, t.protocol)
+            target = gatekeeper.resolve_target(name, "mysql" if t.protocol == "mysql" else "postgres")
             assert target is not None
             return target.info
     known = ", ".join(t.name for t in config.targets)
@@ -183,8 +189,11 @@ def evaluate(
     groups: tuple[str, ...] = (),
     actors: tuple[str, ...] = (),
     schema: str | None = None,
+    expires_at: float | None = None,
+    command: str = "",
 ) -> Report:
-    """The gateway's decision on `sql` sent by `identity` to `target` (see the module doc).
+    """The verdict a live session would get on `sql` (or the protocol `command`) sent by
+    `identity` to `target` (see the module doc).
 
     Raises PolicyTestError for usage problems and gateway.config.ConfigError when the gateway
     could not be built (e.g. an unreadable secret file)."""
@@ -194,52 +203,58 @@ def evaluate(
         raise PolicyTestError("--group and --actor need non-empty names")
     if dialect is not None and dialect not in DIALECTS:
         raise PolicyTestError(f"unknown dialect {dialect!r} (expected one of: {', '.join(DIALECTS)})")
-    gatekeeper = Gatekeeper.from_config(config, _NoAudit())
+    if command and sql:
+        raise PolicyTestError("give either SQL text or --command, not both")
+    if not command and not sql:
+        raise PolicyTestError("give the SQL text to judge (or --command NAME for a protocol command)")
+    gatekeeper = Gatekeeper.from_config(config, NullSink())
     try:
         info = _target(config, gatekeeper, target)
-        who, source = _identity(config, identity, groups, actors)
-        dialect = dialect or info.protocol
-        if schema is not None and dialect != "mysql":
+        who, source = _identity(config, identity, groups, actors, expires_at)
+        chosen: Dialect = "mysql" if (dialect or info.protocol) == "mysql" else "postgres"
+        if schema is not None and chosen != "mysql":
             raise PolicyTestError(
                 "--schema is the MySQL current database (USE); PostgreSQL sessions do not qualify table names with it"
             )
         if schema is None:
-            schema = info.database if dialect == "mysql" and info.protocol == "mysql" else ""
+            schema = info.database if chosen == "mysql" and info.protocol == "mysql" else ""
         # sqlglot warns on stderr when it falls back to a Command; the parse status says so already.
         logging.getLogger("sqlglot").setLevel(logging.ERROR)
-        analysis = gatekeeper.analyse(sql, dialect)
-        decision = _decide(gatekeeper, analysis, who, info, sql, dialect, schema)
-        estimates: dict[int, int | None] = {}
-        if decision.pending:
-            resolved = gatekeeper.resolve_target(info.name, info.protocol)
-            assert resolved is not None
-
-            async def _estimate() -> dict[int, int | None]:
-                try:
-                    return await gatekeeper.estimate_rows(resolved, sql, analysis, decision.pending, schema=schema or "")
-                finally:
-                    await gatekeeper.aclose()
-
-            estimates = trio.run(_estimate)
-            decision = gatekeeper.decide(analysis, who, info, schema=schema, sql=sql, estimates=estimates)
+        request = StatementRequest(
+            sql=sql, dialect=chosen, schema=schema, kind="command" if command else "statement", command=command,
+        )
+        refusal = gatekeeper.access_refusal(who, info)
+        if refusal is not None:
+            verdict = Verdict(request_id=1, decision=Decision(action="deny", rule_id=ACCESS_RULE, message=refusal))
+        else:
+            verdict = trio.run(_judge, gatekeeper, who, info, request)
+        analysis: Analysis | None = verdict.analysis
+        if analysis is None and sql:
+            analysis = gatekeeper.analyse(sql, chosen)
     finally:
         gatekeeper.close()
 
-    shown = _qualified(analysis, schema.lower()) if schema or dialect == "mysql" else analysis
+    decision = verdict.decision
+    shown = None
+    if analysis is not None:
+        shown = qualified(analysis, schema.lower()) if schema or chosen == "mysql" else analysis
+    mask = verdict.mask
+    masked_columns = mask.request.plan.masked_sources if mask is not None else ()
     return Report(
         decision=decision.action,
         rule_id=decision.rule_id,
         message=decision.message,
         statement=None if decision.statement_index is None else decision.statement_index + 1,
         identity=IdentityReport(
-            subject=who.subject, source=source, groups=who.groups, actor=who.actor, is_agent=who.is_agent
+            subject=who.subject, source=source, groups=who.groups, actor=who.actor, is_agent=who.is_agent,
+            expires_at=who.expires_at,
         ),
         target=TargetReport(name=info.name, protocol=info.protocol, environment=info.environment, database=info.database),
-        dialect=dialect,
+        dialect=chosen,
         schema=schema,
-        fingerprint=analysis.fingerprint,
-        parse_status=analysis.parse_status,
-        error=analysis.error,
+        fingerprint=analysis.fingerprint if analysis is not None else "",
+        parse_status=analysis.parse_status if analysis is not None else "ok",
+        error=analysis.error if analysis is not None else "",
         statements=tuple(
             StatementReport(
                 index=i,
@@ -253,32 +268,29 @@ def evaluate(
                 where_always_true=st.where_trivial == "always",
                 columns=st.columns,
             )
-            for i, st in enumerate(shown.statements, start=1)
+            for i, st in enumerate(shown.statements if shown is not None else (), start=1)
         ),
+        policy_version=gatekeeper.policy_version,
         facts=decision.facts,
-        estimates={i + 1: n for i, n in estimates.items()},
+        estimates={i + 1: n for i, n in verdict.estimates.items()},
+        command=command,
+        closes_session=verdict.close_session,
+        masked_columns=masked_columns,
+        notes=verdict.notes,
     )
 
 
-def _decide(
-    gatekeeper: Gatekeeper, analysis: Analysis, who: Identity, info: TargetInfo, sql: str, dialect: str, schema: str
-) -> Decision:
-    refusal = gatekeeper.access_refusal(who, info)
-    if refusal is not None:
-        return Decision(action="deny", rule_id=ACCESS_RULE, message=refusal)
-    if dialect == "mysql":
-        if ident.mysql_identity_write(sql):
-            return Decision(
-                action="deny", rule_id=TAMPERING_RULE,
-                message="@sqlward_identity carries the session's identity and cannot be changed",
-            )
-    elif ident.pg_identity_write(sql):
-        return Decision(
-            action="deny", rule_id=TAMPERING_RULE,
-            message="the sqlward.* settings and the sqlward: application_name carry the session's "
-            "identity and cannot be changed",
-        )
-    return gatekeeper.decide(analysis, who, info, schema=schema, sql=sql)
+async def _judge(gatekeeper: Gatekeeper, who: Identity, info: TargetInfo, request: StatementRequest) -> Verdict:
+    target = gatekeeper.resolve_target(info.name, "mysql" if info.protocol == "mysql" else "postgres")
+    assert target is not None
+    ctx = SessionContext(gatekeeper.recorder.scope("policy-test"), offline=True)
+    ctx.set_identity(who)
+    ctx.target = target
+    try:
+        return await Pipeline(gatekeeper).judge(ctx, request)
+    finally:
+        with trio.CancelScope(shield=True):
+            await gatekeeper.aclose()  # side connections (estimates, catalogue)
 
 
 def _names(names: tuple[str, ...]) -> str:
@@ -295,6 +307,8 @@ def format_text(report: Report) -> str:
         who_text += f"; via {' via '.join(who.actor)}"
     if who.is_agent:
         who_text += "; agent"
+    if who.expires_at is not None:
+        who_text += "; token expires " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(who.expires_at))
     who_text += ")"
     t = report.target
     lines = [
@@ -304,8 +318,16 @@ def format_text(report: Report) -> str:
     ]
     if report.statement is not None:
         lines.append(f"statement:   {report.statement} of {len(report.statements)}")
+    if report.closes_session:
+        lines.append("session:     a live session would be closed (on_token_expiry = \"close\")")
+    if report.command:
+        lines.append(f"command:     {report.command}")
     if report.facts:
         lines.append(f"because:     {'; '.join(report.facts)}")
+    if report.masked_columns:
+        lines.append(f"masked:      {', '.join(report.masked_columns)}")
+    for note in report.notes:
+        lines.append(f"offline:     {note}")
     for index, rows in report.estimates.items():
         lines.append(f"estimate:    statement {index}: " + ("no estimate (EXPLAIN failed or timed out)" if rows is None else f"about {rows:,} rows"))
     lines += [

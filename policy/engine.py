@@ -472,7 +472,7 @@ class Engine:
             if cached is not None:
                 return cached
         if schema or analysis.dialect == "mysql":
-            analysis = _qualified(analysis, schema.lower())
+            analysis = qualified(analysis, schema.lower())
         decision = self._decide(analysis, identity, target, estimates)
         if estimates is None and not analysis.fingerprint.startswith(RAW_PREFIX):
             _store(self._decisions, key, decision, self._cache_size)
@@ -698,7 +698,7 @@ def _statement_facts(st: StatementFacts) -> tuple[str, ...]:
     return tuple(facts)
 
 
-def _qualified(analysis: Analysis, schema: str) -> Analysis:
+def qualified(analysis: Analysis, schema: str) -> Analysis:
     """The analysis with unqualified table names prefixed by the database in effect: `schema`,
     then whatever a USE statement earlier in the same request switched to."""
     statements = []

@@ -30,6 +30,7 @@ from sqlward.gateway import cli
 from sqlward.gateway.config import Config, ConfigError, load_config
 from sqlward.gateway.gatekeeper import ENGINE_FAILURE_RULE, SCRAM_ITERATIONS, Gatekeeper
 from sqlward.policy.model import Analysis, Decision, Identity, StatementFacts, TargetInfo
+from tests.support.auditsink import ListSink
 from tests.support.oidc import TestIssuer, actor_chain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,7 +158,7 @@ def scram_exchange(secret: ScramSecret, username: str, password: str) -> None:
 
 def test_satisfies_adapter_protocol(gk: Gatekeeper) -> None:
     proto: GatekeeperProtocol = gk  # static check; at runtime check the surface
-    for name in ("scram_secret", "identity_for_scram", "authenticate_password", "resolve_target", "analyse", "decide", "record"):
+    for name in ("scram_secret", "identity_for_scram", "authenticate_password", "resolve_target", "access_refusal", "identity_settings", "mysql_targets"):
         assert callable(getattr(proto, name))
     assert gk.gateway_name == "gw-test"
 
@@ -176,7 +177,7 @@ def test_engine_built_from_config_with_version_1(gk: Gatekeeper) -> None:
 
 def test_real_engine_when_available(config: Config) -> None:
     pytest.importorskip("sqlward.policy.engine")
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter())
+    gatekeeper = Gatekeeper.from_config(config, audit_sink=ListSink())
     assert gatekeeper.analyse("SELECT 1", "postgres").dialect == "postgres"
 
 
@@ -203,8 +204,8 @@ def test_scram_secret_unknown_or_passwordless(gk: Gatekeeper) -> None:
 
 
 def test_verifiers_are_salted_per_identity(config: Config) -> None:
-    a = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
-    b = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+    a = Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine())
+    b = Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine())
     assert a.scram_secret("alice").salt != b.scram_secret("alice").salt
 
 
@@ -237,14 +238,14 @@ def test_authenticate_password_bad_or_unknown(gk: Gatekeeper, user: str, passwor
 def test_unreadable_secret_file_at_build(config: Config, tmp_path: Path) -> None:
     os.remove(tmp_path / "bot.secret")
     with pytest.raises(ConfigError) as info:
-        Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+        Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine())
     assert str(info.value).startswith(f"{config.source}: $.identities[1].secret_file: cannot read secret file")
 
 
 def test_empty_secret_file_at_build(config: Config, tmp_path: Path) -> None:
     (tmp_path / "bot.secret").write_text("\n")
     with pytest.raises(ConfigError) as info:
-        Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+        Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine())
     assert str(info.value).startswith(f"{config.source}: $.identities[1].secret_file: secret file") and "empty" in str(info.value)
 
 
@@ -309,7 +310,7 @@ def test_analyse_and_decide_delegate(gk: Gatekeeper) -> None:
 
 
 def test_decide_fails_closed(config: Config) -> None:
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine(fail=True))
+    gatekeeper = Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine(fail=True))
     analysis = gatekeeper.analyse("SELECT 1", "postgres")
     decision = gatekeeper.decide(analysis, Identity(subject="alice"), TargetInfo(name="app", protocol="postgres", environment="development"))
     assert decision.action == "deny" and decision.rule_id == ENGINE_FAILURE_RULE
@@ -319,46 +320,42 @@ def test_decide_fails_closed(config: Config) -> None:
 # Audit
 
 
-class _ListWriter:
-    def __init__(self) -> None:
-        self.events: list[msgspec.Struct] = []
-
-    def write(self, event: msgspec.Struct) -> None:
-        self.events.append(event)
-
-
 def _event() -> ConnectionOpened:
-    return ConnectionOpened(
-        time=time.time(), gateway="gw-test", connection_id="c1", client_addr="127.0.0.1:5000", listener="pg", protocol="postgres"
-    )
+    return ConnectionOpened(client_addr="127.0.0.1:5000", listener="pg", protocol="postgres")
+
+
+def _record(gk: Gatekeeper, event: msgspec.Struct) -> None:
+    trio.run(gk.recorder.scope("c1").record, event)
 
 
 def test_record_writes_jsonl(gk: Gatekeeper, config: Config) -> None:
-    gk.record(_event())
-    lines = Path(config.audit.file).read_text().splitlines()
-    assert json.loads(lines[-1])["event"] == "connection.opened"
+    _record(gk, _event())
+    line = json.loads(Path(config.audit.file).read_text().splitlines()[-1])
+    assert line["event"] == "connection.opened"
+    assert (line["gateway"], line["connection_id"], line["seq"]) == ("gw-test", "c1", 1)
 
 
-def test_record_with_given_writer(config: Config) -> None:
-    writer = _ListWriter()
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=writer, engine=StandInEngine())
-    gatekeeper.record(_event())
-    assert len(writer.events) == 1
-    gatekeeper.close()  # does not own the writer: nothing to close
+def test_record_with_given_sink(config: Config) -> None:
+    sink = ListSink()
+    gatekeeper = Gatekeeper.from_config(config, audit_sink=sink, engine=StandInEngine())
+    _record(gatekeeper, _event())
+    assert len(sink.events) == 1
+    gatekeeper.close()  # does not own the sink: nothing to close
+    assert not sink.closed
 
 
 def test_record_raises_audit_unavailable_when_writer_closed(config: Config, tmp_path: Path) -> None:
     writer = JsonlWriter(str(tmp_path / "closed.jsonl"))
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=writer, engine=StandInEngine())
+    gatekeeper = Gatekeeper.from_config(config, audit_sink=writer, engine=StandInEngine())
     writer.close()
     with pytest.raises(AuditUnavailable):
-        gatekeeper.record(_event())
+        _record(gatekeeper, _event())
 
 
 def test_record_raises_audit_unavailable_after_close(gk: Gatekeeper) -> None:
     gk.close()
     with pytest.raises(AuditUnavailable):
-        gk.record(_event())
+        _record(gk, _event())
 
 
 def test_audit_file_in_missing_directory_is_a_config_error(config: Config, tmp_path: Path) -> None:
@@ -473,7 +470,7 @@ def _config_with(tmp_path: Path, extra: str) -> Config:
 @pytest.fixture
 def token_gk(tmp_path: Path, idp: TestIssuer) -> Gatekeeper:
     config = _config_with(tmp_path, idp.oidc_toml(subject_claim="email"))
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+    gatekeeper = Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine())
     yield gatekeeper
     gatekeeper.close()
 
@@ -569,7 +566,7 @@ def test_tokens_without_issuers(gk: Gatekeeper, idp: TestIssuer) -> None:
 def test_expiry_follows_the_gatekeeper_clock(tmp_path: Path, idp: TestIssuer) -> None:
     now = [time.time()]
     config = _config_with(tmp_path, idp.oidc_toml(source="file"))
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine(), clock=lambda: now[0])
+    gatekeeper = Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine(), clock=lambda: now[0])
     token = idp.mint(sub="carol", ttl=60)
     assert authenticate(gatekeeper, "carol", token).subject == "carol"
     now[0] += 120
@@ -580,7 +577,7 @@ def test_unloadable_jwks_ca_file_is_a_config_error(tmp_path: Path, idp: TestIssu
     (tmp_path / "bad-ca.pem").write_text("not PEM")
     config = _config_with(tmp_path, idp.oidc_toml(jwks_ca_file="bad-ca.pem"))
     with pytest.raises(ConfigError) as info:
-        Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+        Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine())
     assert str(info.value).startswith(f"{config.source}: $.oidc[0].jwks_ca_file: cannot load jwks_ca_file")
 
 
@@ -590,7 +587,7 @@ def test_unloadable_jwks_ca_file_is_a_config_error(tmp_path: Path, idp: TestIssu
 def test_identity_settings(gk: Gatekeeper, tmp_path: Path) -> None:
     assert gk.identity_settings() == IdentitySettings()
     config = _config_with(tmp_path, '[identity]\non_token_expiry = "close"\nsql_comment = true\n')
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+    gatekeeper = Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine())
     settings = gatekeeper.identity_settings()
     assert type(settings) is IdentitySettings
     assert settings == IdentitySettings(on_token_expiry="close", sql_comment=True)
@@ -738,7 +735,7 @@ action = "allow"
 @pytest.fixture
 def access_gk(tmp_path: Path) -> Gatekeeper:
     config = _config_with(tmp_path, ACCESS)
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=_ListWriter(), engine=StandInEngine())
+    gatekeeper = Gatekeeper.from_config(config, audit_sink=ListSink(), engine=StandInEngine())
     yield gatekeeper
     gatekeeper.close()
 

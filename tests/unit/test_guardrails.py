@@ -436,12 +436,10 @@ def test_config_guardrails_must_be_a_table(tmp_path: Path) -> None:
 def test_gatekeeper_passes_guardrails_to_the_engine(tmp_path: Path) -> None:
     from sqlward.gateway.gatekeeper import Gatekeeper
 
-    class _Writer:
-        def write(self, event: Any) -> None:
-            pass
+    from tests.support.auditsink import ListSink
 
     config = load_config(_write(tmp_path, '[guardrails.drop-table]\nenvironments = ["production"]\n'), env={})
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=_Writer())
+    gatekeeper = Gatekeeper.from_config(config, ListSink())
     try:
         assert [g.id for g in gatekeeper._engine.guardrails] == ["drop-table"]  # type: ignore[attr-defined]
     finally:

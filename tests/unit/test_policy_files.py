@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from sqlward.gateway.config import ConfigError, load_config
 from sqlward.gateway.gatekeeper import Gatekeeper
@@ -17,12 +18,7 @@ ALICE = Identity(subject="alice", verified_by="static")
 APP = TargetInfo(name="app", protocol="postgres", environment="development", database="app")
 
 
-class Events:
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    def write(self, event: object) -> None:
-        self.events.append(event)
+from tests.support.auditsink import ListSink as Events
 
 
 def _config(tmp: Path, patterns: list[str], rules: str = "") -> Path:
@@ -111,20 +107,20 @@ def test_reload_changes_decisions_and_bad_file_keeps_engine(tmp_path: Path) -> N
 
     _write(policy, '[[rules]]\nid = "no-accounts"\noperations = ["select"]\ntables = ["accounts"]\naction = "deny"\n')
     assert gk.policy_changed()
-    assert gk.reload_policy() is None
+    assert trio.run(gk.reload_policy) is None
     assert gk.policy_version == 2 and not gk.policy_changed()
     decision = gk.decide(gk.analyse(sql, "postgres"), ALICE, APP)
     assert (decision.action, decision.rule_id) == ("deny", "no-accounts")
-    assert events.events[-1].version == 2 and events.events[-1].error is None
-    assert events.events[-1].files == (str(policy),)
+    assert events.events[-1]["version"] == 2 and events.events[-1].get("error") is None
+    assert events.events[-1]["files"] == [str(policy)]
 
     engine = gk._engine
     _write(policy, '[[rules]]\nid = "x"\naction = "sometimes"\n')
-    error = gk.reload_policy()
+    error = trio.run(gk.reload_policy)
     assert error is not None and "p.toml" in error and "$.rules[0].action" in error
     assert gk._engine is engine and gk.policy_version == 2
     assert gk.decide(gk.analyse(sql, "postgres"), ALICE, APP).rule_id == "no-accounts"
-    assert events.events[-1].version == 2 and events.events[-1].error == error
+    assert events.events[-1]["version"] == 2 and events.events[-1]["error"] == error
 
     _write(tmp_path / "policies" / "q.toml", "")  # a new file matching the glob
     assert gk.policy_changed()
