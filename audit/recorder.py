@@ -87,7 +87,7 @@ class Recorder:
         if second != self._second:
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        millis = int((now - second) * 1000)
+        millis = min(999, round((now - second) * 1_000_000) // 1000)  # 0.353 is 352.99999... ms
         return b'{"time":%r,"time_text":"%s.%03dZ",' % (now, self._second_text.encode(), millis)
 
     async def write(self, data: bytes) -> None:
