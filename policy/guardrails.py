@@ -24,6 +24,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from sqlward.policy import rule_ids
 from sqlward.policy.model import Analysis, StatementFacts
 
 __all__ = ["DEFAULT_ESTIMATE_TIMEOUT", "CATALOGUE", "Guardrail", "GuardrailConfig", "ActiveGuardrail", "compile_guardrails", "guardrail_problems"]
@@ -296,7 +297,7 @@ CATALOGUE: Final[Mapping[str, Guardrail]] = {
             check_request=_multi_statement,
             options=("max_statements",),
         ),
-        Guardrail("unparseable", "Refuses statements the analyser could not parse, whatever the environment allows.", _unparseable),
+        Guardrail(rule_ids.UNPARSEABLE, "Refuses statements the analyser could not parse, whatever the environment allows.", _unparseable),
         Guardrail(
             "parser-mismatch",
             "Refuses requests where parsers may disagree: MySQL executable comments (/*! ... */, /*M! ... */) "
