@@ -1,55 +1,26 @@
-"""A PostgreSQL listener: accepts connections, runs a session each, and routes CancelRequests.
+"""A PostgreSQL listener: accepts connections and runs a `PostgresSession` each.
 
-The listener owns the table of live sessions keyed by the gateway's own backend pid. A client
-cancels with the pid and secret the gateway gave it; the listener checks the secret in constant
-time and asks that session to cancel its upstream query with the upstream's own key, which the
-client never sees. A wrong secret cancels nothing, silently, as PostgreSQL does.
+The listener owns the `SessionRegistry` of its live sessions, keyed by the backend pid the
+gateway gives each client (random, never the upstream's). It hands the registry to every session
+it creates: a CancelRequest arrives on a connection of its own, and that session looks the pid up
+there (`session.cancel_backend`: the secret is checked in constant time, then the upstream query
+is cancelled with the upstream's own key, which the client never sees). The session module never
+imports this one.
 """
 
 from __future__ import annotations
 
-import hmac
-import logging
-import secrets
-from typing import Any
+import trio
 
-
-from sqlward.adapters.base import Gatekeeper
+from sqlward.adapters.base import ListenerSettings, SessionRegistry, SessionServices
 from sqlward.adapters.listener_common import ListenerBase
-from sqlward.adapters.postgres import upstream
 from sqlward.adapters.postgres.session import PostgresSession
-
-log = logging.getLogger("sqlward.postgres")
 
 
 class PostgresListener(ListenerBase):
-    session_class = PostgresSession
+    def __init__(self, services: SessionServices, settings: ListenerSettings) -> None:
+        super().__init__(services, settings)
+        self.sessions: SessionRegistry[PostgresSession] = SessionRegistry(sequential=False)
 
-    def __init__(self, gatekeeper: Gatekeeper, **settings: Any) -> None:
-        super().__init__(gatekeeper, **settings)
-        self._sessions: dict[int, PostgresSession] = {}
-
-    # -- cancel routing ------------------------------------------------------------------------
-
-    def register(self, session: PostgresSession) -> tuple[int, bytes]:
-        while True:
-            pid = secrets.randbelow(2**31 - 2) + 1
-            if pid not in self._sessions:
-                break
-        self._sessions[pid] = session
-        return pid, secrets.token_bytes(4)
-
-    def unregister(self, pid: int, session: PostgresSession) -> None:
-        if self._sessions.get(pid) is session:
-            del self._sessions[pid]
-
-    async def cancel(self, pid: int, secret: bytes) -> None:
-        session = self._sessions.get(pid)
-        if session is None or not hmac.compare_digest(session.secret, secret):
-            log.info("cancel request for unknown backend %d ignored", pid)
-            return
-        up = session.up
-        target = session.target
-        if up is None or target is None:
-            return
-        await upstream.send_cancel(target, up.pid, up.secret)
+    def new_session(self, stream: trio.SocketStream, client_addr: str) -> PostgresSession:
+        return PostgresSession(self.services, self.settings, self.sessions, stream, client_addr)

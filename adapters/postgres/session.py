@@ -42,18 +42,24 @@ import ssl
 import struct
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+import hmac
 
 import msgspec
 import trio
 
 from sqlward.adapters.netio import Pipe, PrefixedStream
-from sqlward.adapters.base import AuditUnavailable, AuthError, Gatekeeper, Target
+from sqlward.adapters.base import (
+    AuditUnavailable,
+    AuthError,
+    ListenerSettings,
+    SessionRegistry,
+    SessionServices,
+    StatementRequest,
+)
 from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired, refusal_message
 from sqlward.adapters import identity as ident
 from sqlward.adapters.postgres import codec, upstream
 from sqlward.adapters.postgres.encodings import decoder_for
-from sqlward.adapters.text import printable
 from sqlward.adapters.postgres.codec import Backend, Frontend, ProtocolViolation
 from sqlward.adapters.postgres.scram import ScramError, ScramExchange
 from sqlward.audit.events import (
@@ -62,16 +68,11 @@ from sqlward.audit.events import (
     ConnectionOpened,
     ConnectionRefused,
     StatementCompleted,
-    StatementDecided,
-    Who,
 )
 from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
 from sqlward.adapters.postgres.rowmask import RowMasker, kind_for_oid
 from sqlward.masking.context import MaskContext
-from sqlward.policy.model import Analysis, Decision, Identity
-
-if TYPE_CHECKING:
-    from sqlward.adapters.postgres.listener import PostgresListener
+from sqlward.policy.model import Decision, Identity
 
 log = logging.getLogger("sqlward.postgres")
 
@@ -122,18 +123,6 @@ def _startup_escalation(params: tuple[tuple[str, str], ...]) -> str:
     return ""
 
 
-def _tampering(sql: str) -> Decision | None:
-    """Statements that would rewrite the identity the gateway shows the database
-    (sqlward.* settings, an application_name impersonating a sqlward label) are refused."""
-    if not ident.pg_identity_write(sql):
-        return None
-    return Decision(
-        action="deny", rule_id="identity-tampering",
-        message="the sqlward.* settings and the sqlward: application_name carry the session's "
-        "identity and cannot be changed",
-    )
-
-
 class _TokenNeedsTLS(Exception):
     """A non-static user on plain TCP: a token must not travel in clear."""
 
@@ -166,22 +155,36 @@ class _Pending:
         self.audit = audit
 
 
+async def cancel_backend(registry: SessionRegistry[PostgresSession], pid: int, secret: bytes) -> None:
+    """A client's CancelRequest: cancel the query of the session the gateway gave backend pid
+    `pid`, if `secret` is that session's (compared in constant time), with the upstream's own
+    key, which the client never sees. A wrong pid or secret cancels nothing, silently, as
+    PostgreSQL does."""
+    session = registry.get(pid)
+    if session is None or not hmac.compare_digest(session.secret, secret):
+        log.info("cancel request for unknown backend %d ignored", pid)
+        return
+    up = session.up
+    target = session.target
+    if up is None or target is None:
+        return
+    await upstream.send_cancel(target, up.pid, up.secret)
+
+
 class PostgresSession(GovernedSession):
-    def __init__(self, listener: "PostgresListener", stream: trio.SocketStream, client_addr: str) -> None:
-        self.listener = listener
-        self.gk: Gatekeeper = listener.gatekeeper
-        self.client: trio.abc.Stream = stream
-        self.client_addr = client_addr
+    def __init__(
+        self, services: SessionServices, settings: ListenerSettings,
+        registry: SessionRegistry[PostgresSession], stream: trio.SocketStream, client_addr: str,
+    ) -> None:
         self.connection_id = secrets.token_hex(6)
+        super().__init__(services, settings, stream, client_addr, self.connection_id)
+        self.client: trio.abc.Stream = stream
+        self.registry = registry
         self.tls = False
-        self.identity: Identity | None = None
-        self.who: Who | None = None
-        self.target: Target | None = None
         self.up: upstream.UpstreamConnection | None = None
         self.pid = 0
         self.secret = b""
         self.application_name = ""
-        self.requests = 0
         self._startup_rest = b""
         # Relay state, shared by the two tasks (same trio thread, no locks needed).
         self._pending: deque[_Pending] = deque()
@@ -206,12 +209,6 @@ class PostgresSession(GovernedSession):
     # ----------------------------------------------------------------------------------------
     # helpers
 
-    def _now(self) -> float:
-        return time.time()
-
-    def _record(self, event: object) -> None:
-        self.gk.record(event)  # type: ignore[arg-type]
-
     async def _send_fatal(self, sqlstate: str, message: str, *, detail: str = "", hint: str = "") -> None:
         """Best-effort FATAL to the client; shielded (it is sent while the session is being torn
         down) but bounded, so a client that stopped reading cannot hold the session open."""
@@ -224,12 +221,7 @@ class PostgresSession(GovernedSession):
                     pass
 
     async def _refuse_connection(self, sqlstate: str, message: str, user: str = "", target: str = "") -> None:
-        self._record_quietly(
-            ConnectionRefused(
-                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
-                user=user, target=target, reason=message,
-            )
-        )
+        await self._record_quietly(ConnectionRefused(user=user, target=target, reason=message))
         await self._send_fatal(sqlstate, message)
 
     # ----------------------------------------------------------------------------------------
@@ -237,11 +229,8 @@ class PostgresSession(GovernedSession):
 
     async def run(self) -> None:
         opened = time.perf_counter()
-        self._record_quietly(
-            ConnectionOpened(
-                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
-                client_addr=self.client_addr, listener=self.listener.name, protocol="postgres",
-            )
+        await self._record_quietly(
+            ConnectionOpened(client_addr=self.client_addr, listener=self.settings.name, protocol="postgres")
         )
         try:
             ok = False
@@ -267,17 +256,15 @@ class PostgresSession(GovernedSession):
             await self._send_fatal("XX000", "internal gateway error; the session was closed")
         finally:
             if self.pid:
-                self.listener.unregister(self.pid, self)
+                self.registry.remove(self.pid, self)
             if self.up is not None:
                 await trio.aclose_forcefully(self.up.stream)
             await self._close_client()
             if self.identity is not None:
-                self._record_quietly(
+                await self._record_quietly(
                     ConnectionClosed(
-                        time=self._now(), gateway=self.gk.gateway_name,
-                        connection_id=self.connection_id,
                         duration_ms=round((time.perf_counter() - opened) * 1000, 3),
-                        requests=self.requests, reason=self._closing_reason,
+                        requests=self.ctx.requests, reason=self._closing_reason,
                     )
                 )
 
@@ -290,7 +277,7 @@ class PostgresSession(GovernedSession):
         if not first:
             return False
         if first[0] == 0x16:  # TLS ClientHello: direct TLS negotiation
-            if self.listener.ssl_context is None:
+            if self.settings.ssl_context is None:
                 raise SessionEnd()  # nothing sensible to say in plaintext to a TLS client
             await self._start_tls(PrefixedStream(self.client, first))
         else:
@@ -309,7 +296,7 @@ class PostgresSession(GovernedSession):
                     raise ProtocolViolation("SSLRequest on an encrypted connection")
                 if framer.buffered:  # bytes sent before our answer could be injected plaintext
                     raise ProtocolViolation("unexpected data after SSLRequest")
-                if self.listener.ssl_context is None:
+                if self.settings.ssl_context is None:
                     await self.client.send_all(b"N")
                     continue
                 await self.client.send_all(b"S")
@@ -321,13 +308,13 @@ class PostgresSession(GovernedSession):
                 await self.client.send_all(b"N")
                 continue
             if isinstance(msg, codec.CancelRequest):
-                await self.listener.cancel(msg.pid, msg.secret)
+                await cancel_backend(self.registry, msg.pid, msg.secret)
                 return False
             self._startup_rest = framer.take_rest()
             return await self._handle_startup(msg)
 
     async def _start_tls(self, raw: trio.abc.Stream) -> None:
-        ctx = self.listener.ssl_context
+        ctx = self.settings.ssl_context
         assert ctx is not None
         stream = trio.SSLStream(raw, ctx, server_side=True)
         try:
@@ -356,7 +343,7 @@ class PostgresSession(GovernedSession):
         if not user:
             await self._refuse_connection("28000", "no user name specified in startup packet")
             return False
-        if self.listener.tls_required and not self.tls:
+        if self.settings.tls_required and not self.tls:
             await self._refuse_connection(
                 "28000",
                 "this sqlward listener requires TLS: connect with sslmode=require",
@@ -370,7 +357,7 @@ class PostgresSession(GovernedSession):
             )
             return False
         self.application_name = params.get("application_name", "")
-        dbname = params.get("database") or self.listener.default_target or user
+        dbname = params.get("database") or self.settings.default_target or user
         escalation = _startup_escalation(msg.params)
         if escalation:
             await self._refuse_connection(
@@ -398,9 +385,10 @@ class PostgresSession(GovernedSession):
             await self._refuse_connection("42501", refusal, user=user, target=target.info.name)
             return False
         self.target = target
-        self._record(
+        assert self.who is not None
+        # Durable before the upstream session opens (AuditUnavailable ends the session).
+        await self.audit.record(
             ConnectionAuthenticated(
-                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
                 who=self.who, target=target.info.name, environment=target.info.environment,
                 application_name=self.application_name,
             )
@@ -421,7 +409,8 @@ class PostgresSession(GovernedSession):
         for name, value in self.up.parameters:
             if name == "client_encoding":
                 self._decode_sql = decoder_for(value)
-        self.pid, self.secret = self.listener.register(self)
+        self.secret = secrets.token_bytes(4)
+        self.pid = self.registry.add(self)
         out = bytearray()
         for name, value in self.up.parameters:
             if name == "application_name":  # the client sees its own name; upstream shows who
@@ -472,8 +461,7 @@ class PostgresSession(GovernedSession):
         framer.feed(self._startup_rest)
         self._startup_rest = b""
         secret = self.gk.scram_secret(user)
-        lst = self.listener
-        loopback_plain = lst.allow_plaintext_tokens and ident.is_loopback(self.client_addr.rsplit(":", 1)[0])
+        loopback_plain = self.settings.allow_plaintext_tokens and ident.is_loopback(self.client_addr.rsplit(":", 1)[0])
         try:
             cert_identity = self._certificate_identity()
             if cert_identity is not None and cert_identity.subject == user:
@@ -510,21 +498,11 @@ class PostgresSession(GovernedSession):
                 f'"{user}" is not a static identity: sqlward accepts tokens only over TLS '
                 "(connect with sslmode=require)"
             )
-            self._record_quietly(
-                ConnectionRefused(
-                    time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
-                    user=user, reason=message,
-                )
-            )
+            await self._record_quietly(ConnectionRefused(user=user, reason=message))
             await self._send_fatal("28000", message)
             return None
         except (AuthError, ScramError, UnicodeDecodeError) as exc:
-            self._record_quietly(
-                ConnectionRefused(
-                    time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
-                    user=user, reason=f"authentication failed: {exc}",
-                )
-            )
+            await self._record_quietly(ConnectionRefused(user=user, reason=f"authentication failed: {exc}"))
             detail = str(exc) if isinstance(exc, AuthError) and secret is None else ""
             await self._send_fatal(
                 "28P01", f'password authentication failed for user "{user}"', detail=detail,
@@ -557,59 +535,15 @@ class PostgresSession(GovernedSession):
             SQLSTATE_REFUSED, refusal_message(decision), detail=f"sqlward rule: {decision.rule_id}",
         )
 
-    async def _decide(self, sql: str, statement_name: str | None) -> tuple[int, Decision | None, bytes]:
-        """Analyse, decide and audit one request text. Returns (request id, refusal, error bytes);
-        refusal is None when the statement may run."""
-        assert self.identity is not None and self.target is not None and self.who is not None
-        self.requests += 1
-        rid = self.requests
-        info = self.target.info
-        reason = ident.reason_from_sql(sql)
-        if reason and reason != self.identity.reason:
-            self._update_identity(msgspec.structs.replace(self.identity, reason=reason))
-        try:
-            analysis = self.gk.analyse(sql, "postgres")
-            expiry = self._expiry_refusal()
-            decision = expiry or _tampering(sql) or self.gk.decide(analysis, self.identity, info, sql=sql)
-            decision = await self._finish_decision(decision, analysis, sql, "")
+    async def _verdict(self, request: StatementRequest) -> tuple[int, bytes | None]:
+        """The pipeline's verdict on one request, recorded for the next flush point: (request
+        id, None) when it may run, else (request id, the ErrorResponse to swap in)."""
+        verdict = await self._judge(request, durable=False)
+        if request.kind == "statement":
             self._watch = _WATCH_MASKED if self._masked else _WATCH
-            fingerprint = analysis.fingerprint
-            operations = analysis.operations
-            tables = analysis.tables
-            parse_status = analysis.parse_status
-        except TokenExpired:
-            raise
-        except Exception as exc:  # fail closed
-            log.exception("policy evaluation failed")
-            decision = Decision(
-                action="deny", rule_id="internal-error",
-                message=f"sqlward could not evaluate this statement ({type(exc).__name__}); refused",
-            )
-            fingerprint, operations, tables, parse_status = "", (), (), "error"
-        try:
-            self._record(
-                StatementDecided(
-                    time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
-                    request_id=rid, who=self.who, target=info.name, environment=info.environment,
-                    sql=printable(sql), fingerprint=printable(fingerprint), operations=operations, tables=tables,
-                    parse_status=parse_status, action=decision.action, rule_id=decision.rule_id,
-                    message=decision.message, statement_name=statement_name,
-                    statement_index=decision.statement_index, facts=decision.facts,
-                )
-            )
-        except AuditUnavailable:
-            decision = Decision(
-                action="deny", rule_id="audit-unavailable",
-                message="the audit trail cannot be written; sqlward refuses to run statements",
-            )
-        if decision.action == "allow":
-            return rid, None, b""
-        if decision.action == "review":
-            decision = Decision(
-                action="review", rule_id=decision.rule_id,
-                message=decision.message or f'statement needs approval (rule "{decision.rule_id}")',
-            )
-        return rid, decision, self._refusal_bytes(decision)
+        if verdict.allowed:
+            return verdict.request_id, None
+        return verdict.request_id, self._refusal_bytes(verdict.decision)
 
     def _start_rows(self, body: bytes | bytearray, ctx: MaskContext | None) -> None:
         """A RowDescription: prepare the rewriter of the rows that follow (None when no column
@@ -638,22 +572,9 @@ class PostgresSession(GovernedSession):
         self._rows = None
         self._row_counts = None
 
-    def _record_refusal(self, rid: int, what: str, decision: Decision, name: str | None = None) -> None:
-        """Audit a refusal the gateway made without a SQL text to analyse."""
-        assert self.who is not None and self.target is not None
-        self._record_quietly(
-            StatementDecided(
-                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
-                request_id=rid, who=self.who, target=self.target.info.name,
-                environment=self.target.info.environment, sql=what, fingerprint="",
-                action=decision.action, rule_id=decision.rule_id, message=decision.message,
-                statement_name=name,
-            )
-        )
-
     def _inject_refusal(self, error: bytes) -> str:
         """Remember an error to swap in; returns the marker the injected SQL must contain."""
-        marker = f"{REFUSED_MARKER}{self.requests}_{secrets.token_hex(4)}"
+        marker = f"{REFUSED_MARKER}{self.ctx.requests}_{secrets.token_hex(4)}"
         self._refusals[marker] = (self._syncs_sent, error)
         return marker
 
@@ -671,13 +592,17 @@ class PostgresSession(GovernedSession):
             self._closing_reason = "token expired"
             cancel_scope.cancel()
             await self._send_fatal("28000", "the session's token expired; sqlward closed the session")
+        except AuditUnavailable:
+            self._closing_reason = "audit unavailable"
+            cancel_scope.cancel()
+            await self._send_fatal("58000", "the audit trail cannot be written; sqlward closed the session")
         cancel_scope.cancel()
 
     async def _client_loop(self) -> None:
         assert self.up is not None
         client = Pipe(self.client)
         up = Pipe(self.up.stream)
-        max_size = self.listener.max_message_size
+        max_size = self.settings.max_message_size
         buf = bytearray(self._startup_rest)
         self._startup_rest = b""
         pending = self._pending
@@ -718,21 +643,22 @@ class PostgresSession(GovernedSession):
                     drop = True
                 elif mtype == Frontend.EXECUTE:
                     portal = bytes(buf[pos + 5 : _cstr_end(buf, pos + 5, end)]).decode("utf-8", "surrogateescape")
-                    self.requests += 1
-                    expiry = self._expiry_refusal() if self.identity.expires_at is not None else None  # type: ignore[union-attr]
-                    if expiry is None:
+                    # A prepared statement must not outlive the token either.
+                    rid, error = await self._verdict(
+                        StatementRequest(sql="", dialect="postgres", kind="execute", statement_name=portal)
+                    )
+                    if error is None:
                         if self._masked:
                             # Learn the portal's formats and column origins just before its rows.
                             pending.append(
-                                _Pending("execute", self.requests, self._portals.get(portal),
+                                _Pending("execute", rid, self._portals.get(portal),
                                          mask=self._portal_masks.get(portal), inject=True)
                             )
                             replacement = codec.encode_frontend(codec.Describe("P", portal)) + bytes(buf[pos:end])
                         else:
-                            pending.append(_Pending("execute", self.requests, self._portals.get(portal)))
-                    else:  # a prepared statement must not outlive the token either
-                        self._record_refusal(self.requests, "<execute of a prepared statement>", expiry, portal)
-                        marker = self._inject_refusal(self._refusal_bytes(expiry))
+                            pending.append(_Pending("execute", rid, self._portals.get(portal)))
+                    else:
+                        marker = self._inject_refusal(error)
                         replacement = codec.encode_frontend(codec.Parse("", marker))
                         self._discarding = True
                 elif mtype == Frontend.BIND:
@@ -743,11 +669,14 @@ class PostgresSession(GovernedSession):
                     self._portals[portal] = self._statements.get(stmt)
                     self._portal_masks[portal] = self._stmt_masks.get(stmt)
                     prepared = self._prepared_sql.get(stmt)
-                    if prepared is not None and prepared[1] != self.gk.policy_version:
+                    if prepared is not None and prepared[1] != self.pipeline.policy_version:
                         # The policy changed since this statement was decided: decide again.
-                        rid, refusal, error = await self._decide(prepared[0], stmt)
-                        if refusal is None:
-                            self._prepared_sql[stmt] = (prepared[0], self.gk.policy_version)
+                        version = self.pipeline.policy_version
+                        rid, error = await self._verdict(
+                            StatementRequest(sql=prepared[0], dialect="postgres", statement_name=stmt)
+                        )
+                        if error is None:
+                            self._prepared_sql[stmt] = (prepared[0], version)
                             self._stmt_masks[stmt] = self._portal_masks[portal] = self._last_mask
                         else:
                             marker = self._inject_refusal(error)
@@ -761,9 +690,11 @@ class PostgresSession(GovernedSession):
                     sql_end = _cstr_end(buf, pos + 5, end)
                     if sql_end != end - 1:
                         raise ProtocolViolation("unexpected bytes after the end of a Query message")
-                    rid, refusal, error = await self._decide(self._decode_sql(bytes(buf[pos + 5 : sql_end])), None)
+                    rid, error = await self._verdict(
+                        StatementRequest(sql=self._decode_sql(bytes(buf[pos + 5 : sql_end])), dialect="postgres")
+                    )
                     self._syncs_sent += 1
-                    if refusal is None:
+                    if error is None:
                         pending.append(_Pending("query", rid, mask=self._last_mask))
                         if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
                             body = self._sql_comment + bytes(buf[pos + 5 : end])
@@ -779,9 +710,9 @@ class PostgresSession(GovernedSession):
                         raise ProtocolViolation("Parse message is truncated")
                     name = self._decode_sql(bytes(buf[pos + 5 : n_end]))
                     sql = self._decode_sql(bytes(buf[n_end + 1 : sql_end]))
-                    version = self.gk.policy_version
-                    rid, refusal, error = await self._decide(sql, name)
-                    if refusal is None:
+                    version = self.pipeline.policy_version
+                    rid, error = await self._verdict(StatementRequest(sql=sql, dialect="postgres", statement_name=name))
+                    if error is None:
                         self._statements[name] = rid
                         self._stmt_masks[name] = self._last_mask
                         if name:  # named statements outlive this pipeline: re-decided on policy change
@@ -807,16 +738,17 @@ class PostgresSession(GovernedSession):
                     if self._masked:  # its RowDescription / NoData is the client's, not ours
                         pending.append(_Pending("describe"))
                 elif mtype == Frontend.FUNCTION_CALL:
-                    self.requests += 1
-                    decision = Decision(
-                        action="deny", rule_id="function-call",
-                        message="the FunctionCall protocol message is not allowed through sqlward; use SQL",
+                    # It would run a function without SQL, past the policy: the pipeline refuses it.
+                    rid, error = await self._verdict(
+                        StatementRequest(sql="", dialect="postgres", kind="command", command="FunctionCall")
                     )
-                    self._record_refusal(self.requests, "<FunctionCall>", decision)
-                    marker = self._inject_refusal(self._refusal_bytes(decision))
-                    replacement = codec.encode_frontend(codec.Query(marker))
                     self._syncs_sent += 1
-                    pending.append(_Pending("query", self.requests, audit=False))
+                    if error is None:
+                        pending.append(_Pending("query", rid))
+                    else:
+                        marker = self._inject_refusal(error)
+                        replacement = codec.encode_frontend(codec.Query(marker))
+                        pending.append(_Pending("query", rid, audit=False))
                 elif mtype == Frontend.TERMINATE:
                     terminate = True
                 elif mtype not in _KNOWN_FRONTEND or mtype == Frontend.PASSWORD:
@@ -838,6 +770,8 @@ class PostgresSession(GovernedSession):
                     parts.append(bytes(buf[seg:pos]))
                     out = b"".join(parts)
                 del buf[:pos]
+                # The decisions of this chunk are durable before the upstream sees it.
+                await self.audit.flush()
                 if out:
                     await up.send(out)
                 if terminate:
@@ -871,7 +805,6 @@ class PostgresSession(GovernedSession):
             return
         events.append(
             StatementCompleted(
-                time=self._now(), gateway=self.gk.gateway_name, connection_id=self.connection_id,
                 request_id=p.request_id, prepared_ref=p.ref, tags=tuple(p.tags), rows=p.rows,
                 duration_ms=round((time.perf_counter() - p.started) * 1000, 3),
                 error=p.error, sqlstate=p.sqlstate, masked=p.masked,
@@ -983,7 +916,7 @@ class PostgresSession(GovernedSession):
         assert self.up is not None
         client = Pipe(self.client)
         up = Pipe(self.up.stream)
-        record = self.gk.record
+        add = self.audit.add
         buf = bytearray(self.up.leftover)
         skip = 0  # bytes of a streamed message body still to pass through
         need_data = not buf
@@ -1047,7 +980,7 @@ class PostgresSession(GovernedSession):
                 else:
                     pos = end
             for event in events:
-                record(event)
+                add(event)
             if pos:
                 if parts is None:
                     out = bytes(buf[:pos])
@@ -1055,4 +988,6 @@ class PostgresSession(GovernedSession):
                     parts.append(bytes(buf[seg:pos]))
                     out = b"".join(parts)
                 del buf[:pos]
+                # Completions are durable before the client sees them.
+                await self.audit.flush()
                 await client.send(out)
