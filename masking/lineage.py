@@ -7,13 +7,13 @@ output is traced back to the base-table columns it is computed from, whatever th
 
 How it works:
 
-1. **Same lexer as the policy.** The text goes through `policy.analysis`'s lexer and splitter
-   (so both agree on statement boundaries, MySQL executable comments are unwrapped instead of
-   dropped as comments, string literals become `'?'`), fixed-shape statements it recognises
-   (BEGIN, SAVEPOINT, LISTEN, SHOW in postgres, ...) return no rows, PostgreSQL EXPLAIN and
-   PREPARE are unwrapped. A MySQL text with versioned comments (`/*!50700 ...*/`) is analysed in
-   both readings (with and without them) and the results merged. Each statement is parsed with
-   sqlglot (`postgres` or `mysql`).
+1. **Same lexer as the policy.** The text goes through `policy.sqltext`'s lexer, splitter and
+   canonical text, the analyser's (so both agree on statement boundaries, MySQL executable
+   comments are unwrapped instead of dropped as comments, string literals become `'?'`),
+   fixed-shape statements it recognises (BEGIN, SAVEPOINT, LISTEN, SHOW in postgres, ...) return
+   no rows, PostgreSQL EXPLAIN and PREPARE are unwrapped. A MySQL text with versioned comments
+   (`/*!50700 ...*/`) is analysed in both readings (with and without them) and the results
+   merged. Each statement is parsed with sqlglot (`postgres` or `mysql`).
 2. **A scope walk over the sqlglot AST**, written here rather than through
    `sqlglot.optimizer.qualify` (which rewrites the tree, raises on what it does not know and costs
    milliseconds): every SELECT gets a scope holding its FROM relations in order (base tables and
@@ -88,17 +88,17 @@ import sqlglot
 from sqlglot import exp
 
 from sqlward.masking.model import Catalogue, TableInfo
-from sqlward.policy.analysis import (
-    _VERSIONED_COMMENT,
-    _canonical,
-    _known_shape,
-    _piece_key,
-    _split,
-    _Token,
-    _tokens,
-    _Unlexable,
-    _unwrap,
-    _words,
+from sqlward.policy.sqltext import (
+    VERSIONED_COMMENT,
+    Token,
+    Unlexable,
+    canonical,
+    known_shape,
+    significant,
+    split_statements,
+    statement_key,
+    tokenize,
+    unwrap,
 )
 
 __all__ = ["Lineage", "OutputColumn", "lineage", "statement_lineages"]
@@ -1298,10 +1298,10 @@ def _error_text(err: BaseException) -> str:
 
 def _parse_one(sql: str, dialect: str) -> exp.Expression | None:
     """The first statement of a text (a view definition), through the policy lexer."""
-    pieces = _split(_tokens(sql, dialect))
+    pieces = split_statements(tokenize(sql, dialect))
     if not pieces:
         return None
-    trees = [t for t in sqlglot.parse(_canonical(pieces[0], dialect), read=dialect) if isinstance(t, exp.Expression)]
+    trees = [t for t in sqlglot.parse(canonical(pieces[0], dialect), read=dialect) if isinstance(t, exp.Expression)]
     return trees[0] if trees else None
 
 
@@ -1313,11 +1313,11 @@ class _Session(NamedTuple):
     doubt: str  # non-empty: name resolution is uncertain from here on, and why
 
 
-def _statement_lineage(tokens: Sequence[_Token], dialect: str, session: _Session) -> tuple[Lineage, _Session]:
-    known = _known_shape(tokens, dialect)
+def _statement_lineage(tokens: Sequence[Token], dialect: str, session: _Session) -> tuple[Lineage, _Session]:
+    known = known_shape(tokens, dialect)
     if known is not None:
         return Lineage(), session
-    unwrapped = _unwrap(tokens, dialect)
+    unwrapped = unwrap(tokens, dialect)
     if unwrapped is not None:
         op, inner_tokens = unwrapped
         if op == "prepare":
@@ -1326,7 +1326,7 @@ def _statement_lineage(tokens: Sequence[_Token], dialect: str, session: _Session
         # runs it and reports row counts; plain EXPLAIN estimates from statistics). When it
         # runs, what it copies and what cannot be seen in it count too.
         inner, _ = _statement_lineage(inner_tokens, dialect, session)
-        prefix = [t.text.upper() for t in _words(tokens[: len(tokens) - len(inner_tokens)])]
+        prefix = [t.text.upper() for t in significant(tokens[: len(tokens) - len(inner_tokens)])]
         if "ANALYZE" not in prefix and "ANALYSE" not in prefix:
             return Lineage(predicates=inner.predicates, tables=inner.tables), session
         reasons = inner.copies + (inner.unresolved if inner.opaque else ())
@@ -1344,7 +1344,7 @@ def _statement_lineage(tokens: Sequence[_Token], dialect: str, session: _Session
     if session.doubt:
         analyser.reason(session.doubt)
     try:
-        trees = [t for t in sqlglot.parse(_canonical(tokens, dialect), read=dialect) if isinstance(t, exp.Expression)]
+        trees = [t for t in sqlglot.parse(canonical(tokens, dialect), read=dialect) if isinstance(t, exp.Expression)]
     except Exception as err:  # ParseError, TokenError, RecursionError: fail closed
         analyser.reason(f"could not parse the statement: {_error_text(err)}", opaque=True)
         return analyser.result(()), session
@@ -1391,12 +1391,12 @@ def _next_session(tree: exp.Expression, dialect: str, session: _Session) -> _Ses
     return session._replace(doubt="search_path was changed earlier in this request to a value not understood")
 
 
-def _readings(sql: str, dialect: str) -> list[list[list[_Token]]]:
-    pieces = _split(_tokens(sql, dialect))
+def _readings(sql: str, dialect: str) -> list[list[list[Token]]]:
+    pieces = split_statements(tokenize(sql, dialect))
     readings = [pieces]
-    if dialect == "mysql" and _VERSIONED_COMMENT.search(sql):
-        other = _split(_tokens(sql, dialect, versioned=False))
-        if [_piece_key(p) for p in other] != [_piece_key(p) for p in pieces]:
+    if dialect == "mysql" and VERSIONED_COMMENT.search(sql):
+        other = split_statements(tokenize(sql, dialect, versioned=False))
+        if [statement_key(p) for p in other] != [statement_key(p) for p in pieces]:
             readings.append(other)
     return readings
 
@@ -1440,7 +1440,7 @@ def statement_lineages(
         return (_failed(f"unknown SQL dialect {dialect!r}"),)
     try:
         readings = _readings(sql, dialect)
-    except _Unlexable:
+    except Unlexable:
         return (_failed("unterminated quoted string, quoted identifier or comment"),)
     except Exception as err:
         return (_failed(f"lineage analysis failed: {_error_text(err)}"),)

@@ -2,28 +2,30 @@
 
 How it works (DESIGN.md sections 3 and 5):
 
-1. **Lex and split with our own lexer.** The text is tokenised with the same regex fragments as
-   `policy.fingerprint` (so both agree on where strings, quoted identifiers and comments start
-   and end) and split at every top-level `;`. Statements holding only whitespace or comments are
-   dropped. If the lexer meets an unterminated quote or comment, the whole text becomes a single
-   statement with parse_status "error": we cannot even tell where statements end.
-2. **Canonicalise before sqlglot sees anything.** Every string literal (including E'', dollar
-   quotes, MySQL "..") becomes `'?'`, comments become a space, MySQL executable comments
-   `/*! ... */` and `/*M! ... */` are unwrapped and optimizer hints are dropped. sqlglot drops
-   executable comments as comments (`/*!40101 SET NAMES utf8 */` parses to nothing), while the
-   server runs them: `SELECT 1 /*!, (SELECT pw FROM secret) */` reads `secret`. Our lexer
-   decides alone where strings, identifiers and comments are, so sqlglot's lexer never gets a
-   chance to disagree with it on statement boundaries or hidden text, and string contents never
-   reach the facts, which is what lets `policy.engine` cache them per fingerprint. `%s` is
-   passed on as the placeholder the fingerprint takes it for (`$1` / `?`), not as sqlglot's
-   modulo; two `-` operators (MySQL `--x` is not a comment) are emitted as `- -`; in postgres
-   the `[]` of `::oid[]` / `AS regclass[]` casts is dropped (sqlglot 30 fails on array casts to
-   oid and reg* types, which asyncpg's type introspection sends).
-3. **Recognise a few fixed-shape statements lexically** that sqlglot 30 gets wrong or refuses:
-   START TRANSACTION [modes] (parsed as an alias or a ParseError), SAVEPOINT / RELEASE /
-   ROLLBACK TO, ABORT, LISTEN / UNLISTEN / NOTIFY, DEALLOCATE, DISCARD, SHOW (postgres),
-   RESET, CHECKPOINT. PostgreSQL EXPLAIN [ANALYZE] and PREPARE .. AS are unwrapped and the
-   inner statement analysed (EXPLAIN ANALYZE runs it), giving ("explain", "delete", ...).
+1. **Lex and split with our own lexer** (`policy.sqltext`). The text is tokenised with the same
+   regex fragments as `policy.fingerprint` (so both agree on where strings, quoted identifiers
+   and comments start and end) and split at every top-level `;`. Statements holding only
+   whitespace or comments are dropped. If the lexer meets an unterminated quote or comment
+   (`sqltext.Unlexable`), the whole text becomes a single statement with parse_status "error":
+   we cannot even tell where statements end.
+2. **Canonicalise before sqlglot sees anything** (`sqltext.canonical`). Every string literal
+   (including E'', dollar quotes, MySQL "..") becomes `'?'`, comments become a space, MySQL
+   executable comments `/*! ... */` and `/*M! ... */` are unwrapped and optimizer hints are
+   dropped. sqlglot drops executable comments as comments (`/*!40101 SET NAMES utf8 */` parses
+   to nothing), while the server runs them: `SELECT 1 /*!, (SELECT pw FROM secret) */` reads
+   `secret`. Our lexer decides alone where strings, identifiers and comments are, so sqlglot's
+   lexer never gets a chance to disagree with it on statement boundaries or hidden text, and
+   string contents never reach the facts, which is what lets `policy.engine` cache them per
+   fingerprint. `%s` is passed on as the placeholder the fingerprint takes it for (`$1` / `?`),
+   not as sqlglot's modulo; two `-` operators (MySQL `--x` is not a comment) are emitted as
+   `- -`; in postgres the `[]` of `::oid[]` / `AS regclass[]` casts is dropped (sqlglot 30 fails
+   on array casts to oid and reg* types, which asyncpg's type introspection sends).
+3. **Recognise a few fixed-shape statements lexically** (`sqltext.known_shape`,
+   `sqltext.unwrap`) that sqlglot 30 gets wrong or refuses: START TRANSACTION [modes] (parsed
+   as an alias or a ParseError), SAVEPOINT / RELEASE / ROLLBACK TO, ABORT, LISTEN / UNLISTEN /
+   NOTIFY, DEALLOCATE, DISCARD, SHOW (postgres), RESET, CHECKPOINT. PostgreSQL EXPLAIN
+   [ANALYZE] and PREPARE .. AS are unwrapped and the inner statement analysed (EXPLAIN ANALYZE
+   runs it), giving ("explain", "delete", ...).
 4. **Parse each statement with `sqlglot.parse(text, read=dialect)`** and walk the AST:
    operations (top level first, then nested DML in breadth-first order, deduplicated),
    tables read and written (`schema.table` as written, lower-cased unless quoted; CTE
@@ -50,194 +52,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final, NamedTuple
+from typing import Final
 
 import msgspec
 import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.simplify import simplify
 
-from sqlward.policy.fingerprint import ID_CHARS, LEXICONS, WS, Lexicon, dollar_quote, fingerprint
+from sqlward.policy.fingerprint import fingerprint
 from sqlward.policy.model import Analysis, ParseStatus, StatementFacts
+from sqlward.policy.sqltext import (
+    LEXICONS,
+    VERSIONED_COMMENT,
+    Token,
+    Unlexable,
+    canonical,
+    executable_comment,
+    known_shape,
+    significant,
+    split_statements,
+    statement_key,
+    tokenize,
+    unwrap,
+)
 
-__all__ = ["analyse"]
-
-
-# --------------------------------------------------------------------------------------- lexing
-
-
-class _Token(NamedTuple):
-    kind: str  # ws comment kept qid str num ph semi word bad op
-    text: str
-
-
-def _lexer(lex: Lexicon) -> re.Pattern[str]:
-    parts = [
-        ("ws", rf"{WS}++"),
-        ("comment", lex.comment),
-        ("kept", lex.kept_comment),
-        ("qid", lex.quoted_ident),
-        ("str", "|".join(p for p in (lex.strings, lex.dollar_open and dollar_quote(lex, "dq")) if p)),
-        ("num", lex.numbers),
-        ("ph", rf"{lex.placeholders}|\?"),
-        ("semi", ";"),
-        ("bad", lex.bad),
-        ("word", rf"[{ID_CHARS}]++"),
-        ("op", "."),
-    ]
-    return re.compile("|".join(f"(?P<{name}>{rx})" for name, rx in parts if rx), re.DOTALL)
-
-
-_LEXERS: Final[dict[str, re.Pattern[str]]] = {name: _lexer(lex) for name, lex in LEXICONS.items()}
-_VERSION_PREFIX = re.compile(r"\d{5,6}")
-
-
-class _Unlexable(Exception):
-    pass
-
-
-def _tokens(sql: str, dialect: str, *, versioned: bool = True) -> list[_Token]:
-    """Tokens of `sql`, MySQL executable comments unwrapped; raises _Unlexable. With
-    `versioned=False`, comments that carry a server version (`/*!50000 ...*/`, `/*M!100500
-    ...*/`) are dropped instead: what a server older than that version runs."""
-    out: list[_Token] = []
-    for m in _LEXERS[dialect].finditer(sql):
-        kind = m.lastgroup
-        assert kind is not None
-        text = m.group()
-        if kind == "bad":
-            raise _Unlexable
-        if kind == "kept":
-            if text.startswith("/*+"):  # optimizer hint: no facts in it
-                out.append(_Token("comment", text))
-                continue
-            inner = text[4:-2] if text.startswith("/*M!") else text[3:-2]
-            version = _VERSION_PREFIX.match(inner)
-            if version:
-                if not versioned and not _always_runs(text, int(version.group())):
-                    out.append(_Token("ws", " "))
-                    continue
-                inner = _VERSION_PREFIX.sub("", inner, count=1)
-            out.append(_Token("ws", " "))
-            out.extend(_tokens(inner, dialect, versioned=versioned))
-            out.append(_Token("ws", " "))
-            continue
-        out.append(_Token(kind, text))
-    return out
-
-
-_VERSIONED_COMMENT = re.compile(r"/\*M?!\d")
-# Versions every server sqlward supports has reached (MySQL 5.7, MariaDB 10.2): comments at or
-# below them always run; above, it depends on the server and both readings are judged.
-_OLDEST_MYSQL, _OLDEST_MARIADB = 50700, 100200
-
-
-def _always_runs(comment: str, version: int) -> bool:
-    if comment.startswith("/*M!"):
-        return version <= _OLDEST_MARIADB
-    return version <= _OLDEST_MYSQL
-
-
-def _piece_key(piece: Sequence[_Token]) -> str:
-    return " ".join(t.text for t in piece if t.kind not in ("ws", "comment"))
-
-
-def _split(tokens: Iterable[_Token]) -> list[list[_Token]]:
-    """Statements (token lists without ws/comments at the ends); empty ones dropped."""
-    pieces: list[list[_Token]] = []
-    current: list[_Token] = []
-    for tok in tokens:
-        if tok.kind == "semi":
-            pieces.append(current)
-            current = []
-        else:
-            current.append(tok)
-    pieces.append(current)
-    result = []
-    for piece in pieces:
-        significant = [i for i, t in enumerate(piece) if t.kind not in ("ws", "comment")]
-        if significant:
-            result.append(piece[significant[0] : significant[-1] + 1])
-    return result
-
-
-def _cast_array_brackets(tokens: Sequence[_Token]) -> set[int]:
-    """Indices of the `[]` / `[n]` after a type in `::type[]` or `AS type[]` (postgres).
-
-    sqlglot 30 cannot parse `::oid[]`, `::regclass[]` and the other reg* array casts that drivers
-    send (asyncpg's type introspection has `any($1::oid[])`); an array cast changes no fact."""
-    sig = [i for i, t in enumerate(tokens) if t.kind not in ("ws", "comment")]
-    drop: set[int] = set()
-
-    def at(k: int) -> _Token | None:
-        return tokens[sig[k]] if 0 <= k < len(sig) else None
-
-    for k, i in enumerate(sig):
-        if tokens[i].text != "[":
-            continue
-        p = k - 1
-        while p >= 0 and sig[p] in drop:
-            p -= 1
-        name = at(p)
-        if name is None or name.kind not in ("word", "qid"):
-            continue
-        q = p - 1
-        dot, qualifier = at(q), at(q - 1)
-        if dot is not None and dot.text == "." and qualifier is not None and qualifier.kind in ("word", "qid"):
-            q -= 2
-        before, before2 = at(q), at(q - 1)
-        is_cast = (before is not None and before.kind == "word" and before.text.upper() == "AS") or (
-            before is not None and before.text == ":" and before2 is not None and before2.text == ":"
-        )
-        if not is_cast:
-            continue
-        e = k + 1
-        inner = at(e)
-        if inner is not None and inner.kind == "num":
-            e += 1
-        close = at(e)
-        if close is not None and close.text == "]":
-            drop.update(sig[k : e + 1])
-    return drop
-
-
-def _canonical(tokens: Sequence[_Token], dialect: str, literals: bool = False) -> str:
-    """The text sqlglot parses: literals neutralised (kept with `literals`, for the per-text
-    evaluation of literal-dependent facts), comments gone, `--` never formed."""
-    drop = _cast_array_brackets(tokens) if dialect == "postgres" else set()
-    out: list[str] = []
-    for i, tok in enumerate(tokens):
-        if i in drop:
-            continue
-        if tok.kind in ("ws", "comment"):
-            if out and out[-1] != " ":
-                out.append(" ")
-        elif tok.kind == "str" and not literals:
-            out.append("'?'")
-        elif tok.kind == "ph" and tok.text == "%s":  # the fingerprint's `?`, as sqlglot reads it
-            out.append("$1" if dialect == "postgres" else "?")
-        elif tok.kind == "op" and tok.text == "-" and out and out[-1] == "-":
-            out.append(" -")
-        else:
-            out.append(tok.text)
-    return "".join(out).strip()
-
-
-def _words(tokens: Sequence[_Token]) -> list[_Token]:
-    return [t for t in tokens if t.kind not in ("ws", "comment")]
-
-
-def _normalized(tokens: Sequence[_Token]) -> str:
-    """Significant tokens joined by single spaces, words upper-cased, strings as '?'."""
-    out = []
-    for t in _words(tokens):
-        if t.kind == "word":
-            out.append(t.text.upper())
-        elif t.kind == "str":
-            out.append("'?'")
-        else:
-            out.append(t.text)
-    return " ".join(out)
+__all__ = ["analyse", "split_texts"]
 
 
 # ------------------------------------------------------------------ first-keyword classification
@@ -300,9 +139,9 @@ _OBJECT_KINDS: Final = frozenset(
 )
 
 
-def _keyword_op(tokens: Sequence[_Token]) -> tuple[str, str]:
+def _keyword_op(tokens: Sequence[Token]) -> tuple[str, str]:
     """(operation, detail) guessed from the leading keywords, for statements sqlglot missed."""
-    words = [t.text.upper() for t in _words(tokens) if t.kind == "word"][:8]
+    words = [t.text.upper() for t in significant(tokens) if t.kind == "word"][:8]
     if not words:
         return "other", ""
     first = words[0]
@@ -352,58 +191,13 @@ def _set_detail(words: Sequence[str]) -> str:
     }.get(first, "")
 
 
-def _keyword_facts(tokens: Sequence[_Token], status: ParseStatus) -> StatementFacts:
+def _keyword_facts(tokens: Sequence[Token], status: ParseStatus) -> StatementFacts:
     op, detail = _keyword_op(tokens)
     if status == "error":
         ops = ("unknown", op) if op != "other" else ("unknown",)
         return StatementFacts(operation="unknown", operations=ops, parse_status="error")
     ops = ("insert", "delete") if detail == "replace" else (op,)
     return StatementFacts(operation=op, operations=ops, parse_status=status, detail=detail)
-
-
-# Statements whose whole shape is recognised without sqlglot (which gets these wrong).
-_NAME = r'(?:[A-Z_\x80-\U0010FFFF][A-Z0-9_$\x80-\U0010FFFF]*|"(?:[^"]|"")+"|`(?:[^`]|``)+`)'
-_TX_MODE = (
-    r"(?:ISOLATION LEVEL (?:SERIALIZABLE|REPEATABLE READ|READ COMMITTED|READ UNCOMMITTED)"
-    r"|READ WRITE|READ ONLY|(?:NOT )?DEFERRABLE|WITH CONSISTENT SNAPSHOT)"
-)
-_TX_MODES = rf"(?: {_TX_MODE}(?: ,? {_TX_MODE})*)?"
-_CHAIN = r"(?: AND (?:NO )?CHAIN)?(?: (?:NO )?RELEASE)?"
-_KNOWN_SHAPES: Final[tuple[tuple[re.Pattern[str], str, str], ...]] = tuple(
-    (re.compile(rx), op, detail)
-    for rx, op, detail in (
-        (rf"START TRANSACTION{_TX_MODES}", "begin", ""),
-        (rf"BEGIN(?: WORK| TRANSACTION)?{_TX_MODES}", "begin", ""),
-        (rf"SAVEPOINT {_NAME}", "savepoint", ""),
-        (rf"RELEASE(?: SAVEPOINT)? {_NAME}", "savepoint", "release"),
-        (rf"ROLLBACK(?: WORK| TRANSACTION)? TO(?: SAVEPOINT)? {_NAME}", "rollback", "savepoint"),
-        (rf"(?:ABORT|ROLLBACK)(?: WORK| TRANSACTION)?{_CHAIN}", "rollback", ""),
-        (rf"(?:COMMIT|END)(?: WORK| TRANSACTION)?{_CHAIN}", "commit", ""),
-        (rf"LISTEN {_NAME}", "listen", ""),
-        (rf"UNLISTEN (?:{_NAME}|\*)", "listen", "unlisten"),
-        (rf"NOTIFY {_NAME}(?: , '\?')?", "notify", ""),
-        (rf"DEALLOCATE(?: PREPARE)? {_NAME}", "deallocate", ""),
-        (r"DISCARD (?:ALL|PLANS|SEQUENCES|TEMP|TEMPORARY)", "other", "discard"),
-        (r"CHECKPOINT", "other", "checkpoint"),
-        (rf"RESET {_NAME}(?: {_NAME})?", "set", "reset"),
-    )
-)
-# SHOW is parsed by sqlglot's mysql dialect, not by its postgres one.
-_PG_SHOW = re.compile(rf"SHOW {_NAME}(?: {_NAME})*")
-
-
-def _known_shape(tokens: Sequence[_Token], dialect: str) -> StatementFacts | None:
-    text = _normalized(tokens)
-    for rx, op, detail in _KNOWN_SHAPES:
-        if rx.fullmatch(text):
-            return StatementFacts(operation=op, operations=(op,), detail=detail)
-    if dialect == "postgres" and _PG_SHOW.fullmatch(text):
-        return StatementFacts(operation="show", operations=("show",))
-    if dialect == "mysql" and text == "CHANGE USER":
-        # Not SQL: the MySQL adapter decides COM_CHANGE_USER (a switch of the session's identity)
-        # as this pseudo statement, so rules and the identity-escalation guardrail can judge it.
-        return StatementFacts(operation="change user", operations=("change user",))
-    return None
 
 
 # ----------------------------------------------------------------------------- AST walking
@@ -836,55 +630,14 @@ def _error_text(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def _unwrap(tokens: Sequence[_Token], dialect: str) -> tuple[str, Sequence[_Token]] | None:
-    """("explain" | "prepare", inner statement tokens) for PostgreSQL EXPLAIN / PREPARE."""
-    if dialect != "postgres":
-        return None
-    sig = [i for i, t in enumerate(tokens) if t.kind not in ("ws", "comment")]
-    if not sig or tokens[sig[0]].kind != "word":
-        return None
-
-    def text(k: int) -> str:
-        return tokens[sig[k]].text.upper() if k < len(sig) else ""
-
-    def skip_parens(k: int) -> int:
-        depth = 0
-        while k < len(sig):
-            depth += {"(": 1, ")": -1}.get(text(k), 0)
-            k += 1
-            if depth == 0:
-                break
-        return k
-
-    first = text(0)
-    k = 1
-    if first == "EXPLAIN":
-        if text(k) == "(":
-            k = skip_parens(k)
-        while text(k) in ("ANALYZE", "ANALYSE", "VERBOSE"):
-            k += 1
-        op = "explain"
-    elif first == "PREPARE" and len(sig) > 2:
-        k = 2
-        if text(k) == "(":
-            k = skip_parens(k)
-        if text(k) != "AS":
-            return None
-        k += 1
-        op = "prepare"
-    else:
-        return None
-    return (op, tokens[sig[k] :]) if k < len(sig) else None
-
-
 _DML_WORDS: Final = frozenset("SELECT INSERT UPDATE DELETE MERGE WITH VALUES TABLE REPLACE CREATE EXECUTE DECLARE".split())
 
 
-def _lexical_overlay(tokens: Sequence[_Token], facts: list[StatementFacts]) -> list[StatementFacts]:
+def _lexical_overlay(tokens: Sequence[Token], facts: list[StatementFacts]) -> list[StatementFacts]:
     """Facts read from the keywords themselves (they also hold where sqlglot failed): what a
     RESET resets, INTO OUTFILE / DUMPFILE, LOAD DATA / XML, EXPLAIN ANALYZE, and for statements sqlglot
     did not parse, the functions called (a word followed by `(`)."""
-    sig = _words(tokens)
+    sig = significant(tokens)
     words = [t.text.upper() for t in sig if t.kind == "word"]
     into = ""
     for a, b in zip(words, words[1:]):
@@ -935,17 +688,18 @@ def _lexical_overlay(tokens: Sequence[_Token], facts: list[StatementFacts]) -> l
     return out
 
 
-def _statement(tokens: Sequence[_Token], dialect: str, literals: bool = False) -> tuple[list[StatementFacts], str]:
+def _statement(tokens: Sequence[Token], dialect: str, literals: bool = False) -> tuple[list[StatementFacts], str]:
     """Facts of one `;`-delimited piece (sqlglot may still find several) and an error text."""
     facts, error = _statement_facts(tokens, dialect, literals)
     return _lexical_overlay(tokens, facts), error
 
 
-def _statement_facts(tokens: Sequence[_Token], dialect: str, literals: bool = False) -> tuple[list[StatementFacts], str]:
-    known = _known_shape(tokens, dialect)
+def _statement_facts(tokens: Sequence[Token], dialect: str, literals: bool = False) -> tuple[list[StatementFacts], str]:
+    known = known_shape(tokens, dialect)
     if known is not None:
-        return [known], ""
-    unwrapped = _unwrap(tokens, dialect)
+        op, detail = known
+        return [StatementFacts(operation=op, operations=(op,), detail=detail)], ""
+    unwrapped = unwrap(tokens, dialect)
     if unwrapped is not None:
         op, inner_tokens = unwrapped
         inner, error = _statement(inner_tokens, dialect, literals)
@@ -953,7 +707,7 @@ def _statement_facts(tokens: Sequence[_Token], dialect: str, literals: bool = Fa
         for f in inner:
             facts.append(msgspec.structs.replace(f, operation=op, operations=_dedupe((op, *f.operations))))
         return facts, error
-    text = _canonical(tokens, dialect, literals)
+    text = canonical(tokens, dialect, literals)
     try:
         trees = [t for t in sqlglot.parse(text, read=dialect) if t is not None]
     except Exception as err:  # ParseError, TokenError, RecursionError, sqlglot bugs: fail closed
@@ -969,7 +723,7 @@ def _statement_facts(tokens: Sequence[_Token], dialect: str, literals: bool = Fa
         if f is None:
             f = _keyword_facts(tokens, "unparsed")
         elif f.operation == "set":
-            words = [t.text.upper() for t in _words(tokens) if t.kind == "word"][:6]
+            words = [t.text.upper() for t in significant(tokens) if t.kind == "word"][:6]
             f = msgspec.structs.replace(f, detail=_set_detail(words))
         facts.append(f)
     return facts, ""
@@ -985,17 +739,17 @@ def analyse(sql: str, dialect: str, fingerprint_: str | None = None, *, keep_lit
     `keep_literals` passes string literals to sqlglot as written, so literal-dependent facts
     (`where_trivial`) are judged on this very text; such an Analysis must not be cached by
     fingerprint."""
-    if dialect not in _LEXERS:
+    if dialect not in LEXICONS:
         raise ValueError(f"unknown SQL dialect {dialect!r}")
     fp = fingerprint(sql, dialect) if fingerprint_ is None else fingerprint_
     try:
-        pieces = _split(_tokens(sql, dialect))
-        if dialect == "mysql" and _VERSIONED_COMMENT.search(sql):
+        pieces = split_statements(tokenize(sql, dialect))
+        if dialect == "mysql" and VERSIONED_COMMENT.search(sql):
             # Whether a versioned comment runs depends on the server's version: judge both
             # readings (the statements of each; any refusal refuses the request).
-            seen = {_piece_key(p) for p in pieces}
-            pieces += [p for p in _split(_tokens(sql, dialect, versioned=False)) if _piece_key(p) not in seen]
-    except _Unlexable:
+            seen = {statement_key(p) for p in pieces}
+            pieces += [p for p in split_statements(tokenize(sql, dialect, versioned=False)) if statement_key(p) not in seen]
+    except Unlexable:
         facts = _keyword_facts([], "error")
         return Analysis(
             fingerprint=fp,
@@ -1006,9 +760,7 @@ def analyse(sql: str, dialect: str, fingerprint_: str | None = None, *, keep_lit
         )
     statements: list[StatementFacts] = []
     first_error = ""
-    executable = dialect == "mysql" and any(
-        m.lastgroup == "kept" and not m.group().startswith("/*+") for m in _LEXERS[dialect].finditer(sql)
-    )
+    executable = dialect == "mysql" and executable_comment(sql, dialect)
     for piece in pieces:
         facts, error = _statement(piece, dialect, keep_literals)
         statements.extend(facts)
@@ -1035,9 +787,9 @@ def split_texts(sql: str, dialect: str) -> list[str]:
     comments are read the way the newest server reads them (both readings are analysed, so the
     counts then differ and the caller has no estimate: fail closed)."""
     texts: list[str] = []
-    for piece in _split(_tokens(sql, dialect)):
-        text = _canonical(piece, dialect, literals=True)
-        if _known_shape(piece, dialect) is not None or _unwrap(piece, dialect) is not None:
+    for piece in split_statements(tokenize(sql, dialect)):
+        text = canonical(piece, dialect, literals=True)
+        if known_shape(piece, dialect) is not None or unwrap(piece, dialect) is not None:
             texts.append(text)
             continue
         try:

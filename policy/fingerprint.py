@@ -2,17 +2,19 @@
 
 `fingerprint(sql, dialect)` runs on every statement on the hot path, so it is one `re.sub` over a
 precompiled pattern per dialect (no sqlglot; see DESIGN.md section 9; about 2.5 µs for the pgbench
-SELECT). The pattern lexes left to right; each match is a run of tokens copied as they are
-(words, quoted identifiers, operators, single spaces: no Python involved) followed by one span to
-rewrite: a literal or placeholder, a literal-only IN list, a run of whitespace and comments, or the
-end of the text. So a statement costs one Python callback per literal, plus one.
+SELECT). The pattern is built from the dialect's `policy.sqltext.LEXICONS` fragments (the ones
+the analyser's lexer uses, so both agree on every string, identifier and comment boundary) and
+lexes left to right; each match is a run of tokens copied as they are (words, quoted
+identifiers, operators, single spaces: no Python involved) followed by one span to rewrite: a
+literal or placeholder, a literal-only IN list, a run of whitespace and comments, or the end of
+the text. So a statement costs one Python callback per literal, plus one.
 
 What the pattern does, per dialect:
 
 - ``postgres``: '..' strings ('' escapes), E'..' (backslash escapes), B'..', X'..', N'..', U&'..',
   dollar quotes ``$tag$..$tag$``, numbers and the placeholders ``$1`` and ``%s`` become ``?``.
   ``"quoted identifiers"`` are kept verbatim. ``--`` and ``/* */`` comments (nesting, up to
-  `_PG_COMMENT_DEPTH` levels) are removed.
+  `policy.sqltext.PG_COMMENT_DEPTH` levels) are removed.
 - ``mysql``: '..' and ".." strings (backslash and doubled-quote escapes), X'..', B'..', N'..',
   0x.., 0b.., numbers and ``%s`` become ``?`` (``?`` stays ``?``). ```backquoted``` identifiers are
   kept verbatim. ``#`` and ``-- `` comments (MySQL needs whitespace after ``--``) and ordinary
@@ -37,128 +39,17 @@ normal fingerprint can equal (normal fingerprints never start with a space).
 from __future__ import annotations
 
 import re
-from typing import Final, NamedTuple
+from typing import Final
 
-__all__ = ["DIALECTS", "LEXICONS", "RAW_PREFIX", "Lexicon", "dollar_quote", "fingerprint"]
+from sqlward.policy.sqltext import ID_CHARS, LEXICONS, WS, Lexicon, Unlexable, dollar_quote
+
+__all__ = ["DIALECTS", "RAW_PREFIX", "fingerprint"]
 
 DIALECTS: Final = ("postgres", "mysql")
 
 # Keys of texts the lexer could not classify: " raw:" + text. Normal keys are stripped, so they
 # never start with a space and cannot collide with these.
 RAW_PREFIX: Final = " raw:"
-
-# Characters that continue an identifier (so a digit among them is part of a word, not a number).
-ID_CHARS: Final = r"0-9A-Za-z_$\x80-\U0010FFFF"
-_NOT_BEFORE_ID = rf"(?![{ID_CHARS}])"
-WS: Final = r"[ \t\n\r\f\v]"
-
-
-class Lexicon(NamedTuple):
-    """Regex fragments (without capturing groups) for the tokens of one dialect.
-
-    The patterns assume they are tried at a token boundary (both lexers scan left to right and
-    consume whole words), so they need no look-behind. Shared with `policy.analysis`, whose
-    statement splitter must see exactly the same string, comment and identifier boundaries.
-    """
-
-    word: str  # identifier or keyword, consumed whole
-    strings: str  # string literals, dollar quotes excepted
-    dollar_open: str  # opening delimiter of a dollar quote ("" when the dialect has none)
-    numbers: str
-    placeholders: str  # bind placeholders other than a bare `?`
-    comment: str  # comments that are removed
-    quoted_ident: str  # quoted identifiers, kept verbatim
-    kept_comment: str  # comments that must be kept (MySQL executable comments, hints)
-    operator: str  # one character of punctuation or operator that starts nothing else
-    bad: str  # the opening of a quote or comment that the patterns above could not close
-
-
-def _word(start: str) -> str:
-    """A whole word starting with a character of `start`, except the word IN and a one-letter
-    word that prefixes a string (E'', X'', U&'', ...): those go to the rewriting alternatives.
-    Spelled without look-aheads on the common path because this runs once per word."""
-    not_i = start.replace("A-Za-z", "A-HJ-Za-hj-z")
-    not_n = ID_CHARS.replace("A-Za-z", "A-MO-Za-mo-z")
-    return "|".join(
-        (
-            rf"[{not_i}][{ID_CHARS}]++",  # two or more characters, not starting with I
-            rf"[Ii][{ID_CHARS}][{ID_CHARS}]++",  # three or more, starting with I
-            rf"[Ii][{not_n}](?![{ID_CHARS}])",  # two, starting with I, not IN
-            rf"[{start}](?![{ID_CHARS}'&])",  # one, not followed by a quote or &
-        )
-    )
-
-
-_NUMBER = rf"(?>\d+(?:\.\d*)?|\.\d+)(?>[eE][+-]?\d+)?{_NOT_BEFORE_ID}"
-_PERCENT_S = rf"%s{_NOT_BEFORE_ID}"
-_PG_COMMENT_DEPTH: Final = 4
-
-
-def _pg_block_comment(depth: int) -> str:
-    """A /* */ comment holding comments nested up to `depth` levels (re has no recursion)."""
-    inner = r"[^*/]++|\*(?!/)|/(?!\*)"
-    pattern = rf"/\*(?:{inner})*+\*/"
-    for _ in range(depth):
-        pattern = rf"/\*(?:{inner}|{pattern})*+\*/"
-    return pattern
-
-
-_PG_DOLLAR = r"\$(?:[A-Za-z_\x80-\U0010FFFF][0-9A-Za-z_\x80-\U0010FFFF]*+)?\$"
-
-LEXICONS: Final[dict[str, Lexicon]] = {
-    "postgres": Lexicon(
-        word=_word(r"A-Za-z_\x80-\U0010FFFF"),
-        strings="|".join(
-            (
-                r"'(?:[^']++|'')*+'",
-                r"[eE]'(?:[^'\\]++|\\.|'')*+'",
-                r"(?:[bBxXnN]|[uU]&)'(?:[^']++|'')*+'",
-            )
-        ),
-        dollar_open=_PG_DOLLAR,
-        numbers=_NUMBER,
-        placeholders=rf"\$\d++{_NOT_BEFORE_ID}|{_PERCENT_S}",
-        comment=rf"--[^\n\r]*+|{_pg_block_comment(_PG_COMMENT_DEPTH)}",
-        quoted_ident=r'"(?:[^"]++|"")*+"',
-        kept_comment="",
-        operator=rf"-(?!-)|/(?!\*)|%(?!s{_NOT_BEFORE_ID})|[^-/%'\"$ \t\n\r\f\v{ID_CHARS}]",
-        # An E'' string that does not close must not be re-read as '' (no backslash escapes).
-        bad=rf"[eE]?'|\"|/\*|{_PG_DOLLAR}",
-    ),
-    "mysql": Lexicon(
-        word=_word(r"A-Za-z_$\x80-\U0010FFFF"),
-        strings="|".join(
-            (
-                r"'(?:[^'\\]++|\\.|'')*+'",
-                r'"(?:[^"\\]++|\\.|"")*+"',
-                r"[xXbBnN]'(?:[^'\\]++|\\.|'')*+'",
-            )
-        ),
-        dollar_open="",
-        numbers="|".join(
-            (
-                rf"0x[0-9A-Fa-f]++{_NOT_BEFORE_ID}",
-                rf"0b[01]++{_NOT_BEFORE_ID}",
-                _NUMBER,
-            )
-        ),
-        placeholders=_PERCENT_S,
-        # `--` starts a comment only when followed by whitespace or a control character.
-        comment=r"#[^\n]*+|--(?=[\x00-\x20]|\Z)[^\n]*+|/\*(?![!+]|M!)(?:[^*]++|\*(?!/))*+\*/",
-        quoted_ident=r"`(?:[^`]++|``)*+`",
-        kept_comment=r"/\*(?:!|M!|\+)(?:[^*]++|\*(?!/))*+\*/",
-        operator=(
-            rf"-(?!-(?:[\x00-\x20]|\Z))|/(?!\*)|%(?!s{_NOT_BEFORE_ID})"
-            rf"|[^-/%#'\"` \t\n\r\f\v{ID_CHARS}]"
-        ),
-        bad=r"['\"`]|/\*",
-    ),
-}
-
-
-def dollar_quote(lexicon: Lexicon, group: str) -> str:
-    """A whole dollar-quoted string; `group` names the group that holds its delimiter."""
-    return rf"(?P<{group}>{lexicon.dollar_open})(?:.*?)(?P={group})"
 
 
 def _alt(*parts: str) -> str:
@@ -209,10 +100,6 @@ def _build(lex: Lexicon) -> re.Pattern[str]:
 _PATTERNS: Final[dict[str, re.Pattern[str]]] = {name: _build(lex) for name, lex in LEXICONS.items()}
 
 
-class _Unlexable(Exception):
-    """Raised from the substitution callback on text the lexer cannot classify."""
-
-
 def _replace(match: re.Match[str]) -> str:
     kind = match.lastgroup
     if kind == "tail":
@@ -227,7 +114,7 @@ def _replace(match: re.Match[str]) -> str:
         return match.group(1) + match.group("inkw") + " (?+)"
     if kind == "other":
         return match.group(1) + match.group("other")
-    raise _Unlexable
+    raise Unlexable  # text the lexicons cannot classify
 
 
 def fingerprint(sql: str, dialect: str) -> str:
@@ -238,5 +125,5 @@ def fingerprint(sql: str, dialect: str) -> str:
         raise ValueError(f"unknown SQL dialect {dialect!r}") from None
     try:
         return pattern.sub(_replace, sql).strip(" ")
-    except Exception:  # _Unlexable; or a regex engine failure: a unique key is always safe
+    except Exception:  # Unlexable; or a regex engine failure: a unique key is always safe
         return RAW_PREFIX + sql
