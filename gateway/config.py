@@ -12,9 +12,11 @@ How it works (`load_config`), in four passes, each reporting problems as
    ``dev.toml: $.targets[0].password: environment variable APP_DEV_PASSWORD is not set``.
 3. Convert. `msgspec.convert` turns the tree into the frozen Structs below, all declared with
    ``forbid_unknown_fields=True``; msgspec's "Expected `str`, got `int` - at `$.x`" errors are
-   reworded into the format above. `environments` and `guardrails` are converted table by table so
-   their errors name the environment or guardrail (msgspec itself would print
-   ``$.environments[...]``); a `[guardrails.<id>]` table must name a guardrail of the catalogue
+   reworded into the format above (`gateway.config_errors.reword`). `environments` and
+   `guardrails` are converted table by table so their errors name the environment or guardrail
+   (msgspec itself would print ``$.environments[...]``), by
+   `gateway.policy_files.convert_policy_tables`, which the policy files use too; a
+   `[guardrails.<id>]` table must name a guardrail of the catalogue
    (`policy.guardrails.CATALOGUE`) and set only the options that guardrail takes.
 4. Check. Cross-field rules msgspec cannot express: protocols, listen addresses, DSNs (scheme,
    host, port, user, query parameters), secrets given twice, files that cannot be read, duplicate
@@ -26,6 +28,12 @@ How it works (`load_config`), in four passes, each reporting problems as
    paths (TLS files, client CA files, secret files, JWKS and JWKS CA files, DSN
    ``sslrootcert``/``sslcert``/``sslkey``, the audit file) are then made absolute against the
    directory of the config file, and unnamed listeners get the name ``<protocol>-<port>``.
+   Last, the policy files named by `[gateway] policy_files` are loaded once
+   (`gateway.policy_files.load_policy`), so a broken one stops the start-up too.
+
+`Problem` and `ConfigError` live in `gateway.config_errors` and are importable from here. Imports
+go one way: this module imports `gateway.policy_files`, which reads a `Config` through its
+`PolicySource` protocol and never imports this module.
 
 `[identity]` decodes into `IdentityOptions`, a strict subclass of `adapters.base.IdentitySettings`
 (`.settings()` gives the plain adapter-facing value); `[[access]]` into `AccessRule`s, judged by
@@ -47,8 +55,6 @@ import json
 import os
 import re
 import tomllib
-import types
-import typing
 from collections.abc import Iterator, Mapping
 from typing import Literal, Annotated, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -56,7 +62,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import msgspec
 
 from sqlward.adapters.base import IdentitySettings, UpstreamTLS
-from sqlward.policy.guardrails import GuardrailConfig, guardrail_problems
+from sqlward.gateway.config_errors import ConfigError, Problem, key_path, reword
+from sqlward.gateway.policy_files import convert_policy_tables, load_policy
+from sqlward.policy.guardrails import GuardrailConfig
 from sqlward.policy.rules import EnvironmentPolicy, Rule, rule_problems
 from sqlward.masking.model import MaskRule
 from sqlward.masking.policy import MaskingSettings
@@ -78,7 +86,6 @@ __all__ = [
     "ParsedDSN",
     "Problem",
     "TargetConfig",
-    "convert_policy_tables",
     "load_config",
     "parse_dsn",
     "parse_listen",
@@ -111,38 +118,6 @@ DEFAULT_JWS_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
 CERT_IDENTITY_MODES: tuple[str, ...] = ("none", "subject-cn", "san-uri")
 
 _HIDDEN = "'***'"
-
-
-# --------------------------------------------------------------------------------------------
-# Errors
-
-
-class Problem(msgspec.Struct, frozen=True):
-    """One thing wrong with a config file: where (`$.path`, "" for the file as a whole) and what."""
-
-    path: str
-    message: str
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used. ``str(err)`` is ready to print, one problem per line:
-    ``FILE: $.path: message``. Never contains a secret."""
-
-    def __init__(self, file: str, problems: list[Problem] | tuple[Problem, ...]) -> None:
-        self.file = file
-        self.problems: tuple[Problem, ...] = tuple(problems)
-        super().__init__(
-            "\n".join(f"{file}: {p.path}: {p.message}" if p.path else f"{file}: {p.message}" for p in self.problems)
-        )
-
-    @classmethod
-    def single(cls, file: str, path: str, message: str) -> ConfigError:
-        return cls(file, [Problem(path, message)])
-
-    @property
-    def path(self) -> str:
-        """The `$.path` of the first problem."""
-        return self.problems[0].path if self.problems else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,11 +481,6 @@ def _resolve(path: str, base_dir: str) -> str:
 # Pass 2: ${VAR} expansion
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-
-
-def _key_path(path: str, key: str) -> str:
-    return f"{path}.{key}" if _KEY.fullmatch(key) else f"{path}[{json.dumps(key)}]"
 
 
 def _expand_string(text: str, env: Mapping[str, str], path: str, problems: list[Problem]) -> str:
@@ -554,7 +524,7 @@ def _expand(node: Any, env: Mapping[str, str], path: str, problems: list[Problem
     if isinstance(node, str):
         return _expand_string(node, env, path, problems)
     if isinstance(node, dict):
-        return {k: _expand(v, env, _key_path(path, k), problems) for k, v in node.items()}
+        return {k: _expand(v, env, key_path(path, k), problems) for k, v in node.items()}
     if isinstance(node, list):
         return [_expand(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
     return node
@@ -562,61 +532,6 @@ def _expand(node: Any, env: Mapping[str, str], path: str, problems: list[Problem
 
 # --------------------------------------------------------------------------------------------
 # Pass 3: conversion and rewording of msgspec's errors
-
-_AT = re.compile(r"^(?P<msg>.*?) - at `(?P<path>\$[^`]*)`$", re.S)
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
-_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
-_SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+|\.\.\.)\]")
-
-
-def _struct_at(root: type, path: str) -> type | None:
-    """The Struct type found at a msgspec `$.path` below `root`, when there is one."""
-    tp: Any = root
-    for m in _SEGMENT.finditer(path[1:]):
-        tp = _strip(tp)
-        if m.group(1) is not None:
-            if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
-                return None
-            hints = typing.get_type_hints(tp, include_extras=True)
-            if m.group(1) not in hints:
-                return None
-            tp = hints[m.group(1)]
-        else:
-            args = typing.get_args(tp)
-            if not args:
-                return None
-            tp = args[-1] if typing.get_origin(tp) is dict else args[0]
-    tp = _strip(tp)
-    return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
-
-
-def _strip(tp: Any) -> Any:
-    """Annotated[X, ...] → X; X | None → X."""
-    while True:
-        if typing.get_origin(tp) is Annotated:
-            tp = typing.get_args(tp)[0]
-        elif typing.get_origin(tp) in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
-
-
-def _reword(exc: msgspec.ValidationError, root: type, prefix: str) -> Problem:
-    text = str(exc)
-    m = _AT.match(text)
-    msg, path = (m.group("msg"), m.group("path")) if m else (text, "$")
-    path = prefix + path[1:]
-    if u := _UNKNOWN.match(msg):
-        struct = _struct_at(root, m.group("path") if m else "$")
-        expected = f" (expected one of: {', '.join(struct.__struct_fields__)})" if struct else ""
-        return Problem(_key_path(path, u.group("field")), f"unknown field{expected}")
-    if r := _MISSING.match(msg):
-        return Problem(_key_path(path, r.group("field")), "required field is missing")
-    return Problem(path, msg)
-
 
 def _convert(raw: dict[str, Any], file: str) -> Config:
     problems: list[Problem] = []
@@ -629,51 +544,12 @@ def _convert(raw: dict[str, Any], file: str) -> Config:
     try:
         config = msgspec.convert(raw, type=Config)
     except msgspec.ValidationError as exc:
-        problems.append(_reword(exc, Config, "$"))
+        problems.append(reword(exc, Config, "$"))
         raise ConfigError(file, problems) from None
     environments, guardrails = convert_policy_tables(envs_raw, guards_raw, problems)
     if problems:
         raise ConfigError(file, problems)
     return msgspec.structs.replace(config, environments=environments, guardrails=guardrails)
-
-
-def convert_policy_tables(
-    envs_raw: Any, guards_raw: Any, problems: list[Problem]
-) -> tuple[dict[str, EnvironmentPolicy], dict[str, GuardrailConfig]]:
-    """Convert decoded `environments` and `guardrails` tables table by table (so errors name the
-    environment or guardrail), appending problems. Shared with `gateway.policy_files`."""
-    environments: dict[str, EnvironmentPolicy] = {}
-    if not isinstance(envs_raw, dict):
-        problems.append(Problem("$.environments", f"Expected a table of environment names, got `{_toml_type(envs_raw)}`"))
-    else:
-        for name, table in envs_raw.items():
-            prefix = _key_path("$.environments", name)
-            try:
-                environments[name] = msgspec.convert(table, type=EnvironmentPolicy)
-            except msgspec.ValidationError as exc:
-                problems.append(_reword(exc, EnvironmentPolicy, prefix))
-    guardrails: dict[str, GuardrailConfig] = {}
-    if not isinstance(guards_raw, dict):
-        problems.append(Problem("$.guardrails", f"Expected a table of guardrail ids, got `{_toml_type(guards_raw)}`"))
-    else:
-        for gid, table in guards_raw.items():
-            prefix = _key_path("$.guardrails", gid)
-            try:
-                guardrail = msgspec.convert(table, type=GuardrailConfig)
-            except msgspec.ValidationError as exc:
-                problems.append(_reword(exc, GuardrailConfig, prefix))
-                continue
-            bad = guardrail_problems(gid, guardrail)
-            problems.extend(Problem(_key_path(prefix, field) if field else prefix, message) for field, message in bad)
-            if not bad:
-                guardrails[gid] = guardrail
-    return environments, guardrails
-
-
-def _toml_type(value: Any) -> str:
-    return {list: "array", dict: "object", str: "str", int: "int", float: "float", bool: "bool"}.get(
-        type(value), type(value).__name__
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -963,7 +839,5 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError(file, problems)
     config = _finish(_convert(raw, file), file)
     if config.gateway.policy_files:
-        from sqlward.gateway.policy_files import load_policy  # imports this module
-
         load_policy(config)  # the policy files must be valid at start-up too (raises ConfigError)
     return config

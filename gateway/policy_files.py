@@ -8,8 +8,9 @@ How it works:
   nothing.
 - Each file is read as TOML (`tomllib`, for ``.toml``) or YAML (`yaml.safe_load`, for ``.yaml``
   / ``.yml``) and may hold only `rules`, `masks`, `environments` and `guardrails`, with the same strict
-  schemas as the main config (`gateway.config.convert_policy_tables`). Errors are `ConfigError`s
-  naming the policy file and the `$.path`. No ``${VAR}`` expansion happens in policy files.
+  schemas as the main config (`convert_policy_tables` converts the `environments` and
+  `guardrails` tables of both). Errors are `gateway.config_errors.ConfigError`s naming the policy
+  file and the `$.path`. No ``${VAR}`` expansion happens in policy files.
 - `load_policy(config)` merges: the main config's rules first, then each file's in order;
   environments and guardrails of later files replace earlier ones key by key. A rule id used
   twice (in the config or any file) is an error. The result is a `PolicyBundle`.
@@ -17,6 +18,11 @@ How it works:
   their mtime and size (one glob and one stat per file).
 
 The gatekeeper (`Gatekeeper.reload_policy`) turns a bundle into a new `policy.engine.Engine`.
+
+Imports go one way: `gateway.config` imports this module (its `load_config` checks the policy
+files at start-up and converts its own tables with `convert_policy_tables`); this module reads a
+`gateway.config.Config` through the `PolicySource` protocol, the few fields it needs, and never
+imports `gateway.config`.
 """
 
 from __future__ import annotations
@@ -24,19 +30,53 @@ from __future__ import annotations
 import glob
 import os
 import tomllib
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import msgspec
 
-from sqlward.gateway.config import Config, ConfigError, Problem, _reword, convert_policy_tables
-from sqlward.policy.guardrails import GuardrailConfig
+from sqlward.gateway.config_errors import ConfigError, Problem, key_path, reword
+from sqlward.policy.guardrails import GuardrailConfig, guardrail_problems
 from sqlward.policy.rules import EnvironmentPolicy, Rule, rule_problems
 from sqlward.masking.model import MaskRule
 from sqlward.masking.policy import rule_problems as mask_rule_problems
 
-__all__ = ["PolicyBundle", "files_state", "load_policy", "policy_paths"]
+__all__ = ["PolicyBundle", "PolicySource", "convert_policy_tables", "files_state", "load_policy", "policy_paths"]
 
 _MAGIC = frozenset("*?[")
+
+
+class _PolicyFilesSetting(Protocol):
+    """The `[gateway]` table, of which only the policy file patterns are read here."""
+
+    @property
+    def policy_files(self) -> tuple[str, ...]: ...
+
+
+class PolicySource(Protocol):
+    """What this module reads of a `gateway.config.Config`: where it was loaded from, its
+    `[gateway] policy_files` patterns and its own policy tables."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def base_dir(self) -> str: ...
+
+    @property
+    def gateway(self) -> _PolicyFilesSetting: ...
+
+    @property
+    def rules(self) -> tuple[Rule, ...]: ...
+
+    @property
+    def environments(self) -> Mapping[str, EnvironmentPolicy]: ...
+
+    @property
+    def guardrails(self) -> Mapping[str, GuardrailConfig]: ...
+
+    @property
+    def masks(self) -> tuple[MaskRule, ...]: ...
 
 
 class PolicyBundle(msgspec.Struct, frozen=True):
@@ -54,7 +94,7 @@ class _PolicyDoc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     masks: tuple[MaskRule, ...] = ()
 
 
-def policy_paths(config: Config) -> tuple[str, ...]:
+def policy_paths(config: PolicySource) -> tuple[str, ...]:
     """The policy files in load order (absolute paths). Raises ConfigError for a plain path that
     does not exist."""
     base = config.base_dir
@@ -79,7 +119,7 @@ def policy_paths(config: Config) -> tuple[str, ...]:
     return tuple(out)
 
 
-def files_state(config: Config) -> tuple[tuple[str, int, int], ...]:
+def files_state(config: PolicySource) -> tuple[tuple[str, int, int], ...]:
     """(path, mtime_ns, size) of every file the patterns match now; changes when a file is
     edited, added or removed. Never raises."""
     try:
@@ -131,6 +171,45 @@ def _read(path: str) -> dict[str, Any]:
     return raw
 
 
+def convert_policy_tables(
+    envs_raw: Any, guards_raw: Any, problems: list[Problem]
+) -> tuple[dict[str, EnvironmentPolicy], dict[str, GuardrailConfig]]:
+    """Convert decoded `environments` and `guardrails` tables table by table (so errors name the
+    environment or guardrail), appending problems. Used for the main config and each policy file."""
+    environments: dict[str, EnvironmentPolicy] = {}
+    if not isinstance(envs_raw, dict):
+        problems.append(Problem("$.environments", f"Expected a table of environment names, got `{_toml_type(envs_raw)}`"))
+    else:
+        for name, table in envs_raw.items():
+            prefix = key_path("$.environments", name)
+            try:
+                environments[name] = msgspec.convert(table, type=EnvironmentPolicy)
+            except msgspec.ValidationError as exc:
+                problems.append(reword(exc, EnvironmentPolicy, prefix))
+    guardrails: dict[str, GuardrailConfig] = {}
+    if not isinstance(guards_raw, dict):
+        problems.append(Problem("$.guardrails", f"Expected a table of guardrail ids, got `{_toml_type(guards_raw)}`"))
+    else:
+        for gid, table in guards_raw.items():
+            prefix = key_path("$.guardrails", gid)
+            try:
+                guardrail = msgspec.convert(table, type=GuardrailConfig)
+            except msgspec.ValidationError as exc:
+                problems.append(reword(exc, GuardrailConfig, prefix))
+                continue
+            bad = guardrail_problems(gid, guardrail)
+            problems.extend(Problem(key_path(prefix, field) if field else prefix, message) for field, message in bad)
+            if not bad:
+                guardrails[gid] = guardrail
+    return environments, guardrails
+
+
+def _toml_type(value: Any) -> str:
+    return {list: "array", dict: "object", str: "str", int: "int", float: "float", bool: "bool"}.get(
+        type(value), type(value).__name__
+    )
+
+
 def _load_file(
     path: str,
 ) -> tuple[tuple[Rule, ...], dict[str, EnvironmentPolicy], dict[str, GuardrailConfig], tuple[MaskRule, ...]]:
@@ -141,7 +220,7 @@ def _load_file(
     try:
         doc = msgspec.convert(raw, type=_PolicyDoc)
     except msgspec.ValidationError as exc:
-        problems.append(_reword(exc, _PolicyDoc, "$"))
+        problems.append(reword(exc, _PolicyDoc, "$"))
         doc = _PolicyDoc()
     environments, guardrails = convert_policy_tables(envs_raw, guards_raw, problems)
     for i, rule in enumerate(doc.rules):
@@ -155,7 +234,7 @@ def _load_file(
     return doc.rules, environments, guardrails, doc.masks
 
 
-def load_policy(config: Config) -> PolicyBundle:
+def load_policy(config: PolicySource) -> PolicyBundle:
     """The merged policy of `config` and its policy files. Raises ConfigError (naming the policy
     file and the `$.path`) on the first file with a problem."""
     paths = policy_paths(config)
