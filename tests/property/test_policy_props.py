@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sqlward.gateway.config import Config, load_config
+from sqlward.audit.recorder import NullSink
 from sqlward.gateway.gatekeeper import Gatekeeper
 from sqlward.policy.engine import Engine
 from sqlward.policy.model import Identity, TargetInfo
@@ -42,16 +43,11 @@ TARGETS = {
 }
 
 
-class _NoopWriter:
-    def write(self, event: Any) -> None:
-        pass
-
-
 def _load(directory: Path, text: str) -> tuple[Config, Gatekeeper]:
     path = directory / "sqlward.toml"
     path.write_text(textwrap.dedent(text))
     config = load_config(str(path), env={})
-    return config, Gatekeeper.from_config(config, audit_writer=_NoopWriter())
+    return config, Gatekeeper.from_config(config, NullSink())
 
 
 def _fresh(config: Config) -> Engine:

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+import trio
 
 from sqlward.gateway.config import load_config
+from sqlward.adapters.base import SessionContext, StatementRequest
+from sqlward.audit.recorder import NullSink
 from sqlward.gateway.gatekeeper import Gatekeeper
+from sqlward.gateway.pipeline import Pipeline
 from sqlward.policy.model import Decision, Identity, TargetInfo
 
 PG = "postgres"
@@ -128,27 +132,29 @@ ALICE = Identity(subject="alice", groups=("dba",))
 BOB = Identity(subject="bob", groups=("analysts",))
 
 
-class _NoopWriter:
-    def write(self, event: Any) -> None:
-        pass
-
-
 class Policy(NamedTuple):
+    """The corpus is judged by the statement pipeline, as a live session's statements are."""
+
     gatekeeper: Gatekeeper
     targets: dict[str, TargetInfo]
 
     def decide(self, sql: str, dialect: str, who: Identity = ALICE, target: str = "") -> Decision:
         name = target or ("app-prod" if dialect == PG else "shop-prod")
         info = self.targets[name]
-        analysis = self.gatekeeper.analyse(sql, dialect)
-        return self.gatekeeper.decide(analysis, who, info, schema=info.database if dialect == MY else "", sql=sql)
+        resolved = self.gatekeeper.resolve_target(info.name, MY if dialect == MY else PG)
+        assert resolved is not None
+        ctx = SessionContext(self.gatekeeper.recorder.scope("corpus"), offline=True)
+        ctx.set_identity(who)
+        ctx.target = resolved
+        request = StatementRequest(sql=sql, dialect=MY if dialect == MY else PG, schema=info.database if dialect == MY else "")
+        return trio.run(Pipeline(self.gatekeeper).judge, ctx, request).decision
 
 
 def build_policy(directory: Path) -> Policy:
     path = directory / "sqlward.toml"
     path.write_text(textwrap.dedent(POLICY))
     config = load_config(str(path), env={})
-    gatekeeper = Gatekeeper.from_config(config, audit_writer=_NoopWriter())
+    gatekeeper = Gatekeeper.from_config(config, NullSink())
     targets = {}
     for name, proto in (("app-prod", PG), ("shop-prod", MY), ("app-staging", PG)):
         target = gatekeeper.resolve_target(name, proto)
