@@ -31,6 +31,14 @@ from typing import Union
 
 import msgspec
 
+from sqlward.adapters.postgres import errors
+
+# The typed errors and the gateway's ErrorResponse live with the adapter's other errors (one
+# module holds every SQLSTATE); they are part of the codec's interface too.
+ProtocolViolation = errors.ProtocolViolation
+MessageTooLarge = errors.MessageTooLarge
+error_response = errors.error_response
+
 # --------------------------------------------------------------------------------------------
 # Constants
 
@@ -110,14 +118,6 @@ MAX_STARTUP_PACKET = 10_000  # same limit as the PostgreSQL server
 NUL = b"\x00"
 
 
-class ProtocolViolation(Exception):
-    """The peer sent bytes that are not a valid message. Carries SQLSTATE 08P01."""
-
-    sqlstate = "08P01"
-
-
-class MessageTooLarge(ProtocolViolation):
-    sqlstate = "54000"
 
 
 # --------------------------------------------------------------------------------------------
@@ -995,23 +995,6 @@ def encode_backend(msg: BackendMessage) -> bytes:
 
 # --------------------------------------------------------------------------------------------
 # Helpers used by the session driver
-
-
-def error_response(
-    sqlstate: str,
-    message: str,
-    *,
-    severity: str = "ERROR",
-    detail: str = "",
-    hint: str = "",
-) -> bytes:
-    """Wire bytes of an ErrorResponse (severity ERROR or FATAL)."""
-    fields: list[tuple[str, str]] = [("S", severity), ("V", severity), ("C", sqlstate), ("M", message)]
-    if detail:
-        fields.append(("D", detail))
-    if hint:
-        fields.append(("H", hint))
-    return encode_backend(ErrorResponse(tuple(fields)))
 
 
 def error_fields(body: bytes) -> dict[str, str]:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import ssl
 import struct
 import time
 from collections import deque
@@ -49,16 +48,16 @@ import trio
 
 from sqlward.adapters.netio import Pipe, PrefixedStream
 from sqlward.adapters.base import (
-    AuditUnavailable,
     AuthError,
     ListenerSettings,
     SessionRegistry,
     SessionServices,
     StatementRequest,
 )
-from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired, refusal_message
+from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired
 from sqlward.adapters import identity as ident
-from sqlward.adapters.postgres import codec, upstream
+from sqlward.adapters.postgres import codec, errors, upstream
+from sqlward.adapters.postgres.errors import ClientLost, Refused, UpstreamLost
 from sqlward.adapters.postgres.encodings import decoder_for
 from sqlward.adapters.postgres.codec import Backend, Frontend, ProtocolViolation
 from sqlward.adapters.postgres.scram import ScramError, ScramExchange
@@ -77,10 +76,11 @@ from sqlward.policy.model import Decision, Identity
 log = logging.getLogger("sqlward.postgres")
 
 _unpack_len = struct.Struct("!I").unpack_from
+_IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+_TERMINATE = codec.encode_frontend(codec.Terminate())
 REFUSED_MARKER = "sqlward_refused_"
 _MARKER_BYTES = REFUSED_MARKER.encode()
 AUTH_TIMEOUT = 60.0
-SQLSTATE_REFUSED = "42501"
 
 # Backend message types the upstream task must look into (all others pass untouched).
 _WATCH = bytearray(256)
@@ -197,6 +197,8 @@ class PostgresSession(GovernedSession):
         self._discarding = False
         self._tx_status = "I"
         self._closing_reason = ""
+        self._relaying = False  # ReadyForQuery sent: the relay runs
+        self._to_client_partial = False  # the client has part of a backend message
         self._decode_sql = decoder_for("UTF8")
         self._sql_comment = b""
         # Masking (only for identities a [[masks]] rule applies to; see adapters.maskcolumns).
@@ -209,20 +211,43 @@ class PostgresSession(GovernedSession):
     # ----------------------------------------------------------------------------------------
     # helpers
 
-    async def _send_fatal(self, sqlstate: str, message: str, *, detail: str = "", hint: str = "") -> None:
+    def _wire_state(self) -> errors.WireState:
+        """Where the client's byte stream is (what `errors.reply` may put on it)."""
+        if not self._relaying:
+            return "startup"
+        if self._to_client_partial:
+            return "mid-message"
+        return "relay"
+
+    async def _fail(self, exc: BaseException, scope: trio.CancelScope | None = None) -> None:
+        """The one error path of the session: `errors.reply` says what the client gets and what
+        becomes of the session; a startup refusal is recorded; the relay's tasks are cancelled
+        (`scope`) before the last words are sent."""
+        if isinstance(exc, _IO_ERRORS):  # startup: the only stream in use is the client's
+            exc = ClientLost(str(exc))
+        reply = errors.reply(exc, self._wire_state())
+        if reply.log_traceback:  # a bug: keep it off the wire, log it, close cleanly
+            log.error("session %s failed", self.connection_id, exc_info=exc)
+        elif isinstance(exc, UpstreamLost) and isinstance(exc.__cause__, ProtocolViolation):
+            log.error("upstream protocol violation: %s", exc.__cause__)
+        if isinstance(exc, Refused):
+            await self._record_quietly(ConnectionRefused(user=exc.user, target=exc.target, reason=exc.audit_reason))
+        if reply.reason and (reply.replaces_reason or not self._closing_reason):
+            self._closing_reason = reply.reason
+        if scope is not None:
+            scope.cancel()
+        if reply.data:
+            await self._send_last_words(reply.data)
+
+    async def _send_last_words(self, data: bytes) -> None:
         """Best-effort FATAL to the client; shielded (it is sent while the session is being torn
         down) but bounded, so a client that stopped reading cannot hold the session open."""
-        data = codec.error_response(sqlstate, message, severity="FATAL", detail=detail, hint=hint)
         with trio.CancelScope(shield=True):
             with trio.move_on_after(5):
                 try:
                     await self.client.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                except (*_IO_ERRORS, trio.BusyResourceError, OSError):
                     pass
-
-    async def _refuse_connection(self, sqlstate: str, message: str, user: str = "", target: str = "") -> None:
-        await self._record_quietly(ConnectionRefused(user=user, target=target, reason=message))
-        await self._send_fatal(sqlstate, message)
 
     # ----------------------------------------------------------------------------------------
     # lifecycle
@@ -237,23 +262,14 @@ class PostgresSession(GovernedSession):
             with trio.move_on_after(AUTH_TIMEOUT) as scope:
                 ok = await self._startup()
             if scope.cancelled_caught:
-                await self._refuse_connection("08006", "authentication timed out")
-                self._closing_reason = "authentication timeout"
-            elif ok:
+                raise Refused(
+                    errors.CONNECTION_FAILURE, "authentication timed out", closing_reason="authentication timeout",
+                )
+            if ok:
+                self._relaying = True
                 await self._relay()
-        except SessionEnd:
-            pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._closing_reason = self._closing_reason or "connection lost"
-        except ProtocolViolation as exc:
-            self._closing_reason = f"protocol violation: {exc}"
-            await self._send_fatal(exc.sqlstate, str(exc))
-        except ssl.SSLError as exc:
-            self._closing_reason = f"TLS error: {exc}"
-        except Exception:  # a bug: keep it off the wire, log it, close cleanly
-            log.exception("session %s failed", self.connection_id)
-            self._closing_reason = "internal error"
-            await self._send_fatal("XX000", "internal gateway error; the session was closed")
+        except Exception as exc:
+            await self._fail(exc)
         finally:
             if self.pid:
                 self.registry.remove(self.pid, self)
@@ -327,10 +343,7 @@ class PostgresSession(GovernedSession):
     async def _handle_startup(self, msg: codec.StartupMessage) -> bool:
         major, minor = msg.protocol >> 16, msg.protocol & 0xFFFF
         if major != 3:
-            await self._refuse_connection(
-                "0A000", f"unsupported frontend protocol {major}.{minor}: sqlward supports 3.0"
-            )
-            return False
+            raise Refused(errors.FEATURE_NOT_SUPPORTED, f"unsupported frontend protocol {major}.{minor}: sqlward supports 3.0")
         params = dict(msg.params)
         protocol_options = [k for k, _ in msg.params if k.startswith("_pq_.")]
         if minor > 0 or protocol_options:
@@ -341,33 +354,27 @@ class PostgresSession(GovernedSession):
             )
         user = params.get("user", "")
         if not user:
-            await self._refuse_connection("28000", "no user name specified in startup packet")
-            return False
+            raise Refused(errors.INVALID_AUTHORIZATION_SPECIFICATION, "no user name specified in startup packet")
         if self.settings.tls_required and not self.tls:
-            await self._refuse_connection(
-                "28000",
-                "this sqlward listener requires TLS: connect with sslmode=require",
-                user=user,
+            raise Refused(
+                errors.INVALID_AUTHORIZATION_SPECIFICATION,
+                "this sqlward listener requires TLS: connect with sslmode=require", user=user,
             )
-            return False
         replication = params.get("replication", "false").lower()
         if replication not in ("false", "off", "no", "0"):
-            await self._refuse_connection(
-                "42501", "replication connections are not allowed through sqlward", user=user
+            raise Refused(
+                errors.INSUFFICIENT_PRIVILEGE, "replication connections are not allowed through sqlward", user=user,
             )
-            return False
         self.application_name = params.get("application_name", "")
         dbname = params.get("database") or self.settings.default_target or user
         escalation = _startup_escalation(msg.params)
         if escalation:
-            await self._refuse_connection(
-                "42501", f"setting {escalation} at connection start is not allowed through sqlward", user=user
+            raise Refused(
+                errors.INSUFFICIENT_PRIVILEGE,
+                f"setting {escalation} at connection start is not allowed through sqlward", user=user,
             )
-            return False
 
         identity = await self._authenticate(user)
-        if identity is None:
-            return False
         reason = ident.reason_from_options(params.get("options", "")) or ident.reason_from_application_name(
             self.application_name
         )
@@ -376,14 +383,13 @@ class PostgresSession(GovernedSession):
         self._update_identity(identity)
         target = self.gk.resolve_target(dbname, "postgres")
         if target is None:
-            await self._refuse_connection(
-                "3D000", f'"{dbname}" is not a target of this sqlward gateway', user=user, target=dbname
+            raise Refused(
+                errors.INVALID_CATALOG_NAME, f'"{dbname}" is not a target of this sqlward gateway',
+                user=user, target=dbname,
             )
-            return False
         refusal = self.gk.access_refusal(identity, target.info)
         if refusal is not None:
-            await self._refuse_connection("42501", refusal, user=user, target=target.info.name)
-            return False
+            raise Refused(errors.INSUFFICIENT_PRIVILEGE, refusal, user=user, target=target.info.name)
         self.target = target
         assert self.who is not None
         # Durable before the upstream session opens (AuditUnavailable ends the session).
@@ -401,8 +407,7 @@ class PostgresSession(GovernedSession):
         try:
             self.up = await upstream.connect(target, forward)
         except upstream.UpstreamError as exc:
-            await self._refuse_connection(exc.sqlstate, str(exc), user=user, target=target.info.name)
-            return False
+            raise Refused(exc.sqlstate, str(exc), user=user, target=target.info.name) from exc
         self._tx_status = self.up.tx_status
         if self.gk.identity_settings().sql_comment:
             self._sql_comment = ident.sql_comment(identity).encode()
@@ -456,7 +461,7 @@ class PostgresSession(GovernedSession):
                 raise SessionEnd()
             framer.feed(data)
 
-    async def _authenticate(self, user: str) -> Identity | None:
+    async def _authenticate(self, user: str) -> Identity:
         framer = codec.Framer(max_size=65536)
         framer.feed(self._startup_rest)
         self._startup_rest = b""
@@ -494,20 +499,18 @@ class PostgresSession(GovernedSession):
                 )
                 identity = self.gk.identity_for_scram(user)
         except _TokenNeedsTLS:
-            message = (
+            raise Refused(
+                errors.INVALID_AUTHORIZATION_SPECIFICATION,
                 f'"{user}" is not a static identity: sqlward accepts tokens only over TLS '
-                "(connect with sslmode=require)"
-            )
-            await self._record_quietly(ConnectionRefused(user=user, reason=message))
-            await self._send_fatal("28000", message)
-            return None
+                "(connect with sslmode=require)",
+                user=user,
+            ) from None
         except (AuthError, ScramError, UnicodeDecodeError) as exc:
-            await self._record_quietly(ConnectionRefused(user=user, reason=f"authentication failed: {exc}"))
-            detail = str(exc) if isinstance(exc, AuthError) and secret is None else ""
-            await self._send_fatal(
-                "28P01", f'password authentication failed for user "{user}"', detail=detail,
-            )
-            return None
+            raise Refused(
+                errors.INVALID_PASSWORD, f'password authentication failed for user "{user}"',
+                detail=str(exc) if isinstance(exc, AuthError) and secret is None else "",
+                user=user, audit_reason=f"authentication failed: {exc}",
+            ) from exc
         await self.client.send_all(codec.encode_backend(codec.AuthenticationOk()))
         self._startup_rest = framer.take_rest()
         return identity
@@ -526,14 +529,10 @@ class PostgresSession(GovernedSession):
     async def _expiry_task(self, deadline: float, cancel_scope: trio.CancelScope) -> None:
         """Closes an idle session too when its token expires (on_token_expiry = "close")."""
         await trio.sleep_until(deadline)
-        self._closing_reason = "token expired"
-        cancel_scope.cancel()
-        await self._send_fatal("28000", "the session's token expired; sqlward closed the session")
+        await self._fail(TokenExpired(), cancel_scope)
 
     def _refusal_bytes(self, decision: Decision) -> bytes:
-        return codec.error_response(
-            SQLSTATE_REFUSED, refusal_message(decision), detail=f"sqlward rule: {decision.rule_id}",
-        )
+        return errors.reply(decision, "relay").data
 
     async def _verdict(self, request: StatementRequest) -> tuple[int, bytes | None]:
         """The pipeline's verdict on one request, recorded for the next flush point: (request
@@ -582,20 +581,8 @@ class PostgresSession(GovernedSession):
         try:
             await self._client_loop()
             self._closing_reason = self._closing_reason or "client terminated"
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._closing_reason = self._closing_reason or "client connection lost"
-        except ProtocolViolation as exc:
-            self._closing_reason = f"protocol violation: {exc}"
-            cancel_scope.cancel()
-            await self._send_fatal(exc.sqlstate, str(exc))
-        except TokenExpired:
-            self._closing_reason = "token expired"
-            cancel_scope.cancel()
-            await self._send_fatal("28000", "the session's token expired; sqlward closed the session")
-        except AuditUnavailable:
-            self._closing_reason = "audit unavailable"
-            cancel_scope.cancel()
-            await self._send_fatal("58000", "the audit trail cannot be written; sqlward closed the session")
+        except Exception as exc:
+            await self._fail(exc, cancel_scope)
         cancel_scope.cancel()
 
     async def _client_loop(self) -> None:
@@ -609,11 +596,14 @@ class PostgresSession(GovernedSession):
         need_data = not buf
         while True:
             if need_data:
-                data = await client.receive()
+                try:
+                    data = await client.receive()
+                except _IO_ERRORS as exc:
+                    raise ClientLost(str(exc)) from exc
                 if not data:
                     try:
-                        await up.send(codec.encode_frontend(codec.Terminate()))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        await up.send(_TERMINATE)
+                    except _IO_ERRORS:
                         pass
                     return
                 buf += data
@@ -773,31 +763,21 @@ class PostgresSession(GovernedSession):
                 # The decisions of this chunk are durable before the upstream sees it.
                 await self.audit.flush()
                 if out:
-                    await up.send(out)
+                    try:
+                        await up.send(out)
+                    except _IO_ERRORS as exc:
+                        raise UpstreamLost(str(exc)) from exc
                 if terminate:
                     return
 
     async def _upstream_task(self, cancel_scope: trio.CancelScope) -> None:
         try:
-            lost = await self._upstream_loop()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            lost = True
-        except ProtocolViolation as exc:
-            log.error("upstream protocol violation: %s", exc)
-            lost = True
-        except AuditUnavailable:
-            self._closing_reason = "audit unavailable"
-            cancel_scope.cancel()
-            await self._send_fatal(
-                "58000", "the audit trail cannot be written; sqlward closed the session",
-            )
-            return
-        if lost:
-            self._closing_reason = self._closing_reason or "upstream connection lost"
-            cancel_scope.cancel()
-            await self._send_fatal(
-                "08006", "the upstream database connection was lost; sqlward closed the session"
-            )
+            try:
+                await self._upstream_loop()
+            except ProtocolViolation as exc:  # the upstream broke the protocol: as good as lost
+                raise UpstreamLost(f"upstream protocol violation: {exc}") from exc
+        except Exception as exc:
+            await self._fail(exc, cancel_scope)
         cancel_scope.cancel()
 
     def _complete(self, p: _Pending, events: list[StatementCompleted]) -> None:
@@ -890,11 +870,8 @@ class PostgresSession(GovernedSession):
                 if head.mask is not None and head.mask.request.redact_errors:
                     # The server's text can quote a masked value ("invalid input syntax ...: <value>").
                     head.error = "(hidden: the statement reads masked columns)"
-                    replacement = codec.error_response(
-                        fields.get("C", "XX000"),
-                        f"the statement failed (SQLSTATE {fields.get('C', 'XX000')}); sqlward hides the "
-                        "server's message because the statement reads masked columns",
-                        severity=fields.get("S", "ERROR"),
+                    replacement = errors.hidden_error(
+                        fields.get("C", errors.INTERNAL_ERROR), fields.get("S", errors.ERROR),
                     )
                 if head.kind == "execute":
                     pending.popleft()
@@ -911,8 +888,8 @@ class PostgresSession(GovernedSession):
             return None
         return None
 
-    async def _upstream_loop(self) -> bool:
-        """Returns True when the upstream connection was lost."""
+    async def _upstream_loop(self) -> None:
+        """Relays until the upstream connection is lost (UpstreamLost)."""
         assert self.up is not None
         client = Pipe(self.client)
         up = Pipe(self.up.stream)
@@ -922,9 +899,12 @@ class PostgresSession(GovernedSession):
         need_data = not buf
         while True:
             if need_data:
-                data = await up.receive()
+                try:
+                    data = await up.receive()
+                except _IO_ERRORS as exc:
+                    raise UpstreamLost(str(exc)) from exc
                 if not data:
-                    return True
+                    raise UpstreamLost("the upstream closed the connection")
                 buf += data
             need_data = True
             n = len(buf)
@@ -990,4 +970,10 @@ class PostgresSession(GovernedSession):
                 del buf[:pos]
                 # Completions are durable before the client sees them.
                 await self.audit.flush()
-                await client.send(out)
+                self._to_client_partial = True
+                try:
+                    await client.send(out)
+                except _IO_ERRORS as exc:
+                    raise ClientLost(str(exc)) from exc
+                # A streamed message (DataRow, CopyData) may continue in the next chunk.
+                self._to_client_partial = skip > 0

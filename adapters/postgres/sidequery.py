@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from sqlward.adapters.base import Target
-from sqlward.adapters.postgres import codec, upstream
+from sqlward.adapters.postgres import codec, errors, upstream
 from sqlward.adapters.sidequery import Result, SidePoolBase, SideQueryError
 
 __all__ = ["SideQueryError", "Result", "SideConnection", "open_side_connection", "SidePool"]
@@ -157,7 +157,7 @@ class SideConnection:
             if outcome is None:
                 await self._abort(cancel=True)
                 raise SideQueryError(
-                    f"side query on {name!r} timed out after {timeout:g} s", "57014"
+                    f"side query on {name!r} timed out after {timeout:g} s", errors.QUERY_CANCELED
                 )
         results, error = outcome
         if error is not None:
@@ -169,7 +169,7 @@ class SideConnection:
         try:
             return codec.encode_frontend(codec.Query(sql))
         except ValueError as exc:  # NUL inside the text
-            return SideQueryError(f"side query cannot be sent: {exc}", "22021")
+            return SideQueryError(f"side query cannot be sent: {exc}", errors.CHARACTER_NOT_IN_REPERTOIRE)
 
     @staticmethod
     def _extended(sql: str) -> bytes | SideQueryError:
@@ -182,7 +182,7 @@ class SideConnection:
                 )
             )
         except ValueError as exc:
-            return SideQueryError(f"side query cannot be sent: {exc}", "22021")
+            return SideQueryError(f"side query cannot be sent: {exc}", errors.CHARACTER_NOT_IN_REPERTOIRE)
 
     async def _receive(self) -> tuple[int, bytes]:
         while True:
@@ -190,7 +190,7 @@ class SideConnection:
                 item = self._framer.next()
             except codec.ProtocolViolation as exc:
                 raise SideQueryError(
-                    f"upstream {self.target.info.name!r} broke the protocol: {exc}", "08P01"
+                    f"upstream {self.target.info.name!r} broke the protocol: {exc}", errors.PROTOCOL_VIOLATION
                 ) from exc
             if item is not None:
                 return item
@@ -198,11 +198,11 @@ class SideConnection:
                 data = await self._stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise SideQueryError(
-                    f"side connection to {self.target.info.name!r} was lost", "08006"
+                    f"side connection to {self.target.info.name!r} was lost", errors.CONNECTION_FAILURE
                 ) from exc
             if not data:
                 raise SideQueryError(
-                    f"upstream {self.target.info.name!r} closed the side connection", "08006"
+                    f"upstream {self.target.info.name!r} closed the side connection", errors.CONNECTION_FAILURE
                 )
             self._framer.feed(data)
 
@@ -211,7 +211,7 @@ class SideConnection:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise SideQueryError(
-                f"side connection to {self.target.info.name!r} was lost", "08006"
+                f"side connection to {self.target.info.name!r} was lost", errors.CONNECTION_FAILURE
             ) from exc
 
     async def _exchange(self, message: bytes | SideQueryError) -> tuple[list[Result], SideQueryError | None]:
@@ -229,12 +229,12 @@ class SideConnection:
             mtype, body = await self._receive()
             if mtype == B.DATA_ROW:
                 if columns is None:
-                    raise SideQueryError("upstream sent a DataRow without a RowDescription", "08P01")
+                    raise SideQueryError("upstream sent a DataRow without a RowDescription", errors.PROTOCOL_VIOLATION)
                 try:
                     rows.append(_data_row(body))
                 except codec.ProtocolViolation as exc:
                     raise SideQueryError(
-                        f"upstream {self.target.info.name!r} broke the protocol: {exc}", "08P01"
+                        f"upstream {self.target.info.name!r} broke the protocol: {exc}", errors.PROTOCOL_VIOLATION
                     ) from exc
             elif mtype == B.ROW_DESCRIPTION:
                 desc = codec.decode_backend(mtype, body)
@@ -270,14 +270,14 @@ class SideConnection:
             elif mtype == B.COPY_IN_RESPONSE:
                 await self._send(codec.encode_frontend(codec.CopyFail("COPY is not supported on side connections")))
                 if error is None:
-                    error = SideQueryError("COPY is not supported on side connections", "0A000")
+                    error = SideQueryError("COPY is not supported on side connections", errors.FEATURE_NOT_SUPPORTED)
             elif mtype in (B.COPY_DATA, B.COPY_DONE, B.COPY_OUT_RESPONSE):
                 if error is None:
-                    error = SideQueryError("COPY is not supported on side connections", "0A000")
+                    error = SideQueryError("COPY is not supported on side connections", errors.FEATURE_NOT_SUPPORTED)
             else:
                 raise SideQueryError(
                     f"upstream {self.target.info.name!r} sent an unexpected {chr(mtype)!r} message "
-                    "on a side connection", "08P01",
+                    "on a side connection", errors.PROTOCOL_VIOLATION,
                 )
 
     async def _abort(self, *, cancel: bool) -> None:

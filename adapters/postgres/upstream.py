@@ -24,11 +24,11 @@ import scramp
 import trio
 
 from sqlward.adapters.base import Target, UpstreamTLS
-from sqlward.adapters.postgres import codec
+from sqlward.adapters.postgres import codec, errors
 
 
 class UpstreamError(Exception):
-    def __init__(self, message: str, sqlstate: str = "08006") -> None:
+    def __init__(self, message: str, sqlstate: str = errors.CONNECTION_FAILURE) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
 
@@ -145,7 +145,7 @@ async def _connect(target: Target, params: list[tuple[str, str]]) -> UpstreamCon
                 fields = codec.error_fields(body)
                 raise UpstreamError(
                     f"upstream {target.info.name!r} refused the gateway: {fields.get('M', 'error')}",
-                    "08004",
+                    errors.SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
                 )
             if mtype == codec.Backend.AUTHENTICATION:
                 msg = codec.decode_backend(mtype, body)
