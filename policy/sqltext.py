@@ -189,8 +189,12 @@ LEXICONS: Final[dict[str, Lexicon]] = {
 
 
 def dollar_quote(lexicon: Lexicon, group: str) -> str:
-    """A whole dollar-quoted string; `group` names the group that holds its delimiter."""
-    return rf"(?P<{group}>{lexicon.dollar_open})(?:.*?)(?P={group})"
+    """A whole dollar-quoted string; `group` names the group that holds its delimiter.
+
+    The body is a tempered token: no character of it may start the closing delimiter, so the
+    string ends at the first `$tag$` however a larger pattern backtracks (a lazy `.*?` could be
+    stretched past it: `IN ($$$$, (SELECT ...), $$x$$)` read as one literal)."""
+    return rf"(?P<{group}>{lexicon.dollar_open})(?:(?!(?P={group})).)*(?P={group})"
 
 
 # ------------------------------------------------------------------------------------- lexing

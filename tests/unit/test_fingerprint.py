@@ -175,3 +175,38 @@ def test_pathological_input_is_linear(dialect: str) -> None:
     for text in texts:
         assert isinstance(fingerprint(text, dialect), str)
     assert time.perf_counter() - start < 2.0
+
+
+# -- a dollar quote ends at its first closing delimiter, however the pattern backtracks ------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1 WHERE a IN ($$$$, (SELECT pw FROM secret), $$x$$)",
+        "SELECT 1 WHERE a IN ($t$$t$, (SELECT pw FROM secret), $t$x$t$)",
+    ],
+)
+def test_a_dollar_quote_never_swallows_sql_inside_an_in_list(sql: str) -> None:
+    fp = fingerprint(sql, "postgres")
+    assert "SELECT" in fp.split("IN", 1)[1], fp  # the subquery stays in the key
+    assert fp != fingerprint("SELECT 1 WHERE a IN (1)", "postgres")
+
+
+def test_the_dollar_quote_collision_is_no_policy_bypass() -> None:
+    """Found in review (issue 10): the key of the first text used to equal the second's, so a
+    cached allow of the harmless text allowed the one reading `secret`."""
+    from sqlward.policy.engine import Engine
+    from sqlward.policy.model import Identity, TargetInfo
+    from sqlward.policy.rules import EnvironmentPolicy, Rule
+
+    engine = Engine(
+        rules=(Rule(id="no-secret", action="deny", tables=("secret",)), Rule(id="reads", action="allow", operations=("select",))),
+        environments={}, version=1, unknown_environment=EnvironmentPolicy(),
+    )
+    who, target = Identity(subject="a"), TargetInfo(name="t", protocol="postgres", environment="production")
+    harmless = "SELECT 1 WHERE a IN (1)"
+    assert engine.decide(engine.analyse(harmless, "postgres"), who, target).action == "allow"
+    evil = "SELECT 1 WHERE a IN ($$$$, (SELECT pw FROM secret), $$x$$)"
+    decision = engine.decide(engine.analyse(evil, "postgres"), who, target, sql=evil)
+    assert (decision.action, decision.rule_id) == ("deny", "no-secret")
