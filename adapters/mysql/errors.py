@@ -1,0 +1,257 @@
+"""What a MySQL client reads when the gateway, not the server, says no: the errno and SQLSTATE
+constants the adapter answers with, the gateway-side error types, and `error_reply`, the one
+function that turns any of them into an ERR packet payload.
+
+How it works: the session driver raises or builds an error (a typed exception of this module,
+a codec `ProtocolViolation`, `TokenExpired`, `AuditUnavailable`, a TLS or socket error, any
+other exception) or holds a refusal `Decision` of the pipeline, and hands it to `error_reply`.
+The answer says what to send (`payload`, the body of one ERR packet, or None when nothing can
+reach the client: the TLS layer or the socket is gone), the message the client reads (for the
+audit record of a refused connection) and, for errors that end the session, the
+`connection.closed` reason. The driver decides *when* an ERR is legal (in answer to a command,
+or in place of the connection phase's OK); this module only decides *what* it says. An
+upstream server's own refusal is relayed as `UpstreamRefused`; any other exception is an
+internal error whose text never reaches the client.
+
+Numbers are the server's own (mysqld_error.h / MariaDB's errmsg), so drivers map them to their
+usual exceptions: a refusal is ER_SPECIFIC_ACCESS_DENIED_ERROR 1227 / SQLSTATE 42000, which
+PyMySQL and mysql-connector raise as a programming/operational error naming the rule.
+Spec: https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_basic_err_packet.html and
+https://mariadb.com/docs/server/reference/error-codes/mariadb-error-code-reference
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import trio
+
+from sqlward.adapters.base import AuditUnavailable, AuthError
+from sqlward.adapters.mysql import messages
+from sqlward.adapters.mysql.constants import (
+    ER_ACCESS_DENIED_ERROR,
+    ER_BAD_DB_ERROR,
+    ER_DBACCESS_DENIED_ERROR,
+    ER_HANDSHAKE_ERROR,
+    ER_KILL_DENIED_ERROR,
+    ER_NET_PACKET_TOO_LARGE,
+    ER_NET_READ_ERROR,
+    ER_NO_SUCH_THREAD,
+    ER_NOT_SUPPORTED_AUTH_MODE,
+    ER_SECURE_TRANSPORT_REQUIRED,
+    ER_SPECIFIC_ACCESS_DENIED_ERROR,
+    ER_UNKNOWN_COM_ERROR,
+    ER_UNKNOWN_ERROR,
+)
+from sqlward.adapters.mysql.packets import PacketTooLarge, ProtocolViolation
+from sqlward.adapters.session_common import SessionEnd, TokenExpired, refusal_message
+from sqlward.policy.model import Decision
+
+__all__ = [
+    "ER_ACCESS_DENIED_ERROR", "ER_BAD_DB_ERROR", "ER_DBACCESS_DENIED_ERROR", "ER_HANDSHAKE_ERROR",
+    "ER_KILL_DENIED_ERROR", "ER_NET_PACKET_TOO_LARGE", "ER_NET_READ_ERROR", "ER_NO_SUCH_THREAD",
+    "ER_NOT_SUPPORTED_AUTH_MODE", "ER_REFUSED", "ER_SECURE_TRANSPORT_REQUIRED", "ER_UNKNOWN_COM_ERROR",
+    "ER_UNKNOWN_ERROR", "SQLSTATE_ACCESS", "SQLSTATE_AUTH", "SQLSTATE_CONNECT", "SQLSTATE_GENERAL",
+    "SQLSTATE_LINK", "SQLSTATE_REFUSED",
+    "AccessRefused", "AuthRefused", "AuthTimedOut", "ClearPasswordNeedsTls", "ErrorReply", "GatewayError",
+    "KillNotOwner", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget", "UnsupportedCommand",
+    "UpstreamLost", "UpstreamRefused", "error_reply",
+]
+
+# -- the numbers the gateway answers with -------------------------------------------------------
+
+# A refusal by policy: ER_SPECIFIC_ACCESS_DENIED_ERROR ("Access denied; you need ... privilege").
+ER_REFUSED = ER_SPECIFIC_ACCESS_DENIED_ERROR
+
+SQLSTATE_REFUSED = "42000"  # syntax error or access rule violation: refusals, unknown target, [[access]]
+SQLSTATE_ACCESS = "42000"
+SQLSTATE_AUTH = "28000"  # invalid authorization specification: bad credentials, expired token
+SQLSTATE_CONNECT = "08004"  # server rejected the connection: TLS needed, auth mode not supported
+SQLSTATE_LINK = "08S01"  # communication link failure: protocol violations, lost upstream, unknown command
+SQLSTATE_GENERAL = "HY000"  # general error: audit unavailable, internal error, KILL errors
+
+
+# -- gateway-side errors ----------------------------------------------------------------------------
+
+
+class GatewayError(Exception):
+    """An error the gateway itself reports, carrying its errno, SQLSTATE and message."""
+
+    errno: int = ER_UNKNOWN_ERROR
+    sqlstate: str = SQLSTATE_GENERAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UpstreamLost(GatewayError):
+    """The upstream connection closed or failed mid-session: the session ends."""
+
+    errno, sqlstate = ER_NET_READ_ERROR, SQLSTATE_LINK
+
+    def __init__(self, message: str = "the upstream database connection was lost; sqlward closed the session") -> None:
+        super().__init__(message)
+
+
+class UpstreamRefused(GatewayError):
+    """The upstream server refused the gateway (login, or the helper connection of a KILL): its
+    own errno, SQLSTATE and message, which never carry the gateway's password."""
+
+    def __init__(self, errno: int, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.errno, self.sqlstate = errno, sqlstate
+
+
+class AuthTimedOut(GatewayError):
+    """The client did not finish the connection phase in time."""
+
+    errno, sqlstate = ER_HANDSHAKE_ERROR, SQLSTATE_LINK
+
+    def __init__(self) -> None:
+        super().__init__("authentication timed out")
+
+
+class TlsRequired(GatewayError):
+    """A plain connection to a listener with `tls.require = true`."""
+
+    errno, sqlstate = ER_SECURE_TRANSPORT_REQUIRED, SQLSTATE_CONNECT
+
+    def __init__(self) -> None:
+        super().__init__("this sqlward listener requires TLS: connect with --ssl / ssl-mode=REQUIRED")
+
+
+class OldProtocol(GatewayError):
+    """A client without CLIENT_PROTOCOL_41."""
+
+    errno, sqlstate = ER_HANDSHAKE_ERROR, SQLSTATE_LINK
+
+    def __init__(self) -> None:
+        super().__init__("sqlward needs a client speaking protocol 4.1")
+
+
+class UnknownTarget(GatewayError):
+    """The database name the client asked for is no target (or none was named)."""
+
+    errno, sqlstate = ER_BAD_DB_ERROR, SQLSTATE_ACCESS
+
+    def __init__(self, dbname: str) -> None:
+        super().__init__(
+            f"'{dbname}' is not a target of this sqlward gateway" if dbname
+            else "no target selected: name a sqlward target as the database"
+        )
+
+
+class AccessRefused(GatewayError):
+    """`[[access]]` does not let the identity reach the target; the message is the reason."""
+
+    errno, sqlstate = ER_DBACCESS_DENIED_ERROR, SQLSTATE_ACCESS
+
+
+class ClearPasswordNeedsTls(AuthError):
+    """A cleartext password (or a token) offered on a plain connection."""
+
+
+class AuthRefused(GatewayError):
+    """The client's credentials were refused. Static identities whose cleartext password came
+    over plain TCP get ER_NOT_SUPPORTED_AUTH_MODE with the reason; other names get the reason in
+    an access-denied message; wrong secrets get exactly what MySQL says, nothing more."""
+
+    def __init__(self, user: str, host: str, cause: Exception, *, static: bool) -> None:
+        self.user, self.host, self.cause, self.static = user, host, cause, static
+        if static and isinstance(cause, ClearPasswordNeedsTls):
+            self.errno, self.sqlstate = ER_NOT_SUPPORTED_AUTH_MODE, SQLSTATE_CONNECT
+            message = str(cause)
+        elif not static and isinstance(cause, AuthError) and str(cause):
+            self.errno, self.sqlstate = ER_ACCESS_DENIED_ERROR, SQLSTATE_AUTH
+            message = f"Access denied for user '{user}': {cause}"
+        else:
+            self.errno, self.sqlstate = ER_ACCESS_DENIED_ERROR, SQLSTATE_AUTH
+            message = f"Access denied for user '{user}'@'{host}' (using password: YES)"
+        super().__init__(message)
+
+
+class NoSuchThread(GatewayError):
+    """KILL of a gateway connection id that no live session of this listener has."""
+
+    errno = ER_NO_SUCH_THREAD
+
+    def __init__(self, connection_id: int) -> None:
+        super().__init__(f"Unknown thread id: {connection_id}")
+
+
+class KillNotOwner(GatewayError):
+    """KILL of another identity's session."""
+
+    errno = ER_KILL_DENIED_ERROR
+
+    def __init__(self, connection_id: int) -> None:
+        super().__init__(f"You are not owner of thread {connection_id}")
+
+
+class UnsupportedCommand(GatewayError):
+    """A command byte the gateway does not relay (answered, the session goes on)."""
+
+    errno, sqlstate = ER_UNKNOWN_COM_ERROR, SQLSTATE_LINK
+
+    def __init__(self, command: int) -> None:
+        super().__init__(f"unknown or unsupported command 0x{command:02x}")
+
+
+# -- the one mapping ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """What to tell the client about an error (see `error_reply`)."""
+
+    # Body of one ERR packet; None when nothing can reach the client (TLS broken, peer gone).
+    payload: bytes | None
+    # The sentence the client reads ("" when nothing is sent).
+    message: str
+    # Why the session ends, for `connection.closed`; "" for a refusal that does not end it.
+    reason: str
+    # True for a plain end of the connection: a reason the session gave earlier stays.
+    quiet: bool = False
+    # True for an exception nothing expected: the caller logs its traceback.
+    unexpected: bool = False
+
+
+def _reply(errno: int, sqlstate: str, message: str, reason: str = "") -> ErrorReply:
+    return ErrorReply(messages.err_packet(errno, sqlstate, message), message, reason)
+
+
+def error_reply(error: BaseException | Decision) -> ErrorReply:
+    """The ERR packet (and closing reason) for a gateway-side error or a refusal.
+
+    Error handling: every exception maps to something; an unexpected one is an internal error
+    whose message never carries the exception's text (log it where it was caught).
+    """
+    if isinstance(error, Decision):
+        return _reply(ER_REFUSED, SQLSTATE_REFUSED, refusal_message(error))
+    if isinstance(error, GatewayError):
+        reason = "upstream connection lost" if isinstance(error, UpstreamLost) else ""
+        return _reply(error.errno, error.sqlstate, error.message, reason)
+    if isinstance(error, PacketTooLarge):
+        return _reply(
+            ER_NET_PACKET_TOO_LARGE, SQLSTATE_LINK, f"packet too large for this sqlward listener: {error}",
+            f"packet too large: {error}",
+        )
+    if isinstance(error, ProtocolViolation):
+        return _reply(error.errno, SQLSTATE_LINK, f"protocol violation: {error}", f"protocol violation: {error}")
+    if isinstance(error, TokenExpired):
+        return _reply(ER_ACCESS_DENIED_ERROR, SQLSTATE_AUTH, "the session's token expired; sqlward closed the session",
+                      "token expired")
+    if isinstance(error, AuditUnavailable):
+        return _reply(ER_UNKNOWN_ERROR, SQLSTATE_GENERAL,
+                      "the audit trail cannot be written; sqlward closed the session", "audit unavailable")
+    if isinstance(error, SessionEnd):
+        return ErrorReply(None, "", "client closed the connection", quiet=True)
+    if isinstance(error, (trio.BrokenResourceError, trio.ClosedResourceError)):
+        return ErrorReply(None, "", "connection lost", quiet=True)
+    if isinstance(error, ssl.SSLError):
+        return ErrorReply(None, "", f"TLS error: {error}")
+    message = "internal gateway error; the session was closed"
+    return ErrorReply(messages.err_packet(ER_UNKNOWN_ERROR, SQLSTATE_GENERAL, message), message, "internal error",
+                      unexpected=True)

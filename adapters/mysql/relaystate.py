@@ -1,0 +1,297 @@
+"""Sans-IO bookkeeping of one MySQL / MariaDB session's command phase.
+
+What the trio driver (`session.py`) keeps between commands that needs no socket, so it can be
+tested with plain values:
+
+- `command_route(payload)`: what a command packet is and how the relay handles it (judged SQL,
+  a prepared-statement command, a command passed through with the response shape to expect, a
+  command the gateway refuses), with the statement id of the COM_STMT_* commands read and
+  truncated packets rejected;
+- `PreparedStatements`: per statement id, the request id of its decision (what the completion
+  records of its executions refer to), its SQL and the policy version it was decided under
+  (decided again after a reload), its mask context, and the row rewriter of the cursor an
+  execution opened (COM_STMT_FETCH rows are masked with it; a fetch with none is refused);
+- `SessionText`: the current database (after USE / COM_INIT_DB) and the Python codec of the
+  connection's character set (handshake, SET NAMES, COM_CHANGE_USER), for the SQL text the
+  pipeline judges;
+- `completion(...)`: the `statement.completed` event of a response, from its scanner.
+
+Spec: https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_command_phase.html
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlward.adapters.mysql.constants import Command
+from sqlward.adapters.mysql.maskrelay import RowState
+from sqlward.adapters.mysql.packets import ProtocolViolation
+from sqlward.adapters.mysql.response import ResponseScanner, Shape
+from sqlward.audit.events import StatementCompleted
+from sqlward.masking.context import MaskContext
+from sqlward.policy.model import Analysis
+
+__all__ = [
+    "HIDDEN_ERROR", "REFUSED_COMMANDS", "Prepared", "PreparedStatements", "Route", "SessionText",
+    "codec_for_charset", "codec_for_name", "command_route", "completion", "field_list_sql",
+]
+
+# -- commands ------------------------------------------------------------------------------------
+
+# Commands that bypass SQL policy or the gateway's control of the session: refused, and named
+# so in the audit trail ("<COM_DROP_DB>").
+REFUSED_COMMANDS: dict[int, str] = {
+    Command.CREATE_DB: "COM_CREATE_DB", Command.DROP_DB: "COM_DROP_DB",
+    Command.REFRESH: "COM_REFRESH", Command.SHUTDOWN: "COM_SHUTDOWN",
+    Command.DEBUG: "COM_DEBUG", Command.BINLOG_DUMP: "COM_BINLOG_DUMP",
+    Command.TABLE_DUMP: "COM_TABLE_DUMP", Command.REGISTER_SLAVE: "COM_REGISTER_SLAVE",
+    Command.BINLOG_DUMP_GTID: "COM_BINLOG_DUMP_GTID", Command.CONNECT_OUT: "COM_CONNECT_OUT",
+}
+
+# Commands passed through as they came, and the shape of their response (they run no statement:
+# no decision, no completion record).
+_PASS_THROUGH: dict[int, Shape] = {
+    Command.PING: Shape.SIMPLE, Command.STMT_RESET: Shape.SIMPLE, Command.SET_OPTION: Shape.SIMPLE,
+    Command.STATISTICS: Shape.STRING, Command.PROCESS_INFO: Shape.RESULTSET,
+}
+
+RouteKind = Literal[
+    "query", "prepare", "execute", "fetch", "no-response", "pass", "init-db", "reset", "field-list",
+    "quit", "process-kill", "change-user", "refused", "unknown",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How the relay handles one command packet."""
+
+    kind: RouteKind
+    command: int
+    # COM_STMT_EXECUTE / FETCH / CLOSE: the statement id; COM_PROCESS_KILL: the connection id.
+    number: int | None = None
+    # "pass": the response's shape.
+    shape: Shape = Shape.SIMPLE
+    # "refused" / "unknown": the name the audit record and the refusal give the command.
+    name: str = ""
+
+
+def _number(payload: bytes, what: str) -> int:
+    if len(payload) < 5:
+        raise ProtocolViolation(f"{what} is truncated")
+    return int.from_bytes(payload[1:5], "little")
+
+
+def command_route(payload: bytes) -> Route:
+    """What the command packet `payload` is (see `Route`); ProtocolViolation when it cannot be
+    a command (empty, or a COM_STMT_EXECUTE / COM_PROCESS_KILL without its id)."""
+    if not payload:
+        raise ProtocolViolation("empty command packet")
+    cmd = payload[0]
+    if cmd == Command.QUERY:
+        return Route("query", cmd)
+    if cmd == Command.STMT_EXECUTE:
+        return Route("execute", cmd, _number(payload, "COM_STMT_EXECUTE"))
+    if cmd == Command.STMT_PREPARE:
+        return Route("prepare", cmd)
+    if cmd == Command.STMT_CLOSE:
+        return Route("no-response", cmd, int.from_bytes(payload[1:5], "little") if len(payload) >= 5 else None)
+    if cmd == Command.STMT_SEND_LONG_DATA:
+        return Route("no-response", cmd)
+    if cmd == Command.STMT_FETCH:
+        return Route("fetch", cmd, int.from_bytes(payload[1:5], "little") if len(payload) >= 5 else None)
+    shape = _PASS_THROUGH.get(cmd)
+    if shape is not None:
+        return Route("pass", cmd, shape=shape)
+    if cmd == Command.INIT_DB:
+        return Route("init-db", cmd)
+    if cmd == Command.RESET_CONNECTION:
+        return Route("reset", cmd)
+    if cmd == Command.FIELD_LIST:
+        return Route("field-list", cmd)
+    if cmd == Command.QUIT:
+        return Route("quit", cmd)
+    if cmd == Command.PROCESS_KILL:
+        return Route("process-kill", cmd, _number(payload, "COM_PROCESS_KILL"))
+    if cmd == Command.CHANGE_USER:
+        return Route("change-user", cmd)
+    name = REFUSED_COMMANDS.get(cmd)
+    if name is not None:
+        return Route("refused", cmd, name=name)
+    return Route("unknown", cmd, name=f"command 0x{cmd:02x}")
+
+
+def field_list_sql(payload: bytes, codec: str) -> str:
+    """COM_FIELD_LIST reads a table's columns: the SELECT it amounts to, for the pipeline."""
+    table = payload[1:].split(b"\0", 1)[0].decode(codec, "surrogateescape")
+    return "SELECT * FROM `" + table.replace("`", "``") + "` LIMIT 0"
+
+
+# -- prepared statements -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One statement prepared through the gateway."""
+
+    request_id: int  # of its statement.decided record
+    sql: str
+    policy_version: int  # the policy it was decided under
+    mask: MaskContext | None = None
+    # The row rewriter of the cursor its last execution opened (None: no cursor, or nothing to mask).
+    cursor_rows: RowState | None = None
+
+
+class PreparedStatements:
+    """The session's prepared statements by id (see the module doc)."""
+
+    __slots__ = ("_by_id",)
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Prepared] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def add(self, stmt_id: int, request_id: int, sql: str, policy_version: int, mask: MaskContext | None) -> None:
+        """The server accepted a COM_STMT_PREPARE the pipeline allowed."""
+        self._by_id[stmt_id] = Prepared(request_id, sql, policy_version, mask)
+
+    def get(self, stmt_id: int) -> Prepared | None:
+        return self._by_id.get(stmt_id)
+
+    def stale(self, stmt_id: int, policy_version: int) -> Prepared | None:
+        """The statement when it was decided under another policy than `policy_version` (it
+        must be decided again before it runs), else None."""
+        prepared = self._by_id.get(stmt_id)
+        if prepared is None or prepared.policy_version == policy_version:
+            return None
+        return prepared
+
+    def redecided(self, stmt_id: int, policy_version: int, mask: MaskContext | None) -> None:
+        """The pipeline allowed it again under `policy_version`; its executions keep referring
+        to the first decision."""
+        prepared = self._by_id[stmt_id]
+        prepared.policy_version = policy_version
+        prepared.mask = mask
+
+    def mask(self, stmt_id: int) -> MaskContext | None:
+        prepared = self._by_id.get(stmt_id)
+        return prepared.mask if prepared is not None else None
+
+    def executed(self, stmt_id: int, cursor_rows: RowState | None) -> None:
+        """A masked execution ended; `cursor_rows` is the row rewriter of the cursor it opened."""
+        prepared = self._by_id.get(stmt_id)
+        if prepared is not None:
+            prepared.cursor_rows = cursor_rows
+
+    def cursor_rows(self, stmt_id: int) -> RowState | None:
+        prepared = self._by_id.get(stmt_id)
+        return prepared.cursor_rows if prepared is not None else None
+
+    def fetch_unmaskable(self, stmt_id: int) -> bool:
+        """A COM_STMT_FETCH whose rows need masking but whose cursor has no row rewriter (it was
+        opened in a way the relay did not see): it must be refused."""
+        prepared = self._by_id.get(stmt_id)
+        return prepared is not None and prepared.mask is not None and prepared.cursor_rows is None
+
+    def close(self, stmt_id: int) -> None:
+        self._by_id.pop(stmt_id, None)
+
+    def clear(self) -> None:
+        """COM_RESET_CONNECTION / COM_CHANGE_USER: the server forgot every statement."""
+        self._by_id.clear()
+
+
+# -- the text of the session ----------------------------------------------------------------------
+
+# Character set ids whose bytes are not UTF-8 (MySQL's "latin1" is Windows-1252).
+_LATIN1_IDS = frozenset({5, 8, 15, 31, 47, 48, 49, 94})
+_BINARY_ID = 63
+_SET_NAMES = re.compile(r"^\s*SET\s+(?:NAMES|CHARACTER\s+SET|CHARSET)\s+['\"`]?(\w+)", re.IGNORECASE)
+
+
+def codec_for_charset(charset_id: int) -> str:
+    """The Python codec of a collation id (handshake, COM_CHANGE_USER)."""
+    if charset_id in _LATIN1_IDS:
+        return "cp1252"
+    if charset_id == _BINARY_ID:
+        return "latin-1"
+    return "utf-8"
+
+
+def codec_for_name(name: str) -> str:
+    """The Python codec of a character set name (SET NAMES)."""
+    name = name.lower()
+    if name.startswith("utf8"):
+        return "utf-8"
+    if name == "latin1":
+        return "cp1252"
+    if name in ("binary", "ascii"):
+        return "latin-1"
+    return "utf-8"
+
+
+class SessionText:
+    """The current database and the codec of client text (see the module doc)."""
+
+    __slots__ = ("schema", "charset", "codec")
+
+    def __init__(self, charset: int, schema: str = "") -> None:
+        self.schema = schema
+        self.charset = charset
+        self.codec = codec_for_charset(charset)
+
+    def decode(self, data: bytes) -> str:
+        """Client text as the pipeline reads it (any bytes survive: surrogateescape)."""
+        return data.decode(self.codec, "surrogateescape")
+
+    def set_charset(self, charset: int) -> None:
+        self.charset = charset
+        self.codec = codec_for_charset(charset)
+
+    def query_succeeded(self, sql: str, analysis: Analysis | None) -> None:
+        """A COM_QUERY the server ran without error: follow its USE and SET NAMES."""
+        if analysis is None:
+            return
+        if "use" in analysis.operations:
+            for st in analysis.statements:
+                if st.operation == "use" and st.detail:
+                    self.schema = st.detail
+        if "set" in analysis.operations:
+            m = _SET_NAMES.match(sql)
+            if m:
+                self.codec = codec_for_name(m.group(1))
+
+    def init_db_succeeded(self, payload: bytes) -> None:
+        """COM_INIT_DB <schema> succeeded."""
+        self.schema = payload[1:].decode(self.codec, "replace")
+
+
+# -- completion records ----------------------------------------------------------------------------
+
+HIDDEN_ERROR = "(hidden: the statement reads masked columns)"
+
+
+def completion(
+    scanner: ResponseScanner, *, request_id: int, prepared_ref: int | None, duration_ms: float,
+    masked: dict[str, int] | None = None, error_hidden: bool = False,
+) -> StatementCompleted:
+    """`statement.completed` of one response: ERROR, ROWS n (a result set) or OK n (affected
+    rows), the server's error and SQLSTATE, the masked-value counts."""
+    failed = scanner.error_code is not None
+    if failed:
+        tags: tuple[str, ...] = ("ERROR",)
+    elif scanner.column_count:
+        tags = (f"ROWS {scanner.rows}",)
+    else:
+        tags = (f"OK {scanner.affected_rows or 0}",)
+    return StatementCompleted(
+        request_id=request_id, prepared_ref=prepared_ref, tags=tags,
+        rows=scanner.rows if scanner.column_count else scanner.affected_rows,
+        duration_ms=duration_ms,
+        error=HIDDEN_ERROR if error_hidden else (scanner.error_message if failed else None),
+        sqlstate=(scanner.error_sqlstate or None) if failed else None,
+        masked=masked or {},
+    )
