@@ -717,6 +717,11 @@ class MysqlSession(GovernedSession):
         if target is None:
             await self._send_last(self._err(UnknownTarget(dbname)))
             return False
+        refusal = self.gk.access_refusal(identity, target.info)
+        if refusal is not None:  # [[access]] judges the new pair as it does at login
+            self._closing_reason = "change user refused by [[access]]"
+            await self._refuse_connection(AccessRefused(refusal), user=request.user, target=target.info.name)
+            return False
         if target.info.name != self.target.info.name:
             assert self.up is not None
             await trio.aclose_forcefully(self.up.stream)

@@ -54,7 +54,7 @@ from tests.integration.test_identity import (
     wait_event,
 )
 from tests.support import mywire
-from tests.support.gateway import GatewayProcess, tls_listener
+from tests.support.gateway import SECRETS, GatewayProcess, tls_listener
 from tests.support.oidc import TestIssuer, actor_chain
 
 MY_ID_RULES: list[dict[str, Any]] = [
@@ -585,3 +585,22 @@ def test_access_allowed_identity_reaches_prod(my_idgw, my_issuer, ca):
         assert rows(c, "select database()") == [("sqlward_it",)]
     auth = wait_event(my_idgw, since, is_authenticated(sub), f"connection.authenticated for {sub}")
     assert auth["target"] == "prod" and auth["environment"] == "production"
+
+
+def test_access_applies_to_change_user(my_idgw):
+    """COM_CHANGE_USER names an identity and a target again: `[[access]]` judges the pair as at
+    login (bob may not reach prod), with ERR 1044 naming it and a connection.refused event; the
+    session ends, the upstream never runs anything as bob on prod."""
+    since = my_idgw.audit_offset()
+    with mywire.login(my_idgw.host, my_idgw.port, "alice", SECRETS["alice"], "app") as c:
+        with pytest.raises(mywire.MySQLError) as ei:
+            c.change_user("bob", SECRETS["bob"], "prod")
+        expected = "identity bob may not reach target prod (no [[access]] rule allows it)"
+        assert (ei.value.errno, ei.value.sqlstate, ei.value.message) == (1044, "42000", expected), ei.value
+        assert mywire.wait_closed(c), "the session goes on after an [[access]] refusal"
+    refused = wait_event(my_idgw, since, lambda e: e.get("event") == "connection.refused" and e.get("user") == "bob",
+                         "connection.refused for bob")
+    assert refused["target"] == "prod" and refused["reason"] == expected
+    authenticated = [e for e in my_idgw.audit_events(since)
+                     if e.get("event") == "connection.authenticated" and e["who"]["subject"] == "bob"]
+    assert authenticated == [], authenticated
