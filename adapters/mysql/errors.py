@@ -39,6 +39,7 @@ from sqlward.adapters.mysql.constants import (
     ER_NET_READ_ERROR,
     ER_NO_SUCH_THREAD,
     ER_NOT_SUPPORTED_AUTH_MODE,
+    ER_QUERY_INTERRUPTED,
     ER_SECURE_TRANSPORT_REQUIRED,
     ER_SPECIFIC_ACCESS_DENIED_ERROR,
     ER_UNKNOWN_COM_ERROR,
@@ -51,15 +52,18 @@ from sqlward.policy.model import Decision
 __all__ = [
     "ER_ACCESS_DENIED_ERROR", "ER_BAD_DB_ERROR", "ER_DBACCESS_DENIED_ERROR", "ER_HANDSHAKE_ERROR",
     "ER_KILL_DENIED_ERROR", "ER_NET_PACKET_TOO_LARGE", "ER_NET_READ_ERROR", "ER_NO_SUCH_THREAD",
-    "ER_NOT_SUPPORTED_AUTH_MODE", "ER_REFUSED", "ER_SECURE_TRANSPORT_REQUIRED", "ER_UNKNOWN_COM_ERROR",
-    "ER_UNKNOWN_ERROR", "SQLSTATE_ACCESS", "SQLSTATE_AUTH", "SQLSTATE_CONNECT", "SQLSTATE_GENERAL",
-    "SQLSTATE_LINK", "SQLSTATE_REFUSED",
+    "ER_NOT_SUPPORTED_AUTH_MODE", "ER_QUERY_INTERRUPTED", "ER_REFUSED", "ER_SECURE_TRANSPORT_REQUIRED", "ER_UNKNOWN_COM_ERROR",
+    "ER_UNKNOWN_ERROR", "CR_MALFORMED_PACKET", "CR_SERVER_LOST", "SQLSTATE_ACCESS", "SQLSTATE_AUTH",
+    "SQLSTATE_CONNECT", "SQLSTATE_GENERAL", "SQLSTATE_INTERRUPTED", "SQLSTATE_LINK", "SQLSTATE_REFUSED",
     "AccessRefused", "AuthRefused", "AuthTimedOut", "ClearPasswordNeedsTls", "ErrorReply", "GatewayError",
     "KillNotOwner", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget", "UnsupportedCommand",
     "UpstreamLost", "UpstreamRefused", "error_reply",
 ]
 
 # -- the numbers the gateway answers with -------------------------------------------------------
+# (Server errnos come from the codec's table, `constants.py`, which pairs each with the SQLSTATE
+# a server sends; this module names the ones the adapter uses and what it answers with. The
+# codec's own errors, `packets.ProtocolViolation` and its subclasses, carry theirs.)
 
 # A refusal by policy: ER_SPECIFIC_ACCESS_DENIED_ERROR ("Access denied; you need ... privilege").
 ER_REFUSED = ER_SPECIFIC_ACCESS_DENIED_ERROR
@@ -70,6 +74,11 @@ SQLSTATE_AUTH = "28000"  # invalid authorization specification: bad credentials,
 SQLSTATE_CONNECT = "08004"  # server rejected the connection: TLS needed, auth mode not supported
 SQLSTATE_LINK = "08S01"  # communication link failure: protocol violations, lost upstream, unknown command
 SQLSTATE_GENERAL = "HY000"  # general error: audit unavailable, internal error, KILL errors
+SQLSTATE_INTERRUPTED = "70100"  # query interrupted: a side query that timed out
+
+# Client-side errors (errmsg.h CR_*), for the gateway's own side connections to a target.
+CR_SERVER_LOST = 2013  # the connection was lost during a query
+CR_MALFORMED_PACKET = 2027  # the server sent a packet the client cannot read
 
 
 # -- gateway-side errors ----------------------------------------------------------------------------
@@ -177,8 +186,8 @@ class NoSuchThread(GatewayError):
 
     errno = ER_NO_SUCH_THREAD
 
-    def __init__(self, connection_id: int) -> None:
-        super().__init__(f"Unknown thread id: {connection_id}")
+    def __init__(self, connection_id: int, message: str | None = None) -> None:
+        super().__init__(message if message is not None else f"Unknown thread id: {connection_id}")
 
 
 class KillNotOwner(GatewayError):

@@ -52,7 +52,7 @@ from sqlward.adapters.base import (
     Target,
 )
 from sqlward.adapters.mysql import auth, messages, upstream
-from sqlward.adapters.mysql.constants import Capability, Command, ServerStatus, sqlstate_of
+from sqlward.adapters.mysql.constants import Capability, Charset, Command, ServerStatus, sqlstate_of
 from sqlward.adapters.mysql.errors import (
     AccessRefused,
     AuthRefused,
@@ -661,7 +661,7 @@ class MysqlSession(GovernedSession):
         thread_id = other.up.greeting.connection_id
         verb = "KILL QUERY" if kill.query_only else "KILL CONNECTION"
         try:
-            helper = await upstream.connect(other.target, capabilities=Capability.PROTOCOL_41, charset=45)
+            helper = await upstream.connect(other.target, capabilities=Capability.PROTOCOL_41, charset=Charset.UTF8MB4_GENERAL_CI)
         except upstream.UpstreamError as exc:
             await self._answer(UpstreamRefused(exc.errno, exc.sqlstate, str(exc)))
             return
@@ -684,7 +684,7 @@ class MysqlSession(GovernedSession):
             if isinstance(err, messages.ErrPacket):
                 await self._answer(UpstreamRefused(err.errno, sqlstate_of(err.errno), err.message))
             else:  # a progress report where the answer should be: not an answer
-                await self._answer(UpstreamRefused(1094, sqlstate_of(1094), "KILL failed"))
+                await self._answer(NoSuchThread(gateway_id, "KILL failed"))
             return
         await self._write(messages.ok_packet(self.client_caps))
 

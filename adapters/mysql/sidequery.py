@@ -43,13 +43,22 @@ import trio
 
 from sqlward.adapters.base import Target
 from sqlward.adapters.mysql import messages, upstream
-from sqlward.adapters.mysql.constants import Capability, ServerStatus, SetOption
+from sqlward.adapters.mysql.constants import Capability, Charset, ServerStatus, SetOption
+from sqlward.adapters.mysql.errors import (
+    CR_MALFORMED_PACKET,
+    CR_SERVER_LOST,
+    ER_HANDSHAKE_ERROR,
+    ER_QUERY_INTERRUPTED,
+    SQLSTATE_GENERAL,
+    SQLSTATE_INTERRUPTED,
+    SQLSTATE_LINK,
+)
 from sqlward.adapters.mysql.packets import MAX_PACKET_CHUNK, PacketFramer, ProtocolViolation, encode_packets
 from sqlward.adapters.sidequery import Result, SidePoolBase, SideQueryError
 
 __all__ = ["SideQueryError", "Result", "SideConnection", "open_side_connection", "SidePool"]
 
-UTF8MB4 = 45
+UTF8MB4 = int(Charset.UTF8MB4_GENERAL_CI)
 MAX_PAYLOAD = 64 << 20  # largest logical packet accepted on a side connection
 CANCEL_GRACE = 2.0  # how long KILL QUERY after a timeout may take
 
@@ -73,7 +82,7 @@ def _error(payload: bytes, caps: int) -> SideQueryError:
     err = messages.decode_err(payload, caps)
     if isinstance(err, messages.ErrPacket):
         return SideQueryError(err.message, err.sqlstate, err.errno)
-    return SideQueryError("unexpected progress report", "HY000")
+    return SideQueryError("unexpected progress report", SQLSTATE_GENERAL)
 
 
 class SideConnection:
@@ -172,7 +181,7 @@ class SideConnection:
             if outcome is None:
                 await self._abort(kill=True)
                 raise SideQueryError(
-                    f"side query on {name!r} timed out after {timeout:g} s", "70100", 1317
+                    f"side query on {name!r} timed out after {timeout:g} s", SQLSTATE_INTERRUPTED, ER_QUERY_INTERRUPTED
                 )
         results, error = outcome
         if error is not None:
@@ -204,9 +213,9 @@ class SideConnection:
             try:
                 data = await self._stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise SideQueryError(f"side connection to {self.target.info.name!r} was lost", "08S01", 2013) from exc
+                raise SideQueryError(f"side connection to {self.target.info.name!r} was lost", SQLSTATE_LINK, CR_SERVER_LOST) from exc
             if not data:
-                raise SideQueryError(f"upstream {self.target.info.name!r} closed the side connection", "08S01", 2013)
+                raise SideQueryError(f"upstream {self.target.info.name!r} closed the side connection", SQLSTATE_LINK, CR_SERVER_LOST)
             self._framer.feed(data)
 
     async def _write(self, payload: bytes, *, new_command: bool = False) -> None:
@@ -216,7 +225,7 @@ class SideConnection:
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise SideQueryError(f"side connection to {self.target.info.name!r} was lost", "08S01", 2013) from exc
+            raise SideQueryError(f"side connection to {self.target.info.name!r} was lost", SQLSTATE_LINK, CR_SERVER_LOST) from exc
 
     def _track(self, ok: messages.OkPacket) -> None:
         self.status = ok.status_flags
@@ -235,7 +244,7 @@ class SideConnection:
         if reply[:1] == b"\xff":
             return _error(reply, caps)
         if reply[:1] != b"\x00":
-            raise SideQueryError("unexpected answer to COM_INIT_DB", "08S01", 2027)
+            raise SideQueryError("unexpected answer to COM_INIT_DB", SQLSTATE_LINK, CR_MALFORMED_PACKET)
         self._track(messages.decode_ok(reply, caps))
         self.database = database
         return None
@@ -248,7 +257,7 @@ class SideConnection:
         if reply[:1] == b"\xff":
             return _error(reply, caps)
         if reply[:1] not in (b"\x00", b"\xfe"):
-            raise SideQueryError("unexpected answer to COM_SET_OPTION", "08S01", 2027)
+            raise SideQueryError("unexpected answer to COM_SET_OPTION", SQLSTATE_LINK, CR_MALFORMED_PACKET)
         self._multi = on
         return None
 
@@ -257,7 +266,7 @@ class SideConnection:
         try:
             payload = messages.encode(messages.ComQuery(sql), caps)
         except ValueError as exc:
-            return [], SideQueryError(f"side query cannot be sent: {exc}", "HY000")
+            return [], SideQueryError(f"side query cannot be sent: {exc}", SQLSTATE_GENERAL)
         await self._write(payload, new_command=True)
         results, error = await self._read_response(caps)
         if not self._tracks_schema:
@@ -380,7 +389,7 @@ async def open_side_connection(
                 target, capabilities=wanted, charset=UTF8MB4, attributes=attributes, database=db
             )
         except upstream.UpstreamError as exc:
-            if exc.errno != 1043:  # the server lacks an optional capability: ask for less
+            if exc.errno != ER_HANDSHAKE_ERROR:  # the server lacks an optional capability: ask for less
                 raise
             conn = await upstream.connect(
                 target, capabilities=minimal, charset=UTF8MB4, attributes=attributes, database=db

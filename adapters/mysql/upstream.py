@@ -23,11 +23,18 @@ import trio
 from sqlward.adapters.base import Target
 from sqlward.adapters.mysql import auth, messages
 from sqlward.adapters.mysql.constants import Capability
+from sqlward.adapters.mysql.errors import (
+    ER_ACCESS_DENIED_ERROR,
+    ER_HANDSHAKE_ERROR,
+    ER_NET_READ_ERROR,
+    SQLSTATE_AUTH,
+    SQLSTATE_LINK,
+)
 from sqlward.adapters.mysql.packets import PacketFramer, ProtocolViolation, encode_packets
 
 
 class UpstreamError(Exception):
-    def __init__(self, message: str, errno: int = 1158, sqlstate: str = "08S01") -> None:
+    def __init__(self, message: str, errno: int = ER_NET_READ_ERROR, sqlstate: str = SQLSTATE_LINK) -> None:
         super().__init__(message)
         self.errno = errno
         self.sqlstate = sqlstate
@@ -151,7 +158,8 @@ async def _connect(
         payload = await conn.read()
         if payload[:1] == b"\xff":
             err = messages.decode_err(payload)
-            raise UpstreamError(f"upstream {target.info.name!r} refused the connection: {getattr(err, 'message', '')}")
+            text = err.message if isinstance(err, messages.ErrPacket) else ""
+            raise UpstreamError(f"upstream {target.info.name!r} refused the connection: {text}")
         greeting = messages.decode_handshake(payload)
         server_caps = greeting.capabilities
         mode = target.tls.mode
@@ -175,7 +183,7 @@ async def _connect(
         if missing:
             raise UpstreamError(
                 f"upstream {target.info.name!r} lacks capabilities the client negotiated: {Capability(missing)!r}",
-                errno=1043,
+                errno=ER_HANDSHAKE_ERROR,
             )
         secure = False
         if mode not in ("disable", "allow") and server_caps & Capability.SSL:
@@ -221,9 +229,10 @@ async def _connect(
                 )
             if head == b"\xff":
                 err = messages.decode_err(reply, caps)
+                text = err.message if isinstance(err, messages.ErrPacket) else ""
                 raise UpstreamError(
-                    f"upstream {target.info.name!r} refused the gateway's login: {getattr(err, 'message', '')}",
-                    errno=1045, sqlstate="28000",
+                    f"upstream {target.info.name!r} refused the gateway's login: {text}",
+                    errno=ER_ACCESS_DENIED_ERROR, sqlstate=SQLSTATE_AUTH,
                 )
             if head == b"\xfe":
                 switch = messages.decode_auth_switch_request(reply)
