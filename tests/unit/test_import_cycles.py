@@ -20,12 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TOP_LEVEL = ("gateway", "adapters", "policy", "audit", "masking")
 
-# Cycles other work is removing right now (issue 10): each entry is the set of modules of one
-# strongly connected component. Remove an entry when its cycle is gone; the test then keeps it out.
-PENDING: set[frozenset[str]] = {
-    frozenset({"sqlward.adapters.postgres.listener", "sqlward.adapters.postgres.session"}),
-    frozenset({"sqlward.adapters.mysql.listener", "sqlward.adapters.mysql.session"}),
-}
+# Known cycles still to remove, each the set of modules of one strongly connected component.
+# Empty since issue 10 removed the last three (config <-> policy_files and each adapter's
+# listener <-> session): the test keeps every cycle out.
+PENDING: set[frozenset[str]] = set()
 
 
 def _module_name(path: Path) -> str:
