@@ -3,9 +3,12 @@
 Prints µs per call for `fingerprint()`, an `Engine.analyse()` cache hit and an `Engine.decide()`
 cache hit on a pgbench -S statement whose literal changes every call (the simple-protocol case:
 a cache keyed by raw text would miss every time), plus a cold `analyse()` (a full sqlglot parse)
-for scale. Best of several rounds, to damp the noise of a shared machine.
+for scale, of that statement and of a ~130-character join (and sqlglot's own tokenize and parse
+of the join). Best of several rounds, to damp the noise of a shared machine. The first line
+names the sqlglot version and build in use (compiled by sqlglotc, or pure Python).
 
     python bench/policy_micro.py [--rounds 7] [--number 100000]
+    python -m bench.policy_micro [--rounds 7] [--number 100000]
 
 It also prints decisions per second for a cached shape and a new shape, and the time to analyse
 and decide 1,000 distinct statement shapes cold (both dialects).
@@ -15,19 +18,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+import time
 import timeit
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import sqlglot
+from sqlglot.dialects.dialect import Dialect
 
-from sqlward.policy.analysis import analyse  # noqa: E402
-from sqlward.policy.engine import Engine  # noqa: E402
-from sqlward.policy.fingerprint import fingerprint  # noqa: E402
-from sqlward.policy.model import Identity, TargetInfo  # noqa: E402
-from sqlward.policy.rules import EnvironmentPolicy, Rule  # noqa: E402
+from sqlward.policy.analysis import analyse
+from sqlward.policy.engine import Engine
+from sqlward.policy.fingerprint import fingerprint
+from sqlward.policy.model import Identity, TargetInfo
+from sqlward.policy.rules import EnvironmentPolicy, Rule
+from sqlward.policy.sqlglot_build import COMPILED
 
 STATEMENT = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+# A ~130-character join: the cold-parse figure of docs/performance.md ("Compiled sqlglot").
+JOIN = ("SELECT a.aid, a.abalance, b.bbalance FROM pgbench_accounts a JOIN pgbench_branches b "
+        "ON b.bid = a.bid WHERE a.aid = 42 AND b.bid < 9")
 
 
 def best_us(func: object, number: int, rounds: int) -> float:
@@ -73,13 +80,20 @@ def main() -> None:
     def index_only() -> None:
         texts[next(it) % 100_000]
 
+    tokenizer = Dialect.get_or_raise("postgres").tokenizer()
     base = best_us(index_only, args.number, args.rounds)
     results = [
         ("fingerprint()", best_us(fp, args.number, args.rounds) - base),
         ("Engine.analyse() cache hit", best_us(analyse_hit, args.number, args.rounds) - base),
         ("Engine.decide() cache hit", best_us(decide_hit, args.number, args.rounds)),
         ("analyse() cold (sqlglot parse)", best_us(lambda: analyse(texts[1], "postgres"), 2_000, 3)),
+        (f"analyse() cold, {len(JOIN)}-char join", best_us(lambda: analyse(JOIN, "postgres"), 1_000, 3)),
+        # sqlglot alone on the join: what the compiled build speeds up (analyse() adds sqlward's
+        # own lexing, canonical text and AST walk, which stay Python).
+        ("  sqlglot tokenize, join", best_us(lambda: tokenizer.tokenize(JOIN), 3_000, 3)),
+        ("  sqlglot parse_one, join", best_us(lambda: sqlglot.parse_one(JOIN, read="postgres"), 1_000, 3)),
     ]
+    print(f"sqlglot {sqlglot.__version__} ({'compiled, sqlglotc' if COMPILED else 'pure Python'})")
     print(f"statement: {texts[0]!r}")
     print(f"fingerprint: {analysis.fingerprint!r}")
     for label, us in results:
@@ -91,7 +105,6 @@ def main() -> None:
     cached = best_us(lambda: engine.decide(engine.analyse(texts[next(it) % 100_000], "postgres"), identity, target),
                      args.number, args.rounds) - base
     corpus = distinct_statements(1000)
-    import time
 
     fresh = Engine(rules=engine.rules, environments=engine.environments, version=2)
     started = time.perf_counter()
