@@ -12,32 +12,28 @@ In one run, per protocol, it:
      (no masked column: rows pass as bytes) and as ``analyst`` (2 masked columns per row);
   4. prints the median time of each and the ratios to direct.
 
+(or ``python -m bench.mask_compare ...`` from the repository root). The gateway is stopped and its
+temporary folder removed on exit, Ctrl-C or failure (bench/harness.py).
+
 Targets (issue 6): masked <= 3x direct, unmasked <= 1.3x direct.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import psycopg
 import pymysql
 
-REPO = Path(__file__).resolve().parent.parent
+if __package__:  # python -m bench.mask_compare
+    from . import harness
+else:  # python bench/mask_compare.py: this file's folder is first on sys.path
+    import harness
+
 DB = "sqlward_mask_bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+log = harness.logger("mask_compare")
 
 
 def setup_pg(rows: int) -> None:
@@ -128,9 +124,7 @@ SQL = "SELECT id, name, email, ssn, city, amount FROM people"
 def time_pg(dsn: str) -> float:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("SELECT 1")
-        start = time.perf_counter()
-        rows = c.execute(SQL).fetchall()
-        elapsed = time.perf_counter() - start
+        rows, elapsed = harness.timed(lambda: c.execute(SQL).fetchall())
     assert rows
     return elapsed
 
@@ -139,70 +133,58 @@ def time_mysql(**kw: object) -> float:
     c = pymysql.connect(**kw)  # type: ignore[arg-type]
     with c.cursor() as cur:
         cur.execute("SELECT 1")
-        start = time.perf_counter()
-        cur.execute(SQL)
-        rows = cur.fetchall()
-        elapsed = time.perf_counter() - start
+        rows, elapsed = harness.timed(lambda: (cur.execute(SQL), cur.fetchall())[1])
     c.close()
     assert rows
     return elapsed
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--protocol", choices=("postgres", "mysql", "both"), default="both")
-    args = ap.parse_args()
+def measure(args: argparse.Namespace, services: harness.Services) -> int:
     protocols = ("postgres", "mysql") if args.protocol == "both" else (args.protocol,)
     if "postgres" in protocols:
         setup_pg(args.rows)
     if "mysql" in protocols:
         setup_mysql(args.rows)
-    workdir = Path(tempfile.mkdtemp(prefix="sqlward-maskbench-"))
-    pg_port, my_port = free_port(), free_port()
-    config = workdir / "gateway.toml"
-    config.write_text(CONFIG.format(pg_port=pg_port, my_port=my_port, db=DB, audit=workdir / "audit.jsonl"))
-    gw = subprocess.Popen(
-        [sys.executable, "-m", "sqlward.gateway", "serve", "--config", str(config)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(workdir / "stderr.log", "wb"),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", pg_port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        results: dict[str, dict[str, list[float]]] = {}
-        for _ in range(args.rounds):
-            if "postgres" in protocols:
-                r = results.setdefault("postgres", {})
-                r.setdefault("direct", []).append(time_pg(f"postgresql://postgres@127.0.0.1:5432/{DB}?sslmode=disable"))
-                r.setdefault("sqlward, no masked column", []).append(
-                    time_pg(f"postgresql://dpo:dpo-secret@127.0.0.1:{pg_port}/{DB}?sslmode=disable"))
-                r.setdefault("sqlward, 2 masked columns", []).append(
-                    time_pg(f"postgresql://analyst:analyst-secret@127.0.0.1:{pg_port}/{DB}?sslmode=disable"))
-            if "mysql" in protocols:
-                r = results.setdefault("mysql", {})
-                r.setdefault("direct", []).append(
-                    time_mysql(host="127.0.0.1", port=3306, user="root", password="", database=DB))
-                for label, user in (("sqlward, no masked column", "dpo"), ("sqlward, 2 masked columns", "analyst")):
-                    r.setdefault(label, []).append(time_mysql(
-                        host="127.0.0.1", port=my_port, user=user, password=f"{user}-secret",
-                        database=f"{DB}_my", ssl_disabled=True))
-        print(f"rows: {args.rows}, rounds: {args.rounds} (median seconds to fetch the whole result)")
-        for protocol, paths in results.items():
-            direct = statistics.median(paths["direct"])
-            for label, times in paths.items():
-                median = statistics.median(times)
-                print(f"  {protocol:8} {label:28} {median:7.3f} s   {median / direct:5.2f}x direct")
-    finally:
-        gw.terminate()
-        gw.wait(timeout=15)
+    pg_port, my_port = harness.free_port(), harness.free_port()
+
+    def config(audit: Path) -> str:
+        return CONFIG.format(pg_port=pg_port, my_port=my_port, db=DB, audit=audit)
+
+    harness.launch_gateway(services, config, pg_port, timeout=20)
+    results: dict[str, dict[str, list[float]]] = {}
+    for _ in range(args.rounds):
+        if "postgres" in protocols:
+            r = results.setdefault("postgres", {})
+            r.setdefault("direct", []).append(time_pg(f"postgresql://postgres@127.0.0.1:5432/{DB}?sslmode=disable"))
+            r.setdefault("sqlward, no masked column", []).append(
+                time_pg(f"postgresql://dpo:dpo-secret@127.0.0.1:{pg_port}/{DB}?sslmode=disable"))
+            r.setdefault("sqlward, 2 masked columns", []).append(
+                time_pg(f"postgresql://analyst:analyst-secret@127.0.0.1:{pg_port}/{DB}?sslmode=disable"))
+        if "mysql" in protocols:
+            r = results.setdefault("mysql", {})
+            r.setdefault("direct", []).append(
+                time_mysql(host="127.0.0.1", port=3306, user="root", password="", database=DB))
+            for label, user in (("sqlward, no masked column", "dpo"), ("sqlward, 2 masked columns", "analyst")):
+                r.setdefault(label, []).append(time_mysql(
+                    host="127.0.0.1", port=my_port, user=user, password=f"{user}-secret",
+                    database=f"{DB}_my", ssl_disabled=True))
+    print(f"rows: {args.rows}, rounds: {args.rounds} (median seconds to fetch the whole result)")
+    for protocol, paths in results.items():
+        direct = harness.median(paths["direct"])
+        for label, times in paths.items():
+            median = harness.median(times)
+            print(f"  {protocol:8} {label:28} {median:7.3f} s   {harness.ratio(median, direct):5.2f}x direct")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--protocol", choices=("postgres", "mysql", "both"), default="both")
+    args = ap.parse_args()
+    return harness.run_guarded(lambda services: measure(args, services), log, tmp_prefix="sqlward-maskbench-")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
