@@ -161,7 +161,7 @@ class ResponseScanner:
                 continue
             if end > n:
                 break  # wait for the whole (small) packet
-            if state == _COLUMNS and buf[pos + 4] != 0xFF:  # the common case, inline
+            if state == _COLUMNS and length and buf[pos + 4] != 0xFF:  # the common case, inline
                 self._columns_left -= 1
                 if self._columns_left == 0:
                     state = self.state = _State.ROWS if self.deprecate_eof else _State.COLUMNS_EOF

@@ -4,7 +4,9 @@
   decode(encode(m)) == m (binary rows and COM_STMT_EXECUTE with their types),
 * a stream of packets split at arbitrary points frames back to the same packets,
 * arbitrary or damaged bytes fed to any decoder or to the framer only ever decode or raise
-  ProtocolViolation (never IndexError, struct.error, UnicodeDecodeError, ValueError...).
+  ProtocolViolation (never IndexError, struct.error, UnicodeDecodeError, ValueError...),
+* the response scanner (adapters/mysql/response.py) fed arbitrary packets likewise, forwarding
+  only bytes it was given, with the same result however the bytes are split.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlward.adapters.mysql import messages as M
 from sqlward.adapters.mysql import packets as P
 from sqlward.adapters.mysql.constants import Capability as Cap
 from sqlward.adapters.mysql.constants import Command, FieldType, ServerStatus
+from sqlward.adapters.mysql.response import ResponseScanner, Shape
 
 # --------------------------------------------------------------------------------------------
 # Field strategies
@@ -482,3 +485,49 @@ def test_damaged_messages_fuzz(kind, data):
         decode_like(msg, bytes(body), caps)
     except P.ProtocolViolation:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# The response scanner (adapters/mysql/response.py) on whatever an upstream may send
+
+
+def _scan_all(shape, deprecate_eof, stream, pieces):
+    """Feed `pieces` of `stream` as the relay does; (outcome, forwarded, leftover) or the
+    ProtocolViolation class."""
+    scanner = ResponseScanner(shape, deprecate_eof=deprecate_eof)
+    buf, forwarded, fed = bytearray(), bytearray(), 0
+    try:
+        for piece in pieces:
+            buf += piece
+            fed += len(piece)
+            n = scanner.scan(buf)
+            assert 0 <= n <= len(buf)
+            forwarded += buf[:n]
+            del buf[:n]
+            if scanner.done or scanner.wants_infile:
+                break
+    except P.ProtocolViolation:
+        return P.ProtocolViolation
+    state = (scanner.done, scanner.wants_infile, scanner.rows, scanner.affected_rows, scanner.results,
+             scanner.error_code, scanner.error_message, scanner.statement_id, scanner.column_count, scanner.status)
+    return state, bytes(forwarded), bytes(buf) + stream[fed:]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.binary(max_size=24), max_size=10), st.sampled_from(list(range(6))), st.booleans(), st.data(),
+)
+def test_response_scanner_fuzz(payloads, shape, deprecate_eof, data):
+    """Arbitrary packets (valid framing, any payload) never make the scanner raise anything but
+    ProtocolViolation, never make it forward a byte it was not given, and split anywhere they
+    give what they give whole."""
+    stream = b"".join(P.encode_packets(p, i + 1)[0] for i, p in enumerate(payloads))
+    whole = _scan_all(Shape(shape), deprecate_eof, stream, [stream])
+    chunked = _scan_all(Shape(shape), deprecate_eof, stream, _chunks(data, stream))
+    if whole is P.ProtocolViolation:
+        # the bad packet is seen whatever the chunks, unless the response ended before it
+        assert chunked is P.ProtocolViolation
+        return
+    assert chunked == whole
+    state, forwarded, leftover = whole
+    assert forwarded + leftover == stream

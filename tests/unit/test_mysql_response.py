@@ -485,3 +485,16 @@ def test_any_chunking_gives_the_result_of_feeding_whole(
     assert whole.outcome["done"] and whole.forwarded == data and whole.leftover == tail
     assert chunked.outcome == whole.outcome
     assert chunked.forwarded == data and chunked.leftover == tail
+
+
+@pytest.mark.parametrize("sizes", [WHOLE, BYTEWISE], ids=["whole", "bytewise"])
+def test_empty_packet_where_a_column_definition_belongs(sizes: list[int] | None) -> None:
+    """Found by the fuzz property (tests/property/test_mysql_props.py): an empty packet in the
+    column definitions, last in the buffer, raised IndexError (an internal error with a
+    traceback in the session). It is now counted like any column definition; the scanner does
+    not validate metadata, the masking relay decodes it when it must."""
+    data = wire([lenenc_int(2), b"", column("b"), eof(), text_row(b"1", b"2"), eof()])
+    fed = feed(ResponseScanner(Shape.RESULTSET, deprecate_eof=False), data, sizes)
+    assert fed.outcome["done"] and fed.outcome["rows"] == 1 and fed.forwarded == data
+    scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=False)
+    assert scanner.scan(bytearray(wire([lenenc_int(1), b""]))) == 5 + 4 and not scanner.done
