@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from sqlward.adapters.mysql.constants import Command
 from sqlward.adapters.mysql.maskrelay import RowState
@@ -63,8 +63,7 @@ RouteKind = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     """How the relay handles one command packet."""
 
     kind: RouteKind
@@ -75,6 +74,24 @@ class Route:
     shape: Shape = Shape.SIMPLE
     # "refused" / "unknown": the name the audit record and the refusal give the command.
     name: str = ""
+
+
+# Routes that depend on the command byte alone, built once (the hot path is one dict lookup).
+_FIXED: dict[int, Route] = {
+    Command.QUERY: Route("query", Command.QUERY),
+    Command.STMT_PREPARE: Route("prepare", Command.STMT_PREPARE),
+    Command.STMT_SEND_LONG_DATA: Route("no-response", Command.STMT_SEND_LONG_DATA),
+    Command.INIT_DB: Route("init-db", Command.INIT_DB),
+    Command.RESET_CONNECTION: Route("reset", Command.RESET_CONNECTION),
+    Command.FIELD_LIST: Route("field-list", Command.FIELD_LIST),
+    Command.QUIT: Route("quit", Command.QUIT),
+    Command.CHANGE_USER: Route("change-user", Command.CHANGE_USER),
+    **{cmd: Route("pass", cmd, shape=shape) for cmd, shape in _PASS_THROUGH.items()},
+    **{cmd: Route("refused", cmd, name=name) for cmd, name in REFUSED_COMMANDS.items()},
+}
+_EXECUTE, _CLOSE, _FETCH, _PROCESS_KILL = (
+    int(Command.STMT_EXECUTE), int(Command.STMT_CLOSE), int(Command.STMT_FETCH), int(Command.PROCESS_KILL),
+)
 
 
 def _number(payload: bytes, what: str) -> int:
@@ -89,36 +106,16 @@ def command_route(payload: bytes) -> Route:
     if not payload:
         raise ProtocolViolation("empty command packet")
     cmd = payload[0]
-    if cmd == Command.QUERY:
-        return Route("query", cmd)
-    if cmd == Command.STMT_EXECUTE:
+    route = _FIXED.get(cmd)
+    if route is not None:
+        return route
+    if cmd == _EXECUTE:
         return Route("execute", cmd, _number(payload, "COM_STMT_EXECUTE"))
-    if cmd == Command.STMT_PREPARE:
-        return Route("prepare", cmd)
-    if cmd == Command.STMT_CLOSE:
-        return Route("no-response", cmd, int.from_bytes(payload[1:5], "little") if len(payload) >= 5 else None)
-    if cmd == Command.STMT_SEND_LONG_DATA:
-        return Route("no-response", cmd)
-    if cmd == Command.STMT_FETCH:
-        return Route("fetch", cmd, int.from_bytes(payload[1:5], "little") if len(payload) >= 5 else None)
-    shape = _PASS_THROUGH.get(cmd)
-    if shape is not None:
-        return Route("pass", cmd, shape=shape)
-    if cmd == Command.INIT_DB:
-        return Route("init-db", cmd)
-    if cmd == Command.RESET_CONNECTION:
-        return Route("reset", cmd)
-    if cmd == Command.FIELD_LIST:
-        return Route("field-list", cmd)
-    if cmd == Command.QUIT:
-        return Route("quit", cmd)
-    if cmd == Command.PROCESS_KILL:
+    if cmd == _CLOSE or cmd == _FETCH:
+        number = int.from_bytes(payload[1:5], "little") if len(payload) >= 5 else None
+        return Route("no-response" if cmd == _CLOSE else "fetch", cmd, number)
+    if cmd == _PROCESS_KILL:
         return Route("process-kill", cmd, _number(payload, "COM_PROCESS_KILL"))
-    if cmd == Command.CHANGE_USER:
-        return Route("change-user", cmd)
-    name = REFUSED_COMMANDS.get(cmd)
-    if name is not None:
-        return Route("refused", cmd, name=name)
     return Route("unknown", cmd, name=f"command 0x{cmd:02x}")
 
 

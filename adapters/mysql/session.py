@@ -112,11 +112,6 @@ class MysqlSession(GovernedSession):
         self._sql_comment = b""
         self._upipe: Pipe | None = None
 
-    @property
-    def schema(self) -> str:
-        """The session's current database (unqualified names are qualified with it)."""
-        return self.text.schema
-
     # ------------------------------------------------------------------------------------
     # helpers
 
