@@ -5,6 +5,7 @@ decision, refused logins, and no secrets anywhere in the file."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import mysql.connector
@@ -14,6 +15,7 @@ from pymysql.constants import CLIENT
 
 from tests.integration.mysql.conftest import session_of_marker
 from tests.integration.test_audit import _check_statement_pairs
+from tests.support import mywire
 from tests.support.gateway import SECRETS, GatewayProcess
 
 
@@ -134,3 +136,60 @@ def test_refused_logins_are_audited_without_secrets(mysql_gateway: GatewayProces
     for secret in SECRETS.values():
         assert secret not in text
     assert "sqlward-up-pw" not in text
+
+
+def test_records_are_on_disk_before_the_client_sees_the_effect(mysql_gateway: GatewayProcess, marker: str):
+    """Read the audit file the moment each answer arrives, without waiting: the decision of a
+    refused statement, the decision and completion of one that ran, of a prepared execution and of
+    a refused command are already there (the session flushes them before the last bytes)."""
+    gw = mysql_gateway
+    since = gw.audit_offset()
+
+    def now() -> list[dict[str, Any]]:
+        return gw.audit_events(since)  # no polling: what is on disk right now
+
+    with mywire.login(gw.host, gw.port, "alice", SECRETS["alice"], "prod") as c:
+        c.query(f"select '{marker}-ran'")
+        evs = now()
+        ran = next(e for e in evs if e["event"] == "statement.decided" and e["sql"] == f"select '{marker}-ran'")
+        assert any(e["event"] == "statement.completed" and e["request_id"] == ran["request_id"] for e in evs)
+
+        with pytest.raises(mywire.MySQLError):
+            c.query(f"drop table t_{marker.replace('-', '_')}")
+        assert any(e["event"] == "statement.decided" and e.get("rule_id") == "no-drop" for e in now())
+
+        st = c.stmt_prepare(f"select ?, '{marker}-prep'")
+        prep = next(e for e in now() if e["event"] == "statement.decided" and f"{marker}-prep" in e["sql"])
+        c.stmt_execute(st, [1])
+        assert [e for e in now() if e["event"] == "statement.completed" and e.get("prepared_ref") == prep["request_id"]]
+
+        with pytest.raises(mywire.MySQLError) as ei:
+            c.command(0x06, b"sqlward_it")  # COM_DROP_DB
+            c.read_ok()
+        assert ei.value.errno == 1227 and "command-not-allowed" in ei.value.message
+        assert any(e["event"] == "statement.decided" and e["sql"] == "<COM_DROP_DB>" for e in now())
+
+
+def test_envelope_of_a_session(mysql_gateway: GatewayProcess, marker: str):
+    """Every event of a session carries the envelope the recorder stamps: time and its RFC 3339
+    text, gateway, connection id, and a sequence number from 1 without gaps."""
+    gw = mysql_gateway
+    since = gw.audit_offset()
+    with mywire.login(gw.host, gw.port, "bob", SECRETS["bob"], "app") as c:
+        c.query(f"select '{marker}'")
+        with pytest.raises(mywire.MySQLError):
+            c.query("kill 1")  # not one of bob's sessions (or no session at all): ERR, still recorded
+        c.ping()
+    evs = session_of_marker(gw, marker, since)
+    assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1)), evs
+    assert [e["event"] for e in evs] == [
+        "connection.opened", "connection.authenticated", "statement.decided", "statement.completed",
+        "statement.decided", "connection.closed",
+    ]
+    for e in evs:
+        assert e["gateway"] == "it-mysql" and e["connection_id"].startswith("my-")
+        t = datetime.datetime.fromtimestamp(e["time"], datetime.timezone.utc)
+        assert e["time_text"] == t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    kill = evs[4]
+    assert (kill["sql"], kill["fingerprint"], kill["operations"], kill["rule_id"]) == (
+        "KILL CONNECTION 1", "KILL CONNECTION ?", ["kill"], "own-session")
