@@ -1,9 +1,13 @@
-"""One client connection through the gateway: startup, authentication, then the governed relay.
+"""One client connection through the gateway: the trio driver of a PostgreSQL session.
+
+It owns the sockets, TLS, timeouts and the calls that wait (the pipeline, the audit flushes);
+what happens to the bytes once the session relays is the sans-IO relay state of `relay.py`, and
+what the client is told when something fails is `errors.reply` (one mapping, `_fail`).
 
 Startup (`_startup`): the first bytes decide between direct TLS (PostgreSQL 17 `sslnegotiation=
 direct`: a TLS ClientHello straight away) and the classic untyped packets: SSLRequest (TLS when
-the listener has a certificate, `N` otherwise), GSSENCRequest (always `N`), CancelRequest (handed
-to the listener, which cancels the right upstream query) and the StartupMessage. A client asking
+the listener has a certificate, `N` otherwise), GSSENCRequest (always `N`), CancelRequest (looked
+up in the listener's `SessionRegistry`: `cancel_backend`) and the StartupMessage. A client asking
 for protocol 3.x (x > 0) or sending `_pq_.` options gets NegotiateProtocolVersion for 3.0.
 Authentication: a client certificate verified by the listener's CA (mutual TLS) that names the
 startup user is the credential; a static identity proves its secret with SCRAM-SHA-256; any
@@ -12,98 +16,61 @@ loopback when the listener allows it); on plain TCP such a user is refused with 
 a token never travels in clear. The stated session reason comes from `options`
 (`-c sqlward.reason=...`), `application_name` (`reason=...`) or a leading
 `/* sqlward:reason=... */` comment. The database name picks the target, the access rules must let
-the identity reach it; then the upstream session is opened with the gateway's own credentials,
-showing the identity as application_name `sqlward:<subject>[ via <actor>]` and the setting
-`sqlward.identity`, and its ParameterStatus values are relayed with the gateway's own
-BackendKeyData. Once a token expires, statements are refused (or the session is closed).
+the identity reach it; `connection.authenticated` is written (durably) before the upstream
+session is opened with the gateway's own credentials, showing the identity as application_name
+`sqlward:<subject>[ via <actor>]` and the setting `sqlward.identity`; its ParameterStatus values
+are relayed with the gateway's own BackendKeyData. A refusal at any step is `errors.Refused`:
+recorded as `connection.refused`, answered with a FATAL.
 
-Relay (`_relay`): two tasks. The client task frames client messages on a bytearray and forwards
-them in one write per received chunk; it decodes only what policy and audit need: Query and Parse
-(the SQL), Bind (portal -> statement), Execute, Close, Sync. A refused Query or Parse is not
-dropped: it is *replaced* by a statement the upstream rejects with a syntax error
-(`sqlward_refused_<n>`), and the upstream task swaps that ErrorResponse for the gateway's own
-(SQLSTATE 42501, naming the rule). The upstream itself therefore keeps the protocol in sync: an
-extended-protocol pipeline discards up to Sync and rolls back its implicit transaction, a
-transaction block becomes failed, ReadyForQuery carries the true status, exactly as if the server
-had refused. After a refused Parse the client task drops messages up to Sync, as the server would.
+Relay (`_relay`): two tasks (and a third that closes the session when its token expires, with
+`on_token_expiry = "close"`).
 
-The upstream task scans backend messages without decoding rows: it only looks into
-CommandComplete, ErrorResponse, EmptyQueryResponse, PortalSuspended and ReadyForQuery to complete
-audit records, which are written before the chunk holding them is forwarded. DataRow and CopyData
-bodies are streamed through without being buffered whole.
+- Client task: each chunk received is fed to `relay.ClientSide`; every request it asks about
+  (Query, Parse, a Bind of a statement decided under an older policy, Execute, FunctionCall) is
+  judged by the pipeline (`_judge(..., durable=False)`: the `statement.decided` records wait in
+  the session's audit scope), then the audit scope is flushed in one write and only then is the
+  chunk's output sent upstream: the decisions are on disk before the upstream sees a statement.
+- Upstream task: each chunk received is fed to `relay.UpstreamSide`; its `statement.completed`
+  events are added and flushed in one write before the chunk's output is sent to the client.
+
+Audit failure: if a flush fails (`AuditUnavailable`), nothing of that chunk is forwarded, the
+client gets FATAL 58000 "the audit trail cannot be written; sqlward closed the session" and the
+session ends. (Before the records were batched per chunk, a decision that could not be recorded
+refused just that statement; a chunk may now hold a whole pipeline whose parts cannot be
+un-forwarded one by one, so the session is closed instead. Events about the connection itself,
+opened / refused / closed, are flushed quietly: a failure is logged.)
+
+Once a token expires, statements are refused (`token-expired`), or the session is closed.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import secrets
-import struct
 import time
-from collections import deque
-import hmac
 
 import msgspec
 import trio
 
 from sqlward.adapters.netio import Pipe, PrefixedStream
-from sqlward.adapters.base import (
-    AuthError,
-    ListenerSettings,
-    SessionRegistry,
-    SessionServices,
-    StatementRequest,
-)
+from sqlward.adapters.base import AuthError, ListenerSettings, SessionRegistry, SessionServices
 from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired
 from sqlward.adapters import identity as ident
 from sqlward.adapters.postgres import codec, errors, upstream
-from sqlward.adapters.postgres.errors import ClientLost, Refused, UpstreamLost
-from sqlward.adapters.postgres.encodings import decoder_for
-from sqlward.adapters.postgres.codec import Backend, Frontend, ProtocolViolation
+from sqlward.adapters.postgres.codec import Frontend
+from sqlward.adapters.postgres.errors import ClientLost, ProtocolViolation, Refused, UpstreamLost
+from sqlward.adapters.postgres.relay import ClientSide, RelayState, UpstreamSide
 from sqlward.adapters.postgres.scram import ScramError, ScramExchange
-from sqlward.audit.events import (
-    ConnectionAuthenticated,
-    ConnectionClosed,
-    ConnectionOpened,
-    ConnectionRefused,
-    StatementCompleted,
-)
-from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
-from sqlward.adapters.postgres.rowmask import RowMasker, kind_for_oid
-from sqlward.masking.context import MaskContext
-from sqlward.policy.model import Decision, Identity
+from sqlward.audit.events import ConnectionAuthenticated, ConnectionClosed, ConnectionOpened, ConnectionRefused
+from sqlward.policy.model import Identity
 
 log = logging.getLogger("sqlward.postgres")
 
-_unpack_len = struct.Struct("!I").unpack_from
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 _TERMINATE = codec.encode_frontend(codec.Terminate())
-REFUSED_MARKER = "sqlward_refused_"
-_MARKER_BYTES = REFUSED_MARKER.encode()
 AUTH_TIMEOUT = 60.0
-
-# Backend message types the upstream task must look into (all others pass untouched).
-_WATCH = bytearray(256)
-for _t in (
-    Backend.COMMAND_COMPLETE, Backend.ERROR_RESPONSE, Backend.EMPTY_QUERY_RESPONSE,
-    Backend.PORTAL_SUSPENDED, Backend.READY_FOR_QUERY, Backend.PARAMETER_STATUS,
-):
-    _WATCH[_t] = 1
-_STREAMED = (Backend.DATA_ROW, Backend.COPY_DATA)  # may be huge: never buffered whole
-# Sessions under masking also look at row descriptions and rows (each DataRow is buffered whole).
-_WATCH_MASKED = bytearray(_WATCH)
-for _t in (Backend.ROW_DESCRIPTION, Backend.NO_DATA, Backend.DATA_ROW):
-    _WATCH_MASKED[_t] = 1
-
-_KNOWN_FRONTEND = frozenset(int(t) for t in Frontend)
-
-
-def _cstr_end(buf: bytearray, start: int, end: int) -> int:
-    """Index of the NUL ending the string at `start` inside one message, or ProtocolViolation."""
-    idx = buf.find(0, start, end)
-    if idx < 0:
-        raise ProtocolViolation("string is not NUL-terminated")
-    return idx
 
 
 _ESCALATING_SETTINGS = ("role", "session_authorization")
@@ -125,34 +92,6 @@ def _startup_escalation(params: tuple[tuple[str, str], ...]) -> str:
 
 class _TokenNeedsTLS(Exception):
     """A non-static user on plain TCP: a token must not travel in clear."""
-
-
-class _Pending:
-    """A request forwarded upstream whose outcome is awaited (for the audit trail)."""
-
-    __slots__ = (
-        "kind", "request_id", "ref", "started", "tags", "rows", "error", "sqlstate", "audit",
-        "mask", "inject", "masked",
-    )
-
-    def __init__(
-        self, kind: str, request_id: int = 0, ref: int | None = None, audit: bool = True,
-        mask: MaskContext | None = None, inject: bool = False,
-    ) -> None:
-        self.kind = kind  # "query" | "execute" | "sync" | "describe" (masked sessions)
-        # Masking: the request's context, and whether the gateway put a Describe (portal) before
-        # this Execute whose RowDescription / NoData it swallows (to learn formats and origins).
-        self.mask = mask
-        self.inject = inject
-        self.masked: dict[str, int] = {}
-        self.request_id = request_id
-        self.ref = ref
-        self.started = time.perf_counter()
-        self.tags: list[str] = []
-        self.rows: int | None = None
-        self.error: str | None = None
-        self.sqlstate: str | None = None
-        self.audit = audit
 
 
 async def cancel_backend(registry: SessionRegistry[PostgresSession], pid: int, secret: bytes) -> None:
@@ -186,27 +125,13 @@ class PostgresSession(GovernedSession):
         self.secret = b""
         self.application_name = ""
         self._startup_rest = b""
-        # Relay state, shared by the two tasks (same trio thread, no locks needed).
-        self._pending: deque[_Pending] = deque()
-        self._refusals: dict[str, tuple[int, bytes]] = {}  # marker -> (sync seq, ErrorResponse)
-        self._syncs_sent = 0
-        self._syncs_done = 0
-        self._statements: dict[str, int] = {}  # prepared statement name -> decided request id
-        self._prepared_sql: dict[str, tuple[str, int]] = {}  # name -> (SQL, policy version decided)
-        self._portals: dict[str, int | None] = {}
-        self._discarding = False
-        self._tx_status = "I"
         self._closing_reason = ""
         self._relaying = False  # ReadyForQuery sent: the relay runs
         self._to_client_partial = False  # the client has part of a backend message
-        self._decode_sql = decoder_for("UTF8")
         self._sql_comment = b""
-        # Masking (only for identities a [[masks]] rule applies to; see adapters.maskcolumns).
-        self._watch = _WATCH
-        self._stmt_masks: dict[str, MaskContext | None] = {}
-        self._portal_masks: dict[str, MaskContext | None] = {}
-        self._rows: RowMasker | None = None  # rewriter of the result set being relayed
-        self._row_counts: ColumnMasks | None = None
+        # The relay state (sans-IO), built once the upstream session is open.
+        self._state: RelayState | None = None
+        self._upstream_side: UpstreamSide | None = None
 
     # ----------------------------------------------------------------------------------------
     # helpers
@@ -215,7 +140,7 @@ class PostgresSession(GovernedSession):
         """Where the client's byte stream is (what `errors.reply` may put on it)."""
         if not self._relaying:
             return "startup"
-        if self._to_client_partial:
+        if self._to_client_partial or (self._upstream_side is not None and self._upstream_side.mid_message):
             return "mid-message"
         return "relay"
 
@@ -408,12 +333,16 @@ class PostgresSession(GovernedSession):
             self.up = await upstream.connect(target, forward)
         except upstream.UpstreamError as exc:
             raise Refused(exc.sqlstate, str(exc), user=user, target=target.info.name) from exc
-        self._tx_status = self.up.tx_status
         if self.gk.identity_settings().sql_comment:
             self._sql_comment = ident.sql_comment(identity).encode()
+        encoding = "UTF8"
         for name, value in self.up.parameters:
             if name == "client_encoding":
-                self._decode_sql = decoder_for(value)
+                encoding = value
+        pipeline = self.pipeline
+        self._state = RelayState(
+            policy_version=lambda: pipeline.policy_version, client_encoding=encoding, tx_status=self.up.tx_status,
+        )
         self.secret = secrets.token_bytes(4)
         self.pid = self.registry.add(self)
         out = bytearray()
@@ -531,52 +460,6 @@ class PostgresSession(GovernedSession):
         await trio.sleep_until(deadline)
         await self._fail(TokenExpired(), cancel_scope)
 
-    def _refusal_bytes(self, decision: Decision) -> bytes:
-        return errors.reply(decision, "relay").data
-
-    async def _verdict(self, request: StatementRequest) -> tuple[int, bytes | None]:
-        """The pipeline's verdict on one request, recorded for the next flush point: (request
-        id, None) when it may run, else (request id, the ErrorResponse to swap in)."""
-        verdict = await self._judge(request, durable=False)
-        if request.kind == "statement":
-            self._watch = _WATCH_MASKED if self._masked else _WATCH
-        if verdict.allowed:
-            return verdict.request_id, None
-        return verdict.request_id, self._refusal_bytes(verdict.decision)
-
-    def _start_rows(self, body: bytes | bytearray, ctx: MaskContext | None) -> None:
-        """A RowDescription: prepare the rewriter of the rows that follow (None when no column
-        needs masking, so those rows pass as bytes)."""
-        self._rows = None
-        self._row_counts = None
-        if ctx is None:
-            return
-        desc = codec.decode_backend(Backend.ROW_DESCRIPTION, bytes(body))
-        assert isinstance(desc, codec.RowDescription)
-        columns = [
-            Column(f.name, kind_for_oid(f.type_oid), ctx.by_oid.get((f.table_oid, f.column_attr)) if f.table_oid else None)
-            for f in desc.fields
-        ]
-        masks = column_maskers(ctx, columns, "postgres")
-        if masks.active:
-            self._rows = RowMasker(
-                [f.type_oid for f in desc.fields], [f.format for f in desc.fields], masks.raw,
-                counts=masks.counts, counted=masks.counted,
-            )
-            self._row_counts = masks
-
-    def _end_rows(self, p: _Pending | None) -> None:
-        if self._row_counts is not None and p is not None:
-            self._row_counts.add_counts(p.masked)
-        self._rows = None
-        self._row_counts = None
-
-    def _inject_refusal(self, error: bytes) -> str:
-        """Remember an error to swap in; returns the marker the injected SQL must contain."""
-        marker = f"{REFUSED_MARKER}{self.ctx.requests}_{secrets.token_hex(4)}"
-        self._refusals[marker] = (self._syncs_sent, error)
-        return marker
-
     async def _client_task(self, cancel_scope: trio.CancelScope) -> None:
         try:
             await self._client_loop()
@@ -586,16 +469,17 @@ class PostgresSession(GovernedSession):
         cancel_scope.cancel()
 
     async def _client_loop(self) -> None:
-        assert self.up is not None
+        """Client to upstream: one audit flush and one write per received chunk."""
+        assert self.up is not None and self._state is not None
         client = Pipe(self.client)
         up = Pipe(self.up.stream)
-        max_size = self.settings.max_message_size
-        buf = bytearray(self._startup_rest)
+        side = ClientSide(self._state, max_message_size=self.settings.max_message_size, sql_comment=self._sql_comment)
+        judge = self._judge
+        flush = self.audit.flush
+        data = self._startup_rest
         self._startup_rest = b""
-        pending = self._pending
-        need_data = not buf
         while True:
-            if need_data:
+            if not data:
                 try:
                     data = await client.receive()
                 except _IO_ERRORS as exc:
@@ -606,169 +490,20 @@ class PostgresSession(GovernedSession):
                     except _IO_ERRORS:
                         pass
                     return
-                buf += data
-            need_data = True
-            n = len(buf)
-            pos = 0
-            parts: list[bytes] | None = None  # set once some message is not forwarded verbatim
-            seg = 0  # start of the current verbatim run
-            terminate = False
-            while n - pos >= 5:
-                mtype = buf[pos]
-                (length,) = _unpack_len(buf, pos + 1)
-                if length < 4:
-                    raise ProtocolViolation(f"invalid message length {length}")
-                if length - 4 > max_size and mtype != Frontend.COPY_DATA:
-                    raise codec.MessageTooLarge(
-                        f"message of {length - 4} bytes exceeds this gateway's limit of {max_size} bytes"
-                    )
-                end = pos + 1 + length
-                if end > n:
-                    break
-                replacement: bytes | None = None
-                drop = False
-                if self._discarding and mtype != Frontend.SYNC and mtype != Frontend.TERMINATE:
-                    if mtype not in _KNOWN_FRONTEND:
-                        raise ProtocolViolation(f"invalid frontend message type {mtype}")
-                    drop = True
-                elif mtype == Frontend.EXECUTE:
-                    portal = bytes(buf[pos + 5 : _cstr_end(buf, pos + 5, end)]).decode("utf-8", "surrogateescape")
-                    # A prepared statement must not outlive the token either.
-                    rid, error = await self._verdict(
-                        StatementRequest(sql="", dialect="postgres", kind="execute", statement_name=portal)
-                    )
-                    if error is None:
-                        if self._masked:
-                            # Learn the portal's formats and column origins just before its rows.
-                            pending.append(
-                                _Pending("execute", rid, self._portals.get(portal),
-                                         mask=self._portal_masks.get(portal), inject=True)
-                            )
-                            replacement = codec.encode_frontend(codec.Describe("P", portal)) + bytes(buf[pos:end])
-                        else:
-                            pending.append(_Pending("execute", rid, self._portals.get(portal)))
-                    else:
-                        marker = self._inject_refusal(error)
-                        replacement = codec.encode_frontend(codec.Parse("", marker))
-                        self._discarding = True
-                elif mtype == Frontend.BIND:
-                    p_end = _cstr_end(buf, pos + 5, end)
-                    s_end = _cstr_end(buf, p_end + 1, end)
-                    portal = self._decode_sql(bytes(buf[pos + 5 : p_end]))
-                    stmt = self._decode_sql(bytes(buf[p_end + 1 : s_end]))
-                    self._portals[portal] = self._statements.get(stmt)
-                    self._portal_masks[portal] = self._stmt_masks.get(stmt)
-                    prepared = self._prepared_sql.get(stmt)
-                    if prepared is not None and prepared[1] != self.pipeline.policy_version:
-                        # The policy changed since this statement was decided: decide again.
-                        version = self.pipeline.policy_version
-                        rid, error = await self._verdict(
-                            StatementRequest(sql=prepared[0], dialect="postgres", statement_name=stmt)
-                        )
-                        if error is None:
-                            self._prepared_sql[stmt] = (prepared[0], version)
-                            self._stmt_masks[stmt] = self._portal_masks[portal] = self._last_mask
-                        else:
-                            marker = self._inject_refusal(error)
-                            replacement = codec.encode_frontend(codec.Parse("", marker))
-                            self._discarding = True
-                elif mtype == Frontend.SYNC:
-                    self._discarding = False
-                    self._syncs_sent += 1
-                    pending.append(_Pending("sync"))
-                elif mtype == Frontend.QUERY:
-                    sql_end = _cstr_end(buf, pos + 5, end)
-                    if sql_end != end - 1:
-                        raise ProtocolViolation("unexpected bytes after the end of a Query message")
-                    rid, error = await self._verdict(
-                        StatementRequest(sql=self._decode_sql(bytes(buf[pos + 5 : sql_end])), dialect="postgres")
-                    )
-                    self._syncs_sent += 1
-                    if error is None:
-                        pending.append(_Pending("query", rid, mask=self._last_mask))
-                        if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
-                            body = self._sql_comment + bytes(buf[pos + 5 : end])
-                            replacement = struct.pack("!BI", Frontend.QUERY, len(body) + 4) + body
-                    else:
-                        marker = self._inject_refusal(error)
-                        replacement = codec.encode_frontend(codec.Query(marker))
-                        pending.append(_Pending("query", rid, audit=False))
-                elif mtype == Frontend.PARSE:
-                    n_end = _cstr_end(buf, pos + 5, end)
-                    sql_end = _cstr_end(buf, n_end + 1, end)
-                    if end - sql_end < 3:
-                        raise ProtocolViolation("Parse message is truncated")
-                    name = self._decode_sql(bytes(buf[pos + 5 : n_end]))
-                    sql = self._decode_sql(bytes(buf[n_end + 1 : sql_end]))
-                    version = self.pipeline.policy_version
-                    rid, error = await self._verdict(StatementRequest(sql=sql, dialect="postgres", statement_name=name))
-                    if error is None:
-                        self._statements[name] = rid
-                        self._stmt_masks[name] = self._last_mask
-                        if name:  # named statements outlive this pipeline: re-decided on policy change
-                            self._prepared_sql[name] = (sql, version)
-                    else:
-                        self._statements.pop(name, None)
-                        self._prepared_sql.pop(name, None)
-                        self._stmt_masks.pop(name, None)
-                        marker = self._inject_refusal(error)
-                        replacement = codec.encode_frontend(codec.Parse("", marker))
-                        self._discarding = True
-                elif mtype == Frontend.CLOSE:
-                    if end - pos >= 7:
-                        name = bytes(buf[pos + 6 : end - 1]).decode("utf-8", "surrogateescape")
-                        if buf[pos + 5] == 0x53:  # 'S'
-                            self._statements.pop(name, None)
-                            self._prepared_sql.pop(name, None)
-                            self._stmt_masks.pop(name, None)
-                        else:
-                            self._portals.pop(name, None)
-                            self._portal_masks.pop(name, None)
-                elif mtype == Frontend.DESCRIBE:
-                    if self._masked:  # its RowDescription / NoData is the client's, not ours
-                        pending.append(_Pending("describe"))
-                elif mtype == Frontend.FUNCTION_CALL:
-                    # It would run a function without SQL, past the policy: the pipeline refuses it.
-                    rid, error = await self._verdict(
-                        StatementRequest(sql="", dialect="postgres", kind="command", command="FunctionCall")
-                    )
-                    self._syncs_sent += 1
-                    if error is None:
-                        pending.append(_Pending("query", rid))
-                    else:
-                        marker = self._inject_refusal(error)
-                        replacement = codec.encode_frontend(codec.Query(marker))
-                        pending.append(_Pending("query", rid, audit=False))
-                elif mtype == Frontend.TERMINATE:
-                    terminate = True
-                elif mtype not in _KNOWN_FRONTEND or mtype == Frontend.PASSWORD:
-                    raise ProtocolViolation(f"invalid frontend message type {mtype}")
-                if replacement is not None or drop:
-                    if parts is None:
-                        parts = []
-                    parts.append(bytes(buf[seg:pos]))
-                    if replacement is not None:
-                        parts.append(replacement)
-                    seg = end
-                pos = end
-                if terminate:
-                    break
-            if pos:
-                if parts is None:
-                    out = bytes(buf[:pos])
-                else:
-                    parts.append(bytes(buf[seg:pos]))
-                    out = b"".join(parts)
-                del buf[:pos]
-                # The decisions of this chunk are durable before the upstream sees it.
-                await self.audit.flush()
-                if out:
-                    try:
-                        await up.send(out)
-                    except _IO_ERRORS as exc:
-                        raise UpstreamLost(str(exc)) from exc
-                if terminate:
-                    return
+            request = side.feed(data)
+            data = b""
+            while request is not None:
+                request = side.resume(await judge(request, durable=False))
+            out = side.take_output()
+            # The decisions of this chunk are durable before the upstream sees it.
+            await flush()
+            if out:
+                try:
+                    await up.send(out)
+                except _IO_ERRORS as exc:
+                    raise UpstreamLost(str(exc)) from exc
+            if side.terminated:
+                return
 
     async def _upstream_task(self, cancel_scope: trio.CancelScope) -> None:
         try:
@@ -780,200 +515,35 @@ class PostgresSession(GovernedSession):
             await self._fail(exc, cancel_scope)
         cancel_scope.cancel()
 
-    def _complete(self, p: _Pending, events: list[StatementCompleted]) -> None:
-        if not p.audit:
-            return
-        events.append(
-            StatementCompleted(
-                request_id=p.request_id, prepared_ref=p.ref, tags=tuple(p.tags), rows=p.rows,
-                duration_ms=round((time.perf_counter() - p.started) * 1000, 3),
-                error=p.error, sqlstate=p.sqlstate, masked=p.masked,
-            )
-        )
-
-    def _on_backend(self, mtype: int, body: bytes | bytearray, events: list[StatementCompleted]) -> bytes | None:
-        """Bookkeeping for a watched backend message; returns replacement bytes, if any."""
-        pending = self._pending
-        head = pending[0] if pending else None
-        if mtype == Backend.DATA_ROW:
-            rows = self._rows
-            if rows is None:
-                return None
-            new = rows.mask_datarow(body)
-            if new is None:
-                return None
-            return struct.pack("!BI", Backend.DATA_ROW, len(new) + 4) + new
-        if mtype == Backend.ROW_DESCRIPTION or mtype == Backend.NO_DATA:
-            if head is not None and head.kind == "describe":
-                pending.popleft()  # the client's own Describe: forward
-                return None
-            if head is not None and head.kind == "execute" and head.inject:
-                head.inject = False
-                if mtype == Backend.ROW_DESCRIPTION:
-                    self._start_rows(body, head.mask)
-                return b""  # our injected Describe: the client did not ask for it
-            if mtype == Backend.ROW_DESCRIPTION:
-                self._start_rows(body, head.mask if head is not None else None)
-            return None
-        if mtype == Backend.ERROR_RESPONSE and self._masked:
-            while head is not None and head.kind == "describe":
-                pending.popleft()
-                head = pending[0] if pending else None
-            self._end_rows(head)
-        if mtype == Backend.READY_FOR_QUERY:
-            self._tx_status = chr(body[0]) if body else "I"
-            while pending:
-                p = pending.popleft()
-                if p.kind == "query":
-                    self._complete(p, events)
-                    break
-                if p.kind == "sync":
-                    break
-                # an Execute the server skipped after an error in its pipeline: never ran
-            self._syncs_done += 1
-            if self._refusals:
-                done = self._syncs_done
-                for marker in [m for m, (seq, _) in self._refusals.items() if seq < done]:
-                    del self._refusals[marker]
-            return None
-        if mtype == Backend.PARAMETER_STATUS:
-            if body.startswith(b"client_encoding\0"):
-                value = bytes(body[16:]).rstrip(b"\0").decode("ascii", "replace")
-                self._decode_sql = decoder_for(value)
-            return None
-        if mtype == Backend.COMMAND_COMPLETE:
-            tag = bytes(body[:-1]).decode("utf-8", "replace")
-            if self._rows is not None or self._row_counts is not None:
-                self._end_rows(head)
-            if head is not None and head.kind != "sync":
-                head.tags.append(tag)
-                rows = codec.command_rows(tag)
-                if rows is not None:
-                    head.rows = (head.rows or 0) + rows
-                if head.kind == "execute":
-                    pending.popleft()
-                    self._complete(head, events)
-            return None
-        if mtype == Backend.ERROR_RESPONSE:
-            replacement = None
-            if self._refusals and _MARKER_BYTES in body:
-                fields = codec.error_fields(bytes(body))
-                text = fields.get("M", "")
-                for marker, (_, error) in self._refusals.items():
-                    if marker in text:
-                        replacement = error
-                        break
-            if head is not None and head.kind != "sync" and replacement is None:
-                fields = codec.error_fields(bytes(body))
-                head.error = fields.get("M", "error")
-                head.sqlstate = fields.get("C")
-                if head.mask is not None and head.mask.request.redact_errors:
-                    # The server's text can quote a masked value ("invalid input syntax ...: <value>").
-                    head.error = "(hidden: the statement reads masked columns)"
-                    replacement = errors.hidden_error(
-                        fields.get("C", errors.INTERNAL_ERROR), fields.get("S", errors.ERROR),
-                    )
-                if head.kind == "execute":
-                    pending.popleft()
-                    self._complete(head, events)
-            return replacement
-        if mtype == Backend.EMPTY_QUERY_RESPONSE or mtype == Backend.PORTAL_SUSPENDED:
-            if self._rows is not None or self._row_counts is not None:
-                self._end_rows(head)
-            if head is not None and head.kind == "execute":
-                if mtype == Backend.PORTAL_SUSPENDED:
-                    head.tags.append("(suspended)")
-                pending.popleft()
-                self._complete(head, events)
-            return None
-        return None
-
     async def _upstream_loop(self) -> None:
-        """Relays until the upstream connection is lost (UpstreamLost)."""
-        assert self.up is not None
+        """Upstream to client: one audit flush and one write per received chunk; runs until
+        the upstream connection is lost (UpstreamLost)."""
+        assert self.up is not None and self._state is not None
         client = Pipe(self.client)
         up = Pipe(self.up.stream)
+        side = self._upstream_side = UpstreamSide(self._state)
         add = self.audit.add
-        buf = bytearray(self.up.leftover)
-        skip = 0  # bytes of a streamed message body still to pass through
-        need_data = not buf
+        flush = self.audit.flush
+        data = self.up.leftover
         while True:
-            if need_data:
+            if not data:
                 try:
                     data = await up.receive()
                 except _IO_ERRORS as exc:
                     raise UpstreamLost(str(exc)) from exc
                 if not data:
                     raise UpstreamLost("the upstream closed the connection")
-                buf += data
-            need_data = True
-            n = len(buf)
-            pos = 0
-            events: list[StatementCompleted] = []
-            parts: list[bytes] | None = None
-            seg = 0
-            data: bytes | None = None
-            while pos < n:
-                if skip:
-                    step = skip if skip < n - pos else n - pos
-                    pos += step
-                    skip -= step
-                    continue
-                if n - pos < 5:
-                    break
-                mtype = buf[pos]
-                (length,) = _unpack_len(buf, pos + 1)
-                if length < 4:
-                    raise ProtocolViolation(f"upstream sent an invalid message length {length}")
-                end = pos + 1 + length
-                if mtype == 0x44 and self._rows is not None:  # DataRows of a masked result
-                    if end > n:
-                        break
-                    if data is None:
-                        data = bytes(buf)  # once per chunk: rows are sliced from it
-                    try:
-                        out_rows, after = self._rows.mask_rows(data, pos, n)
-                    except ValueError as exc:  # never forward what could not be masked
-                        raise ProtocolViolation(f"upstream sent a DataRow that cannot be masked: {exc}") from exc
-                    if parts is None:
-                        parts = []
-                    parts.append(data[seg:pos])
-                    parts.extend(out_rows)
-                    seg = pos = after
-                    continue
-                if self._watch[mtype]:
-                    if end > n:
-                        break
-                    replacement = self._on_backend(mtype, buf[pos + 5 : end], events)
-                    if replacement is not None:
-                        if parts is None:
-                            parts = []
-                        parts.append(bytes(buf[seg:pos]))
-                        parts.append(replacement)
-                        seg = end
-                    pos = end
-                elif end > n:
-                    if mtype in _STREAMED or end - pos > 1 << 20:
-                        skip = end - n
-                        pos = n
-                    break
-                else:
-                    pos = end
+            out, events = side.feed(data)
+            data = b""
             for event in events:
                 add(event)
-            if pos:
-                if parts is None:
-                    out = bytes(buf[:pos])
-                else:
-                    parts.append(bytes(buf[seg:pos]))
-                    out = b"".join(parts)
-                del buf[:pos]
+            if out or events:
                 # Completions are durable before the client sees them.
-                await self.audit.flush()
+                await flush()
+            if out:
                 self._to_client_partial = True
                 try:
                     await client.send(out)
                 except _IO_ERRORS as exc:
                     raise ClientLost(str(exc)) from exc
-                # A streamed message (DataRow, CopyData) may continue in the next chunk.
-                self._to_client_partial = skip > 0
+                self._to_client_partial = False

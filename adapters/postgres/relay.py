@@ -1,0 +1,695 @@
+"""The relay state of one PostgreSQL session, without I/O: what the gateway does to the bytes
+between the client and the upstream once the session is established.
+
+Spec: https://www.postgresql.org/docs/current/protocol-flow.html (simple and extended query,
+pipelining, error recovery up to Sync, COPY) and protocol-message-formats.html.
+
+Two halves share one `RelayState` (same trio thread in the driver, so no locks):
+
+- `ClientSide` is fed the client's bytes (`feed`), which it scans as they come. It frames
+  messages in place on a bytearray and looks only into what policy and audit need: Query and
+  Parse (the SQL), Bind (portal -> prepared statement; a statement decided under an older
+  policy version is decided again), Execute, Close, Describe (masked sessions), Sync,
+  FunctionCall. When a message needs the pipeline's verdict, `feed` returns its
+  `StatementRequest` and stops there; the driver awaits the pipeline and hands the verdict back
+  with `resume(verdict)`, which goes on scanning and returns the next request, or None once every
+  complete message is scanned. `take_output()` then gives the bytes to forward upstream for
+  everything scanned, in one piece (messages forwarded unchanged are copied once, in runs).
+  `terminated` says a Terminate was seen (nothing after it is read)::
+
+      request = client_side.feed(data)
+      while request is not None:
+          request = client_side.resume(await pipeline.judge(ctx, request))
+      out = client_side.take_output()  # flush the audit scope, then send `out` upstream
+- `UpstreamSide` is fed the upstream's bytes (`feed`) and returns the bytes for the client and
+  the `statement.completed` events the chunk finished. It scans backend messages by header and
+  only looks into CommandComplete, ErrorResponse, EmptyQueryResponse, PortalSuspended,
+  ReadyForQuery and ParameterStatus (plus RowDescription, NoData and DataRow in masked
+  sessions). DataRow and CopyData bodies (and any message over 1 MiB) are forwarded as they
+  arrive, never buffered whole: `mid_message` is True while the client holds part of one.
+
+**Refusals.** A refused Query or Parse is not dropped: it is replaced by a statement the
+upstream rejects with a syntax error (`sqlward_refused_<n>_<random>`), and the upstream side
+swaps that ErrorResponse for the gateway's (`errors.reply`: SQLSTATE 42501 naming the rule). The
+server therefore keeps the protocol in sync itself: a pipeline discards up to Sync and rolls back
+its implicit transaction, a transaction block becomes failed, ReadyForQuery carries the true
+status. After a refused Parse (or Execute, or Bind re-decision) the client side drops messages up
+to Sync, as the server would. A refused FunctionCall becomes a refused Query (it is answered by
+ReadyForQuery, not after a Sync).
+
+**Bookkeeping.** Each forwarded Query, Execute and Sync (and Describe, in masked sessions) is a
+`Pending` entry in order; the upstream side completes them from CommandComplete (tags, rows),
+ErrorResponse, EmptyQueryResponse, PortalSuspended and ReadyForQuery (an Execute the server
+skipped after an error never completes: it never ran).
+
+**Masking.** Once a verdict says a `[[masks]]` rule applies, the session is *masked* for good
+(a later verdict that never got to the mask step, such as a refusal for identity tampering, must
+not switch the row watch off). Before each Execute the client side puts a Describe (portal) of
+its own, whose RowDescription / NoData the upstream side swallows, so the formats and column
+origins of the rows are always known; a RowDescription builds the `RowMasker` of the rows that
+follow and runs of DataRows are rewritten from the chunk in one call (`RowMasker.mask_rows`, the
+compiled walk when built). A DataRow that cannot be masked is a `ProtocolViolation`, never
+forwarded. The server's error text of a statement reading masked columns is replaced
+(`errors.hidden_error`).
+
+Errors: `ProtocolViolation` (08P01) / `MessageTooLarge` (54000) for bad client bytes;
+`ProtocolViolation` for bad upstream bytes (the driver treats it as a lost upstream).
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+
+from sqlward.adapters.base import StatementRequest, Verdict
+from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
+from sqlward.adapters.postgres import codec, errors
+from sqlward.adapters.postgres.codec import Backend, Frontend
+from sqlward.adapters.postgres.encodings import decoder_for
+from sqlward.adapters.postgres.errors import MessageTooLarge, ProtocolViolation
+from sqlward.adapters.postgres.rowmask import RowMasker, kind_for_oid
+from sqlward.audit.events import StatementCompleted
+from sqlward.masking.context import MaskContext
+
+__all__ = ["REFUSED_MARKER", "ClientSide", "Pending", "RelayState", "UpstreamSide"]
+
+REFUSED_MARKER = "sqlward_refused_"
+_MARKER_BYTES = REFUSED_MARKER.encode()
+# Upstream messages longer than this are forwarded as they arrive, whatever their type.
+STREAM_OVER = 1 << 20
+
+_unpack_len = struct.Struct("!I").unpack_from
+_pack_header = struct.Struct("!BI").pack
+
+# Backend message types the upstream side must look into (all others pass untouched).
+_WATCH = bytearray(256)
+for _t in (
+    Backend.COMMAND_COMPLETE, Backend.ERROR_RESPONSE, Backend.EMPTY_QUERY_RESPONSE,
+    Backend.PORTAL_SUSPENDED, Backend.READY_FOR_QUERY, Backend.PARAMETER_STATUS,
+):
+    _WATCH[_t] = 1
+_STREAMED = (Backend.DATA_ROW, Backend.COPY_DATA)  # may be huge: never buffered whole
+# Masked sessions also look at row descriptions and rows (each DataRow is buffered whole).
+_WATCH_MASKED = bytearray(_WATCH)
+for _t in (Backend.ROW_DESCRIPTION, Backend.NO_DATA, Backend.DATA_ROW):
+    _WATCH_MASKED[_t] = 1
+
+_KNOWN_FRONTEND = bytearray(256)
+for _t in Frontend:
+    _KNOWN_FRONTEND[_t] = 1
+
+# Backend types as plain ints (the hot path compares against them).
+_B_COMMAND_COMPLETE, _B_READY, _B_ERROR = int(Backend.COMMAND_COMPLETE), int(Backend.READY_FOR_QUERY), int(Backend.ERROR_RESPONSE)
+_B_DATA_ROW, _B_ROW_DESCRIPTION, _B_NO_DATA = int(Backend.DATA_ROW), int(Backend.ROW_DESCRIPTION), int(Backend.NO_DATA)
+_B_PARAMETER_STATUS, _B_EMPTY_QUERY, _B_SUSPENDED = (
+    int(Backend.PARAMETER_STATUS), int(Backend.EMPTY_QUERY_RESPONSE), int(Backend.PORTAL_SUSPENDED),
+)
+
+_Q, _P, _B, _E, _S = Frontend.QUERY, Frontend.PARSE, Frontend.BIND, Frontend.EXECUTE, Frontend.SYNC
+_C, _D, _F, _X = Frontend.CLOSE, Frontend.DESCRIBE, Frontend.FUNCTION_CALL, Frontend.TERMINATE
+_COPY_DATA, _PASSWORD = Frontend.COPY_DATA, Frontend.PASSWORD
+
+# The Execute of the unnamed portal (the usual one): the same request every time.
+_EXECUTE_UNNAMED = StatementRequest(sql="", dialect="postgres", kind="execute", statement_name="")
+_FUNCTION_CALL = StatementRequest(sql="", dialect="postgres", kind="command", command="FunctionCall")
+_NO_EVENTS: list[StatementCompleted] = []  # returned when a chunk completes nothing (never mutated)
+_NO_MASKED: dict[str, int] = {}
+
+
+def _cstr_end(buf: bytearray, start: int, end: int) -> int:
+    """Index of the NUL ending the string at `start` inside one message, or ProtocolViolation."""
+    idx = buf.find(0, start, end)
+    if idx < 0:
+        raise ProtocolViolation("string is not NUL-terminated")
+    return idx
+
+
+def _describe_portal(portal: bytes) -> bytes:
+    """Describe (portal) for the portal named by these bytes, exactly as the client sent them."""
+    return _pack_header(_D, len(portal) + 6) + b"P" + portal + b"\0"
+
+
+class Pending:
+    """A request forwarded upstream whose outcome is awaited (for the audit trail)."""
+
+    __slots__ = (
+        "kind", "request_id", "ref", "started", "tags", "rows", "error", "sqlstate", "audit",
+        "mask", "inject", "masked",
+    )
+
+    def __init__(
+        self, kind: str, request_id: int = 0, ref: int | None = None, *, started: float = 0.0,
+        audit: bool = True, mask: MaskContext | None = None, inject: bool = False,
+    ) -> None:
+        self.kind = kind  # "query" | "execute" | "sync" | "describe" (masked sessions)
+        self.request_id = request_id
+        self.ref = ref  # Execute: request id of the decision of its prepared statement
+        self.started = started
+        self.tags: list[str] = []
+        self.rows: int | None = None
+        self.error: str | None = None
+        self.sqlstate: str | None = None
+        self.audit = audit
+        # Masking: the request's context, and whether the gateway put a Describe (portal) before
+        # this Execute whose RowDescription / NoData it swallows (to learn formats and origins).
+        self.mask = mask
+        self.inject = inject
+        self.masked: dict[str, int] | None = None  # values masked per output column
+
+    def __repr__(self) -> str:
+        return f"Pending({self.kind!r}, {self.request_id}, tags={self.tags!r}, rows={self.rows!r}, error={self.error!r})"
+
+
+# A Sync carries no outcome and is never changed (every update checks for it): one shared entry.
+_SYNC = Pending("sync", audit=False)
+
+
+class RelayState:
+    """What both halves of one session's relay share."""
+
+    __slots__ = (
+        "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
+        "clock", "policy_version",
+    )
+
+    def __init__(
+        self, *, policy_version: Callable[[], int], client_encoding: str = "UTF8", tx_status: str = "I",
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.pending: deque[Pending] = deque()
+        # marker -> (Syncs sent before it, the gateway's ErrorResponse to put in place of the server's)
+        self.refusals: dict[str, tuple[int, bytes]] = {}
+        self.syncs_sent = 0
+        self.syncs_done = 0
+        self.masked = False  # a [[masks]] rule applies to this session (sticky: see module doc)
+        self.decode_sql = decoder_for(client_encoding)  # follows the server's client_encoding
+        self.tx_status = tx_status
+        self.clock = clock
+        self.policy_version = policy_version
+
+
+# What a ClientSide waits for a verdict on (`_asking`): the message kind and its position.
+_ASK_QUERY, _ASK_PARSE, _ASK_BIND, _ASK_EXECUTE, _ASK_FUNCTION = range(5)
+
+
+class ClientSide:
+    """The client-to-upstream half (see the module doc for the calling sequence)."""
+
+    def __init__(
+        self, state: RelayState, *, max_message_size: int, sql_comment: bytes = b"", marker: Callable[[], str] | None = None,
+    ) -> None:
+        self._st = state
+        self._max_size = max_message_size
+        self._sql_comment = sql_comment  # sqlcommenter-style /* sqlward_identity=... */ (or b"")
+        self._marker_suffix = marker or (lambda: secrets.token_hex(4))
+        self._buf = bytearray()
+        self._pos = 0  # end of the messages scanned
+        self._seg = 0  # start of the current run forwarded unchanged
+        self._parts: list[bytes] | None = None  # set once a message is not forwarded verbatim
+        self._asking: tuple[int, int, int, object] | None = None  # (what, start, end, detail)
+        self._discarding = False
+        self.terminated = False
+        # Prepared statement name -> the request id of its decision, its mask context, and
+        # (named statements, which outlive a pipeline) its SQL and the policy version it was
+        # decided under. Names are the bytes the client sent.
+        self._statements: dict[bytes, int] = {}
+        self._stmt_masks: dict[bytes, MaskContext | None] = {}
+        self._prepared_sql: dict[bytes, tuple[str, int]] = {}
+        # Portal name -> its statement's decision (request id) and mask context.
+        self._portals: dict[bytes, int | None] = {}
+        self._portal_masks: dict[bytes, MaskContext | None] = {}
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed and not yet handed out by `take_output` (incomplete messages included)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> StatementRequest | None:
+        """Add bytes received from the client and scan the complete messages. Returns the
+        request of the first message that needs a verdict (hand the verdict back with `resume`),
+        or None once every complete message is scanned (then `take_output`). Raises
+        ProtocolViolation / MessageTooLarge for bytes that are no valid message."""
+        if self._asking is not None:
+            raise RuntimeError("feed() while a request waits for its verdict")
+        self._buf += data
+        return self._scan()
+
+    def _scan(self) -> StatementRequest | None:
+        if self.terminated:
+            return None
+        buf = self._buf
+        n = len(buf)
+        pos = self._pos
+        max_size = self._max_size
+        while n - pos >= 5:
+            mtype = buf[pos]
+            (length,) = _unpack_len(buf, pos + 1)
+            if length < 4:
+                raise ProtocolViolation(f"invalid message length {length}")
+            if length - 4 > max_size and mtype != _COPY_DATA:
+                raise MessageTooLarge(f"message of {length - 4} bytes exceeds this gateway's limit of {max_size} bytes")
+            end = pos + 1 + length
+            if end > n:
+                break
+            if self._discarding and mtype != _S and mtype != _X:
+                if not _KNOWN_FRONTEND[mtype]:
+                    raise ProtocolViolation(f"invalid frontend message type {mtype}")
+                self._replace(pos, end, b"")
+            elif mtype == _E:
+                self._pos = pos
+                p_end = _cstr_end(buf, pos + 5, end)
+                portal = bytes(buf[pos + 5 : p_end])
+                self._asking = (_ASK_EXECUTE, pos, end, portal)
+                if not portal:
+                    return _EXECUTE_UNNAMED
+                return StatementRequest(
+                    sql="", dialect="postgres", kind="execute", statement_name=self._st.decode_sql(portal),
+                )
+            elif mtype == _B:
+                p_end = _cstr_end(buf, pos + 5, end)
+                s_end = _cstr_end(buf, p_end + 1, end)
+                portal = bytes(buf[pos + 5 : p_end])
+                stmt = bytes(buf[p_end + 1 : s_end])
+                self._portals[portal] = self._statements.get(stmt)
+                self._portal_masks[portal] = self._stmt_masks.get(stmt)
+                prepared = self._prepared_sql.get(stmt)
+                if prepared is not None:
+                    version = self._st.policy_version()
+                    if prepared[1] != version:
+                        # The policy changed since this statement was decided: decide again.
+                        self._pos = pos
+                        self._asking = (_ASK_BIND, pos, end, (portal, stmt, prepared[0], version))
+                        return StatementRequest(
+                            sql=prepared[0], dialect="postgres", statement_name=self._st.decode_sql(stmt),
+                        )
+            elif mtype == _S:
+                self._discarding = False
+                st = self._st
+                st.syncs_sent += 1
+                st.pending.append(_SYNC)
+            elif mtype == _Q:
+                sql_end = _cstr_end(buf, pos + 5, end)
+                if sql_end != end - 1:
+                    raise ProtocolViolation("unexpected bytes after the end of a Query message")
+                self._pos = pos
+                self._asking = (_ASK_QUERY, pos, end, None)
+                return StatementRequest(sql=self._st.decode_sql(bytes(buf[pos + 5 : sql_end])), dialect="postgres")
+            elif mtype == _P:
+                n_end = _cstr_end(buf, pos + 5, end)
+                sql_end = _cstr_end(buf, n_end + 1, end)
+                if end - sql_end < 3:
+                    raise ProtocolViolation("Parse message is truncated")
+                decode = self._st.decode_sql
+                name = bytes(buf[pos + 5 : n_end])
+                sql = decode(bytes(buf[n_end + 1 : sql_end]))
+                self._pos = pos
+                self._asking = (_ASK_PARSE, pos, end, (name, sql, self._st.policy_version()))
+                return StatementRequest(sql=sql, dialect="postgres", statement_name=decode(name))
+            elif mtype == _C:
+                if end - pos >= 7:
+                    name = bytes(buf[pos + 6 : end - 1])
+                    if buf[pos + 5] == 0x53:  # 'S'
+                        self._forget_statement(name)
+                    else:
+                        self._portals.pop(name, None)
+                        self._portal_masks.pop(name, None)
+            elif mtype == _D:
+                if self._st.masked:  # its RowDescription / NoData is the client's, not ours
+                    self._st.pending.append(Pending("describe", audit=False))
+            elif mtype == _F:
+                self._pos = pos
+                self._asking = (_ASK_FUNCTION, pos, end, None)
+                return _FUNCTION_CALL
+            elif mtype == _X:
+                self.terminated = True
+                pos = end
+                break
+            elif not _KNOWN_FRONTEND[mtype] or mtype == _PASSWORD:
+                raise ProtocolViolation(f"invalid frontend message type {mtype}")
+            pos = end
+        self._pos = pos
+        return None
+
+    def resume(self, verdict: Verdict) -> StatementRequest | None:
+        """The pipeline's verdict on the request returned last; goes on scanning and returns the
+        next request that needs a verdict, or None (as `feed`)."""
+        asking = self._asking
+        if asking is None:
+            raise RuntimeError("resume() without a request")
+        self._asking = None
+        what, pos, end, detail = asking
+        st = self._st
+        if verdict.masked:
+            st.masked = True
+        allowed = verdict.decision.action == "allow"  # (Verdict.allowed, without the call)
+        rid = verdict.request_id
+        if what == _ASK_EXECUTE:
+            assert isinstance(detail, bytes)
+            if allowed:
+                if st.masked:
+                    # Learn the portal's formats and column origins just before its rows.
+                    st.pending.append(
+                        Pending("execute", rid, self._portals.get(detail), started=st.clock(),
+                                mask=self._portal_masks.get(detail), inject=True)
+                    )
+                    self._replace(pos, end, _describe_portal(detail) + bytes(self._buf[pos:end]))
+                else:
+                    st.pending.append(Pending("execute", rid, self._portals.get(detail), started=st.clock()))
+            else:  # a prepared statement must not outlive the token either
+                self._refuse_extended(pos, end, verdict)
+        elif what == _ASK_QUERY:
+            if allowed:
+                st.pending.append(Pending("query", rid, started=st.clock(), mask=verdict.mask))
+                if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
+                    body = self._sql_comment + bytes(self._buf[pos + 5 : end])
+                    self._replace(pos, end, _pack_header(_Q, len(body) + 4) + body)
+            else:
+                marker = self._inject(verdict)
+                self._replace(pos, end, codec.encode_frontend(codec.Query(marker)))
+                st.pending.append(Pending("query", rid, audit=False))
+            st.syncs_sent += 1  # a Query ends with its own ReadyForQuery, as a Sync does
+        elif what == _ASK_PARSE:
+            assert isinstance(detail, tuple)
+            name, sql, version = detail
+            if allowed:
+                self._statements[name] = rid
+                self._stmt_masks[name] = verdict.mask
+                if name:  # named statements outlive this pipeline: decided again on policy change
+                    self._prepared_sql[name] = (sql, version)
+            else:
+                self._forget_statement(name)
+                self._refuse_extended(pos, end, verdict)
+        elif what == _ASK_BIND:
+            assert isinstance(detail, tuple)
+            portal, stmt, sql, version = detail
+            if allowed:
+                self._prepared_sql[stmt] = (sql, version)
+                self._stmt_masks[stmt] = self._portal_masks[portal] = verdict.mask
+            else:
+                self._refuse_extended(pos, end, verdict)
+        else:  # _ASK_FUNCTION: it would run a function without SQL, past the policy
+            if allowed:
+                st.pending.append(Pending("query", rid, started=st.clock()))
+            else:
+                marker = self._inject(verdict)
+                self._replace(pos, end, codec.encode_frontend(codec.Query(marker)))
+                st.pending.append(Pending("query", rid, audit=False))
+            st.syncs_sent += 1
+        self._pos = end
+        if len(self._buf) - end < 5:  # no further message (the usual chunk: one request)
+            return None
+        return self._scan()
+
+    def take_output(self) -> bytes:
+        """The bytes to forward upstream for every message scanned (b"" when none or all were
+        dropped); the scanned messages leave the buffer."""
+        if self._asking is not None:
+            raise RuntimeError("take_output() while a request waits for its verdict")
+        pos = self._pos
+        if not pos:
+            return b""
+        buf = self._buf
+        parts = self._parts
+        if parts is None:
+            out = bytes(buf[:pos])
+        else:
+            parts.append(bytes(buf[self._seg : pos]))
+            out = b"".join(parts)
+            self._parts = None
+        self._seg = 0
+        self._pos = 0
+        del buf[:pos]
+        return out
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _replace(self, pos: int, end: int, replacement: bytes) -> None:
+        """Forward `replacement` instead of the message at buf[pos:end] (b"": drop it)."""
+        parts = self._parts
+        if parts is None:
+            parts = self._parts = []
+        if self._seg < pos:
+            parts.append(bytes(self._buf[self._seg : pos]))
+        if replacement:
+            parts.append(replacement)
+        self._seg = end
+
+    def _inject(self, verdict: Verdict) -> str:
+        """Remember the gateway's error to swap in; returns the marker the injected SQL holds.
+        The error comes before the ReadyForQuery that ends the refused request's Sync (or
+        Query): the marker is forgotten once that one went by."""
+        st = self._st
+        marker = f"{REFUSED_MARKER}{verdict.request_id}_{self._marker_suffix()}"
+        st.refusals[marker] = (st.syncs_sent, errors.reply(verdict.decision, "relay").data)
+        return marker
+
+    def _refuse_extended(self, pos: int, end: int, verdict: Verdict) -> None:
+        """A refusal inside an extended-protocol pipeline: an unnamed Parse the server rejects
+        takes the message's place, and what follows is dropped up to Sync."""
+        marker = self._inject(verdict)
+        self._replace(pos, end, codec.encode_frontend(codec.Parse("", marker)))
+        self._discarding = True
+
+    def _forget_statement(self, name: bytes) -> None:
+        self._statements.pop(name, None)
+        self._prepared_sql.pop(name, None)
+        self._stmt_masks.pop(name, None)
+
+
+class UpstreamSide:
+    """The upstream-to-client half (see the module doc)."""
+
+    def __init__(self, state: RelayState) -> None:
+        self._st = state
+        self._buf = bytearray()
+        self._skip = 0  # bytes of a streamed message body still to pass through
+        self._events: list[StatementCompleted] = []
+        self.rows: RowMasker | None = None  # rewriter of the result set being relayed
+        self._row_counts: ColumnMasks | None = None
+
+    @property
+    def mid_message(self) -> bool:
+        """The client has received part of a backend message (the rest is still to come)."""
+        return self._skip > 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[StatementCompleted]]:
+        """The bytes for the client (b"" until a message or a streamed part is complete) and the
+        completion events of the requests this chunk finished. Raises ProtocolViolation for an
+        impossible message length or a DataRow that cannot be masked."""
+        buf = self._buf
+        buf += data
+        n = len(buf)
+        pos = 0
+        skip = self._skip
+        watch = _WATCH_MASKED if self._st.masked else _WATCH
+        parts: list[bytes] | None = None
+        seg = 0
+        snapshot: bytes | None = None
+        while pos < n:
+            if skip:
+                step = skip if skip < n - pos else n - pos
+                pos += step
+                skip -= step
+                continue
+            if n - pos < 5:
+                break
+            mtype = buf[pos]
+            (length,) = _unpack_len(buf, pos + 1)
+            if length < 4:
+                raise ProtocolViolation(f"upstream sent an invalid message length {length}")
+            end = pos + 1 + length
+            if mtype == 0x44 and self.rows is not None:  # DataRows of a masked result
+                if end > n:
+                    break
+                if snapshot is None:
+                    snapshot = bytes(buf)  # once per chunk: rows are sliced from it
+                try:
+                    out_rows, after = self.rows.mask_rows(snapshot, pos, n)
+                except ValueError as exc:  # never forward what could not be masked
+                    raise ProtocolViolation(f"upstream sent a DataRow that cannot be masked: {exc}") from exc
+                if parts is None:
+                    parts = []
+                parts.append(snapshot[seg:pos])
+                parts.extend(out_rows)
+                seg = pos = after
+                continue
+            if watch[mtype]:
+                if end > n:
+                    break
+                replacement = self._on_backend(mtype, buf[pos + 5 : end])
+                if replacement is not None:
+                    if parts is None:
+                        parts = []
+                    parts.append(bytes(buf[seg:pos]))
+                    parts.append(replacement)
+                    seg = end
+                pos = end
+            elif end > n:
+                if mtype in _STREAMED or end - pos > STREAM_OVER:
+                    skip = end - n
+                    pos = n
+                break
+            else:
+                pos = end
+        self._skip = skip
+        events = self._events
+        if events:
+            self._events = []
+        else:
+            events = _NO_EVENTS
+        if not pos:
+            return b"", events
+        if parts is None:
+            out = bytes(buf[:pos])
+        else:
+            parts.append(bytes(buf[seg:pos]))
+            out = b"".join(parts)
+        del buf[:pos]
+        return out, events
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _complete(self, p: Pending) -> None:
+        if not p.audit:
+            return
+        self._events.append(
+            StatementCompleted(
+                request_id=p.request_id, prepared_ref=p.ref, tags=tuple(p.tags), rows=p.rows,
+                duration_ms=round((self._st.clock() - p.started) * 1000, 3),
+                error=p.error, sqlstate=p.sqlstate, masked=p.masked or _NO_MASKED,
+            )
+        )
+
+    def _on_backend(self, mtype: int, body: bytearray) -> bytes | None:
+        """Bookkeeping for a watched backend message; returns replacement bytes, if any (b"":
+        drop the message). The usual ones first: CommandComplete, ReadyForQuery."""
+        st = self._st
+        pending = st.pending
+        head = pending[0] if pending else None
+        if mtype == _B_COMMAND_COMPLETE:
+            tag = bytes(body[:-1]).decode("utf-8", "replace")
+            if self.rows is not None or self._row_counts is not None:
+                self._end_rows(head)
+            if head is not None and head.kind != "sync":
+                head.tags.append(tag)
+                rows = codec.command_rows(tag)
+                if rows is not None:
+                    head.rows = (head.rows or 0) + rows
+                if head.kind == "execute":
+                    pending.popleft()
+                    self._complete(head)
+            return None
+        if mtype == _B_READY:
+            st.tx_status = chr(body[0]) if body else "I"
+            while pending:
+                p = pending.popleft()
+                if p.kind == "query":
+                    self._complete(p)
+                    break
+                if p.kind == "sync":
+                    break
+                # an Execute the server skipped after an error in its pipeline: never ran
+            st.syncs_done += 1
+            if st.refusals:
+                done = st.syncs_done
+                for marker in [m for m, (seq, _) in st.refusals.items() if seq < done]:
+                    del st.refusals[marker]
+            return None
+        if mtype == _B_DATA_ROW:  # a masked session's row outside a run (no rewriter)
+            rows = self.rows
+            if rows is None:
+                return None
+            new = rows.mask_datarow(body)
+            if new is None:
+                return None
+            return _pack_header(_B_DATA_ROW, len(new) + 4) + new
+        if mtype == _B_ROW_DESCRIPTION or mtype == _B_NO_DATA:
+            if head is not None and head.kind == "describe":
+                pending.popleft()  # the client's own Describe: forward
+                return None
+            if head is not None and head.kind == "execute" and head.inject:
+                head.inject = False
+                if mtype == _B_ROW_DESCRIPTION:
+                    self._start_rows(body, head.mask)
+                return b""  # our injected Describe: the client did not ask for it
+            if mtype == _B_ROW_DESCRIPTION:
+                self._start_rows(body, head.mask if head is not None else None)
+            return None
+        if mtype == _B_ERROR:
+            if st.masked:
+                while head is not None and head.kind == "describe":
+                    pending.popleft()
+                    head = pending[0] if pending else None
+                self._end_rows(head)
+            replacement = None
+            if st.refusals and _MARKER_BYTES in body:
+                text = codec.error_fields(bytes(body)).get("M", "")
+                for marker, (_, error) in st.refusals.items():
+                    if marker in text:
+                        replacement = error
+                        break
+            if head is not None and head.kind != "sync" and replacement is None:
+                fields = codec.error_fields(bytes(body))
+                head.error = fields.get("M", "error")
+                head.sqlstate = fields.get("C")
+                if head.mask is not None and head.mask.request.redact_errors:
+                    # The server's text can quote a masked value ("invalid input syntax ...: <value>").
+                    head.error = "(hidden: the statement reads masked columns)"
+                    replacement = errors.hidden_error(
+                        fields.get("C", errors.INTERNAL_ERROR), fields.get("S", errors.ERROR),
+                    )
+                if head.kind == "execute":
+                    pending.popleft()
+                    self._complete(head)
+            return replacement
+        if mtype == _B_PARAMETER_STATUS:
+            if body.startswith(b"client_encoding\0"):
+                value = bytes(body[16:]).rstrip(b"\0").decode("ascii", "replace")
+                st.decode_sql = decoder_for(value)
+            return None
+        if mtype == _B_EMPTY_QUERY or mtype == _B_SUSPENDED:
+            if self.rows is not None or self._row_counts is not None:
+                self._end_rows(head)
+            if head is not None and head.kind == "execute":
+                if mtype == _B_SUSPENDED:
+                    head.tags.append("(suspended)")
+                pending.popleft()
+                self._complete(head)
+            return None
+        return None
+
+    def _start_rows(self, body: bytearray, ctx: MaskContext | None) -> None:
+        """A RowDescription: prepare the rewriter of the rows that follow (None when no column
+        needs masking, so those rows pass as bytes)."""
+        self.rows = None
+        self._row_counts = None
+        if ctx is None:
+            return
+        desc = codec.decode_backend(Backend.ROW_DESCRIPTION, bytes(body))
+        assert isinstance(desc, codec.RowDescription)
+        columns = [
+            Column(f.name, kind_for_oid(f.type_oid), ctx.by_oid.get((f.table_oid, f.column_attr)) if f.table_oid else None)
+            for f in desc.fields
+        ]
+        masks = column_maskers(ctx, columns, "postgres")
+        if masks.active:
+            self.rows = RowMasker(
+                [f.type_oid for f in desc.fields], [f.format for f in desc.fields], masks.raw,
+                counts=masks.counts, counted=masks.counted,
+            )
+            self._row_counts = masks
+
+    def _end_rows(self, p: Pending | None) -> None:
+        if self._row_counts is not None and p is not None and p.kind != "sync":
+            if p.masked is None:
+                p.masked = {}
+            self._row_counts.add_counts(p.masked)
+        self.rows = None
+        self._row_counts = None
