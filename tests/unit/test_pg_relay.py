@@ -26,6 +26,7 @@ from sqlward.audit.events import StatementCompleted
 from sqlward.masking.context import MaskContext, RequestMask
 from sqlward.masking.model import MaskSpec
 from sqlward.masking.plan import MaskPlan
+from sqlward.policy import rule_ids
 from sqlward.policy.model import Decision
 
 
@@ -79,11 +80,11 @@ DROP_REFUSED = Decision(action="deny", rule_id="no-drop", message="DROP is not a
 GATEWAY_DROP_ERROR = m(
     b"E", b'SERROR\0VERROR\0C42501\0MDROP is not allowed (rule "no-drop")\0Dsqlward rule: no-drop\0\0'
 )
-EXPIRED = Decision(action="deny", rule_id="token-expired", message="the token of alice expired")
+EXPIRED = Decision(action="deny", rule_id=rule_ids.TOKEN_EXPIRED, message="the token of alice expired")
 GATEWAY_EXPIRED_ERROR = m(
     b"E", b'SERROR\0VERROR\0C42501\0Mthe token of alice expired (rule "token-expired")\0Dsqlward rule: token-expired\0\0'
 )
-FUNCTION_REFUSED = Decision(action="deny", rule_id="function-call", message="FunctionCall is not allowed")
+FUNCTION_REFUSED = Decision(action="deny", rule_id=rule_ids.FUNCTION_CALL, message="FunctionCall is not allowed")
 GATEWAY_FUNCTION_ERROR = m(
     b"E",
     b'SERROR\0VERROR\0C42501\0MFunctionCall is not allowed (rule "function-call")\0Dsqlward rule: function-call\0\0',

@@ -1,0 +1,122 @@
+"""When the audit trail cannot be written, nothing goes through unrecorded (PostgreSQL).
+
+The gateway's audit writes are made to fail from outside while it runs: its file size limit
+(RLIMIT_FSIZE, set on the running process with prlimit) is lowered to the audit file's current
+size, so the next write gets EFBIG (Python ignores SIGXFSZ). Decisions are flushed once per
+received chunk before the chunk goes upstream, completions before the answer goes to the client;
+a failed flush ends the session with FATAL 58000 and forwards nothing of that chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import default_targets
+from tests.support import pgwire
+from tests.support.gateway import GatewayProcess
+
+AUDIT_LOST = "the audit trail cannot be written; sqlward closed the session"
+
+
+@pytest.fixture
+def gw(it_database: str) -> Iterator[GatewayProcess]:
+    with GatewayProcess(targets=default_targets(), name="audit-fail") as g:
+        yield g
+        _audit_writable(g)  # whatever happened, the gateway must stop cleanly
+
+
+def _audit_full(g: GatewayProcess) -> None:
+    assert g.proc is not None
+    size = os.path.getsize(g.audit_file)
+    resource.prlimit(g.proc.pid, resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+
+def _audit_writable(g: GatewayProcess) -> None:
+    assert g.proc is not None
+    if g.proc.poll() is None:
+        resource.prlimit(g.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def _fatal_58000(exc: BaseException) -> bool:
+    return getattr(exc, "sqlstate", None) == "58000" and AUDIT_LOST in str(exc)
+
+
+def _decided(g: GatewayProcess, needle: str) -> list[dict[str, Any]]:
+    return [e for e in g.audit_events() if e.get("event") == "statement.decided" and needle in e.get("sql", "")]
+
+
+def test_statement_is_not_forwarded_when_its_decision_cannot_be_written(
+    gw: GatewayProcess, direct: psycopg.Connection, table: str,
+) -> None:
+    with psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {table} VALUES (1, 'recorded')")
+        _audit_full(gw)
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(f"INSERT INTO {table} VALUES (2, 'unrecorded')")
+        assert _fatal_58000(caught.value), caught.value
+        assert conn.closed or conn.broken
+    # The upstream never saw the second statement, and the trail has no record of it.
+    assert direct.execute(f"SELECT id FROM {table} ORDER BY id").fetchall() == [(1,)]
+    _audit_writable(gw)
+    assert _decided(gw, "'recorded'") and not _decided(gw, "'unrecorded'")
+
+
+def test_nothing_of_a_pipeline_is_forwarded_when_its_decisions_cannot_be_written(
+    gw: GatewayProcess, direct: psycopg.Connection, table: str,
+) -> None:
+    """A whole extended-protocol pipeline in one write: the answer is one FATAL, then the close."""
+    conn = pgwire.open_session(gw.host, gw.port, "alice", "alice-secret", "app")
+    with conn:
+        _audit_full(gw)
+        chunk = b"".join(
+            pgwire.parse(f"INSERT INTO {table} VALUES ({i}, 'x')") + pgwire.bind() + pgwire.execute()
+            for i in (1, 2)
+        ) + pgwire.sync()
+        conn.send(chunk)
+        messages, closed = conn.read_all_until_closed()
+    assert closed
+    assert [(m.type, m.severity, m.sqlstate, m.text) for m in messages] == [("E", "FATAL", "58000", AUDIT_LOST)]
+    assert direct.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+
+
+def test_result_is_not_delivered_when_its_completion_cannot_be_written(gw: GatewayProcess) -> None:
+    """The statement ran (it cannot be undone), but the client never sees an unaudited result."""
+    with psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["rows"] = conn.execute("SELECT 'slow-result', pg_sleep(1.5)").fetchall()
+            except psycopg.Error as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        deadline = time.monotonic() + 1.2
+        while not _decided(gw, "slow-result") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _decided(gw, "slow-result"), "the decision must be on disk while the statement runs"
+        _audit_full(gw)
+        worker.join(10)
+        assert "rows" not in outcome, outcome
+        assert _fatal_58000(outcome["error"]), outcome["error"]
+
+
+def test_new_sessions_are_refused_while_the_trail_cannot_be_written_and_served_again_after(gw: GatewayProcess) -> None:
+    _audit_full(gw)
+    with pytest.raises(psycopg.Error) as caught:
+        psycopg.connect(gw.dsn("alice", "alice-secret", "app"), connect_timeout=5).close()
+    # (libpq reports a failed login by its text only: the FATAL's code is 58000, see test_pg_errors)
+    assert f"FATAL:  {AUDIT_LOST}" in str(caught.value), caught.value
+    _audit_writable(gw)
+    with psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True) as conn:
+        assert conn.execute("SELECT 42").fetchone() == (42,)
