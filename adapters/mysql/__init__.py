@@ -1,7 +1,10 @@
-"""MySQL / MariaDB adapter: a sans-IO codec of the client/server protocol and its session driver.
+"""MySQL / MariaDB adapter: a sans-IO codec of the client/server protocol, sans-IO relay state,
+and a thin trio driver.
 
 Spec: https://dev.mysql.com/doc/dev/mysql-server/latest/PAGE_PROTOCOL.html and
 https://mariadb.com/docs/server/reference/clientserver-protocol
+
+Codec (no I/O):
 
 * `constants`: capability bits (MariaDB's extended ones included), commands, status and column
   flags, field types, cursor flags, error numbers with their SQLSTATEs, collation ids.
@@ -11,8 +14,21 @@ https://mariadb.com/docs/server/reference/clientserver-protocol
 * `messages`: one frozen msgspec Struct per message, `encode(msg, capabilities)` and a
   `decode_*` function per kind, classifiers (`is_ok`, `is_err`, `is_eof`, `is_result_end`) and
   helpers (`err_packet`, `ok_packet`, `eof_packet`, `command_of`).
+* `auth`: the password algorithms (mysql_native_password, caching_sha2_password with RSA,
+  MariaDB's client_ed25519), client and server side.
 
-Nothing in the codec imports trio or touches a socket; the session driver owns I/O, TLS,
-timeouts and the per-connection state the codec needs (negotiated capabilities, sequence ids,
-prepared statements' parameter counts and bound types).
+Relay state (no I/O):
+
+* `response`: `ResponseScanner`, where a server response ends, without decoding rows.
+* `relaystate`: what the session keeps between commands: command routes, prepared statements
+  and cursors, the current database and text codec, completion records.
+* `maskrelay` / `rowmask`: masked responses (text and binary rows rewritten).
+* `server_state`: what a listener's sessions share (greeting facts, RSA pair, sha2 cache).
+* `errors`: every errno / SQLSTATE the adapter answers with and `error_reply`, the one mapping
+  from a gateway-side error or a refusal to an ERR packet.
+
+I/O: `session` (one trio task per client connection: handshake, authentication, the command
+loop asking the statement pipeline, relaying responses), `listener` (accepts, owns the session
+registry and the server state), `upstream` (the gateway's own login to a server) and
+`sidequery` (side connections for estimates and the catalogue).
 """
