@@ -76,6 +76,7 @@ def server_error(code: bytes, text: bytes) -> bytes:
     return m(b"E", b"SERROR\0VERROR\0C" + code + b"\0M" + text + b"\0\0")
 
 
+ALLOW = Decision(action="allow")
 DROP_REFUSED = Decision(action="deny", rule_id="no-drop", message="DROP is not allowed")
 GATEWAY_DROP_ERROR = m(
     b"E", b'SERROR\0VERROR\0C42501\0MDROP is not allowed (rule "no-drop")\0Dsqlward rule: no-drop\0\0'
@@ -602,26 +603,27 @@ def test_masked_describe_of_a_named_portal_keeps_the_clients_bytes() -> None:
 
 
 def test_masking_stays_on_after_a_verdict_without_the_mask_step() -> None:
-    """A refusal decided before the mask step (identity tampering) says masked=False: rows of
-    statements decided before must still be masked."""
+    """A verdict that never got to the mask step (here an internal-error refusal) says
+    masked=False: the rows of a statement decided before must still be masked."""
     ctx = MaskContext(request=RequestMask(plan=MaskPlan(columns=(None, REDACT))))
+    broken = Decision(action="deny", rule_id=rule_ids.INTERNAL_ERROR, message="sqlward could not evaluate this statement")
 
     def make() -> Judge:
-        v = iter([(True, ctx), (False, None), (False, None)])
+        answers = iter([(ALLOW, True, ctx), (broken, False, None), (ALLOW, False, None)])
 
         class Flip(Judge):
             def __call__(self, request: StatementRequest) -> Verdict:
-                masked, mask = next(v)
+                decision, masked, mask = next(answers)
                 self.requests.append(request)
-                return Verdict(request_id=len(self.requests), decision=Decision(action="allow"), masked=masked, mask=mask)
+                return Verdict(request_id=len(self.requests), decision=decision, masked=masked, mask=mask)
 
         return Flip()
 
     r = exchange(
         ("c", parse(b"s1", b"SELECT id, email FROM customers") + SYNC),
         ("u", PARSE_COMPLETE + READY_IDLE),
-        ("c", query(b"SET sqlward.identity = 'mallory'")),
-        ("u", complete(b"SET") + READY_IDLE),
+        ("c", query(b"SELECT something_the_analyser_chokes_on")),
+        ("u", syntax_error_at(b"sqlward_refused_2_feed") + READY_IDLE),
         ("c", BIND_S1 + EXECUTE + SYNC),
         ("u", BIND_COMPLETE + ROWDESC_ID_EMAIL + ROW_ALICE + complete(b"SELECT 1") + READY_IDLE),
         judge=make,
