@@ -1,0 +1,128 @@
+"""When the audit trail cannot be written, nothing goes through unrecorded (MySQL / MariaDB).
+
+The gateway's audit writes are made to fail from outside while it runs: its file size limit
+(RLIMIT_FSIZE, set on the running process with prlimit) is lowered to the audit file's current
+size, so the next write gets EFBIG (Python ignores SIGXFSZ). A MySQL session flushes each
+decision before the command goes upstream, and the completion before the last bytes of the
+answer go to the client:
+
+* a decision that cannot be written refuses the statement (ERR 1227, rule `audit-unavailable`)
+  and the session goes on (one command, one answer: nothing else is in flight);
+* a completion that cannot be written ends the session with ERR 1105 instead of the result;
+* a login whose `connection.authenticated` cannot be written is refused the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pymysql
+import pytest
+
+from tests.integration.mysql.conftest import MY_ENVIRONMENTS, default_targets, direct_rows, mysql_listener
+from tests.support import mywire
+from tests.support.gateway import SECRETS, GatewayProcess
+
+AUDIT_LOST = "the audit trail cannot be written; sqlward closed the session"
+
+
+@pytest.fixture
+def gw(mysql_it_database: str) -> Iterator[GatewayProcess]:
+    with GatewayProcess(targets=default_targets(), environments=MY_ENVIRONMENTS,
+                        listener=mysql_listener(default_target="app"), name="my-audit-fail") as g:
+        yield g
+        _audit_writable(g)  # whatever happened, the gateway must stop cleanly
+
+
+def _audit_full(g: GatewayProcess) -> None:
+    assert g.proc is not None
+    size = os.path.getsize(g.audit_file)
+    resource.prlimit(g.proc.pid, resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+
+def _audit_writable(g: GatewayProcess) -> None:
+    assert g.proc is not None
+    if g.proc.poll() is None:
+        resource.prlimit(g.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def _decided(g: GatewayProcess, needle: str) -> list[dict[str, Any]]:
+    return [e for e in g.audit_events() if e.get("event") == "statement.decided" and needle in e.get("sql", "")]
+
+
+def _login(g: GatewayProcess) -> mywire.RawMySQL:
+    return mywire.login(g.host, g.port, "alice", SECRETS["alice"], "app")
+
+
+def test_statement_is_refused_when_its_decision_cannot_be_written(gw: GatewayProcess, my_direct, my_table: str) -> None:
+    with _login(gw) as c:
+        c.query(f"insert into {my_table} values (1, 'recorded')")
+        _audit_full(gw)
+        with pytest.raises(mywire.MySQLError) as ei:
+            c.query(f"insert into {my_table} values (2, 'unrecorded')")
+        assert (ei.value.errno, ei.value.sqlstate) == (1227, "42000") and "audit-unavailable" in ei.value.message
+        # a refused command is no different
+        with pytest.raises(mywire.MySQLError) as ei:
+            c.command(0x05, b"sqlward_never")  # COM_CREATE_DB
+            c.read_ok()
+        assert ei.value.errno == 1227 and "audit-unavailable" in ei.value.message
+        _audit_writable(gw)
+        # the session goes on once the trail can be written again
+        c.query(f"insert into {my_table} values (3, 'recorded again')")
+    # The upstream never saw the refused statement, and the trail has no record of it.
+    assert direct_rows(my_direct, f"select id from {my_table} order by id") == [(1,), (3,)]
+    assert _decided(gw, "'recorded'") and _decided(gw, "'recorded again'") and not _decided(gw, "'unrecorded'")
+
+
+def test_result_is_not_delivered_when_its_completion_cannot_be_written(gw: GatewayProcess) -> None:
+    """The statement ran (it cannot be undone), but the client never sees an unaudited result."""
+    with _login(gw) as c:
+        c.query("select 1")
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["rows"] = c.query_rows("select 'slow-result', sleep(1.5)")
+            except (mywire.MySQLError, mywire.Closed, OSError) as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        deadline = time.monotonic() + 1.2
+        while not _decided(gw, "slow-result") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _decided(gw, "slow-result"), "the decision must be on disk while the statement runs"
+        _audit_full(gw)
+        worker.join(10)
+        assert "rows" not in outcome, outcome
+        err = outcome["error"]
+        assert isinstance(err, mywire.MySQLError) and (err.errno, err.message) == (1105, AUDIT_LOST), err
+        assert mywire.wait_closed(c)
+
+
+def test_prepared_result_is_not_delivered_when_its_completion_cannot_be_written(gw: GatewayProcess) -> None:
+    with _login(gw) as c:
+        st = c.stmt_prepare("select ?, 'prepared-result'")
+        assert _decided(gw, "prepared-result")
+        _audit_full(gw)
+        with pytest.raises(mywire.MySQLError) as ei:
+            c.stmt_execute(st, [1])
+        assert (ei.value.errno, ei.value.message) == (1105, AUDIT_LOST)
+
+
+def test_new_sessions_are_refused_while_the_trail_cannot_be_written_and_served_again_after(gw: GatewayProcess) -> None:
+    _audit_full(gw)
+    with pytest.raises(pymysql.err.OperationalError) as ei:
+        pymysql.connect(host=gw.host, port=gw.port, user="alice", password=SECRETS["alice"], database="app",
+                        ssl_disabled=True, connect_timeout=5).close()
+    assert ei.value.args == (1105, AUDIT_LOST), ei.value
+    _audit_writable(gw)
+    with pymysql.connect(host=gw.host, port=gw.port, user="alice", password=SECRETS["alice"], database="app",
+                         ssl_disabled=True, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute("select 42")
+        assert cur.fetchone() == (42,)
