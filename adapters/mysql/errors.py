@@ -52,12 +52,12 @@ from sqlward.policy.model import Decision
 __all__ = [
     "ER_ACCESS_DENIED_ERROR", "ER_BAD_DB_ERROR", "ER_DBACCESS_DENIED_ERROR", "ER_HANDSHAKE_ERROR",
     "ER_KILL_DENIED_ERROR", "ER_NET_PACKET_TOO_LARGE", "ER_NET_READ_ERROR", "ER_NO_SUCH_THREAD",
-    "ER_NOT_SUPPORTED_AUTH_MODE", "ER_QUERY_INTERRUPTED", "ER_REFUSED", "ER_SECURE_TRANSPORT_REQUIRED", "ER_UNKNOWN_COM_ERROR",
-    "ER_UNKNOWN_ERROR", "CR_MALFORMED_PACKET", "CR_SERVER_LOST", "SQLSTATE_ACCESS", "SQLSTATE_AUTH",
-    "SQLSTATE_CONNECT", "SQLSTATE_GENERAL", "SQLSTATE_INTERRUPTED", "SQLSTATE_LINK", "SQLSTATE_REFUSED",
-    "AccessRefused", "AuthRefused", "AuthTimedOut", "ClearPasswordNeedsTls", "ErrorReply", "GatewayError",
-    "KillNotOwner", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget", "UnsupportedCommand",
-    "UpstreamLost", "UpstreamRefused", "error_reply",
+    "ER_NOT_SUPPORTED_AUTH_MODE", "ER_QUERY_INTERRUPTED", "ER_REFUSED", "ER_SECURE_TRANSPORT_REQUIRED",
+    "ER_UNKNOWN_COM_ERROR", "ER_UNKNOWN_ERROR", "CR_MALFORMED_PACKET", "CR_SERVER_LOST", "SQLSTATE_ACCESS",
+    "SQLSTATE_AUTH", "SQLSTATE_CONNECT", "SQLSTATE_GENERAL", "SQLSTATE_INTERRUPTED", "SQLSTATE_LINK",
+    "SQLSTATE_REFUSED", "AccessRefused", "AuthRefused", "AuthTimedOut", "ClearPasswordNeedsTls", "ErrorReply",
+    "GatewayError", "KillNotOwner", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
+    "UnsupportedCommand", "UpstreamLost", "UpstreamRefused", "error_reply",
 ]
 
 # -- the numbers the gateway answers with -------------------------------------------------------

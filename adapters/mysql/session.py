@@ -301,7 +301,8 @@ class MysqlSession(GovernedSession):
         self._seq = 1
         if scanner.error_code is not None:
             errno = scanner.error_code
-            await self._answer(UpstreamRefused(errno, scanner.error_sqlstate or sqlstate_of(errno), scanner.error_message))
+            sqlstate = scanner.error_sqlstate or sqlstate_of(errno)
+            await self._answer(UpstreamRefused(errno, sqlstate, scanner.error_message))
             return
         assert self.identity is not None
         await self._show_identity_upstream(self.identity)
@@ -437,7 +438,9 @@ class MysqlSession(GovernedSession):
                 if not await self._change_user(payload):
                     return
             else:  # "refused" / "unknown": the pipeline refuses commands that bypass SQL
-                verdict = await self._judge(StatementRequest(sql="", dialect="mysql", kind="command", command=route.name))
+                verdict = await self._judge(
+                    StatementRequest(sql="", dialect="mysql", kind="command", command=route.name)
+                )
                 if kind == "unknown":
                     await self._answer(UnsupportedCommand(route.command))
                 else:
@@ -460,7 +463,9 @@ class MysqlSession(GovernedSession):
         if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
             payload = payload[:1] + self._sql_comment + payload[1:]
         if self._masked:
-            relay = await self._forward_masked(payload, Shape.RESULTSET, ctx=self._last_mask, binary=False, rid=verdict.request_id)
+            relay = await self._forward_masked(
+                payload, Shape.RESULTSET, ctx=self._last_mask, binary=False, rid=verdict.request_id,
+            )
             scanner = relay.scanner
         else:
             scanner = await self._forward(payload, Shape.RESULTSET, rid=verdict.request_id)
@@ -488,7 +493,9 @@ class MysqlSession(GovernedSession):
     async def _prepare(self, payload: bytes) -> None:
         sql = self.text.decode(payload[1:])
         version = self.pipeline.policy_version
-        verdict = await self._judge(StatementRequest(sql=sql, dialect="mysql", schema=self.text.schema, statement_name=""))
+        verdict = await self._judge(
+            StatementRequest(sql=sql, dialect="mysql", schema=self.text.schema, statement_name="")
+        )
         if not verdict.allowed:
             await self._answer(verdict.decision)
             return
