@@ -37,6 +37,9 @@ import msgspec
 
 log = logging.getLogger("sqlward.audit")
 
+# `.000Z",` ... `.999Z",`: the end of the time_text value, by millisecond.
+_MILLIS = tuple(b'.%03dZ",' % ms for ms in range(1000))
+
 __all__ = ["AuditScope", "AuditUnavailable", "Recorder", "Sink"]
 
 
@@ -73,7 +76,7 @@ class Recorder:
         self._encode = msgspec.json.Encoder().encode
         self._gateway_json = msgspec.json.encode(gateway)
         self._second = -1
-        self._second_text = ""
+        self._second_text = b""
         self.gateway_scope = self.scope("")
 
     def scope(self, connection_id: str) -> AuditScope:
@@ -81,14 +84,15 @@ class Recorder:
         return AuditScope(self, connection_id)
 
     def _stamp(self) -> bytes:
-        """`"time":...,"time_text":"...",` for now."""
+        """`{"time":...,"time_text":"...",` for now (about 0.5 µs: the float through msgspec, the
+        second's text once per second, the millisecond suffix from a table)."""
         now = self._clock()
         second = int(now)
         if second != self._second:
             self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        millis = min(999, round((now - second) * 1_000_000) // 1000)  # 0.353 is 352.99999... ms
-        return b'{"time":%r,"time_text":"%s.%03dZ",' % (now, self._second_text.encode(), millis)
+            self._second_text = b',"time_text":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        millis = round((now - second) * 1_000_000) // 1000  # to the float's microsecond: .353 is 352.9999 ms
+        return b'{"time":' + self._encode(now) + self._second_text + _MILLIS[millis if millis < 1000 else 999]
 
     async def write(self, data: bytes) -> None:
         try:
@@ -134,7 +138,7 @@ class AuditScope:
         trace = b""
         if self.trace_id:
             trace = b'"trace_id":"%s","span_id":"%s",' % (self.trace_id.encode(), self.span_id.encode())
-        self._lines.append(b"%s%s\"seq\":%d,%s%s\n" % (recorder._stamp(), self._head, self._seq, trace, body[1:]))
+        self._lines.append(b"".join((recorder._stamp(), self._head, b'"seq":%d,' % self._seq, trace, body[1:], b"\n")))
 
     async def flush(self) -> None:
         """Write every pending line in one batch; AuditUnavailable when the sink fails (the

@@ -203,7 +203,14 @@ class Pipeline:
             if expiry is not None:
                 if close:  # the session ends: nothing is recorded as decided
                     return Verdict(request_id=rid, decision=expiry, close_session=True)
-                return await self._record(ctx, request, rid, expiry, durable=durable)
+                analysis = None
+                if request.kind == "statement":  # the record names what was refused
+                    try:
+                        analysis = gk.analyse(sql, request.dialect)
+                    except Exception:  # the refusal stands; the record says it was not analysed
+                        log.exception("analysis of a refused statement failed")
+                verdict = Verdict(request_id=rid, decision=expiry, analysis=analysis)
+                return await self._record(ctx, request, rid, expiry, durable=durable, verdict=verdict)
         if request.kind == "execute":
             return Verdict(request_id=rid, decision=Decision(action="allow"))
 
@@ -216,8 +223,8 @@ class Pipeline:
         mask: MaskContext | None = None
         masked = False
         kill: KillRequest | None = None
-        estimates: dict[int, int | None] = {}
-        notes: list[str] = []
+        estimates: dict[int, int | None] | None = None
+        notes: list[str] = []  # offline only
         try:
             decision = tampering(request)
             kill = kill_request(request) if decision is None else None
@@ -256,10 +263,9 @@ class Pipeline:
             decision = msgspec.structs.replace(decision, message=f'statement needs approval (rule "{decision.rule_id}")')
 
         # 9. the record
-        verdict = Verdict(
-            request_id=rid, decision=decision, analysis=analysis, mask=mask, masked=masked, kill=kill,
-            estimates=estimates, notes=tuple(notes),
-        )
+        verdict = Verdict(request_id=rid, decision=decision, analysis=analysis, mask=mask, masked=masked, kill=kill)
+        if estimates is not None or notes:
+            verdict = msgspec.structs.replace(verdict, estimates=estimates or {}, notes=tuple(notes))
         return await self._record(ctx, request, rid, decision, durable=durable, verdict=verdict)
 
     async def _mask_plan(
