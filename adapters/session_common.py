@@ -97,8 +97,8 @@ class GovernedSession:
         verdict = await self.pipeline.judge(self.ctx, request, durable=durable)
         if verdict.close_session:
             raise TokenExpired()
+        self._masked = verdict.masked  # on every verdict, whatever step ended it
         if request.kind == "statement":
-            self._masked = verdict.masked
             self._last_mask = verdict.mask
         return verdict
 

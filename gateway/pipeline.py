@@ -166,6 +166,7 @@ def _internal_error(exc: BaseException) -> Decision:
     )
 
 
+_ALLOW = Decision(action="allow")
 _AUDIT_UNAVAILABLE = Decision(
     action="deny", rule_id=rule_ids.AUDIT_UNAVAILABLE,
     message="the audit trail cannot be written; sqlward refuses to run statements",
@@ -190,6 +191,13 @@ class Pipeline:
         info = target.info
         rid = ctx.next_request()
         sql = request.sql
+        # Whether a [[masks]] rule applies to this identity here goes on every verdict, whatever
+        # step ends it: the adapter keeps watching rows of statements decided earlier by it.
+        try:
+            masked = gk.masks_apply(identity, info)
+        except Exception:  # fail closed: watch the rows
+            log.exception("masking policy lookup failed")
+            masked = True
 
         # 1. session checks
         if request.kind == "statement":
@@ -202,26 +210,27 @@ class Pipeline:
             expiry = token_expiry(identity, close=close)
             if expiry is not None:
                 if close:  # the session ends: nothing is recorded as decided
-                    return Verdict(request_id=rid, decision=expiry, close_session=True)
+                    return Verdict(request_id=rid, decision=expiry, close_session=True, masked=masked)
                 analysis = None
                 if request.kind == "statement":  # the record names what was refused
                     try:
                         analysis = gk.analyse(sql, request.dialect)
                     except Exception:  # the refusal stands; the record says it was not analysed
                         log.exception("analysis of a refused statement failed")
-                verdict = Verdict(request_id=rid, decision=expiry, analysis=analysis)
+                verdict = Verdict(request_id=rid, decision=expiry, analysis=analysis, masked=masked)
                 return await self._record(ctx, request, rid, expiry, durable=durable, verdict=verdict)
         if request.kind == "execute":
-            return Verdict(request_id=rid, decision=Decision(action="allow"))
+            return Verdict(request_id=rid, decision=_ALLOW, masked=masked)
 
         # 2. protocol commands
         if request.kind == "command":
-            return await self._record(ctx, request, rid, command_decision(request.command), durable=durable)
+            decision = command_decision(request.command)
+            verdict = Verdict(request_id=rid, decision=decision, masked=masked)
+            return await self._record(ctx, request, rid, decision, durable=durable, verdict=verdict)
 
         # 3.-7. built-in checks, analysis, policy, estimates, mask plan
         analysis: Analysis | None = None
         mask: MaskContext | None = None
-        masked = False
         kill: KillRequest | None = None
         estimates: dict[int, int | None] | None = None
         notes: list[str] = []  # offline only
@@ -251,7 +260,6 @@ class Pipeline:
                     decision = gk.decide(
                         analysis, identity, info, schema=request.schema, sql=sql, estimates=estimates,
                     )
-                masked = gk.masks_apply(identity, info)
                 if decision.action == "allow" and masked:
                     decision, mask = await self._mask_plan(ctx, request, analysis, decision, notes)
         except Exception as exc:  # fail closed
@@ -330,5 +338,5 @@ class Pipeline:
             try:
                 await ctx.audit.flush()
             except AuditUnavailable:
-                return Verdict(request_id=rid, decision=_AUDIT_UNAVAILABLE, analysis=analysis)
+                return Verdict(request_id=rid, decision=_AUDIT_UNAVAILABLE, analysis=analysis, masked=verdict.masked)
         return verdict

@@ -43,9 +43,9 @@ ErrorResponse, EmptyQueryResponse, PortalSuspended and ReadyForQuery (an Execute
 skipped after an error never completes: it never ran).
 
 **Masking.** Once a verdict says a `[[masks]]` rule applies, the session is *masked* for good
-(a later verdict that never got to the mask step says masked=False: an internal-error refusal,
-an expired token, an Execute; it must not switch the row watch off for statements decided before). Before each Execute the client side puts a Describe (portal) of
-its own, whose RowDescription / NoData the upstream side swallows, so the formats and column
+(every verdict says so, whatever step ended it; sticky all the same, so that nothing a later
+verdict says can switch the row watch off for statements decided before). Before each Execute
+the client side puts a Describe (portal) of its own, whose RowDescription / NoData the upstream side swallows, so the formats and column
 origins of the rows are always known; a RowDescription builds the `RowMasker` of the rows that
 follow and runs of DataRows are rewritten from the chunk in one call (`RowMasker.mask_rows`, the
 compiled walk when built). A DataRow that cannot be masked is a `ProtocolViolation`, never

@@ -250,3 +250,23 @@ def test_built_in_rule_ids_are_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
     missing = [r for r in sorted(rule_ids.ALL) if f"`{r}`" not in doc]
     assert missing == []
+
+
+def test_every_verdict_says_whether_masking_applies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adapters keep watching rows of statements decided earlier by `Verdict.masked`: a verdict
+    that ends before the mask step (an expired token, a command, an execute, an internal error)
+    must still say that a [[masks]] rule applies, or an earlier masked prepared statement's rows
+    would go out in clear."""
+    path = tmp_path / "sqlward.toml"
+    path.write_text(textwrap.dedent(CONFIG.replace("{expiry}", "refuse")) + '\n[[masks]]\nid = "emails"\ncolumns = ["*.email"]\n')
+    live = Live(load_config(str(path), env={}), "pg-prod", msgspec.structs.replace(ALICE, expires_at=time.time() + 600))
+    assert live.ctx.identity is not None and live.ctx.target is not None
+    assert live.gk.masks_apply(live.ctx.identity, live.ctx.target.info)
+    for request in (_pg("", kind="execute"), _pg("", kind="command", command="FunctionCall")):
+        assert live.judge(request).masked
+    monkeypatch.setattr(live.gk, "analyse", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    verdict = live.judge(_pg("SELECT 1"))
+    assert verdict.decision.rule_id == rule_ids.INTERNAL_ERROR and verdict.masked
+    live.ctx.set_identity(msgspec.structs.replace(ALICE, expires_at=time.time() - 1))
+    verdict = live.judge(_pg("SELECT 1"))
+    assert verdict.decision.rule_id == rule_ids.TOKEN_EXPIRED and verdict.masked
