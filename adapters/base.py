@@ -209,7 +209,7 @@ class SessionContext:
     request counter. Owned by the session; the pipeline updates `identity` when a statement
     states a new reason (`/* sqlward:reason=... */`) and counts requests."""
 
-    __slots__ = ("audit", "identity", "who", "target", "requests", "offline")
+    __slots__ = ("audit", "identity", "who", "target", "requests", "offline", "masked", "masked_key")
 
     def __init__(self, audit: AuditScope, *, offline: bool = False) -> None:
         self.audit = audit
@@ -219,6 +219,10 @@ class SessionContext:
         self.requests = 0
         # True for `sqlward policy test`: no live session, no upstream session state.
         self.offline = offline
+        # The pipeline's memo of whether a [[masks]] rule applies, and for which (identity,
+        # target, policy version).
+        self.masked = False
+        self.masked_key: tuple[object, ...] | None = None
 
     def set_identity(self, identity: Identity) -> None:
         self.identity = identity

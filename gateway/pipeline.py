@@ -193,11 +193,23 @@ class Pipeline:
         sql = request.sql
         # Whether a [[masks]] rule applies to this identity here goes on every verdict, whatever
         # step ends it: the adapter keeps watching rows of statements decided earlier by it.
-        try:
-            masked = gk.masks_apply(identity, info)
-        except Exception:  # fail closed: watch the rows
-            log.exception("masking policy lookup failed")
-            masked = True
+        # Known per (identity, target, policy version): looked up again when one changes.
+        version = gk.policy_version
+        masked_key = (identity, target, version)
+        if ctx.masked_key == masked_key:
+            masked = ctx.masked
+        else:
+            try:
+                masked = gk.masks_apply(identity, info)
+            except Exception:  # fail closed: watch the rows
+                log.exception("masking policy lookup failed")
+                masked = True
+            ctx.masked, ctx.masked_key = masked, masked_key
+
+        # The run of a prepared statement decided before: only a session-wide check (the token)
+        # can refuse it.
+        if request.kind == "execute" and identity.expires_at is None:
+            return Verdict(request_id=rid, decision=_ALLOW, masked=masked)
 
         # 1. session checks
         if request.kind == "statement":
