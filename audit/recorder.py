@@ -91,7 +91,7 @@ class Recorder:
         if second != self._second:
             self._second = second
             self._second_text = b',"time_text":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        millis = round((now - second) * 1_000_000) // 1000  # to the float's microsecond: .353 is 352.9999 ms
+        millis = int((now - second) * 1000.0 + 0.0005)  # + half a microsecond: .353 is 352.9999 ms
         return b'{"time":' + self._encode(now) + self._second_text + _MILLIS[millis if millis < 1000 else 999]
 
     async def write(self, data: bytes) -> None:
@@ -132,13 +132,13 @@ class AuditScope:
 
     def add(self, event: msgspec.Struct) -> None:
         """Stamp and encode `event`; it is written at the next flush."""
-        self._seq += 1
+        self._seq = seq = self._seq + 1
         recorder = self._recorder
-        body = recorder._encode(event)
-        trace = b""
         if self.trace_id:
             trace = b'"trace_id":"%s","span_id":"%s",' % (self.trace_id.encode(), self.span_id.encode())
-        self._lines.append(b"".join((recorder._stamp(), self._head, b'"seq":%d,' % self._seq, trace, body[1:], b"\n")))
+            self._lines.append(b"".join((recorder._stamp(), self._head, b'"seq":%d,' % seq, trace, recorder._encode(event)[1:], b"\n")))
+        else:
+            self._lines.append(b'%s%s"seq":%d,%s\n' % (recorder._stamp(), self._head, seq, recorder._encode(event)[1:]))
 
     async def flush(self) -> None:
         """Write every pending line in one batch; AuditUnavailable when the sink fails (the
