@@ -44,6 +44,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sqlward.gateway.config import load_config
+from sqlward.gateway.policy_check import evaluate
 from tests.integration.conftest import ENVIRONMENTS, RULES, default_targets
 from tests.support import pgwire
 from tests.support.gateway import GatewayProcess, tls_listener
@@ -739,6 +741,10 @@ def test_statements_after_expiry_are_refused_including_prepared_ones(idgw, issue
     expired = [d for d in events_of(idgw, since, "statement.decided", sub) if d["rule_id"] == "token-expired"]
     assert {"select 1", "select 3"} <= {d["sql"] for d in expired}, expired
     assert all(d["action"] == "deny" for d in expired)
+    # `sqlward policy test` judges a token of that subject expiring then exactly as the session was.
+    live = next(d for d in expired if d["sql"] == 'select 1')
+    report = evaluate(load_config(str(idgw.config_file)), identity=sub, target=live["target"], sql=live["sql"], expires_at=exp)
+    assert (report.decision, report.rule_id, report.message) == (live["action"], live["rule_id"], live["message"])
 
 
 def test_refused_execute_of_a_prepared_statement_after_expiry_is_audited(idgw, issuer, ca):

@@ -29,6 +29,8 @@ import mysql.connector
 import pymysql
 import pytest
 
+from sqlward.gateway.config import load_config
+from sqlward.gateway.policy_check import evaluate
 from tests.integration.mysql.conftest import (
     MY_ENVIRONMENTS,
     MY_RULES,
@@ -427,6 +429,10 @@ def test_statements_after_expiry_are_refused_including_prepared_ones(my_idgw, my
     expired = [d for d in sent(my_idgw, since, sub) if d["rule_id"] == "token-expired"]
     assert {"select 'too late'", "select 3"} <= {d["sql"] for d in expired}, expired
     assert all(d["action"] == "deny" for d in expired)
+    # `sqlward policy test` judges a token of that subject expiring then exactly as the session was.
+    live = next(d for d in expired if d["sql"] == "select 'too late'")
+    report = evaluate(load_config(str(my_idgw.config_file)), identity=sub, target=live["target"], sql=live["sql"], expires_at=exp)
+    assert (report.decision, report.rule_id, report.message) == (live["action"], live["rule_id"], live["message"])
 
 
 def test_refused_execute_of_a_prepared_statement_after_expiry_is_audited(my_idgw, my_issuer, ca):
