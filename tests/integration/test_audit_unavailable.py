@@ -9,8 +9,6 @@ a failed flush ends the session with FATAL 58000 and forwards nothing of that ch
 
 from __future__ import annotations
 
-import os
-import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -30,27 +28,13 @@ AUDIT_LOST = "the audit trail cannot be written; sqlward closed the session"
 def gw(it_database: str) -> Iterator[GatewayProcess]:
     with GatewayProcess(targets=default_targets(), name="audit-fail") as g:
         yield g
-        _audit_writable(g)  # whatever happened, the gateway must stop cleanly
+        g.audit_writable()  # whatever happened, the gateway must stop cleanly
 
-
-def _audit_full(g: GatewayProcess) -> None:
-    assert g.proc is not None
-    size = os.path.getsize(g.audit_file)
-    resource.prlimit(g.proc.pid, resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
-
-
-def _audit_writable(g: GatewayProcess) -> None:
-    assert g.proc is not None
-    if g.proc.poll() is None:
-        resource.prlimit(g.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
 def _fatal_58000(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) == "58000" and AUDIT_LOST in str(exc)
 
-
-def _decided(g: GatewayProcess, needle: str) -> list[dict[str, Any]]:
-    return [e for e in g.audit_events() if e.get("event") == "statement.decided" and needle in e.get("sql", "")]
 
 
 def test_statement_is_not_forwarded_when_its_decision_cannot_be_written(
@@ -58,15 +42,15 @@ def test_statement_is_not_forwarded_when_its_decision_cannot_be_written(
 ) -> None:
     with psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True) as conn:
         conn.execute(f"INSERT INTO {table} VALUES (1, 'recorded')")
-        _audit_full(gw)
+        gw.audit_full()
         with pytest.raises(psycopg.Error) as caught:
             conn.execute(f"INSERT INTO {table} VALUES (2, 'unrecorded')")
         assert _fatal_58000(caught.value), caught.value
         assert conn.closed or conn.broken
     # The upstream never saw the second statement, and the trail has no record of it.
     assert direct.execute(f"SELECT id FROM {table} ORDER BY id").fetchall() == [(1,)]
-    _audit_writable(gw)
-    assert _decided(gw, "'recorded'") and not _decided(gw, "'unrecorded'")
+    gw.audit_writable()
+    assert gw.decided("'recorded'") and not gw.decided("'unrecorded'")
 
 
 def test_nothing_of_a_pipeline_is_forwarded_when_its_decisions_cannot_be_written(
@@ -75,7 +59,7 @@ def test_nothing_of_a_pipeline_is_forwarded_when_its_decisions_cannot_be_written
     """A whole extended-protocol pipeline in one write: the answer is one FATAL, then the close."""
     conn = pgwire.open_session(gw.host, gw.port, "alice", "alice-secret", "app")
     with conn:
-        _audit_full(gw)
+        gw.audit_full()
         chunk = b"".join(
             pgwire.parse(f"INSERT INTO {table} VALUES ({i}, 'x')") + pgwire.bind() + pgwire.execute()
             for i in (1, 2)
@@ -102,21 +86,21 @@ def test_result_is_not_delivered_when_its_completion_cannot_be_written(gw: Gatew
         worker = threading.Thread(target=run)
         worker.start()
         deadline = time.monotonic() + 1.2
-        while not _decided(gw, "slow-result") and time.monotonic() < deadline:
+        while not gw.decided("slow-result") and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _decided(gw, "slow-result"), "the decision must be on disk while the statement runs"
-        _audit_full(gw)
+        assert gw.decided("slow-result"), "the decision must be on disk while the statement runs"
+        gw.audit_full()
         worker.join(10)
         assert "rows" not in outcome, outcome
         assert _fatal_58000(outcome["error"]), outcome["error"]
 
 
 def test_new_sessions_are_refused_while_the_trail_cannot_be_written_and_served_again_after(gw: GatewayProcess) -> None:
-    _audit_full(gw)
+    gw.audit_full()
     with pytest.raises(psycopg.Error) as caught:
         psycopg.connect(gw.dsn("alice", "alice-secret", "app"), connect_timeout=5).close()
     # (libpq reports a failed login by its text only: the FATAL's code is 58000, see test_pg_errors)
     assert f"FATAL:  {AUDIT_LOST}" in str(caught.value), caught.value
-    _audit_writable(gw)
+    gw.audit_writable()
     with psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True) as conn:
         assert conn.execute("SELECT 42").fetchone() == (42,)

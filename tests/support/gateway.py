@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -384,6 +385,23 @@ class GatewayProcess:
                 raise AssertionError(f"audit line {i} is not an object: {line[:200]!r}")
             events.append(obj)
         return events
+
+    def audit_full(self) -> None:
+        """Make the audit file unwritable past its current size (RLIMIT_FSIZE of the running
+        gateway): every further audit write fails, as on a full disk."""
+        assert self.proc is not None
+        size = os.path.getsize(self.audit_file)
+        resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+    def audit_writable(self) -> None:
+        """Undo `audit_full` (when the gateway still runs)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    def decided(self, needle: str) -> list[dict[str, Any]]:
+        """The statement.decided events whose SQL contains `needle`."""
+        return [e for e in self.audit_events() if e.get("event") == "statement.decided" and needle in e.get("sql", "")]
 
     def wait_audit(
         self,

@@ -14,8 +14,6 @@ answer go to the client:
 
 from __future__ import annotations
 
-import os
-import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -36,23 +34,9 @@ def gw(mysql_it_database: str) -> Iterator[GatewayProcess]:
     with GatewayProcess(targets=default_targets(), environments=MY_ENVIRONMENTS,
                         listener=mysql_listener(default_target="app"), name="my-audit-fail") as g:
         yield g
-        _audit_writable(g)  # whatever happened, the gateway must stop cleanly
+        g.audit_writable()  # whatever happened, the gateway must stop cleanly
 
 
-def _audit_full(g: GatewayProcess) -> None:
-    assert g.proc is not None
-    size = os.path.getsize(g.audit_file)
-    resource.prlimit(g.proc.pid, resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
-
-
-def _audit_writable(g: GatewayProcess) -> None:
-    assert g.proc is not None
-    if g.proc.poll() is None:
-        resource.prlimit(g.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-
-
-def _decided(g: GatewayProcess, needle: str) -> list[dict[str, Any]]:
-    return [e for e in g.audit_events() if e.get("event") == "statement.decided" and needle in e.get("sql", "")]
 
 
 def _login(g: GatewayProcess) -> mywire.RawMySQL:
@@ -62,7 +46,7 @@ def _login(g: GatewayProcess) -> mywire.RawMySQL:
 def test_statement_is_refused_when_its_decision_cannot_be_written(gw: GatewayProcess, my_direct, my_table: str) -> None:
     with _login(gw) as c:
         c.query(f"insert into {my_table} values (1, 'recorded')")
-        _audit_full(gw)
+        gw.audit_full()
         with pytest.raises(mywire.MySQLError) as ei:
             c.query(f"insert into {my_table} values (2, 'unrecorded')")
         assert (ei.value.errno, ei.value.sqlstate) == (1227, "42000") and "audit-unavailable" in ei.value.message
@@ -71,12 +55,12 @@ def test_statement_is_refused_when_its_decision_cannot_be_written(gw: GatewayPro
             c.command(0x05, b"sqlward_never")  # COM_CREATE_DB
             c.read_ok()
         assert ei.value.errno == 1227 and "audit-unavailable" in ei.value.message
-        _audit_writable(gw)
+        gw.audit_writable()
         # the session goes on once the trail can be written again
         c.query(f"insert into {my_table} values (3, 'recorded again')")
     # The upstream never saw the refused statement, and the trail has no record of it.
     assert direct_rows(my_direct, f"select id from {my_table} order by id") == [(1,), (3,)]
-    assert _decided(gw, "'recorded'") and _decided(gw, "'recorded again'") and not _decided(gw, "'unrecorded'")
+    assert gw.decided("'recorded'") and gw.decided("'recorded again'") and not gw.decided("'unrecorded'")
 
 
 def test_result_is_not_delivered_when_its_completion_cannot_be_written(gw: GatewayProcess) -> None:
@@ -94,10 +78,10 @@ def test_result_is_not_delivered_when_its_completion_cannot_be_written(gw: Gatew
         worker = threading.Thread(target=run)
         worker.start()
         deadline = time.monotonic() + 1.2
-        while not _decided(gw, "slow-result") and time.monotonic() < deadline:
+        while not gw.decided("slow-result") and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _decided(gw, "slow-result"), "the decision must be on disk while the statement runs"
-        _audit_full(gw)
+        assert gw.decided("slow-result"), "the decision must be on disk while the statement runs"
+        gw.audit_full()
         worker.join(10)
         assert "rows" not in outcome, outcome
         err = outcome["error"]
@@ -108,20 +92,20 @@ def test_result_is_not_delivered_when_its_completion_cannot_be_written(gw: Gatew
 def test_prepared_result_is_not_delivered_when_its_completion_cannot_be_written(gw: GatewayProcess) -> None:
     with _login(gw) as c:
         st = c.stmt_prepare("select ?, 'prepared-result'")
-        assert _decided(gw, "prepared-result")
-        _audit_full(gw)
+        assert gw.decided("prepared-result")
+        gw.audit_full()
         with pytest.raises(mywire.MySQLError) as ei:
             c.stmt_execute(st, [1])
         assert (ei.value.errno, ei.value.message) == (1105, AUDIT_LOST)
 
 
 def test_new_sessions_are_refused_while_the_trail_cannot_be_written_and_served_again_after(gw: GatewayProcess) -> None:
-    _audit_full(gw)
+    gw.audit_full()
     with pytest.raises(pymysql.err.OperationalError) as ei:
         pymysql.connect(host=gw.host, port=gw.port, user="alice", password=SECRETS["alice"], database="app",
                         ssl_disabled=True, connect_timeout=5).close()
     assert ei.value.args == (1105, AUDIT_LOST), ei.value
-    _audit_writable(gw)
+    gw.audit_writable()
     with pymysql.connect(host=gw.host, port=gw.port, user="alice", password=SECRETS["alice"], database="app",
                          ssl_disabled=True, connect_timeout=5) as conn, conn.cursor() as cur:
         cur.execute("select 42")
