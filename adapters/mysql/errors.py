@@ -56,7 +56,7 @@ __all__ = [
     "ER_UNKNOWN_COM_ERROR", "ER_UNKNOWN_ERROR", "CR_MALFORMED_PACKET", "CR_SERVER_LOST", "SQLSTATE_ACCESS",
     "SQLSTATE_AUTH", "SQLSTATE_CONNECT", "SQLSTATE_GENERAL", "SQLSTATE_INTERRUPTED", "SQLSTATE_LINK",
     "SQLSTATE_REFUSED", "AccessRefused", "AuthRefused", "AuthTimedOut", "ClearPasswordNeedsTls", "ErrorReply",
-    "GatewayError", "KillNotOwner", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
+    "GatewayError", "KillNotOwner", "MaskedDiagnostics", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
     "UnsupportedCommand", "UpstreamLost", "UpstreamRefused", "error_reply",
 ]
 
@@ -197,6 +197,20 @@ class KillNotOwner(GatewayError):
 
     def __init__(self, connection_id: int) -> None:
         super().__init__(f"You are not owner of thread {connection_id}")
+
+
+class MaskedDiagnostics(GatewayError):
+    """GET DIAGNOSTICS ... CONDITION in a session under masking after a statement that read
+    masked columns: the diagnostics area can quote their values."""
+
+    errno, sqlstate = ER_REFUSED, SQLSTATE_REFUSED
+
+    def __init__(self, rule: str) -> None:
+        super().__init__(
+            f'masking rule "{rule}": GET DIAGNOSTICS ... CONDITION is refused after a statement that read masked '
+            "columns (the server's messages can quote their values); SHOW COUNT(*) WARNINGS or GET DIAGNOSTICS "
+            "@n = NUMBER give the count"
+        )
 
 
 class UnsupportedCommand(GatewayError):

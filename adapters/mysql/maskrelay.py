@@ -12,7 +12,13 @@ looks at what the scanner says the packet is:
   FETCH) is ready; None when no column needs masking, and rows then pass as bytes;
 - a row: rewritten by that masker;
 - an ERR packet of a request reading masked columns: its message is replaced (server texts
-  can quote values).
+  can quote values);
+- with `hide_messages` (the session has read masked columns since its diagnostics area was last
+  emptied): the rows of a SHOW WARNINGS / SHOW ERRORS result (three columns Level, Code,
+  Message, whatever statement or protocol produced them: COM_QUERY, a multi-statement, a
+  prepared statement, EXECUTE IMMEDIATE) get `HIDDEN_MESSAGE` as their Message; Level and Code
+  stay. Warnings and notes can quote a value (`CAST(email AS SIGNED)` leaves "Truncated
+  incorrect INTEGER value: '<the email>'").
 
 Rewritten payloads are framed again. A payload that needs a different number of packets than
 before shifts the sequence ids of every later packet of the response, so the relay renumbers
@@ -30,9 +36,25 @@ from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
 from sqlward.adapters.mysql import messages
 from sqlward.adapters.mysql.packets import MAX_PACKET_CHUNK, ProtocolViolation, encode_packets
 from sqlward.adapters.mysql.response import CURSOR_EXISTS, ResponseScanner, Shape, _State
-from sqlward.adapters.mysql.rowmask import BinaryRowMasker, TextRowMasker, kind_for_column
+from sqlward.adapters.mysql.rowmask import BinaryRowMasker, Masker, TextRowMasker, kind_for_column
 
-__all__ = ["MaskingRelay", "RowState"]
+__all__ = ["HIDDEN_MESSAGE", "MaskingRelay", "RowState", "is_diagnostics_result"]
+
+# The Message of a SHOW WARNINGS / SHOW ERRORS row while the session's diagnostics may quote a
+# masked value (it fits SHOW WARNINGS' VARCHAR(512)).
+HIDDEN_MESSAGE = "sqlward hides this message because the statement read masked columns"
+_HIDDEN = HIDDEN_MESSAGE.encode()
+_DIAGNOSTICS_COLUMNS = ("level", "code", "message")
+
+
+def is_diagnostics_result(names: list[str]) -> bool:
+    """Are these the columns of SHOW WARNINGS / SHOW ERRORS (Level, Code, Message)? Told by
+    their names alone: a SELECT that spells them hides its third column too, which is harmless."""
+    return len(names) == 3 and tuple(n.lower() for n in names) == _DIAGNOSTICS_COLUMNS
+
+
+def _hidden_message(value: bytes | None) -> bytes | None:
+    return None if value is None else _HIDDEN
 
 
 class RowState:
@@ -48,7 +70,7 @@ class RowState:
 class MaskingRelay:
     __slots__ = (
         "ctx", "binary", "capabilities", "scanner", "_delta", "_columns", "_rows", "masked",
-        "error_hidden", "cursor_rows",
+        "error_hidden", "cursor_rows", "hide_messages", "hide_errors",
     )
 
     def __init__(
@@ -60,8 +82,15 @@ class MaskingRelay:
         deprecate_eof: bool,
         capabilities: int,
         rows: RowState | None = None,
+        hide_messages: bool = False,
+        hide_errors: bool | None = None,
     ) -> None:
         self.ctx = ctx
+        self.hide_messages = hide_messages
+        # The request reads masked values: its ERR text is replaced (default: the plan says so).
+        self.hide_errors = (
+            hide_errors if hide_errors is not None else ctx is not None and ctx.request.redact_errors
+        )
         self.binary = binary
         self.capabilities = capabilities
         self.scanner = ResponseScanner(shape, deprecate_eof=deprecate_eof)
@@ -139,7 +168,7 @@ class MaskingRelay:
             return None
         head = payload[0]
         if head == 0xFF and len(payload) >= 3 and not (payload[1] == 0xFF and payload[2] == 0xFF):
-            if self.ctx is not None and self.ctx.request.redact_errors:
+            if self.hide_errors:
                 errno = int.from_bytes(payload[1:3], "little")
                 sqlstate = payload[4:9].decode("ascii", "replace") if payload[3:4] == b"#" else None
                 self.error_hidden = True
@@ -167,31 +196,38 @@ class MaskingRelay:
     def _start_rows(self) -> None:
         ctx = self.ctx
         self._rows = None
-        if ctx is None:
-            return
-        columns = [
-            Column(
-                c.name,
-                kind_for_column(c.column_type, c.flags, c.character_set),
-                ctx.by_name.get((f"{c.schema}.{c.org_table}".lower(), c.org_name.lower())) if c.org_table else None,
-            )
-            for c in self._columns
-        ]
-        masks = column_maskers(ctx, columns, "mysql")
-        if not masks.active:
-            self._rows = RowState(None, None)
+        maskers: list[Masker | None] | None = None
+        counts: ColumnMasks | None = None
+        if ctx is not None:
+            columns = [
+                Column(
+                    c.name,
+                    kind_for_column(c.column_type, c.flags, c.character_set),
+                    ctx.by_name.get((f"{c.schema}.{c.org_table}".lower(), c.org_name.lower())) if c.org_table else None,
+                )
+                for c in self._columns
+            ]
+            masks = column_maskers(ctx, columns, "mysql")
+            if masks.active:
+                maskers, counts = list(masks.maskers), masks
+        if self.hide_messages and is_diagnostics_result([c.name for c in self._columns]):
+            maskers = maskers if maskers is not None else [None] * len(self._columns)
+            maskers[2] = _hidden_message
+        if maskers is None:
+            if ctx is not None:
+                self._rows = RowState(None, None)
             return
         if self.binary:
             try:
                 masker: TextRowMasker | BinaryRowMasker = BinaryRowMasker(
-                    [c.column_type for c in self._columns], [c.flags for c in self._columns], masks.maskers,
+                    [c.column_type for c in self._columns], [c.flags for c in self._columns], maskers,
                     decimals=[c.decimals for c in self._columns],
                 )
             except ValueError as exc:  # a column type without a binary encoding: cannot mask
                 raise ProtocolViolation(f"cannot mask this binary result set: {exc}") from exc
         else:
-            masker = TextRowMasker(masks.maskers)
-        self._rows = RowState(masker, masks)
+            masker = TextRowMasker(maskers)
+        self._rows = RowState(masker, counts)
 
     def _end_rows(self) -> None:
         rows = self._rows

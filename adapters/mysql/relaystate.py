@@ -14,7 +14,11 @@ tested with plain values:
 - `SessionText`: the current database (after USE / COM_INIT_DB) and the Python codec of the
   connection's character set (handshake, SET NAMES, COM_CHANGE_USER), for the SQL text the
   pipeline judges;
-- `completion(...)`: the `statement.completed` event of a response, from its scanner.
+- `completion(...)`: the `statement.completed` event of a response, from its scanner;
+- `reads_masked_values`, `reads_diagnostics`, `mask_rule`: what the message rule of a session
+  under masking needs (see `session.py`): whether a request reads values a masking rule covers
+  (its warnings and errors may quote them), whether its text can copy a condition of the
+  diagnostics area (GET DIAGNOSTICS ... CONDITION), and the rule to name in a refusal.
 
 Spec: https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_command_phase.html
 """
@@ -35,7 +39,8 @@ from sqlward.policy.model import Analysis
 
 __all__ = [
     "HIDDEN_ERROR", "REFUSED_COMMANDS", "Prepared", "PreparedStatements", "Route", "SessionText",
-    "codec_for_charset", "codec_for_name", "command_route", "completion", "field_list_sql",
+    "codec_for_charset", "codec_for_name", "command_route", "completion", "field_list_sql", "mask_rule",
+    "reads_diagnostics", "reads_masked_values",
 ]
 
 # -- commands ------------------------------------------------------------------------------------
@@ -138,6 +143,10 @@ class Prepared:
     mask: MaskContext | None = None
     # The row rewriter of the cursor its last execution opened (None: no cursor, or nothing to mask).
     cursor_rows: RowState | None = None
+    # Its executions read values a masking rule covers (`reads_masked_values`).
+    reads_masked: bool = False
+    # Its text can copy a diagnostics condition (`reads_diagnostics`).
+    diagnostics: bool = False
 
 
 class PreparedStatements:
@@ -151,9 +160,14 @@ class PreparedStatements:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def add(self, stmt_id: int, request_id: int, sql: str, policy_version: int, mask: MaskContext | None) -> None:
+    def add(
+        self, stmt_id: int, request_id: int, sql: str, policy_version: int, mask: MaskContext | None,
+        *, reads_masked: bool = False,
+    ) -> None:
         """The server accepted a COM_STMT_PREPARE the pipeline allowed."""
-        self._by_id[stmt_id] = Prepared(request_id, sql, policy_version, mask)
+        self._by_id[stmt_id] = Prepared(
+            request_id, sql, policy_version, mask, reads_masked=reads_masked, diagnostics=reads_diagnostics(sql),
+        )
 
     def get(self, stmt_id: int) -> Prepared | None:
         return self._by_id.get(stmt_id)
@@ -166,12 +180,15 @@ class PreparedStatements:
             return None
         return prepared
 
-    def redecided(self, stmt_id: int, policy_version: int, mask: MaskContext | None) -> None:
+    def redecided(
+        self, stmt_id: int, policy_version: int, mask: MaskContext | None, *, reads_masked: bool = False,
+    ) -> None:
         """The pipeline allowed it again under `policy_version`; its executions keep referring
         to the first decision."""
         prepared = self._by_id[stmt_id]
         prepared.policy_version = policy_version
         prepared.mask = mask
+        prepared.reads_masked = reads_masked
 
     def mask(self, stmt_id: int) -> MaskContext | None:
         prepared = self._by_id.get(stmt_id)
@@ -264,6 +281,47 @@ class SessionText:
     def init_db_succeeded(self, payload: bytes) -> None:
         """COM_INIT_DB <schema> succeeded."""
         self.schema = payload[1:].decode(self.codec, "replace")
+
+
+# -- messages of sessions under masking -----------------------------------------------------------
+
+# GET [CURRENT | STACKED] DIAGNOSTICS CONDITION n target = MESSAGE_TEXT, ...: the three keywords,
+# each in any case and anywhere (comments, `/*!50700GET ...*/`, a routine body, a PREPARE or
+# EXECUTE IMMEDIATE string). A false positive only refuses a statement of a session that has read
+# masked columns.
+_DIAGNOSTICS_WORDS = tuple(
+    re.compile(rf"(?<![A-Za-z_$]){word}(?![A-Za-z0-9_$])", re.IGNORECASE)
+    for word in ("GET", "DIAGNOSTICS", "CONDITION")
+)
+
+
+def reads_diagnostics(sql: str) -> bool:
+    """Can this text copy a condition of the diagnostics area (its MESSAGE_TEXT) somewhere?"""
+    return all(word.search(sql) for word in _DIAGNOSTICS_WORDS)
+
+
+def reads_masked_values(mask: MaskContext | None, analysis: Analysis | None) -> bool:
+    """Does a request read values a masking rule covers, so that the server's messages about it
+    (errors, warnings, notes) may quote them? A statement touching a table with masked columns
+    (the plan's `redact_errors`); with content classifiers, any statement reading a table (or
+    whose tables are unknown)."""
+    if mask is None:
+        return False
+    if mask.request.redact_errors:
+        return True
+    return bool(mask.classifiers) and (analysis is None or bool(analysis.tables) or analysis.parse_status != "ok")
+
+
+def mask_rule(mask: MaskContext | None) -> str:
+    """The masking rule to name for a request's masked values ("masking" when none is known)."""
+    if mask is not None:
+        plan = mask.request.plan
+        for spec in (*plan.columns, plan.mask_rest, *mask.by_name.values(), mask.classifier_spec):
+            if spec is not None and spec.rule_id:
+                return spec.rule_id
+        if mask.request.rule_id:
+            return mask.request.rule_id
+    return "masking"
 
 
 # -- completion records ----------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from sqlward.adapters.mysql.errors import (
     AuthTimedOut,
     ClearPasswordNeedsTls,
     KillNotOwner,
+    MaskedDiagnostics,
     NoSuchThread,
     OldProtocol,
     TlsRequired,
@@ -76,12 +77,21 @@ from sqlward.adapters.mysql.relaystate import (
     command_route,
     completion,
     field_list_sql,
+    mask_rule,
+    reads_diagnostics,
+    reads_masked_values,
 )
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
 from sqlward.adapters.mysql.server_state import MysqlServerState
 from sqlward.adapters.netio import Pipe, PrefixedStream
 from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired
-from sqlward.audit.events import ConnectionAuthenticated, ConnectionClosed, ConnectionOpened, ConnectionRefused
+from sqlward.audit.events import (
+    ConnectionAuthenticated,
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionRefused,
+    StatementCompleted,
+)
 from sqlward.masking.context import MaskContext
 from sqlward.policy.model import Decision, Identity
 
@@ -111,6 +121,11 @@ class MysqlSession(GovernedSession):
         self._cpipe: Pipe | None = None
         self._sql_comment = b""
         self._upipe: Pipe | None = None
+        # Messages under masking: a statement of this session read masked values since the
+        # upstream's diagnostics area was last emptied (COM_RESET_CONNECTION, CHANGE USER), and
+        # the masking rule to name when GET DIAGNOSTICS is refused for it.
+        self._diag_hidden = False
+        self._diag_rule = ""
 
     # ------------------------------------------------------------------------------------
     # helpers
@@ -304,6 +319,7 @@ class MysqlSession(GovernedSession):
             sqlstate = scanner.error_sqlstate or sqlstate_of(errno)
             await self._answer(UpstreamRefused(errno, sqlstate, scanner.error_message))
             return
+        self._diag_hidden = False  # the reset emptied the diagnostics area
         assert self.identity is not None
         await self._show_identity_upstream(self.identity)
         await self._write(messages.ok_packet(self.client_caps, status_flags=scanner.status or int(ServerStatus.AUTOCOMMIT)))
@@ -463,8 +479,14 @@ class MysqlSession(GovernedSession):
         if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
             payload = payload[:1] + self._sql_comment + payload[1:]
         if self._masked:
+            reads = reads_masked_values(verdict.mask, verdict.analysis)
+            if (self._diag_hidden or reads) and reads_diagnostics(sql):
+                await self._refuse_diagnostics(verdict.request_id, verdict.mask if reads else None)
+                return
+            self._note_masked_read(reads, verdict.mask)
             relay = await self._forward_masked(
                 payload, Shape.RESULTSET, ctx=self._last_mask, binary=False, rid=verdict.request_id,
+                hide_messages=self._diag_hidden, hide_errors=reads,
             )
             scanner = relay.scanner
         else:
@@ -501,7 +523,10 @@ class MysqlSession(GovernedSession):
             return
         scanner = await self._forward(payload, Shape.PREPARE)
         if scanner.statement_id is not None and scanner.error_code is None:
-            self._prepared.add(scanner.statement_id, verdict.request_id, sql, version, verdict.mask)
+            self._prepared.add(
+                scanner.statement_id, verdict.request_id, sql, version, verdict.mask,
+                reads_masked=reads_masked_values(verdict.mask, verdict.analysis),
+            )
 
     async def _execute(self, payload: bytes, stmt_id: int) -> None:
         """COM_STMT_EXECUTE: the session checks (token expiry) for this run; the statement is
@@ -520,11 +545,19 @@ class MysqlSession(GovernedSession):
             if not again.allowed:
                 await self._answer(again.decision)
                 return
-            self._prepared.redecided(stmt_id, version, again.mask)
+            self._prepared.redecided(
+                stmt_id, version, again.mask, reads_masked=reads_masked_values(again.mask, again.analysis),
+            )
         ref = prepared.request_id if prepared is not None else None
         if self._masked:
+            reads = prepared is not None and prepared.reads_masked
+            if prepared is not None and prepared.diagnostics and (self._diag_hidden or reads):
+                await self._refuse_diagnostics(verdict.request_id, prepared.mask if reads else None)
+                return
+            self._note_masked_read(reads, prepared.mask if prepared is not None else None)
             relay = await self._forward_masked(
                 payload, Shape.RESULTSET, ctx=self._prepared.mask(stmt_id), binary=True, rid=verdict.request_id, ref=ref,
+                hide_messages=self._diag_hidden, hide_errors=reads,
             )
             self._prepared.executed(stmt_id, relay.cursor_rows)
             return
@@ -542,10 +575,29 @@ class MysqlSession(GovernedSession):
                 return
             await self._forward_masked(
                 payload, Shape.FETCH, ctx=self._prepared.mask(stmt_id), binary=True,
-                rows=self._prepared.cursor_rows(stmt_id),
+                rows=self._prepared.cursor_rows(stmt_id), hide_messages=self._diag_hidden,
             )
             return
         await self._forward(payload, Shape.FETCH)
+
+    def _note_masked_read(self, reads: bool, mask: MaskContext | None) -> None:
+        """A request about to run reads masked values: from now on the session's warnings and
+        errors may quote them (MariaDB keeps warnings across statements that use no table, so
+        this holds until the diagnostics area is emptied by a reset)."""
+        if reads:
+            self._diag_hidden = True
+            self._diag_rule = mask_rule(mask)
+
+    async def _refuse_diagnostics(self, request_id: int, mask: MaskContext | None) -> None:
+        """Refuse GET DIAGNOSTICS ... CONDITION while the diagnostics area may quote masked
+        values; the refusal is the statement's completion record."""
+        error = MaskedDiagnostics(mask_rule(mask) if mask is not None else self._diag_rule or "masking")
+        self.audit.add(StatementCompleted(
+            request_id=request_id, tags=("ERROR",), duration_ms=0.0, error=error.message,
+            sqlstate=error.sqlstate,
+        ))
+        await self.audit.flush()
+        await self._answer(error)
 
     async def _forward(
         self, payload: bytes, shape: Shape, *, rid: int | None = None, ref: int | None = None,
@@ -586,15 +638,18 @@ class MysqlSession(GovernedSession):
     async def _forward_masked(
         self, payload: bytes, shape: Shape, *, ctx: MaskContext | None, binary: bool,
         rid: int | None = None, ref: int | None = None, rows: RowState | None = None,
+        hide_messages: bool = False, hide_errors: bool | None = None,
     ) -> MaskingRelay:
         """`_forward` for sessions under masking: rows are rewritten (`adapters.mysql.maskrelay`);
-        `rows` is the row rewriter of the cursor a FETCH reads."""
+        `rows` is the row rewriter of the cursor a FETCH reads; `hide_messages` replaces the
+        Message of SHOW WARNINGS / SHOW ERRORS rows, `hide_errors` the text of an ERR packet
+        (default: when the request's plan says so)."""
         assert self._cpipe is not None and self._upipe is not None
         started = time.perf_counter()
         await self._upipe_send(payload)
         relay = MaskingRelay(
             ctx, shape=shape, binary=binary, deprecate_eof=bool(self.client_caps & Capability.DEPRECATE_EOF),
-            capabilities=self.client_caps, rows=rows,
+            capabilities=self.client_caps, rows=rows, hide_messages=hide_messages, hide_errors=hide_errors,
         )
         buf = self._ubuf
         upipe, cpipe = self._upipe, self._cpipe
@@ -750,6 +805,7 @@ class MysqlSession(GovernedSession):
             if reset.error_code is not None:
                 raise UpstreamLost()
         self._prepared.clear()
+        self._diag_hidden = False  # a new upstream session, or one reset: no diagnostics left
         if request.character_set:
             self.text.set_charset(request.character_set)
         await self._set_identity(identity, target)

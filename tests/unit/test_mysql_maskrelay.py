@@ -395,3 +395,84 @@ def test_binary_cursor_rows_masked_by_fetch_relay() -> None:
     assert got == [*BIN_MASKED[:2], fetch_end]
     assert fetch.done
     assert fetch.masked == {LABEL: 1, "zip (pii-zip: redact)": 2, "pin (pii-pin: null)": 2}
+
+
+# --------------------------------------------------------------------------------------------
+# SHOW WARNINGS / SHOW ERRORS under masking (issue 11: no masked value in a message)
+
+from sqlward.adapters.mysql.maskrelay import HIDDEN_MESSAGE, is_diagnostics_result  # noqa: E402
+
+WARN_TEXT = b"Truncated incorrect INTEGER value: 'alice@example.com'"
+WARN_COLS = [
+    _coldef("Level", org_table="", schema=""),
+    _coldef("Code", FieldType.LONG, org_table="", schema="", charset=63, flags=0x20),
+    _coldef("Message", org_table="", schema=""),
+]
+WARN_ROWS = [_text_row(b"Warning", b"1292", WARN_TEXT), _text_row(b"Note", b"1003", b"a note")]
+HIDDEN_ROWS = [
+    _text_row(b"Warning", b"1292", HIDDEN_MESSAGE.encode()), _text_row(b"Note", b"1003", HIDDEN_MESSAGE.encode()),
+]
+
+
+def test_is_diagnostics_result() -> None:
+    assert is_diagnostics_result(["Level", "Code", "Message"])
+    assert is_diagnostics_result(["level", "CODE", "message"])
+    assert not is_diagnostics_result(["Level", "Code"])
+    assert not is_diagnostics_result(["Level", "Code", "Message", "x"])
+    assert len(HIDDEN_MESSAGE) < 512  # fits SHOW WARNINGS' VARCHAR(512)
+
+
+@pytest.mark.parametrize("ctx", [None, "nothing", "masked"])
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_show_warnings_message_hidden_level_and_code_kept(ctx: str | None, deprecate_eof: bool) -> None:
+    context = None if ctx is None else _ctx(by_name={} if ctx == "nothing" else None)
+    payloads = _resultset(WARN_COLS, WARN_ROWS, deprecate_eof=deprecate_eof)
+    relay = MaskingRelay(context, shape=Shape.RESULTSET, binary=False, deprecate_eof=deprecate_eof,
+                         capabilities=CAPS_DE if deprecate_eof else CAPS, hide_messages=True)
+    out = _run(relay, _frame(payloads), step=3)
+    got = _payloads(out)
+    n = len(payloads) - len(WARN_ROWS) - 1
+    assert got[:n] == payloads[:n] and got[-1] == payloads[-1]
+    assert got[n:-1] == HIDDEN_ROWS
+    assert WARN_TEXT not in out
+
+
+def test_show_warnings_shown_when_nothing_masked_was_read() -> None:
+    data = _frame(_resultset(WARN_COLS, WARN_ROWS))
+    relay = MaskingRelay(_ctx(by_name={}), shape=Shape.RESULTSET, binary=False, deprecate_eof=False, capabilities=CAPS)
+    assert _run(relay, data) == data
+
+
+def test_show_warnings_after_another_result_of_a_multi_statement() -> None:
+    """`SELECT 1; SHOW WARNINGS`: the second result set is the one rewritten."""
+    more = AUTOCOMMIT | int(ServerStatus.MORE_RESULTS_EXISTS)
+    first = _resultset([_coldef("1", FieldType.LONGLONG, org_table="", schema="", charset=63)], [_text_row(b"1")],
+                       status=more)
+    second = _resultset(WARN_COLS, WARN_ROWS)
+    relay = MaskingRelay(None, shape=Shape.RESULTSET, binary=False, deprecate_eof=False, capabilities=CAPS,
+                         hide_messages=True)
+    got = _payloads(_run(relay, _frame(first + second)))
+    assert got[: len(first)] == first
+    assert got[len(first) + 5 : -1] == HIDDEN_ROWS
+
+
+def test_prepared_show_warnings_binary_rows_hidden() -> None:
+    rows = [_bin_row(0x00, lenenc_bytes_or_null(b"Warning"), _int4(1292), lenenc_bytes_or_null(WARN_TEXT))]
+    payloads = _resultset(WARN_COLS, rows)
+    relay = MaskingRelay(None, shape=Shape.RESULTSET, binary=True, deprecate_eof=False, capabilities=CAPS,
+                         hide_messages=True)
+    out = _run(relay, _frame(payloads))
+    assert _payloads(out)[-2] == _bin_row(
+        0x00, lenenc_bytes_or_null(b"Warning"), _int4(1292), lenenc_bytes_or_null(HIDDEN_MESSAGE.encode())
+    )
+    assert WARN_TEXT not in out
+
+
+def test_err_packet_hidden_on_request_even_without_plan_flag() -> None:
+    """`hide_errors` (the session's reading: a content classifier covers the values read)
+    overrides the plan's redact_errors."""
+    err = messages.err_packet(1105, "HY000", ERR_TEXT)
+    relay = MaskingRelay(_ctx(redact_errors=False), shape=Shape.RESULTSET, binary=False, deprecate_eof=False,
+                         capabilities=CAPS, hide_errors=True)
+    out = _run(relay, _frame([err]))
+    assert b"alice@example.com" not in out and relay.error_hidden

@@ -228,3 +228,46 @@ def test_completion_hides_the_error_of_a_masked_statement() -> None:
     event = completion(_scanned(Shape.RESULTSET, ERR), request_id=1, prepared_ref=None, duration_ms=0.1,
                        error_hidden=True)
     assert event.error == HIDDEN_ERROR and event.sqlstate == "42S02"
+
+
+# -- messages under masking (issue 11) -------------------------------------------------------------
+
+from sqlward.adapters.mysql.relaystate import mask_rule, reads_diagnostics, reads_masked_values  # noqa: E402
+from sqlward.masking.context import RequestMask  # noqa: E402
+from sqlward.masking.model import MaskSpec  # noqa: E402
+from sqlward.masking.plan import MaskPlan  # noqa: E402
+from sqlward.policy.analysis import analyse  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("GET DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT", True),
+        ("get current diagnostics condition 1 @m = message_text", True),
+        ("GET STACKED DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT", True),
+        ("get/**/diagnostics/**/condition 1 @m = message_text", True),
+        ("/*!50500GET DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT*/", True),
+        ("PREPARE s FROM 'GET DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT'", True),
+        ("CREATE PROCEDURE p() BEGIN GET DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT; END", True),
+        ("GET DIAGNOSTICS @n = NUMBER", False),
+        ("SELECT diagnostics, condition_id FROM get_table", False),
+        ("SHOW WARNINGS", False),
+    ],
+)
+def test_reads_diagnostics(sql: str, expected: bool) -> None:
+    assert reads_diagnostics(sql) is expected
+
+
+def test_reads_masked_values_and_the_rule_named() -> None:
+    spec = MaskSpec(function="email", rule_id="pii-email")
+    table = analyse("SELECT CAST(email AS SIGNED) FROM customers", "mysql")
+    no_table = analyse("SELECT CAST('abc' AS SIGNED)", "mysql")
+    assert not reads_masked_values(None, table)
+    assert reads_masked_values(MaskContext(request=RequestMask(redact_errors=True)), table)
+    assert not reads_masked_values(MaskContext(request=RequestMask()), table)
+    classifiers = MaskContext(request=RequestMask(), classifiers=frozenset({"email"}))
+    assert reads_masked_values(classifiers, table)  # a classifier covers every text value read
+    assert not reads_masked_values(classifiers, no_table)
+    assert mask_rule(None) == "masking"
+    assert mask_rule(MaskContext(request=RequestMask(plan=MaskPlan(columns=(None, spec))))) == "pii-email"
+    assert mask_rule(MaskContext(request=RequestMask(), by_name={("s.t", "c"): spec})) == "pii-email"
