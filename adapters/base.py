@@ -33,6 +33,7 @@ import msgspec
 from sqlward.audit.events import Who
 from sqlward.audit.recorder import AuditScope, AuditUnavailable, Recorder
 from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
+from sqlward.policy.searchpath import SearchPath
 
 if TYPE_CHECKING:
     from sqlward.masking.context import MaskContext
@@ -167,6 +168,9 @@ class StatementRequest(msgspec.Struct, frozen=True):
     kind: RequestKind = "statement"
     # MySQL: the session's current database (unqualified names are qualified with it).
     schema: str = ""
+    # PostgreSQL: what the session's search_path is (unqualified names resolve through it);
+    # None: not known to the adapter (the default path is assumed).
+    search_path: SearchPath | None = None
     # Extended protocol / COM_STMT_*: the prepared statement's name (for the audit record).
     statement_name: str | None = None
     # kind "command": the protocol command ("FunctionCall", "COM_DROP_DB", "cursor fetch", ...).
@@ -198,6 +202,9 @@ class Verdict(msgspec.Struct, frozen=True):
     estimates: dict[int, int | None] = {}
     # What an offline verdict (`sqlward policy test`) could not know.
     notes: tuple[str, ...] = ()
+    # PostgreSQL: the session's search_path after the request, when it may have changed (the
+    # adapter makes sure of it before relying on it; see `policy.searchpath`).
+    search_path: SearchPath | None = None
 
     @property
     def allowed(self) -> bool:

@@ -83,6 +83,11 @@ class StatementDecided(_Event, tag="statement.decided", kw_only=True):
     # The facts that matched the deciding rule or guardrail ("operation=delete", "table=users",
     # "estimated_rows=52000"): why this decision, without re-running the policy.
     facts: tuple[str, ...] = ()
+    # PostgreSQL: where each unqualified table name resolved ({"secrets": ["vault.secrets"]};
+    # several entries when the path was not known for sure) and the search list(s) in effect
+    # (or why the path was unknown). Absent when no name needed resolving.
+    resolved: dict[str, list[str]] | None = None
+    search_path: list[list[str]] | str | None = None
 
 
 class StatementCompleted(_Event, tag="statement.completed", kw_only=True):

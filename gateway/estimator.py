@@ -9,7 +9,8 @@ a timeout or an unreadable plan gives None, and the policy then fails closed.
 
 Nothing is executed: EXPLAIN without ANALYZE. PostgreSQL side connections start with
 `default_transaction_read_only=on` and `plan_cache_mode=force_generic_plan`; the
-statement is sent by itself. MySQL side connections do not negotiate CLIENT_MULTI_STATEMENTS,
+statement is sent by itself, after a `set_config('search_path', ...)` that gives the side
+connection the client session's search list (`search_path=`), so EXPLAIN reads the same tables. MySQL side connections do not negotiate CLIENT_MULTI_STATEMENTS,
 so the server itself refuses a second statement hidden in the text.
 """
 
@@ -23,6 +24,15 @@ from sqlward.adapters.base import Target
 from sqlward.policy.estimates import explain_plan, rows_from_mysql, rows_from_postgres
 
 __all__ = ["Estimator"]
+
+
+def path_setting(search_path: tuple[str, ...]) -> str:
+    """The statement that gives a side connection this search list (pg_temp left out: the side
+    connection has no temporary objects); the default path when it is empty."""
+    if not search_path:
+        return "SELECT pg_catalog.set_config('search_path', '\"$user\", public', false)"
+    names = ", ".join('"' + s.replace('"', '""') + '"' for s in search_path if s != "pg_temp")
+    return "SELECT pg_catalog.set_config('search_path', '" + names.replace("'", "''") + "', false)"
 
 
 class Estimator:
@@ -49,10 +59,16 @@ class Estimator:
             self._pools[protocol] = pool
         return pool
 
-    async def rows(self, target: Target, text: str, dialect: str, *, schema: str = "", timeout: float) -> int | None:
+    async def rows(
+        self, target: Target, text: str, dialect: str, *, schema: str = "", search_path: tuple[str, ...] = (),
+        timeout: float,
+    ) -> int | None:
         plan = explain_plan(text, dialect)
         if plan is None:
             return None
+        if dialect == "postgres":
+            # The session's path, not the side connection's: the same tables as the statement.
+            plan = [path_setting(search_path)] + plan
         pool = self._pool(target.info.protocol)
         with trio.move_on_after(timeout):
             if dialect == "postgres":

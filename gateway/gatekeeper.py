@@ -72,6 +72,7 @@ from sqlward.policy.estimates import statement_texts
 from sqlward.policy.rules import EnvironmentPolicy
 from sqlward.policy import rule_ids
 from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
+from sqlward.policy.searchpath import Resolution, SearchPath
 
 __all__ = ["Gatekeeper", "SCRAM_ITERATIONS"]
 
@@ -122,6 +123,8 @@ class Gatekeeper:
         self._catalogues = CatalogueCache(self._load_catalogue, max_age=config.masking.catalogue_max_age)
         self._catalogue_pools: dict[str, Any] = {}
         self._plans: dict[tuple[object, ...], RequestMask] = {}
+        # Target name -> (the catalogue it was built from, bare table name -> "schema.table"s).
+        self._relation_index: dict[str, tuple[object, dict[str, tuple[str, ...]]]] = {}
         self._engine = engine
         self.recorder = recorder
         self._users = dict(users)
@@ -440,19 +443,23 @@ class Gatekeeper:
         schema: str = "",
         sql: str | None = None,
         estimates: Mapping[int, int | None] | None = None,
+        resolution: Resolution | None = None,
     ) -> Decision:
         try:
             extra: dict[str, Any] = {}
             if schema:
                 extra["schema"] = schema
+            if resolution:
+                extra["resolution"] = resolution
             if sql is not None:
                 extra["sql"] = sql
             if estimates is not None:
                 extra["estimates"] = estimates
             decision = self._engine.decide(analysis, identity, target, **extra)
-            if self._masking and decision.action == "allow" and _SCHEMA_OPS.intersection(analysis.operations):
+            if decision.action == "allow" and _SCHEMA_OPS.intersection(analysis.operations):
                 # Whoever changes the schema (exempt identities too), masked sessions must see the
-                # new columns: the catalogue is read again before their next statement.
+                # new columns and name resolution the new tables: the catalogue is read again
+                # before it is next needed.
                 self._catalogues.invalidate(target.name)
             return decision
         except Exception as exc:  # fail closed
@@ -463,10 +470,13 @@ class Gatekeeper:
             )
 
     async def estimate_rows(
-        self, target: Target, sql: str, analysis: Analysis, indices: Sequence[int], *, schema: str = ""
+        self, target: Target, sql: str, analysis: Analysis, indices: Sequence[int], *, schema: str = "",
+        search_paths: Sequence[SearchPath] = (),
     ) -> dict[int, int | None]:
         """Rows each pending statement would change (None: no estimate), by EXPLAIN on a side
-        connection (`gateway.estimator`), within the policy's estimate timeout."""
+        connection (`gateway.estimator`), within the policy's estimate timeout. PostgreSQL:
+        `search_paths[i]` is statement i's path; EXPLAIN runs under each candidate list and the
+        largest figure counts (an unknown path gives no estimate)."""
         timeout = self._engine.estimate_timeout
         texts = statement_texts(sql, analysis.dialect, len(analysis.statements))
         out: dict[int, int | None] = {}
@@ -475,11 +485,45 @@ class Gatekeeper:
                 out[i] = None
                 continue
             try:
-                out[i] = await self._estimator.rows(target, texts[i], analysis.dialect, schema=schema, timeout=timeout)
+                if i < len(search_paths):
+                    out[i] = await self._estimate_under_paths(target, texts[i], search_paths[i], timeout)
+                else:
+                    out[i] = await self._estimator.rows(target, texts[i], analysis.dialect, schema=schema, timeout=timeout)
             except Exception:  # no estimate: the policy fails closed on None
                 log.warning("row estimate failed for target %s", target.info.name, exc_info=True)
                 out[i] = None
         return out
+
+    async def _estimate_under_paths(self, target: Target, text: str, sp: SearchPath, timeout: float) -> int | None:
+        if sp.unknown:
+            return None
+        best: int | None = None
+        for path in sp.paths:
+            rows = await self._estimator.rows(target, text, "postgres", search_path=path, timeout=timeout)
+            if rows is None:
+                return None
+            best = rows if best is None else max(best, rows)
+        return best
+
+    async def relations(self, target: Target) -> Callable[[str], Sequence[str]] | None:
+        """Where each table name lives on a PostgreSQL target (`policy.searchpath.resolve`):
+        a lookup from a bare name to the "schema.table" entries holding it, from the schema
+        catalogue (cached as for masking); None when the catalogue cannot be read (resolution
+        then falls back to every schema of the path)."""
+        try:
+            catalogue = await self._catalogues.get(target)
+        except Exception as exc:
+            log.warning("catalogue of %s unavailable for name resolution: %s", target.info.name, exc)
+            return None
+        index = self._relation_index.get(target.info.name)
+        if index is None or index[0] is not catalogue:
+            by_name: dict[str, list[str]] = {}
+            for full in catalogue.tables:
+                by_name.setdefault(full.rsplit(".", 1)[-1], []).append(full)
+            index = (catalogue, {k: tuple(v) for k, v in by_name.items()})
+            self._relation_index[target.info.name] = index
+        names = index[1]
+        return lambda name: names.get(name, ())
 
     async def aclose(self) -> None:
         """Close the side connections (estimates, catalogue)."""
@@ -511,7 +555,8 @@ class Gatekeeper:
         return await load_catalogue(target, timeout=30.0, **kwargs)
 
     async def mask_context(
-        self, target: Target, sql: str, analysis: Analysis, identity: Identity, *, schema: str = ""
+        self, target: Target, sql: str, analysis: Analysis, identity: Identity, *, schema: str = "",
+        search_path: tuple[str, ...] | None = None,
     ) -> MaskContext | None:
         """How to mask the results of an allowed request (None: no masking rule applies to this
         identity on this target). Reads the target's schema catalogue (cached; read again after
@@ -524,11 +569,14 @@ class Gatekeeper:
         catalogue = await self._catalogues.get(target)
         key = (
             analysis.dialect, analysis.fingerprint, schema.lower(), masks.key, target.info.name,
-            catalogue.version, self.policy_version,
+            catalogue.version, self.policy_version, search_path,
         )
         request = self._plans.get(key)
         if request is None:
-            request = plan_request(sql, analysis, catalogue, masks, schema.lower(), masking.settings)
+            # PostgreSQL: unqualified names resolve through the session's path, not the side
+            # connection's.
+            seen = catalogue if search_path is None else msgspec.structs.replace(catalogue, search_path=search_path)
+            request = plan_request(sql, analysis, seen, masks, schema.lower(), masking.settings)
             if len(self._plans) >= 10_000:
                 self._plans.clear()
             if not analysis.fingerprint.startswith(RAW_PREFIX):

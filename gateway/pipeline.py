@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -61,6 +61,7 @@ from sqlward.adapters.text import printable
 from sqlward.audit.events import StatementDecided
 from sqlward.policy import rule_ids
 from sqlward.policy.model import Analysis, Decision, Identity
+from sqlward.policy.searchpath import Resolution, SearchPath, Unresolvable, needs_catalogue, resolve, trace
 
 if TYPE_CHECKING:
     from sqlward.gateway.gatekeeper import Gatekeeper
@@ -166,6 +167,31 @@ def _internal_error(exc: BaseException) -> Decision:
     )
 
 
+class _Names(NamedTuple):
+    """PostgreSQL name resolution of one request (`Pipeline._names`)."""
+
+    per_statement: tuple[SearchPath, ...]
+    after: SearchPath | None
+    resolution: Resolution | None
+    refusal: Decision | None
+
+
+def _resolution_fields(names: _Names | None) -> dict[str, object]:
+    """What the audit record says of name resolution: where each unqualified name resolved
+    (all statements merged) and the path(s) it resolved through, when any name was resolved."""
+    if names is None or not names.resolution or not any(names.resolution):
+        if names is not None and names.refusal is not None and names.per_statement:
+            return {"search_path": names.per_statement[-1].shown()}
+        return {}
+    merged: dict[str, list[str]] = {}
+    for statement in names.resolution:
+        for name, candidates in statement:
+            merged.setdefault(name, [])
+            merged[name].extend(c for c in candidates if c not in merged[name])
+    paths = names.per_statement[0].shown()
+    return {"resolved": merged, "search_path": paths}
+
+
 _ALLOW = Decision(action="allow")
 _AUDIT_UNAVAILABLE = Decision(
     action="deny", rule_id=rule_ids.AUDIT_UNAVAILABLE,
@@ -245,6 +271,8 @@ class Pipeline:
         mask: MaskContext | None = None
         kill: KillRequest | None = None
         estimates: dict[int, int | None] | None = None
+        after: SearchPath | None = None
+        names: _Names | None = None
         notes: list[str] = []  # offline only
         try:
             decision = tampering(request)
@@ -258,22 +286,35 @@ class Pipeline:
                     )
             else:
                 analysis = gk.analyse(sql, request.dialect)
+                names = None
+                if request.search_path is not None and request.dialect == "postgres":
+                    names = await self._names(ctx, request.search_path, analysis, sql)
+                    after = names.after
+                    if decision is None and names.refusal is not None:
+                        decision = names.refusal
+                resolution = names.resolution if names is not None else None
                 if decision is None:
                     if request.dialect == "mysql" and "kill" in analysis.operations:
                         decision = _KILL_FORM
                     else:
-                        decision = gk.decide(analysis, identity, info, schema=request.schema, sql=sql)
+                        decision = gk.decide(
+                            analysis, identity, info, schema=request.schema, sql=sql, resolution=resolution,
+                        )
                 if decision.action == "allow":
                     decision = local_infile(
                         request, analysis, allowed=target.allow_local_infile, target=info.name,
                     ) or decision
                 if decision.pending:
-                    estimates = await gk.estimate_rows(target, sql, analysis, decision.pending, schema=request.schema)
+                    estimates = await gk.estimate_rows(
+                        target, sql, analysis, decision.pending, schema=request.schema,
+                        search_paths=names.per_statement if names is not None else (),
+                    )
                     decision = gk.decide(
                         analysis, identity, info, schema=request.schema, sql=sql, estimates=estimates,
+                        resolution=resolution,
                     )
                 if decision.action == "allow" and masked:
-                    decision, mask = await self._mask_plan(ctx, request, analysis, decision, notes)
+                    decision, mask = await self._mask_plan(ctx, request, analysis, decision, notes, names)
         except Exception as exc:  # fail closed
             log.exception("policy evaluation failed")
             decision = _internal_error(exc)
@@ -283,17 +324,56 @@ class Pipeline:
             decision = msgspec.structs.replace(decision, message=f'statement needs approval (rule "{decision.rule_id}")')
 
         # 9. the record
-        verdict = Verdict(request_id=rid, decision=decision, analysis=analysis, mask=mask, masked=masked, kill=kill)
+        verdict = Verdict(
+            request_id=rid, decision=decision, analysis=analysis, mask=mask, masked=masked, kill=kill,
+            search_path=after,
+        )
         if estimates is not None or notes:
             verdict = msgspec.structs.replace(verdict, estimates=estimates or {}, notes=tuple(notes))
-        return await self._record(ctx, request, rid, decision, durable=durable, verdict=verdict)
+        return await self._record(ctx, request, rid, decision, durable=durable, verdict=verdict, names=names)
+
+    async def _names(self, ctx: SessionContext, path: SearchPath, analysis: Analysis, sql: str) -> _Names:
+        """PostgreSQL: the path at each statement and after the request, and where each
+        unqualified table name may resolve (`policy.searchpath`)."""
+        assert ctx.target is not None
+        per, after = trace(path, analysis, sql)
+        if not any("." not in t for t in analysis.tables):
+            return _Names(per, after, None, None)
+        relations = None
+        if needs_catalogue(per) and not ctx.offline:
+            relations = await self._gk.relations(ctx.target)
+        try:
+            return _Names(per, after, resolve(analysis, per, relations), None)
+        except Unresolvable as exc:
+            refusal = Decision(
+                action="deny", rule_id=rule_ids.SEARCH_PATH_UNKNOWN,
+                message=f"sqlward cannot tell which schema an unqualified table name resolves to here ({exc}); "
+                "qualify the names (schema.table) or send the statement on its own",
+            )
+            return _Names(per, after, None, refusal)
 
     async def _mask_plan(
         self, ctx: SessionContext, request: StatementRequest, analysis: Analysis, decision: Decision, notes: list[str],
+        names: _Names | None,
     ) -> tuple[Decision, MaskContext | None]:
         assert ctx.identity is not None and ctx.target is not None
+        search_path: tuple[str, ...] | None = None
+        if names is not None and names.per_statement:
+            first = names.per_statement[0]
+            if not first.certain and names.resolution is not None and any(names.resolution):
+                # Lineage follows one path: with several candidates, masking cannot know which
+                # columns it reads.
+                return Decision(
+                    action="deny", rule_id=rule_ids.SEARCH_PATH_UNKNOWN,
+                    message="masking applies to you and the session's search_path is not known for sure here "
+                    f"({first.unknown or 'a change of it is still running'}); qualify the table names or send "
+                    "the statement after the change completed",
+                ), None
+            search_path = first.paths[0]
         try:
-            mask = await self._gk.mask_context(ctx.target, request.sql, analysis, ctx.identity, schema=request.schema)
+            mask = await self._gk.mask_context(
+                ctx.target, request.sql, analysis, ctx.identity, schema=request.schema, search_path=search_path,
+            )
         except Exception as exc:  # the catalogue cannot be read: fail closed
             if ctx.offline:
                 notes.append(
@@ -313,7 +393,7 @@ class Pipeline:
 
     async def _record(
         self, ctx: SessionContext, request: StatementRequest, rid: int, decision: Decision, *,
-        durable: bool, verdict: Verdict | None = None,
+        durable: bool, verdict: Verdict | None = None, names: _Names | None = None,
     ) -> Verdict:
         target = ctx.target
         assert target is not None and ctx.who is not None
@@ -342,6 +422,7 @@ class Pipeline:
                 action=decision.action, rule_id=decision.rule_id, message=decision.message,
                 statement_name=request.statement_name, statement_index=decision.statement_index,
                 facts=decision.facts,
+                **_resolution_fields(names),
             )
         )
         if verdict is None:

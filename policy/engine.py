@@ -68,6 +68,7 @@ from sqlward.policy.guardrails import DEFAULT_ESTIMATE_TIMEOUT, ActiveGuardrail,
 from sqlward.policy.fingerprint import RAW_PREFIX, fingerprint
 from sqlward.policy import rule_ids
 from sqlward.policy.model import Action, Analysis, Decision, Identity, StatementFacts, TargetInfo
+from sqlward.policy.searchpath import Resolution
 from sqlward.policy.rules import DAYS, PRODUCTION_ENVIRONMENTS, EnvironmentPolicy, Rule, parse_hours
 
 __all__ = ["DEV_ENVIRONMENTS", "Engine"]
@@ -442,10 +443,14 @@ class Engine:
         schema: str = "",
         sql: str | None = None,
         estimates: Mapping[int, int | None] | None = None,
+        resolution: Resolution | None = None,
     ) -> Decision:
         """The policy's decision on a request (cached; see the module docstring). `schema` is the
         session's current database (MySQL `USE`): unqualified table names are qualified with it
         before rules match, so a rule on `shop.orders` also catches `orders` after `USE shop`.
+        `resolution` (PostgreSQL, `policy.searchpath.resolve`) replaces each unqualified name of
+        each statement by the tables it may be: deny and review rules match when any does, allow
+        rules only when all are covered.
         `sql` is the request text: literal-dependent facts (an always-true WHERE such as `1=1`)
         are judged on it when the policy asks for them; without it they count as true (fail
         closed). `estimates` maps statement indices to the rows EXPLAIN estimates they affect
@@ -466,12 +471,15 @@ class Engine:
             identity.reason if self._uses_reason else None,
             int(self._clock() // 60) if self._timed else None,
             tuple(st.where_trivial for st in analysis.statements) if self._uses_where_true else None,
+            resolution,
         )
         if estimates is None:
             cached = self._decisions.get(key)
             if cached is not None:
                 return cached
-        if schema or analysis.dialect == "mysql":
+        if resolution:
+            analysis = resolved(analysis, resolution)
+        elif schema or analysis.dialect == "mysql":
             analysis = qualified(analysis, schema.lower())
         decision = self._decide(analysis, identity, target, estimates)
         if estimates is None and not analysis.fingerprint.startswith(RAW_PREFIX):
@@ -696,6 +704,33 @@ def _statement_facts(st: StatementFacts) -> tuple[str, ...]:
     if st.parse_status != "ok":
         facts.append(f"parse_status={st.parse_status}")
     return tuple(facts)
+
+
+def resolved(analysis: Analysis, resolution: Resolution) -> Analysis:
+    """The analysis with each unqualified table name (in tables and in column facts) replaced by
+    its candidates, statement by statement."""
+    statements = []
+    for st, names in zip(analysis.statements, resolution):
+        if names:
+            table_map = dict(names)
+
+            def expand(items: tuple[str, ...], m: dict[str, tuple[str, ...]] = table_map) -> tuple[str, ...]:
+                return tuple(dict.fromkeys(c for n in items for c in m.get(n, (n,))))
+
+            def expand_columns(cols: tuple[str, ...], m: dict[str, tuple[str, ...]] = table_map) -> tuple[str, ...]:
+                out: list[str] = []
+                for col in cols:
+                    table, dot, name = col.rpartition(".")
+                    out.extend(f"{c}.{name}" for c in m.get(table, (table,))) if dot and table in m else out.append(col)
+                return tuple(dict.fromkeys(out))
+
+            st = msgspec.structs.replace(
+                st, tables_read=expand(st.tables_read), tables_written=expand(st.tables_written),
+                columns=expand_columns(st.columns),
+            )
+        statements.append(st)
+    statements.extend(analysis.statements[len(statements):])
+    return msgspec.structs.replace(analysis, statements=tuple(statements), tables=())
 
 
 def qualified(analysis: Analysis, schema: str) -> Analysis:

@@ -71,8 +71,10 @@ from sqlward.adapters.postgres.codec import Backend, Frontend
 from sqlward.adapters.postgres.encodings import decoder_for
 from sqlward.adapters.postgres.errors import MessageTooLarge, ProtocolViolation
 from sqlward.adapters.postgres.rowmask import RowMasker, kind_for_oid
+from sqlward.adapters.postgres.searchpath import PROBE_SQL, PathTracker
 from sqlward.audit.events import StatementCompleted
 from sqlward.masking.context import MaskContext
+from sqlward.policy.searchpath import SearchPath
 
 __all__ = ["REFUSED_MARKER", "ClientSide", "Pending", "RelayState", "UpstreamSide"]
 
@@ -115,6 +117,7 @@ _COPY_DATA, _PASSWORD = Frontend.COPY_DATA, Frontend.PASSWORD
 # The Execute of the unnamed portal (the usual one): the same request every time.
 _EXECUTE_UNNAMED = StatementRequest(sql="", dialect="postgres", kind="execute", statement_name="")
 _FUNCTION_CALL = StatementRequest(sql="", dialect="postgres", kind="command", command="FunctionCall")
+_PROBE_QUERY = codec.encode_frontend(codec.Query(PROBE_SQL))
 _NO_EVENTS: list[StatementCompleted] = []  # returned when a chunk completes nothing (never mutated)
 _NO_MASKED: dict[str, int] = {}
 
@@ -125,6 +128,25 @@ def _cstr_end(buf: bytearray, start: int, end: int) -> int:
     if idx < 0:
         raise ProtocolViolation("string is not NUL-terminated")
     return idx
+
+
+def _text_values(body: bytes) -> list[str] | None:
+    """The text values of a DataRow body (None when malformed; NULL becomes "")."""
+    try:
+        (count,) = struct.unpack_from("!h", body, 0)
+        pos = 2
+        out: list[str] = []
+        for _ in range(count):
+            (size,) = struct.unpack_from("!i", body, pos)
+            pos += 4
+            if size < 0:
+                out.append("")
+                continue
+            out.append(body[pos : pos + size].decode("utf-8", "replace"))
+            pos += size
+        return out
+    except struct.error:
+        return None
 
 
 def _describe_portal(portal: bytes) -> bytes:
@@ -144,7 +166,7 @@ class Pending:
         self, kind: str, request_id: int = 0, ref: int | None = None, *, started: float = 0.0,
         audit: bool = True, mask: MaskContext | None = None, inject: bool = False,
     ) -> None:
-        self.kind = kind  # "query" | "execute" | "sync" | "describe" (masked sessions)
+        self.kind = kind  # "query" | "execute" | "sync" | "describe" (masked sessions) | "probe"
         self.request_id = request_id
         self.ref = ref  # Execute: request id of the decision of its prepared statement
         self.started = started
@@ -172,12 +194,12 @@ class RelayState:
 
     __slots__ = (
         "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
-        "clock", "policy_version",
+        "clock", "policy_version", "path",
     )
 
     def __init__(
         self, *, policy_version: Callable[[], int], client_encoding: str = "UTF8", tx_status: str = "I",
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.perf_counter, path: PathTracker | None = None,
     ) -> None:
         self.pending: deque[Pending] = deque()
         # marker -> (Syncs sent before it, the gateway's ErrorResponse to put in place of the server's)
@@ -189,6 +211,21 @@ class RelayState:
         self.tx_status = tx_status
         self.clock = clock
         self.policy_version = policy_version
+        # The session's search_path as far as the gateway knows (see `searchpath`).
+        self.path = path if path is not None else PathTracker(SearchPath())
+
+    @property
+    def idle(self) -> bool:
+        """Nothing forwarded is still waiting for the server's answer."""
+        return not self.pending
+
+    def start_probe(self) -> bytes:
+        """The Query asking the server for the session's search_path (`searchpath.PROBE_SQL`),
+        to send upstream while the session is idle; the upstream side swallows its answer and
+        hands it to `path.probed`."""
+        self.pending.append(Pending("probe", audit=False))
+        self.path.start_probe()
+        return _PROBE_QUERY
 
 
 # What a ClientSide waits for a verdict on (`_asking`): the message kind and its position.
@@ -217,7 +254,12 @@ class ClientSide:
         # decided under. Names are the bytes the client sent.
         self._statements: dict[bytes, int] = {}
         self._stmt_masks: dict[bytes, MaskContext | None] = {}
-        self._prepared_sql: dict[bytes, tuple[str, int]] = {}
+        # Named statements: their SQL and the epoch (policy version, search_path) they were
+        # decided in; a Bind in another epoch decides again (the server re-plans a statement
+        # under the current path).
+        self._prepared_sql: dict[bytes, tuple[str, tuple[int, SearchPath]]] = {}
+        # Statements whose runs may change the session's search_path: the path after one run.
+        self._stmt_paths: dict[bytes, SearchPath] = {}
         # Portal name -> its statement's decision (request id) and mask context.
         self._portals: dict[bytes, int | None] = {}
         self._portal_masks: dict[bytes, MaskContext | None] = {}
@@ -275,15 +317,20 @@ class ClientSide:
                 stmt = bytes(buf[p_end + 1 : s_end])
                 self._portals[portal] = self._statements.get(stmt)
                 self._portal_masks[portal] = self._stmt_masks.get(stmt)
+                changes = self._stmt_paths.get(stmt) if self._stmt_paths else None
+                if changes is not None:
+                    self._st.path.forwarded(changes)
                 prepared = self._prepared_sql.get(stmt)
                 if prepared is not None:
-                    version = self._st.policy_version()
+                    version = self._epoch()
                     if prepared[1] != version:
-                        # The policy changed since this statement was decided: decide again.
+                        # The policy or the search_path changed since this statement was
+                        # decided: decide again.
                         self._pos = pos
                         self._asking = (_ASK_BIND, pos, end, (portal, stmt, prepared[0], version))
                         return StatementRequest(
                             sql=prepared[0], dialect="postgres", statement_name=self._st.decode_sql(stmt),
+                            search_path=version[1],
                         )
             elif mtype == _S:
                 self._discarding = False
@@ -296,7 +343,10 @@ class ClientSide:
                     raise ProtocolViolation("unexpected bytes after the end of a Query message")
                 self._pos = pos
                 self._asking = (_ASK_QUERY, pos, end, None)
-                return StatementRequest(sql=self._st.decode_sql(bytes(buf[pos + 5 : sql_end])), dialect="postgres")
+                return StatementRequest(
+                    sql=self._st.decode_sql(bytes(buf[pos + 5 : sql_end])), dialect="postgres",
+                    search_path=self._st.path.current,
+                )
             elif mtype == _P:
                 n_end = _cstr_end(buf, pos + 5, end)
                 sql_end = _cstr_end(buf, n_end + 1, end)
@@ -306,8 +356,9 @@ class ClientSide:
                 name = bytes(buf[pos + 5 : n_end])
                 sql = decode(bytes(buf[n_end + 1 : sql_end]))
                 self._pos = pos
-                self._asking = (_ASK_PARSE, pos, end, (name, sql, self._st.policy_version()))
-                return StatementRequest(sql=sql, dialect="postgres", statement_name=decode(name))
+                epoch = self._epoch()
+                self._asking = (_ASK_PARSE, pos, end, (name, sql, epoch))
+                return StatementRequest(sql=sql, dialect="postgres", statement_name=decode(name), search_path=epoch[1])
             elif mtype == _C:
                 if end - pos >= 7:
                     name = bytes(buf[pos + 6 : end - 1])
@@ -362,6 +413,8 @@ class ClientSide:
                 self._refuse_extended(pos, end, verdict)
         elif what == _ASK_QUERY:
             if allowed:
+                if verdict.search_path is not None:
+                    st.path.forwarded(verdict.search_path)
                 st.pending.append(Pending("query", rid, started=st.clock(), mask=verdict.mask))
                 if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
                     body = self._sql_comment + bytes(self._buf[pos + 5 : end])
@@ -379,6 +432,12 @@ class ClientSide:
                 self._stmt_masks[name] = verdict.mask
                 if name:  # named statements outlive this pipeline: decided again on policy change
                     self._prepared_sql[name] = (sql, version)
+                if verdict.search_path is not None:
+                    # It changes the path each time it runs (at its Binds).
+                    self._stmt_paths[name] = verdict.search_path
+                    st.path.forwarded(verdict.search_path)
+                elif self._stmt_paths:
+                    self._stmt_paths.pop(name, None)
             else:
                 self._forget_statement(name)
                 self._refuse_extended(pos, end, verdict)
@@ -388,6 +447,9 @@ class ClientSide:
             if allowed:
                 self._prepared_sql[stmt] = (sql, version)
                 self._stmt_masks[stmt] = self._portal_masks[portal] = verdict.mask
+                if verdict.search_path is not None:
+                    self._stmt_paths[stmt] = verdict.search_path
+                    st.path.forwarded(verdict.search_path)
             else:
                 self._refuse_extended(pos, end, verdict)
         else:  # _ASK_FUNCTION: it would run a function without SQL, past the policy
@@ -457,6 +519,12 @@ class ClientSide:
         self._statements.pop(name, None)
         self._prepared_sql.pop(name, None)
         self._stmt_masks.pop(name, None)
+        self._stmt_paths.pop(name, None)
+
+    def _epoch(self) -> tuple[int, SearchPath]:
+        """What a named statement's decision holds for: the policy version and the path."""
+        st = self._st
+        return st.policy_version(), st.path.current
 
 
 class UpstreamSide:
@@ -488,7 +556,8 @@ class UpstreamSide:
         n = len(buf)
         pos = 0
         skip = self._skip
-        watch = _WATCH_MASKED if self._st.masked else _WATCH
+        st = self._st
+        watch = _WATCH_MASKED if st.masked or st.path.probing else _WATCH
         parts: list[bytes] | None = None
         seg = 0
         snapshot: bytes | None = None
@@ -573,6 +642,8 @@ class UpstreamSide:
         st = self._st
         pending = st.pending
         head = pending[0] if pending else None
+        if head is not None and head.kind == "probe":
+            return self._on_probe(mtype, body, head)
         if mtype == _B_COMMAND_COMPLETE:
             tag = bytes(body[:-1]).decode("utf-8", "replace")
             if self.rows is not None or self._row_counts is not None:
@@ -588,6 +659,7 @@ class UpstreamSide:
             return None
         if mtype == _B_READY:
             st.tx_status = chr(body[0]) if body else "I"
+            st.path.ready(st.tx_status)
             while pending:
                 p = pending.popleft()
                 if p.kind == "query":
@@ -664,6 +736,32 @@ class UpstreamSide:
                 self._complete(head)
             return None
         return None
+
+    def _on_probe(self, mtype: int, body: bytearray, head: Pending) -> bytes | None:
+        """The answer to the gateway's own search_path query: swallowed. Its DataRow holds the
+        role and the search list; ReadyForQuery ends it (`path.probed`)."""
+        st = self._st
+        if mtype == _B_DATA_ROW:
+            values = _text_values(bytes(body))
+            head.tags = values if values is not None and len(values) == 2 else ["", ""]
+            if values is None or len(values) != 2:
+                head.error = "unreadable answer"
+            return b""
+        if mtype == _B_ERROR:
+            head.error = codec.error_fields(bytes(body)).get("M", "error")
+            return b""
+        if mtype == _B_READY:
+            st.pending.popleft()
+            st.tx_status = chr(body[0]) if body else "I"
+            st.path.ready(st.tx_status)
+            if head.error is None and len(head.tags) == 2:
+                st.path.probed(head.tags[0], head.tags[1])
+            else:
+                st.path.probed(None, None)
+            return b""
+        if mtype in (_B_ROW_DESCRIPTION, _B_COMMAND_COMPLETE, _B_NO_DATA, _B_EMPTY_QUERY):
+            return b""
+        return None  # ParameterStatus and the like belong to the session: forwarded
 
     def _start_rows(self, body: bytearray, ctx: MaskContext | None) -> None:
         """A RowDescription: prepare the rewriter of the rows that follow (None when no column

@@ -63,14 +63,17 @@ from sqlward.adapters.postgres.codec import Frontend
 from sqlward.adapters.postgres.errors import ClientLost, ProtocolViolation, Refused, UpstreamLost
 from sqlward.adapters.postgres.relay import ClientSide, RelayState, UpstreamSide
 from sqlward.adapters.postgres.scram import ScramError, ScramExchange
+from sqlward.adapters.postgres.searchpath import PROBE_SQL, PathTracker, from_probe
 from sqlward.audit.events import ConnectionAuthenticated, ConnectionClosed, ConnectionOpened, ConnectionRefused
 from sqlward.policy.model import Identity
+from sqlward.policy.searchpath import SearchPath
 
 log = logging.getLogger("sqlward.postgres")
 
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 _TERMINATE = codec.encode_frontend(codec.Terminate())
 AUTH_TIMEOUT = 60.0
+PROBE_TIMEOUT = 30.0  # the server's answer to the gateway's own search_path query
 
 
 _ESCALATING_SETTINGS = ("role", "session_authorization")
@@ -132,6 +135,7 @@ class PostgresSession(GovernedSession):
         # The relay state (sans-IO), built once the upstream session is open.
         self._state: RelayState | None = None
         self._upstream_side: UpstreamSide | None = None
+        self._probe_done: trio.Event | None = None  # set when the search_path answer is in
 
     # ----------------------------------------------------------------------------------------
     # helpers
@@ -342,6 +346,7 @@ class PostgresSession(GovernedSession):
         pipeline = self.pipeline
         self._state = RelayState(
             policy_version=lambda: pipeline.policy_version, client_encoding=encoding, tx_status=self.up.tx_status,
+            path=PathTracker(await self._initial_search_path()),
         )
         self.secret = secrets.token_bytes(4)
         self.pid = self.registry.add(self)
@@ -356,6 +361,34 @@ class PostgresSession(GovernedSession):
         out += codec.encode_backend(codec.ReadyForQuery(self.up.tx_status))
         await self.client.send_all(out)
         return True
+
+    async def _initial_search_path(self) -> SearchPath | None:
+        """The session's search_path as the server set it up (role and database defaults,
+        startup options, "$user"): asked on the session's own connection before the client
+        is told it is ready. None when it cannot be read (the relay asks again)."""
+        assert self.up is not None
+        try:
+            with trio.move_on_after(PROBE_TIMEOUT):
+                row = await upstream.query_row(self.up, PROBE_SQL)
+                if row is not None and len(row) == 2:
+                    return from_probe(row[0], row[1])
+        except upstream.UpstreamError as exc:
+            log.warning("session %s: search_path not readable at start: %s", self.connection_id, exc)
+        return None
+
+    async def _probe_search_path(self, up: Pipe) -> None:
+        """Ask the server for the session's search_path (it may have changed) while the relay
+        is idle; the upstream task swallows the answer and wakes us."""
+        assert self._state is not None
+        event = self._probe_done = trio.Event()
+        try:
+            await up.send(self._state.start_probe())
+        except _IO_ERRORS as exc:
+            raise UpstreamLost(str(exc)) from exc
+        with trio.move_on_after(PROBE_TIMEOUT):
+            await event.wait()
+            return
+        raise UpstreamLost("the upstream did not answer the gateway's search_path query")
 
     def _upstream_identity_params(
         self, params: list[tuple[str, str]], identity: Identity
@@ -473,7 +506,8 @@ class PostgresSession(GovernedSession):
         assert self.up is not None and self._state is not None
         client = Pipe(self.client)
         up = Pipe(self.up.stream)
-        side = ClientSide(self._state, max_message_size=self.settings.max_message_size, sql_comment=self._sql_comment)
+        state = self._state
+        side = ClientSide(state, max_message_size=self.settings.max_message_size, sql_comment=self._sql_comment)
         judge = self._judge
         flush = self.audit.flush
         data = self._startup_rest
@@ -490,6 +524,8 @@ class PostgresSession(GovernedSession):
                     except _IO_ERRORS:
                         pass
                     return
+            if state.path.wants_probe(state.idle):
+                await self._probe_search_path(up)
             request = side.feed(data)
             data = b""
             while request is not None:
@@ -521,7 +557,8 @@ class PostgresSession(GovernedSession):
         assert self.up is not None and self._state is not None
         client = Pipe(self.client)
         up = Pipe(self.up.stream)
-        side = self._upstream_side = UpstreamSide(self._state)
+        state = self._state
+        side = self._upstream_side = UpstreamSide(state)
         add = self.audit.add
         flush = self.audit.flush
         data = self.up.leftover
@@ -535,6 +572,9 @@ class PostgresSession(GovernedSession):
                     raise UpstreamLost("the upstream closed the connection")
             out, events = side.feed(data)
             data = b""
+            if self._probe_done is not None and not state.path.probing:
+                self._probe_done.set()
+                self._probe_done = None
             for event in events:
                 add(event)
             if out or events:

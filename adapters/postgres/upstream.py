@@ -219,6 +219,44 @@ async def _connect(target: Target, params: list[tuple[str, str]]) -> UpstreamCon
             await trio.aclose_forcefully(stream)
 
 
+async def query_row(conn: UpstreamConnection, sql: str) -> list[str | None] | None:
+    """Run one gateway query on an idle session (a simple Query) and return the text values of
+    its first row (None: no row, or the server refused it). Everything up to its ReadyForQuery
+    is consumed; notices are kept for the client (`conn.notices`)."""
+    framer = codec.Framer(max_size=1 << 20)
+    framer.feed(conn.leftover)
+    conn.leftover = b""
+    row: list[str | None] | None = None
+    failed = False
+    try:
+        await conn.stream.send_all(codec.encode_frontend(codec.Query(sql)))
+        while True:
+            item = framer.next()
+            if item is None:
+                data = await conn.stream.receive_some(65536)
+                if not data:
+                    raise UpstreamError("the upstream closed the connection")
+                framer.feed(data)
+                continue
+            mtype, body = item
+            if mtype == codec.Backend.DATA_ROW and row is None:
+                msg = codec.decode_backend(mtype, body)
+                assert isinstance(msg, codec.DataRow)
+                row = [None if v is None else bytes(v).decode("utf-8", "replace") for v in msg.values]
+            elif mtype == codec.Backend.ERROR_RESPONSE:
+                failed = True
+            elif mtype == codec.Backend.NOTICE_RESPONSE:
+                conn.notices.append(codec._frame(mtype, body))
+            elif mtype == codec.Backend.READY_FOR_QUERY:
+                conn.tx_status = chr(body[0]) if body else "I"
+                conn.leftover = framer.take_rest()
+                return None if failed else row
+    except codec.ProtocolViolation as exc:
+        raise UpstreamError(f"upstream broke the protocol: {exc}") from exc
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise UpstreamError("upstream connection failed") from exc
+
+
 async def send_cancel(target: Target, pid: int, secret: bytes) -> None:
     """Ask the upstream to cancel the query running on backend `pid`. Best effort."""
     with trio.move_on_after(target.connect_timeout):

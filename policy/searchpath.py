@@ -1,0 +1,440 @@
+"""PostgreSQL name resolution: the session's search_path at each statement, and the tables an
+unqualified name may be.
+
+PostgreSQL finds an unqualified table in the first schema of the session's effective search
+list that holds it: `pg_temp` first (when the session has temporary objects and the path does not
+name it), then `pg_catalog` (unless the path names it), then the path's schemas that exist, with
+`"$user"` standing for the current role. A rule on `vault.*` only holds if the gateway resolves
+`secrets` to `vault.secrets` whenever the server will, so the gateway follows the path.
+
+How it works (pure, no I/O):
+
+- `SearchPath` is what the gateway knows of one session's path when a statement runs: one or
+  more candidate search lists (`paths`, each a tuple of schema names in search order, pg_catalog
+  and pg_temp where the server places them), the lists the session may return to when a
+  transaction or savepoint ends (`history`), and `unknown` (why) when a statement may have set
+  it to anything. The adapter builds it from the server's own answer
+  (`current_schemas(true)`, read at session start and again whenever it may have changed: see
+  `adapters/postgres/relay.py`), so role and database defaults, startup `options` and `"$user"`
+  are the server's.
+- `trace(path, analysis, sql)` follows one request statement by statement: `SET [SESSION |
+  LOCAL] search_path`, `SET search_path TO DEFAULT`, `RESET search_path`, `RESET ALL`,
+  `DISCARD ALL` (exact: the next statement runs only if this one did), `set_config('search_path',
+  '<literal>', <literal>)` anywhere in a statement (it may or may not run: the new list is added
+  to the candidates), COMMIT / ROLLBACK / ROLLBACK TO / ABORT / END / PREPARE TRANSACTION (the
+  path may return to any list of `history`), and statements that may set it to anything:
+  `set_config` with a computed argument, CALL, DO, EXECUTE, SET ROLE / SESSION AUTHORIZATION, a
+  function that is no built-in (user code may call set_config). It returns the path in effect
+  at each statement and the path after the request (None: unchanged). Requests without any of
+  these (a plain SELECT, INSERT, ...) cost one pass over the statements' facts.
+- `resolve(analysis, per_statement, relations)` maps each unqualified table name of each
+  statement to its candidates `schema.table`: for each candidate list, the first schema whose
+  catalogue (`relations`) holds the name, or every schema of the list when the catalogue does
+  not hold it or is not given. `pg_catalog` is a candidate only for `pg_*` names (where the
+  system catalogs live) and `pg_temp` never (temporary objects are the session's own, created
+  under the policy). With an unknown path, every schema the catalogue holds the name in is a
+  candidate; without a catalogue nothing can be said (`Unresolvable`).
+
+The engine replaces each unqualified name by its candidates, so its usual matching gives the
+conservative reading: deny and review rules match when any candidate matches, allow rules only
+when every candidate is covered.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final
+
+import msgspec
+from sqlglot import exp
+
+from sqlward.policy.model import Analysis, StatementFacts
+from sqlward.policy.pg_builtins import PG_BUILTINS
+from sqlward.policy.sqltext import Token, Unlexable, significant, split_statements, tokenize
+
+__all__ = [
+    "DEFAULT_PATH",
+    "LOST",
+    "Resolution",
+    "SearchPath",
+    "Unresolvable",
+    "effective",
+    "parse_path",
+    "resolve",
+    "trace",
+]
+
+PathKey = tuple[str, ...]
+# The names of one statement resolved: (name as written, its candidates), in first-seen order.
+StatementNames = tuple[tuple[str, tuple[str, ...]], ...]
+Resolution = tuple[StatementNames, ...]
+
+DEFAULT_PATH: Final[PathKey] = ("pg_catalog", "public")
+# In `SearchPath.history`: the session had a list sqlward never learned (it was unknown inside
+# the transaction), so the end of the transaction may restore anything.
+LOST: Final[PathKey] = ("?",)
+
+
+class SearchPath(msgspec.Struct, frozen=True):
+    """What the gateway knows of a PostgreSQL session's search_path (see the module doc)."""
+
+    paths: tuple[PathKey, ...] = (DEFAULT_PATH,)
+    # Lists the session had since it was last seen outside a transaction: where a COMMIT,
+    # ROLLBACK or ROLLBACK TO SAVEPOINT may take it back.
+    history: tuple[PathKey, ...] = ()
+    # Non-empty: a statement may have set the path to anything (why).
+    unknown: str = ""
+    # current_user, for "$user" in a new path.
+    user: str = ""
+    # The session's value at start: what RESET and DISCARD ALL return to.
+    reset: PathKey = DEFAULT_PATH
+
+    @property
+    def certain(self) -> bool:
+        return not self.unknown and len(self.paths) == 1
+
+    def shown(self) -> list[list[str]] | str:
+        """For the audit record: the candidate lists, or why the path is unknown."""
+        return self.unknown or [list(p) for p in self.paths]
+
+
+class Unresolvable(Exception):
+    """The path is unknown and no catalogue tells where a name may be."""
+
+
+# ----------------------------------------------------------------------------------- values
+
+_IDENT = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^\s,"]+))\s*(?:,|$)')
+
+
+def parse_path(value: str) -> list[str] | None:
+    """The schema names of a search_path value as the server reads it (`a, "B c", $user`):
+    unquoted names folded to lower case, quoted ones kept; None when it is no such list."""
+    out: list[str] = []
+    pos = 0
+    value = value.strip()
+    if not value:
+        return []
+    while pos < len(value):
+        m = _IDENT.match(value, pos)
+        if m is None or m.end() == pos:
+            return None
+        quoted, plain = m.group(1), m.group(2)
+        if quoted is not None:
+            name = quoted.replace('""', '"')
+            out.append("$user" if name == "$user" else name)
+        else:
+            out.append(plain.lower())
+        pos = m.end()
+    return out
+
+
+def effective(schemas: Iterable[str], user: str) -> PathKey:
+    """The search list the server uses for a path of `schemas`: "$user" replaced by the current
+    role, pg_catalog first unless named (pg_temp is not resolved into; see the module doc)."""
+    out: list[str] = []
+    for s in schemas:
+        if s == "$user":
+            if not user:
+                continue
+            s = user
+        if s.startswith("pg_temp_"):
+            s = "pg_temp"
+        if s not in out:
+            out.append(s)
+    if "pg_catalog" not in out:
+        out.insert(0, "pg_catalog")
+    return tuple(out)
+
+
+def _union(*groups: Iterable[PathKey]) -> tuple[PathKey, ...]:
+    return tuple(dict.fromkeys(p for g in groups for p in g))
+
+
+# ----------------------------------------------------------------------------------- effects
+
+
+def _sqlglot_names() -> frozenset[str]:
+    names: set[str] = set()
+    stack: list[type] = [exp.Func]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        try:
+            names.update(n.lower() for n in cls.sql_names())  # type: ignore[attr-defined]
+        except Exception:  # a class without names: nothing to learn
+            pass
+        names.add(cls.__name__.lower())
+    return frozenset(names)
+
+
+# Functions that cannot change the session's search_path. Not set_config (it is read for its
+# arguments) and not the functions that run a query text (which may call set_config).
+_RUNS_SQL: Final = frozenset({
+    "set_config", "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml",
+    "cursor_to_xmlschema",
+})
+_PURE: Final = (PG_BUILTINS | _sqlglot_names()) - _RUNS_SQL - {"anonymous"}
+# Statements whose effect on the path is read from their text.
+_SETTING_OPS: Final = frozenset({"set", "other", "reset", "discard"})
+_TX_END_OPS: Final = frozenset({"commit", "rollback"})
+_OPAQUE_OPS: Final = {"call": "a CALL", "do": "a DO block", "execute": "an EXECUTE of a prepared statement"}
+
+
+def _needs_text(st: StatementFacts) -> bool:
+    """Whether a statement may change the path in a way only its text tells."""
+    if st.operation in _SETTING_OPS:
+        return True
+    return any(f not in _PURE for f in st.functions)
+
+
+def _words(tokens: Sequence[Token]) -> list[str]:
+    return [t.text for t in significant(tokens)]
+
+
+def _string(token: Token) -> str | None:
+    """The value of a plain '...' or $$...$$ literal (None for E'', U&'' and the like)."""
+    text = token.text
+    if token.kind != "str":
+        return None
+    if text.startswith("'") and text.endswith("'") and len(text) >= 2:
+        return text[1:-1].replace("''", "'")
+    m = re.fullmatch(r"(\$[^$]*\$)(.*)\1", text, re.DOTALL)
+    if m:
+        return m.group(2)
+    return None
+
+
+_SET_HEAD = re.compile(r"(?i)SET(?:\s+(SESSION|LOCAL))?\s+search_path\s*(?:TO|=)\s*(.*)$", re.DOTALL)
+
+
+def _set_value(sig: list[Token], path: SearchPath) -> tuple[str, PathKey | None] | None:
+    """A SET / RESET / DISCARD statement's effect: ("set", list), ("reset", None), ("unknown",
+    None), or None when it does not touch the path."""
+    upper = [t.text.upper() for t in sig]
+    if not upper:
+        return None
+    if upper[0] == "DISCARD":
+        return ("reset", None) if upper[1:2] == ["ALL"] else None
+    if upper[0] == "RESET":
+        target = " ".join(upper[1:])
+        if target in ("SEARCH_PATH", "ALL", "ROLE", "SESSION AUTHORIZATION"):
+            return ("unknown", None) if target in ("ROLE", "SESSION AUTHORIZATION") else ("reset", None)
+        return None
+    if upper[0] != "SET":
+        return None
+    i = 1
+    if upper[i : i + 1] in (["SESSION"], ["LOCAL"]):
+        i += 1
+    if upper[i : i + 1] == ["ROLE"] or upper[i : i + 2] == ["SESSION", "AUTHORIZATION"]:
+        return ("unknown", None)  # "$user" follows the role
+    if i >= len(sig):
+        return None
+    head = sig[i]
+    if not ((head.kind == "word" and upper[i] == "SEARCH_PATH") or (head.kind == "qid" and head.text == '"search_path"')):
+        return None
+    i += 1
+    if i >= len(sig):
+        return ("unknown", None)
+    if upper[i] == "FROM":
+        return None  # SET search_path FROM CURRENT: keeps the value in effect
+    if upper[i] not in ("TO", "="):
+        return ("unknown", None)
+    values = sig[i + 1 :]
+    if len(values) == 1 and values[0].kind == "word" and values[0].text.upper() == "DEFAULT":
+        return ("reset", None)
+    schemas: list[str] = []
+    expect_name = True
+    for t in values:
+        if expect_name:
+            if t.kind == "word":
+                schemas.append(t.text.lower())
+            elif t.kind == "qid":
+                name = t.text[1:-1].replace('""', '"')
+                schemas.append(name)
+            elif t.kind == "str":
+                # A string is one schema name, as written (the server quotes it).
+                s = _string(t)
+                if s is None:
+                    return ("unknown", None)
+                schemas.append(s)
+            else:
+                return ("unknown", None)
+            expect_name = False
+        elif t.kind == "op" and t.text == ",":
+            expect_name = True
+        else:
+            return ("unknown", None)
+    if expect_name and schemas:
+        return ("unknown", None)
+    return ("set", effective(schemas, path.user))
+
+
+def _set_config_calls(sig: list[Token], path: SearchPath) -> tuple[list[PathKey], str]:
+    """The lists `set_config('search_path', '<list>', ...)` calls of a statement may set, and why
+    the path became unknown ("" when it did not)."""
+    found: list[PathKey] = []
+    for i, t in enumerate(sig):
+        if t.kind != "word" or t.text.lower() != "set_config":
+            continue
+        j = i + 1
+        if j < len(sig) and sig[j].kind == "op" and sig[j].text == ".":
+            continue  # a column or something named set_config.x
+        if j >= len(sig) or sig[j].text != "(":
+            continue
+        args: list[list[Token]] = [[]]
+        depth = 0
+        k = j + 1
+        while k < len(sig):
+            tk = sig[k]
+            if tk.text == "(":
+                depth += 1
+            elif tk.text == ")":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif tk.text == "," and depth == 0:
+                args.append([])
+                k += 1
+                continue
+            args[-1].append(tk)
+            k += 1
+        if len(args) != 3 or any(len(a) != 1 for a in args[:2]):
+            return found, "set_config with a computed argument"
+        name = _string(args[0][0])
+        if name is None:
+            return found, "set_config with a computed argument"
+        if name.strip().lower() != "search_path":
+            continue
+        value = _string(args[1][0])
+        parsed = parse_path(value) if value is not None else None
+        if parsed is None:
+            return found, "set_config('search_path', ...) with a computed value"
+        found.append(effective(parsed, path.user))
+    return found, ""
+
+
+def _step(path: SearchPath, st: StatementFacts, tokens: Sequence[Token] | None) -> SearchPath:
+    """The path after one statement ran (see `trace`)."""
+    op = st.operation
+    if op in _OPAQUE_OPS:
+        return msgspec.structs.replace(path, unknown=f"{_OPAQUE_OPS[op]} may change search_path")
+    if op in _TX_END_OPS or op == "prepare":
+        if LOST in path.history:
+            return msgspec.structs.replace(path, unknown="the end of a transaction may restore a search_path sqlward never saw")
+        if path.history:
+            return msgspec.structs.replace(path, paths=_union(path.paths, path.history))
+        return path
+    if tokens is None or not _needs_text(st):
+        return path
+    sig = significant(tokens)
+    if op in _SETTING_OPS:
+        effect = _set_value(sig, path)
+        if effect is not None:
+            kind, value = effect
+            if kind == "unknown":
+                return msgspec.structs.replace(path, unknown="search_path was set to a value sqlward cannot read")
+            new = value if kind == "set" and value is not None else path.reset
+            return msgspec.structs.replace(path, paths=(new,), history=_union(path.history, path.paths, (new,)))
+    unknown_fns = [f for f in st.functions if f not in _PURE and f != "set_config"]
+    if unknown_fns:
+        return msgspec.structs.replace(path, unknown=f"function {unknown_fns[0]}() may change search_path")
+    if "set_config" in st.functions:
+        found, why = _set_config_calls(sig, path)
+        if why:
+            return msgspec.structs.replace(path, unknown=why)
+        if found:
+            # It may not run (a WHERE, a CASE): the old list stays a candidate.
+            return msgspec.structs.replace(
+                path, paths=_union(path.paths, found), history=_union(path.history, path.paths, found),
+            )
+    if any(f in _RUNS_SQL and f != "set_config" for f in st.functions):
+        return msgspec.structs.replace(path, unknown="a function running a query text may change search_path")
+    return path
+
+
+def trace(path: SearchPath, analysis: Analysis, sql: str) -> tuple[tuple[SearchPath, ...], SearchPath | None]:
+    """The path in effect at each statement of a request, and after it (None: unchanged)."""
+    statements = analysis.statements
+    if not any(
+        st.operation in _OPAQUE_OPS or st.operation in _TX_END_OPS or st.operation == "prepare" or _needs_text(st)
+        for st in statements
+    ):
+        return (path,) * len(statements), None
+    pieces: list[list[Token]] | None
+    try:
+        pieces = split_statements(tokenize(sql, "postgres"))
+    except Unlexable:
+        pieces = None
+    if pieces is not None and len(pieces) != len(statements):
+        pieces = None
+    per: list[SearchPath] = []
+    current = path
+    for i, st in enumerate(statements):
+        per.append(current)
+        if pieces is None and (st.operation in _SETTING_OPS or _needs_text(st)):
+            current = msgspec.structs.replace(current, unknown="a statement sqlward could not read may change search_path")
+            continue
+        current = _step(current, st, pieces[i] if pieces is not None else None)
+    return tuple(per), (current if current != path else None)
+
+
+# ------------------------------------------------------------------------------- resolution
+
+# relations(name) -> the "schema.table" entries of the catalogue with that bare name (lower case).
+Relations = Callable[[str], Sequence[str]]
+
+
+def needs_catalogue(per_statement: Sequence[SearchPath]) -> bool:
+    """Whether resolving needs to know which schema holds which table: some candidate list has
+    more than one schema a user table can be in, or the path is unknown."""
+    for sp in per_statement:
+        if sp.unknown:
+            return True
+        for p in sp.paths:
+            if sum(1 for s in p if s not in ("pg_catalog", "pg_temp")) > 1:
+                return True
+    return False
+
+
+def _candidates(name: str, sp: SearchPath, relations: Relations | None) -> tuple[str, ...]:
+    lower = name.lower()
+    system = lower.startswith("pg_")
+    held = tuple(relations(lower)) if relations is not None else None
+    out: list[str] = []
+    if sp.unknown:
+        if held is None:
+            raise Unresolvable(sp.unknown)
+        out.extend(held)
+        if system:
+            out.append(f"pg_catalog.{name}")
+        if not out:  # no such table anywhere: every schema of the known lists
+            for p in sp.paths:
+                out.extend(f"{s}.{name}" for s in p if s not in ("pg_catalog", "pg_temp"))
+        return tuple(dict.fromkeys(out))
+    for p in sp.paths:
+        schemas = [s for s in p if s != "pg_temp" and (s != "pg_catalog" or system)]
+        if held is not None:
+            hit = next((s for s in schemas if s == "pg_catalog" or f"{s.lower()}.{lower}" in held), None)
+            if hit is not None:
+                out.append(f"{hit}.{name}")
+                continue
+        out.extend(f"{s}.{name}" for s in schemas)
+    return tuple(dict.fromkeys(out))
+
+
+def resolve(
+    analysis: Analysis, per_statement: Sequence[SearchPath], relations: Relations | None,
+) -> Resolution:
+    """The candidates of every unqualified table name, per statement (see the module doc).
+    Raises Unresolvable when the path is unknown and there is no catalogue."""
+    out: list[StatementNames] = []
+    for st, sp in zip(analysis.statements, per_statement):
+        names: dict[str, tuple[str, ...]] = {}
+        for name in (*st.tables_read, *st.tables_written):
+            if "." in name or name in names:
+                continue
+            names[name] = _candidates(name, sp, relations)
+        out.append(tuple(names.items()))
+    return tuple(out)
