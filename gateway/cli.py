@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
         help="judge a protocol command that carries no SQL instead of a text: FunctionCall (PostgreSQL), "
         "COM_CREATE_DB, COM_DROP_DB, COM_REFRESH, ... (MySQL)",
     )
+    test.add_argument(
+        "--search-path", dest="search_path", default=None, metavar="SCHEMAS",
+        help="PostgreSQL: the session's search_path that unqualified table names resolve through, as "
+        "SHOW search_path gives it (default: public)",
+    )
     test.add_argument("--json", action="store_true", help="print one JSON object")
     test.add_argument("sql", metavar="SQL", nargs="?", default="", help="the SQL text (may hold several statements)")
     return parser
@@ -168,6 +173,7 @@ def policy_test(args: argparse.Namespace) -> int:
             schema=args.schema,
             expires_at=args.expires_at,
             command=args.protocol_command,
+            search_path=args.search_path,
         )
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -42,7 +42,8 @@ from sqlward.gateway.config import Config
 from sqlward.gateway.gatekeeper import Gatekeeper
 from sqlward.gateway.pipeline import Pipeline
 from sqlward.policy import rule_ids
-from sqlward.policy.engine import qualified
+from sqlward.policy.engine import qualified, resolved
+from sqlward.policy.searchpath import SearchPath, Unresolvable, effective, parse_path, resolve, trace
 from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
 
 __all__ = [
@@ -127,6 +128,12 @@ class Report(msgspec.Struct, frozen=True):
     masked_columns: tuple[str, ...] = ()
     # What could not be known offline.
     notes: tuple[str, ...] = ()
+    # PostgreSQL: the search list unqualified names were resolved through (--search-path).
+    search_path: list[str] = []
+
+
+# A live session's list holds only schemas that exist; "$user" rarely does.
+DEFAULT_SEARCH_PATH = "public"
 
 
 def exit_code(report: Report) -> int:
@@ -191,6 +198,7 @@ def evaluate(
     schema: str | None = None,
     expires_at: float | None = None,
     command: str = "",
+    search_path: str | None = None,
 ) -> Report:
     """The verdict a live session would get on `sql` (or the protocol `command`) sent by
     `identity` to `target` (see the module doc).
@@ -216,12 +224,25 @@ def evaluate(
             raise PolicyTestError(
                 "--schema is the MySQL current database (USE); PostgreSQL sessions do not qualify table names with it"
             )
+        if search_path is not None and chosen != "postgres":
+            raise PolicyTestError("--search-path is PostgreSQL's; MySQL sessions use --schema")
         if schema is None:
             schema = info.database if chosen == "mysql" and info.protocol == "mysql" else ""
+        path: SearchPath | None = None
+        if chosen == "postgres":
+            schemas = parse_path(search_path if search_path is not None else DEFAULT_SEARCH_PATH)
+            if schemas is None:
+                raise PolicyTestError(f"--search-path {search_path!r} is not a list of schema names")
+            # "$user" is the target DSN's user, the role the gateway connects as.
+            resolved_target = gatekeeper.resolve_target(info.name, "postgres")
+            user = resolved_target.user if resolved_target is not None else ""
+            listed = effective(schemas, user)
+            path = SearchPath(paths=(listed,), reset=listed, user=user)
         # sqlglot warns on stderr when it falls back to a Command; the parse status says so already.
         logging.getLogger("sqlglot").setLevel(logging.ERROR)
         request = StatementRequest(
             sql=sql, dialect=chosen, schema=schema, kind="command" if command else "statement", command=command,
+            search_path=path,
         )
         refusal = gatekeeper.access_refusal(who, info)
         if refusal is not None:
@@ -238,6 +259,12 @@ def evaluate(
     shown = None
     if analysis is not None:
         shown = qualified(analysis, schema.lower()) if schema or chosen == "mysql" else analysis
+        if path is not None:
+            per, _ = trace(path, analysis, sql)
+            try:
+                shown = resolved(analysis, resolve(analysis, per, None))
+            except Unresolvable:
+                pass
     mask = verdict.mask
     masked_columns = mask.request.plan.masked_sources if mask is not None else ()
     return Report(
@@ -277,6 +304,7 @@ def evaluate(
         closes_session=verdict.close_session,
         masked_columns=masked_columns,
         notes=verdict.notes,
+        search_path=list(path.paths[0]) if path is not None else [],
     )
 
 
@@ -333,7 +361,8 @@ def format_text(report: Report) -> str:
     lines += [
         f"identity:    {who_text}",
         f"target:      {t.name} ({t.protocol}, environment {t.environment})",
-        f"dialect:     {report.dialect}" + (f" (current database {report.schema})" if report.schema else ""),
+        f"dialect:     {report.dialect}" + (f" (current database {report.schema})" if report.schema else "")
+        + (f" (search_path {', '.join(report.search_path)})" if report.search_path else ""),
         f"fingerprint: {report.fingerprint}",
         f"parse:       {report.parse_status}" + (f" ({report.error})" if report.error else ""),
         f"statements:  {len(report.statements)}",

@@ -105,29 +105,32 @@ class Unresolvable(Exception):
 
 # ----------------------------------------------------------------------------------- values
 
-_IDENT = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^\s,"]+))\s*(?:,|$)')
+_IDENT = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^\s,"]+))\s*')
 
 
 def parse_path(value: str) -> list[str] | None:
     """The schema names of a search_path value as the server reads it (`a, "B c", $user`):
-    unquoted names folded to lower case, quoted ones kept; None when it is no such list."""
+    unquoted names folded to lower case, quoted ones kept; None when it is no such list (an
+    empty element, a stray quote)."""
     out: list[str] = []
-    pos = 0
-    value = value.strip()
-    if not value:
+    if not value.strip():
         return []
-    while pos < len(value):
+    pos = 0
+    while True:
         m = _IDENT.match(value, pos)
-        if m is None or m.end() == pos:
+        if m is None:
             return None
         quoted, plain = m.group(1), m.group(2)
         if quoted is not None:
-            name = quoted.replace('""', '"')
-            out.append("$user" if name == "$user" else name)
+            out.append(quoted.replace('""', '"'))
         else:
             out.append(plain.lower())
         pos = m.end()
-    return out
+        if pos == len(value):
+            return out
+        if value[pos] != ",":
+            return None
+        pos += 1
 
 
 def effective(schemas: Iterable[str], user: str) -> PathKey:
@@ -421,7 +424,8 @@ def _candidates(name: str, sp: SearchPath, relations: Relations | None) -> tuple
                 out.append(f"{hit}.{name}")
                 continue
         out.extend(f"{s}.{name}" for s in schemas)
-    return tuple(dict.fromkeys(out))
+    # A list of system schemas only: the server finds no such table; the name stays as written.
+    return tuple(dict.fromkeys(out)) or (name,)
 
 
 def resolve(

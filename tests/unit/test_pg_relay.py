@@ -22,12 +22,17 @@ import pytest
 from sqlward.adapters.base import StatementRequest, Verdict
 from sqlward.adapters.postgres.errors import MessageTooLarge, ProtocolViolation
 from sqlward.adapters.postgres.relay import ClientSide, RelayState, UpstreamSide
+from sqlward.adapters.postgres.searchpath import PROBE_SQL
 from sqlward.audit.events import StatementCompleted
 from sqlward.masking.context import MaskContext, RequestMask
 from sqlward.masking.model import MaskSpec
 from sqlward.masking.plan import MaskPlan
 from sqlward.policy import rule_ids
 from sqlward.policy.model import Decision
+from sqlward.policy.searchpath import SearchPath
+
+# What requests carry when the relay state is built without a tracker: the default path.
+PATH = SearchPath()
 
 
 def m(mtype: bytes, body: bytes = b"") -> bytes:
@@ -110,13 +115,15 @@ class Judge:
     masked: bool = False
     mask: MaskContext | None = None
     requests: list[StatementRequest] = field(default_factory=list)
+    # The session's search_path after a request, when it changes it (Verdict.search_path).
+    moves: Callable[[StatementRequest], SearchPath | None] = lambda request: None
 
     def __call__(self, request: StatementRequest) -> Verdict:
         self.requests.append(request)
         decision = self.rule(request) or Decision(action="allow")
         return Verdict(
             request_id=len(self.requests), decision=decision, masked=self.masked,
-            mask=self.mask if decision.action == "allow" else None,
+            mask=self.mask if decision.action == "allow" else None, search_path=self.moves(request),
         )
 
 
@@ -155,6 +162,10 @@ def _run(
         if who == "v":  # the policy is reloaded: its version changes
             versions[0] += 1
             continue
+        if who == "p":  # the driver's turn before the next client chunk: ask for the path if due
+            if state.path.wants_probe(state.idle):
+                to_upstream += state.start_probe()
+            continue
         if how == "trailing" and i == last[who]:
             data += CLIENT_TRAILER if who == "c" else UPSTREAM_TRAILER
         for chunk in _split(data, how):
@@ -182,8 +193,9 @@ def exchange(
     *steps: tuple[str, bytes], judge: Callable[[], Judge] = Judge, sql_comment: bytes = b"",
     max_message_size: int = 1 << 20,
 ) -> Result:
-    """Run `steps` (("c", client bytes), ("u", upstream bytes), ("v", b"") for a policy reload)
-    fed whole, one byte at a time and with trailing data; all three must agree."""
+    """Run `steps` (("c", client bytes), ("u", upstream bytes), ("v", b"") for a policy reload,
+    ("p", b"") for the driver's search_path probe when due) fed whole, one byte at a time and with
+    trailing data; all three must agree."""
     results = [
         _run(how, list(steps), judge(), versions=[1], sql_comment=sql_comment,
              max_message_size=max_message_size)
@@ -219,7 +231,7 @@ def test_simple_query() -> None:
         ("u", ROWDESC_N + ROW_1 + complete(b"SELECT 1") + READY_IDLE),
     )
     assert r.to_upstream == query(b"SELECT 1")
-    assert r.requests == [StatementRequest(sql="SELECT 1", dialect="postgres")]
+    assert r.requests == [StatementRequest(sql="SELECT 1", dialect="postgres", search_path=PATH)]
     assert r.to_client == ROWDESC_N + ROW_1 + complete(b"SELECT 1") + READY_IDLE
     assert r.events == [done(1, "SELECT 1", rows=1)]
     assert r.state.tx_status == "I" and not r.state.pending
@@ -399,7 +411,7 @@ def test_unnamed_pipeline() -> None:
     )
     assert r.to_upstream == parse(b"", b"SELECT 1") + BIND + DESCRIBE_PORTAL + EXECUTE + SYNC
     assert r.requests == [
-        StatementRequest(sql="SELECT 1", dialect="postgres", statement_name=""),
+        StatementRequest(sql="SELECT 1", dialect="postgres", statement_name="", search_path=PATH),
         StatementRequest(sql="", dialect="postgres", kind="execute", statement_name=""),
     ]
     assert r.to_client == PARSE_COMPLETE + BIND_COMPLETE + ROWDESC_N + ROW_1 + complete(b"SELECT 1") + READY_IDLE
@@ -505,7 +517,7 @@ def test_named_statement_decided_again_after_a_policy_reload() -> None:
         ("u", syntax_error_at(marker) + READY_IDLE),
         judge=lambda: Judge(lambda request, d=iter([None, DROP_REFUSED]): next(d)),
     )
-    assert r.requests[1] == StatementRequest(sql="DELETE FROM t", dialect="postgres", statement_name="s1")
+    assert r.requests[1] == StatementRequest(sql="DELETE FROM t", dialect="postgres", statement_name="s1", search_path=PATH)
     assert r.to_upstream == parse(b"s1", b"DELETE FROM t") + SYNC + parse(b"", marker) + SYNC
     assert r.to_client == PARSE_COMPLETE + READY_IDLE + GATEWAY_DROP_ERROR + READY_IDLE
 
@@ -746,3 +758,125 @@ def test_relay_imports_no_io_library() -> None:
 
     code = "import sys, sqlward.adapters.postgres.relay; sys.exit('trio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# -- the session's search_path (issue 11) -------------------------------------------------------
+
+VAULT = SearchPath(paths=(("pg_catalog", "vault"),), history=(("pg_catalog", "public"), ("pg_catalog", "vault")))
+PROBE = query(PROBE_SQL.encode())
+PROBE_ROWDESC = m(
+    b"T", b"\0\2" + b"a\0" + b"\0" * 6 + b"\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0"
+    + b"b\0" + b"\0" * 6 + b"\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+)
+
+
+def probe_answer(user: bytes, path: bytes, ready: bytes = READY_IDLE) -> bytes:
+    row = m(b"D", b"\0\2" + struct.pack("!i", len(user)) + user + struct.pack("!i", len(path)) + path)
+    return PROBE_ROWDESC + row + complete(b"SELECT 1") + ready
+
+
+def moves_on_set(request: StatementRequest) -> SearchPath | None:
+    return VAULT if request.sql.startswith("SET") else None
+
+
+def test_a_path_change_is_followed_by_the_servers_answer_which_the_client_never_sees() -> None:
+    r = exchange(
+        ("c", query(b"SET search_path TO vault")),
+        ("p", b""),  # the SET is still in flight: no probe yet
+        ("u", complete(b"SET") + READY_IDLE),
+        ("p", b""),
+        ("u", probe_answer(b"eve", b"pg_catalog,vault")),
+        ("c", query(b"SELECT * FROM secrets")),
+        judge=lambda: Judge(moves=moves_on_set),
+    )
+    assert r.to_upstream == query(b"SET search_path TO vault") + PROBE + query(b"SELECT * FROM secrets")
+    assert r.to_client == complete(b"SET") + READY_IDLE  # nothing of the probe
+    # Until the answer came, the candidates were the old and the new list; then the server's.
+    assert r.requests[1].search_path == SearchPath(paths=(("pg_catalog", "vault"),), user="eve")
+    assert not r.state.path.dirty
+    assert [e.request_id for e in r.events] == [1]  # the probe is not audited
+
+
+def test_requests_sent_before_the_answer_are_judged_with_every_candidate() -> None:
+    r = exchange(
+        ("c", query(b"SET search_path TO vault") + query(b"SELECT * FROM secrets")),
+        judge=lambda: Judge(moves=moves_on_set),
+    )
+    assert r.requests[1].search_path is not None
+    assert set(r.requests[1].search_path.paths) == {("pg_catalog", "public"), ("pg_catalog", "vault")}
+    assert r.state.path.dirty
+
+
+def test_no_probe_in_a_failed_transaction_nor_while_a_request_runs() -> None:
+    r = exchange(
+        ("c", query(b"BEGIN") + query(b"SET search_path TO vault")),
+        ("u", complete(b"BEGIN") + READY_IN_TX),
+        ("p", b""),  # the SET still runs
+        ("u", server_error(b"42601", b"boom") + READY_FAILED),
+        ("p", b""),  # failed transaction: the server would refuse the probe
+        judge=lambda: Judge(moves=moves_on_set),
+    )
+    assert PROBE not in r.to_upstream
+    assert r.state.path.dirty
+
+
+def test_a_failed_probe_leaves_the_path_unknown_and_asks_again() -> None:
+    r = exchange(
+        ("c", query(b"SET search_path TO vault")),
+        ("u", complete(b"SET") + READY_IDLE),
+        ("p", b""),
+        ("u", server_error(b"57014", b"canceled") + READY_IDLE),
+        ("p", b""),
+        judge=lambda: Judge(moves=moves_on_set),
+    )
+    assert r.to_upstream.count(PROBE) == 2
+    assert r.to_client == complete(b"SET") + READY_IDLE
+    assert r.state.path.current.unknown and r.state.path.dirty
+
+
+def test_the_end_of_a_transaction_that_moved_the_path_asks_again() -> None:
+    r = exchange(
+        ("c", query(b"BEGIN")),
+        ("u", complete(b"BEGIN") + READY_IN_TX),
+        ("c", query(b"SET LOCAL search_path TO vault")),
+        ("u", complete(b"SET") + READY_IN_TX),
+        ("p", b""),
+        ("u", probe_answer(b"eve", b"pg_catalog,vault", READY_IN_TX)),
+        ("c", query(b"COMMIT")),
+        ("u", complete(b"COMMIT") + READY_IDLE),
+        ("p", b""),
+        ("u", probe_answer(b"eve", b"pg_catalog,public")),
+        judge=lambda: Judge(moves=moves_on_set),
+    )
+    assert r.to_upstream.count(PROBE) == 2
+    # Inside the transaction the probe remembers where its end may go back to.
+    assert ("pg_catalog", "public") in r.requests[2].search_path.history
+    assert r.state.path.current.paths == (("pg_catalog", "public"),)
+
+
+def test_a_named_statement_is_decided_again_once_the_path_moved() -> None:
+    r = exchange(
+        ("c", parse(b"s1", b"SELECT * FROM secrets") + SYNC),
+        ("u", PARSE_COMPLETE + READY_IDLE),
+        ("c", query(b"SET search_path TO vault")),
+        ("u", complete(b"SET") + READY_IDLE),
+        ("p", b""),
+        ("u", probe_answer(b"eve", b"pg_catalog,vault")),
+        ("c", BIND_S1 + EXECUTE + SYNC),
+        judge=lambda: Judge(moves=moves_on_set),
+    )
+    again = [q for q in r.requests if q.sql == "SELECT * FROM secrets"]
+    assert len(again) == 2
+    assert again[1].search_path == SearchPath(paths=(("pg_catalog", "vault"),), user="eve")
+
+
+def test_a_statement_that_moves_the_path_moves_it_at_every_bind() -> None:
+    r = exchange(
+        ("c", parse(b"s1", b"SET search_path TO vault") + SYNC),
+        ("u", PARSE_COMPLETE + READY_IDLE),
+        ("p", b""),
+        ("u", probe_answer(b"eve", b"pg_catalog,public")),
+        ("c", BIND_S1 + EXECUTE + SYNC),
+        judge=lambda: Judge(moves=moves_on_set),
+    )
+    assert r.state.path.dirty  # the Bind ran it again: the server is asked again when idle

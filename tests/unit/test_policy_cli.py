@@ -98,7 +98,7 @@ def test_allowed_select(config: Path, capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "decision:    allow" in out
     assert "rule:        reads" in out
-    assert "read:       users" in out
+    assert "read:       public.users" in out  # resolved through the search_path (public)
     assert "fingerprint: SELECT id FROM users WHERE id = ?" in out
     assert "alice (static; groups: dba)" in out
     # The audit file is never opened, the upstream never dialled.
@@ -111,7 +111,7 @@ def test_drop_in_production_refused_by_rule(config: Path, capsys: pytest.Capture
     assert "decision:    deny" in out
     assert "rule:        no-drop-in-production" in out
     assert 'refused by rule "no-drop-in-production"' in out
-    assert "written:    users" in out
+    assert "written:    public.users" in out
 
 
 def test_drop_in_development_is_not_refused_by_the_production_rule(
@@ -185,7 +185,7 @@ def test_json_output(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert st["index"] == 1
     assert st["operation"] == "drop"
     assert st["operations"] == ["drop"]
-    assert st["tables_written"] == ["users"]
+    assert st["tables_written"] == ["public.users"]
     assert st["tables_read"] == []
     assert st["has_where"] is None
     assert st["parse_status"] == "ok"
@@ -299,3 +299,22 @@ def test_usage_errors_exit_2(config: Path, capsys: pytest.CaptureFixture[str]) -
     assert run(config, "--as", "alice", "--target", "app-prod", "--dialect", "oracle", "SELECT 1") == 2
     assert main(["policy"]) == 2
     capsys.readouterr()
+
+
+def test_search_path_option_resolves_bare_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--search-path: unqualified names resolve through the given list, as a live session's
+    would (without a catalogue offline, every schema of the list is a candidate)."""
+    config = tmp_path / "sqlward.toml"
+    config.write_text(textwrap.dedent(CONFIG).replace("[[rules]]", '[[rules]]\nid = "no-vault"\ntables = ["vault.*"]\naction = "deny"\n\n[[rules]]', 1))
+    assert run(config, "--as", "alice", "--target", "app-prod", "--search-path", "vault, public", "--json",
+               "SELECT * FROM secrets") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["rule_id"] == "no-vault"
+    assert report["search_path"] == ["pg_catalog", "vault", "public"]
+    assert report["statements"][0]["tables_read"] == ["vault.secrets", "public.secrets"]
+    # The request's own SET counts for the statements after it.
+    assert run(config, "--as", "alice", "--target", "app-prod", "--json",
+               "SET search_path TO vault; SELECT * FROM secrets") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["statements"][1]["tables_read"] == ["vault.secrets"]
+    assert run(config, "--as", "alice", "--target", "app-prod", "--search-path", "a,", "SELECT 1") == 2
