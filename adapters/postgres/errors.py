@@ -180,6 +180,15 @@ def hidden_error(sqlstate: str, severity: str) -> bytes:
     )
 
 
+def hidden_notice(sqlstate: str, severity: str) -> bytes:
+    """The NoticeResponse that replaces the server's (a RAISE NOTICE, a WARNING) during a
+    statement reading masked columns: its text may quote a masked value as an error's can."""
+    sev = severity.encode("ascii")
+    text = f"a {severity.lower()} was raised (SQLSTATE {sqlstate}); sqlward hides its message because the statement reads masked columns"
+    body = b"S" + sev + b"\0V" + sev + b"\0" + _field(b"C", sqlstate) + _field(b"M", text) + b"\0"
+    return b"N" + struct.pack("!I", len(body) + 4) + body
+
+
 # -- the one mapping ---------------------------------------------------------------------------
 
 _AUDIT_LOST = "the audit trail cannot be written; sqlward closed the session"

@@ -50,7 +50,8 @@ origins of the rows are always known; a RowDescription builds the `RowMasker` of
 follow and runs of DataRows are rewritten from the chunk in one call (`RowMasker.mask_rows`, the
 compiled walk when built). A DataRow that cannot be masked is a `ProtocolViolation`, never
 forwarded. The server's error text of a statement reading masked columns is replaced
-(`errors.hidden_error`).
+(`errors.hidden_error`), and so is the text of its notices and warnings (`errors.hidden_notice`:
+a RAISE NOTICE in code the statement runs may quote a value).
 
 Errors: `ProtocolViolation` (08P01) / `MessageTooLarge` (54000) for bad client bytes;
 `ProtocolViolation` for bad upstream bytes (the driver treats it as a lost upstream).
@@ -96,7 +97,7 @@ for _t in (
 _STREAMED = (Backend.DATA_ROW, Backend.COPY_DATA)  # may be huge: never buffered whole
 # Masked sessions also look at row descriptions and rows (each DataRow is buffered whole).
 _WATCH_MASKED = bytearray(_WATCH)
-for _t in (Backend.ROW_DESCRIPTION, Backend.NO_DATA, Backend.DATA_ROW):
+for _t in (Backend.ROW_DESCRIPTION, Backend.NO_DATA, Backend.DATA_ROW, Backend.NOTICE_RESPONSE):
     _WATCH_MASKED[_t] = 1
 
 _KNOWN_FRONTEND = bytearray(256)
@@ -109,6 +110,7 @@ _B_DATA_ROW, _B_ROW_DESCRIPTION, _B_NO_DATA = int(Backend.DATA_ROW), int(Backend
 _B_PARAMETER_STATUS, _B_EMPTY_QUERY, _B_SUSPENDED = (
     int(Backend.PARAMETER_STATUS), int(Backend.EMPTY_QUERY_RESPONSE), int(Backend.PORTAL_SUSPENDED),
 )
+_B_NOTICE = int(Backend.NOTICE_RESPONSE)
 
 _Q, _P, _B, _E, _S = Frontend.QUERY, Frontend.PARSE, Frontend.BIND, Frontend.EXECUTE, Frontend.SYNC
 _C, _D, _F, _X = Frontend.CLOSE, Frontend.DESCRIBE, Frontend.FUNCTION_CALL, Frontend.TERMINATE
@@ -721,6 +723,11 @@ class UpstreamSide:
                     pending.popleft()
                     self._complete(head)
             return replacement
+        if mtype == _B_NOTICE:  # masked sessions only (the watch list)
+            if head is not None and head.mask is not None and head.mask.request.redact_errors:
+                fields = codec.error_fields(bytes(body))
+                return errors.hidden_notice(fields.get("C", "01000"), fields.get("S", "NOTICE"))
+            return None
         if mtype == _B_PARAMETER_STATUS:
             if body.startswith(b"client_encoding\0"):
                 value = bytes(body[16:]).rstrip(b"\0").decode("ascii", "replace")

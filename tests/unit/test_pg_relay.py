@@ -658,6 +658,28 @@ def test_masked_statement_error_text_is_hidden() -> None:
     assert r.events == [done(1, error="(hidden: the statement reads masked columns)", sqlstate="22P02")]
 
 
+def test_masked_statement_notice_text_is_hidden() -> None:
+    notice = m(b"N", b"SNOTICE\0VNOTICE\0C00000\0Mvalue is alice@example.com\0\0")
+    r = exchange(
+        ("c", query(b"SELECT id, email FROM customers")),
+        ("u", notice + ROWDESC_ID_EMAIL + complete(b"SELECT 0") + READY_IDLE),
+        judge=lambda: masked_judge(redact_errors=True),
+    )
+    assert b"alice@example.com" not in r.to_client
+    assert r.to_client.startswith(m(
+        b"N",
+        b"SNOTICE\0VNOTICE\0C00000\0Ma notice was raised (SQLSTATE 00000); sqlward hides its message because "
+        b"the statement reads masked columns\0\0",
+    ))
+    # A statement reading no masked table keeps its notices.
+    r = exchange(
+        ("c", query(b"SELECT 1")),
+        ("u", notice + complete(b"SELECT 1") + READY_IDLE),
+        judge=lambda: masked_judge(redact_errors=False),
+    )
+    assert r.to_client.startswith(notice)
+
+
 def test_a_datarow_that_cannot_be_masked_is_never_forwarded() -> None:
     bad = m(b"D", b"\0\2\0\0\0\1" b"7")  # announces two columns, holds one
     state = RelayState(policy_version=lambda: 1, clock=lambda: 0.0)
