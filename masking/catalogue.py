@@ -4,21 +4,33 @@ Sans-IO part
 ------------
 * `type_kind(type_name, dialect)` maps a type name as the catalogue reports it (PostgreSQL
   `format_type(atttypid, atttypmod)`, MySQL `COLUMN_TYPE` or `DATA_TYPE`) to a `TypeKind`.
-* `PG_CATALOGUE_SQL` is three statements sent as one simple Query (one round trip, three
+* `PG_CATALOGUE_SQL` is five statements sent as one simple Query (one round trip, five
   results): relations (pg_class: ordinary and partitioned tables, views, materialized views,
   foreign tables outside pg_catalog, information_schema, pg_toast and the temporary schemas,
   with `pg_get_viewdef(oid, true)` for views and materialized views), their columns (pg_attribute,
   attnum > 0, not dropped, `format_type`, the type's `typtype`, and for a domain the base type it
-  finally rests on, resolved through nested domains) and the search path
-  (`current_schemas(false)`: the schemas of `search_path` that exist, `$user` resolved).
-  `pg_catalogue_from_rows(relations, columns, search_path)` turns the text rows into a `Catalogue`.
-* `MYSQL_CATALOGUE_SQL` is three statements sent as one COM_QUERY over information_schema:
+  finally rests on, resolved through nested domains), the search path
+  (`current_schemas(false)`: the schemas of `search_path` that exist, `$user` resolved), the
+  user-defined routines (`PG_ROUTINES_SQL`: pg_proc outside pg_catalog, information_schema and
+  the temporary schemas, with the language, the definition of SQL and PL/pgSQL ones
+  (`pg_get_functiondef`) and whether an extension installed it) and the built-in function names
+  (`PG_BUILTINS_SQL`: pg_proc in pg_catalog). `pg_catalogue_from_rows(relations, columns,
+  search_path, routines=, builtins=)` turns the text rows into a `Catalogue`;
+  `pg_catalogue_from_results` also takes the three results of the older query (no routine
+  information: `Catalogue.routines` and `builtins` are None).
+* `MYSQL_CATALOGUE_SQL` is four statements sent as one COM_QUERY over information_schema:
   TABLES (every table, view and sequence outside mysql, information_schema, performance_schema
-  and sys), COLUMNS (ORDINAL_POSITION as attnum, COLUMN_TYPE as type name) and
-  VIEWS.VIEW_DEFINITION; `mysql_catalogue_from_rows(tables, columns, views)` joins them (in
+  and sys), COLUMNS (ORDINAL_POSITION as attnum, COLUMN_TYPE as type name),
+  VIEWS.VIEW_DEFINITION and ROUTINES (ROUTINE_DEFINITION, NULL when the gateway's user may not
+  read it); `mysql_catalogue_from_rows(tables, columns, views, routines=)` joins them (in
   Python: MariaDB joins TABLES with COLUMNS several times slower than it reads them) into the
   `Catalogue`. Its search path is empty (MySQL's current database is passed to
   `Catalogue.lookup` separately).
+
+A routine's definition is what masking judges when a statement calls it
+(`masking.lineage`): one whose body may read a table with masked columns, or cannot be read, is
+refused for identities under masking. Loading failures stay fail closed: the whole load fails
+(the gateway refuses `masking-unavailable`), never a catalogue without its routines.
 
 Names
 -----
@@ -59,20 +71,25 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 import trio
 
-from sqlward.masking.model import Catalogue, ColumnInfo, TableInfo, TypeKind
+from sqlward.masking.model import Catalogue, ColumnInfo, RoutineInfo, TableInfo, TypeKind
 
 __all__ = [
     "type_kind",
     "PG_RELATIONS_SQL",
     "PG_COLUMNS_SQL",
     "PG_SEARCH_PATH_SQL",
+    "PG_ROUTINES_SQL",
+    "PG_BUILTINS_SQL",
     "PG_CATALOGUE_SQL",
     "MYSQL_TABLES_SQL",
     "MYSQL_COLUMNS_SQL",
     "MYSQL_VIEWS_SQL",
+    "MYSQL_ROUTINES_SQL",
     "MYSQL_CATALOGUE_SQL",
     "pg_catalogue_from_rows",
     "pg_catalogue_from_results",
+    "pg_routines_from_rows",
+    "mysql_routines_from_rows",
     "mysql_catalogue_from_rows",
     "mysql_catalogue_from_results",
     "load_pg_catalogue",
@@ -214,7 +231,30 @@ ORDER BY a.attrelid, a.attnum"""
 PG_SEARCH_PATH_SQL = """SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(false))
   WITH ORDINALITY AS u(s, n) ORDER BY n"""
 
-PG_CATALOGUE_SQL = f"{PG_RELATIONS_SQL};\n{PG_COLUMNS_SQL};\n{PG_SEARCH_PATH_SQL}"
+# User-defined routines (outside pg_catalog, information_schema and the temporary schemas): the
+# definition (`pg_get_functiondef`, which also prints SQL-standard bodies) of SQL and PL/pgSQL
+# ones; NULL for aggregates, other languages and routines an extension installed (the last are
+# trusted like built-ins: `extension` is true).
+PG_ROUTINES_SQL = """SELECT n.nspname, p.proname, l.lanname, p.prokind,
+       CASE WHEN e.objid IS NOT NULL OR p.prokind = 'a' THEN NULL
+            WHEN l.lanname IN ('sql', 'plpgsql') THEN pg_catalog.pg_get_functiondef(p.oid) END,
+       e.objid IS NOT NULL
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+LEFT JOIN (SELECT DISTINCT d.objid FROM pg_catalog.pg_depend d
+           WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.deptype = 'e') e ON e.objid = p.oid
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast_)?temp_'
+ORDER BY p.oid"""
+
+# The server's built-in function names (pg_catalog).
+PG_BUILTINS_SQL = """SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p
+WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace"""
+
+PG_CATALOGUE_SQL = (
+    f"{PG_RELATIONS_SQL};\n{PG_COLUMNS_SQL};\n{PG_SEARCH_PATH_SQL};\n{PG_ROUTINES_SQL};\n{PG_BUILTINS_SQL}"
+)
 
 
 def _pg_column_kind(type_name: str, typtype: str | None, base_name: str | None, base_typtype: str | None) -> TypeKind:
@@ -266,13 +306,49 @@ def _report(dropped: list[tuple[str, TableInfo, TableInfo]], on_collision: Colli
             on_collision(key, kept, left_out)
 
 
+_PG_KINDS_OF_ROUTINE = {"f": "function", "p": "procedure", "a": "aggregate", "w": "window"}
+
+
+def _truth(value: str | None) -> bool:
+    return (value or "").lower() in ("t", "true", "1", "on", "yes")
+
+
+def _routines(items: Iterable[RoutineInfo]) -> dict[str, tuple[RoutineInfo, ...]]:
+    out: dict[str, tuple[RoutineInfo, ...]] = {}
+    for routine in items:
+        out[routine.name] = (*out.get(routine.name, ()), routine)
+    return out
+
+
+def pg_routines_from_rows(rows: Iterable[Row]) -> dict[str, tuple[RoutineInfo, ...]]:
+    """Routines by "schema.name" from the rows of `PG_ROUTINES_SQL` (schema, name, language,
+    prokind, definition, extension)."""
+    items = []
+    for schema, name, language, prokind, definition, extension in rows:
+        if schema is None or name is None:
+            continue
+        items.append(
+            RoutineInfo(
+                name=f"{schema.lower()}.{name.lower()}",
+                language=(language or "").lower(),
+                body=definition,
+                kind=_PG_KINDS_OF_ROUTINE.get(prokind or "f", "function"),
+                extension=_truth(extension),
+            )
+        )
+    return _routines(items)
+
+
 def pg_catalogue_from_rows(
     relations: Iterable[Row], columns: Iterable[Row], search_path: Iterable[Row | str],
     *, on_collision: CollisionHook | None = None,
+    routines: Iterable[Row] | None = None, builtins: Iterable[Row | str] | None = None,
 ) -> Catalogue:
     """A `Catalogue` from the text rows of `PG_RELATIONS_SQL` (schema, name, oid, relkind,
     viewdef), `PG_COLUMNS_SQL` (attrelid, attname, attnum, format_type, typtype, domain base
-    name, domain base typtype) and `PG_SEARCH_PATH_SQL` (schema; a row or a plain string).
+    name, domain base typtype) and `PG_SEARCH_PATH_SQL` (schema; a row or a plain string), and
+    when given those of `PG_ROUTINES_SQL` and `PG_BUILTINS_SQL` (without them the catalogue
+    holds no routine information: `routines` and `builtins` are None).
     `on_collision(key, kept, left_out)` is called for each relation the case rule leaves out."""
     cols: dict[int, list[ColumnInfo]] = defaultdict(list)
     kinds: dict[tuple[str, str | None, str | None, str | None], TypeKind] = {}  # names repeat
@@ -304,7 +380,15 @@ def pg_catalogue_from_rows(
         if value:
             path.append(value.lower())
     _report(dropped, on_collision)
-    return Catalogue(tables=tables, search_path=tuple(path))
+    names: frozenset[str] | None = None
+    if builtins is not None:
+        names = frozenset(
+            (item if isinstance(item, str) else item[0] or "").lower() for item in builtins
+        ) - {""}
+    return Catalogue(
+        tables=tables, search_path=tuple(path),
+        routines=pg_routines_from_rows(routines) if routines is not None else None, builtins=names,
+    )
 
 
 def _rows(result: Any) -> Sequence[Row]:
@@ -312,11 +396,15 @@ def _rows(result: Any) -> Sequence[Row]:
 
 
 def pg_catalogue_from_results(results: Sequence[Any], *, on_collision: CollisionHook | None = None) -> Catalogue:
-    """The catalogue from the three results of `PG_CATALOGUE_SQL` (`Result`-like: `.rows`)."""
-    if len(results) != 3:
-        raise ValueError(f"expected 3 results from the catalogue query, got {len(results)}")
+    """The catalogue from the five results of `PG_CATALOGUE_SQL` (`Result`-like: `.rows`);
+    three results (relations, columns, search path: an older query) give a catalogue without
+    routine information."""
+    if len(results) not in (3, 5):
+        raise ValueError(f"expected 5 results from the catalogue query, got {len(results)}")
     return pg_catalogue_from_rows(
-        _rows(results[0]), _rows(results[1]), _rows(results[2]), on_collision=on_collision
+        _rows(results[0]), _rows(results[1]), _rows(results[2]), on_collision=on_collision,
+        routines=_rows(results[3]) if len(results) == 5 else None,
+        builtins=_rows(results[4]) if len(results) == 5 else None,
     )
 
 
@@ -337,14 +425,39 @@ MYSQL_VIEWS_SQL = f"""SELECT TABLE_SCHEMA, TABLE_NAME, VIEW_DEFINITION
 FROM information_schema.VIEWS
 WHERE TABLE_SCHEMA NOT IN {_MYSQL_SYSTEM_SCHEMAS}"""
 
-# Three statements joined here rather than one SQL join: MariaDB 10.11 takes ~0.45 s to join
+# Stored functions and procedures. ROUTINE_DEFINITION is NULL when the gateway's user may not see
+# it (not the definer, no SHOW_ROUTINE / SELECT on mysql.proc): such a routine is refused when
+# called under masking. ROUTINE_BODY is SQL (EXTERNAL: another language).
+MYSQL_ROUTINES_SQL = f"""SELECT ROUTINE_SCHEMA, ROUTINE_NAME, ROUTINE_TYPE, ROUTINE_BODY, ROUTINE_DEFINITION
+FROM information_schema.ROUTINES
+WHERE ROUTINE_SCHEMA NOT IN {_MYSQL_SYSTEM_SCHEMAS}"""
+
+# Separate statements joined here rather than one SQL join: MariaDB 10.11 takes ~0.45 s to join
 # information_schema.TABLES with COLUMNS over 500 tables, ~0.08 s for the three reads.
-MYSQL_CATALOGUE_SQL = f"{MYSQL_TABLES_SQL};\n{MYSQL_COLUMNS_SQL};\n{MYSQL_VIEWS_SQL}"
+MYSQL_CATALOGUE_SQL = f"{MYSQL_TABLES_SQL};\n{MYSQL_COLUMNS_SQL};\n{MYSQL_VIEWS_SQL};\n{MYSQL_ROUTINES_SQL}"
+
+
+def mysql_routines_from_rows(rows: Iterable[Row]) -> dict[str, tuple[RoutineInfo, ...]]:
+    """Routines by "schema.name" from the rows of `MYSQL_ROUTINES_SQL` (schema, name, type,
+    body language, definition)."""
+    items = []
+    for schema, name, kind, body_language, definition in rows:
+        if schema is None or name is None:
+            continue
+        items.append(
+            RoutineInfo(
+                name=f"{schema.lower()}.{name.lower()}",
+                language=(body_language or "sql").lower(),
+                body=definition,
+                kind=(kind or "function").lower(),
+            )
+        )
+    return _routines(items)
 
 
 def mysql_catalogue_from_rows(
     tables: Iterable[Row], columns: Iterable[Row], views: Iterable[Row] = (),
-    *, on_collision: CollisionHook | None = None,
+    *, on_collision: CollisionHook | None = None, routines: Iterable[Row] | None = None,
 ) -> Catalogue:
     """A `Catalogue` from the text rows of `MYSQL_TABLES_SQL` (schema, name, table type),
     `MYSQL_COLUMNS_SQL` (schema, table, column, ordinal position, COLUMN_TYPE, DATA_TYPE) and
@@ -379,15 +492,19 @@ def mysql_catalogue_from_rows(
         candidates.append(_Candidate(key, exact, i, table))
     chosen, dropped = _choose(candidates)
     _report(dropped, on_collision)
-    return Catalogue(tables=chosen, search_path=())
+    return Catalogue(
+        tables=chosen, search_path=(), routines=mysql_routines_from_rows(routines) if routines is not None else None
+    )
 
 
 def mysql_catalogue_from_results(results: Sequence[Any], *, on_collision: CollisionHook | None = None) -> Catalogue:
-    """The catalogue from the three results of `MYSQL_CATALOGUE_SQL`."""
-    if len(results) != 3:
-        raise ValueError(f"expected 3 results from the catalogue query, got {len(results)}")
+    """The catalogue from the four results of `MYSQL_CATALOGUE_SQL`; three (an older query)
+    give a catalogue without routine information."""
+    if len(results) not in (3, 4):
+        raise ValueError(f"expected 4 results from the catalogue query, got {len(results)}")
     return mysql_catalogue_from_rows(
-        _rows(results[0]), _rows(results[1]), _rows(results[2]), on_collision=on_collision
+        _rows(results[0]), _rows(results[1]), _rows(results[2]), on_collision=on_collision,
+        routines=_rows(results[3]) if len(results) == 4 else None,
     )
 
 

@@ -41,6 +41,12 @@ _NO_ROWS: Final = frozenset(
      "deallocate", "discard", "reset", "checkpoint", "change user", "create", "alter", "drop", "grant",
      "revoke", "truncate", "comment", "analyze", "kill", "prepare"}
 )
+# Statements that store a query or a routine body for later (CREATE VIEW / FUNCTION / RULE /
+# TRIGGER ..., PREPARE, ALTER ... USING): analysed even though they return no rows.
+_STORES: Final = frozenset({"create", "prepare", "alter"})
+# Statements that run code whose effects (notifications, notices, settings, timing) masking the
+# rows cannot follow: never answered under mask_all_on_doubt when they cannot be analysed.
+_RUNS_CODE: Final = frozenset({"do", "call"})
 MASK_RULE_PREFIX: Final = "masking"
 _RULE_IN_SENTENCE: Final = re.compile(r'masking rule "([^"]+)"')
 
@@ -78,6 +84,47 @@ def _first_rule(masks: IdentityMasks) -> str:
     return masks.rules[0].id if masks.rules else MASK_RULE_PREFIX
 
 
+def _table_rule(masks: IdentityMasks, catalogue: Catalogue, table: str, schema: str) -> str | None:
+    """The id of the first rule masking a column of `table` (None: none, or not catalogued)."""
+    info = catalogue.lookup(table, schema)
+    if info is None:
+        return None
+    for col in info.columns:
+        spec = masks.spec_for(f"{info.name}.{col.name}")
+        if spec is not None:
+            return spec.rule_id
+    return None
+
+
+def _plan(
+    sql: str, dialect: str, catalogue: Catalogue, masks: IdentityMasks, schema: str, settings: MaskingSettings
+) -> MaskPlan:
+    return build_plan(
+        lineage(sql, dialect, catalogue, default_schema=schema),
+        masks.spec_for,
+        masked_tables=lambda t: masks.table_masked(t, catalogue, schema),
+        mask_all_on_doubt=settings.mask_all_on_doubt,
+        table_rule=lambda t: _table_rule(masks, catalogue, t, schema),
+    )
+
+
+def _plan_refusal(plan: MaskPlan, masks: IdentityMasks, schema_change: bool) -> RequestMask:
+    """The refusal of a plan, naming a rule (the identity's first when the plan names none)."""
+    named = _RULE_IN_SENTENCE.search(plan.refusal)
+    rule = named.group(1) if named else _first_rule(masks)
+    refusal = plan.refusal
+    if named is None and refusal.startswith(f"{MASK_RULE_PREFIX}:"):
+        refusal = f'masking rule "{rule}"' + refusal[len(MASK_RULE_PREFIX):]
+    return RequestMask(plan=plan, refusal=refusal, rule_id=rule, redact_errors=True, schema_change=schema_change)
+
+
+def _lineage_refusal(
+    sql: str, dialect: str, catalogue: Catalogue, masks: IdentityMasks, schema: str, settings: MaskingSettings
+) -> RequestMask | None:
+    plan = _plan(sql, dialect, catalogue, masks, schema, settings)
+    return _plan_refusal(plan, masks, False) if plan.refusal else None
+
+
 def plan_request(
     sql: str,
     analysis: "object",
@@ -95,11 +142,12 @@ def plan_request(
         st.operation == "rename" for st in analysis.statements
     )
     touched = [t for t in analysis.tables if masks.table_masked(t, catalogue, schema)]
-    if analysis.parse_status != "ok":
+    stores = bool(ops & _STORES) and bool(masks.rules)
+    if analysis.parse_status != "ok" and not stores:
         if masks.rules and (touched or not analysis.tables):
             if not ops or ops <= _NO_ROWS:
                 return RequestMask(redact_errors=True, schema_change=schema_change)
-            if settings.mask_all_on_doubt:
+            if settings.mask_all_on_doubt and not ops & _RUNS_CODE:
                 return RequestMask(plan=MaskPlan(mask_rest=MaskSpec(function="redact", rule_id=rule_ids.MASK_ON_DOUBT)), redact_errors=True)
             return _refuse(
                 _first_rule(masks),
@@ -114,6 +162,10 @@ def plan_request(
                 f'masking rule "{_first_rule(masks)}": {touched[0]} has masked columns; send statements that read it '
                 "one at a time (each result needs its own mask plan)",
             )
+        if stores:  # a definition among them: its body is judged as a single statement's would be
+            refused = _lineage_refusal(sql, dialect, catalogue, masks, schema, settings)
+            if refused is not None:
+                return refused
         return RequestMask(schema_change=schema_change)
     st = analysis.statements[0]
     if st.operation == "copy" and touched:
@@ -122,19 +174,11 @@ def plan_request(
             f'masking rule "{_first_rule(masks)}": COPY of {touched[0]} is refused because it has masked columns '
             "(COPY rows are not masked); use SELECT",
         )
-    if not ops or ops <= _NO_ROWS:
+    if (not ops or ops <= _NO_ROWS) and not stores:
         return RequestMask(redact_errors=bool(touched), schema_change=schema_change)
-    lin = lineage(sql, dialect, catalogue, default_schema=schema)
-    plan = build_plan(
-        lin,
-        masks.spec_for,
-        masked_tables=lambda t: masks.table_masked(t, catalogue, schema),
-        mask_all_on_doubt=settings.mask_all_on_doubt,
-    )
+    plan = _plan(sql, dialect, catalogue, masks, schema, settings)
     if plan.refusal:
-        named = _RULE_IN_SENTENCE.search(plan.refusal)
-        rule = named.group(1) if named else _first_rule(masks)
-        return RequestMask(plan=plan, refusal=plan.refusal, rule_id=rule, redact_errors=True)
+        return _plan_refusal(plan, masks, schema_change)
     return RequestMask(
         plan=plan,
         redact_errors=bool(touched) or bool(plan.masked_sources) or plan.mask_rest is not None,

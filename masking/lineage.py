@@ -87,7 +87,7 @@ import msgspec
 import sqlglot
 from sqlglot import exp
 
-from sqlward.masking.model import Catalogue, TableInfo
+from sqlward.masking.model import Catalogue, RoutineInfo, TableInfo
 from sqlward.policy.sqltext import (
     VERSIONED_COMMENT,
     Token,
@@ -139,6 +139,10 @@ class Lineage(msgspec.Struct, frozen=True):
     opaque: bool = False
     # The statement returns a result set (a query, or DML with RETURNING).
     returns_rows: bool = False
+    # Reads masking cannot follow into a result: (what, tables) for each routine called or
+    # object created whose body may read those tables (a user-defined function's body, a
+    # trigger's function, a rule); build_plan refuses when any of them has masked columns.
+    hidden_reads: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 # ------------------------------------------------------------------------------ internal types
@@ -296,9 +300,56 @@ _RUNS_QUERY: Final = frozenset(
 # Functions that store or send their arguments somewhere masking does not reach, or turn them
 # into time (a sleep whose length depends on a masked value is read with a stopwatch).
 _SINKS: Final = frozenset(
-    "set_config pg_notify lo_from_bytea lo_put lowrite pg_logical_emit_message dblink_exec setval "
-    "pg_file_write pg_sleep pg_sleep_for pg_sleep_until sleep benchmark".split()
+    (
+        # settings, notifications, messages, files, other servers
+        "set_config pg_notify pg_logical_emit_message dblink_exec pg_file_write pg_create_restore_point "
+        # large objects
+        "lo_from_bytea lo_put lowrite lo_create lo_creat lo_open lo_truncate lo_truncate64 lo_unlink lo_import "
+        "lo_export lo_lseek lo_lseek64 lo_seek64 "
+        # sequences (a sequence named or advanced by a masked value)
+        "setval nextval currval "
+        # advisory locks, visible in pg_locks / performance_schema to other sessions
+        "pg_advisory_lock pg_advisory_lock_shared pg_advisory_xact_lock pg_advisory_xact_lock_shared "
+        "pg_try_advisory_lock pg_try_advisory_lock_shared pg_try_advisory_xact_lock "
+        "pg_try_advisory_xact_lock_shared pg_advisory_unlock pg_advisory_unlock_shared "
+        "get_lock release_lock is_free_lock is_used_lock "
+        # other sessions and the server
+        "pg_cancel_backend pg_terminate_backend pg_log_backend_memory_contexts kill "
+        # time
+        "pg_sleep pg_sleep_for pg_sleep_until sleep benchmark"
+    ).split()
 )
+# Functions whose row count, size or running time is set by an argument: a masked-derived
+# argument is read with a row count or a stopwatch (fail closed: any argument counts).
+_SIZING: Final = frozenset(
+    (
+        "generate_series generate_subscripts unnest regexp_split_to_table string_to_table regexp_matches "
+        "json_object_keys jsonb_object_keys jsonb_path_query json_array_elements jsonb_array_elements "
+        "json_array_elements_text jsonb_array_elements_text json_each jsonb_each json_each_text jsonb_each_text "
+        "json_populate_recordset jsonb_populate_recordset json_to_recordset jsonb_to_recordset "
+        "jsonb_path_query_array regexp_split_to_array string_to_array array_fill "
+        "repeat space lpad rpad pad ntile explode posexplode"
+    ).split()
+)
+# Functions that compare their arguments (by name; sqlglot's typed ones are in _COMPARING).
+_COMPARE_FUNCS: Final = frozenset(
+    "nullif greatest least strcmp field find_in_set elt interval choose starts_with startswith "
+    "regexp_like regexp_instr regexp_substr regexp_count rlike isfinite width_bucket "
+    "array_position array_positions ts_match_vq ts_match_tq".split()
+)
+_COMPARING: Final = (exp.Nullif, exp.Greatest, exp.Least, exp.Elt, exp.StartsWith, exp.Interval)
+_DIVISIONS: Final = (exp.Div, exp.Mod, exp.IntDiv)
+# Window functions whose arguments after the first are offsets (which row is read).
+_OFFSET_WINDOWS: Final = (exp.Lag, exp.Lead, exp.NthValue)
+# Routine languages whose bodies are read lexically (names of the tables they mention).
+_READABLE_LANGUAGES: Final = frozenset({"sql", "plpgsql"})
+_WORD: Final = re.compile(r"[a-z_][a-z0-9_$]*")
+# Words of a routine body that run SQL built at run time.
+_DYNAMIC_SQL: Final = frozenset({"execute", "prepare"}) | _RUNS_QUERY
+_TRIGGER_EXECUTE: Final = re.compile(r"(?i)\bexecute\s+(?:function|procedure)\b")
+_SYSTEM_FUNCTION_SCHEMAS: Final = frozenset({"pg_catalog", "information_schema"})
+# Statements analysed with their string literals as written (routine bodies, prepared texts).
+_KEEPS_LITERALS: Final = frozenset({"CREATE", "ALTER", "PREPARE", "DO"})
 # PostgreSQL system columns every table has; they carry no user data.
 _PG_SYSTEM_COLUMNS: Final = frozenset("ctid xmin xmax cmin cmax tableoid".split())
 # Statements sqlglot only knows as exp.Command that can neither return rows nor move data.
@@ -385,6 +436,10 @@ class _Analyser:
         self.returns_rows = False
         self.views: dict[str, list[_Col]] = {}
         self.expanding: list[str] = []
+        self.hidden: dict[tuple[str, frozenset[str]], None] = {}
+        self.routine_stack: list[str] = []
+        self._relations_by_name: dict[str, list[TableInfo]] | None = None
+        self._routines_by_name: dict[str, list[str]] | None = None
 
     # ---------------------------------------------------------------- bookkeeping
 
@@ -400,6 +455,9 @@ class _Analyser:
     def pred(self, val: _Val) -> None:
         self.predicates |= val.sources
 
+    def hide(self, what: str, tables: Iterable[str]) -> None:
+        self.hidden.setdefault((what, frozenset(tables)), None)
+
     def result(self, outputs: Sequence[_Col]) -> Lineage:
         return Lineage(
             outputs=tuple(OutputColumn(c.name, c.sources, c.direct and bool(c.sources)) for c in outputs),
@@ -410,6 +468,7 @@ class _Analyser:
             copies=tuple(self.copies),
             opaque=self.opaque,
             returns_rows=self.returns_rows,
+            hidden_reads=tuple(self.hidden),
         )
 
     # ---------------------------------------------------------------- names
@@ -510,13 +569,58 @@ class _Analyser:
             self.alter(tree)
         elif isinstance(tree, exp.Command):
             keyword = str(tree.this).upper()
-            if keyword not in _NO_DATA_COMMANDS[self.dialect]:
+            text = tree.expression.name if isinstance(tree.expression, exp.Expression) else str(tree.expression or "")
+            if keyword in ("CREATE", "ALTER"):
+                self.ddl_command(keyword, text)
+            elif keyword == "PREPARE" and not self.pg:
+                self.mysql_prepare(text)
+            elif keyword not in _NO_DATA_COMMANDS[self.dialect]:
                 self.reason(f"statement not understood by the SQL parser ({keyword})", opaque=True)
             elif keyword == "SET" and not self.pg:
                 self.reason("SET statement not understood by the SQL parser", opaque=True)
         elif not isinstance(tree, _NO_DATA_STATEMENTS):
             self.reason(f"statement not understood by the SQL parser ({type(tree).__name__})", opaque=True)
         return []
+
+    def ddl_command(self, keyword: str, text: str) -> None:
+        """CREATE / ALTER the SQL parser does not know (rules, triggers, events, SQL-standard
+        function bodies, ...): what the definition names, by word; a routine in a language that
+        cannot be read is doubt."""
+        words = text.split(None, 2)
+        what = f"runs {keyword} {' '.join(w.upper() for w in words[:1])}".rstrip()
+        language = re.search(r"(?i)\blanguage\s+'?\"?([a-z0-9_]+)", text)
+        if language is not None and language.group(1).lower() not in ("sql", "plpgsql"):
+            self.routine_body(what, "", language.group(1).lower(), None)
+            return
+        self.lexical_reads(what, _TRIGGER_EXECUTE.sub(" ", text), dynamic=True)
+
+    def mysql_prepare(self, text: str) -> None:
+        """MySQL PREPARE name FROM 'text' | @var: the text is analysed as the statement it is."""
+        m = re.match(r"(?is)\s*\S+\s+FROM\s+(.*?)\s*$", text)
+        literal = m.group(1) if m else ""
+        if len(literal) < 2 or literal[0] not in "'\"" or literal[-1] != literal[0]:
+            self.reason("PREPARE from a variable: the statement is not known", opaque=True)
+            self.copy("prepares a statement that is not known (PREPARE ... FROM @var)")
+            return
+        quote = literal[0]
+        inner = literal[1:-1].replace(quote * 2, quote).replace("\\" + quote, quote)
+        lin = _combine(statement_lineages(inner, self.dialect, self.catalogue, default_schema=self.default_schema))
+        self.prepared(lin)
+
+    def prepared(self, lin: Lineage) -> None:
+        """PREPARE: nothing runs now, and EXECUTE cannot be tied to a mask plan, so a prepared
+        statement over tables with masked columns is refused here (and EXECUTE is opaque)."""
+        self.predicates |= lin.predicates
+        self.tables |= lin.tables
+        for what, tables in lin.hidden_reads:
+            self.hide(what, tables)
+        for text in lin.copies:
+            self.copy(text)
+        if lin.opaque:
+            for text in lin.unresolved:
+                self.reason(text, opaque=True)
+        if lin.tables or lin.opaque:
+            self.copy("prepares a statement (PREPARE) whose EXECUTE cannot be masked")
 
     def explained(self, inner: exp.Expression, *, executes: bool) -> None:
         """EXPLAIN: no rows, but the inner statement's predicates (EXPLAIN ANALYZE runs it, and
@@ -536,16 +640,137 @@ class _Analyser:
         self.whole_rows, self.opaque = whole, opaque
 
     def create(self, tree: exp.Create) -> None:
+        kind = str(tree.args.get("kind") or "").upper()
+        if kind in ("FUNCTION", "PROCEDURE"):
+            self.create_routine(tree, kind.lower())
+            return
+        if kind == "TRIGGER":
+            for call in tree.find_all(exp.TriggerExecute):
+                func = call.this
+                if isinstance(func, exp.Dot) and isinstance(func.expression, exp.Func):
+                    schema = self.norm(func.this) if isinstance(func.this, exp.Identifier) else ""
+                    self.call(_func_name(func.expression), schema, qualified=True, always=True)
+                elif isinstance(func, exp.Func):
+                    self.call(_func_name(func), "", qualified=False, always=True)
+            return
         body = tree.args.get("expression")
         if not isinstance(body, (*_QUERY_TYPES, *_DML_TYPES)):
             return
-        kind = str(tree.args.get("kind") or "").upper()
         materialized = bool(tree.args.get("materialized")) or tree.find(exp.MaterializedProperty) is not None
-        if kind == "VIEW" and not materialized:
-            return  # a plain view copies nothing; reading it later expands it
+        before = set(self.tables)
         cols = self.query(body, None, {}) if isinstance(body, _QUERY_TYPES) else self.dml(body, None, {})
+        if kind == "VIEW" and not materialized:
+            # A view stores the query, not rows, but a temporary view (or one created in an open
+            # transaction) is invisible to the catalogue, which is read on another connection,
+            # and may shadow a table: a view over tables with masked columns is refused at
+            # creation (see docs/masking.md).
+            if self.tables - before or _union(cols):
+                self.copy("creates a view over the tables it reads (CREATE VIEW), which the catalogue may not see")
+            return
         if _union(cols):
             self.copy("copies rows into another table (CREATE ... AS)")
+
+    def create_routine(self, tree: exp.Create, kind: str) -> None:
+        """CREATE FUNCTION / PROCEDURE: what the body may read (lexically), refused later when it
+        reads a masked table; a language that cannot be read, or SQL built at run time, is doubt."""
+        name_node = tree.this.this if isinstance(tree.this, exp.UserDefinedFunction) else tree.this
+        name = name_node.sql(dialect=self.dialect) if isinstance(name_node, exp.Expression) else "?"
+        language = "sql"
+        for prop in tree.find_all(exp.LanguageProperty):
+            language = self.norm(prop.this) if isinstance(prop.this, exp.Expression) else str(prop.this).lower()
+        body_node = tree.args.get("expression")
+        if isinstance(body_node, (exp.Heredoc, exp.Literal)):
+            body = str(body_node.this)
+        elif isinstance(body_node, exp.Expression):
+            body = body_node.sql(dialect=self.dialect)
+        else:
+            body = tree.sql(dialect=self.dialect)
+        self.routine_body(f"creates {kind} {name}", name.lower(), language, body)
+
+    def routine_body(self, what: str, name: str, language: str, body: str | None, *, extension: bool = False) -> None:
+        """Record what a routine's body may read (`hidden_reads`), or doubt when it cannot be
+        read: not SQL / PL/pgSQL (MySQL routines are SQL), no definition, SQL built at run time."""
+        if extension:
+            return  # installed by an extension: trusted like the built-ins (query runners excepted by name)
+        readable = self.pg and language in _READABLE_LANGUAGES or not self.pg and language in ("sql", "")
+        if body is None or not readable:
+            why = "its body cannot be read" if body is None else f"it is written in {language or 'an unknown language'}"
+            self.reason(f"{what}, and {why}", opaque=True)
+            self.copy(f"{what}, whose body masking cannot follow")
+            return
+        self.lexical_reads(what, body, dynamic=True)
+
+    def lexical_reads(self, what: str, text: str, *, dynamic: bool) -> None:
+        """The catalogued relations (views expanded to their tables) and routines a text names,
+        by word, wherever the word sits (identifiers, strings, comments): a superset of what
+        the text reads, for bodies that are not analysed as queries."""
+        words = set(_WORD.findall(text.lower()))
+        if dynamic and words & _DYNAMIC_SQL:
+            found = sorted(words & _DYNAMIC_SQL)[0]
+            self.reason(f"{what}, which runs SQL built at run time ({found})", opaque=True)
+            self.copy(f"{what}, whose body runs SQL built at run time")
+            return
+        if self._relations_by_name is None:
+            self._relations_by_name = {}
+            for info in self.catalogue.tables.values():
+                self._relations_by_name.setdefault(info.name.rsplit(".", 1)[-1], []).append(info)
+        tables: set[str] = set()
+        for word in words:
+            for info in self._relations_by_name.get(word, ()):
+                tables.add(info.name)
+                if info.is_view:
+                    for col in self.view(info):
+                        tables.update(source.rsplit(".", 1)[0] for source in col.sources)
+        self.tables |= tables
+        if tables:
+            self.hide(what, tables)
+        if self.catalogue.routines:
+            if self._routines_by_name is None:
+                self._routines_by_name = {}
+                for key in self.catalogue.routines:
+                    self._routines_by_name.setdefault(key.rsplit(".", 1)[-1], []).append(key)
+            for word in sorted(words):
+                for key in self._routines_by_name.get(word, ()):
+                    self.check_routine(key, self.catalogue.routines[key])
+
+    def call(self, name: str, schema: str, *, qualified: bool, always: bool = False) -> None:
+        """A call of a function by name: a catalogued routine's body is judged; a function of
+        the session's pg_temp, or one neither built in nor catalogued, is doubt (see docs)."""
+        cat = self.catalogue
+        if self.pg and schema in _SYSTEM_FUNCTION_SCHEMAS:
+            return
+        shown = f"{schema}.{name}" if schema else name
+        if self.pg and (schema == "pg_temp" or schema.startswith("pg_temp_")):
+            self.reason(f"calls {shown}(), a function of this session that the catalogue cannot see", opaque=True)
+            self.copy(f"calls {shown}(), a function of this session whose body masking cannot follow")
+            return
+        if cat.routines is None and not (always or qualified and cat.builtins is not None):
+            return
+        found = cat.routine(shown, self.default_schema)
+        if found is None:
+            known = not qualified and (
+                (self.pg and cat.builtins is not None and name in cat.builtins)
+                or (self.pg and cat.builtins is None)
+                or not self.pg  # MySQL: built-in functions win over stored ones of the same name
+            )
+            if not known:
+                self.reason(f"calls {shown}(), which is neither built in nor in the catalogue", opaque=True)
+                self.copy(f"calls {shown}(), which is neither built in nor in the catalogue")
+            return
+        key = found[0].name
+        self.check_routine(key, found)
+
+    def check_routine(self, key: str, overloads: Sequence[RoutineInfo]) -> None:
+        if key in self.routine_stack or len(self.routine_stack) >= _MAX_VIEW_DEPTH:
+            return  # recursion: the first visit judges it
+        self.routine_stack.append(key)
+        try:
+            for routine in overloads:
+                self.routine_body(
+                    f"calls {routine.name}()", routine.name, routine.language, routine.body, extension=routine.extension
+                )
+        finally:
+            self.routine_stack.pop()
 
     def set_statement(self, tree: exp.Set) -> None:
         scope = _Scope(None, {})
@@ -694,6 +919,9 @@ class _Analyser:
         distinct = node.args.get("distinct")
         if isinstance(distinct, exp.Distinct) and isinstance(distinct.args.get("on"), exp.Expression):
             self.pred(self.expr(distinct.args["on"], scope, aliases))
+        elif isinstance(distinct, exp.Distinct):  # SELECT DISTINCT compares the output rows
+            for col in outputs:
+                self.predicates |= col.sources
         for window in node.args.get("windows") or ():
             self.pred(self.expr(window, scope))
         self.order_limit(node, scope, outputs, aliases)
@@ -769,6 +997,10 @@ class _Analyser:
             left = left + [pad] * (longest - len(left))
             right = right + [pad] * (longest - len(right))
         cols = _merge_cols(left, right)
+        if not isinstance(node, exp.Union) or node.args.get("distinct") is not False:
+            # INTERSECT, EXCEPT (ALL or not) and UNION [DISTINCT] compare whole rows
+            for col in cols:
+                self.predicates |= col.sources
         scope = _Scope(outer, ctes)
         scope.rels.append(_Rel("", cols))
         self.order_limit(node, scope, cols)
@@ -1008,6 +1240,7 @@ class _Analyser:
         for call in calls:
             fname = _func_name(call)
             sources = self.expr(call, scope).sources
+            self.predicates |= sources  # the arguments of a row source decide how many rows it yields
             if isinstance(call, exp.JSONTable):
                 defs = [self.norm(d.this) for d in call.find_all(exp.JSONColumnDef) if d.this is not None]
                 cols.extend(_Col(n, sources, False) for n in defs)
@@ -1156,19 +1389,68 @@ class _Analyser:
         if isinstance(node, exp.Window):
             for part in node.args.get("partition_by") or ():
                 self.pred(self.expr(part, scope, aliases))
-            order = node.args.get("order")
-            if isinstance(order, exp.Expression):
-                self.pred(self.expr(order, scope, aliases))
+        if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
+            # schema.function(...): a qualified call
+            schema = self.norm(node.this) if isinstance(node.this, exp.Identifier) else ""
+            val = self.expr(node.expression, scope, aliases)
+            self.call(_func_name(node.expression), schema, qualified=True)
+            return val
         sources: set[str] = set()
+        parts: list[tuple[exp.Expression, frozenset[str]]] = []
         for child in node.iter_expressions():
-            sources |= self.expr(child, scope, aliases).sources
+            found = self.expr(child, scope, aliases).sources
+            if found:
+                sources |= found
+                parts.append((child, found))
+        if sources:
+            self.observed(node, sources, parts)
         if isinstance(node, exp.Func):
             name = _func_name(node)
             if name in _RUNS_QUERY:
                 self.reason(f"function {name}() runs a query or reads data of its own", opaque=True)
             elif name in _SINKS and sources:
                 self.copy(f"passes column values to {name}(), which stores, sends or times them outside the result")
+            if (
+                isinstance(node, exp.Anonymous)
+                and (self.catalogue.routines is not None or self.catalogue.builtins is not None)
+                and not (isinstance(node.parent, exp.Dot) and node.parent.expression is node)
+            ):
+                self.call(name, "", qualified=False)
         return _Val(frozenset(sources), False)
+
+    def observed(self, node: exp.Expression, sources: set[str], parts: list[tuple[exp.Expression, frozenset[str]]]) -> None:
+        """Where a value decides something the client observes besides the value itself (a
+        comparison, a condition, an ordering, a row count, a size, an error), its sources are
+        predicates. `parts` holds the node's children that carry sources (evaluated once)."""
+
+        def of(*keys: str) -> None:
+            wanted = [node.args.get(k) for k in keys]
+            for child, found in parts:
+                if any(child is w for w in wanted):
+                    self.predicates |= found
+
+        if isinstance(node, exp.Predicate):
+            if isinstance(node, exp.Exists):
+                return  # the subquery's own clauses count; its outputs are not compared
+            if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
+                return  # nullness: a masked NULL stays NULL, so it is not hidden anyway
+            self.predicates |= sources
+        elif isinstance(node, exp.If):  # CASE WHEN cond / IF(cond, ...) / IIF
+            of("this")
+        elif isinstance(node, exp.Case):  # CASE operand WHEN ...
+            of("this")
+        elif isinstance(node, (exp.Filter, exp.WithinGroup)):  # FILTER (WHERE ...), WITHIN GROUP (ORDER BY ...)
+            of("expression")
+        elif isinstance(node, (exp.Order, exp.Distinct, exp.Ntile, *_COMPARING)):
+            self.predicates |= sources  # ordered / distinct aggregates, ntile(n), nullif, greatest, ...
+        elif isinstance(node, _DIVISIONS):  # x / 0 raises: the error is observed
+            of("expression")
+        elif isinstance(node, _OFFSET_WINDOWS):  # lag(x, n): n picks which row is read
+            of("offset")
+        elif isinstance(node, exp.Func):
+            name = _func_name(node)
+            if name in _COMPARE_FUNCS or name in _SIZING:
+                self.predicates |= sources
 
     def field(self, node: exp.Dot, scope: _Scope) -> _Val | None:
         """`(t).col` / `(t.*).col`: a field of a whole-row reference."""
@@ -1321,7 +1603,10 @@ def _statement_lineage(tokens: Sequence[Token], dialect: str, session: _Session)
     if unwrapped is not None:
         op, inner_tokens = unwrapped
         if op == "prepare":
-            return Lineage(), session  # runs nothing; EXECUTE is opaque
+            inner, _ = _statement_lineage(inner_tokens, dialect, session)
+            analyser = _Analyser(dialect, session.catalogue, session.default_schema)
+            analyser.prepared(inner)
+            return analyser.result(()), session
         # EXPLAIN: no rows; the inner statement's predicates and tables count (EXPLAIN ANALYZE
         # runs it and reports row counts; plain EXPLAIN estimates from statistics). When it
         # runs, what it copies and what cannot be seen in it count too.
@@ -1344,7 +1629,10 @@ def _statement_lineage(tokens: Sequence[Token], dialect: str, session: _Session)
     if session.doubt:
         analyser.reason(session.doubt)
     try:
-        trees = [t for t in sqlglot.parse(canonical(tokens, dialect), read=dialect) if isinstance(t, exp.Expression)]
+        # Definitions keep their string literals: a routine body or a prepared text is in one.
+        first = next((t.text.upper() for t in significant(tokens)), "")
+        text = canonical(tokens, dialect, literals=first in _KEEPS_LITERALS)
+        trees = [t for t in sqlglot.parse(text, read=dialect) if isinstance(t, exp.Expression)]
     except Exception as err:  # ParseError, TokenError, RecursionError: fail closed
         analyser.reason(f"could not parse the statement: {_error_text(err)}", opaque=True)
         return analyser.result(()), session
@@ -1425,6 +1713,7 @@ def _merge(a: Lineage, b: Lineage, *, reason: str) -> Lineage:
         copies=tuple(dict.fromkeys(a.copies + b.copies)),
         opaque=a.opaque or b.opaque,
         returns_rows=a.returns_rows or b.returns_rows,
+        hidden_reads=tuple(dict.fromkeys(a.hidden_reads + b.hidden_reads)),
     )
 
 
@@ -1484,6 +1773,7 @@ def _combine(parts: Sequence[Lineage]) -> Lineage:
         copies=tuple(dict.fromkeys(c for p in parts for c in p.copies)),
         opaque=any(p.opaque for p in parts),
         returns_rows=bool(rows),
+        hidden_reads=tuple(dict.fromkeys(h for p in parts for h in p.hidden_reads)),
     )
 
 

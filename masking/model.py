@@ -98,14 +98,49 @@ class TableInfo(msgspec.Struct, frozen=True):
         return bool(self.view_sql)
 
 
+class RoutineInfo(msgspec.Struct, frozen=True):
+    """A user-defined function or procedure (PostgreSQL pg_proc outside pg_catalog and
+    information_schema; MySQL / MariaDB information_schema.ROUTINES)."""
+
+    name: str  # "schema.routine", lower case
+    # "sql", "plpgsql", "c", "internal", "plpython3u", ... (lower case; MySQL: "sql")
+    language: str = ""
+    # The body (prosrc, ROUTINE_DEFINITION); None when it cannot be read (no privilege, C).
+    body: str | None = None
+    kind: str = "function"  # "function", "procedure", "aggregate", "window"
+    # Installed by an extension (pg_depend deptype 'e'): trusted like a built-in function.
+    extension: bool = False
+
+
 class Catalogue(msgspec.Struct, frozen=True):
-    """The schema of one target: tables and views by "schema.table" (lower case)."""
+    """The schema of one target: tables and views by "schema.table" (lower case), and (when the
+    loader read them) user-defined routines by "schema.routine" (overloads together)."""
 
     tables: dict[str, TableInfo] = {}
     # Schemas searched for unqualified names, in order (PostgreSQL search_path; MySQL: the
     # session's current database is passed separately).
     search_path: tuple[str, ...] = ("public",)
     version: int = 0  # bumped on every refresh
+    # User-defined routines; None: not read (calls of unknown functions are then judged as
+    # expressions of their arguments, as before routines were catalogued).
+    routines: dict[str, tuple[RoutineInfo, ...]] | None = None
+    # PostgreSQL: the names of the functions in pg_catalog (the server's built-ins); None: not
+    # read. A call of a name that is neither built in nor catalogued is refused under masking.
+    builtins: frozenset[str] | None = None
+
+    def routine(self, name: str, default_schema: str = "") -> tuple[RoutineInfo, ...] | None:
+        """A routine's overloads by name: qualified, or unqualified through `default_schema`
+        then the search path; None when not catalogued (or routines were not read)."""
+        if self.routines is None:
+            return None
+        name = name.lower()
+        if "." in name:
+            return self.routines.get(name)
+        for schema in ((default_schema,) if default_schema else ()) + self.search_path:
+            found = self.routines.get(f"{schema.lower()}.{name}")
+            if found is not None:
+                return found
+        return None
 
     def lookup(self, name: str, default_schema: str = "") -> TableInfo | None:
         """A table or view by name: qualified, or unqualified through `default_schema` then the

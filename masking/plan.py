@@ -3,13 +3,20 @@
 
 How it decides (DESIGN.md section 6), in this order:
 
-1. **Probing is refused.** A masked column used in WHERE / JOIN / GROUP BY / HAVING / ORDER BY /
-   window / DISTINCT ON / LIMIT (`Lineage.predicates`) would let its values be found by search
-   (`WHERE email LIKE 'a%'`), however the output is masked: refusal naming the rule.
+1. **Probing is refused.** `Lineage.predicates` holds every column whose value decides something
+   the client observes besides a masked output value: WHERE / JOIN / GROUP BY / HAVING / ORDER
+   BY / window / DISTINCT ON / LIMIT at any depth, and comparisons and conditions anywhere (CASE
+   / IF, FILTER, NULLIF, GREATEST, ...), DISTINCT and set operations that compare rows,
+   orderings inside aggregates, row counts, sizes and divisors. `WHERE email LIKE 'a%'` finds
+   values by search however the output is masked: refusal naming the rule.
 2. **Copies are refused** when the statement reads a table with masked columns (or what it reads
-   is unknown): INSERT ... SELECT, CREATE TABLE AS, SELECT INTO, UPDATE SET from other columns,
-   assignment to variables, set_config / pg_notify, COPY TO (`Lineage.copies`). Masking the
-   result set cannot follow the values, so `mask_all_on_doubt` does not help either.
+   is unknown): INSERT ... SELECT, CREATE TABLE AS, SELECT INTO, CREATE VIEW, PREPARE, UPDATE SET
+   from other columns, assignment to variables, set_config / pg_notify / large objects /
+   sequences / advisory locks / sleeps, COPY TO, routines whose bodies cannot be read
+   (`Lineage.copies`). Masking the result set cannot follow the values, so `mask_all_on_doubt`
+   does not help either. **Hidden reads** (`Lineage.hidden_reads`: the tables a called or
+   created routine, trigger or rule may read by itself) are refused when any has masked
+   columns.
 3. **Whole rows of a table with masked columns are refused** (`row_to_json(t)`, `SELECT t`,
    `t::text`): a row's text also carries columns the catalogue may not know yet.
 4. **Doubt.** When lineage is incomplete (`Lineage.unresolved`) and the statement touches a
@@ -26,7 +33,8 @@ How it decides (DESIGN.md section 6), in this order:
    expression). Several masked sources: the first in name order decides the rule id; a direct
    value whose sources (a view column and its base column) carry different specs is redacted.
 
-`masked(source)` answers for the current identity (None: clear); it is called at most once per
+`table_rule(table)` (optional) names the rule of a table's masked columns, for refusals that are
+about a table rather than an output column. `masked(source)` answers for the current identity (None: clear); it is called at most once per
 source. `masked_tables(table)` tells whether a "schema.table" has any masked column for the
 identity (or, for a table missing from the catalogue, whether a glob rule could match it); when
 it is not given every touched table counts as masked (fail closed). `masked_tables_from` builds
@@ -130,6 +138,7 @@ def build_plan(
     *,
     masked_tables: Callable[[str], bool] | None = None,
     mask_all_on_doubt: bool = False,
+    table_rule: Callable[[str], str | None] | None = None,
 ) -> MaskPlan:
     """The masking plan of a statement for one identity (see the module docstring)."""
     specs: dict[str, MaskSpec | None] = {}
@@ -156,8 +165,10 @@ def build_plan(
             return MaskPlan(
                 columns=(),
                 refusal=(
-                    f'masking rule "{spec.rule_id}": {_short(source)} is masked for you and cannot be used in '
-                    "WHERE / JOIN / GROUP BY / HAVING / ORDER BY / window / LIMIT clauses"
+                    f'masking rule "{spec.rule_id}": {_short(source)} is masked for you and cannot be compared, '
+                    "filtered, joined, grouped, ordered, deduplicated or used to size or time anything "
+                    "(WHERE / JOIN / GROUP BY / HAVING / ORDER BY / window / LIMIT, CASE / IF conditions, "
+                    "comparisons, FILTER, DISTINCT, UNION / INTERSECT / EXCEPT, set-returning and sizing functions)"
                 ),
             )
 
@@ -166,9 +177,17 @@ def build_plan(
     all_sources = {s for col in lin.outputs for s in col.sources}
 
     def named_rule(tables: Iterable[str]) -> str:
+        tables = list(tables)
         prefixes = tuple(f"{t}." for t in tables)
         spec = rule_in(s for s in all_sources if s.startswith(prefixes))
-        return f'masking rule "{spec.rule_id}"' if spec is not None else "masking"
+        if spec is not None:
+            return f'masking rule "{spec.rule_id}"'
+        if table_rule is not None:
+            for table in tables:
+                rule = table_rule(table)
+                if rule:
+                    return f'masking rule "{rule}"'
+        return "masking"
 
     def what_is_read() -> str:
         if touched:
@@ -184,6 +203,18 @@ def build_plan(
                 "masking cannot follow copied values"
             ),
         )
+
+    # 2b. routines and objects whose bodies read tables masking cannot follow
+    for what, tables in lin.hidden_reads:
+        hidden = sorted(t for t in tables if table_masked(t))
+        if hidden:
+            return MaskPlan(
+                columns=(),
+                refusal=(
+                    f"{named_rule(hidden)}: this statement {what}, whose definition may read {', '.join(hidden)}, "
+                    "which has masked columns for you; masking cannot follow what a routine or object reads by itself"
+                ),
+            )
 
     # 3. whole rows
     for table in lin.whole_rows:

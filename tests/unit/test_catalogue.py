@@ -227,10 +227,10 @@ def test_pg_catalogue_from_results_checks_the_shape() -> None:
 
 
 def test_catalogue_sql_is_multi_statement() -> None:
-    assert PG_CATALOGUE_SQL.count(";") == 2
+    assert PG_CATALOGUE_SQL.count(";") == 4
     assert "current_schemas(false)" in PG_CATALOGUE_SQL
     assert "pg_get_viewdef(c.oid, true)" in PG_CATALOGUE_SQL
-    assert MYSQL_CATALOGUE_SQL.count(";") == 2
+    assert MYSQL_CATALOGUE_SQL.count(";") == 3
     for schema in ("mysql", "information_schema", "performance_schema", "sys"):
         assert f"'{schema}'" in MYSQL_CATALOGUE_SQL
 
@@ -514,3 +514,61 @@ def test_cancelled_load_lets_the_next_caller_load() -> None:
         assert loaded.version == 1 and len(loader.calls) == 2
 
     trio.run(main)
+
+
+# --------------------------------------------------------------------------------------------
+# Routines (issue 11: calls of user-defined routines are judged from their definitions)
+
+
+def test_pg_catalogue_reads_routines_and_builtins() -> None:
+    class R:
+        def __init__(self, rows):  # type: ignore[no-untyped-def]
+            self.rows = rows
+
+    routines = [
+        ("public", "get_email", "sql", "f", "CREATE OR REPLACE FUNCTION public.get_email() ... SELECT email FROM customers", "f"),
+        ("public", "Get_Email", "plpgsql", "f", "BEGIN RETURN 1; END", "f"),  # an overload under the folded name
+        ("public", "digest", "c", "f", None, "t"),
+        ("app", "agg", "internal", "a", None, "f"),
+        (None, "broken", "sql", "f", "", "f"),
+    ]
+    cat = pg_catalogue_from_results(
+        [R(PG_RELATIONS[:1]), R(PG_COLUMNS[:2]), R([("public",)]), R(routines), R([("upper",), ("LOWER",), (None,)])]
+    )
+    assert cat.routines is not None and cat.builtins == frozenset({"upper", "lower"})
+    overloads = cat.routines["public.get_email"]
+    assert [r.language for r in overloads] == ["sql", "plpgsql"]
+    assert overloads[0].body is not None and "customers" in overloads[0].body
+    assert cat.routines["public.digest"][0].extension is True
+    assert cat.routines["public.digest"][0].body is None
+    assert cat.routines["app.agg"][0].kind == "aggregate"
+    assert "broken" not in " ".join(cat.routines)
+    assert cat.routine("get_email") == overloads  # through the search path
+    assert cat.routine("agg") is None and cat.routine("app.agg") is not None
+    # the older three-result shape: no routine information at all
+    old = pg_catalogue_from_results([R(PG_RELATIONS[:1]), R(PG_COLUMNS[:2]), R([("public",)])])
+    assert old.routines is None and old.builtins is None and old.routine("get_email") is None
+
+
+def test_mysql_catalogue_reads_routines() -> None:
+    class R:
+        def __init__(self, rows):  # type: ignore[no-untyped-def]
+            self.rows = rows
+
+    rows = [
+        ("shop", "get_email", "FUNCTION", "SQL", "RETURN (SELECT email FROM customers LIMIT 1)"),
+        ("shop", "hidden", "PROCEDURE", "SQL", None),
+    ]
+    cat = mysql_catalogue_from_results([R(MYSQL_TABLES[:1]), R(MYSQL_COLUMNS[:1]), R([]), R(rows)])
+    assert cat.routines is not None
+    assert cat.routine("get_email", "shop") == cat.routines["shop.get_email"]
+    assert cat.routines["shop.get_email"][0].language == "sql"
+    assert cat.routines["shop.hidden"][0].body is None and cat.routines["shop.hidden"][0].kind == "procedure"
+    assert cat.routine("get_email", "other") is None
+    assert mysql_catalogue_from_results([R(MYSQL_TABLES[:1]), R(MYSQL_COLUMNS[:1]), R([])]).routines is None
+
+
+def test_catalogue_sql_reads_routines() -> None:
+    assert "pg_get_functiondef" in PG_CATALOGUE_SQL and "deptype = 'e'" in PG_CATALOGUE_SQL
+    assert "'pg_catalog'::pg_catalog.regnamespace" in PG_CATALOGUE_SQL
+    assert "information_schema.ROUTINES" in MYSQL_CATALOGUE_SQL
