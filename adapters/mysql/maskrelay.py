@@ -84,6 +84,7 @@ class MaskingRelay:
         rows: RowState | None = None,
         hide_messages: bool = False,
         hide_errors: bool | None = None,
+        session_track: bool = False,
     ) -> None:
         self.ctx = ctx
         self.hide_messages = hide_messages
@@ -93,7 +94,7 @@ class MaskingRelay:
         )
         self.binary = binary
         self.capabilities = capabilities
-        self.scanner = ResponseScanner(shape, deprecate_eof=deprecate_eof)
+        self.scanner = ResponseScanner(shape, deprecate_eof=deprecate_eof, session_track=session_track)
         self._delta = 0
         self._columns: list[messages.ColumnDefinition41] = []
         self._rows: RowState | None = rows  # FETCH: the rewriter of the cursor's result set

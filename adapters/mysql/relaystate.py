@@ -11,9 +11,15 @@ tested with plain values:
   records of its executions refer to), its SQL and the policy version it was decided under
   (decided again after a reload), its mask context, and the row rewriter of the cursor an
   execution opened (COM_STMT_FETCH rows are masked with it; a fetch with none is refused);
-- `SessionText`: the current database (after USE / COM_INIT_DB) and the Python codec of the
-  connection's character set (handshake, SET NAMES, COM_CHANGE_USER), for the SQL text the
-  pipeline judges;
+- `SessionText`: the current database and the Python codec of the connection's character set
+  (handshake, SET NAMES, COM_CHANGE_USER), for the SQL text the pipeline judges. The database
+  qualifies unqualified table names for rules and masking, so it must be the server's: it is
+  set from COM_INIT_DB (the name sent, when the server accepted it), from SESSION_TRACK_SCHEMA
+  when the server reports it (clients with CLIENT_SESSION_TRACK), and after any request that may
+  have changed it in a way the text does not settle (`may_change_database`: USE, even inside a
+  multi-statement that failed half-way, EXECUTE [IMMEDIATE], CALL, DROP DATABASE, anything the
+  analyser could not parse) the session asks the server (`SELECT DATABASE()`, read with
+  `single_text_value`);
 - `completion(...)`: the `statement.completed` event of a response, from its scanner;
 - `reads_masked_values`, `reads_diagnostics`, `mask_rule`: what the message rule of a session
   under masking needs (see `session.py`): whether a request reads values a masking rule covers
@@ -40,7 +46,7 @@ from sqlward.policy.model import Analysis
 __all__ = [
     "HIDDEN_ERROR", "REFUSED_COMMANDS", "Prepared", "PreparedStatements", "Route", "SessionText",
     "codec_for_charset", "codec_for_name", "command_route", "completion", "field_list_sql", "mask_rule",
-    "reads_diagnostics", "reads_masked_values",
+    "may_change_database", "may_read_diagnostics", "reads_diagnostics", "reads_masked_values", "single_text_value",
 ]
 
 # -- commands ------------------------------------------------------------------------------------
@@ -147,6 +153,10 @@ class Prepared:
     reads_masked: bool = False
     # Its text can copy a diagnostics condition (`reads_diagnostics`).
     diagnostics: bool = False
+    # An execution may change the current database (`may_change_database`).
+    changes_db: bool = False
+    # An execution calls functions, which may read the diagnostics area (`may_read_diagnostics`).
+    calls_functions: bool = True
 
 
 class PreparedStatements:
@@ -162,11 +172,13 @@ class PreparedStatements:
 
     def add(
         self, stmt_id: int, request_id: int, sql: str, policy_version: int, mask: MaskContext | None,
-        *, reads_masked: bool = False,
+        *, reads_masked: bool = False, analysis: Analysis | None = None,
     ) -> None:
-        """The server accepted a COM_STMT_PREPARE the pipeline allowed."""
+        """The server accepted a COM_STMT_PREPARE the pipeline allowed (`analysis`: the
+        pipeline's, None when unknown: then an execution is assumed to do anything)."""
         self._by_id[stmt_id] = Prepared(
             request_id, sql, policy_version, mask, reads_masked=reads_masked, diagnostics=reads_diagnostics(sql),
+            changes_db=may_change_database(analysis), calls_functions=may_read_diagnostics(analysis),
         )
 
     def get(self, stmt_id: int) -> Prepared | None:
@@ -266,13 +278,10 @@ class SessionText:
         self.codec = codec_for_charset(charset)
 
     def query_succeeded(self, sql: str, analysis: Analysis | None) -> None:
-        """A COM_QUERY the server ran without error: follow its USE and SET NAMES."""
+        """A COM_QUERY the server ran without error: follow its SET NAMES. (The database is
+        never taken from the text: see `may_change_database`.)"""
         if analysis is None:
             return
-        if "use" in analysis.operations:
-            for st in analysis.statements:
-                if st.operation == "use" and st.detail:
-                    self.schema = st.detail
         if "set" in analysis.operations:
             m = _SET_NAMES.match(sql)
             if m:
@@ -280,7 +289,75 @@ class SessionText:
 
     def init_db_succeeded(self, payload: bytes) -> None:
         """COM_INIT_DB <schema> succeeded."""
-        self.schema = payload[1:].decode(self.codec, "replace")
+        self.schema = payload[1:].decode(self.codec, "surrogateescape")
+
+    def tracked(self, schema: str | None) -> None:
+        """The server reported the current database (SESSION_TRACK_SCHEMA), if `schema`."""
+        if schema is not None:
+            self.schema = schema
+
+    def server_says(self, value: bytes | None) -> None:
+        """The server's answer to SELECT DATABASE() (None: NULL, no database)."""
+        self.schema = "" if value is None else value.decode(self.codec, "surrogateescape")
+
+
+# Operations after which the current database may differ from before in a way the statement
+# text does not settle: USE (a multi-statement can fail after it, its name can be quoted
+# oddly), dynamic SQL (EXECUTE [IMMEDIATE] can run a USE: MariaDB prepares USE), CALL
+# (routines cannot run USE, the server restores the caller's database, but a routine may run
+# dynamic SQL), a statement the analyser could not read.
+_DB_CHANGING = frozenset({"use", "execute", "call", "unknown", "change user"})
+
+
+def may_change_database(analysis: Analysis | None) -> bool:
+    """Must the session ask the server for its current database after this request ran (with
+    or without error)? Also DROP DATABASE / SCHEMA (the current one leaves the session on none)."""
+    if analysis is None or analysis.parse_status != "ok":
+        return True
+    if _DB_CHANGING.intersection(analysis.operations):
+        return True
+    return any(st.operation == "drop" and st.detail in ("database", "schema") for st in analysis.statements)
+
+
+def may_read_diagnostics(analysis: Analysis | None) -> bool:
+    """Can this request run code that reads the session's diagnostics area (a stored function or
+    procedure sees its caller's warnings: `GET DIAGNOSTICS` in its body)? Any function call, CALL
+    or DO, or a statement the analyser could not read."""
+    if analysis is None or analysis.parse_status != "ok":
+        return True
+    if {"call", "do", "execute", "unknown"}.intersection(analysis.operations):
+        return True
+    return any(st.functions for st in analysis.statements)
+
+
+def single_text_value(response: bytes, *, deprecate_eof: bool) -> bytes | None:
+    """The one value of a one-row, one-column text result set (the whole response, as bytes on
+    the wire); None for NULL. ProtocolViolation when the response is not that."""
+    payloads: list[bytes] = []
+    pos = 0
+    while pos + 4 <= len(response):
+        length = int.from_bytes(response[pos : pos + 3], "little")
+        payloads.append(response[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+    first_row = 2 if deprecate_eof else 3  # column count, definition, [EOF]
+    if len(payloads) < first_row + 2 or payloads[0][:1] != b"\x01":
+        raise ProtocolViolation("expected a one-column result set")
+    row = payloads[first_row]
+    if not row or row[0] in (0xFE, 0xFF):
+        raise ProtocolViolation("expected one row")
+    if row[0] == 0xFB:
+        return None
+    n, start = row[0], 1
+    if n == 0xFC:
+        n, start = int.from_bytes(row[1:3], "little"), 3
+    elif n == 0xFD:
+        n, start = int.from_bytes(row[1:4], "little"), 4
+    elif n == 0xFE or n == 0xFF:
+        raise ProtocolViolation("value too long")
+    value = row[start : start + n]
+    if len(value) != n:
+        raise ProtocolViolation("truncated row")
+    return value
 
 
 # -- messages of sessions under masking -----------------------------------------------------------

@@ -21,6 +21,12 @@ Shapes:
              one OK, EOF or ERR packet.
   STRING     (COM_STATISTICS): one packet of text.
 
+Besides the end, the scanner keeps what the terminating packets say: the warning count of the
+last OK / EOF (`warnings`) and, for a client that negotiated CLIENT_SESSION_TRACK, the current
+database the server reports with SESSION_TRACK_SCHEMA in any OK packet of the response
+(`schema`, the last one reported; None when none was). Only OK packets with
+SERVER_SESSION_STATE_CHANGED are decoded for that.
+
 With CLIENT_DEPRECATE_EOF the EOF after column definitions is absent and the terminator of rows
 is an OK packet with the 0xFE header; a 0xFE packet shorter than 0xFFFFFF bytes can never be a
 row, which is how terminators are told apart from rows in both modes.
@@ -30,10 +36,14 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from . import messages
+from .constants import Capability
 from .packets import MAX_PACKET_CHUNK, ProtocolViolation
 
 MORE_RESULTS_EXISTS = 0x0008
 CURSOR_EXISTS = 0x0040
+SESSION_STATE_CHANGED = 0x4000
+_TRACKING_CAPS = int(Capability.PROTOCOL_41 | Capability.SESSION_TRACK)
 
 
 class Shape(IntEnum):
@@ -78,12 +88,14 @@ class ResponseScanner:
     __slots__ = (
         "shape", "deprecate_eof", "state", "_columns_left", "_params_left", "_skip",
         "_continued", "rows", "affected_rows", "results", "error_code", "error_sqlstate",
-        "error_message", "statement_id", "param_count", "column_count", "status",
+        "error_message", "statement_id", "param_count", "column_count", "status", "warnings",
+        "session_track", "schema",
     )
 
-    def __init__(self, shape: Shape, *, deprecate_eof: bool) -> None:
+    def __init__(self, shape: Shape, *, deprecate_eof: bool, session_track: bool = False) -> None:
         self.shape = shape
         self.deprecate_eof = deprecate_eof
+        self.session_track = session_track  # OK packets carry session state (CLIENT_SESSION_TRACK)
         self.state = _State.FIRST if shape in (Shape.RESULTSET, Shape.PREPARE) else (
             _State.ROWS if shape == Shape.FETCH else _State.FIRST
         )
@@ -102,6 +114,8 @@ class ResponseScanner:
         self.param_count = 0
         self.column_count = 0
         self.status = 0
+        self.warnings = 0  # of the last OK / EOF
+        self.schema: str | None = None  # the last SESSION_TRACK_SCHEMA reported
 
     @property
     def done(self) -> bool:
@@ -176,13 +190,23 @@ class ResponseScanner:
 
     def _terminator(self, buf: bytearray, start: int, end: int) -> None:
         """An EOF or an OK (0xFE header under DEPRECATE_EOF) ending rows or metadata."""
-        if end - start >= 5 and end - start < 9:  # EOF: 0xFE warnings(2) status(2)
+        if 5 <= end - start < 9 and not self.deprecate_eof:  # EOF: 0xFE warnings(2) status(2)
+            self.warnings = int.from_bytes(buf[start + 1 : start + 3], "little")
             self.status = int.from_bytes(buf[start + 3 : start + 5], "little")
         else:
             _, p = _lenenc(buf, start + 1, end)
             _, p = _lenenc(buf, p, end)
             if p + 2 <= end:
                 self.status = int.from_bytes(buf[p : p + 2], "little")
+            self.warnings = int.from_bytes(buf[p + 2 : p + 4], "little") if p + 4 <= end else 0
+            self._tracked(buf, start, end)
+
+    def _tracked(self, buf: bytearray, start: int, end: int) -> None:
+        """An OK packet's SESSION_TRACK_SCHEMA, when the session state changed."""
+        if self.session_track and self.status & SESSION_STATE_CHANGED:
+            schema = messages.decode_ok(bytes(buf[start:end]), _TRACKING_CAPS).schema()
+            if schema is not None:
+                self.schema = schema
 
     def _error(self, buf: bytearray, start: int, end: int) -> None:
         body = bytes(buf[start:end])
@@ -301,3 +325,5 @@ class ResponseScanner:
             self.status = int.from_bytes(buf[p : p + 2], "little")
         else:
             self.status = 0
+        self.warnings = int.from_bytes(buf[p + 2 : p + 4], "little") if p + 4 <= end else 0
+        self._tracked(buf, start, end)

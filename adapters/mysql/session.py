@@ -78,8 +78,11 @@ from sqlward.adapters.mysql.relaystate import (
     completion,
     field_list_sql,
     mask_rule,
+    may_change_database,
+    may_read_diagnostics,
     reads_diagnostics,
     reads_masked_values,
+    single_text_value,
 )
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
 from sqlward.adapters.mysql.server_state import MysqlServerState
@@ -126,6 +129,10 @@ class MysqlSession(GovernedSession):
         # the masking rule to name when GET DIAGNOSTICS is refused for it.
         self._diag_hidden = False
         self._diag_rule = ""
+        # ... and the last such statement left warnings or an error in that area: a stored
+        # function sees its caller's diagnostics, so the gateway empties the area before a
+        # request that calls one (`_clear_diagnostics`).
+        self._diag_dirty = False
 
     # ------------------------------------------------------------------------------------
     # helpers
@@ -434,8 +441,9 @@ class MysqlSession(GovernedSession):
                 await self._forward(payload, route.shape)
             elif kind == "init-db":
                 scanner = await self._forward(payload, Shape.SIMPLE)
-                if scanner.error_code is None:
+                if scanner.error_code is None:  # a refused COM_INIT_DB leaves the database as it was
                     self.text.init_db_succeeded(payload)
+                    self.text.tracked(scanner.schema)
             elif kind == "reset":
                 await self._reset_connection()
             elif kind == "field-list":
@@ -483,16 +491,22 @@ class MysqlSession(GovernedSession):
             if (self._diag_hidden or reads) and reads_diagnostics(sql):
                 await self._refuse_diagnostics(verdict.request_id, verdict.mask if reads else None)
                 return
+            if self._diag_dirty and may_read_diagnostics(verdict.analysis):
+                await self._clear_diagnostics()
             self._note_masked_read(reads, verdict.mask)
             relay = await self._forward_masked(
                 payload, Shape.RESULTSET, ctx=self._last_mask, binary=False, rid=verdict.request_id,
                 hide_messages=self._diag_hidden, hide_errors=reads,
             )
             scanner = relay.scanner
+            self._note_diagnostics(reads, scanner)
         else:
             scanner = await self._forward(payload, Shape.RESULTSET, rid=verdict.request_id)
         if scanner.error_code is None:
             self.text.query_succeeded(sql, verdict.analysis)
+        self.text.tracked(scanner.schema)
+        if may_change_database(verdict.analysis):
+            await self._ask_database()
 
     async def _statement_kill(self, sql: str) -> None:
         """A KILL that arrived as a command (COM_PROCESS_KILL): judged as its statement."""
@@ -525,7 +539,7 @@ class MysqlSession(GovernedSession):
         if scanner.statement_id is not None and scanner.error_code is None:
             self._prepared.add(
                 scanner.statement_id, verdict.request_id, sql, version, verdict.mask,
-                reads_masked=reads_masked_values(verdict.mask, verdict.analysis),
+                reads_masked=reads_masked_values(verdict.mask, verdict.analysis), analysis=verdict.analysis,
             )
 
     async def _execute(self, payload: bytes, stmt_id: int) -> None:
@@ -554,14 +568,21 @@ class MysqlSession(GovernedSession):
             if prepared is not None and prepared.diagnostics and (self._diag_hidden or reads):
                 await self._refuse_diagnostics(verdict.request_id, prepared.mask if reads else None)
                 return
+            if self._diag_dirty and (prepared is None or prepared.calls_functions):
+                await self._clear_diagnostics()
             self._note_masked_read(reads, prepared.mask if prepared is not None else None)
             relay = await self._forward_masked(
                 payload, Shape.RESULTSET, ctx=self._prepared.mask(stmt_id), binary=True, rid=verdict.request_id, ref=ref,
                 hide_messages=self._diag_hidden, hide_errors=reads,
             )
             self._prepared.executed(stmt_id, relay.cursor_rows)
-            return
-        await self._forward(payload, Shape.RESULTSET, rid=verdict.request_id, ref=ref)
+            self._note_diagnostics(reads, relay.scanner)
+            scanner = relay.scanner
+        else:
+            scanner = await self._forward(payload, Shape.RESULTSET, rid=verdict.request_id, ref=ref)
+        self.text.tracked(scanner.schema)
+        if prepared is not None and prepared.changes_db:  # MariaDB prepares USE
+            await self._ask_database()
 
     async def _fetch(self, payload: bytes, stmt_id: int | None) -> None:
         """COM_STMT_FETCH: a cursor's next rows, masked with the rewriter its execution set up."""
@@ -588,6 +609,46 @@ class MysqlSession(GovernedSession):
             self._diag_hidden = True
             self._diag_rule = mask_rule(mask)
 
+    def _note_diagnostics(self, reads: bool, scanner: ResponseScanner) -> None:
+        """A request that read masked values ended: did it leave warnings or an error?"""
+        if reads and (scanner.warnings or scanner.error_code is not None):
+            self._diag_dirty = True
+
+    async def _clear_diagnostics(self) -> None:
+        """Empty the upstream's diagnostics area before a request that calls functions: a
+        stored function or procedure sees its caller's warnings (GET DIAGNOSTICS in its body)
+        and could return their text as a value. A statement that uses a table clears the area
+        on MariaDB and MySQL alike; a derived table counts."""
+        scanner = await self._upstream_command(bytes([Command.QUERY]) + b"SELECT 1 FROM (SELECT 1) AS sqlward_clear")
+        if scanner.error_code is not None:
+            raise UpstreamLost()
+        self._diag_dirty = False
+
+    async def _ask_database(self) -> None:
+        """Ask the upstream for its current database (after a request that may have changed it
+        in a way its text does not settle; see `relaystate.may_change_database`). Nothing
+        reaches the client; MariaDB keeps the session's warnings across it. A failure ends the
+        session (fail closed: table names would be qualified with a guess)."""
+        assert self._upipe is not None
+        await self._upipe_send(bytes([Command.QUERY]) + b"SELECT DATABASE()")
+        deprecate_eof = bool(self.client_caps & Capability.DEPRECATE_EOF)
+        scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=deprecate_eof)
+        response = bytearray()
+        while True:
+            if self._ubuf:
+                n = scanner.scan(self._ubuf)
+                response += self._ubuf[:n]
+                del self._ubuf[:n]
+                if scanner.done:
+                    break
+            data = await self._upipe.receive()
+            if not data:
+                raise UpstreamLost()
+            self._ubuf += data
+        if scanner.error_code is not None:
+            raise UpstreamLost()
+        self.text.server_says(single_text_value(bytes(response), deprecate_eof=deprecate_eof))
+
     async def _refuse_diagnostics(self, request_id: int, mask: MaskContext | None) -> None:
         """Refuse GET DIAGNOSTICS ... CONDITION while the diagnostics area may quote masked
         values; the refusal is the statement's completion record."""
@@ -607,7 +668,10 @@ class MysqlSession(GovernedSession):
         assert self._cpipe is not None and self._upipe is not None
         started = time.perf_counter()
         await self._upipe_send(payload)
-        scanner = ResponseScanner(shape, deprecate_eof=bool(self.client_caps & Capability.DEPRECATE_EOF))
+        scanner = ResponseScanner(
+            shape, deprecate_eof=bool(self.client_caps & Capability.DEPRECATE_EOF),
+            session_track=bool(self.client_caps & Capability.SESSION_TRACK),
+        )
         buf = self._ubuf
         upipe, cpipe = self._upipe, self._cpipe
         while True:
@@ -650,6 +714,7 @@ class MysqlSession(GovernedSession):
         relay = MaskingRelay(
             ctx, shape=shape, binary=binary, deprecate_eof=bool(self.client_caps & Capability.DEPRECATE_EOF),
             capabilities=self.client_caps, rows=rows, hide_messages=hide_messages, hide_errors=hide_errors,
+            session_track=bool(self.client_caps & Capability.SESSION_TRACK),
         )
         buf = self._ubuf
         upipe, cpipe = self._upipe, self._cpipe
@@ -804,12 +869,20 @@ class MysqlSession(GovernedSession):
                 self._ubuf += data
             if reset.error_code is not None:
                 raise UpstreamLost()
+            # COM_RESET_CONNECTION keeps the current database (MariaDB 10.11, MySQL): a USE of
+            # the previous identity would otherwise stay in force. CHANGE USER starts on the
+            # target's database, as a new connection does.
+            if target.database:
+                init = await self._upstream_command(bytes([Command.INIT_DB]) + target.database.encode(self.text.codec))
+                if init.error_code is not None:
+                    raise UpstreamLost()
         self._prepared.clear()
         self._diag_hidden = False  # a new upstream session, or one reset: no diagnostics left
         if request.character_set:
             self.text.set_charset(request.character_set)
         await self._set_identity(identity, target)
         self.text.schema = target.database
+        await self._ask_database()  # the server's word on where the new session starts
         await self._show_identity_upstream(identity)
         await self._write(messages.ok_packet(self.client_caps))
         return True

@@ -21,6 +21,9 @@ from sqlward.adapters.mysql.relaystate import (
     command_route,
     completion,
     field_list_sql,
+    may_change_database,
+    may_read_diagnostics,
+    single_text_value,
 )
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
 from sqlward.masking.context import MaskContext, RequestMask
@@ -169,23 +172,100 @@ def test_codec_for_name(name: str, codec: str) -> None:
     assert codec_for_name(name) == codec
 
 
-def test_session_text_follows_use_and_set_names() -> None:
+def test_session_text_follows_the_server_and_set_names() -> None:
+    """The database comes from the server (COM_INIT_DB accepted, SESSION_TRACK_SCHEMA, the
+    answer to SELECT DATABASE()), never from the text of a USE (issue 11)."""
     text = SessionText(45, schema="sqlward_it")
     assert (text.schema, text.charset, text.codec) == ("sqlward_it", 45, "utf-8")
     text.query_succeeded("USE shop", analyse("USE shop", "mysql"))
+    assert text.schema == "sqlward_it"  # asked of the server instead (may_change_database)
+    text.server_says(b"shop")
     assert text.schema == "shop"
-    text.query_succeeded("select 1; use other", analyse("select 1; use other", "mysql"))
+    text.tracked(None)
+    assert text.schema == "shop"
+    text.tracked("other")
     assert text.schema == "other"
     text.query_succeeded("SET NAMES latin1", analyse("SET NAMES latin1", "mysql"))
     assert text.codec == "cp1252" and text.decode(b"caf\xe9") == "café"
     text.query_succeeded("SET @a = 'x'", analyse("SET @a = 'x'", "mysql"))
     assert text.codec == "cp1252"
-    text.query_succeeded("USE nothing", None)  # no analysis (a KILL, a failure): nothing changes
-    assert text.schema == "other"
+    text.server_says(b"caf\xe9")  # the answer is in the connection's character set
+    assert text.schema == "café"
+    text.server_says(None)  # DROP DATABASE of the current one: no database
+    assert text.schema == ""
     text.set_charset(63)
     assert text.codec == "latin-1"
     text.init_db_succeeded(b"\x02sqlward_it2")
     assert text.schema == "sqlward_it2"
+
+
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("USE other", True),
+        ("/*!USE other*/", True),
+        ("SELECT 1; USE other", True),
+        ("USE other; SELECT * FROM nowhere", True),
+        ("EXECUTE IMMEDIATE 'USE other'", True),
+        ("EXECUTE s", True),
+        ("CALL other.p()", True),
+        ("DROP DATABASE sqlward_b11_gone", True),
+        ("DROP SCHEMA IF EXISTS x", True),
+        ("this is not sql", True),
+        ("SELECT * FROM t", False),
+        ("INSERT INTO t VALUES (1)", False),
+        ("DROP TABLE t", False),
+        ("PREPARE s FROM 'USE other'", True),  # not parsed by sqlglot: asked (fail closed)
+        ("SET @a = 1", False),
+        ("SHOW WARNINGS", False),
+    ],
+)
+def test_may_change_database(sql: str, expected: bool) -> None:
+    assert may_change_database(analyse(sql, "mysql")) is expected
+    assert may_change_database(None)
+
+
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("SELECT diag_msg()", True),
+        ("SET @x = f()", True),
+        ("DO f()", True),
+        ("CALL p()", True),
+        ("SELECT UPPER(name) FROM t", True),
+        ("SELECT 1", False),
+        ("SELECT @@warning_count", False),
+        ("SHOW WARNINGS", False),
+        ("SELECT * FROM t", False),
+    ],
+)
+def test_may_read_diagnostics(sql: str, expected: bool) -> None:
+    assert may_read_diagnostics(analyse(sql, "mysql")) is expected
+
+
+def _framed(*payloads: bytes) -> bytes:
+    out, seq = [], 1
+    for p in payloads:
+        out.append(len(p).to_bytes(3, "little") + bytes([seq]) + p)
+        seq += 1
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_single_text_value(deprecate_eof: bool) -> None:
+    coldef = b"\x03def\x00\x00\x00\x0aDATABASE()\x00\x0c\x21\x00\x00\x01\x00\x00\xfd\x00\x00\x1f\x00\x00"
+    eof = b"\xfe\x00\x00\x02\x00"
+    end = b"\xfe\x00\x00\x02\x00\x00\x00" if deprecate_eof else eof
+    head = [b"\x01", coldef] + ([] if deprecate_eof else [eof])
+    assert single_text_value(_framed(*head, b"\x04shop", end), deprecate_eof=deprecate_eof) == b"shop"
+    assert single_text_value(_framed(*head, b"\xfb", end), deprecate_eof=deprecate_eof) is None
+    long = b"d" * 300
+    assert single_text_value(_framed(*head, b"\xfc" + (300).to_bytes(2, "little") + long, end),
+                             deprecate_eof=deprecate_eof) == long
+    with pytest.raises(ProtocolViolation):
+        single_text_value(_framed(*head, end), deprecate_eof=deprecate_eof)  # no row
+    with pytest.raises(ProtocolViolation):
+        single_text_value(_framed(b"\x00\x00\x00\x02\x00\x00\x00"), deprecate_eof=deprecate_eof)  # an OK
 
 
 def test_session_text_decode_keeps_every_byte() -> None:

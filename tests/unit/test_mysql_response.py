@@ -498,3 +498,65 @@ def test_empty_packet_where_a_column_definition_belongs(sizes: list[int] | None)
     assert fed.outcome["done"] and fed.outcome["rows"] == 1 and fed.forwarded == data
     scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=False)
     assert scanner.scan(bytearray(wire([lenenc_int(1), b""]))) == 5 + 4 and not scanner.done
+
+
+# -- warnings and SESSION_TRACK_SCHEMA (issue 11) -----------------------------------------------------
+
+from sqlward.adapters.mysql.constants import Capability, SessionTrack  # noqa: E402
+
+TRACK_CAPS = int(Capability.PROTOCOL_41 | Capability.SESSION_TRACK | Capability.DEPRECATE_EOF)
+STATE_CHANGED = 0x4000
+
+
+def _schema_change(name: str) -> messages.SessionStateChange:
+    return messages.SessionStateChange(int(SessionTrack.SCHEMA), lenenc_bytes(name.encode()))
+
+
+def _tracked_ok(*schemas: str, status: int = AUTOCOMMIT, eof: bool = False, warnings: int = 0) -> bytes:
+    state = tuple(_schema_change(s) for s in schemas)
+    return messages.encode(
+        messages.OkPacket(status_flags=status | (STATE_CHANGED if state else 0), warnings=warnings,
+                          session_state=state, eof=eof),
+        TRACK_CAPS,
+    )
+
+
+def _scan_all(scanner: ResponseScanner, payloads: list[bytes]) -> None:
+    data = b"".join(encode_packets(p, i + 1)[0] for i, p in enumerate(payloads))
+    buf = bytearray(data)
+    assert scanner.scan(buf) == len(data) and scanner.done
+
+
+def test_scanner_reads_the_schema_the_server_tracks() -> None:
+    scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=True, session_track=True)
+    # USE a; USE b; SELECT 1 (the last result's terminator carries no change)
+    _scan_all(scanner, [
+        _tracked_ok("sqlward_b11_a", status=AUTOCOMMIT | MORE),
+        _tracked_ok("sqlward_b11_b", status=AUTOCOMMIT | MORE),
+        lenenc_int(1), column("1"), lenenc_bytes(b"1"), _tracked_ok(eof=True),
+    ])
+    assert scanner.schema == "sqlward_b11_b"
+
+
+def test_scanner_ignores_session_state_without_the_capability() -> None:
+    scanner = ResponseScanner(Shape.SIMPLE, deprecate_eof=True)
+    _scan_all(scanner, [_tracked_ok("sqlward_b11_a")])
+    assert scanner.schema is None
+
+
+def test_scanner_schema_none_when_nothing_tracked() -> None:
+    scanner = ResponseScanner(Shape.SIMPLE, deprecate_eof=True, session_track=True)
+    _scan_all(scanner, [_tracked_ok()])
+    assert scanner.schema is None
+
+
+def test_scanner_keeps_the_warning_count_of_the_last_terminator() -> None:
+    scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=False)
+    _scan_all(scanner, [lenenc_int(1), column("x"), eof(), lenenc_bytes(b"0"), eof(warnings=2)])
+    assert scanner.warnings == 2
+    scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=True, session_track=True)
+    _scan_all(scanner, [lenenc_int(1), column("x"), lenenc_bytes(b"0"), _tracked_ok(eof=True, warnings=3)])
+    assert scanner.warnings == 3
+    scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=False)
+    _scan_all(scanner, [messages.ok_packet(int(Capability.PROTOCOL_41), warnings=1)])
+    assert scanner.warnings == 1

@@ -62,6 +62,10 @@ def msg_db() -> Iterator[str]:
         *(f"INSERT INTO {DB}.customers VALUES ({i}, 'name{i}', '{e}')" for i, e in enumerate(EMAILS, start=1)),
         f"CREATE TABLE {DB}.orders (id INT PRIMARY KEY, note VARCHAR(100))",  # nothing masked here
         f"INSERT INTO {DB}.orders VALUES (1, 'note1'), (2, 'note2')",
+        # A stored function sees its caller's diagnostics area.
+        f"CREATE FUNCTION {DB}.diag_msg() RETURNS TEXT BEGIN DECLARE m TEXT DEFAULT 'none'; "
+        "GET DIAGNOSTICS CONDITION 1 m = MESSAGE_TEXT; RETURN m; END",
+        f"CREATE PROCEDURE {DB}.diag_proc() BEGIN GET DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT; SELECT @m; END",
     )
     yield DB
     root_sql(f"DROP DATABASE IF EXISTS {DB}")
@@ -177,6 +181,11 @@ SEQUENCES = [
     [CAST, "PREPARE s FROM 'SHOW WARNINGS'", "EXECUTE s"],
     [f"PREPARE s FROM '{DIAG}'", CAST, "EXECUTE s", "SELECT @m"],
     [CAST, "SELECT @@warning_count, @@error_count", "SHOW WARNINGS"],
+    [CAST, "SELECT diag_msg()"],
+    [CAST, f"SELECT {DB}.diag_msg()"],
+    [CAST, "SELECT id, diag_msg() FROM orders"],
+    [CAST, "CALL diag_proc()"],
+    [CAST, "DO diag_msg()"],
 ]
 
 
