@@ -28,6 +28,27 @@ session looks it up in the listener's `SessionRegistry`, reaches only sessions o
 identity, and runs the KILL upstream on a helper connection. COM_CHANGE_USER re-authenticates
 against the gateway's identities and resets the upstream session instead of being passed on.
 
+The current database (`SessionText.schema`, which qualifies unqualified table names for rules
+and masking) is the server's, never read off a statement's text: the name COM_INIT_DB sent when
+the server accepted it, SESSION_TRACK_SCHEMA in the server's OK packets (clients with
+CLIENT_SESSION_TRACK), and after a request that may have moved it in a way the text does not
+settle (USE, also in a multi-statement that failed after it; EXECUTE [IMMEDIATE]; a prepared
+USE; CALL; DROP DATABASE; anything unparsed) the answer to a `SELECT DATABASE()` the session
+sends itself. COM_RESET_CONNECTION keeps the database (as MariaDB and MySQL do);
+COM_CHANGE_USER puts the upstream session back on the target's database.
+
+Messages under masking: once a request of a session under masking has read a table with masked
+columns (or, with content classifiers, any table), the server's diagnostics area may quote
+masked values (`CAST(email AS SIGNED)` warns "Truncated incorrect INTEGER value: '<email>'"),
+and MariaDB keeps warnings across statements that use no table. From then on, until
+COM_RESET_CONNECTION or COM_CHANGE_USER empties the area: the Message of SHOW WARNINGS / SHOW
+ERRORS rows is replaced by a fixed sentence (Level and Code kept; `maskrelay`), on every
+protocol path; GET DIAGNOSTICS ... CONDITION is refused (`MaskedDiagnostics`, naming the
+masking rule); and when such a request left warnings or an error, the session empties the area
+(a statement on a derived table) before the next request that calls a function, since a stored
+function reads its caller's diagnostics. The ERR packet of the request itself is rewritten as
+before. The warning counts (OK / EOF, @@warning_count) pass unchanged.
+
 Error handling: every error that ends the session, and every error the gateway answers itself,
 goes through `errors.error_reply` (the one mapping to ERR packets); unexpected exceptions are
 logged with their traceback and reported as an internal error, never with their text.

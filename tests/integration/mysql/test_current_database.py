@@ -408,3 +408,28 @@ def test_the_mariadb_cli(tap: Tap, route: str) -> None:
     text = out.stdout + out.stderr
     assert SECRET_VALUE not in text and SECRET_VALUE.encode() not in tap.received, text
     assert f"db={SECRET}" in text, text
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_the_scanner_reads_the_database_mariadb_tracks(databases: None, deprecate_eof: bool) -> None:
+    """What the gateway relies on for clients with CLIENT_SESSION_TRACK: MariaDB's own OK
+    packets (session_track_schema is on by default) name the database; the scanner finds it in
+    a multi-statement response whose last statement failed."""
+    from sqlward.adapters.mysql.packets import encode_packets
+    from sqlward.adapters.mysql.response import ResponseScanner, Shape
+
+    caps = mywire.DEFAULT_CAPABILITIES | mywire.CLIENT_SESSION_TRACK
+    caps = caps | mywire.CLIENT_DEPRECATE_EOF if deprecate_eof else caps & ~mywire.CLIENT_DEPRECATE_EOF
+    c = mywire.login("127.0.0.1", 3306, "root", "", HOME, capabilities=caps)
+    try:
+        scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=deprecate_eof, session_track=True)
+        c.command(0x03, f"SELECT 1; USE {SECRET}; SELECT * FROM {HOME}.nowhere_b11".encode())
+        seq = 1
+        while not scanner.done:
+            data, seq = encode_packets(c.read_packet(), seq)
+            buf = bytearray(data)
+            assert scanner.scan(buf) == len(data)
+        assert scanner.error_code == 1146
+        assert scanner.schema == SECRET
+    finally:
+        c.close()

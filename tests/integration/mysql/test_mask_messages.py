@@ -322,3 +322,25 @@ def test_the_mariadb_cli_with_show_warnings(tap: Tap, sql: str) -> None:
     if sql == CAST:
         assert out.returncode == 0, out.stderr
         assert f"Warning (Code 1292): {HIDDEN}" in out.stdout + out.stderr, (out.stdout, out.stderr)
+
+
+def test_stored_function_cannot_read_the_masked_warnings(tap: Tap) -> None:
+    """A stored function sees its caller's diagnostics area (MariaDB 10.11): after a masked read
+    that left warnings, the gateway empties the area before a statement that calls a function."""
+    for name, factory in (("pymysql", pymysql_conn), ("connector", connector_conn)):
+        tap.reset()
+        conn = factory(tap.port)
+        try:
+            cur = conn.cursor()
+            cur.execute(CAST)
+            cur.fetchall()
+            cur.execute("SELECT @@warning_count")
+            assert cur.fetchone()[0] == len(EMAILS), name  # the count survives until then
+            cur.execute("SELECT diag_msg()")
+            (value,) = cur.fetchone()
+            assert value in ("none", None) or "zq9" not in value, (name, value)
+            cur.execute("SHOW WARNINGS")  # emptied: only what the function call itself left
+            assert all(r[2] != HIDDEN or r[1] != 1292 for r in cur.fetchall()), name
+        finally:
+            conn.close()
+        assert not leaks(tap.received), name
