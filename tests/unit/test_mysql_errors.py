@@ -196,3 +196,12 @@ def test_numbers_the_adapter_answers_with_live_in_errors_py() -> None:
             if isinstance(node, ast.Constant) and node.value in ("42000", "28000", "08004", "08S01", "HY000", "70100"):
                 found.append(f"{rel}:{node.lineno}: {node.value!r}")
     assert found == []
+
+
+def test_masked_diagnostics_is_a_refusal_naming_the_masking_rule() -> None:
+    reply = E.error_reply(E.MaskedDiagnostics("pii-email"))
+    err = messages.decode_err(reply.payload)
+    assert isinstance(err, messages.ErrPacket)
+    assert (err.errno, err.sqlstate) == (1227, "42000")
+    assert 'masking rule "pii-email"' in err.message and "GET DIAGNOSTICS" in err.message
+    assert reply.reason == ""  # the session goes on
