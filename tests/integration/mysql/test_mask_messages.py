@@ -344,3 +344,27 @@ def test_stored_function_cannot_read_the_masked_warnings(tap: Tap) -> None:
         finally:
             conn.close()
         assert not leaks(tap.received), name
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_raw_client_prepared_and_multi_statement_show_warnings(tap: Tap, deprecate_eof: bool) -> None:
+    """A second client for the binary protocol and for multi-statements: the raw protocol client
+    (tests/support/mywire.py), with and without CLIENT_DEPRECATE_EOF."""
+    from tests.support import mywire
+
+    caps = mywire.DEFAULT_CAPABILITIES | mywire.CLIENT_DEPRECATE_EOF
+    if not deprecate_eof:
+        caps &= ~mywire.CLIENT_DEPRECATE_EOF
+    tap.reset()
+    c = mywire.login("127.0.0.1", tap.port, "ana", SECRETS["ana"], DB, capabilities=caps)
+    try:
+        c.query(CAST)
+        st = c.stmt_prepare("SHOW WARNINGS")
+        (binary,) = [r for r in c.stmt_execute(st) if isinstance(r, mywire.ResultSet)]
+        c.stmt_close(st)
+        assert binary.rows == [("Warning", 1292, HIDDEN)] * len(EMAILS)
+        text = [r for r in c.query("SELECT 1; SHOW WARNINGS; SHOW ERRORS", decode=True) if isinstance(r, mywire.ResultSet)]
+        assert [r.rows for r in text] == [[(1,)], [("Warning", 1292, HIDDEN)] * len(EMAILS), []]
+    finally:
+        c.close()
+    assert not leaks(tap.received)
