@@ -33,6 +33,7 @@ from sqlward.masking.lineage import lineage
 from sqlward.masking.model import Catalogue, MaskSpec
 from sqlward.masking.plan import MaskPlan, build_plan
 from sqlward.masking.policy import IdentityMasks, MaskingSettings
+from sqlward.policy.sqltext import significant, tokenize
 
 __all__ = ["MaskContext", "RequestMask", "plan_request"]
 
@@ -44,9 +45,10 @@ _NO_ROWS: Final = frozenset(
 # Statements that store a query or a routine body for later (CREATE VIEW / FUNCTION / RULE /
 # TRIGGER ..., PREPARE, ALTER ... USING): analysed even though they return no rows.
 _STORES: Final = frozenset({"create", "prepare", "alter"})
-# Statements that run code whose effects (notifications, notices, settings, timing) masking the
-# rows cannot follow: never answered under mask_all_on_doubt when they cannot be analysed.
-_RUNS_CODE: Final = frozenset({"do", "call"})
+# What an unparsed statement may do and still be answered with every column masked under
+# mask_all_on_doubt: read. Anything else (DO, CALL, INSERT, REPLACE, SET, HANDLER, ...) may run
+# code or store values where masking the rows cannot follow, and is refused.
+_MASKABLE_UNPARSED: Final = frozenset({"select", "unknown", "execute", "show", "explain"})
 MASK_RULE_PREFIX: Final = "masking"
 _RULE_IN_SENTENCE: Final = re.compile(r'masking rule "([^"]+)"')
 
@@ -59,6 +61,10 @@ class RequestMask(msgspec.Struct, frozen=True):
     rule_id: str = ""
     redact_errors: bool = False
     schema_change: bool = False  # DDL: the catalogue must be read again afterwards
+    # False: the decision depends on the text's string literals (a routine body, a prepared
+    # text), which the statement shape (fingerprint) leaves out: do not reuse it for another
+    # text of the same shape.
+    cacheable: bool = True
 
 
 class MaskContext(msgspec.Struct, frozen=True):
@@ -118,6 +124,49 @@ def _plan_refusal(plan: MaskPlan, masks: IdentityMasks, schema_change: bool) -> 
     return RequestMask(plan=plan, refusal=refusal, rule_id=rule, redact_errors=True, schema_change=schema_change)
 
 
+def _masked_names(masks: IdentityMasks, catalogue: Catalogue, tables: list[str], schema: str) -> frozenset[str]:
+    """The bare names of the masked columns of `tables` (of every catalogued table when the
+    tables are not known), lower case."""
+    infos = [catalogue.lookup(t, schema) for t in tables] if tables else list(catalogue.tables.values())
+    names: set[str] = set()
+    for info in infos:
+        if info is not None:
+            names.update(c.name for c in info.columns if masks.spec_for(f"{info.name}.{c.name}") is not None)
+    return frozenset(names)
+
+
+# Words of clauses that filter, join, order, deduplicate or decide: the outcome of an unparsed
+# statement holding one may depend on a masked value however its columns are masked.
+_DECIDING_WORDS: Final = frozenset(
+    "INTO WHERE HAVING ON USING JOIN ORDER GROUP DISTINCT UNION INTERSECT EXCEPT MINUS LIMIT OFFSET FETCH "
+    "CASE IF IIF FILTER WINDOW OVER QUALIFY".split()
+)
+
+
+def _unparsed_may_leak(sql: str, dialect: str, ops: set[str], masked_names: frozenset[str]) -> bool:
+    """Masking every output column of an unparsed statement is not enough when it may store or
+    send values, or decide something by a masked value (its clauses are not known): an
+    operation besides reading, `INTO` (`SELECT ... INTO @v / OUTFILE / DUMPFILE / table`), `:=`,
+    MySQL HANDLER (reads by index value), a clause that filters, joins, orders, deduplicates or
+    decides (`_DECIDING_WORDS`), or a masked column named anywhere in it."""
+    if not ops <= _MASKABLE_UNPARSED:
+        return True
+    try:
+        tokens = significant(tokenize(sql, dialect))
+    except Exception:  # unlexable: fail closed
+        return True
+    if tokens and tokens[0].kind == "word" and tokens[0].text.upper() == "HANDLER":
+        return True
+    for t in tokens:
+        if t.kind == "op" and ":=" in t.text:
+            return True
+        if t.kind in ("word", "qid"):
+            word = t.text.strip('"`').lower()
+            if t.kind == "word" and word.upper() in _DECIDING_WORDS or word in masked_names:
+                return True
+    return False
+
+
 def _lineage_refusal(
     sql: str, dialect: str, catalogue: Catalogue, masks: IdentityMasks, schema: str, settings: MaskingSettings
 ) -> RequestMask | None:
@@ -125,7 +174,7 @@ def _lineage_refusal(
     return _plan_refusal(plan, masks, False) if plan.refusal else None
 
 
-def plan_request(
+def _plan_request(
     sql: str,
     analysis: "object",
     catalogue: Catalogue,
@@ -147,7 +196,7 @@ def plan_request(
         if masks.rules and (touched or not analysis.tables):
             if not ops or ops <= _NO_ROWS:
                 return RequestMask(redact_errors=True, schema_change=schema_change)
-            if settings.mask_all_on_doubt and not ops & _RUNS_CODE:
+            if settings.mask_all_on_doubt and not _unparsed_may_leak(sql, dialect, ops, _masked_names(masks, catalogue, touched, schema)):
                 return RequestMask(plan=MaskPlan(mask_rest=MaskSpec(function="redact", rule_id=rule_ids.MASK_ON_DOUBT)), redact_errors=True)
             return _refuse(
                 _first_rule(masks),
@@ -184,3 +233,23 @@ def plan_request(
         redact_errors=bool(touched) or bool(plan.masked_sources) or plan.mask_rest is not None,
         schema_change=schema_change,
     )
+
+
+def plan_request(
+    sql: str,
+    analysis: "object",
+    catalogue: Catalogue,
+    masks: IdentityMasks,
+    schema: str,
+    settings: MaskingSettings,
+) -> RequestMask:
+    """The masking of one request for an identity under masking (see the module docstring).
+    A definition's decision (CREATE / ALTER / PREPARE) depends on its string literals (a
+    routine body, a prepared text): it is marked `cacheable=False`."""
+    request = _plan_request(sql, analysis, catalogue, masks, schema, settings)
+    from sqlward.policy.model import Analysis
+
+    assert isinstance(analysis, Analysis)
+    if set(analysis.operations) & _STORES:
+        request = msgspec.structs.replace(request, cacheable=False)
+    return request

@@ -31,11 +31,19 @@ How it works:
    A bare relation name where no column has that name (`SELECT t FROM customers t`,
    `row_to_json(t)`, `t::text`, `ROW(t.*)`) is a whole-row reference: the sources of all its
    columns, and the table is listed in `whole_rows`.
-4. **Clauses that filter or shape rows feed `predicates`:** WHERE, JOIN ON / USING / NATURAL,
-   GROUP BY, HAVING, ORDER BY, DISTINCT ON, window PARTITION BY / ORDER BY (inline and named),
-   LIMIT / OFFSET / FETCH, in every query block at any depth (CTEs, derived tables, subqueries,
-   view definitions); everything a subquery in those clauses reads counts too
-   (`EXISTS (SELECT 1 FROM customers WHERE email = 'x')`).
+4. **Whatever decides something the client observes feeds `predicates`** (docs/masking.md: a
+   masked value leaves only as a masked output value): WHERE, JOIN ON / USING / NATURAL, GROUP
+   BY, HAVING, ORDER BY, DISTINCT ON, window PARTITION BY / ORDER BY (inline and named), LIMIT /
+   OFFSET / FETCH, in every query block at any depth (CTEs, derived tables, subqueries, view
+   definitions), and everything a subquery in those clauses reads
+   (`EXISTS (SELECT 1 FROM customers WHERE email = 'x')`); and anywhere in an expression
+   (`_Analyser.observed`, one check per node, on the children's sources already computed):
+   comparisons (every sqlglot `Predicate` but EXISTS and IS NULL), CASE / IF / IIF conditions
+   and CASE operands, FILTER, WITHIN GROUP and ORDER BY inside aggregates, DISTINCT inside
+   aggregates, comparing functions (NULLIF, GREATEST, LEAST, STRCMP, FIELD, ...), divisors,
+   window offsets and ntile, the arguments of set-returning and sizing functions (in the select
+   list and in FROM); SELECT DISTINCT and UNION [DISTINCT] / INTERSECT / EXCEPT put every
+   output column's sources there.
 5. **Set operations** merge by position (sources unioned, direct only when every branch is direct
    from the same sources). **Recursive CTEs** are iterated to a fixed point. **Views**
    (`TableInfo.view_sql`) are expanded by analysing their definition with the same machinery,
@@ -52,18 +60,29 @@ How it works:
    even the set of tables read is known (unparsed text, EXECUTE / FETCH / CALL, a user variable
    read, a function that runs a query given as text, an unknown table function). `copies` lists
    the reasons (also in `unresolved`) that move column values where masking the result cannot
-   follow: INSERT ... SELECT, CREATE TABLE ... AS, SELECT ... INTO, UPDATE SET from other
-   columns, assignment to a variable, set_config / pg_notify / large objects, COPY ... TO.
+   follow: INSERT ... SELECT, CREATE TABLE ... AS, SELECT ... INTO, CREATE VIEW (over any
+   table: a temporary view is invisible to the catalogue), PREPARE, UPDATE SET from other
+   columns, assignment to a variable, set_config / pg_notify / large objects / sequences /
+   advisory locks / sleeps (`_SINKS`), COPY ... TO, routines whose bodies cannot be read.
+8. **Routines.** CREATE FUNCTION / PROCEDURE bodies, unparsed CREATE / ALTER commands (rules,
+   triggers, events, SQL-standard bodies) and the catalogued bodies of called routines
+   (`Catalogue.routines`) are read by word (`lexical_reads`): the catalogued relations they
+   name (views expanded) go to `hidden_reads` with what named them; routines they name are
+   judged in turn. A body in a language other than SQL / PL/pgSQL, without a readable
+   definition, or running SQL built at run time (EXECUTE, PREPARE, the query runners) is doubt
+   and a copy. A call of `pg_temp.f()`, of a qualified function missing from the catalogue,
+   or (PostgreSQL, when `Catalogue.builtins` is known) of a name neither built in nor
+   catalogued is doubt and a copy too. A catalogue without routine information
+   (`routines is None`) leaves calls as expressions of their arguments.
 
 Known limits, by design:
 
-- Function bodies are not analysed: a user-defined scalar function is an expression of its
-  arguments; one that reads tables on its own (`SELECT get_email(id) FROM orders`) is invisible
-  here and is the policy engine's business (its function facts, CREATE FUNCTION rules). Only a
-  few built-ins that run SQL given as text (query_to_xml, dblink, ts_stat, ...) are flagged.
+- Routine bodies are read by word, not parsed: a superset of the relations they read, except
+  SQL assembled at run time, which is doubt when its keywords are there. MySQL: an unqualified
+  name missing from the catalogue is taken as a built-in (built-ins win over stored functions).
 - Server error messages are not results: `SELECT email::int` fails with the value in the error
-  text, `1 / (CASE WHEN email LIKE 'a%' THEN 0 END)` is an oracle. Masking the output cannot
-  stop that; the adapter has to scrub error details for masked identities.
+  text. Masking the output cannot stop that; the adapter scrubs error texts for masked
+  identities (masked-derived divisors and CASE conditions are predicates here).
 - A stale catalogue cannot be detected here: `SELECT *` expands to the catalogued columns; the
   adapter must compare the server's column count with `outputs` and treat a mismatch as doubt.
 - The catalogue folds names to lower case, so a quoted PostgreSQL `"Mixed"` resolves to the
@@ -335,7 +354,15 @@ _SIZING: Final = frozenset(
 _COMPARE_FUNCS: Final = frozenset(
     "nullif greatest least strcmp field find_in_set elt interval choose starts_with startswith "
     "regexp_like regexp_instr regexp_substr regexp_count rlike isfinite width_bucket "
-    "array_position array_positions ts_match_vq ts_match_tq".split()
+    "array_position array_positions ts_match_vq ts_match_tq json_contains json_contains_path json_overlaps "
+    "json_search member_of jsonb_path_exists jsonb_path_match similarity word_similarity "
+    "strict_word_similarity levenshtein levenshtein_less_equal difference".split()
+)
+# Words sqlglot reads as function calls that are SQL syntax, not functions of pg_proc.
+_SYNTAX_CALLS: Final = frozenset(
+    "row values xmlelement xmlforest xmlparse xmlpi xmlroot xmlserialize xmlconcat xmlexists xmlattributes "
+    "json_object json_array json_objectagg json_arrayagg json_value json_query json_exists json_table "
+    "json_scalar json_serialize json is_json grouping overlay treat normalize collation".split()
 )
 _COMPARING: Final = (exp.Nullif, exp.Greatest, exp.Least, exp.Elt, exp.StartsWith, exp.Interval)
 _DIVISIONS: Final = (exp.Div, exp.Mod, exp.IntDiv)
@@ -749,7 +776,8 @@ class _Analyser:
         found = cat.routine(shown, self.default_schema)
         if found is None:
             known = not qualified and (
-                (self.pg and cat.builtins is not None and name in cat.builtins)
+                name in _SYNTAX_CALLS
+                or (self.pg and cat.builtins is not None and name in cat.builtins)
                 or (self.pg and cat.builtins is None)
                 or not self.pg  # MySQL: built-in functions win over stored ones of the same name
             )

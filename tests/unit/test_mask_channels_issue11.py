@@ -422,3 +422,57 @@ def test_catalogue_without_routine_information_keeps_unknown_functions_as_expres
     cat = Catalogue(tables=_catalogue(PG).tables, search_path=("public",))
     r = plan_request("SELECT myfunc(id) FROM orders", analyse("SELECT myfunc(id) FROM orders", PG), cat, MASKS, "", MaskingSettings())
     assert r.refusal == ""
+
+
+def test_row_constructor_is_syntax_not_an_unknown_function() -> None:
+    r = _plan(PG, "SELECT ROW(email, 1) FROM customers")
+    assert r.refusal == "" and r.plan.needs_masking
+
+
+# --------------------------------------------------------------------------------------------
+# Statements the analyser cannot parse: mask_all_on_doubt answers only reads
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "REPLACE INTO orders (note) SELECT email FROM customers",
+        "SELECT email FROM customers LIMIT 1 INTO @v",
+        "SELECT email INTO OUTFILE '/tmp/x' FROM customers",
+        "SELECT email FROM customers INTO DUMPFILE '/tmp/x'",
+        "HANDLER customers READ FIRST",
+        "DO IF((SELECT email FROM customers LIMIT 1) LIKE 'a%', SLEEP(2), 0)",
+        "CALL p()",
+        "SELECT id FROM customers WHERE email LIKE 'a%' AND id = ANY(((",
+        "SELECT id FROM customers WHERE customers.name = 'x' ORDER BY 1 (((",
+        "SELECT email FROM customers (((",
+    ],
+)
+def test_unparsed_statement_that_may_store_values_is_refused_even_when_masking_all(sql: str) -> None:
+    assert analyse(sql, MY).parse_status != "ok"
+    _refused(MY, sql)
+
+
+def test_unparsed_read_is_still_masked_all_on_doubt() -> None:
+    sql = "SELECT * FROM customers ((("
+    r = _plan(MY, sql, doubt=True)
+    assert r.refusal == "" and r.plan.mask_rest is not None
+
+
+# --------------------------------------------------------------------------------------------
+# A definition's decision depends on its string literals, which the statement shape leaves out
+
+
+@pytest.mark.parametrize("dialect", BOTH)
+def test_definitions_are_not_cacheable_by_shape(dialect: str) -> None:
+    body = "$$ SELECT 1 $$" if dialect == PG else "'SELECT 1'"
+    create = (
+        f"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS {body}" if dialect == PG else f"PREPARE s FROM {body}"
+    )
+    assert _plan(dialect, create).cacheable is False
+    assert _plan(dialect, "SELECT id FROM orders").cacheable is True
+    assert _plan(dialect, "SELECT email = 'x' FROM customers").cacheable is True
+    # the same shape with another body decides differently
+    evil = create.replace("SELECT 1", "SELECT email FROM customers")
+    assert analyse(evil, dialect).fingerprint == analyse(create, dialect).fingerprint
+    assert _plan(dialect, create).refusal == "" and _plan(dialect, evil).refusal != ""

@@ -236,6 +236,9 @@ def test_predicate_refusal_rule_id_is_the_rule_of_the_probed_column(dialect: str
 # Doubt: statements the analyser cannot read, lineage it cannot trace
 
 UNPARSABLE = "SELECT email FROM customers WHERE id = ANY((("
+# An unparsed statement is masked whole under mask_all_on_doubt only when it can do nothing but
+# return rows: no clause that filters or decides, no masked column named (issue 11).
+UNPARSABLE_PROJECTION = "SELECT * FROM customers ((("
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -250,11 +253,19 @@ def test_unanalysable_statement_is_refused_by_default(dialect: str) -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_mask_all_on_doubt_masks_unanalysable_statement_instead_of_refusing(dialect: str) -> None:
-    r = _plan(dialect, UNPARSABLE, doubt=True)
+    assert analyse(UNPARSABLE_PROJECTION, dialect).parse_status != "ok"
+    r = _plan(dialect, UNPARSABLE_PROJECTION, doubt=True)
     assert r.refusal == ""
     assert r.plan.mask_rest == MASK_ON_DOUBT
     assert r.plan.needs_masking
     assert r.redact_errors is True
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_mask_all_on_doubt_does_not_answer_unanalysable_statement_with_a_clause_on_masked_columns(dialect: str) -> None:
+    r = _plan(dialect, UNPARSABLE, doubt=True)
+    assert "could not be analysed" in r.refusal
+    assert r.plan.mask_rest is None
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
