@@ -309,10 +309,18 @@ class SessionText:
 _DB_CHANGING = frozenset({"use", "execute", "call", "unknown", "change user"})
 
 
+# Statements sqlglot could not parse whose leading keyword still settles that they cannot change
+# the database (REPLACE, LOCK TABLES, SHOW COUNT(*) WARNINGS, ...). Not SET: MariaDB runs
+# `SET STATEMENT var = value FOR USE db`.
+_UNPARSED_SAFE = frozenset({"select", "insert", "update", "delete", "lock", "show"})
+
+
 def may_change_database(analysis: Analysis | None) -> bool:
     """Must the session ask the server for its current database after this request ran (with
     or without error)? Also DROP DATABASE / SCHEMA (the current one leaves the session on none)."""
-    if analysis is None or analysis.parse_status != "ok":
+    if analysis is None or analysis.parse_status == "error":
+        return True
+    if analysis.parse_status != "ok" and not _UNPARSED_SAFE.issuperset(analysis.operations):
         return True
     if _DB_CHANGING.intersection(analysis.operations):
         return True

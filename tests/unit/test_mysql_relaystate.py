@@ -212,6 +212,11 @@ def test_session_text_follows_the_server_and_set_names() -> None:
         ("DROP DATABASE sqlward_b11_gone", True),
         ("DROP SCHEMA IF EXISTS x", True),
         ("this is not sql", True),
+        ("SET STATEMENT max_statement_time=10 FOR USE other", True),  # MariaDB runs it
+        ("SET STATEMENT max_statement_time=10 FOR SELECT 1", True),
+        ("REPLACE INTO t VALUES (1)", False),
+        ("LOCK TABLES t READ", False),
+        ("SHOW COUNT(*) WARNINGS", False),
         ("SELECT * FROM t", False),
         ("INSERT INTO t VALUES (1)", False),
         ("DROP TABLE t", False),

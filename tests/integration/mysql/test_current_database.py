@@ -259,6 +259,7 @@ ROUTES: dict[str, Callable[[Client], None]] = {
     "use": lambda c: c.query(f"USE {SECRET}"),
     "use-quoted": lambda c: c.query(f"use `{SECRET}`"),
     "use-in-executable-comment": lambda c: c.query(f"/*!USE {SECRET}*/"),
+    "set-statement-for-use": lambda c: _tolerate(lambda: c.query(f"SET STATEMENT max_statement_time=10 FOR USE {SECRET}")),
     "multi-use-select": lambda c: c.query(f"USE {SECRET}; SELECT 1"),
     "multi-use-then-error": lambda c: _tolerate(lambda: c.query(f"USE {SECRET}; SELECT * FROM nowhere_b11")),
     "multi-use-then-error-elsewhere": lambda c: _tolerate(
