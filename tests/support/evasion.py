@@ -263,6 +263,10 @@ def _run_pymysql(sess: MySession, steps: Sequence[str], timings: list[float] | N
         for sql in steps:
             t0 = time.monotonic()
             try:
+                if sql.startswith("!"):
+                    _pymysql_command(conn, sess, sql)
+                    out.append("ok")
+                    continue
                 with conn.cursor() as cur:
                     cur.execute(sql)
                     cur.fetchall()
@@ -281,6 +285,21 @@ def _run_pymysql(sess: MySession, steps: Sequence[str], timings: list[float] | N
     return out
 
 
+def _pymysql_command(conn: pymysql.Connection, sess: MySession, step: str) -> None:
+    """Protocol commands written as steps: `!init_db DB` (COM_INIT_DB), `!reset_connection`
+    (COM_RESET_CONNECTION). PyMySQL has no COM_CHANGE_USER: `!change_user` is a no-op here."""
+    from pymysql.constants import COMMAND
+
+    cmd, _, arg = step[1:].partition(" ")
+    if cmd == "init_db":
+        conn.select_db(arg)
+    elif cmd == "reset_connection":
+        conn._execute_command(COMMAND.COM_RESET_CONNECTION, b"")  # noqa: SLF001 - no public API
+        conn._read_ok_packet()  # noqa: SLF001
+    elif cmd != "change_user":
+        raise ValueError(step)
+
+
 def _run_connector(sess: MySession, steps: Sequence[str], timings: list[float] | None) -> list[str]:
     out = []
     conn = mysql.connector.connect(
@@ -291,6 +310,20 @@ def _run_connector(sess: MySession, steps: Sequence[str], timings: list[float] |
         for sql in steps:
             t0 = time.monotonic()
             try:
+                if sql.startswith("!"):
+                    cmd, _, arg = sql[1:].partition(" ")
+                    if cmd == "init_db":
+                        conn.cmd_init_db(arg)
+                    elif cmd == "reset_connection":
+                        conn.cmd_reset_connection()
+                    elif cmd == "change_user":
+                        user, _, db = arg.partition(" ")
+                        conn.cmd_change_user(username=user or sess.user, password=sess.password,
+                                             database=db or sess.database)
+                    else:
+                        raise ValueError(sql)
+                    out.append("ok")
+                    continue
                 cur = conn.cursor(prepared=True)
                 try:
                     cur.execute(sql)
@@ -318,7 +351,21 @@ def _run_mariadb_cli(sess: MySession, steps: Sequence[str], timings: list[float]
     """The mariadb CLI with --show-warnings and --force (go on after an error): one session,
     the steps as a script on stdin, one line each; "ERROR 1227 (42000) at line N" gives the
     outcome of step N."""
-    script = "".join(" ".join(s.split()).rstrip(";") + ";\n" for s in steps)
+    lines: list[str] = []
+    line_of: dict[int, int] = {}
+    for i, step in enumerate(steps):
+        one = " ".join(step.split()).rstrip(";")
+        if one.startswith("!"):
+            cmd, _, arg = one[1:].partition(" ")
+            one = f"use {arg}" if cmd == "init_db" else "SELECT 1"  # the CLI sends `use` as COM_INIT_DB
+        if ";" in one:  # a compound statement (BEGIN ... END)
+            lines.append("DELIMITER //")
+            line_of[len(lines) + 1] = i
+            lines += [one + " //", "DELIMITER ;"]
+        else:
+            line_of[len(lines) + 1] = i
+            lines.append(one + ";")
+    script = "\n".join(lines) + "\n"
     t0 = time.monotonic()
     proc = subprocess.run(
         ["mariadb", "-h", "127.0.0.1", "-P", str(sess.port), "-u", sess.user, "--skip-ssl", "--show-warnings",
@@ -330,8 +377,8 @@ def _run_mariadb_cli(sess: MySession, steps: Sequence[str], timings: list[float]
     out = ["ok"] * len(steps)
     for ln in proc.stderr.splitlines():
         m = re.match(r"ERROR (\d+) \(\w+\) at line (\d+)", ln)
-        if m and 1 <= int(m.group(2)) <= len(steps):
-            out[int(m.group(2)) - 1] = m.group(1)
+        if m and int(m.group(2)) in line_of:
+            out[line_of[int(m.group(2))]] = m.group(1)
         elif ln.startswith("ERROR") and "at line" not in ln:
             out = [o if o != "ok" else "error:cli" for o in out]  # could not connect
     return out
