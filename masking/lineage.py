@@ -622,32 +622,36 @@ class _Analyser:
         self.lexical_reads(what, _TRIGGER_EXECUTE.sub(" ", text), dynamic=True)
 
     def mysql_prepare(self, text: str) -> None:
-        """MySQL PREPARE name FROM 'text' | @var: the text is analysed as the statement it is."""
+        """MySQL PREPARE name FROM 'text' | @var. The text is a string literal, which the
+        statement's shape (the plan cache key) leaves out, and EXECUTE cannot be tied to a mask
+        plan: under masking, SQL-level PREPARE is doubt whatever it holds (clients' prepared
+        statements, COM_STMT_PREPARE, are analysed as statements)."""
         m = re.match(r"(?is)\s*\S+\s+FROM\s+(.*?)\s*$", text)
         literal = m.group(1) if m else ""
-        if len(literal) < 2 or literal[0] not in "'\"" or literal[-1] != literal[0]:
-            self.reason("PREPARE from a variable: the statement is not known", opaque=True)
-            self.copy("prepares a statement that is not known (PREPARE ... FROM @var)")
-            return
-        quote = literal[0]
-        inner = literal[1:-1].replace(quote * 2, quote).replace("\\" + quote, quote)
-        lin = _combine(statement_lineages(inner, self.dialect, self.catalogue, default_schema=self.default_schema))
-        self.prepared(lin)
+        if len(literal) >= 2 and literal[0] in "'\"" and literal[-1] == literal[0]:
+            quote = literal[0]
+            inner = literal[1:-1].replace(quote * 2, quote).replace("\\" + quote, quote)
+            lin = _combine(statement_lineages(inner, self.dialect, self.catalogue, default_schema=self.default_schema))
+            self.prepared(lin)
+        self.reason("PREPARE ... FROM: the prepared text is a value the plan cannot be tied to", opaque=True)
+        self.copy("prepares a statement from text (PREPARE ... FROM), whose EXECUTE cannot be masked")
 
     def prepared(self, lin: Lineage) -> None:
-        """PREPARE: nothing runs now, and EXECUTE cannot be tied to a mask plan, so a prepared
-        statement over tables with masked columns is refused here (and EXECUTE is opaque)."""
+        """PREPARE: nothing runs now, and a later EXECUTE is opaque (refused, or every column
+        masked under mask_all_on_doubt), so what the prepared statement would be refused for
+        counts now: its predicates, copies, hidden reads and whole rows."""
         self.predicates |= lin.predicates
         self.tables |= lin.tables
         for what, tables in lin.hidden_reads:
             self.hide(what, tables)
+        for table in lin.whole_rows:
+            self.whole_rows.setdefault(table, None)
         for text in lin.copies:
             self.copy(text)
         if lin.opaque:
             for text in lin.unresolved:
                 self.reason(text, opaque=True)
-        if lin.tables or lin.opaque:
-            self.copy("prepares a statement (PREPARE) whose EXECUTE cannot be masked")
+            self.copy("prepares a statement (PREPARE) whose reads are not known")
 
     def explained(self, inner: exp.Expression, *, executes: bool) -> None:
         """EXPLAIN: no rows, but the inner statement's predicates (EXPLAIN ANALYZE runs it, and

@@ -304,8 +304,10 @@ CASES += [
     Case("pg explain", PG, "EXPLAIN SELECT id FROM customers WHERE email = 'x'", (), E),
     Case("pg explain analyze insert", PG, "EXPLAIN ANALYZE INSERT INTO orders (note) SELECT email FROM customers", (),
          unresolved=("copies rows",), copies=True),
-    Case("pg prepare", PG, "PREPARE p AS SELECT email FROM customers", (), unresolved=("prepares a statement",),
-         copies=True),
+    Case("pg prepare", PG, "PREPARE p AS SELECT email FROM customers", ()),  # EXECUTE is opaque
+    Case("pg prepare probing", PG, "PREPARE p (text) AS SELECT id FROM customers WHERE email = $1", (), E),
+    Case("pg prepare copy", PG, "PREPARE p AS INSERT INTO orders (note) SELECT email FROM customers", (),
+         unresolved=("copies rows",), copies=True),
     Case("pg execute", PG, "EXECUTE p(1)", (), unresolved=("EXECUTE",), opaque=True),
     Case("pg fetch", PG, "FETCH 10 FROM c", (), unresolved=("FETCH",), opaque=True),
     Case("pg declare cursor", PG, "DECLARE c CURSOR FOR SELECT email FROM customers", (), unresolved=("DECLARE",),
