@@ -99,6 +99,10 @@ _STREAMED = (Backend.DATA_ROW, Backend.COPY_DATA)  # may be huge: never buffered
 _WATCH_MASKED = bytearray(_WATCH)
 for _t in (Backend.ROW_DESCRIPTION, Backend.NO_DATA, Backend.DATA_ROW, Backend.NOTICE_RESPONSE):
     _WATCH_MASKED[_t] = 1
+# While the gateway's search_path question is answered, every message of the answer is looked at.
+_WATCH_PROBE = bytearray(_WATCH_MASKED)
+for _t in (Backend.PARSE_COMPLETE, Backend.BIND_COMPLETE, Backend.CLOSE_COMPLETE):
+    _WATCH_PROBE[_t] = 1
 
 _KNOWN_FRONTEND = bytearray(256)
 for _t in Frontend:
@@ -111,6 +115,12 @@ _B_PARAMETER_STATUS, _B_EMPTY_QUERY, _B_SUSPENDED = (
     int(Backend.PARAMETER_STATUS), int(Backend.EMPTY_QUERY_RESPONSE), int(Backend.PORTAL_SUSPENDED),
 )
 _B_NOTICE = int(Backend.NOTICE_RESPONSE)
+_PROBE_ANSWER = frozenset(
+    int(t) for t in (
+        Backend.PARSE_COMPLETE, Backend.BIND_COMPLETE, Backend.CLOSE_COMPLETE, Backend.ROW_DESCRIPTION,
+        Backend.COMMAND_COMPLETE, Backend.NO_DATA, Backend.EMPTY_QUERY_RESPONSE,
+    )
+)
 
 _Q, _P, _B, _E, _S = Frontend.QUERY, Frontend.PARSE, Frontend.BIND, Frontend.EXECUTE, Frontend.SYNC
 _C, _D, _F, _X = Frontend.CLOSE, Frontend.DESCRIBE, Frontend.FUNCTION_CALL, Frontend.TERMINATE
@@ -119,7 +129,22 @@ _COPY_DATA, _PASSWORD = Frontend.COPY_DATA, Frontend.PASSWORD
 # The Execute of the unnamed portal (the usual one): the same request every time.
 _EXECUTE_UNNAMED = StatementRequest(sql="", dialect="postgres", kind="execute", statement_name="")
 _FUNCTION_CALL = StatementRequest(sql="", dialect="postgres", kind="command", command="FunctionCall")
-_PROBE_QUERY = codec.encode_frontend(codec.Query(PROBE_SQL))
+# The search_path question, in the extended protocol under names of the gateway's own: a simple
+# Query would destroy the client's unnamed prepared statement, and the unnamed portal is the
+# client's too. The first Close clears what an earlier question that failed may have left.
+_PROBE_NAME = "sqlward_search_path_" + secrets.token_hex(4)
+_PROBE_MESSAGES = b"".join(
+    codec.encode_frontend(msg)
+    for msg in (
+        codec.Close("S", _PROBE_NAME),
+        codec.Parse(_PROBE_NAME, PROBE_SQL),
+        codec.Bind(_PROBE_NAME, _PROBE_NAME),
+        codec.Execute(_PROBE_NAME),
+        codec.Close("P", _PROBE_NAME),
+        codec.Close("S", _PROBE_NAME),
+        codec.Sync(),
+    )
+)
 _NO_EVENTS: list[StatementCompleted] = []  # returned when a chunk completes nothing (never mutated)
 _NO_MASKED: dict[str, int] = {}
 
@@ -222,12 +247,13 @@ class RelayState:
         return not self.pending
 
     def start_probe(self) -> bytes:
-        """The Query asking the server for the session's search_path (`searchpath.PROBE_SQL`),
-        to send upstream while the session is idle; the upstream side swallows its answer and
-        hands it to `path.probed`."""
+        """The messages asking the server for the session's search_path (`searchpath.PROBE_SQL`,
+        extended protocol under the gateway's own statement and portal names, up to a Sync), to
+        send upstream while the session is idle; the upstream side swallows the answer and hands
+        it to `path.probed`."""
         self.pending.append(Pending("probe", audit=False))
         self.path.start_probe()
-        return _PROBE_QUERY
+        return _PROBE_MESSAGES
 
 
 # What a ClientSide waits for a verdict on (`_asking`): the message kind and its position.
@@ -559,7 +585,7 @@ class UpstreamSide:
         pos = 0
         skip = self._skip
         st = self._st
-        watch = _WATCH_MASKED if st.masked or st.path.probing else _WATCH
+        watch = _WATCH_PROBE if st.path.probing else _WATCH_MASKED if st.masked else _WATCH
         parts: list[bytes] | None = None
         seg = 0
         snapshot: bytes | None = None
@@ -766,9 +792,9 @@ class UpstreamSide:
             else:
                 st.path.probed(None, None)
             return b""
-        if mtype in (_B_ROW_DESCRIPTION, _B_COMMAND_COMPLETE, _B_NO_DATA, _B_EMPTY_QUERY):
+        if mtype in _PROBE_ANSWER:
             return b""
-        return None  # ParameterStatus and the like belong to the session: forwarded
+        return None  # ParameterStatus, notices and the like belong to the session: forwarded
 
     def _start_rows(self, body: bytearray, ctx: MaskContext | None) -> None:
         """A RowDescription: prepare the rewriter of the rows that follow (None when no column

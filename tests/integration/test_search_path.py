@@ -291,3 +291,23 @@ def test_the_audit_record_says_where_names_resolved(gw: GatewayProcess, tap: Tap
     assert ev["action"] == "deny" and ev["rule_id"] == "no-vault"
     assert ev["resolved"] == {"secrets": ["vault.secrets"]}
     assert ev["search_path"] == [["pg_catalog", "vault", "public"]]
+
+
+def test_the_gateways_question_leaves_the_clients_unnamed_statement_alone(gw: GatewayProcess, tap: Tap) -> None:
+    """asyncpg without a statement cache prepares unnamed statements (Parse, Describe, Sync)
+    and binds them in a second round trip; the gateway asks the server for the path between
+    the two (the SET moved it), which must not destroy that statement."""
+    async def main() -> list[str]:
+        conn = await asyncpg.connect(_dsn(tap.port), ssl=False, statement_cache_size=0)
+        out = []
+        try:
+            for sql in ("SET search_path TO vault", "SELECT 1", "SET search_path TO public", "SELECT v FROM secrets"):
+                stmt = await conn.prepare(sql)
+                out.append(str(await stmt.fetch()))
+        finally:
+            await conn.close()
+        return out
+
+    results = asyncio.run(main())
+    assert PUBLIC_VALUE in results[-1], results
+    _no_marker(tap)

@@ -21,7 +21,7 @@ import pytest
 
 from sqlward.adapters.base import StatementRequest, Verdict
 from sqlward.adapters.postgres.errors import MessageTooLarge, ProtocolViolation
-from sqlward.adapters.postgres.relay import ClientSide, RelayState, UpstreamSide
+from sqlward.adapters.postgres.relay import _PROBE_MESSAGES, ClientSide, RelayState, UpstreamSide
 from sqlward.adapters.postgres.searchpath import PROBE_SQL
 from sqlward.audit.events import StatementCompleted
 from sqlward.masking.context import MaskContext, RequestMask
@@ -785,16 +785,20 @@ def test_relay_imports_no_io_library() -> None:
 # -- the session's search_path (issue 11) -------------------------------------------------------
 
 VAULT = SearchPath(paths=(("pg_catalog", "vault"),), history=(("pg_catalog", "public"), ("pg_catalog", "vault")))
-PROBE = query(PROBE_SQL.encode())
-PROBE_ROWDESC = m(
-    b"T", b"\0\2" + b"a\0" + b"\0" * 6 + b"\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0"
-    + b"b\0" + b"\0" * 6 + b"\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
-)
+PROBE = _PROBE_MESSAGES
+CLOSE_COMPLETE = m(b"3")
 
 
 def probe_answer(user: bytes, path: bytes, ready: bytes = READY_IDLE) -> bytes:
     row = m(b"D", b"\0\2" + struct.pack("!i", len(user)) + user + struct.pack("!i", len(path)) + path)
-    return PROBE_ROWDESC + row + complete(b"SELECT 1") + ready
+    return CLOSE_COMPLETE + PARSE_COMPLETE + BIND_COMPLETE + row + complete(b"SELECT 1") + CLOSE_COMPLETE * 2 + ready
+
+
+def test_the_probe_is_extended_protocol_under_names_of_its_own() -> None:
+    """A simple Query would destroy the client's unnamed statement; the probe names its own
+    statement and portal, closes them, and ends with a Sync."""
+    assert PROBE_SQL.encode() in PROBE and not PROBE.startswith(b"Q") and PROBE.endswith(SYNC)
+    assert b"\0\0" not in PROBE.split(b"P", 1)[1][4:6]  # the Parse names a statement
 
 
 def moves_on_set(request: StatementRequest) -> SearchPath | None:
@@ -847,7 +851,7 @@ def test_a_failed_probe_leaves_the_path_unknown_and_asks_again() -> None:
         ("c", query(b"SET search_path TO vault")),
         ("u", complete(b"SET") + READY_IDLE),
         ("p", b""),
-        ("u", server_error(b"57014", b"canceled") + READY_IDLE),
+        ("u", CLOSE_COMPLETE + server_error(b"57014", b"canceled") + READY_IDLE),
         ("p", b""),
         judge=lambda: Judge(moves=moves_on_set),
     )
