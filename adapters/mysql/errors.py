@@ -56,7 +56,7 @@ __all__ = [
     "ER_UNKNOWN_COM_ERROR", "ER_UNKNOWN_ERROR", "CR_MALFORMED_PACKET", "CR_SERVER_LOST", "SQLSTATE_ACCESS",
     "SQLSTATE_AUTH", "SQLSTATE_CONNECT", "SQLSTATE_GENERAL", "SQLSTATE_INTERRUPTED", "SQLSTATE_LINK",
     "SQLSTATE_REFUSED", "AccessRefused", "AuthRefused", "AuthTimedOut", "ClearPasswordNeedsTls", "ErrorReply",
-    "GatewayError", "KillNotOwner", "MaskedDiagnostics", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
+    "GatewayError", "KillNotOwner", "MaskedDiagnostics", "UnsettledDatabase", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
     "UnsupportedCommand", "UpstreamLost", "UpstreamRefused", "error_reply",
 ]
 
@@ -210,6 +210,20 @@ class MaskedDiagnostics(GatewayError):
             f'masking rule "{rule}": GET DIAGNOSTICS ... CONDITION is refused after a statement that read masked '
             "columns (the server's messages can quote their values); SHOW COUNT(*) WARNINGS or GET DIAGNOSTICS "
             "@n = NUMBER give the count"
+        )
+
+
+class UnsettledDatabase(GatewayError):
+    """A multi-statement request in which a statement names tables after one that may have moved
+    the current database in a way the gateway could not follow when it judged the request."""
+
+    errno, sqlstate = ER_REFUSED, SQLSTATE_REFUSED
+
+    def __init__(self, statement: int) -> None:
+        super().__init__(
+            f"statement {statement} of this request is refused: a statement before it may change the current "
+            "database (USE, SET STATEMENT ... FOR USE, EXECUTE, CALL, ...), so sqlward cannot tell which tables it "
+            "names; send the statements one at a time"
         )
 
 

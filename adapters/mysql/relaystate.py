@@ -41,12 +41,12 @@ from sqlward.adapters.mysql.packets import ProtocolViolation
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
 from sqlward.audit.events import StatementCompleted
 from sqlward.masking.context import MaskContext
-from sqlward.policy.model import Analysis
+from sqlward.policy.model import Analysis, StatementFacts
 
 __all__ = [
     "HIDDEN_ERROR", "REFUSED_COMMANDS", "Prepared", "PreparedStatements", "Route", "SessionText",
     "codec_for_charset", "codec_for_name", "command_route", "completion", "field_list_sql", "mask_rule",
-    "may_change_database", "may_read_diagnostics", "reads_diagnostics", "reads_masked_values", "single_text_value",
+    "may_change_database", "may_read_diagnostics", "unsettled_database", "reads_diagnostics", "reads_masked_values", "single_text_value",
 ]
 
 # -- commands ------------------------------------------------------------------------------------
@@ -325,6 +325,38 @@ def may_change_database(analysis: Analysis | None) -> bool:
     if _DB_CHANGING.intersection(analysis.operations):
         return True
     return any(st.operation == "drop" and st.detail in ("database", "schema") for st in analysis.statements)
+
+
+def _moves_database(st: StatementFacts, *, use_followed: bool) -> bool:
+    """May this statement change the current database (`use_followed`: a parsed USE is one the
+    pipeline follows itself for the statements after it)?"""
+    if st.operation == "use" and st.parse_status == "ok":
+        return not use_followed
+    if st.parse_status == "error":
+        return True
+    if st.parse_status != "ok" and not _UNPARSED_SAFE.issuperset(st.operations or (st.operation,)):
+        return True
+    if _DB_CHANGING.intersection(st.operations or (st.operation,)):
+        return True
+    return st.operation == "drop" and st.detail in ("database", "schema")
+
+
+def unsettled_database(analysis: Analysis | None, *, masked: bool) -> int | None:
+    """In a multi-statement request, the 1-based number of the first statement that names
+    tables (or cannot be read) after a statement that may have moved the current database in a
+    way the pipeline did not follow when it judged the request: SET STATEMENT ... FOR USE,
+    EXECUTE [IMMEDIATE], CALL, DROP DATABASE, anything unparsed; for a session under masking
+    a plain USE too (the mask plan qualifies every statement with the database the request
+    started in). None when there is none: the request may run. The gateway refuses the request
+    otherwise (fail closed): the statements can be sent one at a time."""
+    if analysis is None or len(analysis.statements) < 2:
+        return None
+    moved = False
+    for i, st in enumerate(analysis.statements):
+        if moved and (st.tables_read or st.tables_written or st.parse_status != "ok"):
+            return i + 1
+        moved = moved or _moves_database(st, use_followed=not masked)
+    return None
 
 
 def may_read_diagnostics(analysis: Analysis | None) -> bool:

@@ -82,6 +82,7 @@ from sqlward.adapters.mysql.errors import (
     KillNotOwner,
     MaskedDiagnostics,
     NoSuchThread,
+    UnsettledDatabase,
     OldProtocol,
     TlsRequired,
     UnknownTarget,
@@ -104,6 +105,7 @@ from sqlward.adapters.mysql.relaystate import (
     reads_diagnostics,
     reads_masked_values,
     single_text_value,
+    unsettled_database,
 )
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
 from sqlward.adapters.mysql.server_state import MysqlServerState
@@ -505,6 +507,10 @@ class MysqlSession(GovernedSession):
         if verdict.kill is not None:
             await self._kill(verdict.kill)
             return
+        unsettled = unsettled_database(verdict.analysis, masked=self._masked)
+        if unsettled is not None:
+            await self._refuse(verdict.request_id, UnsettledDatabase(unsettled))
+            return
         if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
             payload = payload[:1] + self._sql_comment + payload[1:]
         if self._masked:
@@ -673,7 +679,13 @@ class MysqlSession(GovernedSession):
     async def _refuse_diagnostics(self, request_id: int, mask: MaskContext | None) -> None:
         """Refuse GET DIAGNOSTICS ... CONDITION while the diagnostics area may quote masked
         values; the refusal is the statement's completion record."""
-        error = MaskedDiagnostics(mask_rule(mask) if mask is not None else self._diag_rule or "masking")
+        await self._refuse(
+            request_id, MaskedDiagnostics(mask_rule(mask) if mask is not None else self._diag_rule or "masking"),
+        )
+
+    async def _refuse(self, request_id: int, error: MaskedDiagnostics | UnsettledDatabase) -> None:
+        """A request the pipeline allowed but the session cannot run safely: refused, and the
+        refusal is its completion record."""
         self.audit.add(StatementCompleted(
             request_id=request_id, tags=("ERROR",), duration_ms=0.0, error=error.message,
             sqlstate=error.sqlstate,

@@ -24,6 +24,7 @@ from sqlward.adapters.mysql.relaystate import (
     may_change_database,
     may_read_diagnostics,
     single_text_value,
+    unsettled_database,
 )
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
 from sqlward.masking.context import MaskContext, RequestMask
@@ -356,3 +357,25 @@ def test_reads_masked_values_and_the_rule_named() -> None:
     assert mask_rule(None) == "masking"
     assert mask_rule(MaskContext(request=RequestMask(plan=MaskPlan(columns=(None, spec))))) == "pii-email"
     assert mask_rule(MaskContext(request=RequestMask(), by_name={("s.t", "c"): spec})) == "pii-email"
+
+
+@pytest.mark.parametrize(
+    "sql, masked, expected",
+    [
+        ("SELECT * FROM t", False, None),
+        ("USE other; SELECT * FROM t", False, None),  # the pipeline follows a parsed USE
+        ("USE other; SELECT * FROM t", True, 2),  # the mask plan does not
+        ("USE other; SELECT 1", True, None),
+        ("/*!USE other*/; SELECT * FROM t", True, 2),
+        ("SET STATEMENT max_statement_time=1 FOR USE other; SELECT * FROM t", False, 2),
+        ("SELECT 1; EXECUTE IMMEDIATE 'USE other'; SELECT 2; INSERT INTO t VALUES (1)", False, 4),
+        ("CALL p(); SELECT * FROM t", False, 2),
+        ("DROP DATABASE d; SELECT * FROM t", False, 2),
+        ("SELECT * FROM t; USE other", True, None),
+        ("REPLACE INTO t VALUES (1); SELECT * FROM t", False, None),
+        ("SELECT 1; SELECT * FROM t", True, None),
+    ],
+)
+def test_unsettled_database(sql: str, masked: bool, expected: int | None) -> None:
+    assert unsettled_database(analyse(sql, "mysql"), masked=masked) == expected
+    assert unsettled_database(None, masked=masked) is None

@@ -260,10 +260,18 @@ ROUTES: dict[str, Callable[[Client], None]] = {
     "use-quoted": lambda c: c.query(f"use `{SECRET}`"),
     "use-in-executable-comment": lambda c: c.query(f"/*!USE {SECRET}*/"),
     "set-statement-for-use": lambda c: _tolerate(lambda: c.query(f"SET STATEMENT max_statement_time=10 FOR USE {SECRET}")),
+    # The next statement of the same request runs in the new database.
+    "multi-set-statement-use-then-read": lambda c: _tolerate(
+        lambda: c.query(f"SET STATEMENT max_statement_time=10 FOR USE {SECRET}; SELECT * FROM t; SELECT CONCAT(col, '') FROM t")),
+    "multi-comment-use-then-read": lambda c: _tolerate(
+        lambda: c.query(f"/*!USE {SECRET}*/; SELECT * FROM t; SELECT CONCAT(col, '') FROM t")),
+    "multi-use-then-read": lambda c: _tolerate(
+        lambda: c.query(f"USE {SECRET}; SELECT * FROM t; SELECT CONCAT(col, '') FROM t")),
     "multi-use-select": lambda c: c.query(f"USE {SECRET}; SELECT 1"),
     "multi-use-then-error": lambda c: _tolerate(lambda: c.query(f"USE {SECRET}; SELECT * FROM nowhere_b11")),
     "multi-use-then-error-elsewhere": lambda c: _tolerate(
         lambda: c.query(f"USE {SECRET}; SELECT * FROM {HOME}.nowhere_b11")),
+    "multi-use-then-error-no-table": lambda c: _tolerate(lambda: c.query(f"USE {SECRET}; SELECT nosuchfn_b11()")),
     "multi-use-then-failed-use": lambda c: _tolerate(lambda: c.query(f"USE {SECRET}; USE sqlward_b11_nope")),
     "multi-select-error-then-use": lambda c: _tolerate(lambda: c.query(f"SELECT * FROM nowhere_b11; USE {SECRET}")),
     "execute-immediate": lambda c: _tolerate(lambda: c.query(f"EXECUTE IMMEDIATE 'USE {SECRET}'")),
@@ -392,7 +400,7 @@ CLI_ROUTES = {
     "use-command": f"use {SECRET}\n",
     "use-statement-ok": f"USE {SECRET};\n",
     # One COM_QUERY holding a USE and a failing statement.
-    "multi-use-then-error": f"DELIMITER //\nSELECT 1; USE {SECRET}; SELECT * FROM {HOME}.nowhere_b11//\nDELIMITER ;\n",
+    "multi-use-then-error": f"DELIMITER //\nSELECT 1; USE {SECRET}; SELECT nosuchfn_b11()//\nDELIMITER ;\n",
     "failed-use-keeps": f"use {SECRET}\nuse sqlward_b11_nope\n",
 }
 
