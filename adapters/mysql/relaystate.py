@@ -19,7 +19,8 @@ tested with plain values:
   have changed it in a way the text does not settle (`may_change_database`: USE, even inside a
   multi-statement that failed half-way, EXECUTE [IMMEDIATE], CALL, DROP DATABASE, anything the
   analyser could not parse) the session asks the server (`SELECT DATABASE()`, read with
-  `single_text_value`);
+  `single_text_value`); `unsettled_database` finds the statement of a multi-statement request
+  whose tables cannot be named because an earlier statement may have moved the database;
 - `completion(...)`: the `statement.completed` event of a response, from its scanner;
 - `reads_masked_values`, `reads_diagnostics`, `mask_rule`: what the message rule of a session
   under masking needs (see `session.py`): whether a request reads values a masking rule covers

@@ -35,7 +35,11 @@ CLIENT_SESSION_TRACK), and after a request that may have moved it in a way the t
 settle (USE, also in a multi-statement that failed after it; EXECUTE [IMMEDIATE]; a prepared
 USE; CALL; DROP DATABASE; anything unparsed) the answer to a `SELECT DATABASE()` the session
 sends itself. COM_RESET_CONNECTION keeps the database (as MariaDB and MySQL do);
-COM_CHANGE_USER puts the upstream session back on the target's database.
+COM_CHANGE_USER puts the upstream session back on the target's database. Within one
+multi-statement request the pipeline follows a parsed USE for its rules (not for masking); a
+statement naming tables after a move it cannot follow (SET STATEMENT ... FOR USE, EXECUTE, CALL,
+DROP DATABASE, unparsed text; under masking any USE) makes the session refuse the request
+(`relaystate.unsettled_database`, `UnsettledDatabase`).
 
 Messages under masking: once a request of a session under masking has read a table with masked
 columns (or, with content classifiers, any table), the server's diagnostics area may quote
