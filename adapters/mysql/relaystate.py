@@ -158,6 +158,9 @@ class Prepared:
     changes_db: bool = False
     # An execution calls functions, which may read the diagnostics area (`may_read_diagnostics`).
     calls_functions: bool = True
+    # The current database when it was prepared: the server resolves its table names there for
+    # every execution, whatever the session's database is by then.
+    schema: str = ""
 
 
 class PreparedStatements:
@@ -173,13 +176,13 @@ class PreparedStatements:
 
     def add(
         self, stmt_id: int, request_id: int, sql: str, policy_version: int, mask: MaskContext | None,
-        *, reads_masked: bool = False, analysis: Analysis | None = None,
+        *, reads_masked: bool = False, analysis: Analysis | None = None, schema: str = "",
     ) -> None:
         """The server accepted a COM_STMT_PREPARE the pipeline allowed (`analysis`: the
         pipeline's, None when unknown: then an execution is assumed to do anything)."""
         self._by_id[stmt_id] = Prepared(
             request_id, sql, policy_version, mask, reads_masked=reads_masked, diagnostics=reads_diagnostics(sql),
-            changes_db=may_change_database(analysis), calls_functions=may_read_diagnostics(analysis),
+            changes_db=may_change_database(analysis), calls_functions=may_read_diagnostics(analysis), schema=schema,
         )
 
     def get(self, stmt_id: int) -> Prepared | None:

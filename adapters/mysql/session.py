@@ -571,6 +571,7 @@ class MysqlSession(GovernedSession):
             self._prepared.add(
                 scanner.statement_id, verdict.request_id, sql, version, verdict.mask,
                 reads_masked=reads_masked_values(verdict.mask, verdict.analysis), analysis=verdict.analysis,
+                schema=self.text.schema,
             )
 
     async def _execute(self, payload: bytes, stmt_id: int) -> None:
@@ -584,8 +585,8 @@ class MysqlSession(GovernedSession):
         prepared = self._prepared.get(stmt_id)
         version = self.pipeline.policy_version
         if prepared is not None and prepared.policy_version != version:
-            again = await self._judge(
-                StatementRequest(sql=prepared.sql, dialect="mysql", schema=self.text.schema, statement_name=name)
+            again = await self._judge(  # under the database it was prepared in, which the server keeps
+                StatementRequest(sql=prepared.sql, dialect="mysql", schema=prepared.schema, statement_name=name)
             )
             if not again.allowed:
                 await self._answer(again.decision)

@@ -442,3 +442,60 @@ def test_the_scanner_reads_the_database_mariadb_tracks(databases: None, deprecat
         assert scanner.schema == SECRET
     finally:
         c.close()
+
+
+def test_prepared_statement_is_decided_again_in_the_database_it_was_prepared_in(databases: None) -> None:
+    """The server resolves a prepared statement's tables in the database current at PREPARE,
+    for every execution (verified on MariaDB 10.11). After a policy reload the gateway decides
+    the statement again: under that database, not the session's current one."""
+    import time
+
+    t = target(TARGET, f"mysql://{UP_USER}@127.0.0.1:3306/{HOME}?sslmode=disable", "development", protocol="mysql")
+    t["password"] = UP_PASSWORD
+    gw = GatewayProcess(
+        targets=[t], identities=[{"name": "alice", "secret": USERS["alice"], "groups": ["dba"]}],
+        listener=mysql_listener(),
+        extra={"gateway": {"name": "it-b11-prepared-db", "policy_files": ["policies/*.toml"]}},
+    )
+    policy = gw.dir / "policies" / "p.toml"
+    policy.parent.mkdir()
+    policy.write_text('[[rules]]\nid = "ok"\naction = "allow"\n')
+    deny = f'[[rules]]\nid = "b11-no-secret"\ntables = ["{SECRET}.*"]\naction = "deny"\n'
+    with gw:
+        conn = mysql.connector.connect(host=gw.host, port=gw.port, user="alice", password=USERS["alice"],
+                                       database=TARGET, use_pure=True, autocommit=True)
+        raw = mywire.login(gw.host, gw.port, "alice", USERS["alice"], TARGET)
+        try:
+            plain = conn.cursor()
+            plain.execute(f"USE {SECRET}")
+            cur = conn.cursor(prepared=True)
+            cur.execute("SELECT col FROM t WHERE id = ?", (1,))
+            assert cur.fetchall() == [(SECRET_VALUE,)]
+            plain.execute(f"USE {HOME}")
+            raw.query(f"USE {SECRET}")
+            st = raw.stmt_prepare("SELECT col FROM t")
+            raw.query(f"USE {HOME}")
+            time.sleep(1.1)
+            policy.write_text(deny)
+            deadline = time.monotonic() + 10
+            refused = {"connector": False, "raw": False}
+            while time.monotonic() < deadline and not all(refused.values()):
+                if not refused["connector"]:
+                    try:
+                        cur.execute("SELECT col FROM t WHERE id = ?", (1,))  # the same statement id
+                        rows = cur.fetchall()
+                        assert rows == [(SECRET_VALUE,)], rows  # the server reads sqlward_b11_secret.t
+                    except mysql.connector.Error as exc:
+                        assert exc.errno == 1227 and "b11-no-secret" in exc.msg, exc
+                        refused["connector"] = True
+                if not refused["raw"]:
+                    try:
+                        raw.stmt_execute(st)
+                    except mywire.MySQLError as exc:
+                        assert exc.errno == 1227 and "b11-no-secret" in exc.message, exc
+                        refused["raw"] = True
+                time.sleep(0.2)
+            assert all(refused.values()), (refused, gw.stderr_text())
+        finally:
+            conn.close()
+            raw.close()
