@@ -19,10 +19,13 @@ Codec (no I/O):
 
 Relay state (no I/O):
 
-* `response`: `ResponseScanner`, where a server response ends, without decoding rows.
+* `response`: `ResponseScanner`, where a server response ends, without decoding rows (and the
+  warning count and SESSION_TRACK_SCHEMA of its OK packets).
 * `relaystate`: what the session keeps between commands: command routes, prepared statements
-  and cursors, the current database and text codec, completion records.
-* `maskrelay` / `rowmask`: masked responses (text and binary rows rewritten).
+  and cursors, the current database (the server's) and text codec, completion records, and
+  what the message rule of masked sessions needs.
+* `maskrelay` / `rowmask`: masked responses (text and binary rows rewritten; the Message of
+  SHOW WARNINGS / SHOW ERRORS hidden after a masked read).
 * `server_state`: what a listener's sessions share (greeting facts, RSA pair, sha2 cache).
 * `errors`: every errno / SQLSTATE the adapter answers with and `error_reply`, the one mapping
   from a gateway-side error or a refusal to an ERR packet.
