@@ -149,6 +149,27 @@ def run_connector_prepared(port: int, statements: list[str]) -> list[str]:
     return out
 
 
+def run_raw_session_track(port: int, statements: list[str]) -> list[str]:
+    """The raw protocol client with CLIENT_SESSION_TRACK: OK packets carry session state."""
+    from tests.support import mywire
+
+    out = []
+    c = mywire.login("127.0.0.1", port, "ana", SECRETS["ana"], DB,
+                     capabilities=mywire.DEFAULT_CAPABILITIES | mywire.CLIENT_SESSION_TRACK)
+    try:
+        for sql in statements:
+            try:
+                out.append(f"results {c.query(sql, decode=True)!r}")
+            except mywire.MySQLError as e:
+                out.append(f"error {e.errno} {e.message}")
+    finally:
+        c.close()
+    return out
+
+
+RUNNERS = {"pymysql": run_pymysql, "connector-prepared": run_connector_prepared, "raw-session-track": run_raw_session_track}
+
+
 # Sequences of statements on one connection: the first reads a masked column in a way that
 # leaves a message quoting its value, the next ones try to read that message back.
 SEQUENCES = [
@@ -186,15 +207,18 @@ SEQUENCES = [
     [CAST, "SELECT id, diag_msg() FROM orders"],
     [CAST, "CALL diag_proc()"],
     [CAST, "DO diag_msg()"],
+    # OK packets: the info string (counts) and, with CLIENT_SESSION_TRACK, the session state.
+    [CAST, "UPDATE orders SET note = note WHERE id = 1", "SHOW WARNINGS"],
+    [CAST, "SET SESSION session_track_system_variables = '*'", "SET @@session.sql_mode = @@session.sql_mode",
+     "SHOW WARNINGS"],
 ]
 
 
-@pytest.mark.parametrize("client", ["pymysql", "connector-prepared"])
+@pytest.mark.parametrize("client", list(RUNNERS))
 @pytest.mark.parametrize("statements", SEQUENCES, ids=lambda s: " | ".join(s)[:90])
 def test_no_masked_value_leaves_through_messages(tap: Tap, statements: list[str], client: str) -> None:
     tap.reset()
-    runner = run_pymysql if client == "pymysql" else run_connector_prepared
-    outcome = runner(tap.port, statements)
+    outcome = RUNNERS[client](tap.port, statements)
     received = tap.received
     assert received, "the tap saw no traffic"
     assert not leaks(received), (statements, client, outcome, leaks(received))
