@@ -392,3 +392,33 @@ def test_raw_client_prepared_and_multi_statement_show_warnings(tap: Tap, depreca
     finally:
         c.close()
     assert not leaks(tap.received)
+
+
+def test_prepared_show_warnings_with_a_cursor(tap: Tap) -> None:
+    """COM_STMT_EXECUTE with CURSOR_TYPE_READ_ONLY, then COM_STMT_FETCH: whether the server opens
+    a cursor for SHOW WARNINGS or sends the rows at once, no message text gets through."""
+    import struct
+
+    from tests.support import mywire
+
+    tap.reset()
+    with mywire.RawMySQL.open("127.0.0.1", tap.port) as c:
+        c.read_handshake()
+        c.login("ana", SECRETS["ana"], DB)
+        c.query(CAST)
+        st = c.stmt_prepare("SHOW WARNINGS")
+        c.command(0x17, struct.pack("<IBI", st.stmt_id, 0x01, 1))  # CURSOR_TYPE_READ_ONLY
+        n = mywire.Buf(c.read_packet()).lenenc()
+        cols = c._read_columns(n)
+        end = c.read_packet() if not c.deprecate_eof else b""
+        cursor = bool(end[:1] == b"\xfe" and mywire.parse_eof(end).status & 0x40) if end else False
+        rows: list = []
+        if cursor:
+            c.command(0x1C, struct.pack("<II", st.stmt_id, 10))  # COM_STMT_FETCH
+            rows, _ = c._read_rows(cols, binary=True)
+        else:
+            rows, _ = c._read_rows(cols, binary=True)
+        c.stmt_close(st)
+        assert c.scalar("SELECT 7") == 7
+    assert [r[2] for r in rows] == [HIDDEN] * len(EMAILS)
+    assert not leaks(tap.received)
