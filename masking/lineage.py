@@ -465,6 +465,7 @@ class _Analyser:
         self.expanding: list[str] = []
         self.hidden: dict[tuple[str, frozenset[str]], None] = {}
         self.routine_stack: list[str] = []
+        self.judged: set[str] = set()  # routines judged already (a body is read once per statement)
         self._relations_by_name: dict[str, list[TableInfo]] | None = None
         self._routines_by_name: dict[str, list[str]] | None = None
 
@@ -793,8 +794,9 @@ class _Analyser:
         self.check_routine(key, found)
 
     def check_routine(self, key: str, overloads: Sequence[RoutineInfo]) -> None:
-        if key in self.routine_stack or len(self.routine_stack) >= _MAX_VIEW_DEPTH:
-            return  # recursion: the first visit judges it
+        if key in self.judged or len(self.routine_stack) >= _MAX_VIEW_DEPTH:
+            return  # judged already (recursion included: the first visit judges it)
+        self.judged.add(key)
         self.routine_stack.append(key)
         try:
             for routine in overloads:

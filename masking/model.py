@@ -7,7 +7,9 @@ the value functions and the protocol adapters' row rewriters.
 - `MaskSpec` is the function to apply to one output column (with its parameters); `MaskSpec`
   values are cached inside `MaskPlan`s, so they are frozen and hashable.
 - `Catalogue` is the per-target schema the gateway reads from the upstream: tables and views with
-  their ordered columns, types and (PostgreSQL) OIDs / attribute numbers for the wire cross-check.
+  their ordered columns, types and (PostgreSQL) OIDs / attribute numbers for the wire cross-check,
+  and (when read) the user-defined routines (`RoutineInfo`: language, definition, installed by an
+  extension or not) and the server's built-in function names, from which calls are judged.
 - `TypeKind` is the coarse type of a column as the client was told it; a masked value must stay
   valid for it (`masking.functions`).
 
