@@ -94,6 +94,15 @@ class ProbeResult:
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
+PGHOST = os.environ.get("SQLWARD_IT_PGHOST", "127.0.0.1")
+PGPORT = int(os.environ.get("SQLWARD_IT_PGPORT", "5432"))
+
+
+def pg_admin_dsn(dbname: str = "postgres") -> str:
+    """The local PostgreSQL as its superuser (trust), for fixtures."""
+    return f"postgresql://postgres@{PGHOST}:{PGPORT}/{dbname}?sslmode=disable"
+
+
 
 @dataclass
 class PgSession:
@@ -288,13 +297,13 @@ def _run_pymysql(sess: MySession, steps: Sequence[str], timings: list[float] | N
 def _pymysql_command(conn: pymysql.Connection, sess: MySession, step: str) -> None:
     """Protocol commands written as steps: `!init_db DB` (COM_INIT_DB), `!reset_connection`
     (COM_RESET_CONNECTION). PyMySQL has no COM_CHANGE_USER: `!change_user` is a no-op here."""
-    from pymysql.constants import COMMAND
+    com_reset_connection = 0x1F  # not among pymysql.constants.COMMAND
 
     cmd, _, arg = step[1:].partition(" ")
     if cmd == "init_db":
         conn.select_db(arg)
     elif cmd == "reset_connection":
-        conn._execute_command(COMMAND.COM_RESET_CONNECTION, b"")  # noqa: SLF001 - no public API
+        conn._execute_command(com_reset_connection, b"")  # noqa: SLF001 - no public API
         conn._read_ok_packet()  # noqa: SLF001
     elif cmd != "change_user":
         raise ValueError(step)
