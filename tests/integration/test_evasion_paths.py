@@ -48,13 +48,14 @@ EMAILS = ["zq7.alice.private@example.com", "zq7.bob.hidden@corp-mail.io"]
 SSNS = ["219-09-9999", "078-05-1120"]
 PINS = [1589831593, 1589831594]
 CRM_EMAIL = "qx9.carol.crm@example.net"
+USER_EMAIL = "qx9.dave.own-schema@example.net"  # in the upstream role's own schema ("$user")
 VAULT_MARKER = "VAULT-MARKER-7f3a9c"
 SECRETOPS_MARKER = "SECRETOPS-MARKER-2b8e"
 WRONG_EMAIL = "zq7.nobody.wrong@example.com"
 
 
 def masked_secrets() -> list[bytes]:
-    out = [v.encode() for v in (*EMAILS, *SSNS, CRM_EMAIL)]
+    out = [v.encode() for v in (*EMAILS, *SSNS, CRM_EMAIL, USER_EMAIL)]
     for p in PINS:
         out += [str(p).encode(), struct.pack("!q", p), struct.pack("!I", p)]
     return out
@@ -81,14 +82,20 @@ CREATE TABLE vault.secrets (id int PRIMARY KEY, secret text);
 INSERT INTO vault.secrets VALUES (1, '{VAULT_MARKER}');
 CREATE TABLE "SecretOps".keys (id int PRIMARY KEY, secret text);
 INSERT INTO "SecretOps".keys VALUES (1, '{SECRETOPS_MARKER}');
+CREATE SCHEMA {UP_ROLE};
+CREATE TABLE {UP_ROLE}.profiles (id int PRIMARY KEY, email text);
+INSERT INTO {UP_ROLE}.profiles VALUES (1, '{USER_EMAIL}');
+CREATE TABLE public.profiles (id int PRIMARY KEY, email text);
+INSERT INTO public.profiles VALUES (1, 'decoy-profile@example.org');
 CREATE SEQUENCE public.ev_seq;
-GRANT ALL ON SCHEMA app, vault, public, "CrmData", "SecretOps" TO {UP_ROLE};
-GRANT ALL ON ALL TABLES IN SCHEMA app, vault, public, "CrmData", "SecretOps" TO {UP_ROLE};
+GRANT ALL ON SCHEMA app, vault, public, "CrmData", "SecretOps", {UP_ROLE} TO {UP_ROLE};
+GRANT ALL ON ALL TABLES IN SCHEMA app, vault, public, "CrmData", "SecretOps", {UP_ROLE} TO {UP_ROLE};
 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {UP_ROLE};
 """
 
 MASKS = [
-    {"id": "pii-email", "columns": ["app.customers.email", "CrmData.contacts.email"], "function": "email",
+    {"id": "pii-email", "columns": ["app.customers.email", "CrmData.contacts.email", f"{UP_ROLE}.profiles.email"],
+     "function": "email",
      "exempt_groups": ["dpo"]},
     {"id": "ssn", "columns": ["*.ssn"], "function": "partial", "keep_last": 2, "exempt_groups": ["dpo"]},
     {"id": "pin", "columns": ["app.customers.pin"], "function": "redact", "exempt_groups": ["dpo"]},
@@ -178,6 +185,7 @@ CRM_READS = [
     "SELECT email || '' FROM contacts",
     "SELECT string_agg(email, ',') FROM contacts",
 ]
+USER_READS = ["SELECT upper(email), email || '' FROM profiles", "SELECT string_agg(email, ',') FROM profiles"]
 ROLE_APP = (f"ALTER ROLE {UP_ROLE} SET search_path = app", f"ALTER ROLE {UP_ROLE} RESET search_path")
 DB_APP = (f"ALTER DATABASE {DB} SET search_path = app", f"ALTER DATABASE {DB} RESET search_path")
 ROLE_IN_DB_APP = (
@@ -202,6 +210,11 @@ MASK_ATTACKS: list[Attack] = [
         "SET search_path TO app; SELECT upper(email), lower(ssn), pin + 0 FROM customers",
         "SELECT set_config('search_path', 'app', false); SELECT string_agg(email || ssn, ',') FROM customers",
     ]),
+    # The server's start-up path is "$user", public: a schema named after the upstream role comes first.
+    Attack("sp-dollar-user-by-default", USER_READS),
+    Attack("sp-dollar-user-explicit", ['SET search_path TO "$user", public', *USER_READS]),
+    Attack("sp-dollar-user-after-reset", ["SET search_path TO public", "SELECT email FROM profiles", "RESET search_path",
+                                          *USER_READS]),
     Attack("sp-mixed-case", ['SET search_path TO "CrmData"', *CRM_READS]),
     Attack("sp-mixed-case-list", ['SET search_path = public, "CrmData"', *CRM_READS]),
     Attack("sp-startup-options", READS, options="-c search_path=app"),
@@ -519,7 +532,10 @@ def test_schema_rule_holds_whatever_the_search_path(tap: Tap, attack: Attack, cl
     assert not found, (attack.name, client, list(zip(attack.steps, outcomes)), found)
 
 
-@pytest.mark.parametrize("attack", [VAULT_ATTACKS[0], VAULT_ATTACKS[9], VAULT_ATTACKS[21]], ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "attack", [a for a in VAULT_ATTACKS if a.name in ("set", "set-local", "startup-options", "alter-role")],
+    ids=lambda a: a.name,
+)
 def test_schema_rule_holds_for_a_masked_identity_too(tap: Tap, attack: Attack) -> None:
     outcomes, received = _run_attack(tap, "ana", "psycopg-text", attack)
     assert not leaks(received, VAULT_SECRETS), (attack.name, outcomes)
