@@ -598,7 +598,7 @@ class _Analyser:
         elif isinstance(tree, exp.Command):
             keyword = str(tree.this).upper()
             text = tree.expression.name if isinstance(tree.expression, exp.Expression) else str(tree.expression or "")
-            if keyword in ("CREATE", "ALTER"):
+            if keyword in ("CREATE", "ALTER", "RENAME"):
                 self.ddl_command(keyword, text)
             elif keyword == "PREPARE" and not self.pg:
                 self.mysql_prepare(text)
@@ -620,6 +620,14 @@ class _Analyser:
         if language is not None and language.group(1).lower() not in ("sql", "plpgsql"):
             self.routine_body(what, "", language.group(1).lower(), None)
             return
+        if keyword in ("ALTER", "RENAME"):
+            # Masking rules name tables and columns: renaming one (or moving it to another
+            # schema) moves its values out of the rule. The tables it names are the ones moved.
+            words = set(_WORD.findall(text.lower()))
+            if keyword == "RENAME" or "rename" in words or "schema" in words:
+                if self.lexical_reads(what, text, dynamic=False, record=False):
+                    self.copy("renames a table or column, or moves it to another schema (masking rules follow names)")
+                return
         self.lexical_reads(what, _TRIGGER_EXECUTE.sub(" ", text), dynamic=True)
 
     def mysql_prepare(self, text: str) -> None:
@@ -732,7 +740,7 @@ class _Analyser:
             return
         self.lexical_reads(what, body, dynamic=True)
 
-    def lexical_reads(self, what: str, text: str, *, dynamic: bool) -> None:
+    def lexical_reads(self, what: str, text: str, *, dynamic: bool, record: bool = True) -> set[str]:
         """The catalogued relations (views expanded to their tables) and routines a text names,
         by word, wherever the word sits (identifiers, strings, comments): a superset of what
         the text reads, for bodies that are not analysed as queries."""
@@ -741,7 +749,7 @@ class _Analyser:
             found = sorted(words & _DYNAMIC_SQL)[0]
             self.reason(f"{what}, which runs SQL built at run time ({found})", opaque=True)
             self.copy(f"{what}, whose body runs SQL built at run time")
-            return
+            return set()
         if self._relations_by_name is None:
             self._relations_by_name = {}
             for info in self.catalogue.tables.values():
@@ -754,6 +762,8 @@ class _Analyser:
                     for col in self.view(info):
                         tables.update(source.rsplit(".", 1)[0] for source in col.sources)
         self.tables |= tables
+        if not record:
+            return tables
         if tables:
             self.hide(what, tables)
         if self.catalogue.routines:
@@ -764,6 +774,7 @@ class _Analyser:
             for word in sorted(words):
                 for key in self._routines_by_name.get(word, ()):
                     self.check_routine(key, self.catalogue.routines[key])
+        return tables
 
     def call(self, name: str, schema: str, *, qualified: bool, always: bool = False) -> None:
         """A call of a function by name: a catalogued routine's body is judged; a function of
@@ -834,6 +845,15 @@ class _Analyser:
             self.copy("COPY ... TO sends rows outside result sets, where masking does not apply")
 
     def alter(self, tree: exp.Alter) -> None:
+        renames = [a for a in tree.args.get("actions") or () if "Rename" in type(a).__name__]
+        changes = [  # MySQL CHANGE [COLUMN] old new type
+            a for a in tree.args.get("actions") or () if a.args.get("rename_from") is not None
+        ]
+        if renames or changes or tree.find(exp.RenameColumn) is not None:
+            # Masking rules name tables and columns: renaming one moves its values out of the rule.
+            if isinstance(tree.this, exp.Table):
+                self.add_from(_Scope(None, {}), tree.this)
+            self.copy("renames a table or column (masking rules follow names)")
         computed = False
         for node in tree.find_all(exp.AlterColumn, exp.ComputedColumnConstraint):
             part = node.args.get("using") if isinstance(node, exp.AlterColumn) else node.this
@@ -1444,12 +1464,19 @@ class _Analyser:
                 self.reason(f"function {name}() runs a query or reads data of its own", opaque=True)
             elif name in _SINKS and sources:
                 self.copy(f"passes column values to {name}(), which stores, sends or times them outside the result")
+            qualified_call = isinstance(node.parent, exp.Dot) and node.parent.expression is node
             if (
                 isinstance(node, exp.Anonymous)
                 and (self.catalogue.routines is not None or self.catalogue.builtins is not None)
-                and not (isinstance(node.parent, exp.Dot) and node.parent.expression is node)
+                and not qualified_call
             ):
                 self.call(name, "", qualified=False)
+            elif self.catalogue.routines and not qualified_call:
+                # a function the SQL parser knows as a built-in may be a user routine of the same
+                # name found first (another argument type, a schema earlier in the path)
+                found = self.catalogue.routine(name, self.default_schema)
+                if found is not None:
+                    self.check_routine(found[0].name, found)
         return _Val(frozenset(sources), False)
 
     def observed(self, node: exp.Expression, sources: set[str], parts: list[tuple[exp.Expression, frozenset[str]]]) -> None:
