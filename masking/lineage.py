@@ -693,6 +693,9 @@ class _Analyser:
                 elif isinstance(func, exp.Func):
                     self.call(_func_name(func), "", qualified=False, always=True)
             return
+        if kind == "INDEX" and isinstance(tree.this, exp.Index) and isinstance(tree.this.args.get("table"), exp.Table):
+            self.stored_values(tree.this.args["table"], [tree.this])
+            return
         body = tree.args.get("expression")
         if not isinstance(body, (*_QUERY_TYPES, *_DML_TYPES)):
             return
@@ -844,6 +847,25 @@ class _Analyser:
         if sources or scope.star_unknown:
             self.copy("COPY ... TO sends rows outside result sets, where masking does not apply")
 
+    def stored_values(self, table: exp.Table, parts: Sequence[exp.Expression]) -> None:
+        """DDL that evaluates the stored values of a table (an index, a constraint, a type change,
+        a generated column): whether it succeeds (a unique index, a CHECK, a cast) depends on
+        them, so the columns it names are predicates."""
+        scope = _Scope(None, {})
+        self.add_from(scope, table)
+        rel = scope.rels[0] if scope.rels else None
+        for part in parts:
+            for col in part.find_all(exp.Column):
+                self.pred(self.expr(col, scope))
+            if rel is None:
+                continue
+            # column names written as identifiers: UNIQUE (email), PRIMARY KEY, ALTER COLUMN
+            # email TYPE ..., MODIFY email ... (a type change converts each value)
+            for ident in part.find_all(exp.Identifier):
+                if not isinstance(ident.parent, exp.Column):
+                    for col in rel.find(self.norm(ident)):
+                        self.predicates |= col.sources
+
     def alter(self, tree: exp.Alter) -> None:
         renames = [a for a in tree.args.get("actions") or () if "Rename" in type(a).__name__]
         changes = [  # MySQL CHANGE [COLUMN] old new type
@@ -854,6 +876,8 @@ class _Analyser:
             if isinstance(tree.this, exp.Table):
                 self.add_from(_Scope(None, {}), tree.this)
             self.copy("renames a table or column (masking rules follow names)")
+        if isinstance(tree.this, exp.Table):
+            self.stored_values(tree.this, [a for a in tree.args.get("actions") or () if not isinstance(a, exp.Drop)])
         computed = False
         for node in tree.find_all(exp.AlterColumn, exp.ComputedColumnConstraint):
             part = node.args.get("using") if isinstance(node, exp.AlterColumn) else node.this

@@ -518,3 +518,41 @@ def test_renaming_a_table_with_masked_columns_is_refused(dialect: str, sql: str)
 )
 def test_renaming_other_tables_or_altering_masked_ones_otherwise_runs(dialect: str, sql: str) -> None:
     _allowed(dialect, sql)
+
+
+# --------------------------------------------------------------------------------------------
+# DDL whose success depends on the stored values (a unique index, a CHECK, a type change)
+
+
+@pytest.mark.parametrize(
+    "dialect, sql",
+    [
+        (PG, "CREATE UNIQUE INDEX i ON customers ((substr(email, 1, 1)))"),
+        (PG, "CREATE INDEX i ON customers ((1 / (length(email) - 5)))"),
+        (PG, "ALTER TABLE customers ADD CONSTRAINT c CHECK (email LIKE 'a%')"),
+        (PG, "ALTER TABLE customers ADD CONSTRAINT u UNIQUE (email)"),
+        (PG, "ALTER TABLE customers ALTER COLUMN email TYPE int USING email::int"),
+        (PG, "ALTER TABLE customers ALTER COLUMN email TYPE int"),
+        (PG, "ALTER TABLE customers ADD COLUMN x int GENERATED ALWAYS AS (length(email)) STORED"),
+        (MY, "ALTER TABLE customers ADD UNIQUE (email)"),
+        (MY, "ALTER TABLE customers MODIFY email INT"),
+        (MY, "CREATE UNIQUE INDEX i ON customers (email)"),
+        (MY, "ALTER TABLE customers ADD CONSTRAINT c CHECK (email LIKE 'a%')"),
+    ],
+)
+def test_ddl_evaluating_masked_values_is_refused(dialect: str, sql: str) -> None:
+    _refused(dialect, sql)
+
+
+@pytest.mark.parametrize(
+    "dialect, sql",
+    [
+        (PG, "CREATE INDEX i ON customers (name)"),
+        (PG, "ALTER TABLE customers ADD CONSTRAINT c CHECK (id > 0)"),
+        (PG, "ALTER TABLE customers DROP COLUMN ssn"),
+        (MY, "CREATE INDEX i ON customers (name)"),
+        (MY, "ALTER TABLE customers MODIFY name VARCHAR(200)"),
+    ],
+)
+def test_ddl_on_unmasked_columns_runs(dialect: str, sql: str) -> None:
+    _allowed(dialect, sql)
