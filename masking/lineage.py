@@ -1367,6 +1367,9 @@ class _Analyser:
                         excluded.rels.append(_Rel("excluded", cols, unknown=target_rel.unknown))
                     update = _Scope(excluded, ctes)
                     update.rels = scope.rels
+                    for key in conflict.args.get("conflict_keys") or ():  # compared with the stored rows
+                        if isinstance(key, exp.Expression):
+                            self.pred(self.expr(key, update))
                     self.assignments(conflict.expressions, update, "INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE")
                     where = conflict.args.get("where")
                     if isinstance(where, exp.Expression):

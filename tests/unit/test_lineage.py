@@ -290,7 +290,8 @@ CASES += [
     Case("pg delete returning", PG, "DELETE FROM customers WHERE id = 1 RETURNING *", STAR_C, "customers.id"),
     Case("pg insert returning", PG, "INSERT INTO orders (note) VALUES ('x') RETURNING note", (Out("note", "orders.note", True),)),
     Case("pg upsert", PG,
-         "INSERT INTO orders (id, note) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET note = excluded.note", ()),
+         "INSERT INTO orders (id, note) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET note = excluded.note", (),
+         "orders.id"),  # the conflict target is compared with the stored rows
     Case("pg data-modifying cte", PG,
          "WITH d AS (DELETE FROM customers WHERE id = 1 RETURNING email) SELECT * FROM d", (Out("email", E, True),),
          "customers.id"),

@@ -534,6 +534,8 @@ def test_renaming_other_tables_or_altering_masked_ones_otherwise_runs(dialect: s
         (PG, "ALTER TABLE customers ALTER COLUMN email TYPE int USING email::int"),
         (PG, "ALTER TABLE customers ALTER COLUMN email TYPE int"),
         (PG, "ALTER TABLE customers ADD COLUMN x int GENERATED ALWAYS AS (length(email)) STORED"),
+        (PG, "INSERT INTO customers (id, email) VALUES (9, 'guess@x.com') ON CONFLICT (email) DO NOTHING"),
+        (PG, "INSERT INTO customers (id, email) VALUES (9, 'g') ON CONFLICT (lower(email)) DO UPDATE SET name = 'x'"),
         (MY, "ALTER TABLE customers ADD UNIQUE (email)"),
         (MY, "ALTER TABLE customers MODIFY email INT"),
         (MY, "CREATE UNIQUE INDEX i ON customers (email)"),
