@@ -282,9 +282,9 @@ class ClientSide:
         # decided under. Names are the bytes the client sent.
         self._statements: dict[bytes, int] = {}
         self._stmt_masks: dict[bytes, MaskContext | None] = {}
-        # Named statements: their SQL and the epoch (policy version, search_path) they were
-        # decided in; a Bind in another epoch decides again (the server re-plans a statement
-        # under the current path).
+        # Prepared statements (the unnamed one too): their SQL and the epoch (policy version,
+        # search_path) they were decided in; a Bind in another epoch decides again (the server
+        # re-plans a statement under the current path).
         self._prepared_sql: dict[bytes, tuple[str, tuple[int, SearchPath]]] = {}
         # Statements whose runs may change the session's search_path: the path after one run.
         self._stmt_paths: dict[bytes, SearchPath] = {}
@@ -458,8 +458,9 @@ class ClientSide:
             if allowed:
                 self._statements[name] = rid
                 self._stmt_masks[name] = verdict.mask
-                if name:  # named statements outlive this pipeline: decided again on policy change
-                    self._prepared_sql[name] = (sql, version)
+                # A Bind in another epoch decides again: named statements outlive a pipeline, and
+                # the unnamed one is re-planned by the server under a path moved since its Parse.
+                self._prepared_sql[name] = (sql, version)
                 if verdict.search_path is not None:
                     # It changes the path each time it runs (at its Binds).
                     self._stmt_paths[name] = verdict.search_path

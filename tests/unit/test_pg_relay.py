@@ -906,3 +906,17 @@ def test_a_statement_that_moves_the_path_moves_it_at_every_bind() -> None:
         judge=lambda: Judge(moves=moves_on_set),
     )
     assert r.state.path.dirty  # the Bind ran it again: the server is asked again when idle
+
+
+def test_the_unnamed_statement_is_decided_again_when_the_path_moved_in_the_same_pipeline() -> None:
+    """Parse "" (SELECT ...), a SET run through another statement, then Bind "": the server
+    re-plans the unnamed statement under the new path, so the gateway decides it again."""
+    set_stmt = parse(b"s2", b"SET search_path TO vault")
+    bind_s2 = m(b"B", b"\0s2\0\0\0\0\0\0\0")
+    r = exchange(
+        ("c", parse(b"", b"SELECT * FROM secrets") + set_stmt + bind_s2 + EXECUTE + BIND + EXECUTE + SYNC),
+        judge=lambda: Judge(moves=moves_on_set),
+    )
+    again = [q for q in r.requests if q.sql == "SELECT * FROM secrets"]
+    assert len(again) == 2
+    assert again[1].search_path is not None and ("pg_catalog", "vault") in again[1].search_path.paths
