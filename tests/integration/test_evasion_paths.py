@@ -88,6 +88,7 @@ INSERT INTO {UP_ROLE}.profiles VALUES (1, '{USER_EMAIL}');
 CREATE TABLE public.profiles (id int PRIMARY KEY, email text);
 INSERT INTO public.profiles VALUES (1, 'decoy-profile@example.org');
 CREATE SEQUENCE public.ev_seq;
+ANALYZE app.customers;
 GRANT ALL ON SCHEMA app, vault, public, "CrmData", "SecretOps", {UP_ROLE} TO {UP_ROLE};
 GRANT ALL ON ALL TABLES IN SCHEMA app, vault, public, "CrmData", "SecretOps", {UP_ROLE} TO {UP_ROLE};
 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {UP_ROLE};
@@ -239,8 +240,8 @@ MASK_ATTACKS: list[Attack] = [
         f"AS $$SELECT string_agg({EVERYTHING}, ',') FROM customers$$",
         "SELECT pg_temp.ev_path()",
     ]),
-    Attack("sp-prepare-then-move", ["SET search_path TO app", f"PREPARE ev_p AS SELECT {EVERYTHING} FROM customers",
-                                    "SET search_path TO public", "EXECUTE ev_p"]),
+    Attack("sp-prepare-under-path", ["SET search_path TO app", f"PREPARE ev_p AS SELECT {EVERYTHING} FROM customers",
+                                     "EXECUTE ev_p"]),
     # -- objects the session creates
     Attack("obj-temp-view", ["CREATE TEMP VIEW ev_tv AS SELECT * FROM app.customers",
                              "SELECT upper(email), ssn || '', pin + 0 FROM ev_tv", "SELECT * FROM ev_tv",
@@ -275,6 +276,21 @@ MASK_ATTACKS: list[Attack] = [
                                      "INSERT INTO ev_tt2 SELECT email, ssn, pin FROM app.customers", "SELECT * FROM ev_tt2"]),
     Attack("obj-materialized-view", ["CREATE MATERIALIZED VIEW public.ev_mv_{u} AS SELECT email AS a, ssn AS b, pin AS c "
                                      "FROM app.customers", "SELECT * FROM public.ev_mv_{u}"]),
+    Attack("obj-temp-view-shadows-a-public-name", [
+        # pg_temp is searched before every schema of the path (for relations): the bare name is the view
+        "CREATE TEMP VIEW customers AS SELECT * FROM app.customers",
+        "SELECT upper(email), ssn || '', pin + 0 FROM customers", "SELECT string_agg(email, ',') FROM customers",
+    ]),
+    # -- lineage through set-returning functions in FROM
+    Attack("srf-in-from", [
+        "SELECT m[1] FROM app.customers, regexp_matches(email || ' ' || ssn, '(.+)') m",
+        "SELECT v FROM app.customers, LATERAL (VALUES (email), (ssn)) t(v)",
+        "SELECT e.value FROM app.customers, jsonb_each_text(jsonb_build_object('e', email, 's', ssn)) e",
+        "SELECT x FROM app.customers, string_to_table(email || ',' || ssn, ';') x",
+    ]),
+    # -- statistics the server keeps about the values
+    Attack("fx-statistics", ["SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
+                             "SELECT s.histogram_bounds::text FROM pg_catalog.pg_stats s WHERE s.attname IN ('email', 'ssn', 'pin')"]),
     # -- side effects and session state
     Attack("fx-notify-self", ["LISTEN ev_ch", f"SELECT pg_notify('ev_ch', {EVERYTHING}) FROM app.customers", "SELECT 1"],
            listen="ev_ch"),
@@ -289,6 +305,8 @@ MASK_ATTACKS: list[Attack] = [
                                        "FROM app.customers), true)", "SELECT current_setting('ev.leak')", "COMMIT"]),
     Attack("fx-search-path-as-storage", ["SELECT set_config('search_path', email, false) FROM app.customers WHERE id = 1",
                                          "SHOW search_path", "SELECT current_setting('search_path')"]),
+    Attack("fx-update-pg-settings", ["UPDATE pg_settings SET setting = (SELECT email FROM app.customers WHERE id = 1) "
+                                     "WHERE name = 'search_path'", "SHOW search_path"]),
     Attack("fx-application-name", ["SELECT set_config('application_name', email, false) FROM app.customers WHERE id = 1",
                                    "SHOW application_name"]),
     Attack("fx-large-object", [
@@ -484,6 +502,18 @@ VAULT_ATTACKS: list[Attack] = [
     Attack("set-config-in-select-list", ["SELECT 1 AS x, set_config('search_path', 'vault', false) AS y", *VAULT_READS]),
     Attack("set-config-in-cte", ["WITH x AS (SELECT set_config('search_path', 'vault', false) AS p) SELECT p FROM x",
                                  *VAULT_READS]),
+    Attack("set-config-computed-name", ["SELECT set_config(lower('SEARCH_PATH'), 'vault', false)", *VAULT_READS]),
+    Attack("set-config-qualified-function", ["SELECT pg_catalog.set_config('search_path', 'vault', false)", *VAULT_READS]),
+    Attack("set-config-quoted-function", ["SELECT \"set_config\"('search_path', 'vault', false)", *VAULT_READS]),
+    Attack("set-config-from-a-row", ["SELECT set_config(n, v, false) FROM (VALUES ('search_path', 'vault')) t(n, v)",
+                                     *VAULT_READS]),
+    Attack("set-config-prepared", ["PREPARE ev_sc(text) AS SELECT set_config('search_path', $1, false)",
+                                   "EXECUTE ev_sc('vault')", *VAULT_READS]),
+    Attack("update-pg-settings", ["UPDATE pg_settings SET setting = 'vault' WHERE name = 'search_path'", *VAULT_READS]),
+    Attack("temp-view-shadows-a-public-name", ["CREATE TEMP VIEW notes AS SELECT * FROM vault.secrets",
+                                               "SELECT * FROM notes"]),
+    Attack("temp-table-shadows-then-dropped", ["CREATE TEMP TABLE secrets (id int, secret text)", "DROP TABLE pg_temp.secrets",
+                                               "SET search_path TO public, vault", *VAULT_READS]),
     Attack("do-block", ["DO $$BEGIN PERFORM set_config('search_path', 'vault', false); END$$", *VAULT_READS]),
     Attack("multi-statement", ["SET search_path TO vault; SELECT * FROM secrets"]),
     Attack("multi-statement-set-config", ["SELECT set_config('search_path', 'vault', false); SELECT * FROM secrets"]),
@@ -518,8 +548,7 @@ VAULT_ATTACKS: list[Attack] = [
     ]),
     Attack("temp-view-then-move", ["SET search_path TO vault", "CREATE TEMP VIEW ev_sv AS SELECT * FROM secrets",
                                    "SET search_path TO public", "SELECT * FROM ev_sv"]),
-    Attack("prepare-then-move", ["SET search_path TO vault", "PREPARE ev_vp AS SELECT * FROM secrets",
-                                 "SET search_path TO public", "EXECUTE ev_vp"]),
+    Attack("prepare-under-path", ["SET search_path TO vault", "PREPARE ev_vp AS SELECT * FROM secrets", "EXECUTE ev_vp"]),
 ]
 
 
@@ -655,3 +684,67 @@ def test_masked_analyst_under_a_bare_name_still_gets_masked_rows(tap: Tap, clien
     assert outcomes == ["ok", "ok", "ok"], outcomes
     assert b"z****@example.com" in tap.received
     assert not leaks(tap.received, masked_secrets())
+
+
+# -- routes that need more than one session or bound parameters -------------------------------------
+
+
+@pytest.mark.parametrize(("user", "path", "reads", "secrets"), [
+    ("dora", "vault", VAULT_READS, VAULT_SECRETS),
+    ("ana", "app", READS, masked_secrets()),
+], ids=["vault-rule", "masks"])
+def test_a_default_the_session_set_on_its_own_role_holds_in_the_next_session(
+    tap: Tap, user: str, path: str, reads: list[str], secrets: list[bytes]
+) -> None:
+    """ALTER ROLE CURRENT_USER SET search_path through the gateway (a role may set its own
+    defaults), then a new session: its start-up path is the new default."""
+    tap.reset()
+    try:
+        first = run_pg("psycopg-text", _sess(tap, user), [f"ALTER ROLE CURRENT_USER SET search_path = {path}"])
+        outcomes = run_pg("psycopg-text", _sess(tap, user), reads) + run_pg("asyncpg", _sess(tap, user), reads)
+    finally:
+        _admin(f"ALTER ROLE {UP_ROLE} RESET search_path")
+    assert not leaks(tap.received, secrets), (first, outcomes, leaks(tap.received, secrets))
+
+
+def test_set_config_with_a_bound_parameter(tap: Tap) -> None:
+    """The path is a bound parameter ($1) of the extended protocol: the gateway cannot read it
+    from the text; the rule must hold all the same."""
+    import asyncio
+
+    import asyncpg
+
+    tap.reset()
+    with psycopg.connect(_sess(tap, "dora").dsn(), autocommit=True) as c:
+        for sql, args in (("SELECT set_config('search_path', %s, false)", ["vault"]),
+                          ("SELECT set_config(%s, %s, false)", ["search_path", "vault"])):
+            try:
+                c.execute(sql, args).fetchall()
+            except psycopg.Error:
+                pass
+            for read in VAULT_READS:
+                try:
+                    c.execute(read).fetchall()
+                except psycopg.Error:
+                    pass
+
+    async def via_asyncpg() -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=tap.port, user="dora", password=SECRETS["dora"],
+                                     database="shop", ssl=False, command_timeout=3)
+        try:
+            for sql, args in (("SELECT set_config('search_path', $1, false)", ("vault",)),
+                              ("SELECT set_config($1, $2, false)", ("search_path", "vault"))):
+                try:
+                    await conn.fetch(sql, *args)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+                    pass
+                for read in VAULT_READS:
+                    try:
+                        await conn.fetch(read)
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+                        pass
+        finally:
+            conn.terminate()
+
+    asyncio.run(via_asyncpg())
+    assert not leaks(tap.received, VAULT_SECRETS)

@@ -48,6 +48,8 @@ def masked_secrets() -> list[bytes]:
     out = [v.encode() for v in (*EMAILS, *SSNS)]
     for p in PINS:
         out += [str(p).encode(), p.to_bytes(8, "little")]
+    # parts of a value: server messages cut long values (XPATH errors keep about 32 characters)
+    out += [b"alice.private", b"bob.hidden"]
     # the hex of an email (HEX(email), a warning quoting a binary string)
     out += [EMAILS[0].encode().hex().encode(), EMAILS[0].encode().hex().upper().encode()]
     return out
@@ -165,6 +167,12 @@ MASK_ATTACKS: list[Attack] = [
            target="side"),
     Attack("warn-through-view", ["CREATE VIEW ev_wv_{u} AS SELECT email AS e, ssn AS s FROM customers",
                                  "SELECT CAST(e AS SIGNED), CAST(s AS SIGNED) FROM ev_wv_{u}", "SHOW WARNINGS"]),
+    # -- reads that bypass SELECT, and statistics of the values
+    Attack("handler-read", ["HANDLER customers OPEN", "HANDLER customers READ FIRST", "HANDLER customers READ NEXT",
+                            "HANDLER customers CLOSE"]),
+    Attack("procedure-analyse", ["SELECT email, ssn, pin FROM customers PROCEDURE ANALYSE()"]),
+    Attack("column-stats", ["ANALYZE TABLE customers PERSISTENT FOR ALL",
+                            f"SELECT column_name, min_value, max_value FROM mysql.column_stats WHERE db_name = '{DB}'"]),
     # -- the current database moved to the masked one
     Attack("use-then-bare-name", ["USE sqlward_evasion_my", *READS], target="side"),
     Attack("com-init-db-then-bare-name", ["!init_db sqlward_evasion_my", *READS], target="side"),
@@ -296,6 +304,9 @@ VAULT_ATTACKS: list[Attack] = [
     Attack("use", [f"USE {VDB}", *VAULT_READS]),
     Attack("use-backquoted", [f"USE `{VDB}`", *VAULT_READS]),
     Attack("com-init-db", [f"!init_db {VDB}", *VAULT_READS]),
+    Attack("use-in-executable-comment", [f"/*!00000 USE {VDB} */", *VAULT_READS], clients=NO_CLI),
+    Attack("handler-on-vault", [f"HANDLER {VDB}.secrets OPEN AS h", "HANDLER h READ FIRST", "HANDLER h CLOSE"]),
+    Attack("handler-after-use", [f"USE {VDB}", "HANDLER secrets OPEN", "HANDLER secrets READ FIRST", "HANDLER secrets CLOSE"]),
     Attack("use-in-multi-statement", [f"USE {VDB}; SELECT * FROM secrets"], clients=("pymysql",)),
     Attack("use-then-reset-connection", [f"USE {VDB}", "!reset_connection", *VAULT_READS], clients=NO_CLI),
     Attack("use-then-change-user", [f"USE {VDB}", "!change_user dora shop", *VAULT_READS], clients=("connector-prepared",)),
