@@ -34,7 +34,7 @@ import psycopg
 import pytest
 
 from tests.support import pgwire
-from tests.support.evasion import PG_CLIENTS, PG_REFUSED, PgSession, leaks, run_pg, run_pg_probe_pair
+from tests.support.evasion import exclusive, PG_CLIENTS, PG_REFUSED, PgSession, leaks, run_pg, run_pg_probe_pair
 from tests.support.gateway import GatewayProcess, target
 from tests.support.tap import Tap
 
@@ -114,16 +114,17 @@ def _admin(sql: str, dbname: str = DB) -> None:
 
 @pytest.fixture(scope="module")
 def evasion_db() -> Iterator[str]:
-    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        c.execute(f"DROP ROLE IF EXISTS {UP_ROLE}")
-        c.execute(f"CREATE ROLE {UP_ROLE} LOGIN")
-        c.execute(f"CREATE DATABASE {DB}")
-    _admin(SCHEMA)
-    yield DB
-    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        c.execute(f"DROP ROLE IF EXISTS {UP_ROLE}")
+    with exclusive('sqlward_evasion_pg'):
+        with psycopg.connect(_admin_dsn(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+            c.execute(f"DROP ROLE IF EXISTS {UP_ROLE}")
+            c.execute(f"CREATE ROLE {UP_ROLE} LOGIN")
+            c.execute(f"CREATE DATABASE {DB}")
+        _admin(SCHEMA)
+        yield DB
+        with psycopg.connect(_admin_dsn(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+            c.execute(f"DROP ROLE IF EXISTS {UP_ROLE}")
 
 
 @pytest.fixture(scope="module")

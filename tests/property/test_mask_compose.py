@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.evasion import PG_REFUSED, PgSession, leaks, pg_admin_dsn, run_pg_probe_pair
+from tests.support.evasion import exclusive, PG_REFUSED, PgSession, leaks, pg_admin_dsn, run_pg_probe_pair
 from tests.support.gateway import GatewayProcess, target
 from tests.support.tap import Tap
 
@@ -59,14 +59,15 @@ def secrets() -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def props_db() -> Iterator[str]:
-    with psycopg.connect(pg_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {DB}")
-    with psycopg.connect(pg_admin_dsn(DB), autocommit=True) as c:
-        c.execute(SCHEMA)
-    yield DB
-    with psycopg.connect(pg_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    with exclusive('sqlward_props_pg'):
+        with psycopg.connect(pg_admin_dsn(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+            c.execute(f"CREATE DATABASE {DB}")
+        with psycopg.connect(pg_admin_dsn(DB), autocommit=True) as c:
+            c.execute(SCHEMA)
+        yield DB
+        with psycopg.connect(pg_admin_dsn(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.evasion import leaks, pg_admin_dsn
+from tests.support.evasion import exclusive, leaks, pg_admin_dsn
 from tests.support.gateway import GatewayProcess, target
 from tests.support.tap import Tap
 
@@ -50,14 +50,15 @@ INSERT INTO "Vault".secrets VALUES (1, 'a harmless row of "Vault"');
 
 @pytest.fixture(scope="module")
 def props_db() -> Iterator[str]:
-    with psycopg.connect(pg_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {DB}")
-    with psycopg.connect(pg_admin_dsn(DB), autocommit=True) as c:
-        c.execute(SCHEMA)
-    yield DB
-    with psycopg.connect(pg_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    with exclusive('sqlward_props_pg'):
+        with psycopg.connect(pg_admin_dsn(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+            c.execute(f"CREATE DATABASE {DB}")
+        with psycopg.connect(pg_admin_dsn(DB), autocommit=True) as c:
+            c.execute(SCHEMA)
+        yield DB
+        with psycopg.connect(pg_admin_dsn(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")

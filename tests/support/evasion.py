@@ -19,12 +19,13 @@ Each runner returns one outcome per statement: "ok" or the SQLSTATE / errno of t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import asyncpg
 import mysql.connector
@@ -101,6 +102,23 @@ PGPORT = int(os.environ.get("SQLWARD_IT_PGPORT", "5432"))
 def pg_admin_dsn(dbname: str = "postgres") -> str:
     """The local PostgreSQL as its superuser (trust), for fixtures."""
     return f"postgresql://postgres@{PGHOST}:{PGPORT}/{dbname}?sslmode=disable"
+
+
+@contextlib.contextmanager
+def exclusive(name: str, wait: float = 100.0) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock named `name` while a module owns its databases and
+    roles: two test runs on one machine wait for each other instead of dropping each other's
+    database halfway (CI runs once; a shared development machine may not)."""
+    with psycopg.connect(pg_admin_dsn(), autocommit=True) as c:
+        deadline = time.monotonic() + wait
+        while not c.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [name]).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"another test run holds {name!r}")
+            time.sleep(0.5)
+        try:
+            yield
+        finally:
+            c.execute("SELECT pg_advisory_unlock(hashtext(%s))", [name])
 
 
 

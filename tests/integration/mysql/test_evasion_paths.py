@@ -30,7 +30,7 @@ import pytest
 
 from tests.integration.conftest import VIA
 from tests.integration.mysql.conftest import mysql_listener, root_sql
-from tests.support.evasion import MY_CLIENTS, MY_REFUSED, MySession, leaks, run_my, run_my_probe_pair
+from tests.support.evasion import exclusive, MY_CLIENTS, MY_REFUSED, MySession, leaks, run_my, run_my_probe_pair
 from tests.support.gateway import GatewayProcess, target
 from tests.support.tap import Tap
 
@@ -71,24 +71,25 @@ def _drop() -> None:
 
 @pytest.fixture(scope="module")
 def evasion_my_db() -> Iterator[str]:
-    _drop()
-    root_sql(
-        f"CREATE DATABASE {DB} CHARACTER SET utf8mb4",
-        f"CREATE DATABASE {VDB} CHARACTER SET utf8mb4",
-        f"CREATE TABLE {DB}.customers (id INT PRIMARY KEY, name VARCHAR(50), email VARCHAR(100), ssn VARCHAR(20), pin BIGINT)",
-        *(
-            f"INSERT INTO {DB}.customers VALUES ({i}, 'name{i}', '{e}', '{s}', {p})"
-            for i, (e, s, p) in enumerate(zip(EMAILS, SSNS, PINS), start=1)
-        ),
-        f"CREATE TABLE {DB}.orders (id INT PRIMARY KEY, customer_id INT, total DECIMAL(10,2))",
-        f"INSERT INTO {DB}.orders VALUES (1, 1, 10.50), (2, 2, 20.00)",
-        f"CREATE TABLE {VDB}.customers (id INT PRIMARY KEY, name VARCHAR(50), email VARCHAR(100), ssn VARCHAR(20), pin BIGINT)",
-        f"INSERT INTO {VDB}.customers VALUES (1, 'decoy', 'decoy@example.org', '000-00-0000', 7)",
-        f"CREATE TABLE {VDB}.secrets (id INT PRIMARY KEY, secret VARCHAR(100))",
-        f"INSERT INTO {VDB}.secrets VALUES (1, '{VAULT_MARKER}')",
-    )
-    yield DB
-    _drop()
+    with exclusive('sqlward_evasion_my'):
+        _drop()
+        root_sql(
+            f"CREATE DATABASE {DB} CHARACTER SET utf8mb4",
+            f"CREATE DATABASE {VDB} CHARACTER SET utf8mb4",
+            f"CREATE TABLE {DB}.customers (id INT PRIMARY KEY, name VARCHAR(50), email VARCHAR(100), ssn VARCHAR(20), pin BIGINT)",
+            *(
+                f"INSERT INTO {DB}.customers VALUES ({i}, 'name{i}', '{e}', '{s}', {p})"
+                for i, (e, s, p) in enumerate(zip(EMAILS, SSNS, PINS), start=1)
+            ),
+            f"CREATE TABLE {DB}.orders (id INT PRIMARY KEY, customer_id INT, total DECIMAL(10,2))",
+            f"INSERT INTO {DB}.orders VALUES (1, 1, 10.50), (2, 2, 20.00)",
+            f"CREATE TABLE {VDB}.customers (id INT PRIMARY KEY, name VARCHAR(50), email VARCHAR(100), ssn VARCHAR(20), pin BIGINT)",
+            f"INSERT INTO {VDB}.customers VALUES (1, 'decoy', 'decoy@example.org', '000-00-0000', 7)",
+            f"CREATE TABLE {VDB}.secrets (id INT PRIMARY KEY, secret VARCHAR(100))",
+            f"INSERT INTO {VDB}.secrets VALUES (1, '{VAULT_MARKER}')",
+        )
+        yield DB
+        _drop()
 
 
 @pytest.fixture(scope="module")
