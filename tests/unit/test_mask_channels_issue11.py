@@ -162,6 +162,11 @@ COMPARISONS_BOTH = [
 COMPARISONS_PG = [
     "SELECT count(*) FILTER (WHERE email = 'x') FROM customers",
     "SELECT count(id) FILTER (WHERE email LIKE 'a%') FROM customers",
+    "SELECT DISTINCT x FROM (SELECT email FROM customers UNION ALL SELECT 'guess') s(x)",
+    "SELECT DISTINCT s FROM (SELECT email FROM customers UNION ALL SELECT 'guess') s",
+    "SELECT count(*) FROM (SELECT DISTINCT * FROM (SELECT email FROM customers UNION ALL SELECT 'g') a) b",
+    "SELECT array_agg(DISTINCT email) FROM customers",
+    "SELECT jsonb_agg(name ORDER BY email) FROM customers",
     "SELECT array_agg(id) FILTER (WHERE email > '5') FROM customers",
     "SELECT email ILIKE 'A%' FROM customers",
     "SELECT email ~ '^a' FROM customers",
@@ -195,6 +200,9 @@ COMPARISONS_MY = [
     "SELECT ELT(1 + (email = 'x'), 'a', 'b') FROM customers",
     "SELECT INTERVAL(length(email), 5, 10) FROM customers",
     "SELECT email FROM customers INTERSECT SELECT 'guess'",
+    "SELECT COUNT(DISTINCT e) FROM (SELECT email AS e FROM customers UNION ALL SELECT 'guess') s",
+    "SELECT GROUP_CONCAT(DISTINCT email) FROM customers",
+    "SELECT GROUP_CONCAT(name ORDER BY email) FROM customers",
 ]
 
 
