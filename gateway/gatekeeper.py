@@ -579,7 +579,9 @@ class Gatekeeper:
             request = plan_request(sql, analysis, seen, masks, schema.lower(), masking.settings)
             if len(self._plans) >= 10_000:
                 self._plans.clear()
-            if not analysis.fingerprint.startswith(RAW_PREFIX):
+            # A plan judged from a string literal (a routine body, a prepared text) holds for
+            # that text only: the shape's other texts may say something else.
+            if request.cacheable and not analysis.fingerprint.startswith(RAW_PREFIX):
                 self._plans[key] = request
         if request.schema_change:
             self._catalogues.invalidate(target.info.name)  # read again before the next statement

@@ -607,6 +607,26 @@ def _ast_facts(tree: exp.Expression, literals: bool = False) -> StatementFacts |
 _WRITE_NODES: Final = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 
 
+def _routine_facts(tree: exp.Create, facts: StatementFacts, dialect: str) -> StatementFacts:
+    """CREATE FUNCTION / PROCEDURE: the routine is an object written into its schema (a rule on
+    `vault.*` sees `CREATE FUNCTION vault.f`), and on MySQL the body's unqualified tables are
+    the routine's database's (a routine runs with its own database as the current one)."""
+    udf = tree.this
+    if _kind(tree) not in ("FUNCTION", "PROCEDURE") or not isinstance(udf, exp.UserDefinedFunction):
+        return facts
+    routine = udf.this
+    name = _table_name(routine) if isinstance(routine, exp.Table) else None
+    if name is None:
+        return facts
+    read = facts.tables_read
+    if dialect == "mysql" and "." in name:
+        db = name.rsplit(".", 1)[0]
+        read = tuple(dict.fromkeys(t if "." in t else f"{db}.{t}" for t in read))
+    return msgspec.structs.replace(
+        facts, tables_read=read, tables_written=_dedupe((*facts.tables_written, name)),
+    )
+
+
 def _function_name(node: exp.Func) -> str:
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower() if not isinstance(node.this, exp.Expression) else node.this.name.lower()
@@ -722,6 +742,8 @@ def _statement_facts(tokens: Sequence[Token], dialect: str, literals: bool = Fal
             return [_keyword_facts(tokens, "error")], f"analysis failed: {_error_text(err)}"
         if f is None:
             f = _keyword_facts(tokens, "unparsed")
+        elif f.operation == "create" and isinstance(tree, exp.Create):
+            f = _routine_facts(tree, f, dialect)
         elif f.operation == "set":
             words = [t.text.upper() for t in significant(tokens) if t.kind == "word"][:6]
             f = msgspec.structs.replace(f, detail=_set_detail(words))

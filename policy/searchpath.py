@@ -180,9 +180,10 @@ _RUNS_SQL: Final = frozenset({
 })
 _PURE: Final = (PG_BUILTINS | _sqlglot_names()) - _RUNS_SQL - {"anonymous"}
 # Statements whose effect on the path is read from their text.
-_SETTING_OPS: Final = frozenset({"set", "other", "reset", "discard"})
+_SETTING_OPS: Final = frozenset({"set", "other", "reset", "discard", "unknown"})
 _TX_END_OPS: Final = frozenset({"commit", "rollback"})
 _OPAQUE_OPS: Final = {"call": "a CALL", "do": "a DO block", "execute": "an EXECUTE of a prepared statement"}
+_CURSOR_WORDS: Final = frozenset({"FETCH", "MOVE"})
 
 
 def _needs_text(st: StatementFacts) -> bool:
@@ -190,6 +191,11 @@ def _needs_text(st: StatementFacts) -> bool:
     if st.operation in _SETTING_OPS:
         return True
     return any(f not in _PURE for f in st.functions)
+
+
+def _writes_settings(st: StatementFacts) -> bool:
+    """UPDATE pg_settings SET setting = ... runs set_config for each row it changes."""
+    return any(t.lower().rsplit(".", 1)[-1].strip('"') == "pg_settings" for t in st.tables_written)
 
 
 def _words(tokens: Sequence[Token]) -> list[str]:
@@ -279,7 +285,7 @@ def _set_config_calls(sig: list[Token], path: SearchPath) -> tuple[list[PathKey]
     the path became unknown ("" when it did not)."""
     found: list[PathKey] = []
     for i, t in enumerate(sig):
-        if t.kind != "word" or t.text.lower() != "set_config":
+        if not ((t.kind == "word" and t.text.lower() == "set_config") or (t.kind == "qid" and t.text == '"set_config"')):
             continue
         j = i + 1
         if j < len(sig) and sig[j].kind == "op" and sig[j].text == ".":
@@ -323,6 +329,8 @@ def _step(path: SearchPath, st: StatementFacts, tokens: Sequence[Token] | None) 
     op = st.operation
     if op in _OPAQUE_OPS:
         return msgspec.structs.replace(path, unknown=f"{_OPAQUE_OPS[op]} may change search_path")
+    if _writes_settings(st):
+        return msgspec.structs.replace(path, unknown="an UPDATE of pg_settings may change search_path")
     if op in _TX_END_OPS or op == "prepare":
         if LOST in path.history:
             return msgspec.structs.replace(path, unknown="the end of a transaction may restore a search_path sqlward never saw")
@@ -332,6 +340,9 @@ def _step(path: SearchPath, st: StatementFacts, tokens: Sequence[Token] | None) 
     if tokens is None or not _needs_text(st):
         return path
     sig = significant(tokens)
+    if sig and sig[0].text.upper() in _CURSOR_WORDS:
+        # A cursor runs its query as it is fetched: a set_config in it runs now.
+        return msgspec.structs.replace(path, unknown="a FETCH runs a cursor's query, which may change search_path")
     if op in _SETTING_OPS:
         effect = _set_value(sig, path)
         if effect is not None:
@@ -361,7 +372,8 @@ def trace(path: SearchPath, analysis: Analysis, sql: str) -> tuple[tuple[SearchP
     """The path in effect at each statement of a request, and after it (None: unchanged)."""
     statements = analysis.statements
     if not any(
-        st.operation in _OPAQUE_OPS or st.operation in _TX_END_OPS or st.operation == "prepare" or _needs_text(st)
+        st.operation in _OPAQUE_OPS or st.operation in _TX_END_OPS
+        or st.operation == "prepare" or _needs_text(st) or (st.tables_written and _writes_settings(st))
         for st in statements
     ):
         return (path,) * len(statements), None

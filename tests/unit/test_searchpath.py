@@ -210,3 +210,22 @@ def test_the_list_a_request_set_last_is_always_a_candidate(steps: list[str]) -> 
         assert last, (sql, last)  # never no table at all
     else:
         assert last == ("public.secrets",)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE pg_settings SET setting = 'vault' WHERE name = 'search_path'",
+        "UPDATE pg_catalog.pg_settings SET setting = 'vault' WHERE name = 'search_path'",
+        "FETCH 10 FROM c",
+        "MOVE NEXT IN c",
+    ],
+)
+def test_statements_that_run_set_config_out_of_sight(sql: str) -> None:
+    per, after = trace(START, ENGINE.analyse(sql, "postgres"), sql)
+    assert after is not None and after.unknown
+
+
+def test_a_quoted_set_config_is_read_too() -> None:
+    per, after = paths_at("""SELECT "set_config"('search_path', 'vault', false); SELECT * FROM t""")
+    assert ("pg_catalog", "vault") in per[1]
