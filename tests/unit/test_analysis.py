@@ -92,7 +92,12 @@ CASES: list[Case] = [
     Case(PG, "CREATE VIEW v AS SELECT * FROM t", "create", ("create", "select"), ("t",), ("v",), detail="view"),
     Case(PG, "CREATE SCHEMA s", "create", ("create",), detail="schema"),
     Case(PG, "CREATE TEMP TABLE x (a int)", "create", ("create",), (), ("x",), detail="table"),
-    Case(PG, "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql", "create", ("create",), detail="function"),
+    # A routine is an object written into its schema (a rule on vault.* sees CREATE FUNCTION vault.f).
+    Case(PG, "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql", "create", ("create",), written=("f",), detail="function"),
+    Case(PG, "CREATE FUNCTION vault.f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql", "create", ("create",), written=("vault.f",), detail="function"),
+    # MySQL: a routine runs in its own database, so its body's unqualified tables are that database's.
+    Case(MY, "CREATE FUNCTION v.f() RETURNS TEXT READS SQL DATA RETURN (SELECT s FROM secrets LIMIT 1)", "create", ("create", "select"), read=("v.secrets",), written=("v.f",), detail="function"),
+    Case(MY, "CREATE PROCEDURE v.p() SELECT * FROM secrets, w.t", "create", ("create", "select"), read=("v.secrets", "w.t"), written=("v.p",), detail="procedure"),
     Case(PG, "CREATE ROLE r LOGIN", "create", ("create",), status="unparsed", detail="role"),
     Case(PG, "CREATE EXTENSION pgcrypto", "create", ("create",), status="unparsed", detail="extension"),
     Case(PG, "ALTER TABLE t ADD COLUMN c int", "alter", ("alter",), (), ("t",), detail="table"),
