@@ -60,6 +60,7 @@ from sqlward.adapters.base import (
 from sqlward.adapters.text import printable
 from sqlward.audit.events import StatementDecided
 from sqlward.policy import rule_ids
+from sqlward.policy.fingerprint import RAW_PREFIX
 from sqlward.policy.model import Analysis, Decision, Identity
 from sqlward.policy.searchpath import Resolution, SearchPath, Unresolvable, needs_catalogue, resolve, trace
 
@@ -174,24 +175,24 @@ class _Names(NamedTuple):
     after: SearchPath | None
     resolution: Resolution | None
     refusal: Decision | None
+    # What the statement.decided record says of it (`_resolution_fields`).
+    audit: dict[str, object]
 
 
-def _resolution_fields(names: _Names | None) -> dict[str, object]:
+def _resolution_fields(per: tuple[SearchPath, ...], resolution: Resolution) -> dict[str, object]:
     """What the audit record says of name resolution: where each unqualified name resolved
     (all statements merged) and the path(s) it resolved through, when any name was resolved."""
-    if names is None or not names.resolution or not any(names.resolution):
-        if names is not None and names.refusal is not None and names.per_statement:
-            return {"search_path": names.per_statement[-1].shown()}
+    if not any(resolution):
         return {}
     merged: dict[str, list[str]] = {}
-    for statement in names.resolution:
+    for statement in resolution:
         for name, candidates in statement:
             merged.setdefault(name, [])
             merged[name].extend(c for c in candidates if c not in merged[name])
-    paths = names.per_statement[0].shown()
-    return {"resolved": merged, "search_path": paths}
+    return {"resolved": merged, "search_path": per[0].shown()}
 
 
+_NO_FIELDS: dict[str, object] = {}
 _ALLOW = Decision(action="allow")
 _AUDIT_UNAVAILABLE = Decision(
     action="deny", rule_id=rule_ids.AUDIT_UNAVAILABLE,
@@ -205,6 +206,9 @@ class Pipeline:
 
     def __init__(self, gatekeeper: Gatekeeper) -> None:
         self._gk = gatekeeper
+        # PostgreSQL name resolution of requests that cannot move the path and need no
+        # catalogue, by (fingerprint, path): the same for every text of the shape.
+        self._names_memo: dict[tuple[str, SearchPath], _Names] = {}
 
     @property
     def policy_version(self) -> int:
@@ -336,21 +340,35 @@ class Pipeline:
         """PostgreSQL: the path at each statement and after the request, and where each
         unqualified table name may resolve (`policy.searchpath`)."""
         assert ctx.target is not None
+        key = (analysis.fingerprint, path)
+        memo = self._names_memo.get(key)
+        if memo is not None:
+            return memo
         per, after = trace(path, analysis, sql)
         if not any("." not in t for t in analysis.tables):
-            return _Names(per, after, None, None)
-        relations = None
-        if needs_catalogue(per) and not ctx.offline:
-            relations = await self._gk.relations(ctx.target)
-        try:
-            return _Names(per, after, resolve(analysis, per, relations), None)
-        except Unresolvable as exc:
-            refusal = Decision(
-                action="deny", rule_id=rule_ids.SEARCH_PATH_UNKNOWN,
-                message=f"sqlward cannot tell which schema an unqualified table name resolves to here ({exc}); "
-                "qualify the names (schema.table) or send the statement on its own",
-            )
-            return _Names(per, after, None, refusal)
+            names = _Names(per, after, None, None, {})
+        else:
+            catalogue = needs_catalogue(per)
+            relations = None
+            if catalogue and not ctx.offline:
+                relations = await self._gk.relations(ctx.target)
+            try:
+                resolution = resolve(analysis, per, relations)
+            except Unresolvable as exc:
+                refusal = Decision(
+                    action="deny", rule_id=rule_ids.SEARCH_PATH_UNKNOWN,
+                    message=f"sqlward cannot tell which schema an unqualified table name resolves to here ({exc}); "
+                    "qualify the names (schema.table) or send the statement on its own",
+                )
+                return _Names(per, after, None, refusal, {"search_path": per[-1].shown()} if per else {})
+            names = _Names(per, after, resolution, None, _resolution_fields(per, resolution))
+            if catalogue:
+                return names
+        if after is None and not analysis.fingerprint.startswith(RAW_PREFIX):
+            if len(self._names_memo) >= 4096:
+                self._names_memo.clear()
+            self._names_memo[key] = names
+        return names
 
     async def _mask_plan(
         self, ctx: SessionContext, request: StatementRequest, analysis: Analysis, decision: Decision, notes: list[str],
@@ -422,7 +440,7 @@ class Pipeline:
                 action=decision.action, rule_id=decision.rule_id, message=decision.message,
                 statement_name=request.statement_name, statement_index=decision.statement_index,
                 facts=decision.facts,
-                **_resolution_fields(names),
+                **(names.audit if names is not None else _NO_FIELDS),
             )
         )
         if verdict is None:
