@@ -98,12 +98,17 @@ _STATISTICS = frozenset(
 )
 
 
+# MySQL's statement history keeps the text of recent warnings and errors (MESSAGE_TEXT), which
+# can repeat a masked value; the sys schema's views read it.
+_MESSAGE_HISTORY = ("performance_schema.events_statements_", "performance_schema.events_errors_", "sys.")
+
+
 def unknown_table_is_masked(table: str) -> bool:
     """The default answer for a table missing from the catalogue: masked (it may hold anything),
     except system catalogue tables, which hold no user data (planner statistics excepted)."""
     table = table.lower()
     schema = table.split(".", 1)[0] if "." in table else ""
-    return schema not in _SYSTEM_SCHEMAS or table in _STATISTICS
+    return schema not in _SYSTEM_SCHEMAS or table in _STATISTICS or table.startswith(_MESSAGE_HISTORY)
 
 
 def masked_tables_from(

@@ -260,3 +260,15 @@ def test_plan_is_frozen_and_hashable() -> None:
     hash(got)
     assert got.needs_masking
     assert not MaskPlan(columns=(None, None)).needs_masking
+
+
+def test_mysql_statement_history_counts_as_masked() -> None:
+    """events_statements_*.MESSAGE_TEXT repeats warning texts (which may quote a masked value);
+    the sys schema's views read it. Other system tables hold no user data."""
+    from sqlward.masking.plan import unknown_table_is_masked
+
+    assert unknown_table_is_masked("performance_schema.events_statements_history")
+    assert unknown_table_is_masked("performance_schema.events_errors_summary_global_by_error")
+    assert unknown_table_is_masked("sys.statements_with_errors_or_warnings")
+    assert not unknown_table_is_masked("performance_schema.threads")
+    assert not unknown_table_is_masked("information_schema.tables")
