@@ -525,6 +525,32 @@ class Gatekeeper:
         names = index[1]
         return lambda name: names.get(name, ())
 
+    async def server_resolution(
+        self, target: Target, items: Sequence[tuple[str, tuple[str, ...]]],
+    ) -> dict[tuple[str, tuple[str, ...]], str | None]:
+        """The schema each (table name, search list) resolves to on the server now ("" when no
+        schema holds it; None when the server could not be asked), by `to_regclass` on a side
+        connection given that list: what a stale catalogue cannot tell."""
+        from sqlward.gateway.estimator import path_setting
+
+        out: dict[tuple[str, tuple[str, ...]], str | None] = {}
+        for name, path in items:
+            ident = '"' + name.replace('"', '""') + '"'
+            literal = "'" + ident.replace("'", "''") + "'"
+            sql = (
+                "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                f"ON n.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass({literal})"
+            )
+            try:
+                pool = self._catalogue_pool("postgres")
+                results = await pool.run(target, [path_setting(path), sql], timeout=5.0)
+                rows = results[-1].rows if results else ()
+                out[(name, path)] = (rows[0][0] or "") if rows else ""
+            except Exception as exc:  # fail closed: the caller widens the candidates
+                log.warning("name resolution on %s failed: %s", target.info.name, exc)
+                out[(name, path)] = None
+        return out
+
     async def aclose(self) -> None:
         """Close the side connections (estimates, catalogue)."""
         await self._estimator.aclose()
@@ -538,8 +564,7 @@ class Gatekeeper:
         """Whether any masking rule applies to `identity` on `target` (cheap, cached)."""
         return self._masking.for_identity(identity.subject, identity.groups, target.name, target.environment) is not None
 
-    async def _load_catalogue(self, target: Target) -> Any:
-        protocol = target.info.protocol
+    def _catalogue_pool(self, protocol: str) -> Any:
         pool = self._catalogue_pools.get(protocol)
         if pool is None:
             if protocol == "postgres":
@@ -551,6 +576,11 @@ class Gatekeeper:
 
                 pool = MyPool(size=1)
             self._catalogue_pools[protocol] = pool
+        return pool
+
+    async def _load_catalogue(self, target: Target) -> Any:
+        protocol = target.info.protocol
+        pool = self._catalogue_pool(protocol)
         kwargs = {"pg_pool": pool} if protocol == "postgres" else {"mysql_pool": pool}
         return await load_catalogue(target, timeout=30.0, **kwargs)
 

@@ -62,7 +62,7 @@ from sqlward.audit.events import StatementDecided
 from sqlward.policy import rule_ids
 from sqlward.policy.fingerprint import RAW_PREFIX
 from sqlward.policy.model import Analysis, Decision, Identity
-from sqlward.policy.searchpath import Resolution, SearchPath, Unresolvable, needs_catalogue, resolve, trace
+from sqlward.policy.searchpath import Resolution, SearchPath, Unresolvable, needs_catalogue, resolve, trace, unsure
 
 if TYPE_CHECKING:
     from sqlward.gateway.gatekeeper import Gatekeeper
@@ -350,10 +350,19 @@ class Pipeline:
         else:
             catalogue = needs_catalogue(per)
             relations = None
+            confirmed = None
             if catalogue and not ctx.offline:
                 relations = await self._gk.relations(ctx.target)
+            if not ctx.offline and (relations is not None or any(sp.absent for sp in per)):
+                # Where the catalogue's word that an earlier schema lacks the name decides, or the
+                # path names a schema that did not exist, the server says what the name resolves
+                # to now (a table or schema created there since).
+                asked = unsure(analysis, per, relations)
+                if asked:
+                    confirmed = await self._gk.server_resolution(ctx.target, asked)
+                    catalogue = True  # not kept per shape: the answer is the server's of now
             try:
-                resolution = resolve(analysis, per, relations)
+                resolution = resolve(analysis, per, relations, confirmed)
             except Unresolvable as exc:
                 refusal = Decision(
                     action="deny", rule_id=rule_ids.SEARCH_PATH_UNKNOWN,

@@ -43,7 +43,7 @@ when every candidate is covered.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 import msgspec
@@ -63,6 +63,7 @@ __all__ = [
     "parse_path",
     "resolve",
     "trace",
+    "unsure",
 ]
 
 PathKey = tuple[str, ...]
@@ -89,6 +90,10 @@ class SearchPath(msgspec.Struct, frozen=True):
     user: str = ""
     # The session's value at start: what RESET and DISCARD ALL return to.
     reset: PathKey = DEFAULT_PATH
+    # Schemas the path names that did not exist when the server was asked (other than the
+    # role's own "$user"), and the whole list as named: one created since would win.
+    absent: tuple[str, ...] = ()
+    listed: PathKey = ()
 
     @property
     def certain(self) -> bool:
@@ -179,6 +184,18 @@ _RUNS_SQL: Final = frozenset({
     "cursor_to_xmlschema",
 })
 _PURE: Final = (PG_BUILTINS | _sqlglot_names()) - _RUNS_SQL - {"anonymous"}
+# Names sqlglot reads as a function of its own (and may rename: nvl -> coalesce) that are no
+# PostgreSQL built-in: a call of one runs a user function.
+_NOT_PG: Final = frozenset(n for n in _sqlglot_names() if n.isidentifier()) - PG_BUILTINS - frozenset({
+    # SQL syntax that looks like a call (no pg_proc entry behind it), and interval fields
+    # (`INTERVAL '1' SECOND(3)`)
+    "cast", "coalesce", "greatest", "least", "nullif", "grouping", "trim", "extract", "position", "overlay",
+    "substring", "exists", "array", "row", "values", "xmlelement", "xmlforest", "xmlattributes", "xmlparse",
+    "xmlpi", "xmlroot", "xmlserialize", "xmlconcat", "xmlexists", "xmltable", "treat", "normalize", "collation",
+    "year", "month", "day", "hour", "minute", "second", "interval", "filter", "over", "within", "any", "some",
+    "all", "in", "and", "or", "not", "columns", "json", "json_object", "json_array", "json_objectagg",
+    "json_arrayagg", "json_value", "json_query", "json_exists", "json_table", "json_scalar", "json_serialize",
+})
 # Statements whose effect on the path is read from their text.
 _SETTING_OPS: Final = frozenset({"set", "other", "reset", "discard", "unknown"})
 _TX_END_OPS: Final = frozenset({"commit", "rollback"})
@@ -198,8 +215,28 @@ def _writes_settings(st: StatementFacts) -> bool:
     return any(t.lower().rsplit(".", 1)[-1].strip('"') == "pg_settings" for t in st.tables_written)
 
 
-def _words(tokens: Sequence[Token]) -> list[str]:
-    return [t.text for t in significant(tokens)]
+def _user_call(sig: Sequence[Token]) -> str:
+    """The first call in a statement's text of what can only be a user function: a name sqlglot
+    knows but PostgreSQL has no built-in for (`nvl(...)`), or a schema-qualified call outside
+    pg_catalog (`public.lower(...)`); "" when there is none."""
+    for i in range(len(sig) - 1):
+        t = sig[i]
+        if sig[i + 1].text != "(" or t.kind not in ("word", "qid"):
+            continue
+        name = t.text[1:-1].lower() if t.kind == "qid" else t.text.lower()
+        qualified = i >= 2 and sig[i - 1].text == "."
+        if qualified:
+            schema = sig[i - 2].text
+            schema = schema[1:-1] if sig[i - 2].kind == "qid" else schema.lower()
+            if schema != "pg_catalog":
+                return f"{schema}.{name}"
+        elif name in _NOT_PG and (i == 0 or sig[i - 1].text.upper() not in _NOT_A_CALL_AFTER):
+            return name
+    return ""
+
+
+# Words after which `name (` is a table, a type or a column list, not a call.
+_NOT_A_CALL_AFTER: Final = frozenset({"INTO", "TABLE", "AS", "INDEX", "ON", "VIEW", "TYPE", "FUNCTION", "PROCEDURE"})
 
 
 def _string(token: Token) -> str | None:
@@ -212,6 +249,19 @@ def _string(token: Token) -> str | None:
     m = re.fullmatch(r"(\$[^$]*\$)(.*)\1", text, re.DOTALL)
     if m:
         return m.group(2)
+    return None
+
+
+def _setting_name(sig: list[Token], i: int) -> str | None:
+    """The setting name at sig[i], lower case (the server matches setting names without regard
+    to case, quoted or not); None when it cannot be read (a U&"..." name, a dotted name is kept)."""
+    t = sig[i]
+    if t.kind == "word":
+        if t.text.upper() == "U" and i + 1 < len(sig) and sig[i + 1].text == "&":
+            return None
+        return t.text.lower()
+    if t.kind == "qid":
+        return t.text[1:-1].replace('""', '"').lower()
     return None
 
 
@@ -228,20 +278,27 @@ def _set_value(sig: list[Token], path: SearchPath) -> tuple[str, PathKey | None]
         return ("reset", None) if upper[1:2] == ["ALL"] else None
     if upper[0] == "RESET":
         target = " ".join(upper[1:])
-        if target in ("SEARCH_PATH", "ALL", "ROLE", "SESSION AUTHORIZATION"):
-            return ("unknown", None) if target in ("ROLE", "SESSION AUTHORIZATION") else ("reset", None)
-        return None
+        if target in ("ROLE", "SESSION AUTHORIZATION"):
+            return ("unknown", None)
+        if target == "ALL":
+            return ("reset", None)
+        name = _setting_name(sig, 1) if len(sig) == 2 else ""
+        if name is None:
+            return ("unknown", None)
+        return ("reset", None) if name == "search_path" else None
     if upper[0] != "SET":
         return None
+    if "ROLE" in upper[1:3] or upper[1:3] == ["SESSION", "AUTHORIZATION"] or upper[2:4] == ["SESSION", "AUTHORIZATION"]:
+        return ("unknown", None)  # "$user" follows the role
     i = 1
     if upper[i : i + 1] in (["SESSION"], ["LOCAL"]):
         i += 1
-    if upper[i : i + 1] == ["ROLE"] or upper[i : i + 2] == ["SESSION", "AUTHORIZATION"]:
-        return ("unknown", None)  # "$user" follows the role
     if i >= len(sig):
         return None
-    head = sig[i]
-    if not ((head.kind == "word" and upper[i] == "SEARCH_PATH") or (head.kind == "qid" and head.text == '"search_path"')):
+    name = _setting_name(sig, i)
+    if name is None:
+        return ("unknown", None)  # a name sqlward cannot read (U&"...") may be search_path
+    if name != "search_path":
         return None
     i += 1
     if i >= len(sig):
@@ -285,7 +342,7 @@ def _set_config_calls(sig: list[Token], path: SearchPath) -> tuple[list[PathKey]
     the path became unknown ("" when it did not)."""
     found: list[PathKey] = []
     for i, t in enumerate(sig):
-        if not ((t.kind == "word" and t.text.lower() == "set_config") or (t.kind == "qid" and t.text == '"set_config"')):
+        if not ((t.kind == "word" and t.text.lower() == "set_config") or (t.kind == "qid" and t.text.lower() == '"set_config"')):
             continue
         j = i + 1
         if j < len(sig) and sig[j].kind == "op" and sig[j].text == ".":
@@ -324,6 +381,11 @@ def _set_config_calls(sig: list[Token], path: SearchPath) -> tuple[list[PathKey]
     return found, ""
 
 
+# Statements without a function call in their facts that cannot move the path (their text is
+# still read for calls sqlglot renamed or that name a schema, unless they hold no parenthesis).
+_PLAIN: Final = frozenset({"select", "insert", "update", "delete", "show", "begin", "savepoint", "explain"})
+
+
 def _step(path: SearchPath, st: StatementFacts, tokens: Sequence[Token] | None) -> SearchPath:
     """The path after one statement ran (see `trace`)."""
     op = st.operation
@@ -337,7 +399,7 @@ def _step(path: SearchPath, st: StatementFacts, tokens: Sequence[Token] | None) 
         if path.history:
             return msgspec.structs.replace(path, paths=_union(path.paths, path.history))
         return path
-    if tokens is None or not _needs_text(st):
+    if tokens is None:
         return path
     sig = significant(tokens)
     if sig and sig[0].text.upper() in _CURSOR_WORDS:
@@ -354,6 +416,12 @@ def _step(path: SearchPath, st: StatementFacts, tokens: Sequence[Token] | None) 
     unknown_fns = [f for f in st.functions if f not in _PURE and f != "set_config"]
     if unknown_fns:
         return msgspec.structs.replace(path, unknown=f"function {unknown_fns[0]}() may change search_path")
+    user_call = _user_call(sig)
+    if user_call:
+        return msgspec.structs.replace(path, unknown=f"function {user_call}() may change search_path")
+    if op in ("create", "alter", "drop") and st.detail == "schema":
+        # A schema the path names may appear or go: the server's list changes.
+        return msgspec.structs.replace(path, unknown="a schema was created, renamed or dropped")
     if "set_config" in st.functions:
         found, why = _set_config_calls(sig, path)
         if why:
@@ -371,11 +439,7 @@ def _step(path: SearchPath, st: StatementFacts, tokens: Sequence[Token] | None) 
 def trace(path: SearchPath, analysis: Analysis, sql: str) -> tuple[tuple[SearchPath, ...], SearchPath | None]:
     """The path in effect at each statement of a request, and after it (None: unchanged)."""
     statements = analysis.statements
-    if not any(
-        st.operation in _OPAQUE_OPS or st.operation in _TX_END_OPS
-        or st.operation == "prepare" or _needs_text(st) or (st.tables_written and _writes_settings(st))
-        for st in statements
-    ):
+    if not any(st.functions or st.operation not in _PLAIN or _writes_settings(st) for st in statements):
         return (path,) * len(statements), None
     pieces: list[list[Token]] | None
     try:
@@ -413,11 +477,51 @@ def needs_catalogue(per_statement: Sequence[SearchPath]) -> bool:
     return False
 
 
-def _candidates(name: str, sp: SearchPath, relations: Relations | None) -> tuple[str, ...]:
+# (name lower case, search list) -> the schema the server resolves it to now ("" none), or None
+# when the server could not be asked.
+Confirmed = Mapping[tuple[str, PathKey], "str | None"]
+
+
+def unsure(
+    analysis: Analysis, per_statement: Sequence[SearchPath], relations: Relations | None,
+) -> list[tuple[str, PathKey]]:
+    """The (name, list) pairs whose resolution rests on the catalogue saying an earlier schema of
+    the list does not hold the name, and every name when the path names a schema that did not
+    exist when the server was asked (`SearchPath.absent`): a table created there since would win.
+    The pipeline asks the server about them (`resolve(..., confirmed=)`)."""
+    out: list[tuple[str, PathKey]] = []
+    for st, sp in zip(analysis.statements, per_statement):
+        if sp.unknown:
+            continue
+        for name in (*st.tables_read, *st.tables_written):
+            if "." in name:
+                continue
+            lower = name.lower()
+            if sp.absent and sp.listed and (lower, sp.listed) not in out:
+                out.append((lower, sp.listed))
+            held = relations(lower) if relations is not None else ()
+            if not held:
+                continue
+            for p in sp.paths:
+                users = [s for s in p if s not in ("pg_catalog", "pg_temp")]
+                if users and f"{users[0].lower()}.{lower}" not in held and (lower, p) not in out:
+                    out.append((lower, p))
+    return out
+
+
+def _candidates(
+    name: str, sp: SearchPath, relations: Relations | None, confirmed: Confirmed | None = None,
+) -> tuple[str, ...]:
     lower = name.lower()
     system = lower.startswith("pg_")
     held = tuple(relations(lower)) if relations is not None else None
     out: list[str] = []
+    if sp.absent and sp.listed and confirmed is not None and (lower, sp.listed) in confirmed:
+        answer = confirmed[(lower, sp.listed)]
+        if answer:
+            out.append(f"{answer}.{name}")
+        elif answer is None:  # the server could not be asked: the absent schemas may hold it
+            out.extend(f"{s}.{name}" for s in sp.absent)
     if sp.unknown:
         if held is None:
             raise Unresolvable(sp.unknown)
@@ -430,27 +534,48 @@ def _candidates(name: str, sp: SearchPath, relations: Relations | None) -> tuple
         return tuple(dict.fromkeys(out))
     for p in sp.paths:
         schemas = [s for s in p if s != "pg_temp" and (s != "pg_catalog" or system)]
-        if held is not None:
-            hit = next((s for s in schemas if s == "pg_catalog" or f"{s.lower()}.{lower}" in held), None)
-            if hit is not None:
-                out.append(f"{hit}.{name}")
+        if held is None:
+            out.extend(f"{s}.{name}" for s in schemas)
+            continue
+        found = False
+        if confirmed is not None and (lower, p) in confirmed:
+            answer = confirmed[(lower, p)]
+            if answer is None:  # the server could not be asked: every schema up to the catalogue's
+                for s in schemas:
+                    out.append(f"{s}.{name}")
+                    if s != "pg_catalog" and f"{s.lower()}.{lower}" in held:
+                        break
                 continue
-        out.extend(f"{s}.{name}" for s in schemas)
+            if answer:
+                out.append(f"{answer}.{name}")
+        for s in schemas:
+            if s == "pg_catalog":
+                out.append(f"{s}.{name}")  # the catalogue does not list pg_catalog: may hold it
+                continue
+            if f"{s.lower()}.{lower}" in held:
+                out.append(f"{s}.{name}")
+                if s == s.lower():  # the catalogue folds names: only a lower-case name is sure
+                    found = True
+                    break
+        if not found:
+            out.extend(f"{s}.{name}" for s in schemas if s != "pg_catalog")
     # A list of system schemas only: the server finds no such table; the name stays as written.
     return tuple(dict.fromkeys(out)) or (name,)
 
 
 def resolve(
     analysis: Analysis, per_statement: Sequence[SearchPath], relations: Relations | None,
+    confirmed: Confirmed | None = None,
 ) -> Resolution:
-    """The candidates of every unqualified table name, per statement (see the module doc).
-    Raises Unresolvable when the path is unknown and there is no catalogue."""
+    """The candidates of every unqualified table name, per statement (see the module doc);
+    `confirmed` adds the server's own answers for the pairs of `unsure`. Raises Unresolvable
+    when the path is unknown and there is no catalogue."""
     out: list[StatementNames] = []
     for st, sp in zip(analysis.statements, per_statement):
         names: dict[str, tuple[str, ...]] = {}
         for name in (*st.tables_read, *st.tables_written):
             if "." in name or name in names:
                 continue
-            names[name] = _candidates(name, sp, relations)
+            names[name] = _candidates(name, sp, relations, confirmed)
         out.append(tuple(names.items()))
     return tuple(out)

@@ -104,6 +104,11 @@ _WATCH_PROBE = bytearray(_WATCH_MASKED)
 for _t in (Backend.PARSE_COMPLETE, Backend.BIND_COMPLETE, Backend.CLOSE_COMPLETE):
     _WATCH_PROBE[_t] = 1
 
+# Extended-protocol messages that leave the client's sequence open until its Sync.
+_EXTENDED = bytearray(256)
+for _t in (Frontend.PARSE, Frontend.BIND, Frontend.EXECUTE, Frontend.DESCRIBE, Frontend.CLOSE):  # not Flush
+    _EXTENDED[_t] = 1
+
 _KNOWN_FRONTEND = bytearray(256)
 for _t in Frontend:
     _KNOWN_FRONTEND[_t] = 1
@@ -221,7 +226,7 @@ class RelayState:
 
     __slots__ = (
         "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
-        "clock", "policy_version", "path",
+        "clock", "policy_version", "path", "unsynced",
     )
 
     def __init__(
@@ -240,11 +245,15 @@ class RelayState:
         self.policy_version = policy_version
         # The session's search_path as far as the gateway knows (see `searchpath`).
         self.path = path if path is not None else PathTracker(SearchPath())
+        # The client sent extended-protocol messages after its last Sync: its implicit
+        # transaction (and its unnamed portal) are still open.
+        self.unsynced = False
 
     @property
     def idle(self) -> bool:
-        """Nothing forwarded is still waiting for the server's answer."""
-        return not self.pending
+        """Nothing forwarded is still waiting for the server's answer, and the client is not in
+        the middle of an extended-protocol sequence (a Sync of ours would end its transaction)."""
+        return not self.pending and not self.unsynced
 
     def start_probe(self) -> bytes:
         """The messages asking the server for the session's search_path (`searchpath.PROBE_SQL`,
@@ -324,6 +333,8 @@ class ClientSide:
             end = pos + 1 + length
             if end > n:
                 break
+            if _EXTENDED[mtype]:
+                self._st.unsynced = True
             if self._discarding and mtype != _S and mtype != _X:
                 if not _KNOWN_FRONTEND[mtype]:
                     raise ProtocolViolation(f"invalid frontend message type {mtype}")
@@ -363,6 +374,7 @@ class ClientSide:
             elif mtype == _S:
                 self._discarding = False
                 st = self._st
+                st.unsynced = False
                 st.syncs_sent += 1
                 st.pending.append(_SYNC)
             elif mtype == _Q:
@@ -777,8 +789,8 @@ class UpstreamSide:
         st = self._st
         if mtype == _B_DATA_ROW:
             values = _text_values(bytes(body))
-            head.tags = values if values is not None and len(values) == 2 else ["", ""]
-            if values is None or len(values) != 2:
+            head.tags = values if values is not None and len(values) == 3 else ["", "", ""]
+            if values is None or len(values) != 3:
                 head.error = "unreadable answer"
             return b""
         if mtype == _B_ERROR:
@@ -788,8 +800,8 @@ class UpstreamSide:
             st.pending.popleft()
             st.tx_status = chr(body[0]) if body else "I"
             st.path.ready(st.tx_status)
-            if head.error is None and len(head.tags) == 2:
-                st.path.probed(head.tags[0], head.tags[1])
+            if head.error is None and len(head.tags) == 3:
+                st.path.probed(head.tags[0], head.tags[1], head.tags[2])
             else:
                 st.path.probed(None, None)
             return b""

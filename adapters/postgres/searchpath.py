@@ -38,7 +38,7 @@ __all__ = ["PROBE_SQL", "PathTracker", "from_probe"]
 PROBE_SQL = (
     "SELECT pg_catalog.quote_ident(current_user), pg_catalog.array_to_string(ARRAY("
     "SELECT pg_catalog.quote_ident(s) FROM pg_catalog.unnest(pg_catalog.current_schemas(true)) "
-    "WITH ORDINALITY AS u(s, o) ORDER BY o), ',')"
+    "WITH ORDINALITY AS u(s, o) ORDER BY o), ','), pg_catalog.current_setting('search_path')"
 )
 
 
@@ -47,9 +47,12 @@ def _ident(text: str) -> str:
     return names[0] if names else text
 
 
-def from_probe(user_text: str | None, path_text: str | None, *, reset: tuple[str, ...] | None = None) -> SearchPath | None:
+def from_probe(
+    user_text: str | None, path_text: str | None, setting: str | None = None, *, reset: tuple[str, ...] | None = None,
+) -> SearchPath | None:
     """The `SearchPath` of the probe's answer (None when it cannot be read). `reset` is the
-    session's value at start (the answer itself at start)."""
+    session's value at start (the answer itself at start). `setting` is search_path as set:
+    the schemas it names that do not exist (but "$user") are `absent`."""
     if user_text is None:
         return None
     schemas = parse_path(path_text or "")
@@ -57,7 +60,19 @@ def from_probe(user_text: str | None, path_text: str | None, *, reset: tuple[str
         return None
     user = _ident(user_text)
     path = effective(schemas, user)
-    return SearchPath(paths=(path,), user=user, reset=reset if reset is not None else path)
+    absent: tuple[str, ...] = ()
+    listed: tuple[str, ...] = ()
+    named = parse_path(setting) if setting else None
+    if named:
+        listed = effective(named, user)
+        absent = tuple(
+            s for s in effective([n for n in named if n != "$user"], "")
+            if s not in path and s not in ("pg_catalog", "pg_temp")
+        )
+    return SearchPath(
+        paths=(path,), user=user, reset=reset if reset is not None else path,
+        absent=absent, listed=listed if absent else (),
+    )
 
 
 class PathTracker:
@@ -99,10 +114,10 @@ class PathTracker:
     def start_probe(self) -> None:
         self.probing = True
 
-    def probed(self, user_text: str | None, path_text: str | None) -> None:
+    def probed(self, user_text: str | None, path_text: str | None, setting: str | None = None) -> None:
         self.probing = False
         cur = self.current
-        answer = from_probe(user_text, path_text, reset=cur.reset)
+        answer = from_probe(user_text, path_text, setting, reset=cur.reset)
         if answer is None:
             self.current = msgspec.structs.replace(cur, unknown="the session's search_path could not be read")
             self.dirty = True

@@ -370,8 +370,8 @@ class PostgresSession(GovernedSession):
         try:
             with trio.move_on_after(PROBE_TIMEOUT):
                 row = await upstream.query_row(self.up, PROBE_SQL)
-                if row is not None and len(row) == 2:
-                    return from_probe(row[0], row[1])
+                if row is not None and len(row) == 3:
+                    return from_probe(row[0], row[1], row[2])
         except upstream.UpstreamError as exc:
             log.warning("session %s: search_path not readable at start: %s", self.connection_id, exc)
         return None

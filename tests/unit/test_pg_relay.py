@@ -790,7 +790,9 @@ CLOSE_COMPLETE = m(b"3")
 
 
 def probe_answer(user: bytes, path: bytes, ready: bytes = READY_IDLE) -> bytes:
-    row = m(b"D", b"\0\2" + struct.pack("!i", len(user)) + user + struct.pack("!i", len(path)) + path)
+    setting = path
+    row = m(b"D", b"\0\3" + struct.pack("!i", len(user)) + user + struct.pack("!i", len(path)) + path
+            + struct.pack("!i", len(setting)) + setting)
     return CLOSE_COMPLETE + PARSE_COMPLETE + BIND_COMPLETE + row + complete(b"SELECT 1") + CLOSE_COMPLETE * 2 + ready
 
 
@@ -920,3 +922,21 @@ def test_the_unnamed_statement_is_decided_again_when_the_path_moved_in_the_same_
     again = [q for q in r.requests if q.sql == "SELECT * FROM secrets"]
     assert len(again) == 2
     assert again[1].search_path is not None and ("pg_catalog", "vault") in again[1].search_path.paths
+
+
+def test_no_probe_while_the_client_has_not_sent_its_sync() -> None:
+    """A client in libpq pipeline mode (or one reading a suspended portal with Flush) has
+    an open implicit transaction and unnamed portal: a Sync of the gateway's would end them."""
+    r = exchange(
+        ("c", query(b"SET search_path TO vault")),
+        ("u", complete(b"SET") + READY_IDLE),
+        ("c", parse(b"", b"SELECT 1") + BIND + m(b"E", b"\0\0\0\0\1") + m(b"H")),
+        ("u", PARSE_COMPLETE + BIND_COMPLETE + m(b"D", b"\0\1\0\0\0\1" b"1") + SUSPENDED),
+        ("p", b""),
+        ("c", EXECUTE + SYNC),
+        ("u", complete(b"SELECT 1") + READY_IDLE),
+        ("p", b""),
+        judge=lambda: Judge(moves=moves_on_set),
+    )
+    assert r.to_upstream.count(PROBE) == 1
+    assert r.to_upstream.endswith(SYNC + PROBE)
