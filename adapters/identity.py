@@ -49,6 +49,19 @@ def upstream_label(identity: Identity, limit: int = PG_NAME_MAX) -> str:
     return label[:limit]
 
 
+def has_control(text: str) -> bool:
+    """Whether a name holds a control character (C0, DEL, C1, line and paragraph separators):
+    such a subject is refused at login, whatever vouches for it."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in text)
+
+
+def pg_option_value(text: str) -> str:
+    """`text` as one value inside PostgreSQL's startup `options`: the server splits options at
+    ASCII whitespace and reads a backslash as "take the next character as is", so every
+    whitespace character and backslash is escaped (a subject cannot start another `-c`)."""
+    return "".join("\\" + c if c == "\\" or c in " \t\n\r\v\f" else c for c in text)
+
+
 def sql_comment(identity: Identity) -> str:
     """A sqlcommenter-style comment naming the identity, prepended to forwarded statements when
     `[identity] sql_comment` is on (values URL-encoded, so the comment cannot be closed early)."""

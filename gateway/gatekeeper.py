@@ -56,6 +56,7 @@ from typing import Any, Protocol
 import msgspec
 import scramp
 
+from sqlward.adapters.identity import has_control
 from sqlward.adapters.base import AuthError, CertIdentityMode, Dialect, IdentitySettings, MysqlSecret, ScramSecret, Target
 from sqlward.audit.events import PolicyReloaded
 from sqlward.audit.recorder import Recorder, Sink
@@ -364,6 +365,8 @@ class Gatekeeper:
             raise AuthError(
                 f'token refused: it is for "{verified.subject}"{via}, but the connection\'s user name is "{username}"'
             )
+        if any(has_control(n) for n in names):
+            raise AuthError("token refused: its subject or actor holds control characters")
         name = verified.claims.get("name")
         return Identity(
             subject=verified.subject,
@@ -395,7 +398,7 @@ class Gatekeeper:
             subject = uris[0]
         else:
             raise ValueError(f"unknown cert_identity mode {mode!r}")
-        if not subject:
+        if not subject or has_control(subject):  # a name with control characters names no one
             return None
         issuer_cns = [v for k, v in _rdns(cert.get("issuer", ())) if k == "commonName"]
         static = self._users.get(subject)

@@ -402,7 +402,7 @@ class PostgresSession(GovernedSession):
             shown = f"{label} {self.application_name}" if self.application_name else label
             out = [(k, v) for k, v in out if k != "application_name"] + [("application_name", shown[:63])]
         if settings.upstream_setting:
-            value = label.replace("\\", "\\\\").replace(" ", "\\ ")
+            value = ident.pg_option_value(label)
             options = dict(out).get("options", "")
             out = [(k, v) for k, v in out if k != "options"]
             out.append(("options", f"{options} -c sqlward.identity={value}".strip()))
