@@ -183,3 +183,61 @@ def test_null_sink_records_nothing() -> None:
     scope = Recorder("g", NullSink()).scope("c")
     trio.run(scope.record, _opened())
     assert scope.pending == 0
+
+
+def test_a_batch_that_fails_part_way_leaves_no_fragment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up in the middle of a batch: what reached the file is cut away, so the
+    next record starts on a line of its own (issue 12, item 8)."""
+    import errno
+
+    from sqlward.audit import writer as writer_module
+
+    path = tmp_path / "audit.jsonl"
+    w = JsonlWriter(str(path))
+    w.write_now(b'{"n":1}\n')
+    real_write = writer_module.os.write
+    calls = {"n": 0}
+
+    def flaky(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, data[: len(data) // 2])  # a short write ...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
+
+    monkeypatch.setattr(writer_module.os, "write", flaky)
+    with pytest.raises(AuditWriteError):
+        w.write_now(b'{"n":2,"padding":"xxxxxxxxxxxxxxxx"}\n')
+    monkeypatch.setattr(writer_module.os, "write", real_write)
+    w.write_now(b'{"n":3}\n')
+    w.close()
+    assert path.read_bytes() == b'{"n":1}\n{"n":3}\n'
+
+
+def test_a_fragment_that_cannot_be_cut_gets_its_own_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from sqlward.audit import writer as writer_module
+
+    path = tmp_path / "audit.jsonl"
+    w = JsonlWriter(str(path))
+    real_write = writer_module.os.write
+    calls = {"n": 0}
+
+    def flaky(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, data[:5])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EPERM, "not permitted")
+
+    monkeypatch.setattr(writer_module.os, "write", flaky)
+    monkeypatch.setattr(writer_module.os, "ftruncate", no_truncate)
+    with pytest.raises(AuditWriteError):
+        w.write_now(b'{"n":2}\n')
+    monkeypatch.setattr(writer_module.os, "write", real_write)
+    w.write_now(b'{"n":3}\n')
+    w.close()
+    lines = path.read_bytes().split(b"\n")
+    assert b'{"n":3}' in lines  # whole, on a line of its own
