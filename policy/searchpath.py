@@ -265,7 +265,6 @@ def _setting_name(sig: list[Token], i: int) -> str | None:
     return None
 
 
-_SET_HEAD = re.compile(r"(?i)SET(?:\s+(SESSION|LOCAL))?\s+search_path\s*(?:TO|=)\s*(.*)$", re.DOTALL)
 
 
 def _set_value(sig: list[Token], path: SearchPath) -> tuple[str, PathKey | None] | None:
