@@ -25,11 +25,12 @@ from __future__ import annotations
 import secrets
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
+from sqlward.adapters.preauth import PreAuthLimiter
 from sqlward.audit.events import Who
 from sqlward.audit.recorder import AuditScope, AuditUnavailable, Recorder
 from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
@@ -139,10 +140,24 @@ class Gatekeeper(Protocol):
     def authenticate_password(self, username: str, password: str, *, tls: bool) -> Identity:
         """Judge a static identity's secret sent in clear; AuthError."""
 
-    async def authenticate_token(self, username: str, token: str, *, tls: bool, loopback: bool) -> Identity:
+    async def authenticate_token(
+        self, username: str, token: str, *, tls: bool, loopback: bool, tls_offered: bool = True,
+    ) -> Identity:
         """Verify an OIDC / JWT access token presented as the password (AuthError with a clear
         message when refused). `tls` and `loopback` say how the client is connected; tokens on
-        plain TCP are refused unless the listener allows it for loopback clients."""
+        plain TCP are refused unless the listener allows it for loopback clients. `tls_offered`:
+        the listener has TLS (the refusal's advice names TLS only when it is true)."""
+
+    async def login_gate(self, client_host: str, username: str) -> None:
+        """Called before a client's credentials are judged: waits out the throttle of earlier
+        failed logins from this address or for this user name (a bounded delay that blocks only
+        this connection), or raises AuthError when the attempt is refused outright."""
+
+    def login_failed(self, client_host: str, username: str) -> None:
+        """Count a failed login (any mechanism) against the address and the user name."""
+
+    def login_succeeded(self, client_host: str, username: str) -> None:
+        """A login succeeded: the address's and the user name's failure count is cleared."""
 
     def identity_for_certificate(self, cert: dict[str, object], mode: CertIdentityMode) -> Identity | None:
         """The identity of a verified client certificate (mutual TLS), or None when it maps to none."""
@@ -263,6 +278,8 @@ class SessionServices:
     gatekeeper: Gatekeeper
     pipeline: StatementPipeline
     recorder: Recorder
+    # Connections awaiting authentication, over all listeners (see adapters/preauth.py).
+    preauth: PreAuthLimiter = field(default_factory=lambda: PreAuthLimiter(256, 32))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from sqlward.adapters.base import (
     Target,
     Verdict,
 )
+from sqlward.adapters.preauth import NO_SLOT, PreAuthSlot
 from sqlward.audit.events import Who
 from sqlward.masking.context import MaskContext
 from sqlward.policy.model import Decision, Identity
@@ -63,6 +64,9 @@ class GovernedSession:
         self.client_addr = client_addr
         self.audit = services.recorder.scope(connection_id)
         self.ctx = SessionContext(self.audit)
+        # This connection's place among those awaiting authentication (adapters/preauth.py):
+        # set by the listener, released once the client is authenticated (`_authenticated`).
+        self.preauth: PreAuthSlot = NO_SLOT
         # Masking state shared by both protocols: whether a [[masks]] rule applies to this
         # identity on this target, and the MaskContext of the request decided last.
         self._masked = False
@@ -88,6 +92,10 @@ class GovernedSession:
 
     def _update_identity(self, identity: Identity) -> None:
         self.ctx.set_identity(identity)
+
+    def _authenticated(self) -> None:
+        """The client proved who it is: it no longer counts against the pre-authentication caps."""
+        self.preauth.release()
 
     # -- asking the pipeline -------------------------------------------------------------------
 

@@ -151,6 +151,10 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # Policy files (TOML or YAML; globs relative to the config file), loaded in order after the
     # config's own [[rules]] / [environments.X] / [guardrails.<id>] (see gateway/policy_files.py).
     policy_files: tuple[str, ...] = ()
+    # Connections not yet authenticated, over all listeners and per client address; one more is
+    # refused at once with a "too many connections" error in its protocol (see docs/security.md).
+    max_unauthenticated: Annotated[int, msgspec.Meta(ge=1)] = 256
+    max_unauthenticated_per_address: Annotated[int, msgspec.Meta(ge=1)] = 32
 
 
 class ListenerTLS(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

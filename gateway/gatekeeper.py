@@ -341,7 +341,18 @@ class Gatekeeper:
         """True when `username` names a configured static identity (with or without a secret)."""
         return username in self._users
 
-    async def authenticate_token(self, username: str, token: str, *, tls: bool, loopback: bool) -> Identity:
+    async def login_gate(self, client_host: str, username: str) -> None:
+        """See `adapters.base.Gatekeeper.login_gate` (throttling of failed logins)."""
+
+    def login_failed(self, client_host: str, username: str) -> None:
+        """See `adapters.base.Gatekeeper.login_failed`."""
+
+    def login_succeeded(self, client_host: str, username: str) -> None:
+        """See `adapters.base.Gatekeeper.login_succeeded`."""
+
+    async def authenticate_token(
+        self, username: str, token: str, *, tls: bool, loopback: bool, tls_offered: bool = True,
+    ) -> Identity:
         if username in self._users:
             raise AuthError(
                 f'user "{username}" is a static identity and logs in with its secret, not with a token'

@@ -11,6 +11,7 @@ Adapters are looked up by protocol name in `ADAPTERS`; a new protocol is one ent
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -20,6 +21,7 @@ import trio
 
 from sqlward.adapters.base import ListenerSettings, SessionServices
 from sqlward.adapters.listener_common import ListenerBase
+from sqlward.adapters.preauth import PreAuthLimiter
 from sqlward.adapters.mysql.listener import MysqlListener
 from sqlward.adapters.postgres.listener import PostgresListener
 from sqlward.gateway.config import Config, ListenerConfig, parse_listen
@@ -98,9 +100,28 @@ ADAPTERS: dict[str, Callable[[SessionServices, Gatekeeper, ListenerConfig], List
 }
 
 
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise the soft limit of open descriptors to the hard limit (each session holds two, and a
+    busy gateway outgrows the common default of 1,024); returns (soft, hard) as they now are."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the descriptor limit from %d to %d: %s", soft, target, exc)
+    return soft, hard
+
+
 async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED) -> None:
+    soft, hard = raise_descriptor_limit()
+    log.info("descriptor limit: %d (hard %s)", soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
     gatekeeper = Gatekeeper.from_config(config)
-    services = SessionServices(gatekeeper=gatekeeper, pipeline=Pipeline(gatekeeper), recorder=gatekeeper.recorder)
+    services = SessionServices(
+        gatekeeper=gatekeeper, pipeline=Pipeline(gatekeeper), recorder=gatekeeper.recorder,
+        preauth=PreAuthLimiter(config.gateway.max_unauthenticated, config.gateway.max_unauthenticated_per_address),
+    )
     listeners: list[ListenerBase] = []
     for cfg in config.listeners:
         factory = ADAPTERS.get(cfg.protocol)

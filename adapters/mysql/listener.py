@@ -22,6 +22,9 @@ import trio
 from sqlward.adapters.base import ListenerSettings, SessionRegistry, SessionServices
 from sqlward.adapters.listener_common import ListenerBase
 from sqlward.adapters.mysql import upstream
+from sqlward.adapters.mysql.constants import ER_CON_COUNT_ERROR
+from sqlward.adapters.mysql.messages import ErrPacket, encode
+from sqlward.adapters.mysql.packets import encode_packets
 from sqlward.adapters.mysql.server_state import MysqlServerState
 from sqlward.adapters.mysql.session import MysqlSession
 
@@ -52,3 +55,9 @@ class MysqlListener(ListenerBase):
 
     def new_session(self, stream: trio.SocketStream, client_addr: str) -> MysqlSession:
         return MysqlSession(self.services, self.settings, self.registry, self.server, stream, client_addr)
+
+    def refusal(self, message: str) -> bytes:
+        # An ERR packet in place of the greeting (sequence 0), as the server's own "Too many
+        # connections" (1040); no SQLSTATE marker, since nothing is negotiated yet (clients
+        # read one only under CLIENT_PROTOCOL_41). Clients report it as the connection's error.
+        return encode_packets(encode(ErrPacket(ER_CON_COUNT_ERROR, "", message), 0), 0)[0]

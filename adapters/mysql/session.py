@@ -383,6 +383,7 @@ class MysqlSession(GovernedSession):
             ConnectionAuthenticated(who=self.who, target=target.info.name, environment=target.info.environment)
         )
         await self.audit.flush()
+        self._authenticated()
 
     async def _auth_switch(self, plugin: str, data: bytes) -> bytes:
         await self._write(messages.encode(messages.AuthSwitchRequest(plugin, data), self.client_caps))

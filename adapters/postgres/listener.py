@@ -14,6 +14,7 @@ import trio
 
 from sqlward.adapters.base import ListenerSettings, SessionRegistry, SessionServices
 from sqlward.adapters.listener_common import ListenerBase
+from sqlward.adapters.postgres import errors
 from sqlward.adapters.postgres.session import PostgresSession
 
 
@@ -24,3 +25,8 @@ class PostgresListener(ListenerBase):
 
     def new_session(self, stream: trio.SocketStream, client_addr: str) -> PostgresSession:
         return PostgresSession(self.services, self.settings, self.sessions, stream, client_addr)
+
+    def refusal(self, message: str) -> bytes:
+        # FATAL 53300 (too_many_connections), as the server's own "too many clients"; libpq
+        # shows it whether it sent a StartupMessage or an SSLRequest first.
+        return errors.error_response("53300", message, severity="FATAL")

@@ -328,6 +328,7 @@ class PostgresSession(GovernedSession):
                 application_name=self.application_name,
             )
         )
+        self._authenticated()
         forward = [
             (k, v) for k, v in msg.params
             if k not in ("user", "database", "replication") and not k.startswith("_pq_.")
