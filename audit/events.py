@@ -90,6 +90,15 @@ class StatementDecided(_Event, tag="statement.decided", kw_only=True):
     search_path: list[list[str]] | str | None = None
 
 
+class StatementExecuted(_Event, tag="statement.executed", kw_only=True):
+    """A run of a statement decided earlier (PostgreSQL Bind/Execute of a named or unnamed
+    statement, MySQL COM_STMT_EXECUTE): written before the upstream runs it, like the decision
+    of a statement, so no execution happens unrecorded."""
+
+    request_id: int
+    statement_name: str | None = None
+
+
 class StatementCompleted(_Event, tag="statement.completed", kw_only=True):
     request_id: int
     # Extended protocol: request id of the statement.decided event of the prepared statement.
@@ -115,5 +124,5 @@ class PolicyReloaded(_Event, tag="policy.reloaded", kw_only=True):
 
 AuditEvent = (
     ConnectionOpened | ConnectionAuthenticated | ConnectionRefused | ConnectionClosed
-    | StatementDecided | StatementCompleted | PolicyReloaded
+    | StatementDecided | StatementExecuted | StatementCompleted | PolicyReloaded
 )

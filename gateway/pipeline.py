@@ -32,8 +32,9 @@ else assembles a decision. For one request it runs, in this order:
    request (`audit-unavailable`); with `durable=False` the adapter flushes at its next flush
    point, before anything reaches the upstream (the PostgreSQL relay batches a pipeline).
 
-An allowed `kind="execute"` (a run of a statement decided at Parse / PREPARE time) is not
-recorded here: its `statement.completed` refers to the decision.
+An allowed `kind="execute"` (a run of a statement decided at Parse / PREPARE time) is recorded
+as `statement.executed` (durable like a decision: when it cannot be written the run is refused
+with `audit-unavailable`); its `statement.completed` refers to the decision.
 
 `judge` works the same offline (`SessionContext.offline`, for `sqlward policy test`): the
 checks and the policy are the very same calls; what needs a live upstream session (the mask plan
@@ -58,7 +59,7 @@ from sqlward.adapters.base import (
     Verdict,
 )
 from sqlward.adapters.text import printable
-from sqlward.audit.events import StatementDecided
+from sqlward.audit.events import StatementDecided, StatementExecuted
 from sqlward.policy import rule_ids
 from sqlward.policy.fingerprint import RAW_PREFIX
 from sqlward.policy.model import Analysis, Decision, Identity
@@ -239,7 +240,7 @@ class Pipeline:
         # The run of a prepared statement decided before: only a session-wide check (the token)
         # can refuse it.
         if request.kind == "execute" and identity.expires_at is None:
-            return Verdict(request_id=rid, decision=_ALLOW, masked=masked)
+            return await self._executed(ctx, request, rid, masked, durable=durable)
 
         # 1. session checks
         if request.kind == "statement":
@@ -262,7 +263,7 @@ class Pipeline:
                 verdict = Verdict(request_id=rid, decision=expiry, analysis=analysis, masked=masked)
                 return await self._record(ctx, request, rid, expiry, durable=durable, verdict=verdict)
         if request.kind == "execute":
-            return Verdict(request_id=rid, decision=_ALLOW, masked=masked)
+            return await self._executed(ctx, request, rid, masked, durable=durable)
 
         # 2. protocol commands
         if request.kind == "command":
@@ -417,6 +418,21 @@ class Pipeline:
         if mask is not None and mask.refusal:
             return Decision(action="deny", rule_id=mask.request.rule_id, message=mask.refusal), None
         return decision, mask
+
+    async def _executed(
+        self, ctx: SessionContext, request: StatementRequest, rid: int, masked: bool, *, durable: bool,
+    ) -> Verdict:
+        """The allowed run of a prepared statement: `statement.executed`, on disk before the
+        upstream runs it when `durable` (else at the adapter's flush point, which must refuse
+        the run when that flush fails)."""
+        if not ctx.offline:
+            ctx.audit.add(StatementExecuted(request_id=rid, statement_name=request.statement_name))
+            if durable:
+                try:
+                    await ctx.audit.flush()
+                except AuditUnavailable:
+                    return Verdict(request_id=rid, decision=_AUDIT_UNAVAILABLE, masked=masked)
+        return Verdict(request_id=rid, decision=_ALLOW, masked=masked)
 
     async def _record(
         self, ctx: SessionContext, request: StatementRequest, rid: int, decision: Decision, *,

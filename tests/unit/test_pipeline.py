@@ -198,10 +198,24 @@ def test_token_expiry_live_and_offline(tmp_path: Path, mode: str) -> None:
     assert valid.decision == "allow"
 
 
-def test_allowed_execute_is_not_recorded(tmp_path: Path) -> None:
+def test_allowed_execute_is_recorded_before_it_runs(tmp_path: Path) -> None:
     live = Live(_config(tmp_path), "pg-prod", ALICE)
     verdict = live.judge(_pg("", kind="execute", statement_name="s1"))
-    assert verdict.allowed and verdict.request_id == 1 and live.sink.events == []
+    assert verdict.allowed and verdict.request_id == 1
+    assert [(e["event"], e["request_id"], e["statement_name"]) for e in live.sink.events] == [
+        ("statement.executed", 1, "s1")
+    ]
+
+
+def test_execute_is_refused_when_its_record_cannot_be_written(tmp_path: Path) -> None:
+    live = Live(_config(tmp_path), "pg-prod", ALICE)
+    live.sink.fail = OSError(28, "No space left on device")
+    verdict = live.judge(_pg("", kind="execute", statement_name="s1"))
+    assert not verdict.allowed and verdict.decision.rule_id == rule_ids.AUDIT_UNAVAILABLE
+    # durable=False: the record waits for the adapter's flush point (which refuses on failure)
+    live.sink.fail = None
+    verdict = live.judge(_pg("", kind="execute", statement_name="s2"), durable=False)
+    assert verdict.allowed and live.sink.events == [] and live.ctx.audit.pending == 1
 
 
 def test_stated_reason_becomes_the_sessions(tmp_path: Path) -> None:
