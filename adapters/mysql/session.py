@@ -130,6 +130,16 @@ log = logging.getLogger("sqlward.mysql")
 AUTH_TIMEOUT = 60.0
 
 
+def identity_statement(label: str) -> bytes:
+    """The statement that shows the identity upstream. The label travels as a hex literal
+    converted to utf8mb4: pure ASCII, no quote to close and no backslash to swallow, so it reads
+    the same in every character set the client may have negotiated (a quoted string would be
+    read in the client's charset, where a GBK / Big5 / SJIS lead byte swallows the escaping
+    backslash and the label's quote ends the string)."""
+    hexed = label.encode("utf-8", "replace").hex().upper().encode("ascii")
+    return b"SET @sqlward_identity = CONVERT(X'" + hexed + b"' USING utf8mb4)"
+
+
 class MysqlSession(GovernedSession):
     def __init__(
         self, services: SessionServices, settings: ListenerSettings, registry: SessionRegistry[MysqlSession],
@@ -337,8 +347,9 @@ class MysqlSession(GovernedSession):
         self._sql_comment = ident.sql_comment(identity).encode() if settings.sql_comment else b""
         if not settings.upstream_setting:
             return
-        label = ident.upstream_label(identity, limit=255).replace("\\", "\\\\").replace("'", "''")
-        scanner = await self._upstream_command(bytes([Command.QUERY]) + f"SET @sqlward_identity = '{label}'".encode())
+        scanner = await self._upstream_command(
+            bytes([Command.QUERY]) + identity_statement(ident.upstream_label(identity, limit=255))
+        )
         if scanner.error_code is not None:
             raise UpstreamLost()
 
