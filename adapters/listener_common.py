@@ -2,8 +2,8 @@
 connections that have not authenticated yet.
 
 A protocol listener subclasses `ListenerBase`, implements `new_session(stream, client_addr)`
-(returning a session with an async `run()`) and `refusal(message)` (the bytes that refuse a
-connection in its protocol before any exchange), and may override `prepare()` to do work before
+(returning a session with an async `run()`) and `refuse(stream, message)` (refusing a fresh
+connection in its protocol, in a short exchange bounded by `REFUSAL_SECONDS`), and may override `prepare()` to do work before
 the socket opens (the MySQL listener reads an upstream greeting). It is built by the gateway with
 the `SessionServices` and its typed `ListenerSettings`; it owns the `SessionRegistry` of its
 live sessions and hands services, settings and registry to each session it creates, so a
@@ -34,6 +34,7 @@ log = logging.getLogger("sqlward")
 # accept() errors that mean "out of a resource": wait and accept again.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 RESOURCE_BACKOFF = 0.1  # seconds between accept attempts while descriptors are exhausted
+REFUSAL_SECONDS = 2.0  # how long a refused connection may take to be told
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about refused unauthenticated connections
 
 
@@ -60,8 +61,9 @@ class ListenerBase:
     def new_session(self, stream: trio.SocketStream, client_addr: str) -> _Session:
         raise NotImplementedError
 
-    def refusal(self, message: str) -> bytes:
-        """The bytes that refuse a fresh connection (too many awaiting authentication)."""
+    async def refuse(self, stream: trio.SocketStream, message: str) -> None:
+        """Refuse a fresh connection (too many awaiting authentication) in the protocol, with
+        at most a short, bounded exchange; the caller closes the stream."""
         raise NotImplementedError
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -131,9 +133,9 @@ class ListenerBase:
         if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
             log.warning("listener %s refused %d connection(s): %s", self.name, self._refusals_unlogged, message)
             self._refusals_unlogged, self._refusal_logged_at = 0, now
-        with trio.move_on_after(1):
+        with trio.move_on_after(REFUSAL_SECONDS):
             try:
-                await stream.send_all(self.refusal(message))
+                await self.refuse(stream, message)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
         await trio.aclose_forcefully(stream)

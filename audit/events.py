@@ -19,6 +19,10 @@ class Who(msgspec.Struct, frozen=True, omit_defaults=True):
     actor: tuple[str, ...] = ()
     verified_by: str = ""
     reason: str = ""
+    # Who vouches for the identity: an OIDC token's `iss`, a client certificate's issuing CA
+    # commonName; "" for static identities (and in records written before it existed). Two
+    # trusted issuers may name the same subject: the issuer tells them apart.
+    issuer: str = ""
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -122,7 +126,19 @@ class PolicyReloaded(_Event, tag="policy.reloaded", kw_only=True):
     error: str | None = None
 
 
+class GatewayStarted(_Event, tag="gateway.started", kw_only=True):
+    """Written durably before any listener opens: the audit sink is proven writable at start."""
+
+    version: str
+    listeners: tuple[str, ...] = ()
+    pid: int = 0
+
+
+class GatewayStopped(_Event, tag="gateway.stopped", kw_only=True):
+    reason: str = ""
+
+
 AuditEvent = (
     ConnectionOpened | ConnectionAuthenticated | ConnectionRefused | ConnectionClosed
-    | StatementDecided | StatementExecuted | StatementCompleted | PolicyReloaded
+    | StatementDecided | StatementExecuted | StatementCompleted | PolicyReloaded | GatewayStarted | GatewayStopped
 )

@@ -5,13 +5,25 @@ on an `O_APPEND` descriptor, so concurrent writers never interleave and a crash 
 a line (a short write is completed before returning). A batch that fails part-way (the disk
 filled up in the middle of it) leaves no fragment for the next record to be glued onto: the file
 is cut back to where the batch began, and if even that fails, the next batch starts with a line
-break of its own. `durability = "fsync"` adds an fsync per batch. The write is a local append of a few microseconds, done inside the async `write` without
-yielding: the caller knows the lines are written before the client sees the effect.
+break of its own. `durability = "fsync"` adds an fsync per batch. The write is a local append
+of a few microseconds, done inside the async `write` without yielding: the caller knows the lines
+are written before the client sees the effect.
+
+A file deleted or replaced under the gateway (by hand, by a log rotation that moves it away) is
+noticed before each batch: the path is stat'ed and compared with the open descriptor (device and
+inode), and a path that no longer names the open file is reopened (created again), with a
+warning. Records are never written into a file nobody can read any more; a path that cannot be
+reopened fails the batch (statements are refused). The one stat costs about a microsecond per
+batch. A special file (/dev/stdout, a FIFO) is written as it is, without the check.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
+
+log = logging.getLogger("sqlward.audit")
 
 
 class AuditWriteError(Exception):
@@ -22,22 +34,51 @@ class JsonlWriter:
     def __init__(self, path: str, *, fsync: bool = False) -> None:
         self.path = path
         self._fsync = fsync
-        try:
-            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        except OSError as exc:
-            raise AuditWriteError(f"cannot open audit file {path!r}: {exc.strerror}") from exc
+        self._fd: int | None = None
+        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file
+        self._open()
         # A failed batch may have left a fragment that could not be cut away: the next batch
         # starts on a line of its own.
         self._broken_line = False
+
+    def _open(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise AuditWriteError(f"cannot open audit file {self.path!r}: {exc.strerror}") from exc
+        st = os.fstat(fd)
+        self._fd = fd
+        self._ident = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+    def _check_path(self) -> None:
+        """Reopen when the path no longer names the open file (deleted, moved, replaced)."""
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._ident:
+                return
+            what = "replaced"
+        except FileNotFoundError:
+            what = "deleted or moved away"
+        except OSError as exc:
+            raise AuditWriteError(f"cannot check audit file {self.path!r}: {exc.strerror}") from exc
+        old = self._fd
+        self._open()
+        if old is not None:
+            os.close(old)
+        self._broken_line = False
+        log.warning("audit file %s was %s; writing to %s again (a new file)", self.path, what, self.path)
 
     async def write(self, data: bytes) -> None:
         self.write_now(data)
 
     def write_now(self, data: bytes) -> None:
         """Append complete lines with one system call (finishing a short write)."""
-        fd = self._fd
-        if fd is None:
+        if self._fd is None:
             raise AuditWriteError("audit writer is closed")
+        if self._ident is not None:
+            self._check_path()
+        fd = self._fd
+        assert fd is not None
         if self._broken_line:
             data = b"\n" + data
         start = -1

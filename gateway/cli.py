@@ -33,7 +33,7 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 
-def _version() -> str:
+def sqlward_version() -> str:
     try:
         from importlib.metadata import PackageNotFoundError, version
 
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="sqlward",
         description="Identity-aware, policy-governed gateway for PostgreSQL and MySQL/MariaDB.",
     )
-    parser.add_argument("--version", action="version", version=f"sqlward {_version()}")
+    parser.add_argument("--version", action="version", version=f"sqlward {sqlward_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")

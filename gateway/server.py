@@ -11,6 +11,7 @@ Adapters are looked up by protocol name in `ADAPTERS`; a new protocol is one ent
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 import ssl
@@ -24,6 +25,9 @@ from sqlward.adapters.listener_common import ListenerBase
 from sqlward.adapters.preauth import PreAuthLimiter
 from sqlward.adapters.mysql.listener import MysqlListener
 from sqlward.adapters.postgres.listener import PostgresListener
+from sqlward.audit.events import GatewayStarted, GatewayStopped
+from sqlward.audit.recorder import AuditUnavailable
+from sqlward.gateway.cli import sqlward_version
 from sqlward.gateway.config import Config, ListenerConfig, parse_listen
 from sqlward.gateway.gatekeeper import Gatekeeper
 from sqlward.gateway.pipeline import Pipeline
@@ -122,12 +126,22 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
         gatekeeper=gatekeeper, pipeline=Pipeline(gatekeeper), recorder=gatekeeper.recorder,
         preauth=PreAuthLimiter(config.gateway.max_unauthenticated, config.gateway.max_unauthenticated_per_address),
     )
+    # The audit sink is proven writable before anyone can connect (a path on a full disk,
+    # /dev/full, a read-only mount: the gateway does not start).
+    try:
+        await gatekeeper.recorder.gateway_scope.record(GatewayStarted(
+            version=sqlward_version(), listeners=tuple(cfg.name for cfg in config.listeners), pid=os.getpid(),
+        ))
+    except AuditUnavailable as exc:
+        gatekeeper.close()
+        raise SystemExit(f"sqlward: the audit trail cannot be written ({config.audit.file}): {exc}") from None
     listeners: list[ListenerBase] = []
     for cfg in config.listeners:
         factory = ADAPTERS.get(cfg.protocol)
         if factory is None:
             raise SystemExit(f"sqlward: listener {cfg.name!r}: protocol {cfg.protocol!r} is not available yet")
         listeners.append(factory(services, gatekeeper, cfg))
+    stopping = "error"
     try:
         async with trio.open_nursery() as nursery:
             ports = [await nursery.start(lst.serve) for lst in listeners]
@@ -141,12 +155,16 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
                     if signum == signal.SIGHUP:
                         await _reload(gatekeeper, "SIGHUP")
                         continue
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    stopping = signal.Signals(signum).name
+                    log.info("received %s, shutting down", stopping)
                     nursery.cancel_scope.cancel()
                     break
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await gatekeeper.aclose()  # side connections (row estimates, catalogue)
+            scope = gatekeeper.recorder.gateway_scope
+            scope.add(GatewayStopped(reason=stopping))
+            await scope.flush_quietly()
         gatekeeper.close()
 
 

@@ -56,8 +56,8 @@ class MysqlListener(ListenerBase):
     def new_session(self, stream: trio.SocketStream, client_addr: str) -> MysqlSession:
         return MysqlSession(self.services, self.settings, self.registry, self.server, stream, client_addr)
 
-    def refusal(self, message: str) -> bytes:
+    async def refuse(self, stream: trio.SocketStream, message: str) -> None:
         # An ERR packet in place of the greeting (sequence 0), as the server's own "Too many
         # connections" (1040); no SQLSTATE marker, since nothing is negotiated yet (clients
         # read one only under CLIENT_PROTOCOL_41). Clients report it as the connection's error.
-        return encode_packets(encode(ErrPacket(ER_CON_COUNT_ERROR, "", message), 0), 0)[0]
+        await stream.send_all(encode_packets(encode(ErrPacket(ER_CON_COUNT_ERROR, "", message), 0), 0)[0])

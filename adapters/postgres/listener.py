@@ -10,6 +10,8 @@ imports this one.
 
 from __future__ import annotations
 
+import struct
+
 import trio
 
 from sqlward.adapters.base import ListenerSettings, SessionRegistry, SessionServices
@@ -26,7 +28,36 @@ class PostgresListener(ListenerBase):
     def new_session(self, stream: trio.SocketStream, client_addr: str) -> PostgresSession:
         return PostgresSession(self.services, self.settings, self.sessions, stream, client_addr)
 
-    def refusal(self, message: str) -> bytes:
-        # FATAL 53300 (too_many_connections), as the server's own "too many clients"; libpq
-        # shows it whether it sent a StartupMessage or an SSLRequest first.
-        return errors.error_response("53300", message, severity="FATAL")
+    async def refuse(self, stream: trio.SocketStream, message: str) -> None:
+        # FATAL 53300 (too_many_connections), as the server's own "too many clients". It is sent
+        # in answer to the StartupMessage: libpq does not show an error sent in answer to an
+        # SSLRequest / GSSENCRequest, so those get "N" first. Nothing is buffered beyond 8 bytes
+        # per read (a startup packet is read whole only up to
+        # the server's own 10,000-byte limit), and the caller bounds the whole exchange in time.
+        for _ in range(3):
+            head = await _read_exactly(stream, 8)
+            if head is None:
+                return
+            length, code = struct.unpack("!II", head)
+            if length == 8 and code in (_SSL_REQUEST, _GSSENC_REQUEST):
+                await stream.send_all(b"N")
+                continue
+            if 8 < length <= _STARTUP_MAX:  # read the rest, so closing sends no reset over the answer
+                await _read_exactly(stream, length - 8)
+            break
+        await stream.send_all(errors.error_response("53300", message, severity="FATAL"))
+
+
+_SSL_REQUEST = 80877103
+_GSSENC_REQUEST = 80877104
+_STARTUP_MAX = 10_000  # the server's own limit on a startup packet
+
+
+async def _read_exactly(stream: trio.SocketStream, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        chunk = await stream.receive_some(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data

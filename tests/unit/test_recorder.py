@@ -241,3 +241,32 @@ def test_a_fragment_that_cannot_be_cut_gets_its_own_line(tmp_path: Path, monkeyp
     w.close()
     lines = path.read_bytes().split(b"\n")
     assert b'{"n":3}' in lines  # whole, on a line of its own
+
+
+def test_writer_reopens_a_deleted_audit_file_and_never_writes_into_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = JsonlWriter(str(path))
+    writer.write_now(b'{"n":1}\n')
+    kept = os.open(path, os.O_RDONLY)  # the deleted file, as a reader still holding it sees it
+    os.unlink(path)
+    writer.write_now(b'{"n":2}\n')
+    assert path.read_bytes() == b'{"n":2}\n'
+    assert os.read(kept, 100) == b'{"n":1}\n'  # nothing more went into the deleted file
+    os.close(kept)
+    other = tmp_path / "other"
+    other.write_bytes(b"")
+    os.replace(other, path)  # replaced by another file
+    writer.write_now(b'{"n":3}\n')
+    assert path.read_bytes() == b'{"n":3}\n'
+    writer.close()
+
+
+def test_writer_fails_when_the_deleted_file_cannot_be_created_again(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    directory.mkdir()
+    writer = JsonlWriter(str(directory / "audit.jsonl"))
+    os.unlink(directory / "audit.jsonl")
+    directory.rmdir()
+    with pytest.raises(AuditWriteError, match="cannot open audit file"):
+        writer.write_now(b'{"n":1}\n')
+    writer.close()
