@@ -23,7 +23,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-__all__ = ["ConfigError", "Problem", "key_path", "reword"]
+from sqlward.policy.vocabulary import one_of
+
+__all__ = ["ConfigError", "Problem", "key_path", "literal_values", "reword"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,11 +74,13 @@ def key_path(path: str, key: str) -> str:
 _AT = re.compile(r"^(?P<msg>.*?) - at `(?P<path>\$[^`]*)`$", re.S)
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
+_ENUM = re.compile(r"^Invalid enum value '(?P<value>.*)'$", re.S)
 _SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+|\.\.\.)\]")
 
 
-def _struct_at(root: type, path: str) -> type | None:
-    """The Struct type found at a msgspec `$.path` below `root`, when there is one."""
+def _type_at(root: type, path: str) -> Any:
+    """The type found at a msgspec `$.path` below `root` (Annotated and `| None` stripped), or
+    None when the path leaves the types."""
     tp: Any = root
     for m in _SEGMENT.finditer(path[1:]):
         tp = _strip(tp)
@@ -92,8 +96,21 @@ def _struct_at(root: type, path: str) -> type | None:
             if not args:
                 return None
             tp = args[-1] if typing.get_origin(tp) is dict else args[0]
-    tp = _strip(tp)
+    return _strip(tp)
+
+
+def _struct_at(root: type, path: str) -> type | None:
+    """The Struct type found at a msgspec `$.path` below `root`, when there is one."""
+    tp = _type_at(root, path)
     return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def literal_values(root: type, path: str) -> tuple[str, ...]:
+    """The values of the Literal type at `path` below `root` (empty when it is not one)."""
+    tp = _type_at(root, path)
+    if typing.get_origin(tp) is typing.Literal:
+        return tuple(str(v) for v in typing.get_args(tp))
+    return ()
 
 
 def _strip(tp: Any) -> Any:
@@ -119,8 +136,12 @@ def reword(exc: msgspec.ValidationError, root: type, prefix: str) -> Problem:
     path = prefix + path[1:]
     if u := _UNKNOWN.match(msg):
         struct = _struct_at(root, m.group("path") if m else "$")
-        expected = f" (expected one of: {', '.join(struct.__struct_fields__)})" if struct else ""
+        expected = f" ({one_of(u.group('field'), struct.__struct_fields__)})" if struct else ""
         return Problem(key_path(path, u.group("field")), f"unknown field{expected}")
     if r := _MISSING.match(msg):
         return Problem(key_path(path, r.group("field")), "required field is missing")
+    if e := _ENUM.match(msg):
+        values = literal_values(root, m.group("path") if m else "$")
+        if values:
+            return Problem(path, f"{msg} ({one_of(e.group('value'), values)})")
     return Problem(path, msg)

@@ -38,6 +38,7 @@ import msgspec
 from sqlward.gateway.config_errors import ConfigError, Problem, key_path, reword
 from sqlward.policy.guardrails import GuardrailConfig, guardrail_problems
 from sqlward.policy.rules import EnvironmentPolicy, Rule, rule_problems
+from sqlward.policy.vocabulary import guardrail_ids, guardrail_keys, one_of
 from sqlward.masking.model import MaskRule
 from sqlward.masking.policy import rule_problems as mask_rule_problems
 
@@ -192,10 +193,18 @@ def convert_policy_tables(
     else:
         for gid, table in guards_raw.items():
             prefix = key_path("$.guardrails", gid)
+            if gid not in guardrail_ids():  # the id first: its options mean nothing without it
+                problems.append(Problem(prefix, f"unknown guardrail ({one_of(gid, guardrail_ids())})"))
+                continue
             try:
                 guardrail = msgspec.convert(table, type=GuardrailConfig)
             except msgspec.ValidationError as exc:
-                problems.append(reword(exc, GuardrailConfig, prefix))
+                problem = reword(exc, GuardrailConfig, prefix)
+                field = problem.path[len(prefix) + 1 :] if problem.path.startswith(prefix + ".") else ""
+                if problem.message.startswith("unknown field") and field:
+                    # Name the keys this guardrail takes, not every guardrail's options.
+                    problem = Problem(problem.path, f"unknown field ({one_of(field, guardrail_keys(gid))})")
+                problems.append(problem)
                 continue
             bad = guardrail_problems(gid, guardrail)
             problems.extend(Problem(key_path(prefix, field) if field else prefix, message) for field, message in bad)

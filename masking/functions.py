@@ -107,6 +107,9 @@ DEFAULT_INT_MAX: Final = 32767  # PostgreSQL smallint, the narrowest PostgreSQL 
 _FUNCTIONS: Final[frozenset[str]] = frozenset(get_args(MaskFunction))
 _KINDS: Final[frozenset[str]] = frozenset(get_args(TypeKind))
 _DATE_PARTS: Final[frozenset[str]] = frozenset(get_args(DatePart))
+# The MaskSpec parameters each function reads in `make_masker` (the others read none): a
+# `[[masks]]` rule giving an argument to a function that does not read it is a config error.
+FUNCTION_ARGUMENTS: Final[dict[str, tuple[str, ...]]] = {"partial": ("keep_first", "keep_last"), "truncate_date": ("truncate",)}
 
 _TEXT_REDACTION: Final = b"****"
 _PG_BYTEA_PREFIX: Final = b"\\x"

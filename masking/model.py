@@ -62,9 +62,13 @@ class MaskRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Content classifiers run on result values of every column (last net): email, card, ssn, ...
     classifiers: tuple[Classifier, ...] = ()
     function: MaskFunction = "redact"
-    keep_first: int = 0
-    keep_last: int = 4
-    truncate: DatePart = "month"
+    # Arguments of one function each (None: left out, the default applies): keep_first (0) and
+    # keep_last (4) of `partial`, truncate ("month") of `truncate_date`
+    # (`masking.functions.FUNCTION_ARGUMENTS`); an argument given to another function is a config
+    # error (it would do nothing).
+    keep_first: int | None = None
+    keep_last: int | None = None
+    truncate: DatePart | None = None
     # Who sees clear values.
     exempt_identities: tuple[str, ...] = ()  # subject globs
     exempt_groups: tuple[str, ...] = ()
@@ -73,12 +77,13 @@ class MaskRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     targets: tuple[str, ...] = ()
 
     def spec(self) -> MaskSpec:
+        defaults = MaskSpec()
         return MaskSpec(
             function=self.function,
             rule_id=self.id,
-            keep_first=self.keep_first,
-            keep_last=self.keep_last,
-            truncate=self.truncate,
+            keep_first=defaults.keep_first if self.keep_first is None else self.keep_first,
+            keep_last=defaults.keep_last if self.keep_last is None else self.keep_last,
+            truncate=defaults.truncate if self.truncate is None else self.truncate,
         )
 
 

@@ -31,6 +31,7 @@ from typing import Final
 
 import msgspec
 
+from sqlward.masking.functions import FUNCTION_ARGUMENTS
 from sqlward.masking.model import Catalogue, MaskRule, MaskSpec
 
 __all__ = ["IdentityMasks", "MaskingPolicy", "MaskingSettings", "rule_problems"]
@@ -50,7 +51,6 @@ class MaskingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     catalogue_max_age: float = 300.0
 
 
-_FUNCTIONS: Final = frozenset({"redact", "null", "partial", "email", "hash", "truncate_date"})
 _SYSTEM_SCHEMAS: Final = frozenset({"pg_catalog", "information_schema", "mysql", "performance_schema", "sys"})
 # Catalogue views / tables holding sample values (most common values, histograms) of columns.
 _STATISTICS: Final = frozenset(
@@ -72,8 +72,15 @@ def rule_problems(rule: MaskRule) -> list[tuple[str, str]]:
     for i, pattern in enumerate(rule.columns):
         if pattern.count(".") > 2:
             problems.append((f"columns[{i}]", "expected column, table.column or schema.table.column"))
-    for key in ("keep_first", "keep_last"):
-        if getattr(rule, key) < 0:
+    takes = FUNCTION_ARGUMENTS.get(rule.function, ())
+    for key in ("keep_first", "keep_last", "truncate"):
+        value = getattr(rule, key)
+        if value is None:
+            continue
+        if key not in takes:
+            users = [f for f, args in FUNCTION_ARGUMENTS.items() if key in args]
+            problems.append((key, f"function {rule.function!r} takes no {key} (only {' or '.join(users)} does)"))
+        elif isinstance(value, int) and value < 0:
             problems.append((key, "expected an integer >= 0"))
     return problems
 

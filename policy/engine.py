@@ -9,7 +9,7 @@ How it works (DESIGN.md sections 3, 5 and 9):
   classify (fingerprints starting with `RAW_PREFIX`) are analysed every time and not cached, so
   junk cannot churn the cache.
 - `Engine.decide(analysis, identity, target)` is cached by (fingerprint, dialect, identity
-  subject, groups, actor, target name, environment, policy version). A new policy is a new
+  subject, issuer, groups, actor, target name, environment, policy version). A new policy is a new
   `Engine`, so a reload starts with empty caches.
 - Both caches are plain dicts bounded by `cache_size`: when full, the older half (insertion
   order) is dropped. No locking: the gateway runs the engine on one trio thread.
@@ -30,7 +30,8 @@ Decision for each statement, in order (after the dynamic-SQL check and the guard
 2. Otherwise the first rule whose every non-empty criterion matches decides. Criteria:
    operations, tables (fnmatch globs, case-insensitive; a pattern without a dot also matches the
    bare name of `schema.table`), environments and targets (exact names), identities (subject
-   globs, case-sensitive), groups (any overlap), actors (globs over the delegation chain: any
+   globs, case-sensitive), issuers (globs over the credential's issuer, `Identity.issuer`:
+   the OIDC issuer URL, "" for static identities; case-sensitive), groups (any overlap), actors (globs over the delegation chain: any
    actor matches), agents (true: only agents or delegated identities; false: only people),
    has_where.
    For deny and review rules, operations and tables match when ANY of the statement's
@@ -149,6 +150,7 @@ class _CompiledRule:
         "environments",
         "targets",
         "identities",
+        "issuers",
         "groups",
         "actors",
         "agents",
@@ -170,6 +172,7 @@ class _CompiledRule:
         self.environments = frozenset(rule.environments)
         self.targets = frozenset(rule.targets)
         self.identities = _glob(rule.identities, ignore_case=False)
+        self.issuers = _glob(rule.issuers, ignore_case=False)
         self.groups = frozenset(rule.groups)
         self.actors = _glob(rule.actors, ignore_case=False)
         self.agents = rule.agents
@@ -224,6 +227,10 @@ class _CompiledRule:
             if not self.identities.match(identity.subject):
                 return None
             facts.append(f"identity={identity.subject}")
+        if self.issuers is not None:
+            if not self.issuers.match(identity.issuer):
+                return None
+            facts.append(f"issuer={identity.issuer}")
         if self.groups:
             common = self.groups.intersection(identity.groups)
             if not common:
@@ -462,6 +469,7 @@ class Engine:
             analysis.fingerprint,
             analysis.dialect,
             identity.subject,
+            identity.issuer,
             identity.groups,
             identity.is_agent,
             identity.actor,

@@ -26,8 +26,9 @@ import msgspec
 
 from sqlward.policy import rule_ids
 from sqlward.policy.model import Analysis, StatementFacts
+from sqlward.policy.vocabulary import one_of
 
-__all__ = ["DEFAULT_ESTIMATE_TIMEOUT", "CATALOGUE", "Guardrail", "GuardrailConfig", "ActiveGuardrail", "compile_guardrails", "guardrail_problems"]
+__all__ = ["DEFAULT_ESTIMATE_TIMEOUT", "CATALOGUE", "COMMON_KEYS", "Guardrail", "GuardrailConfig", "ActiveGuardrail", "compile_guardrails", "guardrail_problems"]
 
 
 class GuardrailConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -368,18 +369,23 @@ class ActiveGuardrail:
         return fn(analysis, self) if fn is not None else None
 
 
-_OPTION_DEFAULTS: Final = {"max_statements": None, "tables": (), "max_rows": None, "timeout": None, "on_unknown": None}
+# The options some guardrail takes, with their defaults (from GuardrailConfig), and the keys every
+# guardrail table takes (the other fields of GuardrailConfig): no hand-kept list.
+_OPTIONS: Final = frozenset(o for g in CATALOGUE.values() for o in g.options)
+_OPTION_DEFAULTS: Final = {f.name: f.default for f in msgspec.structs.fields(GuardrailConfig) if f.name in _OPTIONS}
+COMMON_KEYS: Final = tuple(f.name for f in msgspec.structs.fields(GuardrailConfig) if f.name not in _OPTIONS)
 
 
 def guardrail_problems(gid: str, config: GuardrailConfig) -> list[tuple[str, str]]:
     """(field, message) for each problem with a `[guardrails.<gid>]` table; field "" is the table."""
     guardrail = CATALOGUE.get(gid)
     if guardrail is None:
-        return [("", f"unknown guardrail (expected one of: {', '.join(CATALOGUE)})")]
+        return [("", f"unknown guardrail ({one_of(gid, tuple(CATALOGUE))})")]
     problems = []
     for option, default in _OPTION_DEFAULTS.items():
         if option not in guardrail.options and getattr(config, option) != default:
-            problems.append((option, f"guardrail {gid!r} takes no option {option!r}"))
+            takes = COMMON_KEYS + guardrail.options
+            problems.append((option, f"guardrail {gid!r} takes no option {option!r} ({one_of(option, takes)})"))
     if any(not e for e in config.environments):
         problems.append(("environments", "expected non-empty environment names (leave the key out for every environment)"))
     if gid == "multi-statement" and config.max_statements is not None and config.max_statements < 1:

@@ -13,17 +13,24 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from sqlward.policy.model import Action
+from sqlward.policy.vocabulary import one_of, operations
 
 
 class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: str
     action: Action
     # Criteria: empty = any.
-    operations: tuple[str, ...] = ()  # statement operations, e.g. "drop", "delete", "select"
+    # Statement operations, e.g. "drop", "delete", "select": one of those the analysis emits
+    # (`policy.vocabulary.operations()`), any case; another name is a config error.
+    operations: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()  # globs over tables read or written, e.g. "public.*", "users"
     environments: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
     identities: tuple[str, ...] = ()  # identity subjects (globs)
+    # Globs over the issuer of the identity's credential (`Identity.issuer`), case-sensitive: the
+    # OIDC issuer URL (`iss`) of a token identity ("https://idp.example.com/*"); a certificate
+    # identity's issuing CA common name; "" for static identities (so `[""]` means only them).
+    issuers: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()  # any of these groups
     actors: tuple[str, ...] = ()  # globs over the identity's actor chain (an agent acting for it)
     agents: bool | None = None  # True: only agents / delegated sessions; False: only people
@@ -83,9 +90,19 @@ def rule_problems(rule: Rule) -> list[tuple[str, str]]:
     for key in ("operations", "tables", "columns", "environments", "targets", "identities", "groups", "actors", "days", "approvers"):
         if any(not v for v in getattr(rule, key)):
             problems.append((key, "expected non-empty strings (leave the key out to match anything)"))
-    bad_days = [d for d in rule.days if d and d.lower() not in DAYS]
-    if bad_days:
-        problems.append(("days", f"unknown day {bad_days[0]!r} (expected {', '.join(DAYS)})"))
+    if rule.operations:
+        valid = operations()
+        for i, op in enumerate(rule.operations):
+            if op and op.lower() not in valid:
+                problems.append((f"operations[{i}]", f"unknown operation {op!r} ({one_of(op, sorted(valid))})"))
+    for i, day in enumerate(rule.days):
+        if day and day.lower() not in DAYS:
+            # At `days` (as before this check named its entry), the entry in the message.
+            problems.append(("days", f"unknown day {day!r} at days[{i}] ({one_of(day, DAYS)})"))
+    for key, parts in (("tables", "schema.table"), ("columns", "table.column")):
+        for i, pattern in enumerate(getattr(rule, key)):
+            if pattern and "" in pattern.split("."):
+                problems.append((f"{key}[{i}]", f"empty name part in {pattern!r}: it never matches (expected names such as {parts})"))
     if rule.hours:
         try:
             parse_hours(rule.hours)
