@@ -207,10 +207,18 @@ def convert_policy_tables(
                 problems.append(problem)
                 continue
             bad = guardrail_problems(gid, guardrail)
-            problems.extend(Problem(key_path(prefix, field) if field else prefix, message) for field, message in bad)
+            problems.extend(Problem(_field_path(prefix, field), message) for field, message in bad)
             if not bad:
                 guardrails[gid] = guardrail
     return environments, guardrails
+
+
+def _field_path(prefix: str, field: str) -> str:
+    """`prefix.field`, `prefix.key[3]` for a field naming an entry, `prefix` for ""."""
+    if not field:
+        return prefix
+    key, bracket, rest = field.partition("[")
+    return key_path(prefix, key) + (bracket + rest if bracket else "")
 
 
 def _toml_type(value: Any) -> str:

@@ -72,6 +72,8 @@ def rule_problems(rule: MaskRule) -> list[tuple[str, str]]:
     for i, pattern in enumerate(rule.columns):
         if pattern.count(".") > 2:
             problems.append((f"columns[{i}]", "expected column, table.column or schema.table.column"))
+        elif pattern and "" in pattern.split("."):
+            problems.append((f"columns[{i}]", f"empty name part in {pattern!r}: it never matches (expected column, table.column or schema.table.column)"))
     takes = FUNCTION_ARGUMENTS.get(rule.function, ())
     for key in ("keep_first", "keep_last", "truncate"):
         value = getattr(rule, key)

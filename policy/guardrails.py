@@ -399,6 +399,9 @@ def guardrail_problems(gid: str, config: GuardrailConfig) -> list[tuple[str, str
             problems.append(("tables", "expected at least one table glob"))
         elif any(not t for t in config.tables):
             problems.append(("tables", "expected non-empty table globs"))
+    for i, pattern in enumerate(config.tables):
+        if pattern and "" in pattern.split("."):
+            problems.append((f"tables[{i}]", f"empty name part in {pattern!r}: it never matches (expected names such as schema.table)"))
     return problems
 
 

@@ -6,9 +6,10 @@ everything); rules are tried in order and the first match decides. See `policy.e
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Final, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import msgspec
 
@@ -111,7 +112,9 @@ def rule_problems(rule: Rule) -> list[tuple[str, str]]:
     try:
         ZoneInfo(rule.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        problems.append(("timezone", f"unknown time zone {rule.timezone!r} (expected an IANA name such as Europe/Paris)"))
+        close = difflib.get_close_matches(rule.timezone, sorted(available_timezones()), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        problems.append(("timezone", f"unknown time zone {rule.timezone!r} (expected an IANA name such as Europe/Paris{hint})"))
     if rule.reason_pattern:
         try:
             re.compile(rule.reason_pattern)

@@ -332,3 +332,15 @@ def test_shipped_examples_still_load(capsys: pytest.CaptureFixture[str], monkeyp
     assert examples
     for path in examples:
         assert cli.main(["check-config", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_timezone_typo_suggests_close_names(tmp_path: Path) -> None:
+    message = _line(_error(tmp_path, '[[rules]]\nid = "x"\nhours = "09:00-18:00"\ntimezone = "Europe/Pari"\naction = "deny"\n'), "$.rules[0].timezone")
+    assert "unknown time zone 'Europe/Pari'" in message and "did you mean Europe/Paris" in message
+
+
+def test_mask_and_guardrail_globs_with_an_empty_name_part(tmp_path: Path) -> None:
+    err = _error(tmp_path, '[[masks]]\nid = "m"\ncolumns = ["customers.email", "customers..ssn"]\n')
+    assert "empty" in _line(err, "$.masks[0].columns[1]")
+    err = _error(tmp_path, '[guardrails.select-without-limit]\ntables = ["users", "shop."]\n')
+    assert "empty" in _line(err, "$.guardrails.select-without-limit.tables[1]")
