@@ -56,7 +56,7 @@ __all__ = [
     "ER_UNKNOWN_COM_ERROR", "ER_UNKNOWN_ERROR", "CR_MALFORMED_PACKET", "CR_SERVER_LOST", "SQLSTATE_ACCESS",
     "SQLSTATE_AUTH", "SQLSTATE_CONNECT", "SQLSTATE_GENERAL", "SQLSTATE_INTERRUPTED", "SQLSTATE_LINK",
     "SQLSTATE_REFUSED", "AccessRefused", "AuthRefused", "AuthTimedOut", "ClearPasswordNeedsTls", "ErrorReply",
-    "GatewayError", "KillNotOwner", "MaskedDiagnostics", "UnsettledDatabase", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
+    "GatewayError", "KillNotOwner", "PREAUTH_MAX_PACKET", "PreAuthPacketTooLarge", "AuditRefused", "MaskedDiagnostics", "UnsettledDatabase", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
     "UnsupportedCommand", "UpstreamLost", "UpstreamRefused", "error_reply",
 ]
 
@@ -225,6 +225,37 @@ class UnsettledDatabase(GatewayError):
             "database (USE, SET STATEMENT ... FOR USE, EXECUTE, CALL, ...), so sqlward cannot tell which tables it "
             "names; send the statements one at a time"
         )
+
+
+# The largest client packet read before the client has authenticated (handshake response, SSL
+# request, auth-switch and caching_sha2 answers, COM_CHANGE_USER's auth exchange): what a login
+# needs with room for a long OIDC token sent as mysql_clear_password and connection attributes
+# (MySQL's own clients cap attributes at 64 KiB). Larger packets are refused from their header,
+# before their body is read.
+PREAUTH_MAX_PACKET = 64 << 10
+
+
+class PreAuthPacketTooLarge(GatewayError):
+    """A packet over `PREAUTH_MAX_PACKET` before authentication: ER_NET_PACKET_TOO_LARGE 1153 /
+    08S01, then the connection is closed."""
+
+    errno, sqlstate = ER_NET_PACKET_TOO_LARGE, SQLSTATE_LINK
+
+    def __init__(self, limit: int = PREAUTH_MAX_PACKET) -> None:
+        super().__init__(
+            f"packet too large before authentication: sqlward reads login packets of at most {limit} bytes"
+        )
+
+
+class AuditRefused(GatewayError):
+    """The audit record of a request could not be written before it would reach the upstream:
+    the request is not run, ER_UNKNOWN_ERROR 1105 / HY000, and the session goes on (the client can
+    retry once the trail is writable again; nothing of the request reached the server)."""
+
+    errno, sqlstate = ER_UNKNOWN_ERROR, SQLSTATE_GENERAL
+
+    def __init__(self) -> None:
+        super().__init__("audit unavailable: statement not run (sqlward cannot write its audit trail)")
 
 
 class UnsupportedCommand(GatewayError):

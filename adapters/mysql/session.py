@@ -88,6 +88,8 @@ from sqlward.adapters.mysql.errors import (
     NoSuchThread,
     UnsettledDatabase,
     OldProtocol,
+    PREAUTH_MAX_PACKET,
+    PreAuthPacketTooLarge,
     TlsRequired,
     UnknownTarget,
     UnsupportedCommand,
@@ -96,7 +98,7 @@ from sqlward.adapters.mysql.errors import (
     error_reply,
 )
 from sqlward.adapters.mysql.maskrelay import MaskingRelay, RowState
-from sqlward.adapters.mysql.packets import PacketFramer, ProtocolViolation, encode_packets
+from sqlward.adapters.mysql.packets import PacketFramer, PacketTooLarge, ProtocolViolation, encode_packets
 from sqlward.adapters.mysql.relaystate import (
     PreparedStatements,
     SessionText,
@@ -153,7 +155,12 @@ class MysqlSession(GovernedSession):
         self.up: upstream.UpstreamConnection | None = None
         self.client_caps = 0
         self.text = SessionText(server.greeting.charset)
-        self._framer = PacketFramer(max_payload=settings.max_message_size)
+        # Until the client has authenticated, packets are capped at what a login needs.
+        self._framer = PacketFramer(max_payload=min(PREAUTH_MAX_PACKET, settings.max_message_size))
+        # A connection.refused (or, authenticated, connection.closed) ends the lifecycle of
+        # every connection.opened; the user name the client gave, for that record.
+        self._lifecycle_ended = False
+        self._login_user = ""
         self._seq = 0
         self._ubuf = bytearray()
         self._prepared = PreparedStatements()
@@ -177,7 +184,14 @@ class MysqlSession(GovernedSession):
     async def _read_packet(self, expected_seq: int | None) -> bytes:
         """One logical client packet (connection phase or command)."""
         while True:
-            packet = self._framer.next(expected_seq=expected_seq)
+            try:
+                packet = self._framer.next(expected_seq=expected_seq)
+            except PacketTooLarge:
+                if self._framer.max_payload < self.settings.max_message_size or self.identity is None:
+                    if expected_seq is not None:  # the ERR answers the packet it refuses
+                        self._seq = (expected_seq + 1) & 0xFF
+                    raise PreAuthPacketTooLarge(self._framer.max_payload) from None
+                raise
             if packet is not None:
                 self._seq = (packet.seq + 1 + (len(packet.payload) // 0xFFFFFF)) & 0xFF
                 return packet.payload
@@ -213,9 +227,14 @@ class MysqlSession(GovernedSession):
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
             pass
 
+    async def _record_refused(self, user: str, reason: str, target: str = "") -> None:
+        """connection.refused: the end of this connection's lifecycle in the audit trail."""
+        self._lifecycle_ended = True
+        await self._record_quietly(ConnectionRefused(user=user, target=target, reason=reason))
+
     async def _refuse_connection(self, error: BaseException, user: str = "", target: str = "") -> None:
         reply = error_reply(error)
-        await self._record_quietly(ConnectionRefused(user=user, target=target, reason=reply.message))
+        await self._record_refused(user or self._login_user, reply.message, target)
         if reply.payload is not None:
             await self._send_last(reply.payload)
 
@@ -245,6 +264,8 @@ class MysqlSession(GovernedSession):
             if reply.unexpected:
                 log.exception("mysql session %s failed", self.connection_id)
             self._closing_reason = (self._closing_reason or reply.reason) if reply.quiet else reply.reason
+            if self.identity is None and not reply.quiet:
+                self._closing_reason = self._closing_reason or reply.message
             if reply.payload is not None:
                 await self._send_last(reply.payload)
         finally:
@@ -253,6 +274,13 @@ class MysqlSession(GovernedSession):
                 if self.up is not None:
                     await trio.aclose_forcefully(self.up.stream)
                 await self._close_client()
+                if self.identity is None and not self._lifecycle_ended:
+                    # Ended before authentication without a refusal of ours (client gone, TLS
+                    # failure, malformed packet, ...): the record still says how it ended.
+                    with trio.move_on_after(5):
+                        await self._record_refused(
+                            self._login_user, self._closing_reason or "connection ended before authentication",
+                        )
                 if self.identity is not None:
                     with trio.move_on_after(5):
                         await self._record_quietly(
@@ -284,12 +312,13 @@ class MysqlSession(GovernedSession):
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
+                self._closing_reason = f"TLS handshake failed: {exc.__cause__ or exc}"
                 raise SessionEnd() from exc
             self.client = stream
             self.tls = True
             payload = await self._read_packet(self._seq)
         response = messages.decode_handshake_response(payload)
-        user = response.username
+        user = self._login_user = response.username
         if settings.tls_required and not self.tls:
             await self._refuse_connection(TlsRequired(), user=user)
             return False
@@ -302,6 +331,7 @@ class MysqlSession(GovernedSession):
         identity = await self._authenticate(user, response, nonce)
         if identity is None:
             return False
+        self._framer.max_payload = settings.max_message_size  # authenticated: the listener's own cap
         attrs = dict(response.attributes)
         reason = attrs.get("sqlward.reason") or attrs.get("sqlward_reason") or ""
         if reason and not identity.reason:
@@ -450,7 +480,7 @@ class MysqlSession(GovernedSession):
             server.sha2_logged_in(user)
             return self.gk.static_identity(user)
         except (AuthError, auth.AuthProtocolError, UnicodeDecodeError) as exc:
-            await self._record_quietly(ConnectionRefused(user=user, reason=f"authentication failed: {exc}"))
+            await self._record_refused(user, f"authentication failed: {exc}")
             await self._send_last(self._err(AuthRefused(user, host, exc, static=secret is not None)))
             return None
 
@@ -880,7 +910,10 @@ class MysqlSession(GovernedSession):
             user=request.user, auth_response=b"", schema=request.schema,
             character_set=request.character_set, auth_plugin_name="sqlward-switch",
         )
+        # The re-authentication's packets are login packets: capped as before authentication.
+        self._framer.max_payload = min(PREAUTH_MAX_PACKET, self.settings.max_message_size)
         identity = await self._authenticate(request.user, switch, b"")
+        self._framer.max_payload = self.settings.max_message_size
         if identity is None:
             self._closing_reason = "change user refused"
             return False

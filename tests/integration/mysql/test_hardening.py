@@ -110,3 +110,130 @@ def test_label_is_shown_exactly_at_login_change_user_and_reset(evil_gw: GatewayP
         assert _label_seen(c) == ("sqlward:alice", None)
         c.change_user(EVIL_SUBJECT, EVIL_SECRET, "app", charset=charset)
         assert _label_seen(c) == (label, None)
+
+
+# -- a gateway of this module's own (alice, bob; TLS listener for the TLS cases) ---------------
+
+
+@pytest.fixture(scope="module")
+def gw(mysql_it_database: str) -> Iterator[GatewayProcess]:
+    with GatewayProcess(targets=default_targets(), environments=MY_ENVIRONMENTS,
+                        listener=mysql_listener(default_target="app"), name="myh12-edges") as g:
+        yield g
+        g.audit_writable()
+
+
+def gateway_rss(g: GatewayProcess) -> int:
+    """The gateway process's resident set, bytes."""
+    assert g.proc is not None
+    with open(f"/proc/{g.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def lifecycle(g: GatewayProcess, gateway_conn_id: int, timeout: float = 5.0) -> list[str]:
+    """The connection-level events of the session the greeting numbered `gateway_conn_id`,
+    once it has a closing one."""
+    prefix = f"my-{gateway_conn_id}-"
+
+    def mine(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in evs if str(e.get("connection_id", "")).startswith(prefix)]
+
+    def ended(evs: list[dict[str, Any]]) -> bool:
+        return any(e["event"] in ("connection.closed", "connection.refused") for e in mine(evs))
+
+    return [e["event"] for e in mine(g.wait_audit(ended, timeout=timeout))]
+
+
+def test_oversized_handshake_response_is_refused_from_its_header(gw: GatewayProcess) -> None:
+    """A 16 MiB HandshakeResponse is refused as soon as its header arrives (ERR 1153), before
+    its body, and the connection's lifecycle is closed in the audit trail."""
+    c = mywire.RawMySQL.connect(gw.host, gw.port)
+    with c:
+        assert c.handshake is not None
+        c.send_raw(mywire.header(0xFFFFFE, 1) + b"\0" * 1024)
+        c.seq = 2
+        c.sock.settimeout(5)
+        err = mywire.parse_err(c.read_packet())
+        assert (err.errno, err.sqlstate) == (1153, "08S01") and "before authentication" in err.message, err
+        assert mywire.wait_closed(c)
+        assert lifecycle(gw, c.handshake.connection_id) == ["connection.opened", "connection.refused"]
+
+
+def test_oversized_login_packets_do_not_grow_the_gateway(gw: GatewayProcess) -> None:
+    """Eight clients each sending 15 MiB of a 16 MiB handshake response and holding on: the
+    gateway closes them before the bodies arrive, so its memory does not grow by their size."""
+    before = gateway_rss(gw)
+    socks = []
+    body = b"A" * (1 << 20)
+    for _ in range(8):
+        c = mywire.RawMySQL.connect(gw.host, gw.port)
+        socks.append(c)
+        c.send_raw(mywire.header(0xFFFFFE, 1))
+    for c in socks:
+        try:
+            for _ in range(15):
+                c.sock.sendall(body)
+        except OSError:
+            pass  # closed by the gateway: what we want
+    time.sleep(1.0)  # let the gateway read whatever reached it
+    grown = gateway_rss(gw) - before
+    for c in socks:
+        c.close()
+    assert grown < 24 << 20, f"gateway RSS grew by {grown >> 20} MiB"
+
+
+def test_oversized_auth_switch_response_is_refused(gw: GatewayProcess) -> None:
+    """The packets after the handshake response (auth switch, caching_sha2 full path) are
+    capped the same way."""
+    c = mywire.RawMySQL.connect(gw.host, gw.port)
+    with c:
+        assert c.handshake is not None
+        # ask for mysql_native_password with an empty answer: the gateway switches to caching_sha2
+        c.send_packet(c.handshake_response("alice", b"", "app", "unknown_plugin"), 1)
+        switch = c.read_packet()
+        assert switch[:1] == b"\xfe", switch
+        c.send_raw(mywire.header(1 << 20, c.seq) + b"\0" * 100)
+        c.seq += 1
+        err = mywire.parse_err(c.read_packet())
+        assert err.errno == 1153 and "before authentication" in err.message, err
+        assert lifecycle(gw, c.handshake.connection_id) == ["connection.opened", "connection.refused"]
+
+
+def test_largest_legitimate_login_still_works(gw: GatewayProcess) -> None:
+    """Connection attributes of 40 KiB (a long token would be as large) stay under the cap."""
+    attrs = {"_client_name": "myh12", "big": "x" * 40000}
+    with raw_login(gw, "alice", SECRETS["alice"], attrs=attrs) as c:
+        assert c.query_rows("select 1") == [(1,)]
+
+
+# -- every connection.opened is followed by connection.closed or connection.refused -----------
+
+
+def test_malformed_handshake_response_is_refused_in_the_audit(gw: GatewayProcess) -> None:
+    c = mywire.RawMySQL.connect(gw.host, gw.port)
+    with c:
+        assert c.handshake is not None
+        c.send_packet(b"\x05\x82\x00", 1)  # truncated client head
+        pkts, closed = c.read_all_until_closed(5)
+        assert closed and pkts and pkts[-1][:1] == b"\xff"
+        assert lifecycle(gw, c.handshake.connection_id) == ["connection.opened", "connection.refused"]
+
+
+def test_client_gone_mid_authentication_is_refused_in_the_audit(gw: GatewayProcess) -> None:
+    c = mywire.RawMySQL.connect(gw.host, gw.port)
+    assert c.handshake is not None
+    conn_id = c.handshake.connection_id
+    c.send_packet(c.handshake_response("alice", b"", "app", "unknown_plugin"), 1)
+    assert c.read_packet()[:1] == b"\xfe"  # the gateway waits for the switch answer
+    c.close()
+    assert lifecycle(gw, conn_id) == ["connection.opened", "connection.refused"]
+
+
+def test_client_gone_before_answering_the_greeting_is_refused_in_the_audit(gw: GatewayProcess) -> None:
+    c = mywire.RawMySQL.connect(gw.host, gw.port)
+    assert c.handshake is not None
+    c.close()
+    assert lifecycle(gw, c.handshake.connection_id) == ["connection.opened", "connection.refused"]
