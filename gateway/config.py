@@ -62,6 +62,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import msgspec
 
 from sqlward.adapters.base import IdentitySettings, UpstreamTLS
+from sqlward.adapters.identity import canonical_name, name_problem
 from sqlward.gateway.config_errors import ConfigError, Problem, key_path, reword
 from sqlward.gateway.policy_files import convert_policy_tables, load_policy
 from sqlward.policy.guardrails import GuardrailConfig
@@ -279,9 +280,14 @@ class AccessRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     targets: tuple[str, ...] = ()  # globs over target names
     environments: tuple[str, ...] = ()  # target environments
+    # Subjects and actors are compared in the canonical form of names
+    # (`adapters.identity.canonical_name`: case, fullwidth and other compatibility spellings).
     subjects: tuple[str, ...] = ()  # globs over identity subjects
     groups: tuple[str, ...] = ()  # any overlap with the identity's groups
     actors: tuple[str, ...] = ()  # globs; matches when any actor of the chain matches
+    # Globs over the identity's issuer (an OIDC token's `iss`, exactly; a client certificate's
+    # issuing CA commonName). A static identity has no issuer and never matches a non-empty list.
+    issuers: tuple[str, ...] = ()
     action: Literal["allow", "deny"]
 
 
@@ -667,12 +673,19 @@ def _finish(config: Config, file: str) -> Config:
     identity_at: dict[str, int] = {}
     for i, ident in enumerate(config.identities):
         at = f"$.identities[{i}]"
+        canonical = canonical_name(ident.name)
         if not ident.name:
             problems.append(Problem(f"{at}.name", "expected a non-empty name"))
-        elif ident.name in identity_at:
-            problems.append(Problem(f"{at}.name", f"duplicate identity name {ident.name!r} (first at $.identities[{identity_at[ident.name]}])"))
+        elif (problem := name_problem(ident.name)) is not None:
+            problems.append(Problem(f"{at}.name", f"{ident.name!r} cannot name an identity: {problem}"))
+        elif canonical in identity_at:
+            problems.append(Problem(
+                f"{at}.name",
+                f"duplicate identity name {ident.name!r} (first at $.identities[{identity_at[canonical]}]; names are "
+                "compared without regard to case and compatibility spellings)",
+            ))
         else:
-            identity_at[ident.name] = i
+            identity_at[canonical] = i
         secret_file = _resolve(ident.secret_file, base)
         if ident.secret is not None and ident.secret_file:
             problems.append(Problem(f"{at}.secret_file", "both secret and secret_file are set (keep one)"))
@@ -725,7 +738,7 @@ def _finish(config: Config, file: str) -> Config:
             issuer_at[issuer.issuer] = i
 
     for i, access in enumerate(config.access):
-        for key in ("targets", "environments", "subjects", "groups", "actors"):
+        for key in ("targets", "environments", "subjects", "groups", "actors", "issuers"):
             if any(not value for value in getattr(access, key)):
                 problems.append(Problem(f"$.access[{i}].{key}", "expected non-empty strings (leave the key out to match anything)"))
 

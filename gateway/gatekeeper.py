@@ -56,7 +56,7 @@ from typing import Any, Protocol
 import msgspec
 import scramp
 
-from sqlward.adapters.identity import has_control
+from sqlward.adapters.identity import canonical_glob, canonical_name, name_problem
 from sqlward.adapters.base import AuthError, CertIdentityMode, Dialect, IdentitySettings, MysqlSecret, ScramSecret, Target
 from sqlward.audit.events import PolicyReloaded
 from sqlward.audit.recorder import Recorder, Sink
@@ -173,10 +173,10 @@ class Gatekeeper:
                 if not secret:
                     raise ConfigError.single(file, f"$.identities[{i}].secret_file", f"secret file {ident.secret_file} is empty")
             if not secret:
-                users[ident.name] = _StaticUser(identity)
+                users[canonical_name(ident.name)] = _StaticUser(identity)
                 continue
             salt, stored_key, server_key, iterations = mechanism.make_auth_info(secret, iteration_count=SCRAM_ITERATIONS)
-            users[ident.name] = _StaticUser(
+            users[canonical_name(ident.name)] = _StaticUser(
                 identity,
                 ScramSecret(salt=salt, iterations=iterations, stored_key=stored_key, server_key=server_key),
                 _digest(hmac_key, secret),
@@ -308,38 +308,65 @@ class Gatekeeper:
         """The configuration this was built from, with `identities[*].secret` removed."""
         return self._config
 
+    def _user(self, username: str) -> _StaticUser | None:
+        """The static identity `username` names in the canonical form of names."""
+        return self._users.get(canonical_name(username))
+
     def scram_secret(self, username: str) -> ScramSecret | None:
-        user = self._users.get(username)
-        return user.scram if user is not None else None
+        user = self._user(username)
+        if user is not None and user.scram is not None:
+            return user.scram
+        if self._verifier.issuers:
+            return None  # the client presents a token (a static identity without a secret is refused there)
+        # No token login: a name that cannot log in gets a SCRAM exchange that fails exactly as a
+        # wrong password does, with a salt that is the same on every attempt (no enumeration).
+        return self._decoy(username).scram
 
     def identity_for_scram(self, username: str) -> Identity:
-        user = self._users.get(username)
+        user = self._user(username)
         if user is None or user.scram is None:
             raise AuthError(f'password authentication failed for user "{username}"')
         return user.identity
 
     def mysql_secret(self, username: str) -> MysqlSecret | None:
-        user = self._users.get(username)
-        return user.mysql if user is not None else None
+        user = self._user(username)
+        if user is not None and user.mysql is not None:
+            return user.mysql
+        if self._verifier.issuers:
+            return None
+        return self._decoy(username).mysql
+
+    def _decoy(self, username: str) -> _StaticUser:
+        """Verifiers no password matches, derived from the name with the process key (stable per
+        name, so repeated probes see the same SCRAM salt as for a real identity)."""
+        seed = hmac.new(self._hmac_key, b"decoy\0" + canonical_name(username).encode(), hashlib.sha256).digest()
+        part = lambda label: hmac.new(seed, label, hashlib.sha256).digest()  # noqa: E731
+        return _StaticUser(
+            Identity(subject=username),
+            ScramSecret(salt=part(b"salt")[:16], iterations=SCRAM_ITERATIONS, stored_key=part(b"stored"), server_key=part(b"server")),
+            part(b"digest"),
+            MysqlSecret(native=part(b"native")[:20], sha2=part(b"sha2")),
+        )
 
     def static_identity(self, username: str) -> Identity:
-        user = self._users.get(username)
+        user = self._user(username)
         if user is None or user.scram is None:
-            raise AuthError(f"access denied for user {username!r}")
+            raise AuthError(f'password authentication failed for user "{username}"')
         return user.identity
 
     def authenticate_password(self, username: str, password: str, *, tls: bool) -> Identity:
         """Judge a static identity's secret sent in clear (PostgreSQL cleartext password, MySQL
         mysql_clear_password). OIDC tokens go through `authenticate_token`."""
-        user = self._users.get(username)
+        user = self._user(username)
         digest = _digest(self._hmac_key, password)  # computed for unknown users too (timing)
         if user is not None and user.digest and hmac.compare_digest(digest, user.digest):
             return user.identity
         raise AuthError(f'password authentication failed for user "{username}"')
 
     def is_static(self, username: str) -> bool:
-        """True when `username` names a configured static identity (with or without a secret)."""
-        return username in self._users
+        """True when `username` names a configured static identity (with or without a secret),
+        in the canonical form of names."""
+        return canonical_name(username) in self._users
 
     async def login_gate(self, client_host: str, username: str) -> None:
         """See `adapters.base.Gatekeeper.login_gate` (throttling of failed logins)."""
@@ -353,31 +380,40 @@ class Gatekeeper:
     async def authenticate_token(
         self, username: str, token: str, *, tls: bool, loopback: bool, tls_offered: bool = True,
     ) -> Identity:
-        if username in self._users:
-            raise AuthError(
-                f'user "{username}" is a static identity and logs in with its secret, not with a token'
-            )
+        failed = f'password authentication failed for user "{username}"'
         if not (tls or loopback):
+            if tls_offered:
+                raise AuthError(
+                    "tokens are accepted only over TLS: connect with TLS (sslmode=require; for MySQL clients --ssl)"
+                )
             raise AuthError(
-                "tokens are accepted only over TLS: connect with TLS (sslmode=require; for MySQL clients --ssl)"
+                "tokens are accepted only over TLS, and this listener has no TLS: "
+                "connect to a listener with TLS to log in with a token"
             )
         if not self._verifier.issuers:
-            raise AuthError(
-                f'password authentication failed for user "{username}": not a static identity, '
-                "and token login is not configured (no [[oidc]] issuer)"
-            )
+            # The same refusal as a wrong secret: a client cannot tell static names apart.
+            raise AuthError(failed)
+        if name_problem(username) is not None:
+            raise AuthError(failed)
         try:
             verified = await self._verifier.verify(token)
         except TokenError as exc:
             raise AuthError(f"token refused: {exc}") from None
-        names = (verified.subject, *verified.actor[:1])
-        if username.casefold() not in (n.casefold() for n in names):
+        names = (verified.subject, *verified.actor)
+        for n in names:
+            problem = name_problem(n)
+            if problem is not None:
+                raise AuthError(f"token refused: its subject or an actor cannot name an identity ({problem})")
+        wanted = canonical_name(username)
+        if wanted not in (canonical_name(n) for n in names[: 2 if verified.actor else 1]):
             via = f" (or its actor {verified.actor[0]})" if verified.actor else ""
             raise AuthError(
                 f'token refused: it is for "{verified.subject}"{via}, but the connection\'s user name is "{username}"'
             )
-        if any(has_control(n) for n in names):
-            raise AuthError("token refused: its subject or actor holds control characters")
+        if any(canonical_name(n) in self._users for n in names):
+            # A static identity logs in only with its secret (or its certificate), whatever
+            # spelling a token gives its name, as subject or as actor.
+            raise AuthError("token refused: its subject or an actor is a name reserved for a static identity")
         name = verified.claims.get("name")
         return Identity(
             subject=verified.subject,
@@ -409,10 +445,10 @@ class Gatekeeper:
             subject = uris[0]
         else:
             raise ValueError(f"unknown cert_identity mode {mode!r}")
-        if not subject or has_control(subject):  # a name with control characters names no one
+        if not subject or name_problem(subject) is not None:  # invisible or control characters name no one
             return None
         issuer_cns = [v for k, v in _rdns(cert.get("issuer", ())) if k == "commonName"]
-        static = self._users.get(subject)
+        static = self._user(subject)
         return Identity(
             subject=subject,
             display_name=static.identity.display_name if static else "",
@@ -425,7 +461,9 @@ class Gatekeeper:
     def access_refusal(self, identity: Identity, target: TargetInfo) -> str | None:
         if not self._access:
             return None
-        who = identity.subject + (f" (via {' via '.join(identity.actor)})" if identity.actor else "")
+        who = identity.subject
+        if identity.actor:
+            who += f" (via {' via '.join(identity.actor)})"
         for n, rule in enumerate(self._access, start=1):
             if _access_matches(rule, identity, target):
                 if rule.action == "allow":
@@ -664,15 +702,23 @@ def _build_masking(config: Config, bundle: PolicyBundle) -> MaskingPolicy:
 
 
 def _access_matches(rule: AccessRule, identity: Identity, target: TargetInfo) -> bool:
+    """Subjects and actors are matched in the canonical form of names (the globs too); issuers
+    exactly (an issuer is a URL or a CA name, not a person's name)."""
     if rule.targets and not any(fnmatch.fnmatchcase(target.name, g) for g in rule.targets):
         return False
     if rule.environments and target.environment not in rule.environments:
         return False
-    if rule.subjects and not any(fnmatch.fnmatchcase(identity.subject, g) for g in rule.subjects):
-        return False
+    if rule.subjects:
+        subject = canonical_name(identity.subject)
+        if not any(fnmatch.fnmatchcase(subject, canonical_glob(g)) for g in rule.subjects):
+            return False
     if rule.groups and not set(rule.groups) & set(identity.groups):
         return False
-    if rule.actors and not any(fnmatch.fnmatchcase(a, g) for a in identity.actor for g in rule.actors):
+    if rule.actors:
+        actors = [canonical_name(a) for a in identity.actor]
+        if not any(fnmatch.fnmatchcase(a, canonical_glob(g)) for a in actors for g in rule.actors):
+            return False
+    if rule.issuers and not (identity.issuer and any(fnmatch.fnmatchcase(identity.issuer, g) for g in rule.issuers)):
         return False
     return True
 

@@ -199,8 +199,13 @@ def test_scram_verifier_from_secret_file(gk: Gatekeeper) -> None:
 
 
 def test_scram_secret_unknown_or_passwordless(gk: Gatekeeper) -> None:
-    assert gk.scram_secret("mallory") is None
-    assert gk.scram_secret("nopass") is None
+    # Without [[oidc]] nothing but a secret logs in: an unknown or passwordless name gets a decoy
+    # verifier (stable per name) that no password matches, so it fails like a wrong password.
+    for name in ("mallory", "nopass"):
+        decoy = gk.scram_secret(name)
+        assert decoy is not None and decoy == gk.scram_secret(name) != gk.scram_secret("alice")
+        with pytest.raises(AuthError, match=f'password authentication failed for user "{name}"'):
+            gk.identity_for_scram(name)
 
 
 def test_verifiers_are_salted_per_identity(config: Config) -> None:
@@ -538,7 +543,7 @@ def test_token_over_plain_tcp_refused_unless_loopback_allowed(token_gk: Gatekeep
 def test_static_identity_name_with_a_token_refused(token_gk: Gatekeeper, idp: TestIssuer) -> None:
     for name in ("alice", "nopass"):
         token = idp.mint(email=name)
-        token_refused(token_gk, name, token, f'user "{name}" is a static identity', "logs in with its secret")
+        token_refused(token_gk, name, token, "token refused", "reserved for a static identity")
     # ...and the token is not a password either.
     with pytest.raises(AuthError):
         token_gk.authenticate_password("alice", idp.mint(email="alice"), tls=True)
@@ -560,7 +565,9 @@ def test_bad_tokens_refused(token_gk: Gatekeeper, idp: TestIssuer, mint: Callabl
 
 
 def test_tokens_without_issuers(gk: Gatekeeper, idp: TestIssuer) -> None:
-    token_refused(gk, "carol", idp.mint(), "token login is not configured")
+    # The refusal of a wrong secret: a client cannot tell static names apart (issue 12).
+    assert token_refused(gk, "carol", idp.mint()) == 'password authentication failed for user "carol"'
+
 
 
 def test_expiry_follows_the_gatekeeper_clock(tmp_path: Path, idp: TestIssuer) -> None:

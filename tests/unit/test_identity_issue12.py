@@ -1,0 +1,249 @@
+"""Issue 12, identity and tokens: one canonical form of a name, the issuer as part of an OIDC
+identity, token expiry with the login leeway, JWKS refetch and locking, `typ`, refusals that do
+not tell static identities apart, and the advice a refusal gives. Tokens come from a real test
+issuer whose JWKS is served over local HTTPS (tests/support/oidc.py)."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from sqlward.adapters.base import AuthError
+from sqlward.adapters.identity import canonical_name, name_problem
+from sqlward.audit.events import Who
+from sqlward.gateway.config import AccessRule, Config, ConfigError, load_config
+from sqlward.gateway.gatekeeper import Gatekeeper
+from sqlward.policy.model import Identity, TargetInfo
+from tests.support.auditsink import ListSink
+from tests.support.oidc import TestIssuer, actor_chain
+from tests.unit.test_gatekeeper import CONFIG, ENV, StandInEngine
+
+PROD = TargetInfo(name="app-prod", protocol="postgres", environment="production")
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> TestIssuer:
+    issuer = TestIssuer(tmp_path_factory.mktemp("i12-idp"))
+    with issuer:
+        yield issuer
+
+
+@pytest.fixture(scope="module")
+def other_idp(tmp_path_factory: pytest.TempPathFactory) -> TestIssuer:
+    issuer = TestIssuer(tmp_path_factory.mktemp("i12-other"), issuer="https://other.test", name="other")
+    with issuer:
+        yield issuer
+
+
+def write_config(tmp_path: Path, extra: str = "", base: str = CONFIG) -> Path:
+    (tmp_path / "ca.pem").write_text("ca")
+    (tmp_path / "target.pw").write_text("FileS3cret\n")
+    (tmp_path / "bot.secret").write_text("BotS3cret\n")
+    path = tmp_path / "sqlward.toml"
+    path.write_text(textwrap.dedent(base) + "\n" + textwrap.dedent(extra))
+    return path
+
+
+def make_gk(tmp_path: Path, extra: str = "", *, sink: ListSink | None = None, **kw: Any) -> Gatekeeper:
+    config = load_config(str(write_config(tmp_path, extra)), env=ENV)
+    return Gatekeeper.from_config(config, audit_sink=sink or ListSink(), engine=StandInEngine(), **kw)
+
+
+@pytest.fixture
+def gk(tmp_path: Path, idp: TestIssuer) -> Gatekeeper:
+    gatekeeper = make_gk(tmp_path, idp.oidc_toml())
+    yield gatekeeper
+    gatekeeper.close()
+
+
+def authenticate(gk: Gatekeeper, username: str, token: str, **kw: bool) -> Identity:
+    kw.setdefault("tls", True)
+    kw.setdefault("loopback", False)
+    return trio.run(lambda: gk.authenticate_token(username, token, **kw))
+
+
+def refused(gk: Gatekeeper, username: str, token: str, *fragments: str, **kw: bool) -> str:
+    with pytest.raises(AuthError) as info:
+        authenticate(gk, username, token, **kw)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# A. One canonical form of a name
+
+
+SPELLINGS_OF_ALICE = [
+    "ALICE",  # another case
+    "Alice",
+    "ａｌｉｃｅ",  # fullwidth letters (NFKC: alice)
+    "ＡＬＩＣＥ",
+    "alice ",  # trailing space
+    " alice",
+    "alice\u00a0",  # no-break space
+    "al\u200bice",  # zero-width space
+    "alice\u200d",  # zero-width joiner
+    "\u202ealice",  # right-to-left override
+    "\uff41lice",  # one fullwidth letter
+]
+
+
+def test_canonical_form() -> None:
+    for name in SPELLINGS_OF_ALICE:
+        assert canonical_name(name) == "alice", repr(name)
+    assert canonical_name("Bob@Example.COM") == "bob@example.com"
+    assert canonical_name("straße") == canonical_name("STRASSE")
+    assert canonical_name("\u212a") == "k"  # Kelvin sign
+    assert name_problem("alice") is None and name_problem("Bob@Example.com") is None
+    assert name_problem("spiffe://example.org/ns/pay/sa/api") is None
+    for bad in ("al\u200bice", "alice ", " alice", "alice\u00a0", "\u202ealice", "a\x00b", "a\u2028b", "", "\u3164", "a\ufe0fb"):
+        assert name_problem(bad), repr(bad)
+
+
+@pytest.mark.parametrize("spelling", [s for s in SPELLINGS_OF_ALICE if s != "alice"])
+def test_token_can_never_log_in_under_a_static_name_in_any_spelling(gk: Gatekeeper, idp: TestIssuer, spelling: str) -> None:
+    """A token whose sub is a static identity's name in another spelling, presented under that
+    spelling, is refused (the user name alone already names the static identity)."""
+    token = idp.mint(sub=spelling)
+    with pytest.raises(AuthError):
+        authenticate(gk, spelling, token)
+
+
+@pytest.mark.parametrize("spelling", ["ALICE", "ａｌｉｃｅ", "alice ", "al\u200bice", "Nopass"])
+def test_token_subject_naming_a_static_identity_is_refused_under_any_user_name(gk: Gatekeeper, idp: TestIssuer, spelling: str) -> None:
+    """Even when the connection's user name is the token's actor (not a static name), a subject
+    that canonically is a static identity is refused: the token would act as that identity."""
+    token = idp.mint(sub=spelling, act=actor_chain("agent-9"))
+    refused(gk, "agent-9", token, "token refused")
+
+
+@pytest.mark.parametrize("spelling", ["Alice", "ＢＯＴ", "bot\u200b"])
+def test_token_actor_naming_a_static_identity_is_refused(gk: Gatekeeper, idp: TestIssuer, spelling: str) -> None:
+    token = idp.mint(sub="carol@example.com", act=actor_chain(spelling))
+    refused(gk, "carol@example.com", token, "token refused")
+
+
+@pytest.mark.parametrize("bad", ["carol@example.com\u200b", "carol@example.com ", "\u202ecarol@example.com"])
+def test_token_subjects_with_invisible_characters_or_outer_spaces_are_refused(gk: Gatekeeper, idp: TestIssuer, bad: str) -> None:
+    refused(gk, bad, idp.mint(sub=bad))  # the user name itself names no one
+    refused(gk, "carol@example.com", idp.mint(sub=bad), "token refused", "cannot name an identity")
+
+
+def test_subject_and_user_name_compare_in_the_canonical_form(gk: Gatekeeper, idp: TestIssuer) -> None:
+    token = idp.mint(sub="carol@example.com")
+    assert authenticate(gk, "CAROL@example.com", token).subject == "carol@example.com"
+    assert authenticate(gk, "ｃａｒｏｌ@example.com", token).subject == "carol@example.com"
+    refused(gk, "carol@example.co", token, "token refused")
+
+
+def test_static_lookup_uses_the_canonical_form(tmp_path: Path) -> None:
+    gk = make_gk(tmp_path)
+    for spelling in ("alice", "ALICE", "ａｌｉｃｅ", "al\u200bice"):
+        assert gk.scram_secret(spelling) is gk.scram_secret("alice") is not None
+        assert gk.authenticate_password(spelling, "AliceS3cret", tls=True).subject == "alice"
+        assert gk.is_static(spelling)
+    assert gk.identity_for_scram("Alice").subject == "alice"
+
+
+def test_certificate_names_use_the_canonical_form(tmp_path: Path) -> None:
+    gk = make_gk(tmp_path)
+    cert = {"subject": ((("commonName", "ALICE"),),), "issuer": ((("commonName", "CA"),),)}
+    identity = gk.identity_for_certificate(cert, "subject-cn")
+    assert identity is not None and identity.groups == ("dba", "ops")
+    bad = {"subject": ((("commonName", "al\u200bice"),),), "issuer": ((("commonName", "CA"),),)}
+    assert gk.identity_for_certificate(bad, "subject-cn") is None
+
+
+def test_two_static_identities_with_one_canonical_name_are_a_config_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[[identities]]\nname = "ALICE"\nsecret = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), env=ENV)
+    assert "duplicate identity name" in str(info.value) and "$.identities[3].name" in str(info.value)
+
+
+def test_static_identity_with_an_invisible_character_is_a_config_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[[identities]]\nname = "carol\\u200b"\nsecret = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), env=ENV)
+    assert "$.identities[3].name" in str(info.value) and "U+200B" in str(info.value)
+
+
+# -- the issuer is part of an OIDC identity --------------------------------------------------
+
+
+def test_who_carries_the_issuer_and_old_records_decode() -> None:
+    who = Who(subject="carol", verified_by="oidc", issuer="https://idp.test")
+    assert msgspec.json.decode(msgspec.json.encode(who), type=Who).issuer == "https://idp.test"
+    old = msgspec.json.decode(b'{"subject":"carol","verified_by":"oidc"}', type=Who)
+    assert old.issuer == ""
+    assert b"issuer" not in msgspec.json.encode(Who(subject="bob"))  # omitted when empty
+
+
+def access_gk(tmp_path: Path, idp: TestIssuer, other: TestIssuer, rules: str) -> Gatekeeper:
+    return make_gk(tmp_path, idp.oidc_toml() + other.oidc_toml() + rules)
+
+
+def test_access_can_pin_a_subject_to_its_issuer(tmp_path: Path, idp: TestIssuer, other_idp: TestIssuer) -> None:
+    """Another trusted issuer minting the same subject gets an identity with its own issuer, and
+    an [[access]] rule with `issuers` tells them apart."""
+    gk = access_gk(tmp_path, idp, other_idp, """
+        [[access]]
+        subjects = ["carol@example.com"]
+        issuers = ["https://idp.test"]
+        action = "allow"
+    """)
+    mine = authenticate(gk, "carol@example.com", idp.mint(sub="carol@example.com"))
+    theirs = authenticate(gk, "carol@example.com", other_idp.mint(sub="carol@example.com"))
+    assert mine.issuer == "https://idp.test" and theirs.issuer == "https://other.test"
+    assert gk.access_refusal(mine, PROD) is None
+    assert "no [[access]] rule allows it" in (gk.access_refusal(theirs, PROD) or "")
+
+
+def test_access_issuers_are_globs(tmp_path: Path, idp: TestIssuer, other_idp: TestIssuer) -> None:
+    gk = access_gk(tmp_path, idp, other_idp, """
+        [[access]]
+        issuers = ["https://other.*"]
+        action = "deny"
+
+        [[access]]
+        targets = ["*"]
+        action = "allow"
+    """)
+    theirs = authenticate(gk, "carol@example.com", other_idp.mint(sub="carol@example.com"))
+    mine = authenticate(gk, "carol@example.com", idp.mint(sub="carol@example.com"))
+    assert "rule 1 of [[access]]" in (gk.access_refusal(theirs, PROD) or "")
+    assert gk.access_refusal(mine, PROD) is None
+    static = gk.identity_for_scram("alice")
+    assert gk.access_refusal(static, PROD) is None  # no issuer: "https://other.*" does not match
+
+
+def test_access_subjects_and_actors_compare_in_the_canonical_form(tmp_path: Path, idp: TestIssuer, other_idp: TestIssuer) -> None:
+    gk = access_gk(tmp_path, idp, other_idp, """
+        [[access]]
+        actors = ["Agent-*"]
+        action = "deny"
+
+        [[access]]
+        subjects = ["*@Example.com"]
+        action = "allow"
+    """)
+    carol = authenticate(gk, "carol@example.com", idp.mint(sub="Carol@EXAMPLE.com"))
+    assert gk.access_refusal(carol, PROD) is None
+    agent = authenticate(gk, "carol@example.com", idp.mint(sub="carol@example.com", act=actor_chain("AGENT-7")))
+    assert "rule 1 of [[access]]" in (gk.access_refusal(agent, PROD) or "")
+
+
+def test_access_issuers_key_is_checked(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[[access]]\nissuers = [""]\naction = "allow"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), env=ENV)
+    assert "$.access[0].issuers" in str(info.value)
+    assert AccessRule(issuers=("https://idp.test",), action="allow").issuers == ("https://idp.test",)
