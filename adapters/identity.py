@@ -128,8 +128,10 @@ def sql_comment(identity: Identity) -> str:
     return "/*" + ",".join(parts) + "*/ "
 
 
-def expired(identity: Identity, now: float | None = None) -> bool:
-    return identity.expires_at is not None and (time.time() if now is None else now) >= identity.expires_at
+def expired(identity: Identity, now: float | None = None, leeway: float = 0.0) -> bool:
+    """Whether the identity's token has expired, granting `leeway` seconds of clock skew as its
+    login did (the issuer's `leeway_seconds`)."""
+    return identity.expires_at is not None and (time.time() if now is None else now) >= identity.expires_at + leeway
 
 
 def is_loopback(host: str) -> bool:

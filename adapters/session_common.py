@@ -120,13 +120,17 @@ class GovernedSession:
 
     def _closes_at_expiry(self) -> float | None:
         """When the session must be closed because its token expires (`on_token_expiry =
-        "close"`), as a trio clock deadline; None otherwise."""
+        "close"`), as a trio clock deadline; None otherwise. The token's issuer's login leeway
+        counts (`token_leeway`, as in the pipeline's check): a token accepted inside the leeway
+        is not cut off at once."""
         identity = self.ctx.identity
         if identity is None or identity.expires_at is None:
             return None
         if self.gk.identity_settings().on_token_expiry != "close":
             return None
-        return trio.current_time() + max(0.0, identity.expires_at - time.time())
+        leeway_of = getattr(self.gk, "token_leeway", None)  # not (yet) in adapters.base.Gatekeeper
+        leeway = float(leeway_of(identity)) if leeway_of is not None else 0.0
+        return trio.current_time() + max(0.0, identity.expires_at + leeway - time.time())
 
     def _certificate_identity(self) -> Identity | None:
         """The identity named by a verified client certificate (mutual TLS), if any."""

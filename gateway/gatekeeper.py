@@ -139,6 +139,7 @@ class Gatekeeper:
         self._policy_state: tuple[tuple[str, int, int], ...] = files_state(config) if config.gateway.policy_files else ()
         self._clock = time.time
         self._identity_settings: IdentitySettings = config.identity.settings()
+        self._leeways: dict[str, int] = {i.issuer: i.leeway_seconds for i in config.oidc}
 
     # -- construction -------------------------------------------------------------------------
 
@@ -425,6 +426,15 @@ class Gatekeeper:
             is_agent=bool(verified.actor),
             expires_at=verified.expires_at,
         )
+
+    def token_leeway(self, identity: Identity) -> float:
+        """Seconds of clock skew a token of this identity's issuer was granted at login (its
+        `[[oidc]] leeway_seconds`); 0 for identities without a configured issuer. The session's
+        expiry (the pipeline's check, the close deadline) uses the same figure, so a token that
+        was good enough to log in is good enough for its first statement."""
+        if identity.verified_by != "oidc" or not identity.issuer:
+            return 0.0
+        return float(self._leeways.get(identity.issuer, 0))
 
     def identity_for_certificate(self, cert: Mapping[str, Any], mode: CertIdentityMode) -> Identity | None:
         """The identity a verified client certificate (`ssl.SSLSocket.getpeercert()`, a dict)

@@ -96,14 +96,17 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def token_expiry(identity: Identity, *, close: bool, now: float | None = None) -> Decision | None:
-    """`token-expired` once the session's token has expired (None while it is valid)."""
-    if identity.expires_at is None or not ident.expired(identity, now):
+def token_expiry(identity: Identity, *, close: bool, now: float | None = None, leeway: float = 0.0) -> Decision | None:
+    """`token-expired` once the session's token has expired (None while it is valid). `leeway`:
+    the clock skew its login granted (`Gatekeeper.token_leeway`), so a token inside the leeway
+    at login is not refused at its first statement."""
+    if identity.expires_at is None or not ident.expired(identity, now, leeway):
         return None
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(identity.expires_at))
+    grace = f" (and its {leeway:.0f} s of clock-skew leeway are over)" if leeway else ""
     return Decision(
         action="deny", rule_id=rule_ids.TOKEN_EXPIRED,
-        message=f"the token of {identity.subject} expired at {when}; reconnect with a fresh token"
+        message=f"the token of {identity.subject} expired at {when}{grace}; reconnect with a fresh token"
         + ("; sqlward closes the session" if close else ""),
     )
 
@@ -250,7 +253,7 @@ class Pipeline:
                 ctx.set_identity(identity)
         if identity.expires_at is not None:
             close = gk.identity_settings().on_token_expiry == "close"
-            expiry = token_expiry(identity, close=close)
+            expiry = token_expiry(identity, close=close, leeway=gk.token_leeway(identity))
             if expiry is not None:
                 if close:  # the session ends: nothing is recorded as decided
                     return Verdict(request_id=rid, decision=expiry, close_session=True, masked=masked)

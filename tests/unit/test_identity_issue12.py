@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import trio.testing
 
 from sqlward.adapters.base import AuthError
 from sqlward.adapters.identity import canonical_name, name_problem
@@ -52,7 +53,10 @@ def write_config(tmp_path: Path, extra: str = "", base: str = CONFIG) -> Path:
 
 def make_gk(tmp_path: Path, extra: str = "", *, sink: ListSink | None = None, **kw: Any) -> Gatekeeper:
     config = load_config(str(write_config(tmp_path, extra)), env=ENV)
-    return Gatekeeper.from_config(config, audit_sink=sink or ListSink(), engine=StandInEngine(), **kw)
+    kw.setdefault("engine", StandInEngine())
+    if kw["engine"] == "real":
+        del kw["engine"]  # the policy engine the config describes
+    return Gatekeeper.from_config(config, audit_sink=sink or ListSink(), **kw)
 
 
 @pytest.fixture
@@ -247,3 +251,56 @@ def test_access_issuers_key_is_checked(tmp_path: Path) -> None:
         load_config(str(path), env=ENV)
     assert "$.access[0].issuers" in str(info.value)
     assert AccessRule(issuers=("https://idp.test",), action="allow").issuers == ("https://idp.test",)
+
+
+# ---------------------------------------------------------------------------------------------
+# B. Session expiry uses the login leeway
+
+
+def _live(gk: Gatekeeper, identity: Identity):
+    from sqlward.adapters.base import SessionContext, SessionServices, ListenerSettings
+    from sqlward.adapters.session_common import GovernedSession
+    from sqlward.gateway.pipeline import Pipeline
+
+    pipeline = Pipeline(gk)
+    services = SessionServices(gatekeeper=gk, pipeline=pipeline, recorder=gk.recorder)
+    client_a, _client_b = trio.testing.memory_stream_pair()
+    session = GovernedSession(services, ListenerSettings(name="pg", host="127.0.0.1", port=0), client_a, "127.0.0.1:1", "c1")
+    session._update_identity(identity)
+    session.target = gk.resolve_target("app", "postgres")
+    return session, pipeline
+
+
+def test_token_inside_the_leeway_logs_in_and_its_statements_run(tmp_path: Path, idp: TestIssuer) -> None:
+    import trio.testing  # noqa: F401
+    from sqlward.adapters.base import StatementRequest
+
+    gk = make_gk(tmp_path, idp.oidc_toml(source="file", leeway_seconds=60) + '[identity]\non_token_expiry = "close"\n', engine="real")
+    token = idp.mint(sub="carol@example.com", ttl=-20)  # expired 20 s ago: inside the 60 s leeway
+    identity = authenticate(gk, "carol@example.com", token)
+
+    async def main() -> None:
+        session, pipeline = _live(gk, identity)
+        verdict = await pipeline.judge(session.ctx, StatementRequest("SELECT 1", "postgres"))
+        assert verdict.decision.action == "allow", verdict.decision
+        assert not verdict.close_session
+        # The session closes when the leeway ends (exp + 60 s, about 40 s from now), not at once.
+        deadline = session._closes_at_expiry()
+        assert deadline is not None and 35 < deadline - trio.current_time() <= 41
+
+    trio.run(main)
+
+
+def test_session_expiry_after_the_leeway_is_refused(tmp_path: Path, idp: TestIssuer) -> None:
+    from sqlward.gateway.pipeline import token_expiry
+
+    gk = make_gk(tmp_path, idp.oidc_toml(source="file", leeway_seconds=30))
+    identity = authenticate(gk, "carol@example.com", idp.mint(sub="carol@example.com", ttl=-5))
+    exp = identity.expires_at
+    leeway = gk.token_leeway(identity)
+    assert leeway == 30
+    assert token_expiry(identity, close=False, now=exp + 29, leeway=leeway) is None
+    refusal = token_expiry(identity, close=False, now=exp + 30, leeway=leeway)
+    assert refusal is not None and refusal.rule_id == "token-expired"
+    # A static or certificate identity, or an issuer not configured: no leeway.
+    assert gk.token_leeway(Identity(subject="x", verified_by="oidc", issuer="https://nobody.test", expires_at=exp)) == 0
