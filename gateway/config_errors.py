@@ -5,8 +5,11 @@ How it works: a check appends `Problem(path, message)`s to a list (`path` is a `
 file, "" for the file as a whole) and raises one `ConfigError(file, problems)` naming them all,
 printed one per line as ``FILE: $.path: message``. `reword` turns a `msgspec.ValidationError`
 ("Expected `str`, got `int` - at `$.targets[0].port`") into such a Problem below a prefix, and
-lists the fields of the Struct when a field is unknown; `key_path` writes a table key into a
-path (``$.environments.prod``, ``$.guardrails["a b"]``).
+lists the fields of the Struct when a field is unknown and the values of the Literal type when a
+value is not one of them ("Invalid enum value 'dney' (expected one of: deny, allow, review)"),
+close matches first (`policy.vocabulary.one_of`): actions, default_action, guardrail action and
+on_unknown, mask function / classifiers / truncate, and the Literal keys of gateway.config.
+`key_path` writes a table key into a path (``$.environments.prod``, ``$.guardrails["a b"]``).
 
 Shared by `gateway.config` (the main file) and `gateway.policy_files` (the files it names), and
 imports neither of them, so the two import one way: config -> policy_files -> config_errors.

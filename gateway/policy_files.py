@@ -10,7 +10,9 @@ How it works:
   / ``.yml``) and may hold only `rules`, `masks`, `environments` and `guardrails`, with the same strict
   schemas as the main config (`convert_policy_tables` converts the `environments` and
   `guardrails` tables of both). Errors are `gateway.config_errors.ConfigError`s naming the policy
-  file and the `$.path`. No ``${VAR}`` expansion happens in policy files.
+  file and the `$.path`. No ``${VAR}`` expansion happens in policy files. A guardrail table's id
+  is checked first (an unknown id is the one error of its table, listing the catalogue), and an
+  unknown key in it lists the keys that guardrail takes (`policy.vocabulary.guardrail_keys`).
 - `load_policy(config)` merges: the main config's rules first, then each file's in order;
   environments and guardrails of later files replace earlier ones key by key. A rule id used
   twice (in the config or any file) is an error. The result is a `PolicyBundle`.

@@ -17,6 +17,10 @@ How it works:
 - `IdentityMasks.table_masked(table, catalogue)`: whether any column of the table is masked.
   A table missing from the catalogue counts as masked when any rule could name one of its
   columns (a glob on its table part or a column-only pattern): fail closed.
+- `rule_problems(rule)`: what decoding cannot check (the function, classifiers and date part are
+  Literal types, checked by msgspec): a rule names columns or classifiers, column globs have at
+  most three non-empty parts, and keep_first / keep_last / truncate are given only to the
+  function that reads them (`masking.functions.FUNCTION_ARGUMENTS`).
 - `IdentityMasks.wire_specs(catalogue)`: the masked columns by their wire origin, for the
   adapters' cross-check: PostgreSQL `(table OID, attribute number)`, MySQL
   `("schema.table", "column")`. Cached per catalogue version.

@@ -2,6 +2,12 @@
 
 A `Rule` matches a request when every criterion it sets matches (an empty criterion matches
 everything); rules are tried in order and the first match decides. See `policy.engine`.
+
+`rule_problems` checks what decoding cannot, so that no rule silently never matches because of a
+spelling: each operation must be one the analysis emits (`policy.vocabulary.operations()`, at
+`operations[i]`), each day one of `DAYS`, the time zone an IANA name, table and column globs
+without an empty name part (`public..users`), plus non-empty strings, hours, the reason pattern
+and approvers. Messages list the valid values, close matches first (`vocabulary.one_of`).
 """
 
 from __future__ import annotations
