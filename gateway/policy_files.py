@@ -184,6 +184,9 @@ def convert_policy_tables(
         problems.append(Problem("$.environments", f"Expected a table of environment names, got `{_toml_type(envs_raw)}`"))
     else:
         for name, table in envs_raw.items():
+            if not isinstance(name, str):
+                problems.append(_not_a_string_key("$.environments", name, "environment name"))
+                continue
             prefix = key_path("$.environments", name)
             try:
                 environments[name] = msgspec.convert(table, type=EnvironmentPolicy)
@@ -194,6 +197,9 @@ def convert_policy_tables(
         problems.append(Problem("$.guardrails", f"Expected a table of guardrail ids, got `{_toml_type(guards_raw)}`"))
     else:
         for gid, table in guards_raw.items():
+            if not isinstance(gid, str):
+                problems.append(_not_a_string_key("$.guardrails", gid, "guardrail id"))
+                continue
             prefix = key_path("$.guardrails", gid)
             if gid not in guardrail_ids():  # the id first: its options mean nothing without it
                 problems.append(Problem(prefix, f"unknown guardrail ({one_of(gid, guardrail_ids())})"))
@@ -213,6 +219,16 @@ def convert_policy_tables(
             if not bad:
                 guardrails[gid] = guardrail
     return environments, guardrails
+
+
+def _not_a_string_key(path: str, key: Any, what: str) -> Problem:
+    """A YAML key that is not a string (`on`, `no`, `1` unquoted), at `path[json of the key]`."""
+    import json
+
+    return Problem(
+        f"{path}[{json.dumps(key, default=str)}]",
+        f"expected the {what} as a string, got `{_toml_type(key)}`; quote it (YAML reads on, off, yes, no and numbers unquoted as other types)",
+    )
 
 
 def _field_path(prefix: str, field: str) -> str:

@@ -344,3 +344,10 @@ def test_mask_and_guardrail_globs_with_an_empty_name_part(tmp_path: Path) -> Non
     assert "empty" in _line(err, "$.masks[0].columns[1]")
     err = _error(tmp_path, '[guardrails.select-without-limit]\ntables = ["users", "shop."]\n')
     assert "empty" in _line(err, "$.guardrails.select-without-limit.tables[1]")
+
+
+def test_yaml_keys_that_are_not_strings(tmp_path: Path) -> None:
+    # YAML reads unquoted on / off / yes / no as booleans and 1 as a number: never a crash.
+    err = _policy_error(tmp_path, "p.yaml", "environments:\n  on: {default_action: deny}\nguardrails:\n  1: {}\n")
+    assert "quote" in _line(err, "$.environments[true]")
+    assert "quote" in _line(err, "$.guardrails[1]")
