@@ -39,10 +39,13 @@ The mapping, in full (the unit tests hold the byte table):
   error                                     severity  SQLSTATE   connection.closed reason
   ========================================  ========  =========  =======================================
   a refusal `Decision`                      ERROR     42501      (the session goes on)
+  its record cannot be written (rule        ERROR     58030      (the session goes on; message
+  audit-unavailable, or `AuditUnavailable`                        "audit unavailable: statement not
+  from a durable judge: `audit_refusal()`)                          run")
   `MessageTooLarge`                         FATAL     54000      protocol violation: <message>
   `ProtocolViolation`                       FATAL     08P01      protocol violation: <message>
   `TokenExpired`                            FATAL     28000      token expired
-  `AuditUnavailable`                        FATAL     58000      audit unavailable
+  `AuditUnavailable` (any other flush)      FATAL     58000      audit unavailable
   `UpstreamLost`                            FATAL     08006      upstream connection lost (if no other)
   `Refused`                                 FATAL     its own    its own ("" : none)
   `ssl.SSLError`                            (none)               TLS error: <message>
@@ -63,6 +66,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from sqlward.audit.recorder import AuditUnavailable
+from sqlward.policy import rule_ids
 from sqlward.policy.model import Decision
 
 __all__ = [
@@ -79,10 +83,12 @@ CHARACTER_NOT_IN_REPERTOIRE: Final = "22021"  # a NUL inside a side query's text
 INVALID_AUTHORIZATION_SPECIFICATION: Final = "28000"  # no user, TLS required, token expired
 INVALID_PASSWORD: Final = "28P01"
 INVALID_CATALOG_NAME: Final = "3D000"  # the database name is no target of this gateway
+SYNTAX_ERROR: Final = "42601"  # startup options the server itself would refuse (malformed)
 INSUFFICIENT_PRIVILEGE: Final = "42501"  # a statement refused by policy; access; replication
 PROGRAM_LIMIT_EXCEEDED: Final = "54000"  # a message over the listener's max_message_size
 QUERY_CANCELED: Final = "57014"  # a side query timed out
-SYSTEM_ERROR: Final = "58000"  # the audit trail cannot be written
+SYSTEM_ERROR: Final = "58000"  # the audit trail cannot be written: the session is closed
+IO_ERROR: Final = "58030"  # the audit record of one request cannot be written: the request is refused
 INTERNAL_ERROR: Final = "XX000"  # a bug in the gateway (the client never sees the traceback)
 
 ERROR: Final = "ERROR"
@@ -192,9 +198,21 @@ def hidden_notice(sqlstate: str, severity: str) -> bytes:
 # -- the one mapping ---------------------------------------------------------------------------
 
 _AUDIT_LOST = "the audit trail cannot be written; sqlward closed the session"
+_AUDIT_REFUSED = "audit unavailable: statement not run"
 _TOKEN_EXPIRED = "the session's token expired; sqlward closed the session"
 _UPSTREAM_LOST = "the upstream database connection was lost; sqlward closed the session"
 _INTERNAL = "internal gateway error; the session was closed"
+
+
+_AUDIT_REFUSAL = error_response(
+    IO_ERROR, _AUDIT_REFUSED,
+    hint="the gateway's audit trail cannot be written; nothing is run until it can be written again",
+)
+
+
+def audit_refusal() -> bytes:
+    """The ERROR answering a request whose audit record cannot be written (58030)."""
+    return _AUDIT_REFUSAL
 
 
 def _fatal(sqlstate: str, message: str, state: WireState, *, detail: str = "") -> bytes:
@@ -208,6 +226,12 @@ def reply(error: BaseException | Decision, state: WireState) -> Reply:
     client's stream in `state` (see the table in the module doc)."""
     from sqlward.adapters.session_common import SessionEnd, TokenExpired, refusal_message
 
+    if isinstance(error, Decision) and error.rule_id == rule_ids.AUDIT_UNAVAILABLE:
+        # Fail closed, per request: the statement was not run because its record cannot be
+        # written; the session goes on (the next request may be recorded again).
+        if state == "startup":
+            return Reply(_fatal(SYSTEM_ERROR, _AUDIT_LOST, state), True, "audit unavailable")
+        return Reply(_AUDIT_REFUSAL, False, "", False)
     if isinstance(error, Decision):
         # A statement refused by the gateway: an ERROR answering that request, which the relay
         # puts in place of the upstream's own answer (a message boundary, so the protocol stays in

@@ -92,6 +92,7 @@ _WATCH = bytearray(256)
 for _t in (
     Backend.COMMAND_COMPLETE, Backend.ERROR_RESPONSE, Backend.EMPTY_QUERY_RESPONSE,
     Backend.PORTAL_SUSPENDED, Backend.READY_FOR_QUERY, Backend.PARAMETER_STATUS,
+    Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE,
 ):
     _WATCH[_t] = 1
 _STREAMED = (Backend.DATA_ROW, Backend.COPY_DATA)  # may be huge: never buffered whole
@@ -120,6 +121,7 @@ _B_PARAMETER_STATUS, _B_EMPTY_QUERY, _B_SUSPENDED = (
     int(Backend.PARAMETER_STATUS), int(Backend.EMPTY_QUERY_RESPONSE), int(Backend.PORTAL_SUSPENDED),
 )
 _B_NOTICE = int(Backend.NOTICE_RESPONSE)
+_B_COPY_IN, _B_COPY_BOTH = int(Backend.COPY_IN_RESPONSE), int(Backend.COPY_BOTH_RESPONSE)
 _PROBE_ANSWER = frozenset(
     int(t) for t in (
         Backend.PARSE_COMPLETE, Backend.BIND_COMPLETE, Backend.CLOSE_COMPLETE, Backend.ROW_DESCRIPTION,
@@ -130,6 +132,7 @@ _PROBE_ANSWER = frozenset(
 _Q, _P, _B, _E, _S = Frontend.QUERY, Frontend.PARSE, Frontend.BIND, Frontend.EXECUTE, Frontend.SYNC
 _C, _D, _F, _X = Frontend.CLOSE, Frontend.DESCRIBE, Frontend.FUNCTION_CALL, Frontend.TERMINATE
 _COPY_DATA, _PASSWORD = Frontend.COPY_DATA, Frontend.PASSWORD
+_COPY_DONE, _COPY_FAIL = Frontend.COPY_DONE, Frontend.COPY_FAIL
 
 # The Execute of the unnamed portal (the usual one): the same request every time.
 _EXECUTE_UNNAMED = StatementRequest(sql="", dialect="postgres", kind="execute", statement_name="")
@@ -226,7 +229,7 @@ class RelayState:
 
     __slots__ = (
         "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
-        "clock", "policy_version", "path", "unsynced",
+        "clock", "policy_version", "path", "unsynced", "copy_in",
     )
 
     def __init__(
@@ -248,6 +251,10 @@ class RelayState:
         # The client sent extended-protocol messages after its last Sync: its implicit
         # transaction (and its unnamed portal) are still open.
         self.unsynced = False
+        # COPY FROM STDIN is in progress as the client sees it: from the upstream's
+        # CopyInResponse (or CopyBothResponse) until the client's CopyDone or CopyFail. CopyData,
+        # CopyDone and CopyFail outside it are a protocol violation.
+        self.copy_in = False
 
     @property
     def idle(self) -> bool:
@@ -328,7 +335,7 @@ class ClientSide:
             (length,) = _unpack_len(buf, pos + 1)
             if length < 4:
                 raise ProtocolViolation(f"invalid message length {length}")
-            if length - 4 > max_size and mtype != _COPY_DATA:
+            if length - 4 > max_size:  # CopyData too: never buffered whole
                 raise MessageTooLarge(f"message of {length - 4} bytes exceeds this gateway's limit of {max_size} bytes")
             end = pos + 1 + length
             if end > n:
@@ -414,6 +421,13 @@ class ClientSide:
                 self._pos = pos
                 self._asking = (_ASK_FUNCTION, pos, end, None)
                 return _FUNCTION_CALL
+            elif mtype == _COPY_DATA or mtype == _COPY_DONE or mtype == _COPY_FAIL:
+                st = self._st
+                if not st.copy_in:
+                    kind = "CopyData" if mtype == _COPY_DATA else "CopyDone" if mtype == _COPY_DONE else "CopyFail"
+                    raise ProtocolViolation(f"{kind} message received while no COPY FROM STDIN is in progress")
+                if mtype != _COPY_DATA:
+                    st.copy_in = False
             elif mtype == _X:
                 self.terminated = True
                 pos = end
@@ -506,6 +520,33 @@ class ClientSide:
             return None
         return self._scan()
 
+    def fail(self, error: bytes) -> StatementRequest | None:
+        """The request returned last cannot be judged (its record cannot be written): it is
+        refused with `error` (an ErrorResponse) exactly as a refusal is, and scanning goes on
+        (as `resume`)."""
+        asking = self._asking
+        if asking is None:
+            raise RuntimeError("fail() without a request")
+        self._asking = None
+        what, pos, end, detail = asking
+        st = self._st
+        if what == _ASK_QUERY or what == _ASK_FUNCTION:
+            marker = self._marker(0, error)
+            self._replace(pos, end, codec.encode_frontend(codec.Query(marker)))
+            st.pending.append(Pending("query", 0, audit=False))
+            st.syncs_sent += 1
+        else:
+            if what == _ASK_PARSE:
+                assert isinstance(detail, tuple)
+                self._forget_statement(detail[0])
+            marker = self._marker(0, error)
+            self._replace(pos, end, codec.encode_frontend(codec.Parse("", marker)))
+            self._discarding = True
+        self._pos = end
+        if len(self._buf) - end < 5:
+            return None
+        return self._scan()
+
     def take_output(self) -> bytes:
         """The bytes to forward upstream for every message scanned (b"" when none or all were
         dropped); the scanned messages leave the buffer."""
@@ -544,9 +585,12 @@ class ClientSide:
         """Remember the gateway's error to swap in; returns the marker the injected SQL holds.
         The error comes before the ReadyForQuery that ends the refused request's Sync (or
         Query): the marker is forgotten once that one went by."""
+        return self._marker(verdict.request_id, errors.reply(verdict.decision, "relay").data)
+
+    def _marker(self, request_id: int, error: bytes) -> str:
         st = self._st
-        marker = f"{REFUSED_MARKER}{verdict.request_id}_{self._marker_suffix()}"
-        st.refusals[marker] = (st.syncs_sent, errors.reply(verdict.decision, "relay").data)
+        marker = f"{REFUSED_MARKER}{request_id}_{self._marker_suffix()}"
+        st.refusals[marker] = (st.syncs_sent, error)
         return marker
 
     def _refuse_extended(self, pos: int, end: int, verdict: Verdict) -> None:
@@ -664,6 +708,20 @@ class UpstreamSide:
         del buf[:pos]
         return out, events
 
+    def abandon(self, error: str, sqlstate: str) -> list[StatementCompleted]:
+        """The session ends with requests still waiting for the server's answer (the upstream
+        died, the client left): each one forwarded completes now, with the server's own error
+        when it sent one before closing (a FATAL), else `error`."""
+        pending = self._st.pending
+        while pending:
+            p = pending.popleft()
+            if p.kind in ("query", "execute") and p.audit:
+                if p.error is None:
+                    p.error, p.sqlstate = error, sqlstate
+                self._complete(p)
+        events, self._events = self._events, []
+        return events
+
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _complete(self, p: Pending) -> None:
@@ -766,6 +824,9 @@ class UpstreamSide:
             if head is not None and head.mask is not None and head.mask.request.redact_errors:
                 fields = codec.error_fields(bytes(body))
                 return errors.hidden_notice(fields.get("C", "01000"), fields.get("S", "NOTICE"))
+            return None
+        if mtype == _B_COPY_IN or mtype == _B_COPY_BOTH:
+            st.copy_in = True  # set before the client is told it may send CopyData
             return None
         if mtype == _B_PARAMETER_STATUS:
             if body.startswith(b"client_encoding\0"):

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import secrets
 import time
 
@@ -58,13 +57,14 @@ from sqlward.adapters.netio import Pipe, PrefixedStream
 from sqlward.adapters.base import AuthError, ListenerSettings, SessionRegistry, SessionServices
 from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired
 from sqlward.adapters import identity as ident
-from sqlward.adapters.postgres import codec, errors, upstream
+from sqlward.adapters.postgres import codec, errors, startup, upstream
 from sqlward.adapters.postgres.codec import Frontend
 from sqlward.adapters.postgres.errors import ClientLost, ProtocolViolation, Refused, UpstreamLost
 from sqlward.adapters.postgres.relay import ClientSide, RelayState, UpstreamSide
 from sqlward.adapters.postgres.scram import ScramError, ScramExchange
 from sqlward.adapters.postgres.searchpath import PROBE_SQL, PathTracker, from_probe
 from sqlward.audit.events import ConnectionAuthenticated, ConnectionClosed, ConnectionOpened, ConnectionRefused
+from sqlward.audit.recorder import AuditUnavailable
 from sqlward.policy.model import Identity
 from sqlward.policy.searchpath import SearchPath
 
@@ -73,24 +73,13 @@ log = logging.getLogger("sqlward.postgres")
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 _TERMINATE = codec.encode_frontend(codec.Terminate())
 AUTH_TIMEOUT = 60.0
+# Pre-authentication bounds: what a login needs, not the listener's max_message_size. The
+# startup packet is capped by `codec.MAX_STARTUP_PACKET` (10,000 bytes, as the server), SSLRequest
+# / GSSENCRequest / CancelRequest have fixed sizes, SASL messages (SCRAM) are a few hundred bytes,
+# a cleartext password carries an OIDC access token.
+SASL_MESSAGE_MAX = 16 << 10
+TOKEN_MESSAGE_MAX = 256 << 10
 PROBE_TIMEOUT = 30.0  # the server's answer to the gateway's own search_path query
-
-
-_ESCALATING_SETTINGS = ("role", "session_authorization")
-_OPTION_SETTING = re.compile(r"(?:-c\s*|--)([A-Za-z_][A-Za-z0-9_.]*)\s*=")
-
-
-def _startup_escalation(params: tuple[tuple[str, str], ...]) -> str:
-    """The name of a startup setting that would change who the upstream thinks we are (a
-    `role` / `session_authorization` startup parameter, or one in `options`), else ""."""
-    for key, value in params:
-        if key.lower() in _ESCALATING_SETTINGS:
-            return key
-        if key == "options":
-            for name in _OPTION_SETTING.findall(value):
-                if name.lower() in _ESCALATING_SETTINGS or name.lower().startswith("sqlward.identity"):
-                    return name
-    return ""
 
 
 class _TokenNeedsTLS(Exception):
@@ -127,8 +116,11 @@ class PostgresSession(GovernedSession):
         self.pid = 0
         self.secret = b""
         self.application_name = ""
+        self._startup_settings = startup.StartupSettings()
         self._startup_rest = b""
         self._closing_reason = ""
+        self._user = ""  # the startup user name, once read
+        self._end_recorded = False  # connection.refused (or .closed) written
         self._relaying = False  # ReadyForQuery sent: the relay runs
         self._to_client_partial = False  # the client has part of a backend message
         self._sql_comment = b""
@@ -160,13 +152,21 @@ class PostgresSession(GovernedSession):
         elif isinstance(exc, UpstreamLost) and isinstance(exc.__cause__, ProtocolViolation):
             log.error("upstream protocol violation: %s", exc.__cause__)
         if isinstance(exc, Refused):
-            await self._record_quietly(ConnectionRefused(user=exc.user, target=exc.target, reason=exc.audit_reason))
+            await self._record_end(ConnectionRefused(user=exc.user, target=exc.target, reason=exc.audit_reason))
+        elif isinstance(exc, ProtocolViolation) and self.identity is None:
+            await self._record_end(ConnectionRefused(user=self._user, reason=f"protocol violation: {exc}"))
         if reply.reason and (reply.replaces_reason or not self._closing_reason):
             self._closing_reason = reply.reason
         if scope is not None:
             scope.cancel()
         if reply.data:
             await self._send_last_words(reply.data)
+
+    async def _record_end(self, event: ConnectionRefused | ConnectionClosed) -> None:
+        """The record that ends the connection's story (refused, or closed); written quietly."""
+        self._end_recorded = True
+        with trio.CancelScope(shield=True):
+            await self._record_quietly(event)
 
     async def _send_last_words(self, data: bytes) -> None:
         """Best-effort FATAL to the client; shielded (it is sent while the session is being torn
@@ -205,13 +205,30 @@ class PostgresSession(GovernedSession):
             if self.up is not None:
                 await trio.aclose_forcefully(self.up.stream)
             await self._close_client()
-            if self.identity is not None:
-                await self._record_quietly(
+            await self._complete_abandoned()
+            # Every connection.opened is followed by connection.closed or connection.refused.
+            if self.identity is not None or not self._end_recorded:
+                await self._record_end(
                     ConnectionClosed(
                         duration_ms=round((time.perf_counter() - opened) * 1000, 3),
-                        requests=self.ctx.requests, reason=self._closing_reason,
+                        requests=self.ctx.requests,
+                        reason=self._closing_reason or ("" if self.identity is not None else "closed before authentication"),
                     )
                 )
+
+    async def _complete_abandoned(self) -> None:
+        """Requests forwarded whose answer never came (the upstream died under them, or the
+        session ends otherwise) get their statement.completed, with the error."""
+        side = self._upstream_side
+        if side is None or self._state is None or not self._state.pending:
+            return
+        reason = self._closing_reason or "session ended"
+        events = side.abandon(f"no answer from the upstream: {reason}", errors.CONNECTION_FAILURE)
+        for event in events:
+            self.audit.add(event)
+        if events:
+            with trio.CancelScope(shield=True):
+                await self.audit.flush_quietly()
 
     # ----------------------------------------------------------------------------------------
     # startup and authentication
@@ -253,6 +270,7 @@ class PostgresSession(GovernedSession):
                 await self.client.send_all(b"N")
                 continue
             if isinstance(msg, codec.CancelRequest):
+                self._closing_reason = "cancel request"
                 await cancel_backend(self.registry, msg.pid, msg.secret)
                 return False
             self._startup_rest = framer.take_rest()
@@ -265,6 +283,7 @@ class PostgresSession(GovernedSession):
         try:
             await stream.do_handshake()
         except trio.BrokenResourceError as exc:
+            self._closing_reason = f"TLS handshake failed: {exc.__cause__ or exc}"
             raise SessionEnd() from exc
         self.client = stream
         self.tls = True
@@ -281,7 +300,7 @@ class PostgresSession(GovernedSession):
                 # and libpq 18 reads it, although the docs call it the newest minor version.
                 codec.encode_backend(codec.NegotiateProtocolVersion(codec.PROTOCOL_3_0, tuple(protocol_options)))
             )
-        user = params.get("user", "")
+        user = self._user = params.get("user", "")
         if not user:
             raise Refused(errors.INVALID_AUTHORIZATION_SPECIFICATION, "no user name specified in startup packet")
         if self.settings.tls_required and not self.tls:
@@ -294,19 +313,17 @@ class PostgresSession(GovernedSession):
             raise Refused(
                 errors.INSUFFICIENT_PRIVILEGE, "replication connections are not allowed through sqlward", user=user,
             )
-        self.application_name = params.get("application_name", "")
         dbname = params.get("database") or self.settings.default_target or user
-        escalation = _startup_escalation(msg.params)
-        if escalation:
-            raise Refused(
-                errors.INSUFFICIENT_PRIVILEGE,
-                f"setting {escalation} at connection start is not allowed through sqlward", user=user,
-            )
+        try:
+            self._startup_settings = startup.read_startup(msg.params)
+        except startup.StartupRefused as exc:
+            raise Refused(errors.INSUFFICIENT_PRIVILEGE, str(exc), user=user) from None
+        except startup.StartupSyntaxError as exc:
+            raise Refused(errors.SYNTAX_ERROR, f"invalid startup options: {exc}", user=user) from None
+        self.application_name = self._startup_settings.application_name
 
         identity = await self._authenticate(user)
-        reason = ident.reason_from_options(params.get("options", "")) or ident.reason_from_application_name(
-            self.application_name
-        )
+        reason = self._startup_settings.reason or ident.reason_from_application_name(self.application_name)
         if reason and not identity.reason:
             identity = msgspec.structs.replace(identity, reason=reason)
         self._update_identity(identity)
@@ -329,11 +346,7 @@ class PostgresSession(GovernedSession):
             )
         )
         self._authenticated()
-        forward = [
-            (k, v) for k, v in msg.params
-            if k not in ("user", "database", "replication") and not k.startswith("_pq_.")
-        ]
-        forward = self._upstream_identity_params(forward, identity)
+        forward = self._upstream_identity_params(identity)
         try:
             self.up = await upstream.connect(target, forward)
         except upstream.UpstreamError as exc:
@@ -391,23 +404,19 @@ class PostgresSession(GovernedSession):
             return
         raise UpstreamLost("the upstream did not answer the gateway's search_path query")
 
-    def _upstream_identity_params(
-        self, params: list[tuple[str, str]], identity: Identity
-    ) -> list[tuple[str, str]]:
-        """Show the person (and agent) to the database: application_name and the custom
-        setting sqlward.identity, both visible in pg_stat_activity / current_setting()."""
+    def _upstream_identity_params(self, identity: Identity) -> list[tuple[str, str]]:
+        """The client's forwarded settings (`startup.upstream_params`: canonical, escaped) and
+        the person (and agent) shown to the database: application_name and the custom setting
+        sqlward.identity, last, both visible in pg_stat_activity / current_setting()."""
         settings = self.gk.identity_settings()
         label = ident.upstream_label(identity)
-        out = list(params)
+        shown: str | None = None
         if settings.upstream_application_name:
-            shown = f"{label} {self.application_name}" if self.application_name else label
-            out = [(k, v) for k, v in out if k != "application_name"] + [("application_name", shown[:63])]
-        if settings.upstream_setting:
-            value = ident.pg_option_value(label)
-            options = dict(out).get("options", "")
-            out = [(k, v) for k, v in out if k != "options"]
-            out.append(("options", f"{options} -c sqlward.identity={value}".strip()))
-        return out
+            shown = (f"{label} {self.application_name}" if self.application_name else label)[:63]
+        return startup.upstream_params(
+            self._startup_settings, application_name=shown,
+            identity_label=label if settings.upstream_setting else None,
+        )
 
     async def _read_auth_message(self, framer: codec.Framer) -> bytes:
         while True:
@@ -424,21 +433,43 @@ class PostgresSession(GovernedSession):
                 raise SessionEnd()
             framer.feed(data)
 
+    def _client_host(self) -> str:
+        """The client's address without the port (the login throttle's key)."""
+        return self.client_addr.rsplit(":", 1)[0].strip("[]")
+
     async def _authenticate(self, user: str) -> Identity:
-        framer = codec.Framer(max_size=65536)
+        """Mutual TLS, SCRAM-SHA-256 for static identities (and for the names the gatekeeper gives
+        a decoy verifier: they fail exactly as a wrong password), or a token as a cleartext
+        password over TLS. The login throttle is asked first (`login_gate`); every judged failure
+        is counted (`login_failed`), a success clears it (`login_succeeded`). Messages are capped
+        at what a login needs (SASL_MESSAGE_MAX, TOKEN_MESSAGE_MAX)."""
+        framer = codec.Framer(max_size=SASL_MESSAGE_MAX)
         framer.feed(self._startup_rest)
         self._startup_rest = b""
+        host = self._client_host()
+        try:
+            await self.gk.login_gate(host, user)
+        except AuthError as exc:
+            raise Refused(
+                errors.INVALID_AUTHORIZATION_SPECIFICATION, str(exc), user=user,
+                audit_reason=f"login throttled: {exc}",
+            ) from None
         secret = self.gk.scram_secret(user)
-        loopback_plain = self.settings.allow_plaintext_tokens and ident.is_loopback(self.client_addr.rsplit(":", 1)[0])
+        tls_offered = self.settings.ssl_context is not None
+        loopback_plain = self.settings.allow_plaintext_tokens and ident.is_loopback(host)
         try:
             cert_identity = self._certificate_identity()
             if cert_identity is not None and cert_identity.subject == user:
                 identity = cert_identity  # mutual TLS: the verified certificate is the credential
             elif secret is None and (self.tls or loopback_plain):
                 await self.client.send_all(codec.encode_backend(codec.AuthenticationCleartextPassword()))
+                framer.max_size = TOKEN_MESSAGE_MAX
                 body = await self._read_auth_message(framer)
+                framer.max_size = SASL_MESSAGE_MAX
                 token = codec.PasswordMessage(body).password
-                identity = await self.gk.authenticate_token(user, token, tls=self.tls, loopback=loopback_plain)
+                identity = await self.gk.authenticate_token(
+                    user, token, tls=self.tls, loopback=loopback_plain, tls_offered=tls_offered,
+                )
             elif secret is None:
                 raise _TokenNeedsTLS()
             else:
@@ -457,23 +488,29 @@ class PostgresSession(GovernedSession):
                 )
                 final = await self._read_auth_message(framer)
                 server_final = exchange.final(final.decode("utf-8"))
+                identity = self.gk.identity_for_scram(user)
                 await self.client.send_all(
                     codec.encode_backend(codec.AuthenticationSASLFinal(server_final.encode()))
                 )
-                identity = self.gk.identity_for_scram(user)
         except _TokenNeedsTLS:
+            # The advice is true for this listener: TLS is named only where it is offered.
+            advice = (
+                "(connect with sslmode=require)" if tls_offered
+                else "(this listener has no TLS: connect to a listener that offers TLS)"
+            )
             raise Refused(
                 errors.INVALID_AUTHORIZATION_SPECIFICATION,
-                f'"{user}" is not a static identity: sqlward accepts tokens only over TLS '
-                "(connect with sslmode=require)",
+                f'"{user}" is not a static identity: sqlward accepts tokens only over TLS {advice}',
                 user=user,
             ) from None
         except (AuthError, ScramError, UnicodeDecodeError) as exc:
+            self.gk.login_failed(host, user)
             raise Refused(
                 errors.INVALID_PASSWORD, f'password authentication failed for user "{user}"',
                 detail=str(exc) if isinstance(exc, AuthError) and secret is None else "",
                 user=user, audit_reason=f"authentication failed: {exc}",
             ) from exc
+        self.gk.login_succeeded(host, user)
         await self.client.send_all(codec.encode_backend(codec.AuthenticationOk()))
         self._startup_rest = framer.take_rest()
         return identity
@@ -530,10 +567,17 @@ class PostgresSession(GovernedSession):
             request = side.feed(data)
             data = b""
             while request is not None:
-                request = side.resume(await judge(request, durable=False))
+                # Each request's record (decision, or run of a prepared statement) is on disk
+                # before anything of the chunk goes upstream; one that cannot be written is
+                # refused (ERROR 58030) and the session goes on.
+                try:
+                    verdict = await judge(request, durable=True)
+                except AuditUnavailable:
+                    request = side.fail(errors.audit_refusal())
+                    continue
+                request = side.resume(verdict)
             out = side.take_output()
-            # The decisions of this chunk are durable before the upstream sees it.
-            await flush()
+            await flush()  # anything else pending (normally nothing)
             if out:
                 try:
                     await up.send(out)

@@ -354,10 +354,12 @@ def test_copy_out_streams_copy_data() -> None:
     assert r.events == [done(1, "COPY 1", rows=1)]
 
 
-def test_copy_data_larger_than_the_message_limit_is_accepted() -> None:
+def test_copy_data_larger_than_the_message_limit_is_refused() -> None:
+    """Issue 12: CopyData obeys the message limit like any message (it was exempt before)."""
     data = m(b"d", b"y" * 300)
-    r = exchange(("c", query(b"COPY t FROM STDIN") + data + m(b"c")), max_message_size=100)
-    assert r.to_upstream == query(b"COPY t FROM STDIN") + data + m(b"c")
+    with pytest.raises(MessageTooLarge):
+        exchange(("c", query(b"COPY t FROM STDIN")), ("u", m(b"G", b"\0\0\1\0\0")), ("c", data + m(b"c")),
+                 max_message_size=100)
 
 
 def test_notices_notifications_and_parameter_status_pass_at_any_time() -> None:
