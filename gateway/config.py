@@ -261,7 +261,12 @@ class IssuerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     algorithms: tuple[str, ...] = DEFAULT_JWS_ALGORITHMS
     leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
     jwks_refresh_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
-    jwks_min_refetch_seconds: Annotated[int, msgspec.Meta(ge=0)] = 30
+    # At least 1 (gateway.oidc.MIN_REFETCH_FLOOR): an unknown kid must not make sqlward hammer
+    # the identity provider.
+    jwks_min_refetch_seconds: int = 30
+    # "at+jwt": only RFC 9068 access tokens (header typ at+jwt / application/at+jwt). "": a typ
+    # header, when present, must be at+jwt or JWT (any case).
+    require_typ: Literal["", "at+jwt"] = ""
 
 
 class IdentityOptions(IdentitySettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -781,6 +786,12 @@ def _check_issuer(issuer: IssuerConfig, at: str, base: str, problems: list[Probl
         elif alg not in JWS_ALGORITHMS:
             problems.append(Problem(where, f"unknown algorithm {alg!r} (expected one of: {', '.join(JWS_ALGORITHMS)})"))
 
+    if issuer.jwks_min_refetch_seconds < 1:
+        problems.append(Problem(
+            f"{at}.jwks_min_refetch_seconds",
+            f"expected at least 1 second (got {issuer.jwks_min_refetch_seconds}): the least time between two fetches of "
+            "the signing keys for unknown kids, so made-up kids cannot make sqlward hammer the identity provider",
+        ))
     jwks_file = _resolve(issuer.jwks_file, base)
     jwks_ca_file = _resolve(issuer.jwks_ca_file, base)
     if issuer.jwks_file and issuer.jwks_url:

@@ -17,12 +17,15 @@ How `TokenVerifier.verify(token)` works, in order (the first failure raises `Tok
    an HMAC secret is the classic key-confusion forgery.
 3. Issuer. The payload's `iss` is read *unverified*, only to choose which configured issuer's
    keys and settings to use; it must equal a configured `issuer` exactly. Then the header's `alg`
-   must be in that issuer's allow-list (default RS256, ES256, EdDSA).
+   must be in that issuer's allow-list (default RS256, ES256, EdDSA). The header's `typ`, when
+   present, must name an access token (RFC 9068 `at+jwt` / `application/at+jwt`, or `JWT`, any
+   case); the issuer's `require_typ = "at+jwt"` makes `at+jwt` mandatory.
 4. Key. Keys named or carried by the token itself (`jku`, `x5u`, `jwk`, `x5c`) are ignored;
    only the issuer's configured JWKS is trusted. The issuer's JWKS (file or HTTPS URL, see below) is searched for the header's `kid` (or,
    without a `kid`, every key that fits the algorithm is tried). An unknown `kid` triggers one
-   refetch of the JWKS, at most every `jwks_min_refetch_seconds` per issuer, so key rotation works
-   without letting a flood of made-up kids hammer the identity provider.
+   refetch of the JWKS, at most every `jwks_min_refetch_seconds` (at least `MIN_REFETCH_FLOOR`,
+   1 s) per issuer, so key rotation works without letting a flood of made-up kids hammer the
+   identity provider. A refetch that fails keeps the keys that are still fresh.
 5. Signature, checked by joserfc with the chosen key and only the header's algorithm.
 6. Claims, only after the signature is good: `aud` (a string or a list) must name one of the
    issuer's `audiences`; `exp` is required and must be in the future; `nbf` and `iat` must not be
@@ -41,11 +44,13 @@ are refused), verified against `jwks_ca_file` or the system store, at most `MAX_
 a `JWKS_FETCH_TIMEOUT` timeout; cached for `jwks_refresh_seconds`. A fetch that fails refuses the
 token with a message saying why ("cannot fetch the signing keys of issuer ...") and is not retried
 for `jwks_min_refetch_seconds`; a failed or stale fetch never falls back to accepting a token,
-and keys whose cache time is over are not used after a failed refresh. Keys marked `use: enc`,
+and keys whose cache time is over are not used after a failed refresh (keys still within it
+stay in use after a failed refetch for an unknown kid). Keys marked `use: enc`,
 symmetric (`kty: oct`) keys and keys joserfc cannot import are skipped.
 
-State: each issuer's key cache is the only mutable state, guarded by a `trio.Lock` (one fetch at
-a time per issuer; tasks that waited use the keys the first one fetched). `clock` (default
+State: each issuer's key cache is the only mutable state. No lock is held across a fetch: the
+task that starts one publishes a `trio.Event`, tasks that need new keys meanwhile wait for it
+and use what it fetched (single flight), and tasks whose cached keys are fresh go on at once. `clock` (default
 `time.time`) drives both the claim checks and the cache timing, so tests can move time.
 """
 
@@ -87,6 +92,10 @@ MAX_TOKEN_LENGTH = 16 * 1024
 MAX_JWKS_BYTES = 1024 * 1024
 JWKS_FETCH_TIMEOUT = 10.0
 MAX_ACTOR_DEPTH = 8
+# The shortest interval between two JWKS fetches for unknown kids (a config below it is an error).
+MIN_REFETCH_FLOOR = 1.0
+# RFC 9068 access tokens are typed at+jwt; many identity providers still type them JWT.
+ACCESS_TOKEN_TYPES = ("at+jwt", "jwt")
 _SHOWN = 80  # longest attacker-supplied value quoted back in a message
 
 
@@ -171,6 +180,8 @@ class TokenVerifier:
         if alg not in JWS_ALGORITHMS:  # defensive: the config loader only lets these through
             raise TokenError(f"algorithm {_show(alg)} is not supported")
 
+        _check_typ(header.get("typ"), config)
+
         if "b64" in header:  # RFC 7797 unencoded payloads: never used for access tokens
             raise TokenError("malformed token: unencoded payloads (b64 header) are not accepted")
 
@@ -209,6 +220,26 @@ class _Issuer:
 
 # --------------------------------------------------------------------------------------------
 # Parsing and checks
+
+
+def _check_typ(typ: Any, config: IssuerConfig) -> None:
+    """RFC 9068: an access token is typed `at+jwt` (`application/at+jwt`); `JWT` is what many
+    identity providers still send. Any other type (an ID token's own type, `dpop+jwt`,
+    `logout+jwt`, security events) is not an access token. `require_typ = "at+jwt"` makes the
+    RFC 9068 type mandatory (an ID token typed JWT is then refused)."""
+    if typ is None:
+        if config.require_typ:
+            raise TokenError(f"token has no typ header; issuer {config.issuer} requires typ {config.require_typ} (RFC 9068 access tokens)")
+        return
+    if not isinstance(typ, str):
+        raise TokenError("malformed token: typ must be a string")
+    kind = typ.strip().lower()
+    if kind.startswith("application/"):
+        kind = kind[len("application/"):]
+    if kind not in ACCESS_TOKEN_TYPES:
+        raise TokenError(f"token typ {_show(typ)} is not an access token (expected at+jwt or JWT)")
+    if config.require_typ and kind != config.require_typ.lower():
+        raise TokenError(f"token typ {_show(typ)} is refused: issuer {config.issuer} requires typ {config.require_typ} (RFC 9068 access tokens)")
 
 
 def _parse(token: str) -> tuple[dict[str, Any], dict[str, Any], tuple[str, str, str]]:
@@ -429,52 +460,82 @@ def _show(value: object) -> str:
 
 class _KeyCache:
     """One issuer's keys: fetched on first use, again after `jwks_refresh_seconds`, and on demand
-    (an unknown kid) at most every `jwks_min_refetch_seconds`."""
+    (an unknown kid) at most every `jwks_min_refetch_seconds` (never more often than every
+    `MIN_REFETCH_FLOOR` seconds, whatever a hand-built config says).
+
+    Single flight without a lock across I/O: the task that starts a fetch publishes a
+    `trio.Event` (`_inflight`); others that need keys meanwhile wait for that event and then look
+    again, while tasks whose keys are cached and fresh are never held up by the fetch. A failed
+    refetch for an unknown kid keeps the keys that are still fresh (an identity provider outage
+    and one made-up kid must not lock out valid tokens); a failed refresh of keys whose cache
+    time is over drops them."""
 
     def __init__(self, config: IssuerConfig, clock: Callable[[], float], fetch: Callable[[], tuple[Key, ...]]) -> None:
         self._config = config
         self._clock = clock
         self._fetch = fetch
-        self._lock = trio.Lock()
+        self._min_refetch = max(float(config.jwks_min_refetch_seconds), MIN_REFETCH_FLOOR)
+        self._inflight: trio.Event | None = None
         self._keys: tuple[Key, ...] | None = None
         self._fetched_at = -math.inf
         self._attempted_at = -math.inf
         self._error: TokenError | None = None
         self.attempts = 0
 
+    def _fresh(self, now: float) -> bool:
+        return self._keys is not None and now - self._fetched_at < self._config.jwks_refresh_seconds
+
     async def current(self) -> tuple[Key, ...]:
-        async with self._lock:
+        while True:
             now = self._clock()
-            if self._keys is not None and now - self._fetched_at < self._config.jwks_refresh_seconds:
+            if self._fresh(now):
+                assert self._keys is not None
                 return self._keys
-            if self._error is not None and now - self._attempted_at < self._config.jwks_min_refetch_seconds:
+            if self._inflight is not None:
+                await self._inflight.wait()  # then look again
+                continue
+            if self._error is not None and now - self._attempted_at < self._min_refetch:
                 raise self._error
-            return await self._load(now)
+            return await self._load(now, keep_fresh=False)
 
     async def refetch(self, seen: tuple[Key, ...]) -> tuple[Key, ...] | None:
-        """Keys newer than `seen`: fetched now unless the last fetch was too recent (then None),
-        or the ones another task fetched while this one waited."""
-        async with self._lock:
-            if self._keys is not None and self._keys is not seen:
-                return self._keys
-            now = self._clock()
-            if now - self._attempted_at < self._config.jwks_min_refetch_seconds:
-                return None
-            return await self._load(now)
+        """Keys newer than `seen`: fetched now unless the last fetch was too recent or failed
+        (then None: the caller refuses the token as naming an unknown key), or the ones another
+        task fetched meanwhile."""
+        if self._inflight is not None:
+            await self._inflight.wait()
+            return self._keys if self._keys is not None and self._keys is not seen else None
+        if self._keys is not None and self._keys is not seen:
+            return self._keys
+        now = self._clock()
+        if now - self._attempted_at < self._min_refetch:
+            return None
+        try:
+            return await self._load(now, keep_fresh=True)
+        except TokenError:
+            if self._fresh(self._clock()):
+                return None  # the keys we have stay in use; this kid stays unknown
+            raise
 
-    async def _load(self, now: float) -> tuple[Key, ...]:
+    async def _load(self, now: float, *, keep_fresh: bool) -> tuple[Key, ...]:
+        done = self._inflight = trio.Event()
         self._attempted_at = now
         self.attempts += 1
         try:
             keys = await _in_thread(self._fetch)
         except TokenError as exc:
             self._error = exc
-            self._keys = None  # stale keys are not used after a failed refresh
+            if not (keep_fresh and self._fresh(self._clock())):
+                self._keys = None  # stale keys are not used after a failed refresh
             raise
-        self._error = None
-        self._keys = keys
-        self._fetched_at = now
-        return keys
+        else:
+            self._error = None
+            self._keys = keys
+            self._fetched_at = now
+            return keys
+        finally:
+            self._inflight = None
+            done.set()
 
 
 def _thread_kwarg() -> str:

@@ -304,3 +304,224 @@ def test_session_expiry_after_the_leeway_is_refused(tmp_path: Path, idp: TestIss
     assert refusal is not None and refusal.rule_id == "token-expired"
     # A static or certificate identity, or an issuer not configured: no leeway.
     assert gk.token_leeway(Identity(subject="x", verified_by="oidc", issuer="https://nobody.test", expires_at=exp)) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# B. JWKS: a failed refetch keeps fresh keys; no lock across the fetch; a refetch floor; typ
+
+
+class Clock:
+    def __init__(self, t: float | None = None) -> None:
+        self.t = time.time() if t is None else t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class GatedJwks:
+    """A JWKS server over HTTPS (the issuer's test certificate) that answers only while `gate` is
+    set, so a test can hold a fetch in flight; `status` makes it fail; `requests` counts."""
+
+    def __init__(self, issuer: TestIssuer) -> None:
+        import ssl
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.issuer = issuer
+        self.gate = threading.Event()
+        self.gate.set()
+        self.status: int | None = None
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.requests += 1
+                outer.gate.wait(10)
+                if outer.status is not None:
+                    self.send_error(outer.status)
+                    return
+                body = msgspec.json.encode(outer.issuer.jwks())
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(issuer.pki.cert_file, issuer.pki.key_file)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> GatedJwks:
+    issuer = TestIssuer(tmp_path / "gated", issuer="https://gated.test", name="gated")
+    server = GatedJwks(issuer)
+    yield server
+    server.close()
+
+
+def gated_verifier(gated: GatedJwks, clock: Clock, **overrides: Any):
+    from sqlward.gateway.config import IssuerConfig
+    from sqlward.gateway.oidc import TokenVerifier
+
+    fields: dict[str, Any] = dict(
+        issuer=gated.issuer.issuer, audiences=(gated.issuer.audience,), jwks_url=gated.url,
+        jwks_ca_file=str(gated.issuer.ca_file), jwks_min_refetch_seconds=30,
+    )
+    fields.update(overrides)
+    return TokenVerifier([IssuerConfig(**fields)], clock=clock)
+
+
+def test_failed_refetch_for_an_unknown_kid_keeps_the_fresh_keys(gated: GatedJwks) -> None:
+    """An IdP outage plus one token with an unknown kid must not lock out valid tokens."""
+    from sqlward.gateway.oidc import TokenError
+
+    clock = Clock()
+    verifier = gated_verifier(gated, clock)
+    good = gated.issuer.mint(now=clock.t, ttl=3600)
+    assert trio.run(verifier.verify, good).subject == "alice@example.com"
+    clock.t += 31
+    gated.status = 503
+    unknown, _ = gated.issuer.mint_with_unknown_key(now=clock.t)
+    with pytest.raises(TokenError, match="unknown signing key"):
+        trio.run(verifier.verify, unknown)
+    assert gated.requests == 2  # the refetch was tried
+    # The keys fetched 31 s ago are fresh for 600 s: valid tokens still verify, without a fetch.
+    assert trio.run(verifier.verify, good).subject == "alice@example.com"
+    assert gated.requests == 2
+    # Once their cache time is over, a failed refresh does not keep using them.
+    clock.t += 600
+    with pytest.raises(TokenError, match="HTTP 503"):
+        trio.run(verifier.verify, good)
+
+
+def test_the_key_cache_lock_is_not_held_during_the_fetch(gated: GatedJwks) -> None:
+    """While a refetch for an unknown kid hangs at the identity provider, a token whose key is
+    cached verifies at once."""
+    from sqlward.gateway.oidc import TokenError
+
+    clock = Clock()
+    verifier = gated_verifier(gated, clock)
+    good = gated.issuer.mint(now=clock.t, ttl=3600)
+    trio.run(verifier.verify, good)
+    clock.t += 31
+    unknown, _ = gated.issuer.mint_with_unknown_key(now=clock.t)
+    gated.gate.clear()
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async def slow() -> None:
+            try:
+                await verifier.verify(unknown)
+            except TokenError as exc:
+                seen["slow"] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow)
+            while gated.requests < 2:  # the refetch is at the server, held by the gate
+                await trio.sleep(0.01)
+            with trio.fail_after(2):
+                seen["fast"] = (await verifier.verify(good)).subject
+            gated.gate.set()
+
+    trio.run(main)
+    assert seen["fast"] == "alice@example.com"
+    assert "unknown signing key" in seen["slow"]  # never published: the refetch did not find it
+
+
+def test_concurrent_refetches_are_one_fetch(gated: GatedJwks) -> None:
+    """Single flight: tasks that need the same refetch wait for the one in flight."""
+    clock = Clock()
+    verifier = gated_verifier(gated, clock)
+    trio.run(verifier.verify, gated.issuer.mint(now=clock.t, ttl=3600))
+    clock.t += 31
+    gated.gate.clear()
+    kid = gated.issuer.rotate("RS256")  # published: the refetch finds it
+    token = gated.issuer.mint(now=clock.t)
+    results: list[str] = []
+
+    async def main() -> None:
+        async def one() -> None:
+            results.append((await verifier.verify(token)).subject)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(one)
+            while gated.requests < 2:
+                await trio.sleep(0.01)
+            await trio.sleep(0.2)
+            gated.gate.set()
+
+    trio.run(main)
+    assert results == ["alice@example.com"] * 8 and gated.requests == 2, (kid, gated.requests)
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_jwks_min_refetch_seconds_below_the_floor_is_a_config_error(tmp_path: Path, idp: TestIssuer, value: int) -> None:
+    path = write_config(tmp_path, idp.oidc_toml(source="file", jwks_min_refetch_seconds=value))
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), env=ENV)
+    text = str(info.value)
+    assert text.startswith(f"{path}: $.oidc[0].jwks_min_refetch_seconds:"), text
+    assert "at least 1" in text
+
+
+def test_the_verifier_keeps_the_floor_for_hand_built_configs(gated: GatedJwks) -> None:
+    clock = Clock()
+    verifier = gated_verifier(gated, clock, jwks_min_refetch_seconds=0)
+    trio.run(verifier.verify, gated.issuer.mint(now=clock.t, ttl=3600))
+    from sqlward.gateway.oidc import TokenError
+
+    clock.t += 2
+    for _ in range(5):
+        token, _kid = gated.issuer.mint_with_unknown_key(now=clock.t)
+        with pytest.raises(TokenError):
+            trio.run(verifier.verify, token)
+    assert gated.requests == 2  # one refetch, not one per made-up kid
+
+
+# -- typ (RFC 9068) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/AT+JWT", "JWT", "jwt", None])
+def test_access_token_types_are_accepted(gk: Gatekeeper, idp: TestIssuer, typ: str | None) -> None:
+    token = idp.mint(sub="carol@example.com", header={"typ": typ})
+    assert authenticate(gk, "carol@example.com", token).subject == "carol@example.com"
+
+
+@pytest.mark.parametrize("typ", ["dpop+jwt", "logout+jwt", "secevent+jwt", "id_token+jwt", "JOSE", "", 7])
+def test_other_token_types_are_refused(gk: Gatekeeper, idp: TestIssuer, typ: Any) -> None:
+    token = idp.mint(sub="carol@example.com", header={"typ": typ})
+    refused(gk, "carol@example.com", token, "token refused", "typ")
+
+
+def test_require_typ_at_jwt(tmp_path: Path, idp: TestIssuer) -> None:
+    gk = make_gk(tmp_path, idp.oidc_toml(require_typ="at+jwt"))
+    assert authenticate(gk, "carol@example.com", idp.mint(sub="carol@example.com", header={"typ": "at+jwt"}))
+    # An ID token (typ JWT) or a token without typ is not an RFC 9068 access token.
+    refused(gk, "carol@example.com", idp.mint(sub="carol@example.com"), "token refused", "at+jwt")
+    refused(gk, "carol@example.com", idp.mint(sub="carol@example.com", header={"typ": None}), "token refused", "at+jwt")
+
+
+def test_require_typ_is_checked_in_the_config(tmp_path: Path, idp: TestIssuer) -> None:
+    path = write_config(tmp_path, idp.oidc_toml(require_typ="dpop+jwt"))
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), env=ENV)
+    assert "$.oidc[0].require_typ" in str(info.value)
