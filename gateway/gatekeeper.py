@@ -344,7 +344,7 @@ class Gatekeeper:
         part = lambda label: hmac.new(seed, label, hashlib.sha256).digest()  # noqa: E731
         return _StaticUser(
             Identity(subject=username),
-            ScramSecret(salt=part(b"salt")[:16], iterations=SCRAM_ITERATIONS, stored_key=part(b"stored"), server_key=part(b"server")),
+            ScramSecret(salt=part(b"salt"), iterations=SCRAM_ITERATIONS, stored_key=part(b"stored"), server_key=part(b"server")),
             part(b"digest"),
             MysqlSecret(native=part(b"native")[:20], sha2=part(b"sha2")),
         )

@@ -525,3 +525,40 @@ def test_require_typ_is_checked_in_the_config(tmp_path: Path, idp: TestIssuer) -
     with pytest.raises(ConfigError) as info:
         load_config(str(path), env=ENV)
     assert "$.oidc[0].require_typ" in str(info.value)
+
+
+# -- the same refusal for a wrong name and a wrong secret; advice true for the listener ---------
+
+
+def test_without_token_login_every_name_fails_like_a_wrong_secret(tmp_path: Path, idp: TestIssuer) -> None:
+    """No [[oidc]]: an unknown name, a passwordless static name and a static name with a wrong
+    secret are refused with one message, after the same kind of exchange."""
+    gk = make_gk(tmp_path)
+    for name in ("alice", "mallory", "nopass", "ALICE"):
+        scram = gk.scram_secret(name)
+        assert scram is not None and scram.iterations == gk.scram_secret("alice").iterations
+        assert len(scram.salt) == len(gk.scram_secret("alice").salt)
+        assert gk.mysql_secret(name) is not None
+        with pytest.raises(AuthError) as info:
+            gk.authenticate_password(name, "wrong", tls=True)
+        assert str(info.value) == f'password authentication failed for user "{name}"'
+        with pytest.raises(AuthError) as info:
+            authenticate(gk, name, idp.mint(sub=name))
+        assert str(info.value) == f'password authentication failed for user "{name}"'
+    # The decoy is the same on every attempt (a changing salt would give the name away).
+    assert gk.scram_secret("mallory") == gk.scram_secret("mallory")
+
+
+def test_with_token_login_a_passwordless_static_name_fails_like_an_unknown_one(gk: Gatekeeper, idp: TestIssuer) -> None:
+    for token, fragment in (("not-a-token", "not a JWT"), (idp.mint(sub="x", aud="other"), "audience")):
+        unknown = refused(gk, "mallory", token)
+        static = refused(gk, "nopass", token)
+        assert fragment in unknown and unknown == static
+
+
+def test_tls_advice_only_when_the_listener_has_tls(gk: Gatekeeper, idp: TestIssuer) -> None:
+    token = idp.mint(sub="carol@example.com")
+    with_tls = refused(gk, "carol@example.com", token, "only over TLS", "sslmode=require", tls=False, tls_offered=True)
+    without = refused(gk, "carol@example.com", token, "only over TLS", "this listener has no TLS", tls=False, tls_offered=False)
+    assert "sslmode" not in without and "--ssl" not in without, without
+    assert with_tls != without
