@@ -248,14 +248,21 @@ class PreAuthPacketTooLarge(GatewayError):
 
 
 class AuditRefused(GatewayError):
-    """The audit record of a request could not be written before it would reach the upstream:
-    the request is not run, ER_UNKNOWN_ERROR 1105 / HY000, and the session goes on (the client can
-    retry once the trail is writable again; nothing of the request reached the server)."""
+    """The audit record of a request the session records itself (COM_RESET_CONNECTION) could
+    not be written before the request would reach the upstream: the request is not run and the
+    session goes on (the client can retry once the trail is writable; nothing of it reached the
+    server). The same answer as the pipeline's refusal of a statement, a prepared execution,
+    COM_INIT_DB, COM_FIELD_LIST or a KILL whose record cannot be written: ER_REFUSED 1227 /
+    SQLSTATE 42000 naming the rule `audit-unavailable` (clients treat it as a statement error,
+    not a lost connection). Only a completion record that cannot be written ends the session
+    (1105 / HY000, `error_reply(AuditUnavailable)`): the statement ran, its result is withheld."""
 
-    errno, sqlstate = ER_UNKNOWN_ERROR, SQLSTATE_GENERAL
+    errno, sqlstate = ER_REFUSED, SQLSTATE_REFUSED
 
-    def __init__(self) -> None:
-        super().__init__("audit unavailable: statement not run (sqlward cannot write its audit trail)")
+    def __init__(self, what: str = "statement") -> None:
+        super().__init__(
+            f'audit unavailable: {what} not run, sqlward cannot write its audit trail (rule "audit-unavailable")'
+        )
 
 
 class UnsupportedCommand(GatewayError):

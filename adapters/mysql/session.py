@@ -68,6 +68,7 @@ import trio
 
 from sqlward.adapters import identity as ident
 from sqlward.adapters.base import (
+    AuditUnavailable,
     AuthError,
     KillRequest,
     ListenerSettings,
@@ -80,6 +81,7 @@ from sqlward.adapters.mysql import auth, messages, upstream
 from sqlward.adapters.mysql.constants import Capability, Charset, Command, ServerStatus, sqlstate_of
 from sqlward.adapters.mysql.errors import (
     AccessRefused,
+    AuditRefused,
     AuthRefused,
     AuthTimedOut,
     ClearPasswordNeedsTls,
@@ -123,6 +125,7 @@ from sqlward.audit.events import (
     ConnectionOpened,
     ConnectionRefused,
     StatementCompleted,
+    StatementDecided,
 )
 from sqlward.masking.context import MaskContext
 from sqlward.policy.model import Decision, Identity
@@ -386,6 +389,8 @@ class MysqlSession(GovernedSession):
     async def _reset_connection(self) -> None:
         """COM_RESET_CONNECTION (what pools send): reset upstream, then show the identity
         again (the reset clears user variables) before the client gets its OK."""
+        if not await self._record_command("COM_RESET_CONNECTION", "resets the upstream session"):
+            return
         self._prepared.clear()
         scanner = await self._upstream_command(bytes([Command.RESET_CONNECTION]))
         self._seq = 1
@@ -398,6 +403,24 @@ class MysqlSession(GovernedSession):
         assert self.identity is not None
         await self._show_identity_upstream(self.identity)
         await self._write(messages.ok_packet(self.client_caps, status_flags=scanner.status or int(ServerStatus.AUTOCOMMIT)))
+
+    async def _record_command(self, command: str, effect: str) -> bool:
+        """A protocol command the session runs without a verdict of the pipeline (it carries no
+        SQL and the pipeline refuses every `kind="command"`): its record is on disk before it
+        reaches the upstream. False (and the client refused, the session going on) when the
+        record cannot be written."""
+        assert self.who is not None and self.target is not None
+        info = self.target.info
+        self.audit.add(StatementDecided(
+            request_id=self.ctx.next_request(), who=self.who, target=info.name, environment=info.environment,
+            sql=f"<{command}>", fingerprint="", action="allow", facts=(f"protocol command: {effect}",),
+        ))
+        try:
+            await self.audit.flush()
+        except AuditUnavailable:
+            await self._answer(AuditRefused(command))
+            return False
+        return True
 
     async def _upstream_command(self, payload: bytes) -> ResponseScanner:
         """Run one command on the upstream for the gateway itself; nothing reaches the client."""
@@ -508,8 +531,15 @@ class MysqlSession(GovernedSession):
                 await self._fetch(payload, route.number)
             elif kind == "pass":
                 await self._forward(payload, route.shape)
-            elif kind == "init-db":
-                scanner = await self._forward(payload, Shape.SIMPLE)
+            elif kind == "init-db":  # decided (and recorded) as the USE it amounts to
+                name = self.text.decode(payload[1:])
+                verdict = await self._judge(StatementRequest(
+                    sql="USE `" + name.replace("`", "``") + "`", dialect="mysql", schema=self.text.schema,
+                ))
+                if not verdict.allowed:
+                    await self._answer(verdict.decision)
+                    continue
+                scanner = await self._forward(payload, Shape.SIMPLE, rid=verdict.request_id)
                 if scanner.error_code is None:  # a refused COM_INIT_DB leaves the database as it was
                     self.text.init_db_succeeded(payload)
                     self.text.tracked(scanner.schema)
@@ -754,30 +784,34 @@ class MysqlSession(GovernedSession):
         )
         buf = self._ubuf
         upipe, cpipe = self._upipe, self._cpipe
-        while True:
-            if buf:
-                n = scanner.scan(buf)
-                if scanner.done or scanner.wants_infile:
-                    if scanner.done and rid is not None:
-                        self.audit.add(completion(
-                            scanner, request_id=rid, prepared_ref=ref,
-                            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                        ))
-                        await self.audit.flush()
-                    await cpipe.send(bytes(buf[:n]))
-                    del buf[:n]
-                    if scanner.done:
-                        return scanner
-                    await self._relay_infile()
-                    scanner.resume_after_infile()
-                    continue
-                if n:
-                    await cpipe.send(bytes(buf[:n]))
-                    del buf[:n]
-            data = await upipe.receive()
-            if not data:
-                raise UpstreamLost()
-            buf += data
+        recorded = False
+        try:
+            while True:
+                if buf:
+                    n = scanner.scan(buf)
+                    if scanner.done or scanner.wants_infile:
+                        if scanner.done and rid is not None:
+                            recorded = True
+                            self.audit.add(completion(
+                                scanner, request_id=rid, prepared_ref=ref,
+                                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                            ))
+                            await self.audit.flush()
+                        await cpipe.send(bytes(buf[:n]))
+                        del buf[:n]
+                        if scanner.done:
+                            return scanner
+                        await self._relay_infile()
+                        scanner.resume_after_infile()
+                        continue
+                    if n:
+                        await cpipe.send(bytes(buf[:n]))
+                        del buf[:n]
+                buf += await self._upstream_data(upipe)
+        except Exception as exc:
+            if rid is not None and not recorded:
+                await self._record_cut_off(exc, rid, ref, started)
+            raise
 
     async def _forward_masked(
         self, payload: bytes, shape: Shape, *, ctx: MaskContext | None, binary: bool,
@@ -798,26 +832,55 @@ class MysqlSession(GovernedSession):
         )
         buf = self._ubuf
         upipe, cpipe = self._upipe, self._cpipe
-        while True:
-            if buf:
-                out = relay.feed(buf)
-                if relay.done:
-                    if rid is not None:
-                        self.audit.add(completion(
-                            relay.scanner, request_id=rid, prepared_ref=ref,
-                            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                            masked=relay.masked, error_hidden=relay.error_hidden,
-                        ))
-                        await self.audit.flush()
+        recorded = False
+        try:
+            while True:
+                if buf:
+                    out = relay.feed(buf)
+                    if relay.done:
+                        if rid is not None:
+                            recorded = True
+                            self.audit.add(completion(
+                                relay.scanner, request_id=rid, prepared_ref=ref,
+                                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                                masked=relay.masked, error_hidden=relay.error_hidden,
+                            ))
+                            await self.audit.flush()
+                        if out:
+                            await cpipe.send(out)
+                        return relay
                     if out:
                         await cpipe.send(out)
-                    return relay
-                if out:
-                    await cpipe.send(out)
+                buf += await self._upstream_data(upipe)
+        except Exception as exc:
+            if rid is not None and not recorded:
+                await self._record_cut_off(exc, rid, ref, started)
+            raise
+
+    async def _upstream_data(self, upipe: Pipe) -> bytes:
+        """The upstream's next bytes; UpstreamLost when it closed or failed."""
+        try:
             data = await upipe.receive()
-            if not data:
-                raise UpstreamLost()
-            buf += data
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamLost() from exc
+        if not data:
+            raise UpstreamLost()
+        return data
+
+    async def _record_cut_off(self, exc: Exception, rid: int, ref: int | None, started: float) -> None:
+        """A request whose response never ended (the upstream died, the client went away, the
+        response could not be relayed) still gets its completion record, with the error."""
+        if isinstance(exc, UpstreamLost):
+            error, sqlstate = "the upstream connection was lost before the statement completed", "08S01"
+        elif isinstance(exc, AuditUnavailable):
+            return  # the completion itself could not be written
+        else:
+            error, sqlstate = f"the statement's response was cut off: {error_reply(exc).reason or 'session failed'}", "08S01"
+        self.audit.add(StatementCompleted(
+            request_id=rid, prepared_ref=ref, tags=("ERROR",),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3), error=error, sqlstate=sqlstate,
+        ))
+        await self.audit.flush_quietly()
 
     async def _relay_infile(self) -> None:
         """LOCAL INFILE data: client packets to the upstream until the empty packet."""

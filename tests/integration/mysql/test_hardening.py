@@ -237,3 +237,116 @@ def test_client_gone_before_answering_the_greeting_is_refused_in_the_audit(gw: G
     assert c.handshake is not None
     c.close()
     assert lifecycle(gw, c.handshake.connection_id) == ["connection.opened", "connection.refused"]
+
+
+# -- the audit fails closed for every execution ---------------------------------------------
+
+
+
+def _audit_refused(exc: BaseException) -> bool:
+    """The refusal of a request whose record cannot be written: 1227 / 42000 naming the rule
+    `audit-unavailable`, as the pipeline refuses statements (errors.AuditRefused)."""
+    return (isinstance(exc, mywire.MySQLError) and (exc.errno, exc.sqlstate) == (1227, "42000")
+            and "audit-unavailable" in exc.message)
+
+
+def test_prepared_execution_is_refused_when_its_record_cannot_be_written(
+    gw: GatewayProcess, my_direct: pymysql.Connection, my_table: str,
+) -> None:
+    """A statement prepared while the trail worked, executed while it does not: the upstream
+    never runs it, the client gets 1105 and the session goes on; the retry applies it once."""
+    with raw_login(gw, "alice", SECRETS["alice"]) as c:
+        st = c.stmt_prepare(f"insert into {my_table} values (?, 'myh12-prepared')")
+        try:
+            gw.audit_full()
+            with pytest.raises(mywire.MySQLError) as ei:
+                c.stmt_execute(st, [1])
+            assert _audit_refused(ei.value), ei.value
+            assert direct_rows(my_direct, f"select count(*) from {my_table}") == [(0,)]
+            with pytest.raises(mywire.MySQLError) as ei:  # still refused, session still there
+                c.stmt_execute(st, [1])
+            assert _audit_refused(ei.value), ei.value
+        finally:
+            gw.audit_writable()
+        c.stmt_execute(st, [1])  # the retry, once the trail is writable
+        assert direct_rows(my_direct, f"select id from {my_table}") == [(1,)]
+        assert c.query_rows("select 'still here'") == [("still here",)]
+    # the execution has its record before its completion
+    events = [e for e in gw.audit_events() if e.get("statement_name") == str(st.stmt_id) or
+              (e["event"] == "statement.completed" and e.get("prepared_ref"))]
+    assert events
+
+
+def test_prepared_execution_through_pymysql_and_connector_is_refused(
+    gw: GatewayProcess, my_direct: pymysql.Connection, my_table: str,
+) -> None:
+    """mysql-connector's prepared cursor (COM_STMT_EXECUTE) sees the 1105 and keeps its session."""
+    import mysql.connector
+
+    conn = mysql.connector.connect(host=gw.host, port=gw.port, user="alice", password=SECRETS["alice"],
+                                   database="app", use_pure=True, ssl_disabled=True, autocommit=True)
+    try:
+        cur = conn.cursor(prepared=True)
+        cur.execute(f"insert into {my_table} values (%s, 'myh12-connector')", (1,))
+        try:
+            gw.audit_full()
+            with pytest.raises(mysql.connector.Error) as ei:
+                cur.execute(f"insert into {my_table} values (%s, 'myh12-connector')", (2,))
+            assert ei.value.errno == 1227 and "audit-unavailable" in ei.value.msg, ei.value
+        finally:
+            gw.audit_writable()
+        cur.execute(f"insert into {my_table} values (%s, 'myh12-connector')", (2,))
+        assert direct_rows(my_direct, f"select id from {my_table} order by id") == [(1,), (2,)]
+    finally:
+        conn.close()
+
+
+def test_reset_connection_and_init_db_are_refused_when_their_record_cannot_be_written(gw: GatewayProcess) -> None:
+    with raw_login(gw, "alice", SECRETS["alice"]) as c:
+        c.query("set @myh12_kept = 42")
+        try:
+            gw.audit_full()
+            with pytest.raises(mywire.MySQLError) as ei:
+                c.reset_connection()
+            assert _audit_refused(ei.value), ei.value
+            with pytest.raises(mywire.MySQLError) as ei:
+                c.init_db("sqlward_it2")
+            assert _audit_refused(ei.value), ei.value
+        finally:
+            gw.audit_writable()
+        # nothing of either reached the server: the variable and the database are as they were
+        assert c.query_rows("select @myh12_kept, database()") == [(42, "sqlward_it")]
+        c.init_db("sqlward_it2")
+        assert c.query_rows("select database()") == [("sqlward_it2",)]
+
+
+def test_statement_cut_off_by_the_upstreams_death_gets_its_completed_record(
+    gw: GatewayProcess, my_direct: pymysql.Connection, marker: str,
+) -> None:
+    with raw_login(gw, "alice", SECRETS["alice"]) as c:
+        up_id = c.query_rows("select connection_id()")[0][0]
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["rows"] = c.query_rows(f"select '{marker}', sleep(5)")
+            except (mywire.MySQLError, mywire.Closed, OSError) as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        deadline = time.monotonic() + 3
+        while not gw.decided(marker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        direct_rows(my_direct, f"KILL CONNECTION {int(up_id)}")
+        worker.join(10)
+        assert "rows" not in outcome
+    cid = gw.decided(marker)[0]["connection_id"]
+    evs = gw.wait_audit(lambda evs: any(e["event"] == "connection.closed" and e.get("connection_id") == cid
+                                        for e in evs))
+    rid = gw.decided(marker)[0]["request_id"]
+    done = [e for e in evs if e.get("connection_id") == cid and e["event"] == "statement.completed"
+            and e["request_id"] == rid]
+    assert len(done) == 1 and done[0]["tags"] == ["ERROR"] and done[0]["error"], done
+    assert [e["event"] for e in evs if e.get("connection_id") == cid][-1] == "connection.closed"
