@@ -138,7 +138,22 @@ class GatewayStopped(_Event, tag="gateway.stopped", kw_only=True):
     reason: str = ""
 
 
+class LoginThrottled(_Event, tag="login.throttled", kw_only=True):
+    """A login attempt made to wait, or refused, because of earlier failed logins from its
+    address or for its user name (`[login_throttle]`, gateway/throttle.py). Gateway-level: the
+    connection's own events carry its connection id."""
+
+    client_addr: str
+    user: str
+    scope: str  # "address" or "user": the key whose failures caused it
+    failures: int  # that key's failed logins within the window
+    delay_seconds: float = 0.0  # how long the attempt waited
+    refused: bool = False  # refused outright (its turn would have come too late)
+    retry_after: float | None = None  # seconds, when refused
+
+
 AuditEvent = (
     ConnectionOpened | ConnectionAuthenticated | ConnectionRefused | ConnectionClosed
     | StatementDecided | StatementExecuted | StatementCompleted | PolicyReloaded | GatewayStarted | GatewayStopped
+    | LoginThrottled
 )

@@ -84,6 +84,7 @@ __all__ = [
     "JWS_ALGORITHMS",
     "ListenerConfig",
     "ListenerTLS",
+    "LoginThrottleConfig",
     "ParsedDSN",
     "Problem",
     "TargetConfig",
@@ -296,6 +297,24 @@ class AccessRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     action: Literal["allow", "deny"]
 
 
+class LoginThrottleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `[login_throttle]` table: failed logins slow down further attempts from the same
+    source address (IPv6: its /`ipv6_prefix` network) and for the same user name (canonical
+    form), see `gateway.throttle`."""
+
+    enabled: bool = True
+    # Failures (per address, per name) that cost nothing; the next attempt waits
+    # base_delay_seconds, then twice as long after each further failure, up to max_delay_seconds.
+    failures_before_delay: int = 5
+    base_delay_seconds: float = 1.0
+    max_delay_seconds: float = 30.0
+    # A key's failures are forgotten after this long without a new one.
+    window_seconds: float = 900.0
+    # Addresses and names tracked (each); the least recently failed are forgotten first.
+    max_tracked: int = 10_000
+    ipv6_prefix: int = 64
+
+
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     file: str = "audit.jsonl"
     fsync: bool = False
@@ -315,6 +334,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     access: tuple[AccessRule, ...] = ()
     masks: tuple[MaskRule, ...] = ()
     masking: MaskingSettings = MaskingSettings()
+    login_throttle: LoginThrottleConfig = LoginThrottleConfig()
     # Absolute path of the file this was loaded from (set by load_config, not by the file).
     source: str = ""
 
@@ -742,13 +762,26 @@ def _finish(config: Config, file: str) -> Config:
         elif issuer.issuer:
             issuer_at[issuer.issuer] = i
 
+    throttle = config.login_throttle
+    for key, ok, expected in (
+        ("failures_before_delay", throttle.failures_before_delay >= 0, "a number of failures >= 0"),
+        ("base_delay_seconds", 0 < throttle.base_delay_seconds <= 3600, "seconds > 0 (at most 3600)"),
+        ("max_delay_seconds", throttle.base_delay_seconds <= throttle.max_delay_seconds <= 3600,
+         "seconds >= base_delay_seconds (at most 3600)"),
+        ("window_seconds", throttle.window_seconds > 0, "seconds > 0"),
+        ("max_tracked", throttle.max_tracked >= 1, "a number of keys >= 1"),
+        ("ipv6_prefix", 0 <= throttle.ipv6_prefix <= 128, "a prefix length from 0 to 128"),
+    ):
+        if not ok:
+            problems.append(Problem(f"$.login_throttle.{key}", f"expected {expected}"))
+
     for i, access in enumerate(config.access):
         for key in ("targets", "environments", "subjects", "groups", "actors", "issuers"):
             if any(not value for value in getattr(access, key)):
                 problems.append(Problem(f"$.access[{i}].{key}", "expected non-empty strings (leave the key out to match anything)"))
 
     if problems:
-        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules", "$.masks", "$.masking", "$.oidc", "$.identity", "$.access")
+        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules", "$.masks", "$.masking", "$.oidc", "$.identity", "$.access", "$.login_throttle")
         problems.sort(key=lambda p: next((i for i, s in enumerate(order) if p.path.startswith(s)), len(order)))
         raise ConfigError(file, problems)
     return msgspec.structs.replace(

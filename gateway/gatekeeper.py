@@ -10,19 +10,33 @@ there by a trio lock), so adapters can call it from any task without locks of th
   `authenticate_password`, which compares digests with `hmac.compare_digest`. The cleartext secret
   is dropped right after; an unknown user costs the same HMAC as a known one, and both failures
   give the same message.
-- OIDC tokens (`authenticate_token`): refused for the name of a static identity (those log in
-  only with their secret) and on plain TCP unless the adapter says the client is on loopback and
-  its listener allows it; otherwise verified by `gateway.oidc.TokenVerifier` against the
-  `[[oidc]]` issuers. The connection's user name must be the token's subject or its outermost
-  actor (case-insensitive), so what the client says and what the token proves cannot differ. The
-  token becomes `Identity(verified_by="oidc", issuer, actor=<act chain>, is_agent=bool(chain),
-  expires_at=exp)`; a `name` claim becomes the display name.
+- Names: every comparison of names uses their canonical form (`adapters.identity.canonical_name`:
+  NFKC, case folded); static identities are keyed by it, so "ALICE" and "ａｌｉｃｅ" find "alice".
+  Without `[[oidc]]` nothing but a secret can log in, and a name that is not a static identity
+  with a secret gets a decoy verifier (stable per name, derived with the process key) that no
+  password matches: it fails exactly as a wrong password does, and a client cannot enumerate
+  static identities.
+- OIDC tokens (`authenticate_token`): refused on plain TCP unless the adapter says the client is
+  on loopback and its listener allows it (the advice names TLS settings only when the listener
+  offers TLS, `tls_offered`); otherwise verified by `gateway.oidc.TokenVerifier` against the
+  `[[oidc]]` issuers. Then the subject and every actor must be names (`name_problem`: no
+  invisible or control characters), the connection's user name must be the subject or the
+  outermost actor (canonical form), and neither the subject nor any actor may canonically be a
+  static identity (those log in only with their secret or certificate). The token becomes
+  `Identity(verified_by="oidc", issuer, actor=<act chain>, is_agent=bool(chain),
+  expires_at=exp)`; a `name` claim becomes the display name. `token_leeway` gives the session's
+  expiry check the same clock-skew leeway the login had.
+- Failed logins (`login_gate`, `login_failed`, `login_succeeded`): `gateway.throttle` per source
+  address and canonical user name; a throttled attempt sleeps in its own task or is refused, and
+  either is audited (`login.throttled`).
 - Client certificates (`identity_for_certificate`): the listener's `cert_identity` mode picks
   the subject commonName or the first URI subjectAltName (a SPIFFE id) of the verified peer
   certificate. When that name is also a static identity, its groups, display name and agent flag
   are used (never its secret).
 - Target access (`access_refusal`): `[[access]]` rules in order, first match wins; when there are
   rules and none matches, access is refused; without rules every identity reaches every target.
+  Subjects and actors match in the canonical form; `issuers` globs match the identity's issuer,
+  so a subject can be pinned to the issuer that may vouch for it.
 - Targets: every DSN is parsed (`gateway.config.parse_dsn`) into an `adapters.base.Target` with
   the upstream password taken from `password`, `password_file` or the DSN, in that order (the
   config loader refuses two of them at once). `resolve_target` is then a dictionary lookup.
@@ -55,15 +69,17 @@ from typing import Any, Protocol
 
 import msgspec
 import scramp
+import trio
 
 from sqlward.adapters.identity import canonical_glob, canonical_name, name_problem
 from sqlward.adapters.base import AuthError, CertIdentityMode, Dialect, IdentitySettings, MysqlSecret, ScramSecret, Target
-from sqlward.audit.events import PolicyReloaded
+from sqlward.audit.events import LoginThrottled, PolicyReloaded
 from sqlward.audit.recorder import Recorder, Sink
 from sqlward.audit.writer import AuditWriteError, JsonlWriter
 from sqlward.gateway.config import AccessRule, Config, ConfigError, Problem, parse_dsn, read_secret_file
 from sqlward.gateway.oidc import IssuerSetupError, TokenError, TokenVerifier
 from sqlward.gateway.estimator import Estimator
+from sqlward.gateway.throttle import LoginThrottle, ThrottleRefused
 from sqlward.masking.catalogue import CatalogueCache, load_catalogue
 from sqlward.masking.context import MaskContext, RequestMask, plan_request
 from sqlward.masking.policy import MaskingPolicy
@@ -140,6 +156,7 @@ class Gatekeeper:
         self._clock = time.time
         self._identity_settings: IdentitySettings = config.identity.settings()
         self._leeways: dict[str, int] = {i.issuer: i.leeway_seconds for i in config.oidc}
+        self._throttle = LoginThrottle(config.login_throttle, clock=_trio_clock)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -370,13 +387,40 @@ class Gatekeeper:
         return canonical_name(username) in self._users
 
     async def login_gate(self, client_host: str, username: str) -> None:
-        """See `adapters.base.Gatekeeper.login_gate` (throttling of failed logins)."""
+        """Before a client's credentials are judged: wait this attempt's turn under the login
+        throttle (`gateway.throttle`; only this connection's task sleeps), or refuse it with
+        AuthError "too many failed logins ... try again in N s". Either is audited
+        (`login.throttled`, on the gateway's scope)."""
+        try:
+            admission = self._throttle.admit(client_host, username)
+        except ThrottleRefused as exc:
+            await self._record_throttle(LoginThrottled(
+                client_addr=client_host, user=_shown_user(username), scope=exc.scope, failures=exc.failures,
+                refused=True, retry_after=round(exc.retry_after, 3),
+            ))
+            raise AuthError(str(exc)) from None
+        if admission.wait <= 0:
+            return
+        await self._record_throttle(LoginThrottled(
+            client_addr=client_host, user=_shown_user(username), scope=admission.scope or "address",
+            failures=admission.failures, delay_seconds=round(admission.wait, 3),
+        ))
+        await trio.sleep(admission.wait)
+
+    async def _record_throttle(self, event: LoginThrottled) -> None:
+        scope = self.recorder.gateway_scope
+        scope.add(event)
+        await scope.flush_quietly()
 
     def login_failed(self, client_host: str, username: str) -> None:
-        """See `adapters.base.Gatekeeper.login_failed`."""
+        """Count a failed login (a wrong secret, an unknown name, a refused token or
+        certificate) against the address and the canonical user name."""
+        self._throttle.failed(client_host, username)
 
     def login_succeeded(self, client_host: str, username: str) -> None:
-        """See `adapters.base.Gatekeeper.login_succeeded`."""
+        """Clear the user name's failures (the address's count stays until its window ends:
+        see `gateway.throttle`)."""
+        self._throttle.succeeded(client_host, username)
 
     async def authenticate_token(
         self, username: str, token: str, *, tls: bool, loopback: bool, tls_offered: bool = True,
@@ -731,6 +775,19 @@ def _access_matches(rule: AccessRule, identity: Identity, target: TargetInfo) ->
     if rule.issuers and not (identity.issuer and any(fnmatch.fnmatchcase(identity.issuer, g) for g in rule.issuers)):
         return False
     return True
+
+
+def _trio_clock() -> float:
+    """The throttle's clock: trio's (what `trio.sleep` waits by), time.monotonic outside a run."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+def _shown_user(username: str) -> str:
+    """A client-chosen user name as recorded: bounded, so a huge name cannot bloat the audit."""
+    return username if len(username) <= 256 else username[:253] + "..."
 
 
 def _rdns(name: Any) -> list[tuple[str, str]]:

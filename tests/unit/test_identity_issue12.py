@@ -562,3 +562,122 @@ def test_tls_advice_only_when_the_listener_has_tls(gk: Gatekeeper, idp: TestIssu
     without = refused(gk, "carol@example.com", token, "only over TLS", "this listener has no TLS", tls=False, tls_offered=False)
     assert "sslmode" not in without and "--ssl" not in without, without
     assert with_tls != without
+
+
+# ---------------------------------------------------------------------------------------------
+# B. Failed logins are throttled (through the Gatekeeper API the adapters call)
+
+THROTTLE = """
+[login_throttle]
+failures_before_delay = 2
+base_delay_seconds = 0.4
+max_delay_seconds = 1.6
+window_seconds = 600
+"""
+
+
+def test_login_gate_delays_after_failures_and_audits_it(tmp_path: Path) -> None:
+    sink = ListSink()
+    gk = make_gk(tmp_path, THROTTLE, sink=sink)
+
+    async def main() -> list[float]:
+        waits = []
+        for _ in range(5):
+            start = trio.current_time()
+            await gk.login_gate("203.0.113.5", "alice")
+            waits.append(trio.current_time() - start)
+            with pytest.raises(AuthError):
+                gk.authenticate_password("alice", "wrong", tls=True)
+            gk.login_failed("203.0.113.5", "alice")
+        return waits
+
+    waits = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert [round(w, 2) for w in waits] == [0, 0, 0.4, 0.8, 1.6]
+    throttled = [e for e in sink.events if e["event"] == "login.throttled"]
+    assert len(throttled) == 3
+    assert throttled[0]["client_addr"] == "203.0.113.5" and throttled[0]["user"] == "alice"
+    assert throttled[-1]["delay_seconds"] == pytest.approx(1.6) and throttled[-1]["failures"] == 4
+
+
+def test_login_gate_refuses_when_the_bucket_is_empty_and_audits_it(tmp_path: Path) -> None:
+    sink = ListSink()
+    gk = make_gk(tmp_path, THROTTLE, sink=sink)
+
+    async def main() -> list[str]:
+        for _ in range(2):
+            gk.login_failed("203.0.113.5", "mallory")
+        messages: list[str] = []
+
+        async def attempt() -> None:
+            try:
+                await gk.login_gate("203.0.113.5", "mallory")
+            except AuthError as exc:
+                messages.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(attempt)
+        return messages
+
+    messages = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(messages) == 6  # slots at 0.4, 0.8, 1.2, 1.6 s; the rest refused
+    assert all(m.startswith("too many failed logins") and "try again in" in m for m in messages), messages
+    refusals = [e for e in sink.events if e["event"] == "login.throttled" and e.get("refused")]
+    assert len(refusals) == 6
+
+
+def test_a_throttled_connection_never_slows_another_client(tmp_path: Path) -> None:
+    gk = make_gk(tmp_path, THROTTLE.replace("1.6", "3.2").replace("0.4", "3.0"))
+
+    async def main() -> float:
+        for _ in range(3):
+            gk.login_failed("203.0.113.5", "alice")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gk.login_gate, "203.0.113.5", "alice")  # waits 3 s
+            await trio.sleep(0.05)
+            start = trio.current_time()
+            with trio.fail_after(0.5):
+                await gk.login_gate("198.51.100.7", "bob")
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+        return elapsed
+
+    assert trio.run(main) < 0.2  # real time: no global lock, no shared sleep
+
+
+def test_token_failures_and_unknown_users_count(tmp_path: Path, idp: TestIssuer) -> None:
+    """The adapters call login_failed for every refusal: wrong secrets, unknown users, bad tokens;
+    the throttle keys on the canonical user name whichever spelling failed."""
+    gk = make_gk(tmp_path, THROTTLE + idp.oidc_toml())
+
+    async def main() -> float:
+        for user in ("Mallory", "MALLORY"):
+            with pytest.raises(AuthError):
+                await gk.authenticate_token(user, "not-a-token", tls=True, loopback=False)
+            gk.login_failed(f"198.51.100.{len(user)}{user.count('M')}", user)
+        start = trio.current_time()
+        await gk.login_gate("192.0.2.99", "ｍａｌｌｏｒｙ")
+        return trio.current_time() - start
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == pytest.approx(0.4)
+
+
+def test_login_succeeded_clears_the_user_name(tmp_path: Path) -> None:
+    gk = make_gk(tmp_path, THROTTLE)
+
+    async def main() -> float:
+        for _ in range(3):
+            gk.login_failed("198.51.100.1", "alice")
+        gk.login_succeeded("198.51.100.1", "alice")
+        start = trio.current_time()
+        await gk.login_gate("198.51.100.2", "alice")
+        return trio.current_time() - start
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == 0
+
+
+def test_login_throttle_config_is_checked(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "[login_throttle]\nbase_delay_seconds = 0\nmax_delay_seconds = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), env=ENV)
+    assert "$.login_throttle." in str(info.value)
