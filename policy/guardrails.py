@@ -386,6 +386,8 @@ def guardrail_problems(gid: str, config: GuardrailConfig) -> list[tuple[str, str
         if option not in guardrail.options and getattr(config, option) != default:
             takes = COMMON_KEYS + guardrail.options
             problems.append((option, f"guardrail {gid!r} takes no option {option!r} ({one_of(option, takes)})"))
+    if config.approvers and config.action != "review":
+        problems.append(("approvers", "only a review guardrail has approvers (set action = \"review\")"))
     if any(not e for e in config.environments):
         problems.append(("environments", "expected non-empty environment names (leave the key out for every environment)"))
     if gid == "multi-statement" and config.max_statements is not None and config.max_statements < 1:

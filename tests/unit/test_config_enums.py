@@ -351,3 +351,9 @@ def test_yaml_keys_that_are_not_strings(tmp_path: Path) -> None:
     err = _policy_error(tmp_path, "p.yaml", "environments:\n  on: {default_action: deny}\nguardrails:\n  1: {}\n")
     assert "quote" in _line(err, "$.environments[true]")
     assert "quote" in _line(err, "$.guardrails[1]")
+
+
+def test_guardrail_approvers_only_with_review(tmp_path: Path) -> None:
+    err = _error(tmp_path, '[guardrails.truncate]\napprovers = ["group:sre"]\n')
+    assert "only a review guardrail has approvers" in _line(err, "$.guardrails.truncate.approvers")
+    load_config(_main(tmp_path, '[guardrails.truncate]\naction = "review"\napprovers = ["group:sre"]\n'), env={})
