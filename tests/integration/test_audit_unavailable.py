@@ -2,9 +2,12 @@
 
 The gateway's audit writes are made to fail from outside while it runs: its file size limit
 (RLIMIT_FSIZE, set on the running process with prlimit) is lowered to the audit file's current
-size, so the next write gets EFBIG (Python ignores SIGXFSZ). Decisions are flushed once per
-received chunk before the chunk goes upstream, completions before the answer goes to the client;
-a failed flush ends the session with FATAL 58000 and forwards nothing of that chunk.
+size, so the next write gets EFBIG (Python ignores SIGXFSZ). Each request's record (decision, or
+run of a prepared statement) is written before the request goes upstream: one that cannot be
+written is refused with ERROR 58030 "audit unavailable: statement not run" and the session goes
+on (issue 12; before, the session was closed with FATAL 58000). Completions are written before
+the answer goes to the client; when that fails the session ends with FATAL 58000. More cases:
+test_pg_hardening.py.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tests.support import pgwire
 from tests.support.gateway import GatewayProcess
 
 AUDIT_LOST = "the audit trail cannot be written; sqlward closed the session"
+AUDIT_REFUSED = "audit unavailable: statement not run"
 
 
 @pytest.fixture
@@ -36,6 +40,10 @@ def _fatal_58000(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) == "58000" and AUDIT_LOST in str(exc)
 
 
+def _refused_58030(exc: BaseException) -> bool:
+    return getattr(exc, "sqlstate", None) == "58030" and AUDIT_REFUSED in str(exc)
+
+
 
 def test_statement_is_not_forwarded_when_its_decision_cannot_be_written(
     gw: GatewayProcess, direct: psycopg.Connection, table: str,
@@ -45,18 +53,20 @@ def test_statement_is_not_forwarded_when_its_decision_cannot_be_written(
         gw.audit_full()
         with pytest.raises(psycopg.Error) as caught:
             conn.execute(f"INSERT INTO {table} VALUES (2, 'unrecorded')")
-        assert _fatal_58000(caught.value), caught.value
-        assert conn.closed or conn.broken
-    # The upstream never saw the second statement, and the trail has no record of it.
-    assert direct.execute(f"SELECT id FROM {table} ORDER BY id").fetchall() == [(1,)]
-    gw.audit_writable()
-    assert gw.decided("'recorded'") and not gw.decided("'unrecorded'")
+        assert _refused_58030(caught.value), caught.value
+        # The upstream never saw the second statement, and the trail has no record of it.
+        assert direct.execute(f"SELECT id FROM {table} ORDER BY id").fetchall() == [(1,)]
+        gw.audit_writable()
+        assert not conn.closed and not conn.broken  # the session goes on
+        conn.execute(f"INSERT INTO {table} VALUES (3, 'recorded again')")
+    assert gw.decided("'recorded'") and not gw.decided("'unrecorded'") and gw.decided("'recorded again'")
 
 
 def test_nothing_of_a_pipeline_is_forwarded_when_its_decisions_cannot_be_written(
     gw: GatewayProcess, direct: psycopg.Connection, table: str,
 ) -> None:
-    """A whole extended-protocol pipeline in one write: the answer is one FATAL, then the close."""
+    """A whole extended-protocol pipeline in one write: its first request is refused (58030), the
+    rest is discarded up to Sync, and the session goes on."""
     conn = pgwire.open_session(gw.host, gw.port, "alice", "alice-secret", "app")
     with conn:
         gw.audit_full()
@@ -65,9 +75,9 @@ def test_nothing_of_a_pipeline_is_forwarded_when_its_decisions_cannot_be_written
             for i in (1, 2)
         ) + pgwire.sync()
         conn.send(chunk)
-        messages, closed = conn.read_all_until_closed()
-    assert closed
-    assert [(m.type, m.severity, m.sqlstate, m.text) for m in messages] == [("E", "FATAL", "58000", AUDIT_LOST)]
+        messages = conn.read_until("Z")
+        assert [(m.type, m.severity, m.sqlstate, m.text) for m in messages[:1]] == [("E", "ERROR", "58030", AUDIT_REFUSED)]
+        assert [m.type for m in messages] == ["E", "Z"]
     assert direct.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
 
 
