@@ -9,8 +9,8 @@ How it works (DESIGN.md sections 3, 5 and 9):
   classify (fingerprints starting with `RAW_PREFIX`) are analysed every time and not cached, so
   junk cannot churn the cache.
 - `Engine.decide(analysis, identity, target)` is cached by (fingerprint, dialect, identity
-  subject, issuer, groups, actor, target name, environment, policy version). A new policy is a new
-  `Engine`, so a reload starts with empty caches.
+  subject, issuer, groups, actor, target name, environment, policy version). A new policy is a
+  new `Engine`, so a reload starts with empty caches.
 - Both caches are plain dicts bounded by `cache_size`: when full, the older half (insertion
   order) is dropped. No locking: the gateway runs the engine on one trio thread.
 
@@ -30,10 +30,10 @@ Decision for each statement, in order (after the dynamic-SQL check and the guard
 2. Otherwise the first rule whose every non-empty criterion matches decides. Criteria:
    operations, tables (fnmatch globs, case-insensitive; a pattern without a dot also matches the
    bare name of `schema.table`), environments and targets (exact names), identities (subject
-   globs, case-sensitive), issuers (globs over the credential's issuer, `Identity.issuer`:
-   the OIDC issuer URL, "" for static identities; case-sensitive), groups (any overlap), actors (globs over the delegation chain: any
-   actor matches), agents (true: only agents or delegated identities; false: only people),
-   has_where.
+   globs, case-sensitive), issuers (globs over the credential's issuer, `Identity.issuer`: the
+   OIDC issuer URL, "" for static identities; case-sensitive), groups (any overlap), actors
+   (globs over the delegation chain: any actor matches), agents (true: only agents or delegated
+   identities; false: only people), has_where.
    For deny and review rules, operations and tables match when ANY of the statement's
    operations / tables is listed. For allow rules they must cover ALL of them (and a tables
    criterion needs at least one table): otherwise "allow select" would let
