@@ -35,7 +35,7 @@ SECRET = "sp-secret"
 RULES = [
     {"id": "no-vault", "tables": ["vault.*"], "action": "deny"},
     {"id": "public-ok", "tables": ["public.*"], "operations": ["select", "insert", "update", "delete"], "action": "allow"},
-    {"id": "session-ok", "operations": ["set", "reset", "begin", "commit", "rollback", "savepoint", "show", "other"], "action": "allow"},
+    {"id": "session-ok", "operations": ["set", "begin", "commit", "rollback", "savepoint", "show", "other"], "action": "allow"},
     {"id": "no-table-ok", "operations": ["select"], "action": "allow"},
 ]
 

@@ -37,7 +37,7 @@ SECRET = "sp-attack-secret"
 RULES = [
     {"id": "no-vault", "tables": ["vault.*", f"{USER_SCHEMA}.*", f"{LATE_SCHEMA}.*"], "action": "deny"},
     {"id": "public-ok", "tables": ["public.*"], "operations": ["select", "insert", "update", "delete"], "action": "allow"},
-    {"id": "session-ok", "operations": ["set", "reset", "begin", "commit", "rollback", "savepoint", "show", "other", "listen"], "action": "allow"},
+    {"id": "session-ok", "operations": ["set", "begin", "commit", "rollback", "savepoint", "show", "other", "listen"], "action": "allow"},
     {"id": "no-table-ok", "operations": ["select"], "action": "allow"},
 ]
 

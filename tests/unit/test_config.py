@@ -337,7 +337,7 @@ def test_not_utf8(tmp_path: Path) -> None:
         ('name = "app-dev"\n', "", "$.targets[0].name", ("required field is missing",)),
         ('[gateway]\nname = "dev"\n', "", "$.gateway", ("required field is missing",)),
         ('listen = "127.0.0.1:6432"', 'lisen = "127.0.0.1:6432"', "$.listeners[0].lisen", ("unknown field", "listen")),
-        ('[gateway]\nname = "dev"', '[gateway]\nname = "dev"\nport = 1', "$.gateway.port", ("unknown field (expected one of: name, policy_files)",)),
+        ('[gateway]\nname = "dev"', '[gateway]\nname = "dev"\nport = 1', "$.gateway.port", ("unknown field (expected one of: name, policy_files, max_unauthenticated, max_unauthenticated_per_address)",)),
         ("[gateway]", "colour = 'red'\n[gateway]", "$.colour", ("unknown field", "listeners", "targets")),
         ('[gateway]\nname = "dev"', '[gateway]\nname = "dev"\n[audit]\nfsync = "yes"', "$.audit.fsync", ("Expected `bool`, got `str`",)),
         ('environment = "development"', "environment = 1.5", "$.targets[0].environment", ("Expected `str`, got `float`",)),

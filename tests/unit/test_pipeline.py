@@ -81,7 +81,7 @@ action = "allow"
 
 [[rules]]
 id = "anything-else"
-operations = ["select", "insert", "set", "load", "kill", "change user"]
+operations = ["select", "insert", "set", "kill", "change user"]
 action = "allow"
 """
 
