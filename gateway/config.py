@@ -313,6 +313,9 @@ class LoginThrottleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     # Addresses and names tracked (each); the least recently failed are forgotten first.
     max_tracked: int = 10_000
     ipv6_prefix: int = 64
+    # Source networks not throttled by address (the user-name key still applies): by default
+    # loopback, where a local pooler or proxy puts every client behind one address.
+    exempt_addresses: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -774,6 +777,11 @@ def _finish(config: Config, file: str) -> Config:
     ):
         if not ok:
             problems.append(Problem(f"$.login_throttle.{key}", f"expected {expected}"))
+    for j, network in enumerate(throttle.exempt_addresses):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            problems.append(Problem(f"$.login_throttle.exempt_addresses[{j}]", f"expected an address or network (CIDR), got {network!r}"))
 
     for i, access in enumerate(config.access):
         for key in ("targets", "environments", "subjects", "groups", "actors", "issuers"):

@@ -21,6 +21,10 @@ success (`succeeded`) clears the user name's count; the address keeps its count 
 one's own account between guesses at other names must not reset a spray) and forgets it after
 the window.
 
+Addresses in `exempt_addresses` (loopback by default: a local pooler or proxy puts every client
+behind one address, and throttling it would throttle everyone) are not keyed by address; their
+user names still are.
+
 Memory is bounded: each table holds at most `max_tracked` keys, the least recently failed are
 dropped first (an `OrderedDict` used as an LRU), so an attacker inventing names or addresses
 cannot grow it; an evicted key simply starts again from zero.
@@ -100,6 +104,7 @@ class LoginThrottle:
     def __init__(self, settings: LoginThrottleConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._clock = clock
+        self._exempt = tuple(ipaddress.ip_network(n, strict=False) for n in settings.exempt_addresses)
         self._tables: dict[Scope, OrderedDict[str, _Entry]] = {"address": OrderedDict(), "user": OrderedDict()}
 
     @property
@@ -107,8 +112,21 @@ class LoginThrottle:
         """Keys held, over both tables."""
         return sum(len(t) for t in self._tables.values())
 
-    def _keys(self, host: str, username: str) -> tuple[tuple[Scope, str], tuple[Scope, str]]:
-        return ("address", address_key(host, self.settings.ipv6_prefix)), ("user", canonical_name(username))
+    def _keys(self, host: str, username: str) -> list[tuple[Scope, str]]:
+        keys: list[tuple[Scope, str]] = [("user", canonical_name(username))]
+        if not self._exempt_host(host):
+            keys.insert(0, ("address", address_key(host, self.settings.ipv6_prefix)))
+        return keys
+
+    def _exempt_host(self, host: str) -> bool:
+        if not self._exempt:
+            return False
+        key = address_key(host, 128)
+        try:
+            ip = ipaddress.ip_address(key)
+        except ValueError:
+            return False
+        return any(ip.version == n.version and ip in n for n in self._exempt)
 
     def delay(self, failures: int) -> float:
         """The spacing between attempts of a key with `failures` failures."""
