@@ -18,8 +18,12 @@ said in `Report.notes`: whose connection a KILL reaches, a mask plan whose catal
 be read, the session's earlier `USE` / `SET` history.
 
 The identity is the static identity of that name from `[[identities]]` (its groups, display
-name and agent flag), or else an ad-hoc identity with that subject and the given groups and actor
-chain: what an OIDC token for that person would give (`is_agent` when there is an actor). The
+name and agent flag; names compare in their canonical form, as at login), or else an ad-hoc
+identity with that subject and the given groups, actor chain and `issuer` (a configured `[[oidc]]`
+issuer: `[[access]] issuers` and its `leeway_seconds` for `--expires-at` then apply): what an
+OIDC token for that person would give (`is_agent` when there is an actor). What a live login
+would refuse is a usage error here: a subject or actor with invisible or control characters, an
+actor naming a static identity. The
 dialect defaults to the target's protocol; for MySQL the current database (`schema`) defaults to
 the DSN's database, as a MySQL session's does, and unqualified table names are shown qualified
 the way the engine matches them.
@@ -37,6 +41,7 @@ import msgspec
 import trio
 
 from sqlward.adapters.base import SessionContext, StatementRequest, Verdict
+from sqlward.adapters.identity import canonical_name, name_problem
 from sqlward.audit.recorder import NullSink
 from sqlward.gateway.config import Config
 from sqlward.gateway.gatekeeper import Gatekeeper
@@ -77,6 +82,8 @@ class IdentityReport(msgspec.Struct, frozen=True):
     is_agent: bool = False
     # --expires-at: the Unix time the ad-hoc identity's token expires.
     expires_at: float | None = None
+    # --issuer: the [[oidc]] issuer of the ad-hoc identity's token ("" = none given).
+    issuer: str = ""
 
 
 class TargetReport(msgspec.Struct, frozen=True):
@@ -146,30 +153,48 @@ Source = Literal["static", "ad-hoc"]
 
 def _identity(
     config: Config, name: str, groups: tuple[str, ...], actors: tuple[str, ...], expires_at: float | None,
+    issuer: str = "",
 ) -> tuple[Identity, Source]:
-    for ident_cfg in config.identities:
-        if ident_cfg.name == name:
-            if groups or actors or expires_at is not None:
-                raise PolicyTestError(
-                    f"{name!r} is a static identity of [[identities]]: its groups and agent flag come from the "
-                    "config and it logs in with its secret, not a token, so --group / --actor / --expires-at "
-                    "do not apply"
-                )
-            # The same Identity Gatekeeper.from_config builds for a static user.
-            return (
-                Identity(
-                    subject=ident_cfg.name,
-                    display_name=ident_cfg.display_name,
-                    groups=ident_cfg.groups,
-                    verified_by="static",
-                    is_agent=ident_cfg.agent,
-                ),
-                "static",
+    """The identity a live login would give, judged by the same rules: names compared in their
+    canonical form (`adapters.identity.canonical_name`), names with invisible or control
+    characters refused, a token naming a static identity (as subject or actor) refused, an
+    issuer that must be a configured [[oidc]] issuer."""
+    wanted = canonical_name(name)
+    statics = {canonical_name(i.name): i for i in config.identities}
+    ident_cfg = statics.get(wanted)
+    if ident_cfg is not None:
+        if groups or actors or expires_at is not None or issuer:
+            raise PolicyTestError(
+                f"{name!r} is a static identity of [[identities]] ({ident_cfg.name!r}): its groups and agent flag come "
+                "from the config and it logs in with its secret, not a token, so --group / --actor / --expires-at / "
+                "--issuer do not apply"
             )
+        # The same Identity Gatekeeper.from_config builds for a static user.
+        return (
+            Identity(
+                subject=ident_cfg.name,
+                display_name=ident_cfg.display_name,
+                groups=ident_cfg.groups,
+                verified_by="static",
+                is_agent=ident_cfg.agent,
+            ),
+            "static",
+        )
+    for n in (name, *actors):
+        problem = name_problem(n)
+        if problem is not None:
+            raise PolicyTestError(f"{n!r} cannot name an identity: {problem}")
+        if canonical_name(n) in statics:
+            raise PolicyTestError(
+                f"{n!r} is a static identity of [[identities]]: a token naming it (as subject or actor) is refused at login"
+            )
+    if issuer and issuer not in {i.issuer for i in config.oidc}:
+        configured = ", ".join(i.issuer for i in config.oidc) or "none"
+        raise PolicyTestError(f"--issuer {issuer!r} is not a configured [[oidc]] issuer (configured: {configured})")
     # What Gatekeeper.authenticate_token gives for a token of this subject.
     return (
         Identity(
-            subject=name, groups=groups, verified_by="oidc", actor=actors, is_agent=bool(actors),
+            subject=name, groups=groups, verified_by="oidc", issuer=issuer, actor=actors, is_agent=bool(actors),
             expires_at=expires_at,
         ),
         "ad-hoc",
@@ -199,6 +224,7 @@ def evaluate(
     expires_at: float | None = None,
     command: str = "",
     search_path: str | None = None,
+    issuer: str = "",
 ) -> Report:
     """The verdict a live session would get on `sql` (or the protocol `command`) sent by
     `identity` to `target` (see the module doc).
@@ -218,7 +244,7 @@ def evaluate(
     gatekeeper = Gatekeeper.from_config(config, NullSink())
     try:
         info = _target(config, gatekeeper, target)
-        who, source = _identity(config, identity, groups, actors, expires_at)
+        who, source = _identity(config, identity, groups, actors, expires_at, issuer)
         chosen: Dialect = "mysql" if (dialect or info.protocol) == "mysql" else "postgres"
         if schema is not None and chosen != "mysql":
             raise PolicyTestError(
@@ -274,6 +300,7 @@ def evaluate(
         statement=None if decision.statement_index is None else decision.statement_index + 1,
         identity=IdentityReport(
             subject=who.subject, source=source, groups=who.groups, actor=who.actor, is_agent=who.is_agent,
+            issuer=who.issuer,
             expires_at=who.expires_at,
         ),
         target=TargetReport(name=info.name, protocol=info.protocol, environment=info.environment, database=info.database),
@@ -333,6 +360,8 @@ def format_text(report: Report) -> str:
         who_text += f"; groups: {', '.join(who.groups)}"
     if who.actor:
         who_text += f"; via {' via '.join(who.actor)}"
+    if who.issuer:
+        who_text += f"; issuer {who.issuer}"
     if who.is_agent:
         who_text += "; agent"
     if who.expires_at is not None:

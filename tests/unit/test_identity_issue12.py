@@ -681,3 +681,64 @@ def test_login_throttle_config_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(path), env=ENV)
     assert "$.login_throttle." in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# `sqlward policy test`: the identity options follow the same rules offline
+
+
+POLICY_TARGET = """
+[[access]]
+subjects = ["carol@example.com"]
+issuers = ["https://idp.test"]
+action = "allow"
+
+[[access]]
+subjects = ["alice"]
+action = "allow"
+"""
+
+
+def policy_config(tmp_path: Path, idp: TestIssuer, other_idp: TestIssuer) -> Config:
+    return load_config(str(write_config(tmp_path, idp.oidc_toml(source="file") + other_idp.oidc_toml(source="file") + POLICY_TARGET)), env=ENV)
+
+
+def test_policy_test_issuer_option(tmp_path: Path, idp: TestIssuer, other_idp: TestIssuer) -> None:
+    from sqlward.gateway.policy_check import evaluate
+
+    config = policy_config(tmp_path, idp, other_idp)
+    mine = evaluate(config, identity="carol@example.com", issuer="https://idp.test", target="app", sql="SELECT 1")
+    assert mine.decision == "allow" and mine.identity.issuer == "https://idp.test"
+    theirs = evaluate(config, identity="carol@example.com", issuer="https://other.test", target="app", sql="SELECT 1")
+    assert theirs.decision == "deny" and theirs.rule_id == "access"
+    from sqlward.gateway.policy_check import PolicyTestError, format_text
+
+    assert "https://other.test" in format_text(theirs)
+    with pytest.raises(PolicyTestError, match="not a configured"):
+        evaluate(config, identity="carol@example.com", issuer="https://nobody.test", target="app", sql="SELECT 1")
+
+
+def test_policy_test_names_in_the_canonical_form(tmp_path: Path, idp: TestIssuer, other_idp: TestIssuer) -> None:
+    from sqlward.gateway.policy_check import PolicyTestError, evaluate
+
+    config = policy_config(tmp_path, idp, other_idp)
+    report = evaluate(config, identity="ALICE", target="app", sql="SELECT 1")
+    assert report.identity.source == "static" and report.identity.subject == "alice"
+    with pytest.raises(PolicyTestError, match="static identity"):
+        evaluate(config, identity="ａｌｉｃｅ", issuer="https://idp.test", target="app", sql="SELECT 1")
+    with pytest.raises(PolicyTestError, match="static identity"):
+        evaluate(config, identity="carol@example.com", actors=("BOT",), target="app", sql="SELECT 1")
+    with pytest.raises(PolicyTestError, match="cannot name an identity"):
+        evaluate(config, identity="carol\u200b@example.com", target="app", sql="SELECT 1")
+
+
+def test_policy_test_expiry_uses_the_issuers_leeway(tmp_path: Path, idp: TestIssuer, other_idp: TestIssuer) -> None:
+    from sqlward.gateway.policy_check import evaluate
+
+    config = policy_config(tmp_path, idp, other_idp)
+    inside = evaluate(config, identity="carol@example.com", issuer="https://idp.test", target="app", sql="SELECT 1",
+                      expires_at=time.time() - 10)
+    assert inside.decision == "allow"
+    after = evaluate(config, identity="carol@example.com", issuer="https://idp.test", target="app", sql="SELECT 1",
+                     expires_at=time.time() - 40)
+    assert after.rule_id == "token-expired"

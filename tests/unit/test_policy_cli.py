@@ -179,7 +179,7 @@ def test_json_output(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["statement"] == 1
     assert doc["fingerprint"] == "DROP TABLE users"
     assert doc["dialect"] == "postgres"
-    assert doc["identity"] == {"subject": "alice", "source": "static", "groups": ["dba"], "actor": [], "is_agent": False, "expires_at": None}
+    assert doc["identity"] == {"subject": "alice", "source": "static", "groups": ["dba"], "actor": [], "is_agent": False, "expires_at": None, "issuer": ""}
     assert doc["target"]["environment"] == "production"
     (st,) = doc["statements"]
     assert st["index"] == 1
