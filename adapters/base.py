@@ -153,6 +153,10 @@ class Gatekeeper(Protocol):
         failed logins from this address or for this user name (a bounded delay that blocks only
         this connection), or raises AuthError when the attempt is refused outright."""
 
+    def token_leeway(self, identity: Identity) -> float:
+        """Seconds of clock skew the identity's token issuer was granted at login (0 for others):
+        the session's expiry uses the same leeway as the login did."""
+
     def login_failed(self, client_host: str, username: str) -> None:
         """Count a failed login (any mechanism) against the address and the user name."""
 

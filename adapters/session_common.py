@@ -128,8 +128,7 @@ class GovernedSession:
             return None
         if self.gk.identity_settings().on_token_expiry != "close":
             return None
-        leeway_of = getattr(self.gk, "token_leeway", None)  # not (yet) in adapters.base.Gatekeeper
-        leeway = float(leeway_of(identity)) if leeway_of is not None else 0.0
+        leeway = self.gk.token_leeway(identity)
         return trio.current_time() + max(0.0, identity.expires_at + leeway - time.time())
 
     def _certificate_identity(self) -> Identity | None:

@@ -29,6 +29,7 @@ imports `gateway.config`.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import os
 import tomllib
@@ -269,6 +270,41 @@ def _load_file(
     return doc.rules, environments, guardrails, doc.masks
 
 
+def name_typo(value: str, known: set[str], what: str) -> str | None:
+    """Why `value` (a literal name, not a glob) looks like a misspelling of one of `known`: it
+    names none of them but differs only in case, or is close to one. A name that is neither
+    (a policy shared by gateways with other targets) is fine; None then."""
+    if not known or not value or value in known or any(c in value for c in "*?["):
+        return None
+    same_case = [k for k in sorted(known) if k.casefold() == value.casefold()]
+    close = same_case or difflib.get_close_matches(value, sorted(known), n=3, cutoff=0.75)
+    if not close:
+        return None
+    return (
+        f"{value!r} names no configured {what}, so this never matches; did you mean "
+        f"{' or '.join(repr(c) for c in close)}? (configured: {', '.join(sorted(known))})"
+    )
+
+
+def _check_names(config: PolicySource, origin: list[tuple[str, str, Any]], environments: Mapping[str, Any]) -> None:
+    """Rules, masks and guardrails whose `targets` / `environments` spell a configured name
+    wrongly would silently never match: a ConfigError naming the file and the `$.path`."""
+    targets = getattr(config, "targets", ())
+    known = {
+        "targets": ({t.name for t in targets}, "target"),
+        "environments": ({t.environment for t in targets} | set(environments), "environment"),
+    }
+    problems: dict[str, list[Problem]] = {}
+    for file, where, entry in origin:
+        for key, (names, what) in known.items():
+            for j, value in enumerate(getattr(entry, key, ()) or ()):
+                message = name_typo(value, names, what)
+                if message is not None:
+                    problems.setdefault(file, []).append(Problem(f"{where}.{key}[{j}]", message))
+    for file, found in problems.items():
+        raise ConfigError(file, found)
+
+
 def load_policy(config: PolicySource) -> PolicyBundle:
     """The merged policy of `config` and its policy files. Raises ConfigError (naming the policy
     file and the `$.path`) on the first file with a problem."""
@@ -279,8 +315,15 @@ def load_policy(config: PolicySource) -> PolicyBundle:
     first: dict[str, str] = {r.id: f"{config.source or '<config>'} at $.rules[{i}]" for i, r in enumerate(config.rules)}
     masks = list(config.masks)
     mask_first: dict[str, str] = {m.id: f"{config.source or '<config>'} at $.masks[{i}]" for i, m in enumerate(config.masks)}
+    # Where each entry came from, for the check of target and environment names below.
+    origin: list[tuple[str, str, Any]] = [(config.source or "<config>", f"$.rules[{i}]", r) for i, r in enumerate(config.rules)]
+    origin += [(config.source or "<config>", f"$.masks[{i}]", m) for i, m in enumerate(config.masks)]
+    origin += [(config.source or "<config>", f"$.guardrails.{g}", c) for g, c in config.guardrails.items()]
     for path in paths:
         file_rules, file_envs, file_guards, file_masks = _load_file(path)
+        origin += [(path, f"$.rules[{i}]", r) for i, r in enumerate(file_rules)]
+        origin += [(path, f"$.masks[{i}]", m) for i, m in enumerate(file_masks)]
+        origin += [(path, f"$.guardrails.{g}", c) for g, c in file_guards.items()]
         dupes = []
         for i, rule in enumerate(file_rules):
             if rule.id in first:
@@ -298,4 +341,5 @@ def load_policy(config: PolicySource) -> PolicyBundle:
         masks.extend(file_masks)
         environments.update(file_envs)
         guardrails.update(file_guards)
+    _check_names(config, origin, environments)
     return PolicyBundle(rules=tuple(rules), environments=environments, guardrails=guardrails, files=paths, masks=tuple(masks))
