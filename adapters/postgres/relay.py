@@ -59,6 +59,7 @@ Errors: `ProtocolViolation` (08P01) / `MessageTooLarge` (54000) for bad client b
 
 from __future__ import annotations
 
+import re
 import secrets
 import struct
 import time
@@ -133,6 +134,10 @@ _Q, _P, _B, _E, _S = Frontend.QUERY, Frontend.PARSE, Frontend.BIND, Frontend.EXE
 _C, _D, _F, _X = Frontend.CLOSE, Frontend.DESCRIBE, Frontend.FUNCTION_CALL, Frontend.TERMINATE
 _COPY_DATA, _PASSWORD = Frontend.COPY_DATA, Frontend.PASSWORD
 _COPY_DONE, _COPY_FAIL = Frontend.COPY_DONE, Frontend.COPY_FAIL
+# SQL that may start COPY FROM STDIN (a loose test: a false positive only lets CopyData through
+# that the server itself then ignores).
+_MAY_COPY = re.compile(rb"[cC][oO][pP][yY]")
+_MAY_COPY_TEXT = re.compile(r"[cC][oO][pP][yY]")
 
 # The Execute of the unnamed portal (the usual one): the same request every time.
 _EXECUTE_UNNAMED = StatementRequest(sql="", dialect="postgres", kind="execute", statement_name="")
@@ -229,7 +234,7 @@ class RelayState:
 
     __slots__ = (
         "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
-        "clock", "policy_version", "path", "unsynced", "copy_in",
+        "clock", "policy_version", "path", "unsynced", "copy_in", "copy_expected",
     )
 
     def __init__(
@@ -251,10 +256,13 @@ class RelayState:
         # The client sent extended-protocol messages after its last Sync: its implicit
         # transaction (and its unnamed portal) are still open.
         self.unsynced = False
-        # COPY FROM STDIN is in progress as the client sees it: from the upstream's
-        # CopyInResponse (or CopyBothResponse) until the client's CopyDone or CopyFail. CopyData,
-        # CopyDone and CopyFail outside it are a protocol violation.
+        # COPY FROM STDIN is in progress: from the upstream's CopyInResponse (or
+        # CopyBothResponse) until the client's CopyDone or CopyFail. `copy_expected`: a request
+        # that may start one was forwarded (clients such as asyncpg send their CopyData without
+        # waiting for CopyInResponse; the server reads them in order). CopyData, CopyDone and
+        # CopyFail when neither holds are a protocol violation.
         self.copy_in = False
+        self.copy_expected = False
 
     @property
     def idle(self) -> bool:
@@ -307,6 +315,9 @@ class ClientSide:
         # Portal name -> its statement's decision (request id) and mask context.
         self._portals: dict[bytes, int | None] = {}
         self._portal_masks: dict[bytes, MaskContext | None] = {}
+        # Statements and portals whose SQL may be a COPY FROM STDIN (see `_MAY_COPY`).
+        self._copy_statements: set[bytes] = set()
+        self._copy_portals: set[bytes] = set()
 
     @property
     def buffered(self) -> int:
@@ -363,6 +374,10 @@ class ClientSide:
                 stmt = bytes(buf[p_end + 1 : s_end])
                 self._portals[portal] = self._statements.get(stmt)
                 self._portal_masks[portal] = self._stmt_masks.get(stmt)
+                if stmt in self._copy_statements:
+                    self._copy_portals.add(portal)
+                elif self._copy_portals:
+                    self._copy_portals.discard(portal)
                 changes = self._stmt_paths.get(stmt) if self._stmt_paths else None
                 if changes is not None:
                     self._st.path.forwarded(changes)
@@ -423,11 +438,11 @@ class ClientSide:
                 return _FUNCTION_CALL
             elif mtype == _COPY_DATA or mtype == _COPY_DONE or mtype == _COPY_FAIL:
                 st = self._st
-                if not st.copy_in:
+                if not st.copy_in and not st.copy_expected:
                     kind = "CopyData" if mtype == _COPY_DATA else "CopyDone" if mtype == _COPY_DONE else "CopyFail"
                     raise ProtocolViolation(f"{kind} message received while no COPY FROM STDIN is in progress")
                 if mtype != _COPY_DATA:
-                    st.copy_in = False
+                    st.copy_in = st.copy_expected = False
             elif mtype == _X:
                 self.terminated = True
                 pos = end
@@ -453,6 +468,8 @@ class ClientSide:
         rid = verdict.request_id
         if what == _ASK_EXECUTE:
             assert isinstance(detail, bytes)
+            if allowed and detail in self._copy_portals:
+                st.copy_expected = True
             if allowed:
                 if st.masked:
                     # Learn the portal's formats and column origins just before its rows.
@@ -469,6 +486,8 @@ class ClientSide:
             if allowed:
                 if verdict.search_path is not None:
                     st.path.forwarded(verdict.search_path)
+                if _MAY_COPY.search(self._buf, pos + 5, end) is not None:
+                    st.copy_expected = True
                 st.pending.append(Pending("query", rid, started=st.clock(), mask=verdict.mask))
                 if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
                     body = self._sql_comment + bytes(self._buf[pos + 5 : end])
@@ -484,6 +503,10 @@ class ClientSide:
             if allowed:
                 self._statements[name] = rid
                 self._stmt_masks[name] = verdict.mask
+                if _MAY_COPY_TEXT.search(sql) is not None:
+                    self._copy_statements.add(name)
+                elif self._copy_statements:
+                    self._copy_statements.discard(name)
                 # A Bind in another epoch decides again: named statements outlive a pipeline, and
                 # the unnamed one is re-planned by the server under a path moved since its Parse.
                 self._prepared_sql[name] = (sql, version)
@@ -601,6 +624,7 @@ class ClientSide:
         self._discarding = True
 
     def _forget_statement(self, name: bytes) -> None:
+        self._copy_statements.discard(name)
         self._statements.pop(name, None)
         self._prepared_sql.pop(name, None)
         self._stmt_masks.pop(name, None)

@@ -35,11 +35,25 @@ def test_copy_messages_outside_copy_in_are_a_protocol_violation(message: bytes) 
     with pytest.raises(ProtocolViolation) as caught:
         client.feed(message)
     assert "no COPY FROM STDIN is in progress" in str(caught.value)
-    # Sent before the server asked for the data (CopyInResponse): a violation too.
+    # After a request that cannot start a COPY: a violation too.
     _, client, _ = _sides()
-    assert client.feed(query(b"COPY t FROM STDIN")) is not None
+    assert client.feed(query(b"SELECT 1")) is not None
     with pytest.raises(ProtocolViolation):
         client.resume(_allow(1)) or client.feed(message)
+
+
+def test_copy_data_may_follow_a_copy_statement_before_the_servers_answer() -> None:
+    """asyncpg sends its CopyData right after the COPY statement, without waiting for the
+    server's CopyInResponse (the server reads them in order)."""
+    for first in (query(b"COPY t FROM STDIN"), parse(b"c1", b"copy t from stdin") + m(b"B", b"\0c1\0\0\0\0\0\0\0") + EXECUTE):
+        state, client, _ = _sides()
+        request = client.feed(first + m(b"d", b"1\n") + m(b"c"))
+        while request is not None:
+            request = client.resume(_allow(1))
+        assert not state.copy_expected and not state.copy_in
+        assert client.take_output().endswith(m(b"d", b"1\n") + m(b"c"))
+        with pytest.raises(ProtocolViolation):
+            client.feed(m(b"d", b"after CopyDone\n"))
 
 
 def test_copy_in_lasts_until_the_clients_copy_done_even_after_a_server_error() -> None:
