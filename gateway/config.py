@@ -907,6 +907,5 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     if problems:
         raise ConfigError(file, problems)
     config = _finish(_convert(raw, file), file)
-    if config.gateway.policy_files:
-        load_policy(config)  # the policy files must be valid at start-up too (raises ConfigError)
+    load_policy(config)  # the policy files, and the names in all policy, must be valid at start-up (ConfigError)
     return config

@@ -357,3 +357,41 @@ def test_guardrail_approvers_only_with_review(tmp_path: Path) -> None:
     err = _error(tmp_path, '[guardrails.truncate]\napprovers = ["group:sre"]\n')
     assert "only a review guardrail has approvers" in _line(err, "$.guardrails.truncate.approvers")
     load_config(_main(tmp_path, '[guardrails.truncate]\naction = "review"\napprovers = ["group:sre"]\n'), env={})
+
+
+# -- target and environment names: a misspelt configured name would never match -------------
+
+PROD_TARGET = """
+[[targets]]
+name = "app-prod"
+protocol = "postgres"
+environment = "production"
+dsn = "postgresql://svc@127.0.0.1:5432/app"
+"""
+
+
+@pytest.mark.parametrize("entry, path, fragment", [
+    ('[[rules]]\nid = "r"\nenvironments = ["prodution"]\naction = "deny"\n', "$.rules[0].environments[0]",
+     "'prodution' names no configured environment, so this never matches; did you mean 'production'?"),
+    ('[[rules]]\nid = "r"\ntargets = ["App-Prod"]\naction = "deny"\n', "$.rules[0].targets[0]",
+     "did you mean 'app-prod'?"),
+    ('[[rules]]\nid = "r"\ntargets = ["app-prd"]\naction = "deny"\n', "$.rules[0].targets[0]", "(configured: app, app-prod)"),
+    ('[[masks]]\nid = "m"\ncolumns = ["*.ssn"]\nfunction = "redact"\nenvironments = ["Production"]\n',
+     "$.masks[0].environments[0]", "did you mean 'production'?"),
+    ('[guardrails.drop-table]\nenvironments = ["developement"]\n', "$.guardrails.drop-table.environments[0]",
+     "did you mean 'development'?"),
+])
+def test_misspelt_target_or_environment_names_are_errors(tmp_path: Path, entry: str, path: str, fragment: str) -> None:
+    err = _error(tmp_path, PROD_TARGET + "\n" + entry)
+    assert any(p.path == path and fragment in p.message for p in err.problems), str(err)
+
+
+def test_names_that_are_globs_or_far_from_every_configured_one_are_fine(tmp_path: Path) -> None:
+    # A policy shared by gateways may name environments and targets this one does not have.
+    load_config(_main(tmp_path, PROD_TARGET + '\n[[rules]]\nid = "r"\nenvironments = ["staging", "prod*"]\n'
+                      'targets = ["reporting", "app-*"]\naction = "deny"\n'))
+
+
+def test_misspelt_names_in_policy_files_name_the_file(tmp_path: Path) -> None:
+    err = _policy_error(tmp_path, "team.toml", '[[rules]]\nid = "r"\ntargets = ["ap"]\naction = "deny"\n')
+    assert err.problems[0].path == "$.rules[0].targets[0]" and "did you mean 'app'?" in err.problems[0].message, str(err)
