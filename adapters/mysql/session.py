@@ -72,6 +72,7 @@ from sqlward.adapters.base import (
     AuthError,
     KillRequest,
     ListenerSettings,
+    MysqlSecret,
     SessionRegistry,
     SessionServices,
     StatementRequest,
@@ -455,57 +456,98 @@ class MysqlSession(GovernedSession):
 
     async def _authenticate(self, user: str, response: messages.HandshakeResponse41 | messages.ComChangeUser, nonce: bytes) -> Identity | None:
         """Run the client's authentication exchange; returns the identity, or None after the
-        refusal has been sent."""
-        settings = self.settings
-        server = self.server
-        secret = self.gk.mysql_secret(user)
-        plugin = response.auth_plugin_name or auth.NATIVE_PASSWORD
-        data = response.auth_response
+        refusal has been sent (login and COM_CHANGE_USER alike).
+
+        The login throttle is asked first (`Gatekeeper.login_gate`, which may wait or refuse);
+        every judged failure of any mechanism is counted (`login_failed`), a success clears the
+        count (`login_succeeded`). A wrong user name and a wrong secret get the same refusal: the
+        gatekeeper gives unknown names a decoy verifier, so they take the same exchange
+        (caching_sha2's full path) and end in the same "Access denied" text. The advice to use
+        TLS is given only on a listener that has TLS."""
         host = self.client_addr.rsplit(":", 1)[0]
-        loopback_plain = settings.allow_plaintext_tokens and ident.is_loopback(host)
         try:
-            cert_identity = self._certificate_identity()
-            if cert_identity is not None and cert_identity.subject == user:
-                return cert_identity  # mutual TLS: the verified certificate is the credential
-            if plugin == auth.CLEAR_PASSWORD or secret is None:
-                if not (self.tls or loopback_plain):
-                    raise ClearPasswordNeedsTls(
-                        "mysql_clear_password is only accepted over TLS" if secret is not None else
-                        f"'{user}' is not a static identity: sqlward accepts tokens only over TLS "
-                        "(mysql_clear_password only accepted over TLS)"
-                    )
-                if plugin != auth.CLEAR_PASSWORD:
-                    data = await self._auth_switch(auth.CLEAR_PASSWORD, b"")
-                password = data.rstrip(b"\0").decode("utf-8")
-                if secret is not None:
-                    return self.gk.authenticate_password(user, password, tls=self.tls)
-                return await self.gk.authenticate_token(user, password, tls=self.tls, loopback=loopback_plain)
-            if plugin == auth.NATIVE_PASSWORD and data:
-                if auth.native_check(secret.native, nonce, data):
-                    return self.gk.static_identity(user)
-                raise AuthError("wrong password")
-            if plugin != auth.CACHING_SHA2_PASSWORD:
-                nonce = auth.generate_nonce()
-                data = await self._auth_switch(auth.CACHING_SHA2_PASSWORD, nonce + b"\0")
-            exchange = auth.Sha2ServerAuth(
-                auth.Sha2Verifier(secret.sha2), nonce, secure=self.tls, rsa_private_key=server.rsa_private_key,
-                rsa_public_key=server.rsa_public_key, fast_path=server.sha2_fast_path(user, settings.sha2_full_auth),
-            )
-            step = exchange.response(data)
-            while True:
-                if step.more_data is not None:
-                    await self._write(b"\x01" + step.more_data)
-                if step.done:
-                    break
-                step = exchange.response(await self._read_packet(self._seq))
-            if not step.ok:
-                raise AuthError("wrong password")
-            server.sha2_logged_in(user)
-            return self.gk.static_identity(user)
-        except (AuthError, auth.AuthProtocolError, UnicodeDecodeError) as exc:
+            await self.gk.login_gate(host, user)
+        except AuthError as exc:
+            await self._record_refused(user, f"login throttled: {exc}")
+            await self._send_last(self._err(AuthRefused(user, host, exc, static=False)))
+            return None
+        secret = self.gk.mysql_secret(user)
+        try:
+            identity = await self._judge_credentials(user, response, nonce, host, secret)
+        except ClearPasswordNeedsTls as exc:  # not judged: the client is told how to connect
             await self._record_refused(user, f"authentication failed: {exc}")
             await self._send_last(self._err(AuthRefused(user, host, exc, static=secret is not None)))
             return None
+        except (AuthError, auth.AuthProtocolError, UnicodeDecodeError) as exc:
+            self.gk.login_failed(host, user)
+            await self._record_refused(user, f"authentication failed: {exc}")
+            await self._send_last(self._err(AuthRefused(user, host, exc, static=secret is not None)))
+            return None
+        self.gk.login_succeeded(host, user)
+        return identity
+
+    def _tls_advice(self) -> str:
+        """How to connect so that a cleartext credential is accepted: true for this listener."""
+        if self.settings.ssl_context is not None:
+            return "connect with --ssl / ssl-mode=REQUIRED"
+        return "this listener has no TLS: connect to a sqlward listener that offers TLS"
+
+    async def _judge_credentials(
+        self, user: str, response: messages.HandshakeResponse41 | messages.ComChangeUser, nonce: bytes, host: str,
+        secret: MysqlSecret | None,
+    ) -> Identity:
+        """The wire exchange of `_authenticate`; AuthError (or AuthProtocolError,
+        UnicodeDecodeError) when the credentials are refused, ClearPasswordNeedsTls when a
+        cleartext credential came without TLS."""
+        settings = self.settings
+        server = self.server
+        plugin = response.auth_plugin_name or auth.NATIVE_PASSWORD
+        data = response.auth_response
+        loopback_plain = settings.allow_plaintext_tokens and ident.is_loopback(host)
+        cert_identity = self._certificate_identity()
+        if cert_identity is not None and cert_identity.subject == user:
+            return cert_identity  # mutual TLS: the verified certificate is the credential
+        if plugin == auth.CLEAR_PASSWORD or secret is None:
+            if not (self.tls or loopback_plain):
+                if secret is not None:
+                    raise ClearPasswordNeedsTls(
+                        f"mysql_clear_password is only accepted over TLS ({self._tls_advice()}; or log in with "
+                        "caching_sha2_password or mysql_native_password)"
+                    )
+                raise ClearPasswordNeedsTls(
+                    f"'{user}' is not a static identity: sqlward accepts tokens only over TLS, as "
+                    f"mysql_clear_password ({self._tls_advice()})"
+                )
+            if plugin != auth.CLEAR_PASSWORD:
+                data = await self._auth_switch(auth.CLEAR_PASSWORD, b"")
+            password = data.rstrip(b"\0").decode("utf-8")
+            if secret is not None:
+                return self.gk.authenticate_password(user, password, tls=self.tls)
+            return await self.gk.authenticate_token(
+                user, password, tls=self.tls, loopback=loopback_plain, tls_offered=settings.ssl_context is not None,
+            )
+        if plugin == auth.NATIVE_PASSWORD and data:
+            if auth.native_check(secret.native, nonce, data):
+                return self.gk.static_identity(user)
+            raise AuthError("wrong password")
+        if plugin != auth.CACHING_SHA2_PASSWORD:
+            nonce = auth.generate_nonce()
+            data = await self._auth_switch(auth.CACHING_SHA2_PASSWORD, nonce + b"\0")
+        exchange = auth.Sha2ServerAuth(
+            auth.Sha2Verifier(secret.sha2), nonce, secure=self.tls, rsa_private_key=server.rsa_private_key,
+            rsa_public_key=server.rsa_public_key, fast_path=server.sha2_fast_path(user, settings.sha2_full_auth),
+        )
+        step = exchange.response(data)
+        while True:
+            if step.more_data is not None:
+                await self._write(b"\x01" + step.more_data)
+            if step.done:
+                break
+            step = exchange.response(await self._read_packet(self._seq))
+        if not step.ok:
+            raise AuthError("wrong password")
+        server.sha2_logged_in(user)
+        return self.gk.static_identity(user)
 
     # ------------------------------------------------------------------------------------
     # command phase

@@ -350,3 +350,229 @@ def test_statement_cut_off_by_the_upstreams_death_gets_its_completed_record(
             and e["request_id"] == rid]
     assert len(done) == 1 and done[0]["tags"] == ["ERROR"] and done[0]["error"], done
     assert [e["event"] for e in evs if e.get("connection_id") == cid][-1] == "connection.closed"
+
+
+# -- login edges: one refusal for a wrong name and a wrong secret, true advice ----------------
+
+
+def _refusal_of(fn: Any) -> tuple[Any, ...]:
+    try:
+        fn()
+    except (pymysql.err.MySQLError, mywire.MySQLError) as exc:
+        if isinstance(exc, mywire.MySQLError):
+            return (exc.errno, exc.sqlstate, exc.message)
+        return (exc.args[0], None, exc.args[1])
+    except Exception as exc:  # mysql-connector
+        return (getattr(exc, "errno", None), getattr(exc, "sqlstate", None), getattr(exc, "msg", str(exc)))
+    raise AssertionError("login succeeded")
+
+
+@pytest.mark.parametrize("client", ["pymysql", "connector", "raw-sha2", "raw-native"])
+def test_wrong_user_and_wrong_secret_get_the_same_refusal(gw: GatewayProcess, client: str) -> None:
+    # alice has logged in since the gateway started (caching_sha2's fast path is open for her)
+    with raw_login(gw, "alice", SECRETS["alice"]):
+        pass
+
+    def attempt(user: str, password: str) -> tuple[Any, ...]:
+        if client == "pymysql":
+            return _refusal_of(lambda: pymysql.connect(host=gw.host, port=gw.port, user=user, password=password,
+                                                       database="app", ssl_disabled=True, connect_timeout=5))
+        if client == "connector":
+            import mysql.connector
+
+            return _refusal_of(lambda: mysql.connector.connect(
+                host=gw.host, port=gw.port, user=user, password=password, database="app", use_pure=True,
+                ssl_disabled=True, connection_timeout=5))
+        plugin = mywire.SHA2 if client == "raw-sha2" else mywire.NATIVE
+        trace: list[str] = []
+
+        def go() -> None:
+            c = mywire.RawMySQL.connect(gw.host, gw.port)
+            try:
+                c.login(user, password, "app", plugin=plugin)
+            finally:
+                trace.extend(c.auth_trace)
+                c.close()
+
+        return (*_refusal_of(go), tuple(trace))
+
+    wrong_secret = attempt("alice", "not-her-secret")
+    unknown_user = attempt("myh12_nobody", "not-her-secret")
+    assert wrong_secret[0] == 1045 and "(using password: YES)" in wrong_secret[2], wrong_secret
+    assert unknown_user == tuple(x.replace("alice", "myh12_nobody") if isinstance(x, str) else x
+                                 for x in wrong_secret), (unknown_user, wrong_secret)
+
+
+def test_tls_advice_is_not_given_on_a_listener_without_tls(gw: GatewayProcess) -> None:
+    c = mywire.RawMySQL.connect(gw.host, gw.port)
+    with c, pytest.raises(mywire.MySQLError) as ei:
+        c.login("alice", SECRETS["alice"], "app", plugin=mywire.CLEAR)
+    assert "--ssl" not in ei.value.message and "no TLS" in ei.value.message, ei.value
+
+
+@pytest.fixture(scope="module")
+def tls_gw(mysql_it_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    from tests.support.gateway import make_gateway_certs, tls_listener
+
+    pki = make_gateway_certs(tmp_path_factory.mktemp("myh12-tls"))
+    with GatewayProcess(targets=default_targets(), environments=MY_ENVIRONMENTS,
+                        listener=mysql_listener(default_target="app", tls=tls_listener(pki, require=False)),
+                        name="myh12-tls") as g:
+        yield g
+
+
+def test_tls_advice_is_given_on_a_listener_with_tls(tls_gw: GatewayProcess) -> None:
+    c = mywire.RawMySQL.connect(tls_gw.host, tls_gw.port)
+    with c, pytest.raises(mywire.MySQLError) as ei:
+        c.login("alice", SECRETS["alice"], "app", plugin=mywire.CLEAR)
+    assert "--ssl" in ei.value.message, ei.value
+
+
+def test_tls_failure_ends_the_lifecycle_with_a_refusal(tls_gw: GatewayProcess) -> None:
+    c = mywire.RawMySQL.connect(tls_gw.host, tls_gw.port)
+    with c:
+        assert c.handshake is not None
+        req = struct.pack("<IIB", (mywire.DEFAULT_CAPABILITIES | mywire.CLIENT_SSL) & c.handshake.capabilities,
+                          1 << 24, 45) + b"\0" * 23
+        c.send_packet(req, 1)
+        c.send_raw(b"\x16\x03\x01\x00\x05hello-not-tls" + b"\0" * 64)
+        c.read_all_until_closed(5)
+        events = lifecycle(tls_gw, c.handshake.connection_id)
+    assert events == ["connection.opened", "connection.refused"], events
+
+
+# -- the login throttle hooks and the authentication timeout (gateway run in this process) -----
+
+
+class InProcessGateway:
+    """The real Gatekeeper, Pipeline and MySQL listener in this process (trio in a thread), so
+    a test can watch the Gatekeeper's login hooks and shorten the authentication timeout."""
+
+    def __init__(self, tmp: Any, gate_refuses: str = "") -> None:
+        from tests.support.gateway import free_port, to_toml
+
+        self.port = free_port()
+        self.audit_file = tmp / "audit.jsonl"
+        doc = {
+            "gateway": {"name": "myh12-inproc"},
+            "listeners": [{"protocol": "mysql", "listen": f"127.0.0.1:{self.port}", "default_target": "app"}],
+            "targets": default_targets(),
+            "identities": DEFAULT_IDENTITIES,
+            "audit": {"file": str(self.audit_file)},
+        }
+        (tmp / "gateway.toml").write_text(to_toml(doc))
+        self.config_path = tmp / "gateway.toml"
+        self.calls: list[tuple[str, str, str]] = []
+        self.gate_refuses = gate_refuses
+        self._thread: threading.Thread | None = None
+        self._stop: Any = None
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> "InProcessGateway":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(20), self.error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self._trio_token.run_sync_soon(self._stop.cancel)
+        assert self._thread is not None
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        import trio
+
+        from sqlward.adapters.base import AuthError, SessionServices
+        from sqlward.gateway.config import load_config
+        from sqlward.gateway.gatekeeper import Gatekeeper
+        from sqlward.gateway.pipeline import Pipeline
+        from sqlward.gateway.server import listener_settings
+        from sqlward.adapters.mysql.listener import MysqlListener
+
+        async def main() -> None:
+            config = load_config(self.config_path)
+            gk = Gatekeeper.from_config(config)
+
+            async def login_gate(host: str, user: str) -> None:
+                self.calls.append(("gate", host, user))
+                if user == self.gate_refuses:
+                    raise AuthError("too many failed logins for this name; try again in 30 s")
+
+            gk.login_gate = login_gate  # type: ignore[method-assign]
+            gk.login_failed = lambda host, user: self.calls.append(("failed", host, user))  # type: ignore[method-assign]
+            gk.login_succeeded = lambda host, user: self.calls.append(("succeeded", host, user))  # type: ignore[method-assign]
+            services = SessionServices(gatekeeper=gk, pipeline=Pipeline(gk), recorder=gk.recorder)
+            listener = MysqlListener(services, listener_settings(config.listeners[0], gk))
+            self._trio_token = trio.lowlevel.current_trio_token()
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._stop = nursery.cancel_scope
+                    await nursery.start(listener.serve)
+                    self._ready.set()
+            finally:
+                gk.close()
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # noqa: BLE001 - reported by __enter__
+            self.error = exc
+            self._ready.set()
+
+    def events(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(line) for line in self.audit_file.read_text().splitlines()]
+
+    def hook_calls(self, user: str) -> list[str]:
+        return [kind for kind, _host, u in self.calls if u == user]
+
+
+def test_login_hooks_are_called_for_every_mechanism(mysql_it_database: str, tmp_path: Any) -> None:
+    with InProcessGateway(tmp_path, gate_refuses="myh12_blocked") as g:
+        with pytest.raises(pymysql.err.OperationalError):
+            pymysql.connect(host="127.0.0.1", port=g.port, user="alice", password="wrong", database="app",
+                            ssl_disabled=True, connect_timeout=5)
+        assert g.hook_calls("alice") == ["gate", "failed"]
+        pymysql.connect(host="127.0.0.1", port=g.port, user="alice", password=SECRETS["alice"], database="app",
+                        ssl_disabled=True, connect_timeout=5).close()
+        assert g.hook_calls("alice") == ["gate", "failed", "gate", "succeeded"]
+        assert all(host == "127.0.0.1" for _k, host, _u in g.calls)
+        # mysql_native_password, then COM_CHANGE_USER with a wrong and a right secret
+        c = mywire.login("127.0.0.1", g.port, "alice", SECRETS["alice"], "app", plugin=mywire.NATIVE)
+        with c:
+            c.change_user("bob", SECRETS["bob"], "app")
+        c = mywire.login("127.0.0.1", g.port, "alice", SECRETS["alice"], "app")
+        with c, pytest.raises(mywire.MySQLError):
+            c.change_user("bob", "wrong", "app")
+        assert g.hook_calls("bob") == ["gate", "succeeded", "gate", "failed"]
+        # the gate refuses outright: nothing is judged, nothing counted
+        with pytest.raises(pymysql.err.OperationalError) as ei:
+            pymysql.connect(host="127.0.0.1", port=g.port, user="myh12_blocked", password="x", database="app",
+                            ssl_disabled=True, connect_timeout=5)
+        assert ei.value.args[0] == 1045 and "too many failed logins" in ei.value.args[1], ei.value
+        assert g.hook_calls("myh12_blocked") == ["gate"]
+
+
+def test_authentication_timeout_ends_the_lifecycle_with_a_refusal(
+    mysql_it_database: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlward.adapters.mysql import session as my_session
+
+    monkeypatch.setattr(my_session, "AUTH_TIMEOUT", 0.5)
+    with InProcessGateway(tmp_path) as g:
+        c = mywire.RawMySQL.connect("127.0.0.1", g.port)
+        with c:
+            assert c.handshake is not None
+            c.seq = 1
+            err = mywire.parse_err(c.read_packet())
+            assert err.errno == 1043 and "timed out" in err.message, err
+        prefix = f"my-{c.handshake.connection_id}-"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            mine = [e["event"] for e in g.events() if e.get("connection_id", "").startswith(prefix)]
+            if "connection.refused" in mine:
+                break
+            time.sleep(0.05)
+        assert mine == ["connection.opened", "connection.refused"], mine

@@ -554,8 +554,10 @@ def test_client_certificate_from_another_ca_is_refused_by_tls(my_idgw, ca, my_cl
     opened = wait_event(my_idgw, since, lambda e: e.get("event") == "connection.opened", "connection.opened")
     time.sleep(0.3)
     session = [e for e in my_idgw.audit_events(since) if e.get("connection_id") == opened["connection_id"]]
-    # Refused in the TLS handshake, before any login packet: nothing judged, nothing authenticated.
-    assert [e["event"] for e in session] == ["connection.opened"], session
+    # Refused in the TLS handshake, before any login packet: nothing judged, nothing authenticated;
+    # the lifecycle still ends in the trail (issue 12: every opened is followed by refused/closed).
+    assert [e["event"] for e in session] == ["connection.opened", "connection.refused"], session
+    assert "TLS handshake failed" in session[-1]["reason"], session
 
 
 # -- target access ----------------------------------------------------------------------------------
