@@ -294,7 +294,8 @@ def idgw(it_database: str, gateway_pki, issuer: TestIssuer, client_pki: ClientPK
             "client_ca_file": str(client_pki.ca_file),
             "cert_identity": "subject-cn",
         },
-        extra={"oidc": [issuer.oidc_table(jwks_min_refetch_seconds=REFETCH_SECONDS)], "access": ACCESS},
+        # leeway 0: the expiry tests sleep just past exp (a session ends at exp + leeway, as its login does)
+        extra={"oidc": [issuer.oidc_table(jwks_min_refetch_seconds=REFETCH_SECONDS, leeway_seconds=0)], "access": ACCESS},
         name="it-identity",
     ) as gw:
         yield gw

@@ -91,7 +91,8 @@ def my_idgw(mysql_it_database: str, my_pki, my_issuer: TestIssuer, my_client_pki
             client_ca_file=str(my_client_pki.ca_file),
             cert_identity="subject-cn",
         ),
-        extra={"oidc": [my_issuer.oidc_table(jwks_min_refetch_seconds=REFETCH_SECONDS)], "access": ACCESS},
+        # leeway 0: the expiry tests sleep just past exp (a session ends at exp + leeway, as its login does)
+        extra={"oidc": [my_issuer.oidc_table(jwks_min_refetch_seconds=REFETCH_SECONDS, leeway_seconds=0)], "access": ACCESS},
         name="it-mysql-identity",
     ) as gw:
         yield gw
