@@ -121,3 +121,25 @@ def test_disabled() -> None:
         throttle.failed("203.0.113.5", "alice")
     assert throttle.admit("203.0.113.5", "alice").wait == 0
     assert throttle.tracked == 0
+
+
+def test_the_audit_event_decodes_with_the_other_events() -> None:
+    import msgspec
+
+    from sqlward.audit.events import AuditEvent, LoginThrottled
+
+    line = msgspec.json.encode(LoginThrottled(client_addr="203.0.113.5", user="alice", scope="user", failures=7,
+                                              refused=True, retry_after=3.0))
+    event = msgspec.json.decode(line, type=AuditEvent)
+    assert isinstance(event, LoginThrottled) and event.failures == 7 and event.delay_seconds == 0.0
+    assert b'"event":"login.throttled"' in line
+
+
+def test_address_keys() -> None:
+    from sqlward.gateway.throttle import address_key
+
+    assert address_key("203.0.113.5") == "203.0.113.5"
+    assert address_key("203.0.113.5:5432") == "203.0.113.5"
+    assert address_key("[2001:db8::1]") == address_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert address_key("::ffff:203.0.113.5") == "203.0.113.5"
+    assert address_key("2001:db8::1", 128) == "2001:db8::1/128"
