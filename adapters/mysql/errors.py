@@ -56,7 +56,8 @@ __all__ = [
     "ER_UNKNOWN_COM_ERROR", "ER_UNKNOWN_ERROR", "CR_MALFORMED_PACKET", "CR_SERVER_LOST", "SQLSTATE_ACCESS",
     "SQLSTATE_AUTH", "SQLSTATE_CONNECT", "SQLSTATE_GENERAL", "SQLSTATE_INTERRUPTED", "SQLSTATE_LINK",
     "SQLSTATE_REFUSED", "AccessRefused", "AuthRefused", "AuthTimedOut", "ClearPasswordNeedsTls", "ErrorReply",
-    "GatewayError", "KillNotOwner", "PREAUTH_MAX_PACKET", "PreAuthPacketTooLarge", "AuditRefused", "MaskedDiagnostics", "UnsettledDatabase", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
+    "GatewayError", "KillNotOwner", "PREAUTH_MAX_PACKET", "ER_UNKNOWN_CHARACTER_SET", "CharsetRefused",
+    "CharsetSwitchNotLast", "PreAuthPacketTooLarge", "AuditRefused", "MaskedDiagnostics", "UnsettledDatabase", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
     "UnsupportedCommand", "UpstreamLost", "UpstreamRefused", "error_reply",
 ]
 
@@ -262,6 +263,46 @@ class AuditRefused(GatewayError):
     def __init__(self, what: str = "statement") -> None:
         super().__init__(
             f'audit unavailable: {what} not run, sqlward cannot write its audit trail (rule "audit-unavailable")'
+        )
+
+
+# A client character set sqlward cannot read SQL in as the server does (charsets.py).
+ER_UNKNOWN_CHARACTER_SET = 1115
+
+
+class CharsetRefused(GatewayError):
+    """A client character set the gateway cannot read as the server does (gbk, big5, sjis, ...;
+    `charsets`): ER_UNKNOWN_CHARACTER_SET 1115 / 42000 naming it and what to use instead. At
+    login the connection is refused; in COM_CHANGE_USER the session ends; a SET that would switch
+    to it is refused and the session goes on; when the server reads such a character set after a
+    switch the text did not settle, every request is refused with it until it is set back."""
+
+    errno, sqlstate = ER_UNKNOWN_CHARACTER_SET, SQLSTATE_REFUSED
+
+    def __init__(self, charset: str, *, lost: bool = False) -> None:
+        from sqlward.adapters.mysql.charsets import refusal_message
+
+        message = refusal_message(charset)
+        if lost:
+            message = (
+                f"the server now reads this session's SQL in '{charset}', which sqlward cannot read as the server "
+                f"does: requests are refused until SET NAMES utf8mb4 (accepted: utf8mb4, utf8mb3, latin1, ascii, "
+                f"binary) or COM_RESET_CONNECTION"
+            )
+        super().__init__(message)
+        self.charset = charset
+
+
+class CharsetSwitchNotLast(GatewayError):
+    """A request in which a statement follows one that switches the client character set: the
+    server would read the rest in the new character set, the gateway judged it in the old one."""
+
+    errno, sqlstate = ER_REFUSED, SQLSTATE_REFUSED
+
+    def __init__(self, statement: int) -> None:
+        super().__init__(
+            f"statement {statement} of this request is refused: a statement before it changes the client "
+            "character set; send SET NAMES / SET CHARACTER SET on its own"
         )
 
 

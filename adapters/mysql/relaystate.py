@@ -36,6 +36,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from sqlward.adapters.mysql.charsets import charset_of_collation, codec_of
+from sqlward.adapters.mysql.charsets import decode as decode_text
+from sqlward.adapters.mysql.charsets import encode as encode_text
 from sqlward.adapters.mysql.constants import Command
 from sqlward.adapters.mysql.maskrelay import RowState
 from sqlward.adapters.mysql.packets import ProtocolViolation
@@ -133,7 +136,7 @@ def command_route(payload: bytes) -> Route:
 
 def field_list_sql(payload: bytes, codec: str) -> str:
     """COM_FIELD_LIST reads a table's columns: the SELECT it amounts to, for the pipeline."""
-    table = payload[1:].split(b"\0", 1)[0].decode(codec, "surrogateescape")
+    table = decode_text(payload[1:].split(b"\0", 1)[0], codec)
     return "SELECT * FROM `" + table.replace("`", "``") + "` LIMIT 0"
 
 
@@ -236,64 +239,63 @@ class PreparedStatements:
 
 # -- the text of the session ----------------------------------------------------------------------
 
-# Character set ids whose bytes are not UTF-8 (MySQL's "latin1" is Windows-1252).
-_LATIN1_IDS = frozenset({5, 8, 15, 31, 47, 48, 49, 94})
-_BINARY_ID = 63
-_SET_NAMES = re.compile(r"^\s*SET\s+(?:NAMES|CHARACTER\s+SET|CHARSET)\s+['\"`]?(\w+)", re.IGNORECASE)
+def codec_for_charset(charset_id: int) -> str | None:
+    """The codec that reads a collation id's character set as the server does (handshake,
+    COM_CHANGE_USER); None when that character set is refused (`charsets`). An id the gateway
+    does not know reads as UTF-8 until the server says which character set it took."""
+    name = charset_of_collation(charset_id)
+    return "utf-8" if name is None else codec_of(name)
 
 
-def codec_for_charset(charset_id: int) -> str:
-    """The Python codec of a collation id (handshake, COM_CHANGE_USER)."""
-    if charset_id in _LATIN1_IDS:
-        return "cp1252"
-    if charset_id == _BINARY_ID:
-        return "latin-1"
-    return "utf-8"
-
-
-def codec_for_name(name: str) -> str:
-    """The Python codec of a character set name (SET NAMES)."""
-    name = name.lower()
-    if name.startswith("utf8"):
-        return "utf-8"
-    if name == "latin1":
-        return "cp1252"
-    if name in ("binary", "ascii"):
-        return "latin-1"
-    return "utf-8"
+def codec_for_name(name: str) -> str | None:
+    """The codec of a character set name (SET NAMES); None: refused."""
+    return codec_of(name)
 
 
 class SessionText:
-    """The current database and the codec of client text (see the module doc)."""
+    """The current database and the client character set (see the module doc): `charset` is
+    the collation id of the last login (handshake or COM_CHANGE_USER), what COM_RESET_CONNECTION
+    returns to; `name` and `codec` are the character set the server reads client text in now."""
 
-    __slots__ = ("schema", "charset", "codec")
+    __slots__ = ("schema", "charset", "codec", "name")
 
     def __init__(self, charset: int, schema: str = "") -> None:
         self.schema = schema
         self.charset = charset
-        self.codec = codec_for_charset(charset)
+        self.name = charset_of_collation(charset) or "utf8mb4"
+        self.codec = codec_for_charset(charset) or "utf-8"
 
     def decode(self, data: bytes) -> str:
         """Client text as the pipeline reads it (any bytes survive: surrogateescape)."""
-        return data.decode(self.codec, "surrogateescape")
+        return decode_text(data, self.codec)
+
+    def encode(self, text: str) -> bytes:
+        """Text the gateway sends in the client's character set (a database name)."""
+        return encode_text(text, self.codec)
 
     def set_charset(self, charset: int) -> None:
+        """A login (handshake, COM_CHANGE_USER) with collation `charset`; the caller has refused
+        a character set without a codec before."""
         self.charset = charset
-        self.codec = codec_for_charset(charset)
+        self.name = charset_of_collation(charset) or self.name
+        self.codec = codec_for_charset(charset) or "utf-8"
+
+    def follow(self, name: str) -> bool:
+        """The server now reads client text in `name`; False (nothing changed) when it is refused."""
+        codec = codec_of(name)
+        if codec is None:
+            return False
+        self.name, self.codec = name.lower(), codec
+        return True
 
     def query_succeeded(self, sql: str, analysis: Analysis | None) -> None:
-        """A COM_QUERY the server ran without error: follow its SET NAMES. (The database is
-        never taken from the text: see `may_change_database`.)"""
-        if analysis is None:
-            return
-        if "set" in analysis.operations:
-            m = _SET_NAMES.match(sql)
-            if m:
-                self.codec = codec_for_name(m.group(1))
+        """A COM_QUERY the server ran without error. (The database is never taken from the text:
+        see `may_change_database`; the character set is followed by the session from
+        `charsets.client_charset_effect` and the server's word.)"""
 
     def init_db_succeeded(self, payload: bytes) -> None:
         """COM_INIT_DB <schema> succeeded."""
-        self.schema = payload[1:].decode(self.codec, "surrogateescape")
+        self.schema = self.decode(payload[1:])
 
     def tracked(self, schema: str | None) -> None:
         """The server reported the current database (SESSION_TRACK_SCHEMA), if `schema`."""
@@ -302,7 +304,7 @@ class SessionText:
 
     def server_says(self, value: bytes | None) -> None:
         """The server's answer to SELECT DATABASE() (None: NULL, no database)."""
-        self.schema = "" if value is None else value.decode(self.codec, "surrogateescape")
+        self.schema = "" if value is None else self.decode(value)
 
 
 # Operations after which the current database may differ from before in a way the statement
@@ -402,6 +404,48 @@ def single_text_value(response: bytes, *, deprecate_eof: bool) -> bytes | None:
     if len(value) != n:
         raise ProtocolViolation("truncated row")
     return value
+
+
+def text_row_values(response: bytes, *, deprecate_eof: bool) -> tuple[bytes | None, ...]:
+    """The values of the one row of a text result set (the whole response, as bytes on the
+    wire); None for NULL. ProtocolViolation when the response is not one row."""
+    payloads: list[bytes] = []
+    pos = 0
+    while pos + 4 <= len(response):
+        length = int.from_bytes(response[pos : pos + 3], "little")
+        payloads.append(response[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+    if not payloads or not payloads[0] or payloads[0][0] >= 0xFB:
+        raise ProtocolViolation("expected a result set")
+    columns = payloads[0][0]
+    first_row = 1 + columns + (0 if deprecate_eof else 1)
+    if len(payloads) < first_row + 2:
+        raise ProtocolViolation("expected one row")
+    row = payloads[first_row]
+    if not row or row[0] == 0xFF or (row[0] == 0xFE and len(row) < 9):
+        raise ProtocolViolation("expected one row")
+    values: list[bytes | None] = []
+    i = 0
+    for _ in range(columns):
+        if i >= len(row):
+            raise ProtocolViolation("truncated row")
+        n, start = row[i], i + 1
+        if n == 0xFB:
+            values.append(None)
+            i += 1
+            continue
+        if n == 0xFC:
+            n, start = int.from_bytes(row[i + 1 : i + 3], "little"), i + 3
+        elif n == 0xFD:
+            n, start = int.from_bytes(row[i + 1 : i + 4], "little"), i + 4
+        elif n >= 0xFE:
+            raise ProtocolViolation("value too long")
+        value = row[start : start + n]
+        if len(value) != n:
+            raise ProtocolViolation("truncated row")
+        values.append(value)
+        i = start + n
+    return tuple(values)
 
 
 # -- messages of sessions under masking -----------------------------------------------------------

@@ -24,7 +24,8 @@ Shapes:
 Besides the end, the scanner keeps what the terminating packets say: the warning count of the
 last OK / EOF (`warnings`) and, for a client that negotiated CLIENT_SESSION_TRACK, the current
 database the server reports with SESSION_TRACK_SCHEMA in any OK packet of the response
-(`schema`, the last one reported; None when none was). Only OK packets with
+(`schema`, the last one reported; None when none was) and the `character_set_client` it reports
+with SESSION_TRACK_SYSTEM_VARIABLES (`client_charset`). Only OK packets with
 SERVER_SESSION_STATE_CHANGED are decoded for that.
 
 With CLIENT_DEPRECATE_EOF the EOF after column definitions is absent and the terminator of rows
@@ -89,7 +90,7 @@ class ResponseScanner:
         "shape", "deprecate_eof", "state", "_columns_left", "_params_left", "_skip",
         "_continued", "rows", "affected_rows", "results", "error_code", "error_sqlstate",
         "error_message", "statement_id", "param_count", "column_count", "status", "warnings",
-        "session_track", "schema",
+        "session_track", "schema", "client_charset",
     )
 
     def __init__(self, shape: Shape, *, deprecate_eof: bool, session_track: bool = False) -> None:
@@ -116,6 +117,8 @@ class ResponseScanner:
         self.status = 0
         self.warnings = 0  # of the last OK / EOF
         self.schema: str | None = None  # the last SESSION_TRACK_SCHEMA reported
+        # The last character_set_client the server reported (SESSION_TRACK_SYSTEM_VARIABLES).
+        self.client_charset: str | None = None
 
     @property
     def done(self) -> bool:
@@ -204,9 +207,13 @@ class ResponseScanner:
     def _tracked(self, buf: bytearray, start: int, end: int) -> None:
         """An OK packet's SESSION_TRACK_SCHEMA, when the session state changed."""
         if self.session_track and self.status & SESSION_STATE_CHANGED:
-            schema = messages.decode_ok(bytes(buf[start:end]), _TRACKING_CAPS).schema()
+            ok = messages.decode_ok(bytes(buf[start:end]), _TRACKING_CAPS)
+            schema = ok.schema()
             if schema is not None:
                 self.schema = schema
+            for name, value in ok.system_variables():
+                if name.lower() == "character_set_client":
+                    self.client_charset = value.lower()
 
     def _error(self, buf: bytearray, start: int, end: int) -> None:
         body = bytes(buf[start:end])

@@ -79,10 +79,13 @@ from sqlward.adapters.base import (
     Target,
 )
 from sqlward.adapters.mysql import auth, messages, upstream
+from sqlward.adapters.mysql.charsets import NO_EFFECT, CharsetEffect, charset_of_collation, client_charset_effect
 from sqlward.adapters.mysql.constants import Capability, Charset, Command, ServerStatus, sqlstate_of
 from sqlward.adapters.mysql.errors import (
     AccessRefused,
     AuditRefused,
+    CharsetRefused,
+    CharsetSwitchNotLast,
     AuthRefused,
     AuthTimedOut,
     ClearPasswordNeedsTls,
@@ -93,6 +96,7 @@ from sqlward.adapters.mysql.errors import (
     OldProtocol,
     PREAUTH_MAX_PACKET,
     PreAuthPacketTooLarge,
+    SQLSTATE_LINK,
     TlsRequired,
     UnknownTarget,
     UnsupportedCommand,
@@ -113,7 +117,8 @@ from sqlward.adapters.mysql.relaystate import (
     may_read_diagnostics,
     reads_diagnostics,
     reads_masked_values,
-    single_text_value,
+    codec_for_charset,
+    text_row_values,
     unsettled_database,
 )
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
@@ -165,6 +170,11 @@ class MysqlSession(GovernedSession):
         # every connection.opened; the user name the client gave, for that record.
         self._lifecycle_ended = False
         self._login_user = ""
+        # The collation id the upstream session was opened with (what its COM_RESET_CONNECTION
+        # returns to), and the unreadable character set the server reads this session in after a
+        # switch the gateway could not settle from the text ("": none; requests are refused).
+        self._upstream_charset = 0
+        self._charset_lost = ""
         self._seq = 0
         self._ubuf = bytearray()
         self._prepared = PreparedStatements()
@@ -330,7 +340,12 @@ class MysqlSession(GovernedSession):
         if not self.client_caps & Capability.PROTOCOL_41:
             await self._refuse_connection(OldProtocol(), user=user)
             return False
-        self.text.set_charset(response.character_set or greeting.character_set)
+        login_charset = response.character_set or greeting.character_set
+        charset_name = charset_of_collation(login_charset)
+        if charset_name is not None and not self.text.follow(charset_name):
+            await self._refuse_connection(CharsetRefused(charset_name), user=user)
+            return False
+        self.text.set_charset(login_charset)
 
         identity = await self._authenticate(user, response, nonce)
         if identity is None:
@@ -362,9 +377,17 @@ class MysqlSession(GovernedSession):
             )
             return False
         self.text.schema = target.database
+        self._upstream_charset = self.text.charset
         self._cpipe = Pipe(self.client)
         self._upipe = Pipe(self.up.stream)
         self._ubuf = bytearray(self.up.leftover)
+        # The server's word on the character set it reads this client in (it falls back to its
+        # default for a collation id it does not know, or ignores the client's with
+        # skip-character-set-client-handshake).
+        await self._ask_session(database=False)
+        if self._charset_lost:
+            await self._refuse_connection(CharsetRefused(self._charset_lost), user=user, target=target.info.name)
+            return False
         await self._show_identity_upstream(identity)
         await self._write(messages.ok_packet(self.client_caps, status_flags=self.up.status))
         return True
@@ -401,6 +424,9 @@ class MysqlSession(GovernedSession):
             await self._answer(UpstreamRefused(errno, sqlstate, scanner.error_message))
             return
         self._diag_hidden = False  # the reset emptied the diagnostics area
+        # The server is back on the character set its session was opened with; the client's is
+        # that of its last login (handshake or COM_CHANGE_USER).
+        await self._restore_login_charset()
         assert self.identity is not None
         await self._show_identity_upstream(self.identity)
         await self._write(messages.ok_packet(self.client_caps, status_flags=scanner.status or int(ServerStatus.AUTOCOMMIT)))
@@ -556,6 +582,9 @@ class MysqlSession(GovernedSession):
         prepared = self._prepared
         while True:
             payload = await self._read_packet(0)
+            if self._charset_lost and not self._restores_charset(payload):
+                await self._refuse_unreadable(payload)
+                continue
             route = command_route(payload)
             kind = route.kind
             if kind == "query":
@@ -611,6 +640,36 @@ class MysqlSession(GovernedSession):
                 else:
                     await self._answer(verdict.decision)
 
+    @staticmethod
+    def _restores_charset(payload: bytes) -> bool:
+        """While the server reads this session in a character set the gateway cannot read,
+        only what cannot be misread goes on: COM_QUIT, COM_PING, COM_RESET_CONNECTION,
+        COM_CHANGE_USER (a login, with its own character set), and a plain-ASCII request that
+        only switches to a character set the gateway reads (`SET NAMES utf8mb4`)."""
+        if not payload:
+            return False
+        if payload[0] in (Command.QUIT, Command.PING, Command.RESET_CONNECTION, Command.CHANGE_USER):
+            return True
+        if payload[0] != Command.QUERY or not payload[1:].isascii():
+            return False
+        effect = client_charset_effect(payload[1:].decode("ascii"))
+        return bool(effect.named) and not effect.unsettled and not effect.after_switch and effect.refused() is None
+
+    async def _refuse_unreadable(self, payload: bytes) -> None:
+        """A request while the server reads a character set the gateway cannot read: refused,
+        and recorded (the gateway cannot say what it holds)."""
+        assert self.who is not None and self.target is not None
+        error = CharsetRefused(self._charset_lost, lost=True)
+        info = self.target.info
+        self.audit.add(StatementDecided(
+            request_id=self.ctx.next_request(), who=self.who, target=info.name, environment=info.environment,
+            sql=f"<command 0x{payload[0]:02x} in client character set {self._charset_lost}>", fingerprint="",
+            parse_status="error", action="deny", rule_id="client-charset", message=error.message,
+        ))
+        await self.audit.flush_quietly()
+        if payload[:1] not in (bytes([Command.STMT_CLOSE]), bytes([Command.STMT_SEND_LONG_DATA])):
+            await self._answer(error)  # those two get no answer
+
     async def _upipe_send(self, payload: bytes) -> None:
         assert self._upipe is not None
         data, _ = encode_packets(payload, 0)
@@ -628,6 +687,9 @@ class MysqlSession(GovernedSession):
         unsettled = unsettled_database(verdict.analysis, masked=self._masked)
         if unsettled is not None:
             await self._refuse(verdict.request_id, UnsettledDatabase(unsettled))
+            return
+        effect = client_charset_effect(sql)
+        if effect.switches and not await self._charset_switch_allowed(verdict.request_id, effect):
             return
         if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
             payload = payload[:1] + self._sql_comment + payload[1:]
@@ -650,8 +712,7 @@ class MysqlSession(GovernedSession):
         if scanner.error_code is None:
             self.text.query_succeeded(sql, verdict.analysis)
         self.text.tracked(scanner.schema)
-        if may_change_database(verdict.analysis):
-            await self._ask_database()
+        await self._after_request(scanner, effect, may_change_database(verdict.analysis))
 
     async def _statement_kill(self, sql: str) -> None:
         """A KILL that arrived as a command (COM_PROCESS_KILL): judged as its statement."""
@@ -680,6 +741,9 @@ class MysqlSession(GovernedSession):
         if not verdict.allowed:
             await self._answer(verdict.decision)
             return
+        effect = client_charset_effect(sql)
+        if effect.switches and not await self._charset_switch_allowed(verdict.request_id, effect):
+            return
         scanner = await self._forward(payload, Shape.PREPARE)
         if scanner.statement_id is not None and scanner.error_code is None:
             self._prepared.add(
@@ -687,6 +751,9 @@ class MysqlSession(GovernedSession):
                 reads_masked=reads_masked_values(verdict.mask, verdict.analysis), analysis=verdict.analysis,
                 schema=self.text.schema,
             )
+            prepared = self._prepared.get(scanner.statement_id)
+            if prepared is not None and effect.switches:
+                prepared.changes_db = True  # its executions switch the character set: ask after each
 
     async def _execute(self, payload: bytes, stmt_id: int) -> None:
         """COM_STMT_EXECUTE: the session checks (token expiry) for this run; the statement is
@@ -727,8 +794,8 @@ class MysqlSession(GovernedSession):
         else:
             scanner = await self._forward(payload, Shape.RESULTSET, rid=verdict.request_id, ref=ref)
         self.text.tracked(scanner.schema)
-        if prepared is not None and prepared.changes_db:  # MariaDB prepares USE
-            await self._ask_database()
+        # MariaDB prepares USE and SET NAMES: the server says where the session is after them.
+        await self._after_request(scanner, NO_EFFECT, prepared is not None and prepared.changes_db)
 
     async def _fetch(self, payload: bytes, stmt_id: int | None) -> None:
         """COM_STMT_FETCH: a cursor's next rows, masked with the rewriter its execution set up."""
@@ -771,12 +838,17 @@ class MysqlSession(GovernedSession):
         self._diag_dirty = False
 
     async def _ask_database(self) -> None:
+        """The server's current database (and client character set): see `_ask_session`."""
+        await self._ask_session(database=True)
+
+    async def _ask_session(self, *, database: bool) -> None:
         """Ask the upstream for its current database (after a request that may have changed it
-        in a way its text does not settle; see `relaystate.may_change_database`). Nothing
-        reaches the client; MariaDB keeps the session's warnings across it. A failure ends the
-        session (fail closed: table names would be qualified with a guess)."""
+        in a way its text does not settle; see `relaystate.may_change_database`) and the
+        character set it reads client SQL in (`@@character_set_client`). Nothing reaches the
+        client; MariaDB keeps the session's warnings across it. A failure ends the session (fail
+        closed: table names would be qualified, and SQL read, with a guess)."""
         assert self._upipe is not None
-        await self._upipe_send(bytes([Command.QUERY]) + b"SELECT DATABASE()")
+        await self._upipe_send(bytes([Command.QUERY]) + b"SELECT DATABASE(), @@character_set_client")
         deprecate_eof = bool(self.client_caps & Capability.DEPRECATE_EOF)
         scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=deprecate_eof)
         response = bytearray()
@@ -787,13 +859,68 @@ class MysqlSession(GovernedSession):
                 del self._ubuf[:n]
                 if scanner.done:
                     break
-            data = await self._upipe.receive()
-            if not data:
-                raise UpstreamLost()
-            self._ubuf += data
+            self._ubuf += await self._upstream_data(self._upipe)
         if scanner.error_code is not None:
             raise UpstreamLost()
-        self.text.server_says(single_text_value(bytes(response), deprecate_eof=deprecate_eof))
+        schema, charset = text_row_values(bytes(response), deprecate_eof=deprecate_eof)
+        self._server_charset(charset.decode("ascii", "replace") if charset is not None else "")
+        if database:
+            self.text.server_says(schema)
+
+    def _server_charset(self, name: str) -> None:
+        """The server says it reads client SQL in `name`: follow it, or fail closed."""
+        if self.text.follow(name):
+            self._charset_lost = ""
+        else:
+            self._charset_lost = name.lower() or "unknown"
+
+    async def _charset_switch_allowed(self, request_id: int, effect: CharsetEffect) -> bool:
+        """A request that switches the client character set (`charsets.client_charset_effect`):
+        refused (False, the refusal is its completion record) when it names a character set the
+        gateway cannot read, or when a statement follows the switch in the same request."""
+        refused = effect.refused()
+        if refused is not None:
+            await self._refuse(request_id, CharsetRefused(refused))
+            return False
+        if effect.after_switch:
+            await self._refuse(request_id, CharsetSwitchNotLast(effect.after_switch))
+            return False
+        return True
+
+    async def _after_request(self, scanner: ResponseScanner, effect: CharsetEffect, ask: bool) -> None:
+        """After a request ran: follow the character set it switched to (named literally, or
+        reported by the server's session tracking), and ask the server when the request may
+        have moved the database or the character set in a way its text does not settle."""
+        if effect.named and scanner.error_code is None:
+            self._server_charset(effect.named[-1])
+        if scanner.client_charset is not None:
+            self._server_charset(scanner.client_charset)
+        if ask or effect.unsettled:
+            await self._ask_session(database=True)
+
+    async def _restore_login_charset(self) -> None:
+        """After COM_RESET_CONNECTION (or CHANGE USER's reset) the server reads the character
+        set its upstream session was opened with; make it the client's last login's again."""
+        wanted = self.text.charset
+        if wanted != self._upstream_charset:
+            await self._apply_charset(wanted)
+        else:
+            name = charset_of_collation(wanted)
+            if name is None or not self.text.follow(name):
+                await self._ask_session(database=False)
+            else:
+                self._charset_lost = ""
+
+    async def _apply_charset(self, collation_id: int) -> None:
+        """Make the upstream read the client in collation `collation_id` (as a login with it
+        does), then take the server's word for what it reads. The statement carries only the
+        number: no client text."""
+        number = str(int(collation_id)).encode()
+        await self._upstream_command(
+            bytes([Command.QUERY]) + b"SET character_set_client = " + number + b", character_set_results = "
+            + number + b", collation_connection = " + number
+        )  # an id the server does not know fails: it keeps what it had, and says so below
+        await self._ask_session(database=False)
 
     async def _refuse_diagnostics(self, request_id: int, mask: MaskContext | None) -> None:
         """Refuse GET DIAGNOSTICS ... CONDITION while the diagnostics area may quote masked
@@ -913,11 +1040,11 @@ class MysqlSession(GovernedSession):
         """A request whose response never ended (the upstream died, the client went away, the
         response could not be relayed) still gets its completion record, with the error."""
         if isinstance(exc, UpstreamLost):
-            error, sqlstate = "the upstream connection was lost before the statement completed", "08S01"
+            error, sqlstate = "the upstream connection was lost before the statement completed", SQLSTATE_LINK
         elif isinstance(exc, AuditUnavailable):
             return  # the completion itself could not be written
         else:
-            error, sqlstate = f"the statement's response was cut off: {error_reply(exc).reason or 'session failed'}", "08S01"
+            error, sqlstate = f"the statement's response was cut off: {error_reply(exc).reason or 'session failed'}", SQLSTATE_LINK
         self.audit.add(StatementCompleted(
             request_id=rid, prepared_ref=ref, tags=("ERROR",),
             duration_ms=round((time.perf_counter() - started) * 1000, 3), error=error, sqlstate=sqlstate,
@@ -1009,6 +1136,12 @@ class MysqlSession(GovernedSession):
             await self._write(self._err(verdict.decision))
             self._closing_reason = "change user refused by policy"
             return False
+        # The character set it carries is a login's: one the gateway cannot read is refused.
+        charset_name = charset_of_collation(request.character_set) if request.character_set else None
+        if charset_name is not None and codec_for_charset(request.character_set or 0) is None:
+            self._closing_reason = f"change user refused: client character set {charset_name}"
+            await self._refuse_connection(CharsetRefused(charset_name), user=request.user)
+            return False
         # MySQL scrambles COM_CHANGE_USER with the connection's greeting nonce; we do not keep
         # it, so the exchange continues with an AuthSwitchRequest and a fresh nonce.
         switch = messages.ComChangeUser(
@@ -1035,9 +1168,10 @@ class MysqlSession(GovernedSession):
         if target.info.name != self.target.info.name:
             assert self.up is not None
             await trio.aclose_forcefully(self.up.stream)
+            self._upstream_charset = request.character_set or self.text.charset
             self.up = await upstream.connect(
                 target, capabilities=self.client_caps & ~Capability.SSL & ~Capability.LOCAL_FILES,
-                charset=self.text.charset,
+                charset=self._upstream_charset,
             )
             self._upipe = Pipe(self.up.stream)
             self._ubuf = bytearray(self.up.leftover)
@@ -1061,16 +1195,23 @@ class MysqlSession(GovernedSession):
             # the previous identity would otherwise stay in force. CHANGE USER starts on the
             # target's database, as a new connection does.
             if target.database:
-                init = await self._upstream_command(bytes([Command.INIT_DB]) + target.database.encode(self.text.codec))
+                # (the server reads the name in the character set its session was opened with)
+                name = SessionText(self._upstream_charset).encode(target.database)
+                init = await self._upstream_command(bytes([Command.INIT_DB]) + name)
                 if init.error_code is not None:
                     raise UpstreamLost()
         self._prepared.clear()
         self._diag_hidden = False  # a new upstream session, or one reset: no diagnostics left
         if request.character_set:
             self.text.set_charset(request.character_set)
+        await self._restore_login_charset()  # the charset CHANGE USER carries, on the upstream too
         await self._set_identity(identity, target)
         self.text.schema = target.database
         await self._ask_database()  # the server's word on where the new session starts
+        if self._charset_lost:
+            self._closing_reason = f"change user refused: the server reads client character set {self._charset_lost}"
+            await self._refuse_connection(CharsetRefused(self._charset_lost), user=request.user)
+            return False
         await self._show_identity_upstream(identity)
         await self._write(messages.ok_packet(self.client_caps))
         return True

@@ -78,7 +78,8 @@ def evil_gw(mysql_it_database: str) -> Iterator[GatewayProcess]:
 
 
 def raw_login(g: GatewayProcess, user: str, password: str, database: str | None = "app", *,
-              charset: int = 45, attrs: dict[str, str] | None = None) -> mywire.RawMySQL:
+              charset: int = 45, attrs: dict[str, str] | None = None,
+              capabilities: int = mywire.DEFAULT_CAPABILITIES) -> mywire.RawMySQL:
     """A raw login with the collation id `charset` in the handshake response."""
     c = mywire.RawMySQL.connect(g.host, g.port)
     try:
@@ -86,7 +87,8 @@ def raw_login(g: GatewayProcess, user: str, password: str, database: str | None 
         c._password = password.encode()
         c.plugin = c.handshake.auth_plugin or mywire.NATIVE
         first = c.scramble(c.plugin, password.encode(), c.nonce)
-        c.send_packet(c.handshake_response(user, first, database, c.plugin, attrs=attrs, charset=charset), 1)
+        c.send_packet(c.handshake_response(user, first, database, c.plugin, capabilities, attrs=attrs,
+                                           charset=charset), 1)
         c._auth_loop()
     except BaseException:
         c.close()
