@@ -578,3 +578,63 @@ def test_authentication_timeout_ends_the_lifecycle_with_a_refusal(
                 break
             time.sleep(0.05)
         assert mine == ["connection.opened", "connection.refused"], mine
+
+
+# -- COM_CHANGE_USER applies [[access]] exactly like the handshake ---------------------------------
+
+ACCESS = [
+    {"targets": ["prod"], "groups": ["dba"], "action": "allow"},
+    {"targets": ["app"], "action": "allow"},
+]
+
+
+@pytest.fixture(scope="module")
+def access_gw(mysql_it_database: str) -> Iterator[GatewayProcess]:
+    with GatewayProcess(targets=default_targets(), environments=MY_ENVIRONMENTS, extra={"access": ACCESS},
+                        listener=mysql_listener(default_target="app"), name="myh12-access") as g:
+        yield g
+
+
+def test_login_and_change_user_get_the_same_access_verdict(access_gw: GatewayProcess) -> None:
+    """bob may reach app but not prod: refused at login and in COM_CHANGE_USER alike (1044),
+    whatever the session was before; alice (dba) reaches prod both ways."""
+    expected = "identity bob may not reach target prod (no [[access]] rule allows it)"
+    with pytest.raises(mywire.MySQLError) as ei:
+        raw_login(access_gw, "bob", SECRETS["bob"], "prod").close()
+    assert (ei.value.errno, ei.value.message) == (1044, expected)
+    with raw_login(access_gw, "alice", SECRETS["alice"], "prod") as c:
+        c.query("set @myh12_before = 'alice state'")
+        with pytest.raises(mywire.MySQLError) as ei:
+            c.change_user("bob", SECRETS["bob"], "prod")
+        assert (ei.value.errno, ei.value.message) == (1044, expected)
+        assert mywire.wait_closed(c)
+    # an allowed switch of target in CHANGE USER: bob from prod... alice to app and back to prod
+    with raw_login(access_gw, "bob", SECRETS["bob"], "app") as c:
+        c.query("set @myh12_before = 'bob state'")
+        c.change_user("alice", SECRETS["alice"], "prod")
+        assert c.query_rows("select @myh12_before, @sqlward_identity, database()") == [
+            (None, "sqlward:alice", "sqlward_it")]
+
+
+def test_connector_change_user_to_a_target_refused_by_access(access_gw: GatewayProcess) -> None:
+    import mysql.connector
+
+    conn = mysql.connector.connect(host=access_gw.host, port=access_gw.port, user="alice",
+                                   password=SECRETS["alice"], database="app", use_pure=True, ssl_disabled=True)
+    try:
+        conn.cmd_change_user(username="bob", password=SECRETS["bob"], database="app")  # allowed
+        cur = conn.cursor()
+        cur.execute("select @sqlward_identity")
+        assert cur.fetchall() == [("sqlward:bob",)]
+        cur.close()
+        with pytest.raises(mysql.connector.Error) as ei:
+            conn.cmd_change_user(username="bob", password=SECRETS["bob"], database="prod")
+        assert ei.value.errno == 1044 and "may not reach target prod" in ei.value.msg, ei.value
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+    refused = [e for e in access_gw.audit_events()
+               if e["event"] == "connection.refused" and e.get("user") == "bob" and e.get("target") == "prod"]
+    assert refused
