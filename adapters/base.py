@@ -254,7 +254,7 @@ class SessionContext:
         self.identity = identity
         self.who = Who(
             subject=identity.subject, groups=identity.groups, actor=identity.actor,
-            verified_by=identity.verified_by, reason=identity.reason,
+            verified_by=identity.verified_by, reason=identity.reason, issuer=identity.issuer,
         )
 
     def next_request(self) -> int:

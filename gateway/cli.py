@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
         "--actor", dest="actors", action="append", default=[], metavar="A",
         help="actor of the ad-hoc identity's delegation chain, outermost first (repeatable); makes it an agent",
     )
+    test.add_argument(
+        "--issuer", default="", metavar="URL",
+        help="the [[oidc]] issuer of the ad-hoc identity's token (rules and [[access]] can match issuers)",
+    )
     test.add_argument("--schema", metavar="DB", help="MySQL current database (default: the target DSN's database)")
     test.add_argument(
         "--expires-at", type=_when, metavar="TIME",
@@ -174,6 +178,7 @@ def policy_test(args: argparse.Namespace) -> int:
             expires_at=args.expires_at,
             command=args.protocol_command,
             search_path=args.search_path,
+            issuer=args.issuer,
         )
     except ConfigError as exc:
         print(exc, file=sys.stderr)

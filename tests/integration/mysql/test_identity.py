@@ -187,7 +187,7 @@ def test_pymysql_logs_in_with_token_over_tls(my_idgw, my_issuer, ca, alg):
             (f"sqlward:{sub}", "sqlward_it", "alice")
         ]
     auth = wait_event(my_idgw, since, is_authenticated(sub), f"connection.authenticated for {sub}")
-    assert auth["who"] == {"subject": sub, "groups": ["analysts"], "verified_by": "oidc"}
+    assert auth["who"] == {"subject": sub, "groups": ["analysts"], "verified_by": "oidc", "issuer": "https://idp.test"}
     assert auth["target"] == "app"
     decided = sent(my_idgw, since, sub)
     assert [d["sql"] for d in decided] == ["select @sqlward_identity, database(), owner from accounts where id = 1"]
@@ -543,7 +543,7 @@ def test_client_certificate_logs_in_without_password(my_idgw, ca, my_client_pki)
                     ssl={"cert": str(cert.cert_file), "key": str(cert.key_file)}) as c:
         assert rows(c, "select @sqlward_identity") == [("sqlward:svc-reporting",)]
     auth = wait_event(my_idgw, since, is_authenticated("svc-reporting"), "connection.authenticated for svc-reporting")
-    assert auth["who"] == {"subject": "svc-reporting", "verified_by": "certificate"}
+    assert auth["who"].pop("issuer") and auth["who"] == {"subject": "svc-reporting", "verified_by": "certificate"}
 
 
 def test_client_certificate_from_another_ca_is_refused_by_tls(my_idgw, ca, my_client_pki):
