@@ -192,7 +192,8 @@ class PostgresSession(GovernedSession):
                 ok = await self._startup()
             if scope.cancelled_caught:
                 raise Refused(
-                    errors.CONNECTION_FAILURE, "authentication timed out", closing_reason="authentication timeout",
+                    errors.CONNECTION_FAILURE, "authentication timed out", user=self._user,
+                    closing_reason="authentication timeout",
                 )
             if ok:
                 self._relaying = True
@@ -206,15 +207,21 @@ class PostgresSession(GovernedSession):
                 await trio.aclose_forcefully(self.up.stream)
             await self._close_client()
             await self._complete_abandoned()
-            # Every connection.opened is followed by connection.closed or connection.refused.
-            if self.identity is not None or not self._end_recorded:
+            # Every connection.opened is followed by connection.closed (an authenticated
+            # session) or connection.refused (it ended before authentication, whatever ended it:
+            # a refusal of ours, a TLS failure, a malformed packet, a client that left, a
+            # CancelRequest), as on MySQL.
+            if self.identity is not None:
                 await self._record_end(
                     ConnectionClosed(
                         duration_ms=round((time.perf_counter() - opened) * 1000, 3),
-                        requests=self.ctx.requests,
-                        reason=self._closing_reason or ("" if self.identity is not None else "closed before authentication"),
+                        requests=self.ctx.requests, reason=self._closing_reason,
                     )
                 )
+            elif not self._end_recorded:
+                await self._record_end(ConnectionRefused(
+                    user=self._user, reason=self._closing_reason or "connection ended before authentication",
+                ))
 
     async def _complete_abandoned(self) -> None:
         """Requests forwarded whose answer never came (the upstream died under them, or the
