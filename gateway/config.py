@@ -313,9 +313,9 @@ class LoginThrottleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     # Addresses and names tracked (each); the least recently failed are forgotten first.
     max_tracked: int = 10_000
     ipv6_prefix: int = 64
-    # Source networks not throttled by address (the user-name key still applies): by default
-    # loopback, where a local pooler or proxy puts every client behind one address.
-    exempt_addresses: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Source networks not throttled by address (the user-name key still applies), e.g. a local
+    # pooler or proxy that puts every client behind one address: ["127.0.0.0/8", "::1/128"].
+    exempt_addresses: tuple[str, ...] = ()
 
 
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

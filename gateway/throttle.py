@@ -21,9 +21,9 @@ success (`succeeded`) clears the user name's count; the address keeps its count 
 one's own account between guesses at other names must not reset a spray) and forgets it after
 the window.
 
-Addresses in `exempt_addresses` (loopback by default: a local pooler or proxy puts every client
-behind one address, and throttling it would throttle everyone) are not keyed by address; their
-user names still are.
+Addresses in `exempt_addresses` (none by default; e.g. loopback when a local pooler or proxy
+puts every client behind one address, and throttling it would throttle everyone) are not keyed by
+address; their user names still are.
 
 Memory is bounded: each table holds at most `max_tracked` keys, the least recently failed are
 dropped first (an `OrderedDict` used as an LRU), so an attacker inventing names or addresses

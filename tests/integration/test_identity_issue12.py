@@ -131,7 +131,7 @@ def throttled_gw(it_database: str) -> Iterator[GatewayProcess]:
         targets=default_targets(),
         extra={"login_throttle": {
             "failures_before_delay": 2, "base_delay_seconds": 1.5, "max_delay_seconds": 3.0,
-            "exempt_addresses": [],  # loopback is exempt from the address key by default
+            "exempt_addresses": [],  # the harness exempts loopback by default
         }},
         name="it-throttle-12",
     ) as gw:

@@ -101,15 +101,15 @@ def test_memory_is_bounded_whatever_the_number_of_names() -> None:
     assert throttle.tracked <= 200
 
 
-def test_loopback_is_exempt_from_the_address_key_by_default() -> None:
-    throttle, _ = make()
+def test_exempt_addresses_are_not_keyed_by_address_and_nothing_is_exempt_by_default() -> None:
+    throttle, _ = make(exempt_addresses=("127.0.0.0/8", "::1/128"))
     for user in ("a", "b", "c", "d"):
         throttle.failed("127.0.0.1", user)
     assert throttle.admit("127.0.0.1", "e").wait == 0  # a local pooler is not throttled as one client
     for _ in range(3):
         throttle.failed("127.0.0.1", "alice")
     assert throttle.admit("127.0.0.1", "alice").wait == 1  # its user names still are
-    strict, _ = make(exempt_addresses=())
+    strict, _ = make()
     for user in ("a", "b", "c"):
         strict.failed("127.0.0.1", user)
     assert strict.admit("127.0.0.1", "e").wait == 1

@@ -129,7 +129,7 @@ def my_throttled_gw(mysql_it_database: str) -> Iterator[GatewayProcess]:
         listener=mysql_listener(),
         extra={"login_throttle": {
             "failures_before_delay": 2, "base_delay_seconds": 1.5, "max_delay_seconds": 3.0,
-            "exempt_addresses": [],  # loopback is exempt from the address key by default
+            "exempt_addresses": [],  # the harness exempts loopback by default
         }},
         name="it-mysql-throttle-12",
     ) as gw:
