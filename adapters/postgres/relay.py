@@ -53,6 +53,16 @@ forwarded. The server's error text of a statement reading masked columns is repl
 (`errors.hidden_error`), and so is the text of its notices and warnings (`errors.hidden_notice`:
 a RAISE NOTICE in code the statement runs may quote a value).
 
+**COPY.** CopyData, CopyDone and CopyFail from the client are legal only while a COPY FROM
+STDIN may be in progress: after the upstream's CopyInResponse, or after a forwarded request whose
+SQL may start one (clients such as asyncpg send their data without waiting for the answer), until
+the client's CopyDone / CopyFail; elsewhere they are a `ProtocolViolation`. CopyData obeys
+`max_message_size` like any message (refused from its header, never buffered whole).
+
+**Audit failure.** `ClientSide.fail(error)` refuses the request asked about last with an
+ErrorResponse of the driver's (its record could not be written), exactly as a refusal is.
+`UpstreamSide.abandon` completes the requests still waiting when the session ends.
+
 Errors: `ProtocolViolation` (08P01) / `MessageTooLarge` (54000) for bad client bytes;
 `ProtocolViolation` for bad upstream bytes (the driver treats it as a lost upstream).
 """

@@ -9,36 +9,51 @@ direct`: a TLS ClientHello straight away) and the classic untyped packets: SSLRe
 the listener has a certificate, `N` otherwise), GSSENCRequest (always `N`), CancelRequest (looked
 up in the listener's `SessionRegistry`: `cancel_backend`) and the StartupMessage. A client asking
 for protocol 3.x (x > 0) or sending `_pq_.` options gets NegotiateProtocolVersion for 3.0.
-Authentication: a client certificate verified by the listener's CA (mutual TLS) that names the
-startup user is the credential; a static identity proves its secret with SCRAM-SHA-256; any
-other user name presents an OIDC token as a cleartext password, only over TLS (or plain TCP from
-loopback when the listener allows it); on plain TCP such a user is refused with a clear FATAL, so
-a token never travels in clear. The stated session reason comes from `options`
-(`-c sqlward.reason=...`), `application_name` (`reason=...`) or a leading
-`/* sqlward:reason=... */` comment. The database name picks the target, the access rules must let
-the identity reach it; `connection.authenticated` is written (durably) before the upstream
-session is opened with the gateway's own credentials, showing the identity as application_name
-`sqlward:<subject>[ via <actor>]` and the setting `sqlward.identity`; its ParameterStatus values
-are relayed with the gateway's own BackendKeyData. A refusal at any step is `errors.Refused`:
-recorded as `connection.refused`, answered with a FATAL.
+The StartupMessage's settings (`options` and the other keys) are read as the server reads them
+and held to an allow-list (`startup.py`): role, session_authorization, any `sqlward.*` setting
+(but `sqlward.reason`), every switch other than -c / -- and anything else off the list is refused
+with a FATAL naming it (42501; malformed options 42601); what is forwarded is re-emitted
+canonically, followed by the gateway's own `-c sqlward.identity=...` and application_name.
+Authentication (`_authenticate`): the login throttle is asked first (`Gatekeeper.login_gate`);
+a client certificate verified by the listener's CA (mutual TLS) that names the startup user is
+the credential; a static identity proves its secret with SCRAM-SHA-256 (a name the gatekeeper
+gives a decoy verifier fails the same exchange exactly as a wrong secret: 28P01); any other user
+name presents an OIDC token as a cleartext password, only over TLS (or plain TCP from loopback
+when the listener allows it); on plain TCP such a user is refused with a clear FATAL whose advice
+is true for the listener (sslmode=require only where TLS is offered), so a token never travels
+in clear. Every judged failure is `login_failed`, a success `login_succeeded`. Before
+authentication a message may be as large as a login needs, not `max_message_size`: SASL
+messages `SASL_MESSAGE_MAX`, a token `TOKEN_MESSAGE_MAX` (the startup packet: 10,000 bytes, as
+the server). The stated session reason comes from `options` (`-c sqlward.reason=...`),
+`application_name` (`reason=...`) or a leading `/* sqlward:reason=... */` comment. The database
+name picks the target, the access rules must let the identity reach it;
+`connection.authenticated` is written (durably) before the upstream session is opened with the
+gateway's own credentials, showing the identity as application_name `sqlward:<subject>[ via
+<actor>]` and the setting `sqlward.identity`; its ParameterStatus values are relayed with the
+gateway's own BackendKeyData. A refusal at any step is `errors.Refused`: recorded as
+`connection.refused`, answered with a FATAL. Every `connection.opened` ends in
+`connection.closed` (an authenticated session) or `connection.refused` (whatever ended it before
+authentication: a refusal, a TLS failure, a malformed packet, a client that left, a
+CancelRequest, the timeout).
 
 Relay (`_relay`): two tasks (and a third that closes the session when its token expires, with
 `on_token_expiry = "close"`).
 
 - Client task: each chunk received is fed to `relay.ClientSide`; every request it asks about
   (Query, Parse, a Bind of a statement decided under an older policy, Execute, FunctionCall) is
-  judged by the pipeline (`_judge(..., durable=False)`: the `statement.decided` records wait in
-  the session's audit scope), then the audit scope is flushed in one write and only then is the
-  chunk's output sent upstream: the decisions are on disk before the upstream sees a statement.
+  judged by the pipeline with `durable=True`: its record (`statement.decided`, or
+  `statement.executed` for the run of a prepared statement) is on disk before anything of the
+  chunk goes upstream. A record that cannot be written refuses that request (ERROR 58030 "audit
+  unavailable: statement not run", in place of the server's answer as any refusal, so the
+  protocol stays in sync) and the session goes on.
 - Upstream task: each chunk received is fed to `relay.UpstreamSide`; its `statement.completed`
   events are added and flushed in one write before the chunk's output is sent to the client.
+  When the session ends with requests still unanswered (the upstream died under them), they are
+  completed with the error (`UpstreamSide.abandon`).
 
-Audit failure: if a flush fails (`AuditUnavailable`), nothing of that chunk is forwarded, the
-client gets FATAL 58000 "the audit trail cannot be written; sqlward closed the session" and the
-session ends. (Before the records were batched per chunk, a decision that could not be recorded
-refused just that statement; a chunk may now hold a whole pipeline whose parts cannot be
-un-forwarded one by one, so the session is closed instead. Events about the connection itself,
-opened / refused / closed, are flushed quietly: a failure is logged.)
+Audit failure of a completion (a result that cannot be recorded is never delivered): FATAL 58000
+"the audit trail cannot be written; sqlward closed the session", and the session ends. Events
+about the connection itself, opened / refused / closed, are flushed quietly: a failure is logged.
 
 Once a token expires, statements are refused (`token-expired`), or the session is closed.
 """
