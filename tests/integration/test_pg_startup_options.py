@@ -12,6 +12,7 @@ A property test checks that the gateway's reading of `options` (`startup.split_o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -193,7 +194,7 @@ _VALUE_CHARS = st.sampled_from(list("ab=-c \t\\x9"))
 def _option_strings(draw: st.DrawFn) -> str:
     pieces: list[str] = []
     for _ in range(draw(st.integers(0, 5))):
-        kind = draw(st.sampled_from(["c-sep", "c-join", "long", "bare", "dashdash", "noeq"]))
+        kind = draw(st.sampled_from(["c-sep", "c-join", "long", "bare", "dashdash", "noeq", "lone-dash", "c-end", "escaped-sep"]))
         name = draw(st.sampled_from(_NAMES))
         value = "".join(draw(st.lists(_VALUE_CHARS, max_size=6)))
         escaped = draw(st.booleans())
@@ -209,6 +210,12 @@ def _option_strings(draw: st.DrawFn) -> str:
             pieces.append(f"{name}={value}")
         elif kind == "dashdash":
             pieces.append("--")
+        elif kind == "lone-dash":
+            pieces.append("-")
+        elif kind == "c-end":
+            pieces.append("-c")
+        elif kind == "escaped-sep":
+            pieces.append(f"-c\\ {name}={value}")
         else:
             pieces.append(f"-c {name}")
     sep = draw(st.sampled_from([" ", "  ", "\t", "\n "]))
@@ -222,8 +229,17 @@ def _parser_view(options: str) -> dict[str, str] | None:
         return None
     out: dict[str, str] = {}
     for _, name, value in switches:
-        out[name.lower()] = value
+        if not _GUC_NAME.fullmatch(name):  # the server knows no such setting (the policy refuses it too)
+            return None
+        if name.lower() in _READ_BACK:
+            out[name.lower()] = value
     return out
+
+
+_READ_BACK = ("pgh12.a", "pgh12.b_c", "pgh12.d")
+
+
+_GUC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)+")
 
 
 def _server_view(options: str) -> dict[str, str] | None:
@@ -233,7 +249,7 @@ def _server_view(options: str) -> dict[str, str] | None:
         return None
     with conn:
         out: dict[str, str] = {}
-        for name in ("pgh12.a", "pgh12.b_c", "pgh12.d"):
+        for name in _READ_BACK:
             value = conn.execute("select current_setting(%s, true)", (name,)).fetchone()[0]
             if value is not None:
                 out[name] = value
@@ -244,3 +260,53 @@ def _server_view(options: str) -> dict[str, str] | None:
 @given(options=_option_strings())
 def test_the_gateways_option_parser_agrees_with_the_server(db: str, options: str) -> None:
     assert _parser_view(options) == _server_view(options), options
+
+
+# -- what the gateway forwards is what the server would have read ---------------------------------
+
+_SETTINGS = [
+    ("application_name", ["x", "a b", "tab\there", "back\\slash", "-c role=pgh12_role"]),
+    ("search_path", ["pgh12_s", "pgh12_s, public", '"$user"']),
+    ("statement_timeout", ["5", "7s"]),
+    ("DateStyle", ["German", "ISO, DMY"]),
+    ("ROLE", ["pgh12_role"]),
+    ("sqlward.identity", ["sqlward:mallory"]),
+]
+_SHOW = ("application_name", "search_path", "statement_timeout", "DateStyle")
+
+
+@st.composite
+def _startups(draw: st.DrawFn) -> dict[str, str]:
+    words: list[str] = []
+    for _ in range(draw(st.integers(0, 4))):
+        name, values = draw(st.sampled_from(_SETTINGS))
+        value = draw(st.sampled_from(values))
+        escaped = "".join("\\" + ch if ch in " \t\\" else ch for ch in value)
+        form = draw(st.sampled_from(["-c {n}={v}", "-c{n}={v}", "--{n}={v}"]))
+        words.append(form.format(n=name.replace("_", draw(st.sampled_from(["_", "-"]))) if form.startswith("--") else name, v=escaped))
+    params = {"options": " ".join(words)} if words else {}
+    if draw(st.booleans()):
+        name, values = draw(st.sampled_from(_SETTINGS))
+        params[draw(st.sampled_from([name, name.upper()]))] = draw(st.sampled_from(values))
+    return params
+
+
+def _effective(params: dict[str, str]) -> tuple:
+    with pgwire.open_session(PGHOST, PGPORT, "postgres", None, DB, params=params) as c:
+        sql = "select current_user, " + ", ".join(f"current_setting('{n}')" for n in _SHOW)
+        return tuple(v.decode() for v in [m for m in c.simple(sql) if m.type == "D"][0].values)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=_startups())
+def test_what_is_forwarded_is_what_the_server_would_have_read(db: str, params: dict[str, str]) -> None:
+    from sqlward.adapters.postgres.startup import StartupRefused, read_startup, upstream_params
+
+    try:
+        accepted = read_startup(tuple(params.items()))
+    except StartupRefused as exc:
+        assert any(n in exc.name.lower() for n in ("role", "sqlward")), exc.name
+        return
+    forwarded = dict(upstream_params(accepted, application_name=None, identity_label=None))
+    assert _effective(forwarded) == _effective(params), (params, forwarded)
+    assert _effective(forwarded)[0] == "postgres"
