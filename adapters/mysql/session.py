@@ -175,6 +175,8 @@ class MysqlSession(GovernedSession):
         # switch the gateway could not settle from the text ("": none; requests are refused).
         self._upstream_charset = 0
         self._charset_lost = ""
+        # The character set the server said it reads this client in after the last login.
+        self._login_charset_name = ""
         self._seq = 0
         self._ubuf = bytearray()
         self._prepared = PreparedStatements()
@@ -388,6 +390,7 @@ class MysqlSession(GovernedSession):
         if self._charset_lost:
             await self._refuse_connection(CharsetRefused(self._charset_lost), user=user, target=target.info.name)
             return False
+        self._login_charset_name = self.text.name
         await self._show_identity_upstream(identity)
         await self._write(messages.ok_packet(self.client_caps, status_flags=self.up.status))
         return True
@@ -904,12 +907,10 @@ class MysqlSession(GovernedSession):
         wanted = self.text.charset
         if wanted != self._upstream_charset:
             await self._apply_charset(wanted)
+        elif self._login_charset_name and self.text.follow(self._login_charset_name):
+            self._charset_lost = ""  # what the server said after the login that opened it
         else:
-            name = charset_of_collation(wanted)
-            if name is None or not self.text.follow(name):
-                await self._ask_session(database=False)
-            else:
-                self._charset_lost = ""
+            await self._ask_session(database=False)
 
     async def _apply_charset(self, collation_id: int) -> None:
         """Make the upstream read the client in collation `collation_id` (as a login with it
@@ -1169,6 +1170,7 @@ class MysqlSession(GovernedSession):
             assert self.up is not None
             await trio.aclose_forcefully(self.up.stream)
             self._upstream_charset = request.character_set or self.text.charset
+            self._login_charset_name = ""  # a new upstream session: the server says below
             self.up = await upstream.connect(
                 target, capabilities=self.client_caps & ~Capability.SSL & ~Capability.LOCAL_FILES,
                 charset=self._upstream_charset,
@@ -1212,6 +1214,8 @@ class MysqlSession(GovernedSession):
             self._closing_reason = f"change user refused: the server reads client character set {self._charset_lost}"
             await self._refuse_connection(CharsetRefused(self._charset_lost), user=request.user)
             return False
+        if self.text.charset == self._upstream_charset:
+            self._login_charset_name = self.text.name
         await self._show_identity_upstream(identity)
         await self._write(messages.ok_packet(self.client_caps))
         return True
