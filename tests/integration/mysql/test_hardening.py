@@ -314,6 +314,12 @@ def test_reset_connection_and_init_db_are_refused_when_their_record_cannot_be_wr
             with pytest.raises(mywire.MySQLError) as ei:
                 c.init_db("sqlward_it2")
             assert _audit_refused(ei.value), ei.value
+            with pytest.raises(mywire.MySQLError) as ei:
+                c.field_list("accounts")
+            assert _audit_refused(ei.value), ei.value
+            with pytest.raises(mywire.MySQLError) as ei:
+                c.process_kill(999999)
+            assert _audit_refused(ei.value), ei.value
         finally:
             gw.audit_writable()
         # nothing of either reached the server: the variable and the database are as they were
