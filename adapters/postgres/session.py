@@ -216,27 +216,32 @@ class PostgresSession(GovernedSession):
         except Exception as exc:
             await self._fail(exc)
         finally:
-            if self.pid:
-                self.registry.remove(self.pid, self)
-            if self.up is not None:
-                await trio.aclose_forcefully(self.up.stream)
-            await self._close_client()
-            await self._complete_abandoned()
-            # Every connection.opened is followed by connection.closed (an authenticated
-            # session) or connection.refused (it ended before authentication, whatever ended it:
-            # a refusal of ours, a TLS failure, a malformed packet, a client that left, a
-            # CancelRequest), as on MySQL.
-            if self.identity is not None:
-                await self._record_end(
-                    ConnectionClosed(
-                        duration_ms=round((time.perf_counter() - opened) * 1000, 3),
-                        requests=self.ctx.requests, reason=self._closing_reason,
+            if not self._closing_reason and trio.current_effective_deadline() == float("-inf"):
+                self._closing_reason = "gateway shutting down"  # cancelled from outside
+            # Shielded: under the gateway's shutdown every checkpoint here would raise Cancelled
+            # (each step is bounded: forced closes, a 1 s TLS close, synchronous audit writes).
+            with trio.CancelScope(shield=True):
+                if self.pid:
+                    self.registry.remove(self.pid, self)
+                if self.up is not None:
+                    await trio.aclose_forcefully(self.up.stream)
+                await self._close_client()
+                await self._complete_abandoned()
+                # Every connection.opened is followed by connection.closed (an authenticated
+                # session) or connection.refused (it ended before authentication, whatever ended
+                # it: a refusal of ours, a TLS failure, a malformed packet, a client that left, a
+                # CancelRequest, the gateway's shutdown), as on MySQL.
+                if self.identity is not None:
+                    await self._record_end(
+                        ConnectionClosed(
+                            duration_ms=round((time.perf_counter() - opened) * 1000, 3),
+                            requests=self.ctx.requests, reason=self._closing_reason,
+                        )
                     )
-                )
-            elif not self._end_recorded:
-                await self._record_end(ConnectionRefused(
-                    user=self._user, reason=self._closing_reason or "connection ended before authentication",
-                ))
+                elif not self._end_recorded:
+                    await self._record_end(ConnectionRefused(
+                        user=self._user, reason=self._closing_reason or "connection ended before authentication",
+                    ))
 
     async def _complete_abandoned(self) -> None:
         """Requests forwarded whose answer never came (the upstream died under them, or the

@@ -435,3 +435,28 @@ def test_the_tls_advice_is_true_for_the_listener(db: str, pki, issuer: TestIssue
             assert "sslmode=require" in text, text
         else:
             assert "sslmode" not in text and "no TLS" in text, text
+
+
+def test_the_gateways_shutdown_ends_every_connection_in_the_trail(db: str) -> None:
+    """SIGTERM: a connection waiting before authentication is refused, an authenticated one is
+    closed, and the statement it was running completes with the error."""
+    g = GatewayProcess(targets=_targets(db), name="pgh12-shutdown").start()
+    try:
+        idle = pgwire.RawConn.connect(g.host, g.port)
+        busy = _session(g)
+        busy.send(pgwire.query("SELECT 'pgh12-shutdown', pg_sleep(5)"))
+        time.sleep(0.5)
+    finally:
+        assert g.stop() == []  # SIGTERM; exit status 0, no traceback
+    events = g.audit_events()
+    idle.close()
+    busy.close()
+    ends = {e["connection_id"]: e for e in events if e["event"] in ("connection.closed", "connection.refused")}
+    opened = [e["connection_id"] for e in events if e["event"] == "connection.opened"]
+    assert len(opened) == 2 and set(opened) == set(ends), events
+    assert sorted(e["event"] for e in ends.values()) == ["connection.closed", "connection.refused"]
+    assert all(e["reason"] == "gateway shutting down" for e in ends.values()), ends
+    decided = [e for e in events if e["event"] == "statement.decided" and "pgh12-shutdown" in e["sql"]][0]
+    done = [e for e in events if e["event"] == "statement.completed" and e["request_id"] == decided["request_id"]
+            and e["connection_id"] == decided["connection_id"]]
+    assert done and "gateway shutting down" in done[0]["error"], events
