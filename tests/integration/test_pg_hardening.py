@@ -460,3 +460,22 @@ def test_the_gateways_shutdown_ends_every_connection_in_the_trail(db: str) -> No
     done = [e for e in events if e["event"] == "statement.completed" and e["request_id"] == decided["request_id"]
             and e["connection_id"] == decided["connection_id"]]
     assert done and "gateway shutting down" in done[0]["error"], events
+
+
+def test_a_token_password_is_capped_at_what_a_login_needs(db: str, pki, issuer: TestIssuer) -> None:
+    """Over TLS a name that is no static identity sends its token as a cleartext password: up to
+    256 KiB is read and judged (a refused token: 28P01), more is refused from the header (54000)."""
+    with GatewayProcess(targets=_targets(db), name="pgh12-token-cap", listener={"tls": tls_listener(pki)},
+                        extra={"oidc": [issuer.oidc_table()]}) as g:
+        for size, expected in ((200 << 10, "28P01"), ((256 << 10) + 1, "54000"), (64 << 20, "54000")):
+            with pgwire.RawConn.connect(g.host, g.port) as c:
+                assert c.request_ssl() == b"S"
+                c.start_tls(ca_file=str(pki.ca_file))
+                c.send(pgwire.startup_message({"user": "pgh12-token-user", "database": "app"}))
+                assert c.read_message().auth_code == pgwire.AUTH_CLEARTEXT
+                if expected == "28P01":
+                    c.send(pgwire.password_message("x" * (size - 1)))
+                    messages, closed = c.read_all_until_closed(5)
+                else:
+                    messages = _refused_quickly(c, b"p" + struct.pack("!I", size + 4) + b"xxxx")
+            assert [(m.severity, m.sqlstate) for m in messages] == [("FATAL", expected)], (size, messages)
