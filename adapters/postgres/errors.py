@@ -39,9 +39,10 @@ The mapping, in full (the unit tests hold the byte table):
   error                                     severity  SQLSTATE   connection.closed reason
   ========================================  ========  =========  =======================================
   a refusal `Decision`                      ERROR     42501      (the session goes on)
-  its record cannot be written (rule        ERROR     58030      (the session goes on; message
-  audit-unavailable, or `AuditUnavailable`                        "audit unavailable: statement not
-  from a durable judge: `audit_refusal()`)                          run")
+  a request whose record cannot be written  ERROR     58030      (the session goes on; message
+  (rule audit-unavailable, or                                    "audit unavailable: statement not
+  `AuditUnavailable` from a durable judge:                       run")
+  `audit_refusal()`)
   `MessageTooLarge`                         FATAL     54000      protocol violation: <message>
   `ProtocolViolation`                       FATAL     08P01      protocol violation: <message>
   `TokenExpired`                            FATAL     28000      token expired
@@ -53,6 +54,11 @@ The mapping, in full (the unit tests hold the byte table):
   `SessionEnd`                              (none)               (unchanged)
   anything else (a bug)                     FATAL     XX000      internal error (traceback logged)
   ========================================  ========  =========  =======================================
+
+`Refused` codes at startup (issue 12): a startup setting or switch off the allow-list of
+`startup.py` 42501, malformed `options` 42601, a wrong secret or an unknown name (the same
+refusal after the same SCRAM exchange) 28P01, the login throttle's refusal and tokens on plain
+TCP 28000, an authentication timeout 08006.
 
 This module imports no I/O library (the relay state, `relay.py`, uses it): the session-level
 exceptions of `adapters.session_common` are looked up when `reply` first needs them.
