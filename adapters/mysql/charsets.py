@@ -197,7 +197,7 @@ def _value_name(tokens: list[Token], i: int) -> tuple[str | None, bool]:
         if word.isdigit():
             name = charset_of_collation(int(word))
             return (name, True) if name is not None else (f"collation {word}", True)
-        if word == "default":
+        if tok.text.upper() == "DEFAULT":  # the server's default: not settled by the text
             return None, False
         return word, True
     if tok.kind == "qid":
