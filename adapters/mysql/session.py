@@ -79,7 +79,13 @@ from sqlward.adapters.base import (
     Target,
 )
 from sqlward.adapters.mysql import auth, messages, upstream
-from sqlward.adapters.mysql.charsets import NO_EFFECT, CharsetEffect, charset_of_collation, client_charset_effect
+from sqlward.adapters.mysql.charsets import (
+    NO_EFFECT,
+    CharsetEffect,
+    charset_of_collation,
+    client_charset_effect,
+    codec_of,
+)
 from sqlward.adapters.mysql.constants import Capability, Charset, Command, ServerStatus, sqlstate_of
 from sqlward.adapters.mysql.errors import (
     AccessRefused,
@@ -885,7 +891,9 @@ class MysqlSession(GovernedSession):
         if refused is not None:
             await self._refuse(request_id, CharsetRefused(refused))
             return False
-        if effect.after_switch:
+        if effect.after_switch and (effect.unsettled or any(codec_of(n) != self.text.codec for n in effect.named)):
+            # (a switch to a character set read like the current one, SET NAMES utf8mb4 on a
+            # utf8mb4 session, changes nothing the gateway reads)
             await self._refuse(request_id, CharsetSwitchNotLast(effect.after_switch))
             return False
         return True

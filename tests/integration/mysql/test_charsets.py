@@ -190,9 +190,16 @@ def test_in_session_switch_to_an_unreadable_charset_is_refused(cs_gw: GatewayPro
 
 def test_a_charset_switch_must_be_the_last_statement_of_a_request(cs_gw: GatewayProcess) -> None:
     with raw_login(cs_gw, "alice", SECRETS["alice"], capabilities=mywire.DEFAULT_CAPABILITIES | 1 << 16) as c:
-        with pytest.raises(mywire.MySQLError):
+        with pytest.raises(mywire.MySQLError) as ei:
             c.query("SET NAMES latin1; SELECT 1")
+        assert ei.value.errno == 1227 and "character set" in ei.value.message, ei.value
         assert c.query_rows("select @@character_set_client") == [("utf8mb4",)]
+        with pytest.raises(mywire.MySQLError):
+            c.query("SET character_set_client = @nothing; SELECT 1")
+        # a switch to a charset read the same way changes nothing the gateway reads
+        results = c.query("SET NAMES utf8mb3; SELECT 2")
+        assert len(results) == 2
+        assert c.query_rows("select @@character_set_client") == [("utf8mb3",)]
 
 
 @pytest.mark.parametrize("client", ["pymysql", "connector"])
