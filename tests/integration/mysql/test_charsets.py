@@ -270,3 +270,32 @@ def test_prepared_set_names_is_refused_at_prepare(cs_gw: GatewayProcess) -> None
         with pytest.raises(mywire.MySQLError) as ei:
             c.stmt_prepare("SET NAMES gbk")
         assert ei.value.errno == UNSUPPORTED, ei.value
+
+
+@pytest.mark.parametrize("collation_id,name,refused", [(8, "latin1", False), (28, "gbk", True), (1, "big5", True)])
+def test_connector_change_user_charset(cs_gw: GatewayProcess, cafe: str, collation_id: int, name: str,
+                                       refused: bool) -> None:
+    """mysql-connector's cmd_change_user carries a collation id: read as the server reads it,
+    or refused with the same error as at login."""
+    import mysql.connector
+
+    conn = mysql.connector.connect(host=cs_gw.host, port=cs_gw.port, user="alice", password=SECRETS["alice"],
+                                   database="app", use_pure=True, ssl_disabled=True)
+    try:
+        if refused:
+            with pytest.raises(mysql.connector.Error) as ei:
+                conn.cmd_change_user(username="bob", password=SECRETS["bob"], database="app", charset=collation_id)
+            assert _refused_charset(ei.value.errno, ei.value.msg, name), ei.value
+            return
+        conn.cmd_change_user(username="bob", password=SECRETS["bob"], database="app", charset=collation_id)
+        result = conn.cmd_query("select @@character_set_client")
+        rows = conn.get_rows()[0]
+        assert rows[0][0] in ("latin1", b"latin1"), (result, rows)
+        with pytest.raises(mysql.connector.Error) as ei:
+            conn.cmd_query(f"select * from {cafe}".encode("cp1252"))
+        assert ei.value.errno == 1227 and "myh12-no-cafe" in ei.value.msg, ei.value
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
