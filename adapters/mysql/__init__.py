@@ -20,7 +20,10 @@ Codec (no I/O):
 Relay state (no I/O):
 
 * `response`: `ResponseScanner`, where a server response ends, without decoding rows (and the
-  warning count and SESSION_TRACK_SCHEMA of its OK packets).
+  warning count, SESSION_TRACK_SCHEMA and the tracked character_set_client of its OK packets).
+* `charsets`: the client character sets SQL is read in as the server reads it (utf8mb4,
+  utf8mb3, binary, latin1, ascii) and the refusal of every other one; the in-session switches
+  a request's text makes (`client_charset_effect`).
 * `relaystate`: what the session keeps between commands: command routes, prepared statements
   and cursors, the current database (the server's) and text codec, completion records, and
   what the message rule of masked sessions needs.

@@ -53,6 +53,24 @@ masking rule); and when such a request left warnings or an error, the session em
 function reads its caller's diagnostics. The ERR packet of the request itself is rewritten as
 before. The warning counts (OK / EOF, @@warning_count) pass unchanged.
 
+Hardened edges (issue 12). Before authentication every client packet (handshake response,
+SSLRequest, auth-switch and caching_sha2 answers, COM_CHANGE_USER's exchange) is capped at
+`errors.PREAUTH_MAX_PACKET` (64 KiB), refused from its header with ERR 1153. Every
+`connection.opened` ends in `connection.refused` (whatever ended it before authentication: a
+refusal, the client gone, a TLS failure, a malformed or oversized packet, the timeout) or, once
+authenticated, `connection.closed`. Logins ask the gatekeeper's throttle first (`login_gate`)
+and report each judged failure and success (`login_failed` / `login_succeeded`, COM_CHANGE_USER
+included); unknown names and wrong secrets get one refusal text; TLS is advised only on a
+listener that has it. The identity label goes upstream as a hex literal converted to utf8mb4
+(`identity_statement`), immune to the client's character set. Client SQL is read in the
+character set the server reads it in, or refused (`charsets`): at login (and the server is asked
+which one it took), in COM_CHANGE_USER (applied upstream), in every in-session switch, and when
+the server reports one it cannot read the session refuses requests until it is set back. Every
+request has its record on disk before it reaches the upstream (COM_INIT_DB is decided as the USE
+it amounts to, COM_RESET_CONNECTION recorded by the session); a request whose record cannot be
+written is refused (1227 `audit-unavailable`) and the session goes on; a response cut off (the
+upstream died) still gets its `statement.completed` with the error.
+
 Error handling: every error that ends the session, and every error the gateway answers itself,
 goes through `errors.error_reply` (the one mapping to ERR packets); unexpected exceptions are
 logged with their traceback and reported as an internal error, never with their text.
