@@ -201,6 +201,8 @@ class MysqlSession(GovernedSession):
         self._charset_lost = ""
         # The character set the server said it reads this client in after the last login.
         self._login_charset_name = ""
+        # Statements with COM_STMT_SEND_LONG_DATA parameters the server holds (see `_execute`).
+        self._long_data: set[int] = set()
         self._seq = 0
         self._ubuf = bytearray()
         self._prepared = PreparedStatements()
@@ -443,6 +445,7 @@ class MysqlSession(GovernedSession):
         if not await self._record_command("COM_RESET_CONNECTION", "resets the upstream session"):
             return
         self._prepared.clear()
+        self._long_data.clear()
         scanner = await self._upstream_command(bytes([Command.RESET_CONNECTION]))
         self._seq = 1
         if scanner.error_code is not None:
@@ -624,10 +627,15 @@ class MysqlSession(GovernedSession):
             elif kind == "no-response":  # COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA
                 if route.command == Command.STMT_CLOSE and route.number is not None:
                     prepared.close(route.number)
+                    self._long_data.discard(route.number)
+                elif route.command == Command.STMT_SEND_LONG_DATA and len(payload) >= 5:
+                    self._long_data.add(int.from_bytes(payload[1:5], "little"))
                 await self._upipe_send(payload)
             elif kind == "fetch":
                 await self._fetch(payload, route.number)
             elif kind == "pass":
+                if route.command == Command.STMT_RESET and len(payload) >= 5:
+                    self._long_data.discard(int.from_bytes(payload[1:5], "little"))
                 await self._forward(payload, route.shape)
             elif kind == "init-db":  # decided (and recorded) as the USE it amounts to
                 name = self.text.decode(payload[1:])
@@ -694,6 +702,8 @@ class MysqlSession(GovernedSession):
             parse_status="error", action="deny", rule_id="client-charset", message=error.message,
         ))
         await self.audit.flush_quietly()
+        if payload[:1] == bytes([Command.STMT_EXECUTE]) and len(payload) >= 5:
+            await self._drop_long_data(int.from_bytes(payload[1:5], "little"))
         if payload[:1] not in (bytes([Command.STMT_CLOSE]), bytes([Command.STMT_SEND_LONG_DATA])):
             await self._answer(error)  # those two get no answer
 
@@ -783,13 +793,29 @@ class MysqlSession(GovernedSession):
                 prepared.changes_db = True  # its executions switch the character set: ask after each
 
     async def _execute(self, payload: bytes, stmt_id: int) -> None:
+        """COM_STMT_EXECUTE (see `_run_execute`). The parameters sent with COM_STMT_SEND_LONG_DATA
+        are the server's until the statement runs: when the gateway refuses the run, it resets
+        the statement upstream, or the client's retry (long data again, then execute) would
+        write them twice."""
+        if not await self._run_execute(payload, stmt_id):
+            await self._drop_long_data(stmt_id)
+        self._long_data.discard(stmt_id)
+
+    async def _drop_long_data(self, stmt_id: int) -> None:
+        """Clear the long data the client sent for `stmt_id` (COM_STMT_RESET of the gateway's own)."""
+        if stmt_id in self._long_data:
+            self._long_data.discard(stmt_id)
+            await self._upstream_command(bytes([Command.STMT_RESET]) + stmt_id.to_bytes(4, "little"))
+
+    async def _run_execute(self, payload: bytes, stmt_id: int) -> bool:
         """COM_STMT_EXECUTE: the session checks (token expiry) for this run; the statement is
-        decided again when the policy changed since PREPARE."""
+        decided again when the policy changed since PREPARE. False when it was refused (nothing
+        forwarded)."""
         name = str(stmt_id)
         verdict = await self._judge(StatementRequest(sql="", dialect="mysql", kind="execute", statement_name=name))
         if not verdict.allowed:
             await self._answer(verdict.decision)
-            return
+            return False
         prepared = self._prepared.get(stmt_id)
         version = self.pipeline.policy_version
         if prepared is not None and prepared.policy_version != version:
@@ -798,7 +824,7 @@ class MysqlSession(GovernedSession):
             )
             if not again.allowed:
                 await self._answer(again.decision)
-                return
+                return False
             self._prepared.redecided(
                 stmt_id, version, again.mask, reads_masked=reads_masked_values(again.mask, again.analysis),
             )
@@ -807,7 +833,7 @@ class MysqlSession(GovernedSession):
             reads = prepared is not None and prepared.reads_masked
             if prepared is not None and prepared.diagnostics and (self._diag_hidden or reads):
                 await self._refuse_diagnostics(verdict.request_id, prepared.mask if reads else None)
-                return
+                return False
             if self._diag_dirty and (prepared is None or prepared.calls_functions):
                 await self._clear_diagnostics()
             self._note_masked_read(reads, prepared.mask if prepared is not None else None)
@@ -823,6 +849,7 @@ class MysqlSession(GovernedSession):
         self.text.tracked(scanner.schema)
         # MariaDB prepares USE and SET NAMES: the server says where the session is after them.
         await self._after_request(scanner, NO_EFFECT, prepared is not None and prepared.changes_db)
+        return True
 
     async def _fetch(self, payload: bytes, stmt_id: int | None) -> None:
         """COM_STMT_FETCH: a cursor's next rows, masked with the rewriter its execution set up."""
@@ -1229,6 +1256,7 @@ class MysqlSession(GovernedSession):
                 if init.error_code is not None:
                     raise UpstreamLost()
         self._prepared.clear()
+        self._long_data.clear()
         self._diag_hidden = False  # a new upstream session, or one reset: no diagnostics left
         if request.character_set:
             self.text.set_charset(request.character_set)

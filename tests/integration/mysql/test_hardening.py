@@ -644,3 +644,50 @@ def test_connector_change_user_to_a_target_refused_by_access(access_gw: GatewayP
     refused = [e for e in access_gw.audit_events()
                if e["event"] == "connection.refused" and e.get("user") == "bob" and e.get("target") == "prod"]
     assert refused
+
+
+def test_long_data_of_a_refused_execution_is_not_applied_on_the_retry(
+    gw: GatewayProcess, my_direct: pymysql.Connection, my_table: str,
+) -> None:
+    """COM_STMT_SEND_LONG_DATA accumulates on the server until the statement runs: an execution
+    the gateway refuses must not leave it there, or the client's retry (long data again, then
+    execute) writes it twice."""
+    with raw_login(gw, "alice", SECRETS["alice"]) as c:
+        st = c.stmt_prepare(f"insert into {my_table} values (?, ?)")
+        c.stmt_send_long_data(st, 1, b"myh12-long")
+        try:
+            gw.audit_full()
+            with pytest.raises(mywire.MySQLError) as ei:
+                c.stmt_execute(st, [1, None], long_data=[1])
+            assert _audit_refused(ei.value), ei.value
+        finally:
+            gw.audit_writable()
+        c.stmt_send_long_data(st, 1, b"myh12-long")  # the retry
+        c.stmt_execute(st, [1, None], long_data=[1])
+    assert direct_rows(my_direct, f"select id, v from {my_table}") == [(1, "myh12-long")]
+
+
+def test_long_data_retry_through_mysql_connector(gw: GatewayProcess, my_direct: pymysql.Connection,
+                                                 my_table: str) -> None:
+    """The same with mysql-connector, which streams file-like parameters as long data."""
+    import io
+
+    import mysql.connector
+
+    conn = mysql.connector.connect(host=gw.host, port=gw.port, user="alice", password=SECRETS["alice"],
+                                   database="app", use_pure=True, ssl_disabled=True, autocommit=True)
+    try:
+        cur = conn.cursor(prepared=True)
+        sql = f"insert into {my_table} values (%s, %s)"
+        cur.execute(sql, (1, "prepared"))
+        try:
+            gw.audit_full()
+            with pytest.raises(mysql.connector.Error) as ei:
+                cur.execute(sql, (2, io.BytesIO(b"myh12-stream")))
+            assert ei.value.errno == 1227 and "audit-unavailable" in ei.value.msg, ei.value
+        finally:
+            gw.audit_writable()
+        cur.execute(sql, (2, io.BytesIO(b"myh12-stream")))
+    finally:
+        conn.close()
+    assert direct_rows(my_direct, f"select id, v from {my_table} order by id") == [(1, "prepared"), (2, "myh12-stream")]
