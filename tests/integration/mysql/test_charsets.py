@@ -299,3 +299,22 @@ def test_connector_change_user_charset(cs_gw: GatewayProcess, cafe: str, collati
             conn.close()
         except Exception:
             pass
+
+
+def _mariadb_cli(g: GatewayProcess, *args: str, sql: str) -> Any:
+    import subprocess
+
+    return subprocess.run(
+        ["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(g.port), "-u", "alice",
+         f"-p{SECRETS['alice']}", "--skip-ssl", *args, "app", "-e", sql],
+        capture_output=True, text=True, timeout=20,
+    )
+
+
+def test_mariadb_cli_in_gbk_is_refused_and_set_names_gbk_too(cs_gw: GatewayProcess) -> None:
+    res = _mariadb_cli(cs_gw, "--default-character-set=gbk", sql="select 1")
+    assert res.returncode != 0 and "1115" in res.stderr and "'gbk'" in res.stderr, res.stderr
+    res = _mariadb_cli(cs_gw, "--default-character-set=utf8mb4", sql="SET NAMES gbk; select @@character_set_client")
+    assert res.returncode != 0 and "1115" in res.stderr and "'gbk'" in res.stderr, res.stderr
+    res = _mariadb_cli(cs_gw, "--default-character-set=latin1", sql="select @@character_set_client")
+    assert res.returncode == 0 and "latin1" in res.stdout, res
