@@ -691,3 +691,47 @@ def test_long_data_retry_through_mysql_connector(gw: GatewayProcess, my_direct: 
     finally:
         conn.close()
     assert direct_rows(my_direct, f"select id, v from {my_table} order by id") == [(1, "prepared"), (2, "myh12-stream")]
+
+
+@pytest.fixture(scope="module")
+def infile_gw(mysql_it_database: str) -> Iterator[GatewayProcess]:
+    from tests.integration.mysql.conftest import my_target
+
+    with GatewayProcess(targets=[my_target("app", allow_local_infile=True)], environments=MY_ENVIRONMENTS,
+                        listener=mysql_listener(default_target="app"), name="myh12-infile") as g:
+        yield g
+        g.audit_writable()
+
+
+@pytest.mark.parametrize("client", ["pymysql", "connector"])
+def test_load_data_local_is_refused_before_the_file_is_asked_for_when_unrecorded(
+    infile_gw: GatewayProcess, my_direct: pymysql.Connection, my_table: str, tmp_path: Any, client: str,
+) -> None:
+    csv = tmp_path / "rows.csv"
+    csv.write_text("1,one\n2,two\n")
+    sql = f"load data local infile '{csv}' into table {my_table} fields terminated by ','"
+    if client == "pymysql":
+        conn: Any = pymysql.connect(host=infile_gw.host, port=infile_gw.port, user="alice", password=SECRETS["alice"],
+                                    database="app", local_infile=True, ssl_disabled=True, autocommit=True)
+    else:
+        import mysql.connector
+
+        conn = mysql.connector.connect(host=infile_gw.host, port=infile_gw.port, user="alice",
+                                       password=SECRETS["alice"], database="app", use_pure=True, ssl_disabled=True,
+                                       autocommit=True, allow_local_infile=True,
+                                       allow_local_infile_in_path=str(tmp_path))
+    try:
+        cur = conn.cursor()
+        try:
+            infile_gw.audit_full()
+            with pytest.raises(Exception) as ei:
+                cur.execute(sql)
+            assert "audit-unavailable" in str(ei.value), ei.value
+        finally:
+            infile_gw.audit_writable()
+        assert direct_rows(my_direct, f"select count(*) from {my_table}") == [(0,)]
+        cur.execute(sql)  # the retry loads the file once
+        cur.close()
+    finally:
+        conn.close()
+    assert direct_rows(my_direct, f"select id from {my_table} order by id") == [(1,), (2,)]
