@@ -216,14 +216,15 @@ def _value_name(tokens: list[Token], i: int) -> tuple[str | None, bool]:
     return None, False
 
 
-def _assignments(sig: list[Token]) -> list[list[Token]]:
-    """The comma-separated assignments of a SET statement (depth 0), SET itself dropped; for
-    SET STATEMENT ... FOR, the assignments before FOR."""
+def _assignments(body: list[Token]) -> list[list[Token]]:
+    """The comma-separated assignments that follow a SET keyword (`body`: the tokens after it,
+    to the end of the statement), at parenthesis depth 0; for SET STATEMENT ... FOR, those
+    before FOR."""
     items: list[list[Token]] = []
     current: list[Token] = []
     depth = 0
-    body = sig[1:]
-    if body and _word(body[0]) == "STATEMENT":
+    statement_form = bool(body) and _word(body[0]) == "STATEMENT"
+    if statement_form:
         body = body[1:]
     for tok in body:
         if tok.text == "(":
@@ -234,7 +235,7 @@ def _assignments(sig: list[Token]) -> list[list[Token]]:
             items.append(current)
             current = []
             continue
-        if depth == 0 and _word(tok) == "FOR" and sig[1:2] and _word(sig[1]) == "STATEMENT":
+        if depth == 0 and statement_form and _word(tok) == "FOR":
             break
         current.append(tok)
     items.append(current)
@@ -260,9 +261,10 @@ def _assignment_effect(item: list[Token]) -> tuple[str | None, bool] | None:
     if k >= len(item):
         return None
     head = words[k]
-    if head == "NAMES":
-        return _value_name(item, k + 1)
-    if head == "CHARSET":
+    if head in ("NAMES", "CHARSET"):
+        following = item[k + 1].text if k + 1 < len(item) else ""
+        if following in ("=", ":", "."):  # a column or variable of that name (UPDATE t SET names = ...)
+            return None
         return _value_name(item, k + 1)
     if head == "CHARACTER" and k + 1 < len(item) and words[k + 1] == "SET":
         return _value_name(item, k + 2)
@@ -297,23 +299,25 @@ def client_charset_effect(sql: str) -> CharsetEffect:
         sig = [t for t in statement if t.kind not in ("ws", "comment")]
         if not sig:
             continue
-        first = _word(sig[0])
-        if first in _DYNAMIC:
-            unsettled = True
-            switched = True
+        words = [_word(t) for t in sig]
+        if words[0] in ("GRANT", "REVOKE"):  # EXECUTE is a privilege there
             continue
-        if first != "SET":
-            continue
-        for item in _assignments(sig):
-            effect = _assignment_effect(item)
-            if effect is None:
-                continue
-            name, settled = effect
-            switched = True
-            if name is not None:
-                named.append(name)
-            if not settled:
-                unsettled = True
+        # Every SET of the statement, not only a leading one: compound statements (BEGIN NOT
+        # ATOMIC ... END, IF ... THEN, FOR ... DO) run a SET NAMES whose effect outlives them.
+        for k, word in enumerate(words):
+            if word in _DYNAMIC:
+                unsettled = switched = True
+            elif word == "SET" and (k == 0 or words[k - 1] != "CHARACTER"):
+                for item in _assignments(sig[k + 1 :]):
+                    effect = _assignment_effect(item)
+                    if effect is None:
+                        continue
+                    name, settled = effect
+                    switched = True
+                    if name is not None:
+                        named.append(name)
+                    if not settled:
+                        unsettled = True
     if not named and not unsettled:
         return NO_EFFECT
     return CharsetEffect(tuple(named), unsettled, after)

@@ -31,6 +31,9 @@ from sqlward.adapters.mysql.session import identity_statement
     ("SET STATEMENT character_set_client = gbk FOR SELECT 1", ("gbk",)),
     ("SET NAMES utf8mb4", ("utf8mb4",)),
     ("SET NAMES latin1", ("latin1",)),
+    ("BEGIN NOT ATOMIC SET NAMES gbk; END", ("gbk",)),
+    ("IF 1 THEN SET NAMES gbk; END IF", ("gbk",)),
+    ("FOR i IN 1..1 DO SET CHARACTER SET big5; END FOR", ("big5",)),
 ])
 def test_literal_switches_are_found(sql: str, named: tuple[str, ...]) -> None:
     effect = client_charset_effect(sql)
@@ -41,6 +44,7 @@ def test_literal_switches_are_found(sql: str, named: tuple[str, ...]) -> None:
     "SET character_set_client = @cs", "SET NAMES DEFAULT", "SET CHARACTER SET DEFAULT",
     "EXECUTE stmt", "EXECUTE IMMEDIATE @q", "SET character_set_client = CONCAT('g', 'bk')",
     "SET NAMES 'unterminated",
+    "BEGIN NOT ATOMIC EXECUTE IMMEDIATE 'SET NAMES gbk'; END",
 ])
 def test_unsettled_switches_ask_the_server(sql: str) -> None:
     assert client_charset_effect(sql).unsettled
@@ -50,7 +54,9 @@ def test_unsettled_switches_ask_the_server(sql: str) -> None:
     "SELECT 'SET NAMES gbk'", "CREATE TABLE t (c VARCHAR(3) CHARACTER SET gbk)",
     "SELECT CAST(x AS CHAR CHARACTER SET gbk) FROM t", "SELECT CONVERT(x USING gbk)",
     "SET @names = 'gbk'", "SET collation_connection = gbk_chinese_ci", "SET character_set_results = gbk",
-    "ALTER DATABASE d CHARACTER SET gbk", "select 1",
+    "ALTER DATABASE d CHARACTER SET gbk", "select 1", "UPDATE t SET names = 'gbk', charset = 'big5'",
+    "LOAD DATA INFILE 'x' INTO TABLE t CHARACTER SET gbk", "GRANT EXECUTE ON PROCEDURE p TO u",
+    "ALTER TABLE t CONVERT TO CHARACTER SET gbk",
 ])
 def test_other_statements_do_not_switch(sql: str) -> None:
     assert client_charset_effect(sql) == CharsetEffect()
