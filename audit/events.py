@@ -101,6 +101,9 @@ class StatementExecuted(_Event, tag="statement.executed", kw_only=True):
 
     request_id: int
     statement_name: str | None = None
+    # A protocol step that makes an earlier statement take effect: "CopyDone" (the end of a
+    # PostgreSQL COPY FROM STDIN's data, where the server commits it).
+    command: str | None = None
 
 
 class StatementCompleted(_Event, tag="statement.completed", kw_only=True):

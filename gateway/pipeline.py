@@ -429,7 +429,9 @@ class Pipeline:
         upstream runs it when `durable` (else at the adapter's flush point, which must refuse
         the run when that flush fails)."""
         if not ctx.offline:
-            ctx.audit.add(StatementExecuted(request_id=rid, statement_name=request.statement_name))
+            ctx.audit.add(StatementExecuted(
+                request_id=rid, statement_name=request.statement_name, command=request.command or None,
+            ))
             if durable:
                 try:
                     await ctx.audit.flush()

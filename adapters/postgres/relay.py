@@ -152,6 +152,9 @@ _MAY_COPY_TEXT = re.compile(r"[cC][oO][pP][yY]")
 # The Execute of the unnamed portal (the usual one): the same request every time.
 _EXECUTE_UNNAMED = StatementRequest(sql="", dialect="postgres", kind="execute", statement_name="")
 _FUNCTION_CALL = StatementRequest(sql="", dialect="postgres", kind="command", command="FunctionCall")
+# The client's CopyDone: the server commits the COPY's data when it reads it, so it is recorded
+# (statement.executed, command "CopyDone") before it goes on; refused, it becomes a CopyFail.
+_COPY_DONE_REQUEST = StatementRequest(sql="", dialect="postgres", kind="execute", command="CopyDone")
 # The search_path question, in the extended protocol under names of the gateway's own: a simple
 # Query would destroy the client's unnamed prepared statement, and the unnamed portal is the
 # client's too. The first Close clears what an earlier question that failed may have left.
@@ -291,7 +294,7 @@ class RelayState:
 
 
 # What a ClientSide waits for a verdict on (`_asking`): the message kind and its position.
-_ASK_QUERY, _ASK_PARSE, _ASK_BIND, _ASK_EXECUTE, _ASK_FUNCTION = range(5)
+_ASK_QUERY, _ASK_PARSE, _ASK_BIND, _ASK_EXECUTE, _ASK_FUNCTION, _ASK_COPY_DONE = range(6)
 
 
 class ClientSide:
@@ -453,6 +456,10 @@ class ClientSide:
                     raise ProtocolViolation(f"{kind} message received while no COPY FROM STDIN is in progress")
                 if mtype != _COPY_DATA:
                     st.copy_in = st.copy_expected = False
+                    if mtype == _COPY_DONE:
+                        self._pos = pos
+                        self._asking = (_ASK_COPY_DONE, pos, end, None)
+                        return _COPY_DONE_REQUEST
             elif mtype == _X:
                 self.terminated = True
                 pos = end
@@ -540,6 +547,10 @@ class ClientSide:
                     st.path.forwarded(verdict.search_path)
             else:
                 self._refuse_extended(pos, end, verdict)
+        elif what == _ASK_COPY_DONE:
+            if not allowed:
+                decision = verdict.decision
+                self._copy_fail(pos, end, f"{decision.message or 'refused'} (rule \"{decision.rule_id}\"); the COPY was not committed")
         else:  # _ASK_FUNCTION: it would run a function without SQL, past the policy
             if allowed:
                 st.pending.append(Pending("query", rid, started=st.clock()))
@@ -563,7 +574,9 @@ class ClientSide:
         self._asking = None
         what, pos, end, detail = asking
         st = self._st
-        if what == _ASK_QUERY or what == _ASK_FUNCTION:
+        if what == _ASK_COPY_DONE:
+            self._copy_fail(pos, end, "the audit trail cannot be written; the COPY was not committed")
+        elif what == _ASK_QUERY or what == _ASK_FUNCTION:
             marker = self._marker(0, error)
             self._replace(pos, end, codec.encode_frontend(codec.Query(marker)))
             st.pending.append(Pending("query", 0, audit=False))
@@ -579,6 +592,12 @@ class ClientSide:
         if len(self._buf) - end < 5:
             return None
         return self._scan()
+
+    def _copy_fail(self, pos: int, end: int, message: str) -> None:
+        """Turn the client's CopyDone into a CopyFail: the server aborts the COPY and answers it
+        with an ERROR (57014, "COPY from stdin failed: sqlward: <message>") the client reads as
+        the COPY's result; nothing of its data is committed."""
+        self._replace(pos, end, codec.encode_frontend(codec.CopyFail(f"sqlward: {message}")))
 
     def take_output(self) -> bytes:
         """The bytes to forward upstream for every message scanned (b"" when none or all were

@@ -193,6 +193,38 @@ def test_function_call_and_copy_are_refused_too(audit_gw: GatewayProcess, direct
     _no_traceback(audit_gw)
 
 
+def test_copy_data_is_not_committed_when_the_audit_breaks_during_the_copy(
+    audit_gw: GatewayProcess, direct: psycopg.Connection, table: str,
+) -> None:
+    # The COPY was decided and recorded; the server commits its data when it reads CopyDone, so
+    # CopyDone is recorded first (statement.executed, command CopyDone). When that record cannot
+    # be written the gateway sends CopyFail instead: nothing is committed. (The COPY's failed
+    # completion cannot be written either while the trail is down, so the session then ends with
+    # FATAL 58000, as for any completion that cannot be recorded.)
+    with _session(audit_gw) as c:
+        c.send(pgwire.msg(b"Q", f"COPY {table} FROM STDIN\0".encode()))
+        assert [m.type for m in c.read_until("G")][-1] == "G"
+        c.send(pgwire.msg(b"d", b"1\tone\n") + pgwire.msg(b"d", b"2\ttwo\n"))
+        audit_gw.audit_full()
+        c.send(pgwire.msg(b"c", b""))
+        reply, _closed = c.read_all_until_closed(10)
+        errors = [m for m in reply if m.type == "E"]
+        assert errors and errors[0].sqlstate in ("57014", "58000"), reply
+        audit_gw.audit_writable()
+    assert direct.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+    _no_traceback(audit_gw)
+
+
+def test_copy_done_is_recorded_before_the_server_commits(audit_gw: GatewayProcess, table: str) -> None:
+    with psycopg.connect(audit_gw.dsn("alice", SECRETS["alice"], "app"), autocommit=True) as conn:
+        with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+            copy.write_row((1, "one"))
+    events = audit_gw.audit_events()
+    kinds = [(e["event"], e.get("command")) for e in events if e["event"].startswith("statement.")]
+    assert ("statement.executed", "CopyDone") in kinds, kinds
+    assert kinds.index(("statement.executed", "CopyDone")) < [k for k, _ in kinds].index("statement.completed")
+
+
 # -- item 3: every connection.opened ends in connection.closed or connection.refused ----------------
 
 

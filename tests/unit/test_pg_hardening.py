@@ -64,7 +64,9 @@ def test_copy_in_lasts_until_the_clients_copy_done_even_after_a_server_error() -
     assert state.copy_in
     # The server fails the COPY at once; the client's data still in flight is legal.
     upstream.feed(server_error(b"22P02", b"bad row") + READY_IDLE)
-    assert client.feed(m(b"d", b"1\n") + m(b"d", b"2\n") + m(b"c")) is None
+    done = client.feed(m(b"d", b"1\n") + m(b"d", b"2\n") + m(b"c"))
+    assert done is not None and done.kind == "execute" and done.command == "CopyDone"  # recorded first
+    assert client.resume(_allow(2)) is None
     assert not state.copy_in
     with pytest.raises(ProtocolViolation):
         client.feed(m(b"d", b"late\n"))
@@ -126,3 +128,18 @@ def test_requests_cut_off_complete_with_the_servers_fatal_or_the_reason() -> Non
     ]
     assert not state.pending and upstream.abandon("again", "08006") == []
     assert complete  # (imported for symmetry with the relay tests)
+
+
+def test_a_refused_copy_done_becomes_a_copy_fail() -> None:
+    state, client, upstream = _sides()
+    client.resume(client.feed(query(b"COPY t FROM STDIN")) and _allow(1))
+    client.take_output()
+    upstream.feed(COPY_IN)
+    done = client.feed(m(b"d", b"1\n") + m(b"c"))
+    assert done is not None and done.command == "CopyDone"
+    refused = Verdict(request_id=2, decision=Decision(action="deny", rule_id="audit-unavailable", message="no trail"))
+    assert client.resume(refused) is None
+    out = client.take_output()
+    assert out.startswith(m(b"d", b"1\n")) and out[len(m(b"d", b"1\n")):][:1] == b"f"  # CopyFail, not CopyDone
+    assert b"sqlward: no trail" in out and b"the COPY was not committed" in out
+    assert not state.copy_in

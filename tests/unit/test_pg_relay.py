@@ -338,7 +338,8 @@ def test_copy_in() -> None:
         ("u", complete(b"COPY 2") + READY_IDLE),
     )
     assert r.to_upstream == query(b"COPY t FROM STDIN") + m(b"d", b"1\n") + m(b"d", b"2\n") + m(b"c")
-    assert len(r.requests) == 1  # CopyData is never judged
+    # CopyData is never judged; CopyDone (where the server commits) is recorded before it goes on
+    assert [(q.kind, q.command) for q in r.requests] == [("statement", ""), ("execute", "CopyDone")]
     assert r.to_client == copy_in + complete(b"COPY 2") + READY_IDLE
     assert r.events == [done(1, "COPY 2", rows=2)]
 
