@@ -613,7 +613,8 @@ def test_login_and_change_user_get_the_same_access_verdict(access_gw: GatewayPro
             c.change_user("bob", SECRETS["bob"], "prod")
         assert (ei.value.errno, ei.value.message) == (1044, expected)
         assert mywire.wait_closed(c)
-    # an allowed switch of target in CHANGE USER: bob from prod... alice to app and back to prod
+    # an allowed switch of identity and target in CHANGE USER (bob on app -> alice on prod): nothing of
+    # the previous session survives
     with raw_login(access_gw, "bob", SECRETS["bob"], "app") as c:
         c.query("set @myh12_before = 'bob state'")
         c.change_user("alice", SECRETS["alice"], "prod")
