@@ -105,6 +105,11 @@ def canonical_name(name: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+def same_name(a: str, b: str) -> bool:
+    """Do two names name the same identity (compared in their canonical form)?"""
+    return a == b or canonical_name(a) == canonical_name(b)
+
+
 def canonical_glob(pattern: str) -> str:
     """An `[[access]]` glob in the canonical form of the names it is matched against."""
     return canonical_name(pattern)

@@ -486,7 +486,7 @@ class PostgresSession(GovernedSession):
         loopback_plain = self.settings.allow_plaintext_tokens and ident.is_loopback(host)
         try:
             cert_identity = self._certificate_identity()
-            if cert_identity is not None and cert_identity.subject == user:
+            if cert_identity is not None and ident.same_name(cert_identity.subject, user):
                 identity = cert_identity  # mutual TLS: the verified certificate is the credential
             elif secret is None and (self.tls or loopback_plain):
                 await self.client.send_all(codec.encode_backend(codec.AuthenticationCleartextPassword()))

@@ -869,6 +869,17 @@ def test_client_certificate_subject_cn_logs_in_without_password_psql(idgw, ca, c
     assert auth["who"].pop("issuer") and auth["who"] == {"subject": "svc-reporting", "verified_by": "certificate"}
 
 
+def test_client_certificate_name_is_compared_in_canonical_form(idgw, ca, client_pki):
+    # The user name is compared with the certificate's name as every name is (issue 12).
+    since = idgw.audit_offset()
+    info = conninfo(idgw, "SVC-Reporting", sslmode="verify-full", sslrootcert=str(ca),
+                    sslcert=str(client_pki.reporting.cert_file), sslkey=str(client_pki.reporting.key_file))
+    res = run_psql(info, "-c", "select 'canonical'")
+    assert psql_ok(res).strip() == "canonical"
+    auth = wait_event(idgw, since, is_authenticated("svc-reporting"), "connection.authenticated for svc-reporting")
+    assert auth["who"]["subject"] == "svc-reporting"
+
+
 def test_client_certificate_of_a_static_identity_takes_its_groups(idgw, ca, client_pki):
     since = idgw.audit_offset()
     with pg_connect(idgw, ca, "alice", None, dbname="prod", sslcert=str(client_pki.alice.cert_file),
