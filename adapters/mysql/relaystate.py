@@ -63,13 +63,17 @@ REFUSED_COMMANDS: dict[int, str] = {
     Command.DEBUG: "COM_DEBUG", Command.BINLOG_DUMP: "COM_BINLOG_DUMP",
     Command.TABLE_DUMP: "COM_TABLE_DUMP", Command.REGISTER_SLAVE: "COM_REGISTER_SLAVE",
     Command.BINLOG_DUMP_GTID: "COM_BINLOG_DUMP_GTID", Command.CONNECT_OUT: "COM_CONNECT_OUT",
+    # SHOW PROCESSLIST without SQL: every session of the shared upstream user, other identities'
+    # statement texts with their literals, past the policy and the masks (SHOW PROCESSLIST as
+    # SQL is judged like any statement).
+    Command.PROCESS_INFO: "COM_PROCESS_INFO",
 }
 
 # Commands passed through as they came, and the shape of their response (they run no statement:
 # no decision, no completion record).
 _PASS_THROUGH: dict[int, Shape] = {
     Command.PING: Shape.SIMPLE, Command.STMT_RESET: Shape.SIMPLE, Command.SET_OPTION: Shape.SIMPLE,
-    Command.STATISTICS: Shape.STRING, Command.PROCESS_INFO: Shape.RESULTSET,
+    Command.STATISTICS: Shape.STRING,
 }
 
 RouteKind = Literal[

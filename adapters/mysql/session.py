@@ -85,6 +85,7 @@ import msgspec
 import trio
 
 from sqlward.adapters import identity as ident
+from sqlward.policy import rule_ids
 from sqlward.adapters.base import (
     AuditUnavailable,
     AuthError,
@@ -561,7 +562,7 @@ class MysqlSession(GovernedSession):
         data = response.auth_response
         loopback_plain = settings.allow_plaintext_tokens and ident.is_loopback(host)
         cert_identity = self._certificate_identity()
-        if cert_identity is not None and cert_identity.subject == user:
+        if cert_identity is not None and ident.same_name(cert_identity.subject, user):
             return cert_identity  # mutual TLS: the verified certificate is the credential
         if plugin == auth.CLEAR_PASSWORD or secret is None:
             if not (self.tls or loopback_plain):
@@ -699,7 +700,7 @@ class MysqlSession(GovernedSession):
         self.audit.add(StatementDecided(
             request_id=self.ctx.next_request(), who=self.who, target=info.name, environment=info.environment,
             sql=f"<command 0x{payload[0]:02x} in client character set {self._charset_lost}>", fingerprint="",
-            parse_status="error", action="deny", rule_id="client-charset", message=error.message,
+            parse_status="error", action="deny", rule_id=rule_ids.CLIENT_CHARSET, message=error.message,
         ))
         await self.audit.flush_quietly()
         if payload[:1] == bytes([Command.STMT_EXECUTE]) and len(payload) >= 5:

@@ -48,7 +48,7 @@ ROUTES: list[tuple[bytes, Route]] = [
     (b"\x1a" + ID7, Route("pass", Command.STMT_RESET, shape=Shape.SIMPLE)),
     (b"\x1b\x00\x00", Route("pass", Command.SET_OPTION, shape=Shape.SIMPLE)),
     (b"\x09", Route("pass", Command.STATISTICS, shape=Shape.STRING)),
-    (b"\x0a", Route("pass", Command.PROCESS_INFO, shape=Shape.RESULTSET)),
+    (b"\x0a", Route("refused", Command.PROCESS_INFO, name="COM_PROCESS_INFO")),
     (b"\x02sqlward_it", Route("init-db", Command.INIT_DB)),
     (b"\x1f", Route("reset", Command.RESET_CONNECTION)),
     (b"\x04users\x00", Route("field-list", Command.FIELD_LIST)),
@@ -89,7 +89,7 @@ def test_command_route_refuses_what_cannot_be_a_command(payload: bytes, message:
 def test_every_refused_command_is_named_as_the_audit_shows_it() -> None:
     assert sorted(REFUSED_COMMANDS.values()) == sorted([
         "COM_BINLOG_DUMP", "COM_BINLOG_DUMP_GTID", "COM_CONNECT_OUT", "COM_CREATE_DB", "COM_DEBUG", "COM_DROP_DB",
-        "COM_REFRESH", "COM_REGISTER_SLAVE", "COM_SHUTDOWN", "COM_TABLE_DUMP",
+        "COM_PROCESS_INFO", "COM_REFRESH", "COM_REGISTER_SLAVE", "COM_SHUTDOWN", "COM_TABLE_DUMP",
     ])
     for cmd, name in REFUSED_COMMANDS.items():
         assert command_route(bytes([cmd])) == Route("refused", cmd, name=name)

@@ -632,3 +632,13 @@ def test_executable_comment_version_above_server_is_harmless(my_via, my_direct):
         except pymysql.MySQLError as e:
             assert is_refusal(e), e.args  # refusing it (as DROP, or as unparseable) is fine as well
     assert direct_rows(my_direct, "select note from guarded") == [("must survive",)]
+
+
+def test_process_info_is_refused_it_would_show_other_identities_statements(my_gw: MyEndpoint):
+    # COM_PROCESS_INFO is SHOW PROCESSLIST without SQL: every session of the shared upstream
+    # user, with other identities' statement texts, past the policy and the masks.
+    with my_gw.raw() as c:
+        c.command(0x0A)
+        err = mywire.parse_err(c.read_packet())
+        assert err.errno == 1227 and "COM_PROCESS_INFO" in err.message, err
+        assert c.query_rows("select 'after process info'") == [("after process info",)]
