@@ -546,6 +546,13 @@ def test_client_certificate_logs_in_without_password(my_idgw, ca, my_client_pki)
     assert auth["who"].pop("issuer") and auth["who"] == {"subject": "svc-reporting", "verified_by": "certificate"}
 
 
+def test_client_certificate_name_is_compared_in_canonical_form(my_idgw, ca, my_client_pki):
+    cert = my_client_pki.reporting
+    with my_connect(my_idgw, ca, "SVC-Reporting", "",
+                    ssl={"cert": str(cert.cert_file), "key": str(cert.key_file)}) as c:
+        assert rows(c, "select @sqlward_identity") == [("sqlward:svc-reporting",)]
+
+
 def test_client_certificate_from_another_ca_is_refused_by_tls(my_idgw, ca, my_client_pki):
     since = my_idgw.audit_offset()
     cert = my_client_pki.foreign
