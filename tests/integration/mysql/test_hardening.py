@@ -24,6 +24,7 @@ import pytest
 from tests.integration.mysql.conftest import MY_ENVIRONMENTS, default_targets, direct_rows, mysql_listener
 from tests.support import mywire
 from tests.support.gateway import DEFAULT_IDENTITIES, SECRETS, GatewayProcess
+from tests.support.inprocess import InProcessGateway
 from tests.support.mariadb import SYSTEM_HOST, SYSTEM_PORT
 
 # A subject whose UTF-8 bytes end in a GBK / Big5 / SJIS lead byte right before the quote
@@ -451,93 +452,13 @@ def test_tls_failure_ends_the_lifecycle_with_a_refusal(tls_gw: GatewayProcess) -
 # -- the login throttle hooks and the authentication timeout (gateway run in this process) -----
 
 
-class InProcessGateway:
-    """The real Gatekeeper, Pipeline and MySQL listener in this process (trio in a thread), so
-    a test can watch the Gatekeeper's login hooks and shorten the authentication timeout."""
-
-    def __init__(self, tmp: Any, gate_refuses: str = "") -> None:
-        from tests.support.gateway import free_port, to_toml
-
-        self.port = free_port()
-        self.audit_file = tmp / "audit.jsonl"
-        doc = {
-            "gateway": {"name": "myh12-inproc"},
-            "listeners": [{"protocol": "mysql", "listen": f"127.0.0.1:{self.port}", "default_target": "app"}],
-            "targets": default_targets(),
-            "identities": DEFAULT_IDENTITIES,
-            "audit": {"file": str(self.audit_file)},
-        }
-        (tmp / "gateway.toml").write_text(to_toml(doc))
-        self.config_path = tmp / "gateway.toml"
-        self.calls: list[tuple[str, str, str]] = []
-        self.gate_refuses = gate_refuses
-        self._thread: threading.Thread | None = None
-        self._stop: Any = None
-        self._ready = threading.Event()
-        self.error: BaseException | None = None
-
-    def __enter__(self) -> "InProcessGateway":
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(20), self.error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._trio_token.run_sync_soon(self._stop.cancel)
-        assert self._thread is not None
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        import trio
-
-        from sqlward.adapters.base import AuthError, SessionServices
-        from sqlward.gateway.config import load_config
-        from sqlward.gateway.gatekeeper import Gatekeeper
-        from sqlward.gateway.pipeline import Pipeline
-        from sqlward.gateway.server import listener_settings
-        from sqlward.adapters.mysql.listener import MysqlListener
-
-        async def main() -> None:
-            config = load_config(self.config_path)
-            gk = Gatekeeper.from_config(config)
-
-            async def login_gate(host: str, user: str) -> None:
-                self.calls.append(("gate", host, user))
-                if user == self.gate_refuses:
-                    raise AuthError("too many failed logins for this name; try again in 30 s")
-
-            gk.login_gate = login_gate  # type: ignore[method-assign]
-            gk.login_failed = lambda host, user: self.calls.append(("failed", host, user))  # type: ignore[method-assign]
-            gk.login_succeeded = lambda host, user: self.calls.append(("succeeded", host, user))  # type: ignore[method-assign]
-            services = SessionServices(gatekeeper=gk, pipeline=Pipeline(gk), recorder=gk.recorder)
-            listener = MysqlListener(services, listener_settings(config.listeners[0], gk))
-            self._trio_token = trio.lowlevel.current_trio_token()
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._stop = nursery.cancel_scope
-                    await nursery.start(listener.serve)
-                    self._ready.set()
-            finally:
-                gk.close()
-
-        try:
-            trio.run(main)
-        except BaseException as exc:  # noqa: BLE001 - reported by __enter__
-            self.error = exc
-            self._ready.set()
-
-    def events(self) -> list[dict[str, Any]]:
-        import json
-
-        return [json.loads(line) for line in self.audit_file.read_text().splitlines()]
-
-    def hook_calls(self, user: str) -> list[str]:
-        return [kind for kind, _host, u in self.calls if u == user]
+def _gateway(tmp: Any, gate_refuses: str = "") -> InProcessGateway:
+    return InProcessGateway(tmp, protocol="mysql", name="myh12-inproc", targets=default_targets(),
+                            listener={"default_target": "app"}, gate_refuses=gate_refuses)
 
 
 def test_login_hooks_are_called_for_every_mechanism(mysql_it_database: str, tmp_path: Any) -> None:
-    with InProcessGateway(tmp_path, gate_refuses="myh12_blocked") as g:
+    with _gateway(tmp_path, gate_refuses="myh12_blocked") as g:
         with pytest.raises(pymysql.err.OperationalError):
             pymysql.connect(host="127.0.0.1", port=g.port, user="alice", password="wrong", database="app",
                             ssl_disabled=True, connect_timeout=5)
@@ -568,7 +489,7 @@ def test_authentication_timeout_ends_the_lifecycle_with_a_refusal(
     from sqlward.adapters.mysql import session as my_session
 
     monkeypatch.setattr(my_session, "AUTH_TIMEOUT", 0.5)
-    with InProcessGateway(tmp_path) as g:
+    with _gateway(tmp_path) as g:
         c = mywire.RawMySQL.connect("127.0.0.1", g.port)
         with c:
             assert c.handshake is not None
