@@ -30,6 +30,8 @@ alive and must not have printed a Python traceback during the test.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import uuid
 from pathlib import Path
@@ -87,16 +89,27 @@ INSERT INTO guarded VALUES (1, 'must survive');
 """
 
 
+@contextlib.contextmanager
+def scratch_database(name: str, schema: str = "") -> Iterator[str]:
+    """A database of a test module's own on the shared server, created afresh (with `schema`
+    run in it) and dropped afterwards."""
+    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {name}")
+    if schema:
+        with psycopg.connect(_admin_dsn(name), autocommit=True) as c:
+            c.execute(schema)
+    try:
+        yield name
+    finally:
+        with psycopg.connect(_admin_dsn(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture(scope="session")
 def it_database() -> Iterator[str]:
-    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {IT_DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {IT_DB}")
-    with psycopg.connect(_admin_dsn(IT_DB), autocommit=True) as c:
-        c.execute(SCHEMA)
-    yield IT_DB
-    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {IT_DB} WITH (FORCE)")
+    with scratch_database(IT_DB, SCHEMA) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ from tests.support import pgwire
 from tests.support.gateway import SECRETS, GatewayProcess, make_gateway_certs, target, tls_listener
 from tests.support.oidc import TestIssuer
 
-from .conftest import PGHOST, PGPORT, _admin_dsn
+from .conftest import PGHOST, PGPORT, _admin_dsn, scratch_database
 
 DB = "pgh12_hard"
 AUDIT_REFUSED = "audit unavailable: statement not run"
@@ -43,12 +43,8 @@ AUDIT_REFUSED = "audit unavailable: statement not run"
 
 @pytest.fixture(scope="module")
 def db() -> Iterator[str]:
-    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {DB}")
-    yield DB
-    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    with scratch_database(DB) as name:
+        yield name
 
 
 def _targets(db: str) -> list[dict[str, Any]]:

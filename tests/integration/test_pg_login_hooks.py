@@ -20,19 +20,15 @@ from tests.support import pgwire
 from tests.support.gateway import SECRETS, target
 from tests.support.inprocess import InProcessGateway
 
-from .conftest import PGHOST, PGPORT, _admin_dsn
+from .conftest import PGHOST, PGPORT, scratch_database
 
 DB = "pgh12_hooks"
 
 
 @pytest.fixture(scope="module")
 def db() -> Iterator[str]:
-    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {DB}")
-    yield DB
-    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    with scratch_database(DB) as name:
+        yield name
 
 
 def _gateway(tmp: Any, gate_refuses: str = "") -> InProcessGateway:
