@@ -13,7 +13,8 @@ A file deleted or replaced under the gateway (by hand, by a log rotation that mo
 noticed before each batch: the path is stat'ed and compared with the open descriptor (device and
 inode), and a path that no longer names the open file is reopened (created again), with a
 warning. Records are never written into a file nobody can read any more; a path that cannot be
-reopened fails the batch (statements are refused). The one stat costs about a microsecond per
+reopened, or that now names something other than a regular file (a symlink to /dev/null, a
+device), fails the batch (statements are refused) until a regular file can be created there. The one stat costs about a microsecond per
 batch. A special file (/dev/stdout, a FIFO) is written as it is, without the check.
 """
 
@@ -61,8 +62,15 @@ class JsonlWriter:
             what = "deleted or moved away"
         except OSError as exc:
             raise AuditWriteError(f"cannot check audit file {self.path!r}: {exc.strerror}") from exc
-        old = self._fd
+        old, old_ident = self._fd, self._ident
         self._open()
+        if self._ident is None:  # a device, a FIFO, a directory's error...: not a trail anyone keeps
+            os.close(self._fd)  # type: ignore[arg-type]
+            self._fd, self._ident = old, old_ident  # checked (and refused) again at the next batch
+            raise AuditWriteError(
+                f"audit file {self.path!r} was {what} by something that is not a regular file; "
+                "no record is written until a regular file can be created there"
+            )
         if old is not None:
             os.close(old)
         self._broken_line = False

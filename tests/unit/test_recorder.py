@@ -270,3 +270,22 @@ def test_writer_fails_when_the_deleted_file_cannot_be_created_again(tmp_path: Pa
     with pytest.raises(AuditWriteError, match="cannot open audit file"):
         writer.write_now(b'{"n":1}\n')
     writer.close()
+
+
+def test_writer_refuses_a_path_swapped_for_something_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = JsonlWriter(str(path))
+    writer.write_now(b'{"n":1}\n')
+    os.unlink(path)
+    os.symlink("/dev/null", path)  # the trail would go nowhere
+    for _ in range(2):  # refused every time, not adopted after the first
+        with pytest.raises(AuditWriteError, match="not a regular file"):
+            writer.write_now(b'{"n":2}\n')
+    os.unlink(path)
+    path.mkdir()  # a directory
+    with pytest.raises(AuditWriteError):
+        writer.write_now(b'{"n":3}\n')
+    path.rmdir()
+    writer.write_now(b'{"n":4}\n')  # a regular file can be created again: written there
+    assert path.read_bytes() == b'{"n":4}\n'
+    writer.close()
