@@ -327,7 +327,11 @@ class Gatekeeper:
         return self._config
 
     def _user(self, username: str) -> _StaticUser | None:
-        """The static identity `username` names in the canonical form of names."""
+        """The static identity `username` names in the canonical form of names; none for a name
+        with a `name_problem` (invisible or control characters, edge spaces), which names no one:
+        `al<U+200B>ice` is not alice, it is refused like any unknown name."""
+        if name_problem(username) is not None:
+            return None
         return self._users.get(canonical_name(username))
 
     def scram_secret(self, username: str) -> ScramSecret | None:
@@ -384,7 +388,7 @@ class Gatekeeper:
     def is_static(self, username: str) -> bool:
         """True when `username` names a configured static identity (with or without a secret),
         in the canonical form of names."""
-        return canonical_name(username) in self._users
+        return self._user(username) is not None
 
     async def login_gate(self, client_host: str, username: str) -> None:
         """Before a client's credentials are judged: wait this attempt's turn under the login

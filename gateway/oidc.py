@@ -233,7 +233,7 @@ def _check_typ(typ: Any, config: IssuerConfig) -> None:
         return
     if not isinstance(typ, str):
         raise TokenError("malformed token: typ must be a string")
-    kind = typ.strip().lower()
+    kind = typ.lower()  # exact, but for case (RFC 9068 media types): "at+jwt " is not at+jwt
     if kind.startswith("application/"):
         kind = kind[len("application/"):]
     if kind not in ACCESS_TOKEN_TYPES:
