@@ -686,7 +686,8 @@ def _lexical_overlay(tokens: Sequence[Token], facts: list[StatementFacts]) -> li
         if f.parse_status != "ok" and not functions:
             if lexical_functions is None:
                 lexical_functions = _dedupe(
-                    t.text.lower() for t, n in zip(sig, sig[1:]) if t.kind == "word" and n.text == "("
+                    (t.text if t.kind == "word" else t.text.strip('"')).lower()
+                    for t, n in zip(sig, sig[1:]) if t.kind in ("word", "qid") and n.text == "("
                 )
             functions = lexical_functions
         guessed = f.keyword_detail

@@ -79,6 +79,18 @@ UNPARSEABLE_RULE: Final = rule_ids.UNPARSEABLE
 DEFAULT_RULE: Final = rule_ids.DEFAULT
 DYNAMIC_SQL_RULE: Final = rule_ids.DYNAMIC_SQL
 ESTIMATE_RULE: Final = rule_ids.ESTIMATE_PENDING
+# PostgreSQL functions that run SQL passed as text, or read whole tables / schemas / databases by
+# name (xml export functions; dblink runs SQL on another connection): what they read is hidden
+# from table rules and masks, so they count as dynamic SQL (lower-case names, schema dropped, as
+# `StatementFacts.functions` holds them).
+SQL_RUNNING_FUNCTIONS: Final = frozenset({
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema",
+    "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema",
+    "schema_to_xml", "schema_to_xmlschema", "schema_to_xml_and_xmlschema",
+    "database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
+    "cursor_to_xml", "cursor_to_xmlschema",
+    "dblink", "dblink_exec", "dblink_open", "dblink_send_query", "dblink_fetch", "dblink_get_result",
+})
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -578,6 +590,19 @@ class Engine:
                     "it runs from policy; send the statement itself",
                     statement_index=index,
                     facts=(f"operation={st.operation}", "parse_status=" + st.parse_status),
+                )
+            runs_sql = SQL_RUNNING_FUNCTIONS.intersection(st.functions) if st.functions else None
+            if runs_sql:
+                # Functions that run SQL given as text (or dump whole tables, schemas, databases)
+                # hide what they read from the table rules: refused in every environment.
+                name = min(runs_sql)
+                return Decision(
+                    action="deny",
+                    rule_id=DYNAMIC_SQL_RULE,
+                    message=f"{which} refused: {name}() runs SQL the policy cannot see (dynamic SQL); "
+                    "send the statement itself",
+                    statement_index=index,
+                    facts=(f"function={name}",),
                 )
             has_estimate = estimates is not None and index in estimates
             estimate = estimates.get(index) if estimates is not None else None

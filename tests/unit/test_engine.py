@@ -524,3 +524,24 @@ def test_allow_decisions_are_explained_too() -> None:
     assert (d.action, d.rule_id, d.facts) == ("allow", "reads", ("operations=select",))
     d = _decide_sql(e, "INSERT INTO t VALUES (1)", target=STAGING)
     assert d.action == "allow" and d.facts == ("no rule matched", "environment=staging", "default=allow")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT query_to_xml('select * from secret', true, false, '')",
+    "SELECT query_to_xml('select * from secr'||'et', true, false, '')",
+    "SELECT pg_catalog.table_to_xml('secret', true, false, '')",
+    "SELECT query_to_xml_and_xmlschema('select 1', true, false, '')",
+    "SELECT xpath('/row', query_to_xml(format('select * from %I', 'secret'), true, false, ''))",
+    'SELECT "query_to_xml"($$select * from secret$$, true, false, $$$$)',
+    "SELECT schema_to_xml('public', true, false, '')",
+    "SELECT database_to_xml(true, false, '')",
+    "SELECT * FROM dblink('dbname=app', 'select * from secret') AS t(a int)",
+    'SELECT "query_to_xml"($$select 1$$ garbage ((',  # unparseable: read lexically
+])
+def test_functions_that_run_sql_text_are_dynamic_sql_everywhere(sql: str) -> None:
+    # Found by the outside attack run: table rules were bypassed through query_to_xml & co.
+    dev = TargetInfo(name="app", protocol="postgres", environment="development")
+    engine = Engine([Rule(id="all", action="allow")], ENVS, version=1)
+    for target in (dev, PROD):
+        d = _decide_sql(engine, sql, target=target)
+        assert (d.action, d.rule_id) == ("deny", "dynamic-sql"), (sql, target.environment, d)
