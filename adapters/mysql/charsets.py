@@ -43,7 +43,8 @@ from typing import NamedTuple
 from sqlward.policy.sqltext import Token, Unlexable, split_statements, tokenize
 
 __all__ = [
-    "ACCEPTED", "CODECS", "CharsetEffect", "charset_of_collation", "client_charset_effect", "codec_of", "decode",
+    "ACCEPTED", "CODECS", "NO_MODE_EFFECT", "REFUSED_SQL_MODES", "SqlModeEffect", "lexing_sql_mode", "refused_sql_mode",
+    "sql_mode_effect", "CharsetEffect", "charset_of_collation", "client_charset_effect", "codec_of", "decode",
     "refusal_message",
 ]
 
@@ -321,3 +322,163 @@ def client_charset_effect(sql: str) -> CharsetEffect:
     if not named and not unsettled:
         return NO_EFFECT
     return CharsetEffect(tuple(named), unsettled, after)
+
+
+# -- sql_mode ----------------------------------------------------------------------------------
+#
+# The server's lexer also depends on the session's `sql_mode`: NO_BACKSLASH_ESCAPES makes `\` an
+# ordinary character inside string literals, ANSI_QUOTES makes `"..."` an identifier. The
+# gateway analyses SQL as the default mode reads it, so after `SET sql_mode = 'NO_BACKSLASH_ESCAPES'`
+# the text `SELECT 'a\' ; DROP TABLE t; -- '` would be one SELECT to the gateway and three
+# statements to the server. The gateway therefore refuses every mode that changes how the
+# server reads SQL text: those two flags and the combination modes that include them (MariaDB
+# 10.11: ANSI, ORACLE, MSSQL, DB2, POSTGRESQL, MAXDB all set ANSI_QUOTES). Any other mode
+# (STRICT_TRANS_TABLES, TRADITIONAL, PIPES_AS_CONCAT, IGNORE_SPACE, ...) leaves the statement
+# structure, string literals and identifiers as the gateway reads them and is accepted.
+#
+# `sql_mode_effect(sql)` reads a request's SET statements the way `client_charset_effect` does
+# (every scope and spelling, lists, SET STATEMENT ... FOR, executable comments, compound
+# blocks). A quoted string or a bare word settles the value, refused when it names a refused
+# mode; anything else (DEFAULT, a variable, a number, an expression such as
+# CONCAT(@@sql_mode, ...)) and dynamic SQL (EXECUTE) are `unsettled`: the session asks the server
+# for `@@sql_mode` after the request ran and fails closed when it holds a refused mode. An
+# unsettled switch followed by another statement, or inside a compound statement or SET
+# STATEMENT, is refused (the rest would be read in a mode the gateway does not know). The session
+# also asks the server at login, after COM_RESET_CONNECTION / COM_CHANGE_USER and after every
+# request that assigns sql_mode, and watches SERVER_STATUS_NO_BACKSLASH_ESCAPES in every status.
+
+# Modes that change how the server lexes SQL text, and the combination modes that include one.
+REFUSED_SQL_MODES = frozenset({
+    "NO_BACKSLASH_ESCAPES", "ANSI_QUOTES", "ANSI", "ORACLE", "MSSQL", "DB2", "POSTGRESQL", "MAXDB",
+})
+# The flags the server reports in @@sql_mode (combination modes are expanded there).
+LEXING_SQL_MODE_FLAGS = ("ANSI_QUOTES", "NO_BACKSLASH_ESCAPES")
+
+
+def refused_sql_mode(value: str) -> str | None:
+    """The first mode of a sql_mode value (comma-separated) that the gateway refuses, or None."""
+    for part in value.split(","):
+        name = part.strip().upper()
+        if name in REFUSED_SQL_MODES:
+            return name
+    return None
+
+
+def lexing_sql_mode(server_value: str) -> str | None:
+    """The flag of the server's @@sql_mode that makes it read SQL unlike the gateway, or None."""
+    parts = {p.strip().upper() for p in server_value.split(",")}
+    for flag in LEXING_SQL_MODE_FLAGS:
+        if flag in parts:
+            return flag
+    return None
+
+
+class SqlModeEffect(NamedTuple):
+    """What a request does to the session's sql_mode (see above)."""
+
+    # sql_mode values named literally, in order (as written).
+    named: tuple[str, ...] = ()
+    # A value the text does not settle, or dynamic SQL that may set one.
+    unsettled: bool = False
+    # 1-based number of a statement that follows a switch in the same request, or 0.
+    after_switch: int = 0
+    # An unsettled value inside a compound statement or SET STATEMENT ... FOR.
+    embedded: bool = False
+
+    @property
+    def switches(self) -> bool:
+        return bool(self.named) or self.unsettled
+
+    def refused(self) -> str | None:
+        """The first refused mode a named value holds, if any."""
+        for value in self.named:
+            mode = refused_sql_mode(value)
+            if mode is not None:
+                return mode
+        return None
+
+
+NO_MODE_EFFECT = SqlModeEffect()
+# Statements whose SET assigns columns, not variables.
+_COLUMN_SETS = frozenset({"UPDATE", "INSERT", "REPLACE", "LOAD"})
+
+
+def _sql_mode_assignment(item: list[Token]) -> tuple[str | None, bool] | None:
+    """None: not an assignment to sql_mode; else (value, settled)."""
+    words = [_word(t) for t in item]
+    k = 0
+    while k < len(item):
+        if words[k] in _SCOPES:
+            k += 1
+        elif item[k].text == "@" and k + 1 < len(item) and item[k + 1].text == "@":
+            k += 2
+        elif item[k].text == "." and k > 0:
+            k += 1
+        else:
+            break
+    if k >= len(item) or words[k] != "SQL_MODE":
+        return None
+    j = k + 1
+    if j < len(item) and item[j].text == ":":
+        j += 1
+    if j >= len(item) or item[j].text != "=":
+        return None, False
+    values = item[j + 1 :]
+    if len(values) != 1:  # an expression, adjacent literals, an introducer: not settled
+        return None, False
+    tok = values[0]
+    if tok.kind == "str":
+        text = tok.text
+        if text[:1] in ("'", '"') and len(text) >= 2 and "\\" not in text:
+            return text[1:-1].replace(text[0] * 2, text[0]), True
+        return None, False
+    if tok.kind == "word" and not tok.text.isdigit() and tok.text.upper() != "DEFAULT":
+        return tok.text, True
+    if tok.kind == "qid":
+        return tok.text[1:-1].replace("``", "`"), True
+    return None, False
+
+
+def sql_mode_effect(sql: str) -> SqlModeEffect:
+    """What the request `sql` does to the session's sql_mode (see above)."""
+    low = sql.lower()
+    if "sql_mode" not in low and "execute" not in low:
+        return NO_MODE_EFFECT
+    try:
+        statements = split_statements(tokenize(sql, "mysql"))
+    except Unlexable:
+        return SqlModeEffect(unsettled=True)
+    named: list[str] = []
+    unsettled = embedded = switched = False
+    after = 0
+    for index, statement in enumerate(statements):
+        if switched and not after:
+            after = index + 1
+        sig = [t for t in statement if t.kind not in ("ws", "comment")]
+        if not sig:
+            continue
+        words = [_word(t) for t in sig]
+        if words[0] in ("GRANT", "REVOKE"):
+            continue
+        columns = words[0] in _COLUMN_SETS  # UPDATE t SET sql_mode = ...: a column of that name
+        for k, word in enumerate(words):
+            if word in _DYNAMIC:
+                unsettled = switched = True
+            elif word == "SET" and not columns and (k == 0 or words[k - 1] != "CHARACTER"):
+                body = sig[k + 1 :]
+                statement_form = bool(body) and _word(body[0]) == "STATEMENT"
+                for item in _assignments(body):
+                    effect = _sql_mode_assignment(item)
+                    if effect is None:
+                        continue
+                    value, settled = effect
+                    switched = True
+                    if value is not None:
+                        named.append(value)
+                    if not settled:
+                        unsettled = True
+                        if k != 0 or statement_form:
+                            embedded = True
+    if not named and not unsettled:
+        return NO_MODE_EFFECT
+    return SqlModeEffect(tuple(named), unsettled, after, embedded)

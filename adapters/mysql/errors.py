@@ -57,7 +57,7 @@ __all__ = [
     "SQLSTATE_AUTH", "SQLSTATE_CONNECT", "SQLSTATE_GENERAL", "SQLSTATE_INTERRUPTED", "SQLSTATE_LINK",
     "SQLSTATE_REFUSED", "AccessRefused", "AuthRefused", "AuthTimedOut", "ClearPasswordNeedsTls", "ErrorReply",
     "GatewayError", "KillNotOwner", "PREAUTH_MAX_PACKET", "ER_UNKNOWN_CHARACTER_SET", "CharsetRefused",
-    "CharsetSwitchNotLast", "PreAuthPacketTooLarge", "AuditRefused", "MaskedDiagnostics", "UnsettledDatabase", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
+    "CharsetSwitchNotLast", "SQL_MODE_RULE", "SqlModeRefused", "SqlModeSwitchNotLast", "PreAuthPacketTooLarge", "AuditRefused", "MaskedDiagnostics", "UnsettledDatabase", "NoSuchThread", "OldProtocol", "TlsRequired", "UnknownTarget",
     "UnsupportedCommand", "UpstreamLost", "UpstreamRefused", "error_reply",
 ]
 
@@ -303,6 +303,60 @@ class CharsetSwitchNotLast(GatewayError):
         super().__init__(
             f"statement {statement} of this request is refused: a statement before it changes the client "
             "character set; send SET NAMES / SET CHARACTER SET on its own"
+        )
+
+
+# The rule a refused sql_mode is recorded under (rule "sql-mode"; see `charsets` on sql_mode).
+SQL_MODE_RULE = "sql-mode"
+_SQL_MODE_ADVICE = (
+    "use a sql_mode without ANSI_QUOTES and NO_BACKSLASH_ESCAPES (nor ANSI, ORACLE, MSSQL, DB2, POSTGRESQL, "
+    "MAXDB, which include ANSI_QUOTES), e.g. SET sql_mode = 'STRICT_TRANS_TABLES'"
+)
+
+
+class SqlModeRefused(GatewayError):
+    """A sql_mode that changes how the server reads SQL text (`charsets.REFUSED_SQL_MODES`): a SET
+    that names it is refused (the session goes on); when the server holds it (at login: the
+    connection is refused; after a switch the text did not settle, or reported by
+    SERVER_STATUS_NO_BACKSLASH_ESCAPES) every request is refused until it is set back.
+    ER_REFUSED 1227 / 42000 naming the rule `sql-mode`."""
+
+    errno, sqlstate = ER_REFUSED, SQLSTATE_REFUSED
+
+    def __init__(self, mode: str, *, lost: bool = False, login: bool = False) -> None:
+        if login:
+            message = (
+                f"the server's sql_mode holds {mode}, which makes it read SQL text unlike sqlward: the connection "
+                f"is refused (rule \"{SQL_MODE_RULE}\"); remove {mode} from the server's or the login's default "
+                f"sql_mode"
+            )
+        elif lost:
+            message = (
+                f"the server's sql_mode now holds {mode}, which makes it read SQL text unlike sqlward: requests "
+                f"are refused (rule \"{SQL_MODE_RULE}\") until SET sql_mode = '<a mode without it>' sent on its "
+                f"own or COM_RESET_CONNECTION; {_SQL_MODE_ADVICE}"
+            )
+        else:
+            message = (
+                f"sql_mode {mode} makes the server read SQL text unlike sqlward and is refused "
+                f"(rule \"{SQL_MODE_RULE}\"); {_SQL_MODE_ADVICE}"
+            )
+        super().__init__(message)
+        self.mode = mode
+
+
+class SqlModeSwitchNotLast(GatewayError):
+    """A sql_mode switch whose value the text does not settle, followed by another statement of
+    the same request (or inside a compound statement / SET STATEMENT): the server would read
+    the rest in a mode the gateway does not know."""
+
+    errno, sqlstate = ER_REFUSED, SQLSTATE_REFUSED
+
+    def __init__(self, statement: int) -> None:
+        where = f"statement {statement} of this request is refused" if statement else "this request is refused"
+        super().__init__(
+            f"{where}: a sql_mode assignment whose value sqlward cannot read from the text (a variable, "
+            f"DEFAULT, an expression) must be sent on its own, as a plain SET (rule \"{SQL_MODE_RULE}\")"
         )
 
 

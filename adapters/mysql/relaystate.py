@@ -505,15 +505,18 @@ def completion(
     """`statement.completed` of one response: ERROR, ROWS n (a result set) or OK n (affected
     rows), the server's error and SQLSTATE, the masked-value counts."""
     failed = scanner.error_code is not None
+    # COM_STMT_FETCH answers with rows of the cursor's result set (its columns came with the
+    # execution): its completion counts the rows it returned.
+    rowset = bool(scanner.column_count) or scanner.shape == Shape.FETCH
     if failed:
         tags: tuple[str, ...] = ("ERROR",)
-    elif scanner.column_count:
+    elif rowset:
         tags = (f"ROWS {scanner.rows}",)
     else:
         tags = (f"OK {scanner.affected_rows or 0}",)
     return StatementCompleted(
         request_id=request_id, prepared_ref=prepared_ref, tags=tags,
-        rows=scanner.rows if scanner.column_count else scanner.affected_rows,
+        rows=scanner.rows if rowset else scanner.affected_rows,
         duration_ms=duration_ms,
         error=HIDDEN_ERROR if error_hidden else (scanner.error_message if failed else None),
         sqlstate=(scanner.error_sqlstate or None) if failed else None,

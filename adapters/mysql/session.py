@@ -100,10 +100,14 @@ from sqlward.adapters.base import (
 from sqlward.adapters.mysql import auth, messages, upstream
 from sqlward.adapters.mysql.charsets import (
     NO_EFFECT,
+    NO_MODE_EFFECT,
     CharsetEffect,
+    SqlModeEffect,
     charset_of_collation,
     client_charset_effect,
     codec_of,
+    lexing_sql_mode,
+    sql_mode_effect,
 )
 from sqlward.adapters.mysql.constants import Capability, Charset, Command, ServerStatus, sqlstate_of
 from sqlward.adapters.mysql.errors import (
@@ -111,6 +115,9 @@ from sqlward.adapters.mysql.errors import (
     AuditRefused,
     CharsetRefused,
     CharsetSwitchNotLast,
+    SQL_MODE_RULE,
+    SqlModeRefused,
+    SqlModeSwitchNotLast,
     AuthRefused,
     AuthTimedOut,
     ClearPasswordNeedsTls,
@@ -200,6 +207,9 @@ class MysqlSession(GovernedSession):
         # switch the gateway could not settle from the text ("": none; requests are refused).
         self._upstream_charset = 0
         self._charset_lost = ""
+        # The sql_mode flag (ANSI_QUOTES, NO_BACKSLASH_ESCAPES) the server reads this session's SQL
+        # with, which the gateway cannot read as it does ("": none; requests are refused).
+        self._mode_lost = ""
         # The character set the server said it reads this client in after the last login.
         self._login_charset_name = ""
         # Statements with COM_STMT_SEND_LONG_DATA parameters the server holds (see `_execute`).
@@ -417,6 +427,10 @@ class MysqlSession(GovernedSession):
         if self._charset_lost:
             await self._refuse_connection(CharsetRefused(self._charset_lost), user=user, target=target.info.name)
             return False
+        self._server_status(self.up.status)
+        if self._mode_lost:  # (asked with the character set: a global or login default)
+            await self._refuse_connection(SqlModeRefused(self._mode_lost, login=True), user=user, target=target.info.name)
+            return False
         self._login_charset_name = self.text.name
         await self._show_identity_upstream(identity)
         await self._write(messages.ok_packet(self.client_caps, status_flags=self.up.status))
@@ -458,6 +472,9 @@ class MysqlSession(GovernedSession):
         # The server is back on the character set its session was opened with; the client's is
         # that of its last login (handshake or COM_CHANGE_USER).
         await self._restore_login_charset()
+        # The reset put sql_mode back to the server's default: ask what that is (fail closed).
+        await self._ask_session(database=False)
+        self._server_status(scanner.status)
         assert self.identity is not None
         await self._show_identity_upstream(self.identity)
         await self._write(messages.ok_packet(self.client_caps, status_flags=scanner.status or int(ServerStatus.AUTOCOMMIT)))
@@ -616,6 +633,9 @@ class MysqlSession(GovernedSession):
             if self._charset_lost and not self._restores_charset(payload):
                 await self._refuse_unreadable(payload)
                 continue
+            if self._mode_lost and not self._restores_sql_mode(payload):
+                await self._refuse_unreadable(payload, mode=True)
+                continue
             route = command_route(payload)
             kind = route.kind
             if kind == "query":
@@ -691,16 +711,39 @@ class MysqlSession(GovernedSession):
         effect = client_charset_effect(payload[1:].decode("ascii"))
         return bool(effect.named) and not effect.unsettled and not effect.after_switch and effect.refused() is None
 
-    async def _refuse_unreadable(self, payload: bytes) -> None:
-        """A request while the server reads a character set the gateway cannot read: refused,
-        and recorded (the gateway cannot say what it holds)."""
+    @staticmethod
+    def _restores_sql_mode(payload: bytes) -> bool:
+        """While the server's sql_mode reads SQL unlike the gateway, only what cannot be misread
+        goes on: COM_QUIT, COM_PING, COM_RESET_CONNECTION, COM_CHANGE_USER, and a plain-ASCII
+        request without a backslash (read alike in every sql_mode) that only sets an accepted
+        sql_mode (the server is asked afterwards)."""
+        if not payload:
+            return False
+        if payload[0] in (Command.QUIT, Command.PING, Command.RESET_CONNECTION, Command.CHANGE_USER):
+            return True
+        if payload[0] != Command.QUERY or not payload[1:].isascii() or b"\\" in payload:
+            return False
+        sql = payload[1:].decode("ascii")
+        effect = sql_mode_effect(sql)
+        return (bool(effect.named) and not effect.unsettled and not effect.after_switch and effect.refused() is None
+                and not client_charset_effect(sql).switches)
+
+    async def _refuse_unreadable(self, payload: bytes, *, mode: bool = False) -> None:
+        """A request while the server reads a character set (or, `mode`, a sql_mode) the gateway
+        cannot read: refused, and recorded (the gateway cannot say what it holds)."""
         assert self.who is not None and self.target is not None
-        error = CharsetRefused(self._charset_lost, lost=True)
+        error: CharsetRefused | SqlModeRefused
+        if mode:
+            error = SqlModeRefused(self._mode_lost, lost=True)
+            what, rule = f"sql_mode {self._mode_lost}", SQL_MODE_RULE
+        else:
+            error = CharsetRefused(self._charset_lost, lost=True)
+            what, rule = f"client character set {self._charset_lost}", rule_ids.CLIENT_CHARSET
         info = self.target.info
         self.audit.add(StatementDecided(
             request_id=self.ctx.next_request(), who=self.who, target=info.name, environment=info.environment,
-            sql=f"<command 0x{payload[0]:02x} in client character set {self._charset_lost}>", fingerprint="",
-            parse_status="error", action="deny", rule_id=rule_ids.CLIENT_CHARSET, message=error.message,
+            sql=f"<command 0x{payload[0]:02x} in {what}>", fingerprint="",
+            parse_status="error", action="deny", rule_id=rule, message=error.message,
         ))
         await self.audit.flush_quietly()
         if payload[:1] == bytes([Command.STMT_EXECUTE]) and len(payload) >= 5:
@@ -729,6 +772,9 @@ class MysqlSession(GovernedSession):
         effect = client_charset_effect(sql)
         if effect.switches and not await self._charset_switch_allowed(verdict.request_id, effect):
             return
+        mode = sql_mode_effect(sql)
+        if mode.switches and not await self._sql_mode_switch_allowed(verdict.request_id, mode):
+            return
         if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
             payload = payload[:1] + self._sql_comment + payload[1:]
         if self._masked:
@@ -750,7 +796,7 @@ class MysqlSession(GovernedSession):
         if scanner.error_code is None:
             self.text.query_succeeded(sql, verdict.analysis)
         self.text.tracked(scanner.schema)
-        await self._after_request(scanner, effect, may_change_database(verdict.analysis))
+        await self._after_request(scanner, effect, may_change_database(verdict.analysis), mode)
 
     async def _statement_kill(self, sql: str) -> None:
         """A KILL that arrived as a command (COM_PROCESS_KILL): judged as its statement."""
@@ -782,6 +828,9 @@ class MysqlSession(GovernedSession):
         effect = client_charset_effect(sql)
         if effect.switches and not await self._charset_switch_allowed(verdict.request_id, effect):
             return
+        mode = sql_mode_effect(sql)
+        if mode.switches and not await self._sql_mode_switch_allowed(verdict.request_id, mode):
+            return
         scanner = await self._forward(payload, Shape.PREPARE)
         if scanner.statement_id is not None and scanner.error_code is None:
             self._prepared.add(
@@ -790,8 +839,8 @@ class MysqlSession(GovernedSession):
                 schema=self.text.schema,
             )
             prepared = self._prepared.get(scanner.statement_id)
-            if prepared is not None and effect.switches:
-                prepared.changes_db = True  # its executions switch the character set: ask after each
+            if prepared is not None and (effect.switches or mode.switches):
+                prepared.changes_db = True  # its executions switch the character set / sql_mode: ask after each
 
     async def _execute(self, payload: bytes, stmt_id: int) -> None:
         """COM_STMT_EXECUTE (see `_run_execute`). The parameters sent with COM_STMT_SEND_LONG_DATA
@@ -862,12 +911,30 @@ class MysqlSession(GovernedSession):
                 ))
                 await self._answer(verdict.decision)
                 return
-            await self._forward_masked(
+        # Each fetch is a run of the statement: judged (token expiry, audit), recorded as
+        # `statement.executed` (command COM_STMT_FETCH) on disk before it reaches the upstream,
+        # refused with audit-unavailable when that record cannot be written; its completion
+        # counts the rows it returned.
+        name = str(stmt_id) if stmt_id is not None else ""
+        verdict = await self._judge(
+            StatementRequest(sql="", dialect="mysql", kind="execute", command="COM_STMT_FETCH", statement_name=name),
+            durable=True,
+        )
+        if not verdict.allowed:
+            await self._answer(verdict.decision)
+            return
+        prepared = self._prepared.get(stmt_id) if stmt_id is not None else None
+        ref = prepared.request_id if prepared is not None else None
+        if self._masked and stmt_id is not None:
+            relay = await self._forward_masked(
                 payload, Shape.FETCH, ctx=self._prepared.mask(stmt_id), binary=True,
                 rows=self._prepared.cursor_rows(stmt_id), hide_messages=self._diag_hidden,
+                rid=verdict.request_id, ref=ref,
             )
+            self._server_status(relay.scanner.status)
             return
-        await self._forward(payload, Shape.FETCH)
+        scanner = await self._forward(payload, Shape.FETCH, rid=verdict.request_id, ref=ref)
+        self._server_status(scanner.status)
 
     def _note_masked_read(self, reads: bool, mask: MaskContext | None) -> None:
         """A request about to run reads masked values: from now on the session's warnings and
@@ -903,7 +970,7 @@ class MysqlSession(GovernedSession):
         client; MariaDB keeps the session's warnings across it. A failure ends the session (fail
         closed: table names would be qualified, and SQL read, with a guess)."""
         assert self._upipe is not None
-        await self._upipe_send(bytes([Command.QUERY]) + b"SELECT DATABASE(), @@character_set_client")
+        await self._upipe_send(bytes([Command.QUERY]) + b"SELECT DATABASE(), @@character_set_client, @@sql_mode")
         deprecate_eof = bool(self.client_caps & Capability.DEPRECATE_EOF)
         scanner = ResponseScanner(Shape.RESULTSET, deprecate_eof=deprecate_eof)
         response = bytearray()
@@ -917,8 +984,9 @@ class MysqlSession(GovernedSession):
             self._ubuf += await self._upstream_data(self._upipe)
         if scanner.error_code is not None:
             raise UpstreamLost()
-        schema, charset = text_row_values(bytes(response), deprecate_eof=deprecate_eof)
+        schema, charset, sql_mode = text_row_values(bytes(response), deprecate_eof=deprecate_eof)
         self._server_charset(charset.decode("ascii", "replace") if charset is not None else "")
+        self._mode_lost = lexing_sql_mode(sql_mode.decode("ascii", "replace") if sql_mode is not None else "") or ""
         if database:
             self.text.server_says(schema)
 
@@ -928,6 +996,25 @@ class MysqlSession(GovernedSession):
             self._charset_lost = ""
         else:
             self._charset_lost = name.lower() or "unknown"
+
+    def _server_status(self, status: int) -> None:
+        """Every OK / EOF carries the server's status: SERVER_STATUS_NO_BACKSLASH_ESCAPES means the
+        server reads backslashes unlike the gateway, however it got there: fail closed."""
+        if status & ServerStatus.NO_BACKSLASH_ESCAPES:
+            self._mode_lost = "NO_BACKSLASH_ESCAPES"
+
+    async def _sql_mode_switch_allowed(self, request_id: int, effect: SqlModeEffect) -> bool:
+        """A request that assigns sql_mode (`charsets.sql_mode_effect`): refused (False, the
+        refusal is its completion record) when it names a mode that changes how the server reads
+        SQL text, or when its value is not settled by the text and more follows it."""
+        refused = effect.refused()
+        if refused is not None:
+            await self._refuse(request_id, SqlModeRefused(refused))
+            return False
+        if effect.unsettled and (effect.after_switch or effect.embedded):
+            await self._refuse(request_id, SqlModeSwitchNotLast(effect.after_switch))
+            return False
+        return True
 
     async def _charset_switch_allowed(self, request_id: int, effect: CharsetEffect) -> bool:
         """A request that switches the client character set (`charsets.client_charset_effect`):
@@ -944,10 +1031,16 @@ class MysqlSession(GovernedSession):
             return False
         return True
 
-    async def _after_request(self, scanner: ResponseScanner, effect: CharsetEffect, ask: bool) -> None:
+    async def _after_request(
+        self, scanner: ResponseScanner, effect: CharsetEffect, ask: bool, mode: SqlModeEffect = NO_MODE_EFFECT,
+    ) -> None:
         """After a request ran: follow the character set it switched to (named literally, or
         reported by the server's session tracking), and ask the server when the request may
-        have moved the database or the character set in a way its text does not settle."""
+        have moved the database or the character set in a way its text does not settle, or
+        assigned sql_mode (the server's @@sql_mode is the word on it; its status flags too)."""
+        self._server_status(scanner.status)
+        if mode.switches:
+            ask = True
         if effect.named and scanner.error_code is None:
             self._server_charset(effect.named[-1])
         if scanner.client_charset is not None:
@@ -984,7 +1077,11 @@ class MysqlSession(GovernedSession):
             request_id, MaskedDiagnostics(mask_rule(mask) if mask is not None else self._diag_rule or "masking"),
         )
 
-    async def _refuse(self, request_id: int, error: MaskedDiagnostics | UnsettledDatabase) -> None:
+    async def _refuse(
+        self, request_id: int,
+        error: MaskedDiagnostics | UnsettledDatabase | CharsetRefused | CharsetSwitchNotLast | SqlModeRefused
+        | SqlModeSwitchNotLast,
+    ) -> None:
         """A request the pipeline allowed but the session cannot run safely: refused, and the
         refusal is its completion record."""
         self.audit.add(StatementCompleted(
@@ -1268,6 +1365,10 @@ class MysqlSession(GovernedSession):
         if self._charset_lost:
             self._closing_reason = f"change user refused: the server reads client character set {self._charset_lost}"
             await self._refuse_connection(CharsetRefused(self._charset_lost), user=request.user)
+            return False
+        if self._mode_lost:
+            self._closing_reason = f"change user refused: the server's sql_mode holds {self._mode_lost}"
+            await self._refuse_connection(SqlModeRefused(self._mode_lost, login=True), user=request.user)
             return False
         if self.text.charset == self._upstream_charset:
             self._login_charset_name = self.text.name
