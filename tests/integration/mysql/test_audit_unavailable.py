@@ -112,3 +112,52 @@ def test_new_sessions_are_refused_while_the_trail_cannot_be_written_and_served_a
                          ssl_disabled=True, connect_timeout=5) as conn, conn.cursor() as cur:
         cur.execute("select 42")
         assert cur.fetchone() == (42,)
+
+
+# -- COM_STMT_FETCH (cursor fetch) ----------------------------------------------------------------
+
+
+def _open_cursor(c: mywire.RawMySQL, sql: str) -> tuple[Any, list[Any]]:
+    import struct
+
+    st = c.stmt_prepare(sql)
+    c.command(0x17, struct.pack("<IBI", st.stmt_id, 0x01, 1))  # COM_STMT_EXECUTE, CURSOR_TYPE_READ_ONLY
+    n = mywire.Buf(c.read_packet()).lenenc()
+    cols = c._read_columns(n)
+    if c.deprecate_eof:
+        assert c.read_packet()[:1] == b"\xfe"
+    return st, cols
+
+
+def _fetch(c: mywire.RawMySQL, st: Any, cols: list[Any], n: int) -> list[Any]:
+    import struct
+
+    c.command(0x1C, struct.pack("<II", st.stmt_id, n))  # COM_STMT_FETCH
+    rows, _ = c._read_rows(cols, binary=True)
+    return rows
+
+
+def test_cursor_fetch_is_refused_when_its_record_cannot_be_written(gw: GatewayProcess, my_direct) -> None:
+    with _login(gw) as c:
+        st, cols = _open_cursor(c, "SELECT id FROM accounts ORDER BY id")
+        assert _fetch(c, st, cols, 1) == [(1,)]
+        gw.audit_full()
+        with pytest.raises(mywire.MySQLError) as ei:
+            _fetch(c, st, cols, 1)
+        assert (ei.value.errno, ei.value.sqlstate) == (1227, "42000") and "audit-unavailable" in ei.value.message
+        gw.audit_writable()
+        assert _fetch(c, st, cols, 5) == [(2,), (3,)]  # the session and the cursor go on
+        assert c.scalar("SELECT 7") == 7
+
+
+def test_cursor_fetch_is_recorded_with_its_rows(gw: GatewayProcess, my_direct) -> None:
+    with _login(gw) as c:
+        st, cols = _open_cursor(c, "SELECT id FROM accounts ORDER BY id")
+        since = gw.audit_offset()
+        assert _fetch(c, st, cols, 2) == [(1,), (2,)]
+        events = gw.wait_audit(lambda ev: any(e.get("event") == "statement.completed" for e in ev), since=since)
+    executed = [e for e in events if e.get("event") == "statement.executed"]
+    assert executed and executed[0].get("command") == "COM_STMT_FETCH", events
+    assert executed[0].get("statement_name") == str(st.stmt_id)
+    done = [e for e in events if e.get("event") == "statement.completed" and e.get("request_id") == executed[0]["request_id"]]
+    assert done and done[0].get("rows") == 2 and done[0].get("tags") == ["ROWS 2"], events
