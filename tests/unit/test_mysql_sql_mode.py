@@ -117,3 +117,16 @@ def test_fetch_completion_counts_its_rows() -> None:
     assert scanner.done and n == len(data)
     record = completion(scanner, request_id=1, prepared_ref=None, duration_ms=0.0)
     assert record.tags == ("ROWS 3",) and record.rows == 3
+
+
+def test_status_flag_no_backslash_escapes_fails_closed() -> None:
+    """Every OK / EOF carries SERVER_STATUS_NO_BACKSLASH_ESCAPES: once it is seen, the session
+    refuses requests (whatever path set the mode)."""
+    from sqlward.adapters.mysql.session import MysqlSession
+
+    s = MysqlSession.__new__(MysqlSession)
+    s._mode_lost = ""
+    s._server_status(0x0002)  # AUTOCOMMIT
+    assert s._mode_lost == ""
+    s._server_status(0x0202)
+    assert s._mode_lost == "NO_BACKSLASH_ESCAPES"

@@ -228,3 +228,39 @@ def test_login_to_a_server_whose_default_mode_is_unreadable_is_refused(nbe_maria
             pymysql.connect(host=g.host, port=g.port, user="alice", password=SECRETS["alice"], database="nbe",
                             ssl_disabled=True, connect_timeout=15)
         assert is_refusal(ei.value, RULE) and "NO_BACKSLASH_ESCAPES" in str(ei.value), ei.value
+
+
+# -- prepared statements and COM_CHANGE_USER (mysql-connector) ----------------------------------
+
+
+def _connector(g: GatewayProcess) -> Any:
+    import mysql.connector
+
+    return mysql.connector.connect(host=g.host, port=g.port, user="alice", password=SECRETS["alice"],
+                                   database="app", use_pure=True, ssl_disabled=True, autocommit=True)
+
+
+def test_connector_prepared_set_fails_closed_and_change_user_returns_to_login(gw: GatewayProcess,
+                                                                              victim: pymysql.Connection) -> None:
+    import mysql.connector
+
+    conn = _connector(gw)
+    try:
+        cur = conn.cursor(prepared=True)
+        with pytest.raises(mysql.connector.Error) as ei:
+            cur.execute("SET sql_mode = 'ANSI_QUOTES'")  # COM_STMT_PREPARE of a named mode
+        assert is_refusal(ei.value, RULE), ei.value
+        cur = conn.cursor(prepared=True)
+        cur.execute("SET sql_mode = ?", ("ANSI_QUOTES",))  # settled only by the server: asked after
+        plain = conn.cursor()
+        with pytest.raises(mysql.connector.Error) as ei:
+            plain.execute("SELECT 1")
+        assert is_refusal(ei.value, RULE) and "ANSI_QUOTES" in ei.value.msg, ei.value
+        conn.cmd_change_user(username="alice", password=SECRETS["alice"], database="app")
+        plain = conn.cursor()
+        plain.execute("SELECT @@sql_mode")
+        assert "ANSI_QUOTES" not in plain.fetchone()[0]
+    finally:
+        conn.close()
+    assert _victim_exists(victim)
+
