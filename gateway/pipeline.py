@@ -11,7 +11,9 @@ else assembles a decision. For one request it runs, in this order:
    (`function-call`), the MySQL commands that bypass SQL (`command-not-allowed`), a MySQL cursor
    whose rows cannot be masked (`masking-cursor`). The audit record names the command as
    `<COM_DROP_DB>`.
-3. **Built-in statement checks**: identity tampering (`identity-tampering`: SET sqlward.*,
+3. **Built-in statement checks**: PostgreSQL statements that would change how the server reads
+   SQL text (`sql-reading`: standard_conforming_strings to anything but on); identity
+   tampering (`identity-tampering`: SET sqlward.*,
    application_name impersonation, `@sqlward_identity`); MySQL `KILL [CONNECTION | QUERY] <id>`
    alone is recognised as the form the gateway maps onto its own connection ids (`own-session`,
    returned as `Verdict.kill`; the session checks ownership), any other KILL form is refused
@@ -58,6 +60,7 @@ from sqlward.adapters.base import (
     StatementRequest,
     Verdict,
 )
+from sqlward.adapters.postgres.reading import reading_change
 from sqlward.adapters.text import printable
 from sqlward.audit.events import StatementDecided, StatementExecuted
 from sqlward.policy import rule_ids
@@ -69,7 +72,7 @@ if TYPE_CHECKING:
     from sqlward.gateway.gatekeeper import Gatekeeper
     from sqlward.masking.context import MaskContext
 
-__all__ = ["Pipeline", "command_decision", "tampering", "token_expiry", "kill_request", "local_infile"]
+__all__ = ["Pipeline", "command_decision", "sql_reading", "tampering", "token_expiry", "kill_request", "local_infile"]
 
 log = logging.getLogger("sqlward.pipeline")
 
@@ -115,6 +118,24 @@ def command_decision(command: str) -> Decision:
     """The verdict on a protocol command that carries no SQL (always a refusal today)."""
     rule_id, message = _COMMANDS.get(command, (rule_ids.COMMAND_NOT_ALLOWED, f"{command} is not allowed through sqlward"))
     return Decision(action="deny", rule_id=rule_id, message=message)
+
+
+def sql_reading(request: StatementRequest) -> Decision | None:
+    """PostgreSQL statements that would change how the server reads SQL text
+    (standard_conforming_strings to anything but on, or SQL the check cannot read:
+    `adapters.postgres.reading`), refused in every environment."""
+    if request.dialect != "postgres" or not request.sql:
+        return None
+    why = reading_change(request.sql)
+    if why is None:
+        return None
+    return Decision(
+        action="deny", rule_id=rule_ids.SQL_READING,
+        message=(
+            f"refused: {why}; sqlward reads SQL text as the server does with "
+            "standard_conforming_strings = on, which cannot be changed through it"
+        ),
+    )
 
 
 def tampering(request: StatementRequest) -> Decision | None:
@@ -283,7 +304,7 @@ class Pipeline:
         names: _Names | None = None
         notes: list[str] = []  # offline only
         try:
-            decision = tampering(request)
+            decision = sql_reading(request) or tampering(request)
             kill = kill_request(request) if decision is None else None
             if kill is not None:
                 decision = Decision(action="allow", rule_id=rule_ids.OWN_SESSION, facts=(f"kill={kill.connection_id}",))

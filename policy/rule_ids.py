@@ -31,6 +31,7 @@ INTERNAL_ERROR: Final = "internal-error"  # analysis or policy raised: fail clos
 AUDIT_UNAVAILABLE: Final = "audit-unavailable"  # the decision could not be recorded: fail closed
 SEARCH_PATH_UNKNOWN: Final = "search-path-unknown"  # PostgreSQL: where a bare name resolves is unknown
 CLIENT_CHARSET: Final = "client-charset"  # MySQL: the server reads a charset the analysis cannot
+SQL_READING: Final = "sql-reading"  # PostgreSQL: would change how the server reads SQL text
 
 # -- connection level (not a statement rule) --------------------------------------------------
 ACCESS: Final = "access"  # [[access]] does not let the identity reach the target
@@ -43,6 +44,6 @@ ALL: Final = frozenset(
         UNPARSEABLE, DYNAMIC_SQL, DEFAULT, ESTIMATE_PENDING, IDENTITY_TAMPERING, TOKEN_EXPIRED,
         LOCAL_INFILE, KILL_FORM, OWN_SESSION, FUNCTION_CALL, COMMAND_NOT_ALLOWED,
         MASKING_UNAVAILABLE, MASKING_CURSOR, INTERNAL_ERROR, AUDIT_UNAVAILABLE, ACCESS, MASK_ON_DOUBT,
-        SEARCH_PATH_UNKNOWN, CLIENT_CHARSET,
+        SEARCH_PATH_UNKNOWN, CLIENT_CHARSET, SQL_READING,
     }
 )

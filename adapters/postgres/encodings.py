@@ -6,6 +6,14 @@ a multi-byte character could hide a quote or backslash from the lexer. Encodings
 codec for (EUC_TW, MULE_INTERNAL) only use bytes >= 0x80 inside multi-byte characters, so
 reading them as Latin-1 keeps every ASCII byte (quotes, keywords) where the server sees it.
 Undecodable bytes become surrogate escapes (see `printable` for the audit trail).
+
+Every entry is checked against the server (tests/integration/test_pg_reading.py: every byte
+0x01-0x7F and every pair of a byte >= 0x80 and an ASCII byte, decoded here and by the server's
+`convert_from`): the ASCII characters must come out the same. Python's shift_jis_2004 codec reads
+the single bytes 0x5C and 0x7E as YEN SIGN and OVERLINE where the server reads backslash and
+tilde, so SHIFT_JIS_2004 is decoded with those two put back (no multi-byte character decodes to
+either in that codec). An encoding the map does not know is refused (`problem`): at startup with
+a FATAL, in session (ParameterStatus) by refusing every request until it is switched back.
 """
 
 from __future__ import annotations
@@ -32,14 +40,36 @@ _PG_TO_PYTHON = {
 }
 
 
+def _key(pg_encoding: str) -> str:
+    return pg_encoding.upper().replace("-", "").replace(" ", "")
+
+
+def problem(pg_encoding: str) -> str | None:
+    """Why statement text in `pg_encoding` cannot be read as the server reads it (None: it can)."""
+    if _key(pg_encoding) in _PG_TO_PYTHON:
+        return None
+    return (
+        f'client_encoding "{pg_encoding}" is not supported by sqlward (it cannot read SQL text in it '
+        "as the server does); use UTF8"
+    )
+
+
+_SJIS2004_ASCII = str.maketrans({"\u00a5": "\\", "\u203e": "~"})
+
+
 def decoder_for(pg_encoding: str) -> Callable[[bytes], str]:
-    """A function decoding statement bytes sent in `pg_encoding` (UTF-8 when unknown)."""
-    name = _PG_TO_PYTHON.get(pg_encoding.upper().replace("-", "").replace(" ", ""), "utf-8")
+    """A function decoding statement bytes sent in `pg_encoding` (UTF-8 when unknown: check
+    `problem` first)."""
+    name = _PG_TO_PYTHON.get(_key(pg_encoding), "utf-8")
     if name == "utf-8":
         def decode_utf8(data: bytes) -> str:
             return data.decode("utf-8", "surrogateescape")
         return decode_utf8
     codec = codecs.lookup(name)
+    if name == "shift_jis_2004":
+        def decode_sjis2004(data: bytes) -> str:
+            return codec.decode(data, "surrogateescape")[0].translate(_SJIS2004_ASCII)
+        return decode_sjis2004
 
     def decode(data: bytes) -> str:
         return codec.decode(data, "surrogateescape")[0]

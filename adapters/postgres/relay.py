@@ -80,7 +80,7 @@ from sqlward.adapters.base import StatementRequest, Verdict
 from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
 from sqlward.adapters.postgres import codec, errors
 from sqlward.adapters.postgres.codec import Backend, Frontend
-from sqlward.adapters.postgres.encodings import decoder_for
+from sqlward.adapters.postgres.encodings import decoder_for, problem as encoding_problem
 from sqlward.adapters.postgres.errors import MessageTooLarge, ProtocolViolation
 from sqlward.adapters.postgres.rowmask import RowMasker, kind_for_oid
 from sqlward.adapters.postgres.searchpath import PROBE_SQL, PathTracker
@@ -238,6 +238,14 @@ class Pending:
         return f"Pending({self.kind!r}, {self.request_id}, tags={self.tags!r}, rows={self.rows!r}, error={self.error!r})"
 
 
+def scs_problem(value: str) -> str:
+    """The refusal while the server reports standard_conforming_strings other than on."""
+    return (
+        f"the server reads SQL text with standard_conforming_strings = {value}, which sqlward cannot "
+        "read as the server does; every statement is refused until SET standard_conforming_strings = on"
+    )
+
+
 # A Sync carries no outcome and is never changed (every update checks for it): one shared entry.
 _SYNC = Pending("sync", audit=False)
 
@@ -247,7 +255,7 @@ class RelayState:
 
     __slots__ = (
         "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
-        "clock", "policy_version", "path", "unsynced", "copy_in", "copy_expected",
+        "clock", "policy_version", "path", "unsynced", "copy_in", "copy_expected", "bad_encoding", "bad_scs",
     )
 
     def __init__(
@@ -261,6 +269,11 @@ class RelayState:
         self.syncs_done = 0
         self.masked = False  # a [[masks]] rule applies to this session (sticky: see module doc)
         self.decode_sql = decoder_for(client_encoding)  # follows the server's client_encoding
+        # Why the server no longer reads SQL text as the gateway does (ParameterStatus said so):
+        # a client_encoding the gateway cannot read, standard_conforming_strings off. While
+        # either is set the driver refuses every request but the one that switches it back.
+        self.bad_encoding: str | None = encoding_problem(client_encoding)
+        self.bad_scs: str | None = None
         self.tx_status = tx_status
         self.clock = clock
         self.policy_version = policy_version
@@ -276,6 +289,11 @@ class RelayState:
         # CopyFail when neither holds are a protocol violation.
         self.copy_in = False
         self.copy_expected = False
+
+    @property
+    def unreadable(self) -> str | None:
+        """Why requests cannot be read as the server reads them now (None: they can)."""
+        return self.bad_scs or self.bad_encoding
 
     @property
     def idle(self) -> bool:
@@ -885,6 +903,10 @@ class UpstreamSide:
             if body.startswith(b"client_encoding\0"):
                 value = bytes(body[16:]).rstrip(b"\0").decode("ascii", "replace")
                 st.decode_sql = decoder_for(value)
+                st.bad_encoding = encoding_problem(value)
+            elif body.startswith(b"standard_conforming_strings\0"):
+                value = bytes(body[28:]).rstrip(b"\0").decode("ascii", "replace")
+                st.bad_scs = None if value == "on" else scs_problem(value)
             return None
         if mtype == _B_EMPTY_QUERY or mtype == _B_SUSPENDED:
             if self.rows is not None or self._row_counts is not None:

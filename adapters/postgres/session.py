@@ -55,6 +55,11 @@ Audit failure of a completion (a result that cannot be recorded is never deliver
 "the audit trail cannot be written; sqlward closed the session", and the session ends. Events
 about the connection itself, opened / refused / closed, are flushed quietly: a failure is logged.
 
+The server must read SQL text as the gateway does: a session whose ParameterStatus reports a
+client_encoding the gateway cannot read or standard_conforming_strings other than on is refused
+at startup (FATAL 0A000 naming it); when a later ParameterStatus reports one in session, every
+request is refused (ERROR 0A000) but the one statement switching it back (`reading.restores`).
+
 Once a token expires, statements are refused (`token-expired`), or the session is closed.
 """
 
@@ -75,6 +80,8 @@ from sqlward.adapters import identity as ident
 from sqlward.adapters.postgres import codec, errors, startup, upstream
 from sqlward.adapters.postgres.codec import Frontend
 from sqlward.adapters.postgres.errors import ClientLost, ProtocolViolation, Refused, UpstreamLost
+from sqlward.adapters.postgres.encodings import problem as encoding_problem
+from sqlward.adapters.postgres.reading import restores
 from sqlward.adapters.postgres.relay import ClientSide, RelayState, UpstreamSide
 from sqlward.adapters.postgres.scram import ScramError, ScramExchange
 from sqlward.adapters.postgres.searchpath import PROBE_SQL, PathTracker, from_probe
@@ -384,6 +391,17 @@ class PostgresSession(GovernedSession):
         for name, value in self.up.parameters:
             if name == "client_encoding":
                 encoding = value
+                bad = encoding_problem(value)
+                if bad is not None:
+                    raise Refused(errors.FEATURE_NOT_SUPPORTED, bad, user=user, target=target.info.name)
+            elif name == "standard_conforming_strings" and value != "on":
+                raise Refused(
+                    errors.FEATURE_NOT_SUPPORTED,
+                    f"the server would read SQL text with standard_conforming_strings = {value} (a role, "
+                    "database or server default): sqlward reads SQL only with standard_conforming_strings "
+                    "= on, so it refuses this session; remove that default",
+                    user=user, target=target.info.name,
+                )
         pipeline = self.pipeline
         self._state = RelayState(
             policy_version=lambda: pipeline.policy_version, client_encoding=encoding, tx_status=self.up.tx_status,
@@ -594,6 +612,13 @@ class PostgresSession(GovernedSession):
             request = side.feed(data)
             data = b""
             while request is not None:
+                unreadable = state.unreadable
+                if unreadable is not None and not restores(request.sql, scs=state.bad_scs is not None):
+                    # The server no longer reads SQL text as the gateway does (standard_conforming_
+                    # strings off, a client_encoding it cannot read): nothing is judged on a
+                    # misreading; only the statement switching back goes through.
+                    request = side.fail(errors.error_response(errors.FEATURE_NOT_SUPPORTED, unreadable))
+                    continue
                 # Each request's record (decision, or run of a prepared statement) is on disk
                 # before anything of the chunk goes upstream; one that cannot be written is
                 # refused (ERROR 58030) and the session goes on.
