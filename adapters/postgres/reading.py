@@ -31,7 +31,7 @@ import re
 from typing import NamedTuple
 
 SCS = "standard_conforming_strings"
-_ON = frozenset({"on", "true", "yes", "1", "default"})
+_ON = frozenset("on true yes 1 default".split())  # DEFAULT: the value the session started with
 
 
 class Token(NamedTuple):
