@@ -328,13 +328,13 @@ def set_config_names(stmt: list[Token]) -> list[tuple[str | None, str | None]]:
     return out
 
 
-def dynamic_sql(stmt: list[Token]) -> bool:
+def dynamic_sql(stmt: list[Token], in_body: bool = True) -> bool:
     """EXECUTE (PL/pgSQL) of a string that is not one literal, or a function running computed
     SQL text: what it runs cannot be read."""
     for k, t in enumerate(stmt):
         if t.kind != "word":
             continue
-        if t.value == "execute" and k + 1 < len(stmt):
+        if in_body and t.value == "execute" and k + 1 < len(stmt):
             nxt = stmt[k + 1]
             literal = nxt.kind == "str" and (
                 k + 2 >= len(stmt) or (stmt[k + 2].kind == "word" and stmt[k + 2].value in ("using", "into"))
@@ -375,8 +375,8 @@ def _check_statement(stmt: list[Token], depth: int, in_body: bool = False) -> st
         if name.lower() == SCS and (value is None or value.strip().lower() not in _ON):
             return f"set_config('{SCS}', ...) to a value other than on"
     words = {t.value.lower() for t in stmt if t.kind in ("word", "ident")}
-    if in_body and dynamic_sql(stmt):
-        return "dynamic SQL (EXECUTE of a computed string) in a DO block or function body"
+    if dynamic_sql(stmt, in_body):
+        return "dynamic SQL (EXECUTE or query_to_xml of a computed string) that sqlward cannot read"
     if "pg_settings" in words and words & _WRITES:
         return "a write to pg_settings"
     mention = SCS in words
