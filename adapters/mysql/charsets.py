@@ -1,5 +1,6 @@
 """The client character sets the gateway can read SQL in exactly as MariaDB / MySQL read it, and
-how a session's client character set is learnt and followed (sans-IO).
+how a session's client character set is learnt and followed (sans-IO); likewise the sql_modes
+that change how the server lexes SQL text (see "sql_mode" below).
 
 Why: the server lexes a statement's bytes in the connection's `character_set_client`. In a
 multi-byte character set whose trailing bytes overlap ASCII (gbk, big5, sjis, cp932, gb18030, ...)

@@ -17,7 +17,8 @@ says what each command is. Every request is judged by the statement pipeline
 decision is on disk by then: COM_QUERY, COM_STMT_PREPARE, COM_FIELD_LIST (as the `SELECT * FROM t
 LIMIT 0` it amounts to), COM_CHANGE_USER ("CHANGE USER"), COM_PROCESS_KILL (as the `KILL
 CONNECTION <id>` it is), each COM_STMT_EXECUTE (and the statement again when the policy was
-reloaded since PREPARE), the commands that would bypass SQL policy (COM_CREATE_DB, COM_DROP_DB,
+reloaded since PREPARE), each COM_STMT_FETCH (an execution: `statement.executed` with command
+COM_STMT_FETCH, its completion counting the rows it returned), the commands that would bypass SQL policy (COM_CREATE_DB, COM_DROP_DB,
 replication, unknown command bytes) and a cursor FETCH whose rows cannot be masked. A refusal is
 an ERR packet (1227, SQLSTATE 42000, naming the rule; `errors.error_reply`) and the session goes
 on. Allowed commands are forwarded as they came; the response is relayed by
@@ -65,7 +66,14 @@ listener that has it. The identity label goes upstream as a hex literal converte
 (`identity_statement`), immune to the client's character set. Client SQL is read in the
 character set the server reads it in, or refused (`charsets`): at login (and the server is asked
 which one it took), in COM_CHANGE_USER (applied upstream), in every in-session switch, and when
-the server reports one it cannot read the session refuses requests until it is set back. Every
+the server reports one it cannot read the session refuses requests until it is set back. The
+same holds for a sql_mode that changes how the server lexes SQL (ANSI_QUOTES,
+NO_BACKSLASH_ESCAPES and the combination modes that include them; `charsets.sql_mode_effect`): a
+SET naming one is refused (1227, rule "sql-mode"), a value the text does not settle is checked
+with the server (`@@sql_mode`, asked with the character set: at login, after COM_RESET_CONNECTION
+and COM_CHANGE_USER, after every request that assigns sql_mode) and SERVER_STATUS_NO_BACKSLASH_
+ESCAPES is watched in every status; once the server holds such a mode every request is refused
+until a plain SET sql_mode puts a readable one back (a login to such a server is refused). Every
 request has its record on disk before it reaches the upstream (COM_INIT_DB is decided as the USE
 it amounts to, COM_RESET_CONNECTION recorded by the session); a request whose record cannot be
 written is refused (1227 `audit-unavailable`) and the session goes on; a response cut off (the
