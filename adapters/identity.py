@@ -148,43 +148,153 @@ def is_loopback(host: str) -> bool:
 
 # -- guards: the identity the gateway shows the database must not be rewritten by the client ----
 
-_PG_PREFILTER = re.compile(r"sqlward|set_config|application_name", re.IGNORECASE)
-_PG_SET = re.compile(r"\b(?:SET|RESET)\b[^;]*?\b(sqlward\s*\.|application_name\b)", re.IGNORECASE | re.DOTALL)
-_PG_SET_CONFIG = re.compile(r"set_config\s*\(", re.IGNORECASE)
-_PG_SET_CONFIG_LITERAL = re.compile(r"set_config\s*\(\s*'([A-Za-z0-9_.]*)'\s*,", re.IGNORECASE)
-_PG_SET_CONFIG_APP = re.compile(
-    r"set_config\s*\(\s*'application_name'\s*,\s*'([^']*)'\s*,", re.IGNORECASE
+_PG_PREFILTER = re.compile(
+    r"sqlward|set_config|application_name|role|authorization|pg_settings|execute|\\|u&|\"|\$", re.IGNORECASE
 )
-_MY_IDENTITY_WRITE = re.compile(
-    r"@\s*`?sqlward_identity`?\s*:?=|\bINTO\b[^;]*@\s*`?sqlward_identity", re.IGNORECASE | re.DOTALL
-)
+# Settings that say who the session is: the gateway's own and the role the upstream acts as.
+_PG_WHO = frozenset({"role", "session_authorization"})
 
 
-def pg_identity_write(sql: str) -> bool:
-    """True when a PostgreSQL statement would set `sqlward.*` or application_name in a way that
-    could impersonate someone: SET / RESET of them (quotes removed first, so `"sqlward".x` is
-    seen), and any set_config whose setting name is not a plain literal or names one of them.
-    Setting application_name to a value without "sqlward" in the statement stays allowed."""
-    if _PG_PREFILTER.search(sql) is None:
-        return False
-    plain = sql.replace('"', "")
-    m = _PG_SET.search(plain)
-    if m is not None and (m.group(1).lower().startswith("sqlward") or "sqlward" in plain.lower()):
-        return True
-    for call in _PG_SET_CONFIG.finditer(plain):
-        literal = _PG_SET_CONFIG_LITERAL.match(plain, call.start())
-        if literal is None:
+def _pg_set_target(stmt: list, k: int) -> tuple[str, list] | None:
+    """At a `SET` token (position k): the setting's name (dotted, decoded, lower-case) and the
+    value tokens, for SET [SESSION | LOCAL] name {= | TO} value and SET [SESSION | LOCAL] ROLE /
+    SESSION AUTHORIZATION (ALTER ROLE / DATABASE ... SET and a function's SET clause too)."""
+    from sqlward.adapters.postgres.reading import is_name
+
+    j = k + 1
+    if j < len(stmt) and is_name(stmt[j], "session", "local"):
+        if is_name(stmt[j], "session") and j + 1 < len(stmt) and is_name(stmt[j + 1], "authorization"):
+            return "session_authorization", stmt[j + 2 :]
+        j += 1
+    if j < len(stmt) and is_name(stmt[j], "session") and j + 1 < len(stmt) and is_name(stmt[j + 1], "authorization"):
+        return "session_authorization", stmt[j + 2 :]
+    parts = []
+    while j < len(stmt) and stmt[j].kind in ("word", "ident"):
+        parts.append(stmt[j].value.lower())
+        j += 1
+        if j < len(stmt) and stmt[j].kind == "op" and stmt[j].value == ".":
+            j += 1
+            continue
+        break
+    if not parts:
+        return None
+    name = ".".join(parts)
+    if name == "role" and not (j < len(stmt) and (stmt[j].value == "=" or is_name(stmt[j], "to"))):
+        return "role", stmt[j:]  # SET ROLE x
+    if j < len(stmt) and (stmt[j].value == "=" or is_name(stmt[j], "to")):
+        return name, stmt[j + 1 :]
+    return name, stmt[j:]
+
+
+def _shows_sqlward(text: str) -> bool:
+    """Would `text` read as a sqlward label (any case, width, invisible characters)?"""
+    return "sqlward" in canonical_name(text).replace(" ", "")
+
+
+def _pg_statement_writes_identity(stmt: list, depth: int, in_body: bool) -> bool:
+    from sqlward.adapters.postgres.reading import (
+        MAX_DEPTH, WRITES, dynamic_sql, has_body, set_config_names, statements, tokens,
+    )
+
+    for name, value in set_config_names(stmt):
+        if name is None:
             return True  # the setting's name is computed: cannot tell which one it is
-        name = literal.group(1).lower()
-        if name.startswith("sqlward."):
+        low = name.lower()
+        if low.startswith("sqlward") or low in _PG_WHO:
             return True
-        if name == "application_name":
-            value = _PG_SET_CONFIG_APP.match(plain, call.start())
-            if value is None or "sqlward" in value.group(1).lower():
-                return True  # a computed or impersonating application_name
+        if low == "application_name" and (value is None or _shows_sqlward(value)):
+            return True  # a computed or impersonating application_name
+    for k, t in enumerate(stmt):
+        if t.kind == "word" and t.value in ("set", "reset"):
+            target = _pg_set_target(stmt, k)
+            if target is None:
+                continue
+            name, value = target
+            if name.startswith("sqlward"):
+                return True
+            if t.value == "reset":
+                continue  # RESET ROLE / application_name: back to what the gateway set
+            if name in _PG_WHO:
+                return True
+            if name == "application_name" and any(
+                v.kind in ("word", "ident", "str") and _shows_sqlward(v.value) for v in value
+            ):
+                return True
+    words = {t.value.lower() for t in stmt if t.kind in ("word", "ident")}
+    if "pg_settings" in words and words & WRITES:
+        return True  # UPDATE pg_settings: the name it sets may be computed
+    body = in_body or has_body(stmt)
+    if body and dynamic_sql(stmt):
+        return True  # EXECUTE of a computed string in a DO block or function: cannot be read
+    if body:
+        # DO blocks and function bodies: any mention of the identity's settings, set_config or a
+        # role switch, in any spelling, is refused (their dynamic SQL cannot be read).
+        for t in stmt:
+            if t.kind in ("word", "ident", "str"):
+                low = canonical_name(t.value).replace(" ", "")
+                if "sqlward" in low or "application_name" in low or "set_config" in low:
+                    return True
+                if t.kind != "str" and low in ("role", "authorization") and any(
+                    u.kind == "word" and u.value == "set" for u in stmt
+                ):
+                    return True
+    if depth < MAX_DEPTH:
+        for t in stmt:
+            if t.kind == "str" and len(t.value) > 3 and (body or _PG_PREFILTER.search(t.value)):
+                for inner in statements(tokens(t.value)):
+                    if _pg_statement_writes_identity(inner, depth + 1, body):
+                        return True
     return False
 
 
+def pg_identity_write(sql: str) -> bool:
+    """True when a PostgreSQL statement would change who the session appears to be: SET / RESET
+    of `sqlward.*`, SET of application_name to a value reading "sqlward" (E'', U&'', $$ and
+    identifier quoting decoded, any case), SET ROLE / SET SESSION AUTHORIZATION (RESET is fine),
+    set_config of any of them or with a setting name that is not a literal, and DO blocks or
+    function bodies mentioning sqlward, application_name, set_config or a role switch. Names
+    and values are read from the server's tokens (`adapters.postgres.reading.tokens`), so no
+    quoting or escape hides them; string literals are read as SQL too (dynamic SQL)."""
+    if _PG_PREFILTER.search(sql) is None:
+        return False
+    from sqlward.adapters.postgres.reading import statements, tokens
+
+    return any(_pg_statement_writes_identity(stmt, 0, False) for stmt in statements(tokens(sql)))
+
+
+_MY_IDENTITY_WRITE = re.compile(
+    r"@\s*sqlward_identity\s*:?=|\bINTO\b[^;]*@\s*sqlward_identity", re.IGNORECASE | re.DOTALL
+)
+# A user variable: @name, @`name`, @'name', @"name" (MariaDB reads all four, names case-insensitive).
+_MY_VARIABLE = re.compile(
+    r"(?<!@)@(\s*)(`(?:[^`]|``)*`|'(?:[^'\\]|''|\\.)*'|\"(?:[^\"\\]|\"\"|\\.)*\")", re.DOTALL
+)
+_MY_ESCAPES = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a"}
+
+
+def _my_variable_names(quoted: str) -> set[str]:
+    """The names a quoted MySQL variable name may read as (with and without backslash escapes:
+    the sql_mode NO_BACKSLASH_ESCAPES decides), lower-cased."""
+    q, body = quoted[0], quoted[1:-1]
+    if q == "`":
+        return {body.replace("``", "`").lower()}
+    plain = body.replace(q * 2, q)
+    escaped = re.sub(r"\\(.)", lambda m: _MY_ESCAPES.get(m.group(1), m.group(1)), body.replace(q * 2, q), flags=re.DOTALL)
+    return {plain.lower(), escaped.lower()}
+
+
 def mysql_identity_write(sql: str) -> bool:
-    """True when a MySQL statement assigns the @sqlward_identity session variable."""
-    return "sqlward" in sql.lower() and _MY_IDENTITY_WRITE.search(sql) is not None
+    """True when a MySQL statement assigns the @sqlward_identity session variable, however its
+    name is quoted (@sqlward_identity, @`...`, @'...', @"...", any case): SET @v = / := and
+    SELECT ... INTO @v. Quoted names are rewritten to the bare name first."""
+    if "sqlward" not in sql.lower() and "@" not in sql:
+        return False
+
+    def bare(m: re.Match[str]) -> str:
+        names = _my_variable_names(m.group(2))
+        if any(n.strip() == "sqlward_identity" for n in names):
+            return "@sqlward_identity"
+        return "@_"
+
+    plain = _MY_VARIABLE.sub(bare, sql)
+    return "sqlward" in plain.lower() and _MY_IDENTITY_WRITE.search(plain) is not None

@@ -304,7 +304,7 @@ class Pipeline:
         names: _Names | None = None
         notes: list[str] = []  # offline only
         try:
-            decision = sql_reading(request) or tampering(request)
+            decision = tampering(request) or sql_reading(request)
             kill = kill_request(request) if decision is None else None
             if kill is not None:
                 decision = Decision(action="allow", rule_id=rule_ids.OWN_SESSION, facts=(f"kill={kill.connection_id}",))

@@ -309,7 +309,7 @@ def _after_arg(stmt: list[Token], k: int) -> int:
     return k
 
 
-_WRITES = frozenset({
+WRITES = frozenset({
     "set", "set_config", "alter", "update", "insert", "merge", "create", "do", "execute", "call",
     "copy", "rule", "replace", "perform", "delete", "upsert",
 })
@@ -377,7 +377,7 @@ def _check_statement(stmt: list[Token], depth: int, in_body: bool = False) -> st
     words = {t.value.lower() for t in stmt if t.kind in ("word", "ident")}
     if dynamic_sql(stmt, in_body):
         return "dynamic SQL (EXECUTE or query_to_xml of a computed string) that sqlward cannot read"
-    if "pg_settings" in words and words & _WRITES:
+    if "pg_settings" in words and words & WRITES:
         return "a write to pg_settings"
     mention = SCS in words
     if mention and not _plain_read_or_on(stmt, words):
@@ -406,7 +406,7 @@ def _plain_read_or_on(stmt: list[Token], words: set[str]) -> bool:
             value = stmt[k + 2 :]
             return len(value) == 1 and value[0].kind in ("word", "str", "num") and value[0].value.lower() in _ON
         return False
-    return not (words & _WRITES)
+    return not (words & WRITES)
 
 
 def reading_change(sql: str) -> str | None:
