@@ -288,9 +288,10 @@ def client_charset_effect(sql: str) -> CharsetEffect:
     try:
         statements = split_statements(tokenize(sql, "mysql"))
     except Unlexable:
-        # Nothing can be said of where its statements end: treat it as a switch the text does
-        # not settle (the session asks the server afterwards).
-        return CharsetEffect(unsettled=True)
+        # Nothing can be said of where its statements end: a switch the text does not settle,
+        # which something may follow (refused: `SET NAMES gbk; SELECT '...` is unterminated as
+        # the gateway reads it, and more statements as the server reads it in gbk).
+        return CharsetEffect(unsettled=True, after_switch=1)
     named: list[str] = []
     unsettled = False
     after = 0
@@ -448,7 +449,9 @@ def sql_mode_effect(sql: str) -> SqlModeEffect:
     try:
         statements = split_statements(tokenize(sql, "mysql"))
     except Unlexable:
-        return SqlModeEffect(unsettled=True)
+        # Nothing can be said of where its statements end: text that is unterminated as the
+        # gateway reads it can be more statements in the mode its first one sets (refused).
+        return SqlModeEffect(unsettled=True, embedded=True)
     named: list[str] = []
     unsettled = embedded = switched = False
     after = 0

@@ -130,3 +130,8 @@ def test_status_flag_no_backslash_escapes_fails_closed() -> None:
     assert s._mode_lost == ""
     s._server_status(0x0202)
     assert s._mode_lost == "NO_BACKSLASH_ESCAPES"
+
+
+def test_text_the_gateway_cannot_lex_is_refused() -> None:
+    effect = sql_mode_effect("SET sql_mode='NO_BACKSLASH_ESCAPES'; SELECT 'a\\'; DROP TABLE t; -- ")
+    assert effect.unsettled and effect.embedded

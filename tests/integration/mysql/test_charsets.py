@@ -321,3 +321,17 @@ def test_mariadb_cli_in_gbk_is_refused_and_set_names_gbk_too(cs_gw: GatewayProce
     assert res.returncode != 0 and "1115" in res.stderr and "'gbk'" in res.stderr, res.stderr
     res = _mariadb_cli(cs_gw, "--default-character-set=latin1", sql="select @@character_set_client")
     assert res.returncode == 0 and "latin1" in res.stdout, res
+
+
+def test_pymysql_switch_in_text_the_gateway_cannot_lex_is_refused(cs_gw: GatewayProcess, cafe: str) -> None:
+    """`SET NAMES gbk; SELECT '...` is unterminated as the gateway reads it; the server, reading the
+    rest in gbk, could see more statements: refused, and the session still reads utf8mb4."""
+    from pymysql.constants import CLIENT
+
+    with pymysql.connect(host=cs_gw.host, port=cs_gw.port, user="alice", password=SECRETS["alice"], database="app",
+                         charset="utf8mb4", ssl_disabled=True, autocommit=True,
+                         client_flag=CLIENT.MULTI_STATEMENTS) as c, c.cursor() as cur:
+        with pytest.raises(pymysql.err.MySQLError):
+            cur.execute("SET NAMES latin1; SELECT 'a\\'; SELECT 1; -- ")
+        cur.execute("SELECT @@character_set_client")
+        assert cur.fetchone()[0] == "utf8mb4"

@@ -264,3 +264,20 @@ def test_connector_prepared_set_fails_closed_and_change_user_returns_to_login(gw
         conn.close()
     assert _victim_exists(victim)
 
+
+
+@pytest.mark.parametrize("sql", [
+    f"SET sql_mode='NO_BACKSLASH_ESCAPES'; SELECT 'a\\'; DROP TABLE {VICTIM}; -- ",
+    f"SET sql_mode=@m; SELECT 'a\\'; DROP TABLE {VICTIM}; -- ",
+    f"SET sql_mode=CONCAT(@@sql_mode, ',ANSI_QUOTES'); SELECT \"a\\\"; DROP TABLE {VICTIM}; -- ",
+])
+def test_pymysql_switch_in_text_the_gateway_cannot_lex_is_refused(gw: GatewayProcess, victim: pymysql.Connection,
+                                                                   sql: str) -> None:
+    """Text the gateway's lexer cannot finish (an unterminated literal in the default reading) that
+    the server, in the new mode, reads as more statements."""
+    with _connect(gw) as c:
+        _run(c, "SET @m = 'NO_BACKSLASH_ESCAPES'")
+        with pytest.raises(pymysql.err.MySQLError):
+            _run(c, sql)
+        assert "NO_BACKSLASH_ESCAPES" not in _mode(c) and "ANSI_QUOTES" not in _mode(c)
+    assert _victim_exists(victim)
