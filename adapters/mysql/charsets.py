@@ -344,10 +344,12 @@ def client_charset_effect(sql: str) -> CharsetEffect:
 # mode; anything else (DEFAULT, a variable, a number, an expression such as
 # CONCAT(@@sql_mode, ...)) and dynamic SQL (EXECUTE) are `unsettled`: the session asks the server
 # for `@@sql_mode` after the request ran and fails closed when it holds a refused mode. An
-# unsettled switch followed by another statement, or inside a compound statement or SET
-# STATEMENT, is refused (the rest would be read in a mode the gateway does not know). The session
-# also asks the server at login, after COM_RESET_CONNECTION / COM_CHANGE_USER and after every
-# request that assigns sql_mode, and watches SERVER_STATUS_NO_BACKSLASH_ESCAPES in every status.
+# unsettled switch followed by another statement, inside a compound statement or SET STATEMENT
+# (the rest would be read in a mode the gateway does not know), or of the GLOBAL / PERSIST
+# default (every new upstream session would start in it), is refused; so is text the gateway
+# cannot lex that mentions sql_mode. The session also asks the server at login, after
+# COM_RESET_CONNECTION / COM_CHANGE_USER and after every request that assigns sql_mode, and
+# watches SERVER_STATUS_NO_BACKSLASH_ESCAPES in every status.
 
 # Modes that change how the server lexes SQL text, and the combination modes that include one.
 REFUSED_SQL_MODES = frozenset({
@@ -405,12 +407,17 @@ NO_MODE_EFFECT = SqlModeEffect()
 _COLUMN_SETS = frozenset({"UPDATE", "INSERT", "REPLACE", "LOAD"})
 
 
-def _sql_mode_assignment(item: list[Token]) -> tuple[str | None, bool] | None:
-    """None: not an assignment to sql_mode; else (value, settled)."""
+_GLOBAL_SCOPES = frozenset({"GLOBAL", "PERSIST", "PERSIST_ONLY"})
+
+
+def _sql_mode_assignment(item: list[Token]) -> tuple[str | None, bool, bool] | None:
+    """None: not an assignment to sql_mode; else (value, settled, global scope)."""
     words = [_word(t) for t in item]
     k = 0
+    scope_global = False
     while k < len(item):
         if words[k] in _SCOPES:
+            scope_global = scope_global or words[k] in _GLOBAL_SCOPES
             k += 1
         elif item[k].text == "@" and k + 1 < len(item) and item[k + 1].text == "@":
             k += 2
@@ -424,21 +431,21 @@ def _sql_mode_assignment(item: list[Token]) -> tuple[str | None, bool] | None:
     if j < len(item) and item[j].text == ":":
         j += 1
     if j >= len(item) or item[j].text != "=":
-        return None, False
+        return None, False, scope_global
     values = item[j + 1 :]
     if len(values) != 1:  # an expression, adjacent literals, an introducer: not settled
-        return None, False
+        return None, False, scope_global
     tok = values[0]
     if tok.kind == "str":
         text = tok.text
         if text[:1] in ("'", '"') and len(text) >= 2 and "\\" not in text:
-            return text[1:-1].replace(text[0] * 2, text[0]), True
-        return None, False
+            return text[1:-1].replace(text[0] * 2, text[0]), True, scope_global
+        return None, False, scope_global
     if tok.kind == "word" and not tok.text.isdigit() and tok.text.upper() != "DEFAULT":
-        return tok.text, True
+        return tok.text, True, scope_global
     if tok.kind == "qid":
-        return tok.text[1:-1].replace("``", "`"), True
-    return None, False
+        return tok.text[1:-1].replace("``", "`"), True, scope_global
+    return None, False, scope_global
 
 
 def sql_mode_effect(sql: str) -> SqlModeEffect:
@@ -475,13 +482,15 @@ def sql_mode_effect(sql: str) -> SqlModeEffect:
                     effect = _sql_mode_assignment(item)
                     if effect is None:
                         continue
-                    value, settled = effect
+                    value, settled, scope_global = effect
                     switched = True
                     if value is not None:
                         named.append(value)
                     if not settled:
                         unsettled = True
-                        if k != 0 or statement_form:
+                        # (a global default the text does not settle would reach every new
+                        # upstream session, the gateway's own side connections included)
+                        if k != 0 or statement_form or scope_global:
                             embedded = True
     if not named and not unsettled:
         return NO_MODE_EFFECT

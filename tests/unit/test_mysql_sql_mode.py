@@ -62,6 +62,8 @@ def test_values_the_text_does_not_settle(sql: str) -> None:
     ("SET sql_mode = DEFAULT; DROP TABLE t", 2, False),
     ("SET STATEMENT sql_mode = @m FOR SELECT 1", 0, True),
     ("BEGIN NOT ATOMIC SET sql_mode = @m; PREPARE s FROM @q; EXECUTE s; END", 2, True),
+    ("SET GLOBAL sql_mode = @m", 0, True),
+    ("SET @@global.sql_mode = DEFAULT", 0, True),
 ])
 def test_unsettled_switch_with_more(sql: str, after: int, embedded: bool) -> None:
     effect = sql_mode_effect(sql)
