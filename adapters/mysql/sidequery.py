@@ -37,12 +37,14 @@ transaction, so `read_only=True` (SET SESSION TRANSACTION READ ONLY) is opt-in.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from sqlward.adapters.base import Target
 from sqlward.adapters.mysql import messages, upstream
+from sqlward.adapters.mysql.charsets import REFUSED_SQL_MODES, lexing_sql_mode
 from sqlward.adapters.mysql.constants import Capability, Charset, ServerStatus, SetOption
 from sqlward.adapters.mysql.errors import (
     CR_MALFORMED_PACKET,
@@ -397,13 +399,31 @@ async def open_side_connection(
     except upstream.UpstreamError as exc:
         raise SideQueryError(str(exc), exc.sqlstate, exc.errno) from exc
     side = SideConnection(target, conn, db)
-    if read_only:
-        try:
+    try:
+        await _readable_sql_mode(side, target)
+        if read_only:
             await side.query("SET SESSION TRANSACTION READ ONLY", timeout=target.connect_timeout)
-        except BaseException:
-            await side.aclose()
-            raise
+    except BaseException:
+        await side.aclose()
+        raise
     return side
+
+
+async def _readable_sql_mode(side: SideConnection, target: Target) -> None:
+    """Side connections read client SQL (EXPLAIN <statement>) as the gateway reads it: when the
+    server's default sql_mode holds ANSI_QUOTES or NO_BACKSLASH_ESCAPES (`charsets`), this session
+    takes the same mode without them and without the combination modes that include them."""
+    results = await side.query("SELECT @@SESSION.sql_mode", timeout=target.connect_timeout)
+    value = (results[0].rows[0][0] if results and results[0].rows else None) or ""
+    if lexing_sql_mode(value) is None:
+        return
+    keep = [p.strip().upper() for p in value.split(",")]
+    keep = [p for p in keep if p and p not in REFUSED_SQL_MODES and re.fullmatch(r"[A-Z0-9_]+", p)]
+    await side.query("SET SESSION sql_mode = '" + ",".join(keep) + "'", timeout=target.connect_timeout)
+    results = await side.query("SELECT @@SESSION.sql_mode", timeout=target.connect_timeout)
+    value = (results[0].rows[0][0] if results and results[0].rows else None) or ""
+    if lexing_sql_mode(value) is not None:
+        raise SideQueryError(f"the side connection's sql_mode still holds {lexing_sql_mode(value)}", SQLSTATE_GENERAL)
 
 
 class SidePool(SidePoolBase[SideConnection]):

@@ -281,3 +281,28 @@ def test_pymysql_switch_in_text_the_gateway_cannot_lex_is_refused(gw: GatewayPro
             _run(c, sql)
         assert "NO_BACKSLASH_ESCAPES" not in _mode(c) and "ANSI_QUOTES" not in _mode(c)
     assert _victim_exists(victim)
+
+
+def test_side_connections_to_such_a_server_read_sql_as_the_gateway(nbe_mariadb: PrivateMariaDB) -> None:
+    """EXPLAIN estimates and the catalogue read client SQL on side connections: they take the
+    server's default mode without the flags that change how SQL is read."""
+    import trio
+
+    from sqlward.adapters.base import Target, UpstreamTLS
+    from sqlward.adapters.mysql import sidequery
+    from sqlward.policy.model import TargetInfo
+
+    m = nbe_mariadb
+    target = Target(info=TargetInfo(name="nbe", protocol="mysql", environment="test"), host=m.host, port=m.port,
+                    user="native_user", password=m.passwords["native_user"], database=m.dbname,
+                    tls=UpstreamTLS(mode="require"))
+
+    async def main() -> str:
+        side = await sidequery.open_side_connection(target)
+        try:
+            return (await side.query("SELECT @@sql_mode", timeout=10))[0].rows[0][0] or ""
+        finally:
+            await side.aclose()
+
+    mode = trio.run(main)
+    assert "NO_BACKSLASH_ESCAPES" not in mode and "STRICT_TRANS_TABLES" in mode
