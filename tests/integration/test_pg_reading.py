@@ -6,6 +6,9 @@
 - A database default of standard_conforming_strings = off refuses the login (FATAL); a switch
   the text check cannot see (a function of the database's own) refuses every later request
   until it is set back on.
+- Identity tampering (item 3) in a development target: application_name in E'' / U&'' / $$
+  spellings, U&"..." setting names, dynamic SQL in a DO block, SET ROLE / SESSION
+  AUTHORIZATION / set_config('role'); MySQL @'...' / @"..." / @`...` variable names.
 - Every client encoding of `encodings.py` decodes ASCII bytes (alone and after a lead byte) as
   the server's convert_from does; SHIFT_JIS_2004 + backslash_quote no longer smuggles a DROP.
 """
@@ -32,6 +35,8 @@ PAYLOAD = b"SELECT 'a\\' , ' ; DROP TABLE pgr12_victim; SELECT 1; -- '"
 def db() -> Iterator[str]:
     with scratch_database(DB) as name:
         yield name
+    with psycopg.connect(_admin_dsn(), autocommit=True) as c:
+        c.execute("DROP ROLE IF EXISTS pgr12_other")
 
 
 @pytest.fixture
@@ -77,7 +82,9 @@ def test_scs_off_is_refused_in_development(gw: GatewayProcess, direct: psycopg.C
     with psycopg.connect(gw.dsn("alice", SECRETS["alice"]), autocommit=True) as c:
         pg = c.pgconn
         status, error = _run(pg, setting)
-        assert status == "FATAL_ERROR" and "sql-reading" in error, (status, error)
+        # pg_settings writes and computed SQL in DO blocks may also rewrite the identity: either
+        # built-in rule refuses them.
+        assert status == "FATAL_ERROR" and ("sql-reading" in error or "identity-tampering" in error), (status, error)
         _run(pg, PAYLOAD)
         assert c.execute("SHOW standard_conforming_strings").fetchone()[0] == "on"
     assert _victim_exists(direct)
@@ -161,3 +168,69 @@ def test_shift_jis_2004_backslash_smuggle(gw: GatewayProcess, direct: psycopg.Co
         status, error = _run(pg, b"SELECT E'a\\' , ' ; DROP TABLE pgr12_victim; SELECT 1; -- '")
         assert status == "FATAL_ERROR" and "pgr12-no-drop" in error, (status, error)
     assert _victim_exists(direct)
+
+
+# -- item 3: identity tampering through the real gateway, in a development target ---------------
+
+IDENTITY_SQL = b"SELECT current_setting('sqlward.identity'), current_setting('application_name'), current_user"
+
+
+@pytest.mark.parametrize("attempt", [
+    b"SET application_name = E'\\x73qlward:bob'",
+    b"SET application_name = U&'\\0073qlward:bob'",
+    b"SET application_name = $$SQLWARD:bob$$",
+    b"SET U&\"\\0073qlward\".identity = 'bob'",
+    b"DO $$BEGIN EXECUTE 'SET sqlw'||'ard.identity = ''bob'''; END$$",
+    b"SET ROLE pgr12_other",
+    b"SET SESSION AUTHORIZATION pgr12_other",
+    b"SELECT set_config('role', 'pgr12_other', false)",
+])
+def test_pg_identity_tampering_refused(gw: GatewayProcess, direct: psycopg.Connection, attempt: bytes) -> None:
+    direct.execute("DO $$BEGIN CREATE ROLE pgr12_other; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    with psycopg.connect(gw.dsn("alice", SECRETS["alice"]), autocommit=True) as c:
+        before = c.execute(IDENTITY_SQL).fetchone()
+        status, error = _run(c.pgconn, attempt)
+        assert status == "FATAL_ERROR" and "identity-tampering" in error, (status, error)
+        assert c.execute(IDENTITY_SQL).fetchone() == before
+        assert c.execute("RESET ROLE").statusmessage == "RESET"
+
+
+MY_DB = "pgr12_my"
+
+
+@pytest.fixture(scope="module")
+def my_gw() -> Iterator[GatewayProcess]:
+    pymysql = pytest.importorskip("pymysql")
+    root = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+    root.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {MY_DB}")
+    try:
+        my_target = target("app", f"mysql://root@127.0.0.1:3306/{MY_DB}?sslmode=disable", "development", protocol="mysql")
+        with GatewayProcess(targets=[my_target], listener={"protocol": "mysql", "default_target": "app"}, name="pgr12-my") as g:
+            yield g
+    finally:
+        root.cursor().execute(f"DROP DATABASE IF EXISTS {MY_DB}")
+        root.close()
+
+
+@pytest.mark.parametrize("attempt", [
+    "SET @'sqlward_identity' = 'bob'",
+    'SET @"sqlward_identity" = \'bob\'',
+    "SET @`SQLWARD_IDENTITY` = 'bob'",
+    "SELECT 'bob' INTO @'sqlward_identity'",
+    'SELECT \'bob\' INTO @"sqlward_identity"',
+    "SELECT 'bob' INTO @`sqlward_identity`",
+])
+def test_mysql_identity_tampering_refused(my_gw: GatewayProcess, attempt: str) -> None:
+    import pymysql
+
+    c = pymysql.connect(host=my_gw.host, port=my_gw.port, user="alice", password=SECRETS["alice"], database="app", autocommit=True)
+    try:
+        cur = c.cursor()
+        cur.execute("SELECT @sqlward_identity")
+        before = cur.fetchall()
+        with pytest.raises(pymysql.MySQLError, match="identity-tampering"):
+            cur.execute(attempt)
+        cur.execute("SELECT @sqlward_identity")
+        assert cur.fetchall() == before
+    finally:
+        c.close()
