@@ -368,21 +368,21 @@ CORPUS: list[Any] = [
     Case(PG, "SELECT pg_size_pretty(1)", A, "reads"),
     Case(MY, "SELECT LENGTH('/etc/passwd')", A, "reads"),
     # ---------------------------------------------------------------- identity escalation
-    Case(PG, "SET ROLE admin", D, "identity-escalation"),
-    Case(PG, "set role admin", D, "identity-escalation"),
-    Case(PG, "SET LOCAL ROLE admin", D, "identity-escalation"),
-    Case(PG, "SET SESSION ROLE admin", D, "identity-escalation"),
-    Case(PG, "SET SESSION AUTHORIZATION bob", D, "identity-escalation"),
-    Case(PG, "set session authorization default", D, "identity-escalation"),
-    Case(PG, "SET/**/ROLE admin", D, "identity-escalation"),
+    Case(PG, "SET ROLE admin", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "set role admin", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SET LOCAL ROLE admin", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SET SESSION ROLE admin", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SET SESSION AUTHORIZATION bob", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "set session authorization default", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SET/**/ROLE admin", D, "identity-tampering"),  # built-in, before the guardrail
     Case(PG, "RESET ROLE", D, "identity-escalation"),
-    Case(PG, "SELECT set_config('role', 'admin', false)", D, "identity-escalation"),
-    Case(PG, "SELECT 1; SET ROLE admin", D, "identity-escalation"),
-    Case(PG, "SET role = 'admin'", D, "identity-escalation"),
-    Case(PG, "SET SESSION role TO admin", D, "identity-escalation"),
-    Case(PG, "SELECT pg_catalog.set_config('role', 'admin', false)", D, "identity-escalation"),
-    Case(PG, "SET session_authorization = 'bob'", D, "identity-escalation"),
-    Case(PG, "SET session_authorization TO bob", D, "identity-escalation"),
+    Case(PG, "SELECT set_config('role', 'admin', false)", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SELECT 1; SET ROLE admin", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SET role = 'admin'", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SET SESSION role TO admin", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SELECT pg_catalog.set_config('role', 'admin', false)", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SET session_authorization = 'bob'", D, "identity-tampering"),  # built-in, before the guardrail
+    Case(PG, "SET session_authorization TO bob", D, "identity-tampering"),  # built-in, before the guardrail
     Case(MY, "SET ROLE admin", D, "identity-escalation"),
     Case(MY, "SET ROLE ALL", D, "identity-escalation"),
     Case(MY, "/*! SET ROLE admin */", D, "identity-escalation"),
