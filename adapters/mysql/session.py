@@ -733,8 +733,13 @@ class MysqlSession(GovernedSession):
             return False
         sql = payload[1:].decode("ascii")
         effect = sql_mode_effect(sql)
+        charset = client_charset_effect(sql)
+        # (it may also put back a readable character set: SET NAMES utf8mb4, sql_mode = '...')
+        charset_ok = not charset.switches or (
+            bool(charset.named) and not charset.unsettled and not charset.after_switch and charset.refused() is None
+        )
         return (bool(effect.named) and not effect.unsettled and not effect.after_switch and effect.refused() is None
-                and not client_charset_effect(sql).switches)
+                and charset_ok)
 
     async def _refuse_unreadable(self, payload: bytes, *, mode: bool = False) -> None:
         """A request while the server reads a character set (or, `mode`, a sql_mode) the gateway

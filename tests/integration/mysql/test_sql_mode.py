@@ -306,3 +306,16 @@ def test_side_connections_to_such_a_server_read_sql_as_the_gateway(nbe_mariadb: 
 
     mode = trio.run(main)
     assert "NO_BACKSLASH_ESCAPES" not in mode and "STRICT_TRANS_TABLES" in mode
+
+
+def test_pymysql_lost_mode_and_charset_are_put_back_in_one_set(gw: GatewayProcess, victim: pymysql.Connection) -> None:
+    with _connect(gw) as c:
+        _run(c, "SET @cs = 'gbk'")
+        # both settled only by the server, asked after: it reads gbk and ANSI_QUOTES
+        _run(c, "SET character_set_client = @cs, sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')")
+        for sql in ("SELECT 1", "SET sql_mode = 'STRICT_TRANS_TABLES'"):  # the character set is still unreadable
+            with pytest.raises(pymysql.err.MySQLError) as ei:
+                _run(c, sql)
+            assert ei.value.args[0] == 1115 and "'gbk'" in ei.value.args[1], ei.value
+        _run(c, "SET NAMES utf8mb4, sql_mode = 'STRICT_TRANS_TABLES'")
+        assert _run(c, "SELECT @@sql_mode, @@character_set_client")[0] == (("STRICT_TRANS_TABLES", "utf8mb4"),)
