@@ -31,7 +31,7 @@ INTERNAL_ERROR: Final = "internal-error"  # analysis or policy raised: fail clos
 AUDIT_UNAVAILABLE: Final = "audit-unavailable"  # the decision could not be recorded: fail closed
 SEARCH_PATH_UNKNOWN: Final = "search-path-unknown"  # PostgreSQL: where a bare name resolves is unknown
 CLIENT_CHARSET: Final = "client-charset"  # MySQL: the server reads a charset the analysis cannot
-SQL_READING: Final = "sql-reading"  # PostgreSQL: would change how the server reads SQL text
+SQL_READING: Final = "sql-reading"  # a setting that changes how the server reads SQL text (PG standard_conforming_strings, MySQL sql_mode)
 
 # -- connection level (not a statement rule) --------------------------------------------------
 ACCESS: Final = "access"  # [[access]] does not let the identity reach the target

@@ -47,6 +47,7 @@ from sqlward.adapters.mysql.constants import (
 )
 from sqlward.adapters.mysql.packets import PacketTooLarge, ProtocolViolation
 from sqlward.adapters.session_common import SessionEnd, TokenExpired, refusal_message
+from sqlward.policy import rule_ids
 from sqlward.policy.model import Decision
 
 __all__ = [
@@ -306,8 +307,8 @@ class CharsetSwitchNotLast(GatewayError):
         )
 
 
-# The rule a refused sql_mode is recorded under (rule "sql-mode"; see `charsets` on sql_mode).
-SQL_MODE_RULE = "sql-mode"
+# The rule a refused sql_mode is recorded under (rule "sql-reading"; see `charsets` on sql_mode).
+SQL_MODE_RULE = rule_ids.SQL_READING  # one rule for every setting that changes how SQL text is read
 _SQL_MODE_ADVICE = (
     "use a sql_mode without ANSI_QUOTES and NO_BACKSLASH_ESCAPES (nor ANSI, ORACLE, MSSQL, DB2, POSTGRESQL, "
     "MAXDB, which include ANSI_QUOTES), e.g. SET sql_mode = 'STRICT_TRANS_TABLES'"
@@ -319,7 +320,7 @@ class SqlModeRefused(GatewayError):
     that names it is refused (the session goes on); when the server holds it (at login: the
     connection is refused; after a switch the text did not settle, or reported by
     SERVER_STATUS_NO_BACKSLASH_ESCAPES) every request is refused until it is set back.
-    ER_REFUSED 1227 / 42000 naming the rule `sql-mode`."""
+    ER_REFUSED 1227 / 42000 naming the rule `sql-reading`."""
 
     errno, sqlstate = ER_REFUSED, SQLSTATE_REFUSED
 

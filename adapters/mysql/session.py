@@ -69,7 +69,7 @@ which one it took), in COM_CHANGE_USER (applied upstream), in every in-session s
 the server reports one it cannot read the session refuses requests until it is set back. The
 same holds for a sql_mode that changes how the server lexes SQL (ANSI_QUOTES,
 NO_BACKSLASH_ESCAPES and the combination modes that include them; `charsets.sql_mode_effect`): a
-SET naming one is refused (1227, rule "sql-mode"), a value the text does not settle is checked
+SET naming one is refused (1227, rule "sql-reading"), a value the text does not settle is checked
 with the server (`@@sql_mode`, asked with the character set: at login, after COM_RESET_CONNECTION
 and COM_CHANGE_USER, after every request that assigns sql_mode) and SERVER_STATUS_NO_BACKSLASH_
 ESCAPES is watched in every status; once the server holds such a mode every request is refused

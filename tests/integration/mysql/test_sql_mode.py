@@ -1,4 +1,4 @@
-"""sql_mode that changes how the server reads SQL text is refused (rule "sql-mode").
+"""sql_mode that changes how the server reads SQL text is refused (rule "sql-reading").
 
 NO_BACKSLASH_ESCAPES and ANSI_QUOTES (and ANSI, ORACLE, MSSQL, DB2, POSTGRESQL, MAXDB, which set
 ANSI_QUOTES on MariaDB 10.11) make the server lex SQL unlike the gateway's analysis: after one
@@ -25,7 +25,7 @@ from tests.integration.mysql.conftest import (
 from tests.support.gateway import SECRETS, GatewayProcess
 from tests.support.mariadb import PrivateMariaDB
 
-RULE = "sql-mode"
+RULE = "sql-reading"
 VICTIM = "mys12_victim"
 SECRET = "mys12_secret"
 RULES = [{"id": "mys12-no-secret", "tables": [f"{IT_DB}.{SECRET}"], "action": "deny"}]
