@@ -435,3 +435,31 @@ def restores(sql: str, *, scs: bool = True) -> bool:
     or switching client_encoding (read the same in any encoding and either setting: plain ASCII
     letters, no backslash)."""
     return (_RESTORES_SCS if scs else _RESTORES_ENCODING).fullmatch(sql) is not None
+
+
+_ENCODING_HINT = re.compile(
+    r"encoding|names|reset|discard|rollback|abort|commit|end|prepare|\\|u&|\"|\$", re.IGNORECASE
+)
+_TX_END = frozenset({"rollback", "abort", "commit", "end", "prepare"})
+
+
+def may_switch_encoding(sql: str, touched: bool = False) -> bool:
+    """Could running this request change the session's client_encoding (so that text sent after
+    it is read by the server in another encoding)? SET / RESET / set_config of client_encoding
+    in any spelling, SET NAMES, RESET ALL, DISCARD; once the session has switched encodings
+    (`touched`), the end of a transaction too (it may undo a SET [LOCAL] client_encoding)."""
+    if _ENCODING_HINT.search(sql) is None:
+        return False
+    toks = tokens(sql)
+    for k, t in enumerate(toks):
+        if t.kind in ("word", "ident", "str") and "client_encoding" in t.value.lower():
+            return True
+        if t.kind != "word":
+            continue
+        if t.value == "names" and k > 0 and toks[k - 1].kind == "word" and toks[k - 1].value in ("set", "session", "local"):
+            return True
+        if t.value == "discard" or (t.value == "all" and k > 0 and toks[k - 1].value == "reset"):
+            return True
+        if touched and t.value in _TX_END:
+            return True
+    return False

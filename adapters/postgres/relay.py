@@ -81,6 +81,7 @@ from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
 from sqlward.adapters.postgres import codec, errors
 from sqlward.adapters.postgres.codec import Backend, Frontend
 from sqlward.adapters.postgres.encodings import decoder_for, problem as encoding_problem
+from sqlward.adapters.postgres.reading import may_switch_encoding
 from sqlward.adapters.postgres.errors import MessageTooLarge, ProtocolViolation
 from sqlward.adapters.postgres.rowmask import RowMasker, kind_for_oid
 from sqlward.adapters.postgres.searchpath import PROBE_SQL, PathTracker
@@ -256,6 +257,7 @@ class RelayState:
     __slots__ = (
         "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
         "clock", "policy_version", "path", "unsynced", "copy_in", "copy_expected", "bad_encoding", "bad_scs",
+        "encoding_wait", "encoding_touched",
     )
 
     def __init__(
@@ -274,6 +276,11 @@ class RelayState:
         # either is set the driver refuses every request but the one that switches it back.
         self.bad_encoding: str | None = encoding_problem(client_encoding)
         self.bad_scs: str | None = None
+        # A forwarded request may switch client_encoding: text sent before the server answered
+        # it (ReadyForQuery number `encoding_wait`) would be read here in the old encoding, so
+        # the driver refuses Query / Parse messages until then (`encoding_unsure`).
+        self.encoding_wait = 0
+        self.encoding_touched = False  # the session has switched encodings through SQL
         self.tx_status = tx_status
         self.clock = clock
         self.policy_version = policy_version
@@ -289,6 +296,17 @@ class RelayState:
         # CopyFail when neither holds are a protocol violation.
         self.copy_in = False
         self.copy_expected = False
+
+    @property
+    def encoding_unsure(self) -> bool:
+        return self.encoding_wait > self.syncs_done
+
+    def _may_switch(self, sql: str, wait: int) -> bool:
+        if may_switch_encoding(sql, self.encoding_touched):
+            self.encoding_wait = max(self.encoding_wait, wait)
+            self.encoding_touched = True
+            return True
+        return False
 
     @property
     def unreadable(self) -> str | None:
@@ -349,6 +367,13 @@ class ClientSide:
         # Statements and portals whose SQL may be a COPY FROM STDIN (see `_MAY_COPY`).
         self._copy_statements: set[bytes] = set()
         self._copy_portals: set[bytes] = set()
+        # Statements whose runs may switch client_encoding (`RelayState.encoding_wait`).
+        self._enc_statements: set[bytes] = set()
+
+    @property
+    def asking_text(self) -> bool:
+        """The request waiting for its verdict is new SQL text (Query or Parse)."""
+        return self._asking is not None and self._asking[0] in (_ASK_QUERY, _ASK_PARSE)
 
     @property
     def buffered(self) -> int:
@@ -409,6 +434,8 @@ class ClientSide:
                     self._copy_portals.add(portal)
                 elif self._copy_portals:
                     self._copy_portals.discard(portal)
+                if self._enc_statements and stmt in self._enc_statements:
+                    self._st._may_switch("SET client_encoding", self._st.syncs_sent + 1)
                 changes = self._stmt_paths.get(stmt) if self._stmt_paths else None
                 if changes is not None:
                     self._st.path.forwarded(changes)
@@ -532,6 +559,8 @@ class ClientSide:
                 self._replace(pos, end, codec.encode_frontend(codec.Query(marker)))
                 st.pending.append(Pending("query", rid, audit=False))
             st.syncs_sent += 1  # a Query ends with its own ReadyForQuery, as a Sync does
+            if allowed:
+                st._may_switch(st.decode_sql(bytes(self._buf[pos + 5 : end - 1])), st.syncs_sent)
         elif what == _ASK_PARSE:
             assert isinstance(detail, tuple)
             name, sql, version = detail
@@ -545,6 +574,10 @@ class ClientSide:
                 # A Bind in another epoch decides again: named statements outlive a pipeline, and
                 # the unnamed one is re-planned by the server under a path moved since its Parse.
                 self._prepared_sql[name] = (sql, version)
+                if st._may_switch(sql, st.syncs_sent + 1):
+                    self._enc_statements.add(name)
+                elif self._enc_statements:
+                    self._enc_statements.discard(name)
                 if verdict.search_path is not None:
                     # It changes the path each time it runs (at its Binds).
                     self._stmt_paths[name] = verdict.search_path

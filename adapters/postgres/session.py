@@ -101,6 +101,10 @@ AUTH_TIMEOUT = 60.0
 # a cleartext password carries an OIDC access token.
 SASL_MESSAGE_MAX = 16 << 10
 TOKEN_MESSAGE_MAX = 256 << 10
+_ENCODING_UNSURE = (
+    "statement sent before the server answered a request that may change client_encoding: sqlward "
+    "cannot tell which encoding the server reads it in; wait for that answer, then send it again"
+)
 PROBE_TIMEOUT = 30.0  # the server's answer to the gateway's own search_path query
 
 
@@ -618,6 +622,11 @@ class PostgresSession(GovernedSession):
                     # strings off, a client_encoding it cannot read): nothing is judged on a
                     # misreading; only the statement switching back goes through.
                     request = side.fail(errors.error_response(errors.FEATURE_NOT_SUPPORTED, unreadable))
+                    continue
+                if state.encoding_unsure and side.asking_text:
+                    # Sent behind a request that may switch client_encoding, before the server
+                    # answered it: the server may read these bytes in another encoding.
+                    request = side.fail(errors.error_response(errors.FEATURE_NOT_SUPPORTED, _ENCODING_UNSURE))
                     continue
                 # Each request's record (decision, or run of a prepared statement) is on disk
                 # before anything of the chunk goes upstream; one that cannot be written is

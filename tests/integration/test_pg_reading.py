@@ -234,3 +234,22 @@ def test_mysql_identity_tampering_refused(my_gw: GatewayProcess, attempt: str) -
         assert cur.fetchall() == before
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("encoding", ["GBK", "SJIS", "BIG5", "SHIFT_JIS_2004"])
+def test_client_encoding_switch_pipelined_with_payload(gw: GatewayProcess, direct: psycopg.Connection, encoding: str) -> None:
+    """SET client_encoding and a payload sent in one write: the payload is not read in the old
+    encoding (a lead byte before a backslash would hide the end of an E'' literal)."""
+    from tests.support import pgwire
+
+    lead = b"\xbf" if encoding in ("GBK", "BIG5") else b"\x83"
+    payload = b"SELECT E'a" + lead + b"\\' ; DROP TABLE pgr12_victim; SELECT 1; --'"
+    with pgwire.RawConn.connect(gw.host, gw.port) as conn:
+        conn.send(pgwire.startup_message({"user": "alice", "database": "app"}))
+        conn.authenticate("alice", SECRETS["alice"])
+        conn.send(pgwire.query("SET backslash_quote = on"))
+        conn.read_until("Z")
+        conn.send(pgwire.query(f"SET client_encoding = '{encoding}'") + pgwire.msg(b"Q", payload + b"\0"))
+        conn.read_until("Z")
+        conn.read_until("Z")
+    assert _victim_exists(direct)
