@@ -59,6 +59,13 @@ SQL may start one (clients such as asyncpg send their data without waiting for t
 the client's CopyDone / CopyFail; elsewhere they are a `ProtocolViolation`. CopyData obeys
 `max_message_size` like any message (refused from its header, never buffered whole).
 
+**How the server reads text.** `RelayState.decode_sql` follows ParameterStatus client_encoding;
+`bad_encoding` / `bad_scs` say the server reads text in a way the gateway cannot (an unknown
+client_encoding, standard_conforming_strings off), and the driver then refuses every request but
+the one switching back (`reading.restores`). A forwarded request that may switch client_encoding
+(`reading.may_switch_encoding`) sets `encoding_wait`: until the server has answered it, Query and
+Parse messages behind it are refused by the driver (they would be read in the old encoding).
+
 **Audit failure.** `ClientSide.fail(error)` refuses the request asked about last with an
 ErrorResponse of the driver's (its record could not be written), exactly as a refusal is.
 `UpstreamSide.abandon` completes the requests still waiting when the session ends.

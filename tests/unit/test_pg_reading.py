@@ -95,3 +95,22 @@ def test_shift_jis_2004_reads_backslash_and_tilde() -> None:
 def test_unknown_encoding_is_a_problem() -> None:
     assert problem("NOT_AN_ENCODING") is not None
     assert problem("UTF8") is None and problem("SJIS") is None
+
+
+@pytest.mark.parametrize("sql", [
+    "SET client_encoding = 'GBK'", "SET NAMES 'SJIS'", 'SET "CLIENT_ENCODING" TO big5',
+    "SET U&\"client\\005fencoding\" = gbk", "SELECT set_config('client_encoding', 'GBK', false)",
+    "RESET client_encoding", "RESET ALL", "DISCARD ALL", "SELECT 1; SET client_encoding = 'GBK'",
+])
+def test_may_switch_encoding(sql: str) -> None:
+    from sqlward.adapters.postgres.reading import may_switch_encoding
+
+    assert may_switch_encoding(sql)
+
+
+def test_transaction_end_may_switch_back_once_switched() -> None:
+    from sqlward.adapters.postgres.reading import may_switch_encoding
+
+    assert not may_switch_encoding("COMMIT")
+    assert may_switch_encoding("ROLLBACK", touched=True)
+    assert not may_switch_encoding("SELECT 'names'")
