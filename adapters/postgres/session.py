@@ -105,6 +105,11 @@ _ENCODING_UNSURE = (
     "statement sent before the server answered a request that may change client_encoding: sqlward "
     "cannot tell which encoding the server reads it in; wait for that answer, then send it again"
 )
+_BACKSLASH_UNSURE = (
+    "statement with a backslash sent before the server answered the previous request: sqlward "
+    "cannot tell how the server reads it (standard_conforming_strings may have changed); wait for "
+    "that answer, then send it again"
+)
 PROBE_TIMEOUT = 30.0  # the server's answer to the gateway's own search_path query
 
 
@@ -622,6 +627,13 @@ class PostgresSession(GovernedSession):
                     # strings off, a client_encoding it cannot read): nothing is judged on a
                     # misreading; only the statement switching back goes through.
                     request = side.fail(errors.error_response(errors.FEATURE_NOT_SUPPORTED, unreadable))
+                    continue
+                if state.pending and side.asking_text and "\\" in request.sql:
+                    # A backslash in text sent behind an unanswered request: were that request
+                    # to switch standard_conforming_strings off in a way the text check cannot
+                    # see (a function of the database's own), the server would read this text
+                    # differently; its ParameterStatus comes too late for it.
+                    request = side.fail(errors.error_response(errors.FEATURE_NOT_SUPPORTED, _BACKSLASH_UNSURE))
                     continue
                 if state.encoding_unsure and side.asking_text:
                     # Sent behind a request that may switch client_encoding, before the server

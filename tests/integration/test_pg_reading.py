@@ -253,3 +253,22 @@ def test_client_encoding_switch_pipelined_with_payload(gw: GatewayProcess, direc
         conn.read_until("Z")
         conn.read_until("Z")
     assert _victim_exists(direct)
+
+
+def test_switch_unseen_by_the_text_check_pipelined_with_payload(gw: GatewayProcess, direct: psycopg.Connection) -> None:
+    """A function of the database turns standard_conforming_strings off; the payload sent in the
+    same write (before its ParameterStatus) is refused, not read as scs = on."""
+    from tests.support import pgwire
+
+    direct.execute(
+        "CREATE OR REPLACE FUNCTION pgr12_flip() RETURNS text LANGUAGE sql AS "
+        "$f$ SELECT set_config(chr(115) || 'tandard_conforming_strings', 'off', false) $f$"
+    )
+    with pgwire.RawConn.connect(gw.host, gw.port) as conn:
+        conn.send(pgwire.startup_message({"user": "alice", "database": "app"}))
+        conn.authenticate("alice", SECRETS["alice"])
+        conn.send(pgwire.query("SELECT pgr12_flip()") + pgwire.msg(b"Q", PAYLOAD + b"\0"))
+        conn.read_until("Z")
+        second = conn.read_until("Z")
+        assert any(m.type == "E" for m in second)
+    assert _victim_exists(direct)
