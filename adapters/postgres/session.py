@@ -59,6 +59,10 @@ The server must read SQL text as the gateway does: a session whose ParameterStat
 client_encoding the gateway cannot read or standard_conforming_strings other than on is refused
 at startup (FATAL 0A000 naming it); when a later ParameterStatus reports one in session, every
 request is refused (ERROR 0A000) but the one statement switching it back (`reading.restores`).
+Because a ParameterStatus arrives only after the request that caused it, text sent before the
+server answered is refused (ERROR 0A000, "wait for that answer") when it could be misread: any
+Query / Parse behind a request that may switch client_encoding (`RelayState.encoding_unsure`),
+and a Query / Parse holding a backslash behind any unanswered request.
 
 Once a token expires, statements are refused (`token-expired`), or the session is closed.
 """
