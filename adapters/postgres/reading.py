@@ -385,7 +385,7 @@ def _check_statement(stmt: list[Token], depth: int, in_body: bool = False) -> st
     if depth < MAX_DEPTH:
         body = in_body or has_body(stmt)
         for t in stmt:
-            if t.kind == "str" and len(t.value) > 3:
+            if t.kind == "str" and len(t.value) > 3 and _hinted(t.value):
                 why = _check(t.value, depth + 1, body)
                 if why is not None:
                     return why
@@ -409,11 +409,20 @@ def _plain_read_or_on(stmt: list[Token], words: set[str]) -> bool:
     return not (words & WRITES)
 
 
+_HINTS = ("standard", "set_config", "execute", "pg_settings", "query_to_xml", "\\", "u&")
+
+
+def _hinted(sql: str) -> bool:
+    """Could the text hold anything `reading_change` refuses (a word it looks for, or an escape
+    that could spell one)?"""
+    low = sql.lower()
+    return any(w in low for w in _HINTS)
+
+
 def reading_change(sql: str) -> str | None:
     """Why this PostgreSQL statement (request text) may set standard_conforming_strings to
     anything but on, or run SQL the check cannot read (None: it cannot). See the module doc."""
-    low = sql.lower()
-    if not any(w in low for w in ("standard", "set_config", "execute", "pg_settings", "query_to_xml", "\\", "u&", "\"")):
+    if not _hinted(sql):
         return None
     return _check(sql, 0)
 
