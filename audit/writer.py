@@ -10,12 +10,15 @@ of a few microseconds, done inside the async `write` without yielding: the calle
 are written before the client sees the effect.
 
 A file deleted or replaced under the gateway (by hand, by a log rotation that moves it away) is
-noticed before each batch: the path is stat'ed and compared with the open descriptor (device and
-inode), and a path that no longer names the open file is reopened (created again), with a
-warning. Records are never written into a file nobody can read any more; a path that cannot be
-reopened, or that now names something other than a regular file (a symlink to /dev/null, a
-device), fails the batch (statements are refused) until a regular file can be created there. The one stat costs about a microsecond per
-batch. A special file (/dev/stdout, a FIFO) is written as it is, without the check.
+noticed: before each batch the open file's link count is read (fstat; a deleted file, or one
+another file was renamed over, has none left), and at most once a second the path is stat'ed and
+compared with the open descriptor (device and inode), which also catches a file moved away (whose
+records, meanwhile, are in the moved file). A path that no longer names the open file is
+reopened (created again), with a warning. Records are never written into a file nobody can read
+any more; a path that cannot be reopened, or that now names something other than a regular file
+(a symlink to /dev/null, a device), fails the batch (statements are refused) until a regular file
+can be created there. The fstat costs well under a microsecond per batch. A special file
+(/dev/stdout, a FIFO) is written as it is, without the checks.
 """
 
 from __future__ import annotations
@@ -23,8 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 
 log = logging.getLogger("sqlward.audit")
+
+# The path is stat'ed at most this often; the open file's link count is checked before every
+# batch (a deleted or replaced file has none left).
+PATH_CHECK_SECONDS = 1.0
 
 
 class AuditWriteError(Exception):
@@ -37,6 +45,7 @@ class JsonlWriter:
         self._fsync = fsync
         self._fd: int | None = None
         self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file
+        self._next_path_check = 0.0  # monotonic time of the next stat of the path
         self._open()
         # A failed batch may have left a fragment that could not be cut away: the next batch
         # starts on a line of its own.
@@ -84,7 +93,10 @@ class JsonlWriter:
         if self._fd is None:
             raise AuditWriteError("audit writer is closed")
         if self._ident is not None:
-            self._check_path()
+            now = time.monotonic()
+            if now >= self._next_path_check or os.fstat(self._fd).st_nlink == 0:
+                self._check_path()
+                self._next_path_check = now + PATH_CHECK_SECONDS
         fd = self._fd
         assert fd is not None
         if self._broken_line:

@@ -446,9 +446,17 @@ def restores(sql: str, *, scs: bool = True) -> bool:
     return (_RESTORES_SCS if scs else _RESTORES_ENCODING).fullmatch(sql) is not None
 
 
-_ENCODING_HINT = re.compile(
-    r"encoding|names|reset|discard|rollback|abort|commit|end|prepare|\\|u&|\"|\$", re.IGNORECASE
-)
+# Words or characters one of which a request that may switch client_encoding must contain
+# (lower case); text outside ASCII is always read in full. Substring tests, not a regular
+# expression: this runs for every request.
+_ENCODING_HINTS = ("encoding", "names", "reset", "discard", "rollback", "abort", "commit", "end", "prepare", "\\", "u&", '"', "$")
+
+
+def _encoding_hinted(sql: str) -> bool:
+    if not sql.isascii():
+        return True
+    low = sql.lower()
+    return any(h in low for h in _ENCODING_HINTS)
 _TX_END = frozenset({"rollback", "abort", "commit", "end", "prepare"})
 
 
@@ -457,7 +465,7 @@ def may_switch_encoding(sql: str, touched: bool = False) -> bool:
     it is read by the server in another encoding)? SET / RESET / set_config of client_encoding
     in any spelling, SET NAMES, RESET ALL, DISCARD; once the session has switched encodings
     (`touched`), the end of a transaction too (it may undo a SET [LOCAL] client_encoding)."""
-    if _ENCODING_HINT.search(sql) is None:
+    if not _encoding_hinted(sql):
         return False
     toks = tokens(sql)
     for k, t in enumerate(toks):
