@@ -177,6 +177,7 @@ class GatewayProcess:
         self.config = doc
         self.config_text = self._render(doc)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stderr_sink: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
     @staticmethod
@@ -200,19 +201,28 @@ class GatewayProcess:
         if self.env:
             env.update(self.env)
         with open(self.stdout_file, "wb") as out, open(self.stderr_file, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sqlward.gateway", "serve", "--config", str(self.config_file)],
-                cwd=str(REPO_ROOT),
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
+            # The gateway's stderr goes through a pipe to a `cat` of its own, which writes the
+            # file: tests that limit the gateway's file size (RLIMIT_FSIZE, to make its audit
+            # file unwritable) must not make its log unwritable too.
+            self._stderr_sink = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=err)
+            assert self._stderr_sink.stdin is not None
+            try:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "sqlward.gateway", "serve", "--config", str(self.config_file)],
+                    cwd=str(REPO_ROOT),
+                    stdout=out,
+                    stderr=self._stderr_sink.stdin,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                )
+            finally:
+                self._stderr_sink.stdin.close()  # the gateway holds the pipe's only write end
         deadline = time.monotonic() + self.ready_timeout
         while True:
             rc = self.proc.poll()
             if rc is not None:
                 self.returncode = rc
+                self._drain_stderr()
                 raise RuntimeError(
                     f"gateway exited with {rc} before listening on {self.port}\n"
                     f"--- config ---\n{self.config_text}\n--- stderr ---\n{self.stderr_text()}"
@@ -253,6 +263,15 @@ class GatewayProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._drain_stderr()
+
+    def _drain_stderr(self) -> None:
+        """Wait for the stderr pipe's `cat` to write out what the ended gateway said."""
+        if self._stderr_sink is not None:
+            try:
+                self._stderr_sink.wait(10)
+            except subprocess.TimeoutExpired:
+                self._stderr_sink.kill()
 
     def stop(self) -> list[str]:
         """SIGTERM, wait; return the problems found (empty = clean)."""
@@ -271,6 +290,7 @@ class GatewayProcess:
         else:
             problems.append(f"had already exited ({self.proc.returncode}) before the test ended it")
         self.returncode = self.proc.returncode
+        self._drain_stderr()
         if self.returncode != 0 and not self.allow_nonzero_exit:
             problems.append(f"exit status {self.returncode} after SIGTERM (want 0)")
         if TRACEBACK_MARK in self.stderr_text():
