@@ -24,6 +24,7 @@ import re
 import time
 import unicodedata
 
+from sqlward.adapters.text import hinted
 from sqlward.policy.model import Identity
 
 _OPTION_REASON = re.compile(r"(?:^|\s)(?:-c\s*|--)sqlward\.reason=((?:\\.|\S)+)")
@@ -155,10 +156,7 @@ _PG_HINTS = ("sqlward", "set_config", "application_name", "role", "authorization
 
 
 def _pg_hinted(sql: str) -> bool:
-    if not sql.isascii():
-        return True
-    low = sql.lower()
-    return any(h in low for h in _PG_HINTS)
+    return hinted(sql, _PG_HINTS)
 # Settings that say who the session is: the gateway's own and the role the upstream acts as.
 _PG_WHO = frozenset({"role", "session_authorization"})
 

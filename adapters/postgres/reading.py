@@ -30,6 +30,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from sqlward.adapters.text import hinted
+
 SCS = "standard_conforming_strings"
 _ON = frozenset("on true yes 1 default".split())  # DEFAULT: the value the session started with
 
@@ -415,8 +417,7 @@ _HINTS = ("standard", "set_config", "execute", "pg_settings", "query_to_xml", "\
 def _hinted(sql: str) -> bool:
     """Could the text hold anything `reading_change` refuses (a word it looks for, or an escape
     that could spell one)?"""
-    low = sql.lower()
-    return any(w in low for w in _HINTS)
+    return hinted(sql, _HINTS)
 
 
 def reading_change(sql: str) -> str | None:
@@ -453,10 +454,7 @@ _ENCODING_HINTS = ("encoding", "names", "reset", "discard", "rollback", "abort",
 
 
 def _encoding_hinted(sql: str) -> bool:
-    if not sql.isascii():
-        return True
-    low = sql.lower()
-    return any(h in low for h in _ENCODING_HINTS)
+    return hinted(sql, _ENCODING_HINTS)
 _TX_END = frozenset({"rollback", "abort", "commit", "end", "prepare"})
 
 
