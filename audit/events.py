@@ -92,6 +92,8 @@ class StatementDecided(_Event, tag="statement.decided", kw_only=True):
     # (or why the path was unknown). Absent when no name needed resolving.
     resolved: dict[str, list[str]] | None = None
     search_path: list[list[str]] | str | None = None
+    # A reviewed statement released by an approval: the approval request's id.
+    approval_id: str | None = None
 
 
 class StatementExecuted(_Event, tag="statement.executed", kw_only=True):
@@ -118,6 +120,8 @@ class StatementCompleted(_Event, tag="statement.completed", kw_only=True):
     sqlstate: str | None = None
     # Masking: values masked per output column ("email (pii-email: partial)": 120), never the values.
     masked: dict[str, int] = {}
+    # The approval request that released this statement, when it needed one.
+    approval_id: str | None = None
 
 
 class PolicyReloaded(_Event, tag="policy.reloaded", kw_only=True):
@@ -155,8 +159,61 @@ class LoginThrottled(_Event, tag="login.throttled", kw_only=True):
     retry_after: float | None = None  # seconds, when refused
 
 
+class Approver(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Who decided an approval request, and how they were authenticated."""
+
+    subject: str
+    kind: str = "person"  # "person" (OIDC token) or "bot" (API token)
+    groups: tuple[str, ...] = ()
+    verified_by: str = ""  # "oidc", "api-token"
+    issuer: str = ""
+
+
+class ApprovalRequested(_Event, tag="approval.requested", kw_only=True):
+    """A reviewed statement became an approval request (`sqlward.gateway.approvals`)."""
+
+    approval_id: str
+    request_id: int
+    binding: str  # SHA-256 (hex) of what the approval is bound to
+    mode: str  # "hold" or "retry"
+    rules: tuple[str, ...] = ()
+    expires: float  # Unix time
+    approvers: tuple[str, ...] = ()
+
+
+class ApprovalDecided(_Event, tag="approval.decided", kw_only=True):
+    """An approver approved or rejected; `status` is the request's status afterwards."""
+
+    approval_id: str
+    approver: Approver
+    verdict: str  # "approve" or "reject"
+    comment: str = ""
+    status: str
+
+
+class ApprovalExpired(_Event, tag="approval.expired", kw_only=True):
+    approval_id: str
+    was: str  # "pending" or "approved" (approved in retry mode and never run)
+
+
+class ApprovalWithdrawn(_Event, tag="approval.withdrawn", kw_only=True):
+    approval_id: str
+    reason: str  # "cancelled by the client", "session closed", "hold timed out"
+
+
+class ApprovalExecuted(_Event, tag="approval.executed", kw_only=True):
+    """The approved statement was released to run (single use) and, with `status`, how its run
+    ended ("executed" at release; "failed" with the error when it failed)."""
+
+    approval_id: str
+    request_id: int
+    status: str = "executed"
+    error: str | None = None
+
+
 AuditEvent = (
     ConnectionOpened | ConnectionAuthenticated | ConnectionRefused | ConnectionClosed
     | StatementDecided | StatementExecuted | StatementCompleted | PolicyReloaded | GatewayStarted | GatewayStopped
+    | ApprovalRequested | ApprovalDecided | ApprovalExpired | ApprovalWithdrawn | ApprovalExecuted
     | LoginThrottled
 )

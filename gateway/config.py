@@ -234,14 +234,19 @@ class IdentityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # Without secret / secret_file the identity cannot log in with a password.
     secret: str | None = None
     secret_file: str = ""
+    # A bot: decides approvals through the admin API with its API token ("bot:<name>" in an
+    # approval's approvers). The token is a bearer secret: api_token_file (or api_token).
+    bot: bool = False
+    api_token: str | None = None
+    api_token_file: str = ""
 
     def __repr__(self) -> str:
-        return _safe_repr(self, ("secret",))
+        return _safe_repr(self, ("secret", "api_token"))
 
     __str__ = __repr__
 
     def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
-        yield from _safe_fields(self, ("secret",))
+        yield from _safe_fields(self, ("secret", "api_token"))
 
 
 class IssuerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -323,6 +328,66 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     fsync: bool = False
 
 
+class AdminTLS(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    cert_file: str
+    key_file: str
+
+
+class AdminAccess(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which groups may call which routes of the admin API (`[admin.access]`). A bot's groups are
+    its identity's; `["*"]` admits every authenticated caller."""
+
+    # List and show approval requests.
+    approvals_read: tuple[str, ...] = ("*",)
+    # Approve or reject (the request's own approval rule decides beyond this).
+    approvals_decide: tuple[str, ...] = ("*",)
+
+
+class AdminConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The admin HTTP listener (`[admin]`): approvals API (later health, metrics, console)."""
+
+    listen: str = ""  # host:port; "" = no admin listener
+    tls: AdminTLS | None = None
+    # The address people and chat messages use to reach this listener (links in notices and
+    # webhooks), e.g. "https://sqlward.example.com"; "" = derived from `listen`.
+    public_url: str = ""
+    access: AdminAccess = AdminAccess()
+
+
+class ApprovalsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where approval requests live (`[approvals]`)."""
+
+    # A SQLite file (relative to the config file) or a postgresql:// DSN shared by replicas.
+    store: str = "approvals.sqlite3"
+    store_password_file: str = ""  # PostgreSQL store: its password, from a file
+    table: str = "sqlward_approvals"  # PostgreSQL store: the table (created when missing)
+    # Seconds between looks at the store while a statement is held (decisions taken through
+    # another gateway replica are seen within this).
+    poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.5
+    sweep_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+
+
+class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One `[[webhooks]]` receiver of approval notifications."""
+
+    url: str
+    # HMAC-SHA256 key for the X-Sqlward-Signature header: secret_file (or secret).
+    secret: str | None = None
+    secret_file: str = ""
+    # Which events: approval.requested, approval.decided, approval.expired, approval.withdrawn,
+    # approval.executed, approval.failed (empty = all).
+    events: tuple[str, ...] = ()
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 6
+    backoff_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 1.0
+    ca_file: str = ""  # for an https receiver with a private CA
+
+    def __repr__(self) -> str:
+        return _safe_repr(self, ("secret",))
+
+    __str__ = __repr__
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     gateway: GatewaySettings
     listeners: Annotated[tuple[ListenerConfig, ...], msgspec.Meta(min_length=1)]
@@ -338,6 +403,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     masks: tuple[MaskRule, ...] = ()
     masking: MaskingSettings = MaskingSettings()
     login_throttle: LoginThrottleConfig = LoginThrottleConfig()
+    admin: AdminConfig = AdminConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
+    webhooks: tuple[WebhookConfig, ...] = ()
     # Absolute path of the file this was loaded from (set by load_config, not by the file).
     source: str = ""
 
@@ -721,7 +789,18 @@ def _finish(config: Config, file: str) -> Config:
             problems.append(Problem(f"{at}.secret", "expected a non-empty secret (leave the key out for no password login)"))
         elif secret_file:
             _check_readable(secret_file, f"{at}.secret_file", "secret file", problems)
-        identities.append(msgspec.structs.replace(ident, secret_file=secret_file))
+        token_file = _resolve(ident.api_token_file, base)
+        if (ident.api_token is not None or ident.api_token_file) and not ident.bot:
+            problems.append(Problem(f"{at}.api_token", "only a bot identity (bot = true) has an API token"))
+        if ident.api_token is not None and ident.api_token_file:
+            problems.append(Problem(f"{at}.api_token_file", "both api_token and api_token_file are set (keep one)"))
+        elif ident.api_token is not None and len(ident.api_token) < 16:
+            problems.append(Problem(f"{at}.api_token", "expected a token of at least 16 characters"))
+        elif token_file:
+            _check_readable(token_file, f"{at}.api_token_file", "API token file", problems)
+        if ident.bot and ident.api_token is None and not ident.api_token_file:
+            problems.append(Problem(f"{at}.bot", "a bot needs api_token_file (or api_token) to call the admin API"))
+        identities.append(msgspec.structs.replace(ident, secret_file=secret_file, api_token_file=token_file))
 
     rule_at: dict[str, int] = {}
     for i, rule in enumerate(config.rules):
@@ -788,8 +867,58 @@ def _finish(config: Config, file: str) -> Config:
             if any(not value for value in getattr(access, key)):
                 problems.append(Problem(f"$.access[{i}].{key}", "expected non-empty strings (leave the key out to match anything)"))
 
+    admin = config.admin
+    admin_tls = admin.tls
+    if admin.listen:
+        try:
+            parse_listen(admin.listen)
+        except ValueError as exc:
+            problems.append(Problem("$.admin.listen", str(exc)))
+    if admin_tls is not None:
+        admin_tls = AdminTLS(cert_file=_resolve(admin_tls.cert_file, base), key_file=_resolve(admin_tls.key_file, base))
+        _check_readable(admin_tls.cert_file, "$.admin.tls.cert_file", "certificate file", problems)
+        _check_readable(admin_tls.key_file, "$.admin.tls.key_file", "key file", problems)
+    if admin.public_url and not admin.public_url.startswith(("http://", "https://")):
+        problems.append(Problem("$.admin.public_url", f"expected an http:// or https:// URL, got {admin.public_url!r}"))
+    for key in ("approvals_read", "approvals_decide"):
+        if not getattr(admin.access, key) or any(not g for g in getattr(admin.access, key)):
+            problems.append(Problem(f"$.admin.access.{key}", 'expected non-empty group names (["*"]: every authenticated caller)'))
+    approvals = config.approvals
+    store = approvals.store
+    if not store:
+        problems.append(Problem("$.approvals.store", "expected a SQLite file path or a postgresql:// DSN"))
+    elif not store.startswith(("postgresql://", "postgres://")):
+        store = _resolve(store[len("sqlite:///"):] if store.startswith("sqlite:///") else store, base)
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$", approvals.table):
+        problems.append(Problem("$.approvals.table", f"expected a table name (name or schema.name), got {approvals.table!r}"))
+    store_password_file = _resolve(approvals.store_password_file, base)
+    if store_password_file:
+        _check_readable(store_password_file, "$.approvals.store_password_file", "password file", problems)
+    webhooks: list[WebhookConfig] = []
+    known_events = ("approval.requested", "approval.decided", "approval.expired", "approval.withdrawn", "approval.executed", "approval.failed")
+    for i, hook in enumerate(config.webhooks):
+        at = f"$.webhooks[{i}]"
+        if not hook.url.startswith(("http://", "https://")):
+            problems.append(Problem(f"{at}.url", f"expected an http:// or https:// URL, got {hook.url!r}"))
+        hook_secret = _resolve(hook.secret_file, base)
+        if hook.secret is not None and hook.secret_file:
+            problems.append(Problem(f"{at}.secret_file", "both secret and secret_file are set (keep one)"))
+        elif hook.secret is None and not hook.secret_file:
+            problems.append(Problem(f"{at}.secret_file", "a webhook needs a signing secret (secret_file or secret): receivers verify X-Sqlward-Signature"))
+        elif hook.secret is not None and len(hook.secret) < 16:
+            problems.append(Problem(f"{at}.secret", "expected a secret of at least 16 characters"))
+        elif hook_secret:
+            _check_readable(hook_secret, f"{at}.secret_file", "secret file", problems)
+        for j, name in enumerate(hook.events):
+            if name not in known_events:
+                problems.append(Problem(f"{at}.events[{j}]", f"unknown event {name!r} (expected one of: {', '.join(known_events)})"))
+        ca = _resolve(hook.ca_file, base)
+        if ca:
+            _check_readable(ca, f"{at}.ca_file", "CA file", problems)
+        webhooks.append(msgspec.structs.replace(hook, secret_file=hook_secret, ca_file=ca))
+
     if problems:
-        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules", "$.masks", "$.masking", "$.oidc", "$.identity", "$.access", "$.login_throttle")
+        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules", "$.masks", "$.masking", "$.oidc", "$.identity", "$.access", "$.login_throttle", "$.admin", "$.approvals", "$.webhooks")
         problems.sort(key=lambda p: next((i for i, s in enumerate(order) if p.path.startswith(s)), len(order)))
         raise ConfigError(file, problems)
     return msgspec.structs.replace(
@@ -800,6 +929,9 @@ def _finish(config: Config, file: str) -> Config:
         oidc=tuple(issuers),
         audit=msgspec.structs.replace(config.audit, file=_resolve(config.audit.file, base)),
         masking=msgspec.structs.replace(config.masking, hash_key_file=hash_key_file),
+        admin=msgspec.structs.replace(admin, tls=admin_tls),
+        approvals=msgspec.structs.replace(approvals, store=store, store_password_file=store_password_file),
+        webhooks=tuple(webhooks),
         source=source,
     )
 

@@ -88,6 +88,7 @@ from sqlward.gateway.policy_files import PolicyBundle, files_state, load_policy
 from sqlward.policy.estimates import statement_texts
 from sqlward.policy.rules import EnvironmentPolicy
 from sqlward.policy import rule_ids
+from sqlward.policy.approval import Approver
 from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
 from sqlward.policy.searchpath import Resolution, SearchPath
 
@@ -157,6 +158,7 @@ class Gatekeeper:
         self._identity_settings: IdentitySettings = config.identity.settings()
         self._leeways: dict[str, int] = {i.issuer: i.leeway_seconds for i in config.oidc}
         self._throttle = LoginThrottle(config.login_throttle, clock=_trio_clock)
+        self._bots: dict[bytes, Approver] = {}
 
     # -- construction -------------------------------------------------------------------------
 
@@ -241,9 +243,23 @@ class Gatekeeper:
         except IssuerSetupError as exc:
             raise ConfigError.single(file, f"$.oidc[{exc.index}].jwks_ca_file", str(exc)) from None
 
+        # Bots' API tokens, kept as SHA-256 digests only.
+        bots: dict[bytes, Approver] = {}
+        for i, ident in enumerate(config.identities):
+            if not ident.bot:
+                continue
+            token = ident.api_token
+            if token is None and ident.api_token_file:
+                token = _read_secret(ident.api_token_file, file, f"$.identities[{i}].api_token_file", "API token file")
+            if not token or len(token) < 16:
+                raise ConfigError.single(file, f"$.identities[{i}].api_token_file", "expected an API token of at least 16 characters")
+            bots[hashlib.sha256(token.encode()).digest()] = Approver(
+                subject=ident.name, groups=ident.groups, kind="bot", verified_by="api-token",
+            )
+
         # Keep the config for the server, minus the identity secrets (only verifiers are kept).
         config = msgspec.structs.replace(
-            config, identities=tuple(msgspec.structs.replace(ident, secret=None) for ident in config.identities)
+            config, identities=tuple(msgspec.structs.replace(ident, secret=None, api_token=None) for ident in config.identities)
         )
         owns_writer = audit_sink is None
         if audit_sink is None:
@@ -263,6 +279,7 @@ class Gatekeeper:
         )
         gatekeeper._policy_files = policy_files
         gatekeeper._masking = masking
+        gatekeeper._bots = bots
         return gatekeeper
 
     # -- policy reload ------------------------------------------------------------------------
@@ -473,6 +490,32 @@ class Gatekeeper:
             actor=verified.actor,
             is_agent=bool(verified.actor),
             expires_at=verified.expires_at,
+        )
+
+    async def approver_for_bearer(self, token: str) -> Approver:
+        """Who calls the admin API with this bearer token: a bot by its API token, or a person by
+        an access token verified exactly as client tokens are (the [[oidc]] issuers). AuthError
+        with a message safe to show when refused."""
+        if not token:
+            raise AuthError("missing bearer token")
+        bot = self._bots.get(hashlib.sha256(token.encode()).digest())
+        if bot is not None:
+            return bot
+        if not self._verifier.issuers:
+            raise AuthError("token refused: not a bot API token, and no OIDC issuer is configured")
+        try:
+            verified = await self._verifier.verify(token)
+        except TokenError as exc:
+            raise AuthError(f"token refused: {exc}") from None
+        for n in (verified.subject, *verified.actor):
+            problem = name_problem(n)
+            if problem is not None:
+                raise AuthError(f"token refused: its subject or an actor cannot name an identity ({problem})")
+        if any(canonical_name(n) in self._users for n in (verified.subject, *verified.actor)):
+            raise AuthError("token refused: its subject or an actor is a name reserved for a static identity")
+        return Approver(
+            subject=verified.subject, groups=verified.groups, kind="person", actor=verified.actor,
+            issuer=verified.issuer, verified_by="oidc",
         )
 
     def token_leeway(self, identity: Identity) -> float:

@@ -70,7 +70,8 @@ from sqlward.policy.fingerprint import RAW_PREFIX, fingerprint
 from sqlward.policy import rule_ids
 from sqlward.policy.model import Action, Analysis, Decision, Identity, StatementFacts, TargetInfo
 from sqlward.policy.searchpath import Resolution
-from sqlward.policy.rules import DAYS, PRODUCTION_ENVIRONMENTS, EnvironmentPolicy, Rule, parse_hours
+from sqlward.policy.approval import ApprovalRule
+from sqlward.policy.rules import DAYS, PRODUCTION_ENVIRONMENTS, EnvironmentPolicy, Rule, effective_approval, parse_hours
 
 __all__ = ["DEV_ENVIRONMENTS", "Engine"]
 
@@ -563,6 +564,8 @@ class Engine:
         count = len(analysis.statements)
         now = self._clock()
         first_review: Decision | None = None
+        # The approval requirement of every review that matched (all must be met).
+        reviews: list[ApprovalRule] = []
         allowed_by: list[str] = []
         allowed_facts: list[str] = []
         pending: list[int] = []
@@ -574,6 +577,7 @@ class Engine:
             facts = (f"guardrail={g.id}", f"environment={target.environment}")
             if g.config.action == "deny":
                 return Decision(action="deny", rule_id=g.id, message=f'request refused by guardrail "{g.id}": {why}', facts=facts)
+            reviews.append(effective_approval(g.config.approval, g.config.approvers))
             if first_review is None:
                 first_review = Decision(
                     action="review", rule_id=g.id, message=f'needs approval (guardrail "{g.id}"{_by(g.config.approvers)}): {why}', facts=facts
@@ -630,6 +634,7 @@ class Engine:
                         statement_index=index,
                         facts=facts,
                     )
+                reviews.append(effective_approval(g.config.approval, g.config.approvers))
                 if guard_review is None:
                     guard_review = Decision(
                         action="review",
@@ -690,8 +695,9 @@ class Engine:
                     first_review = guard_review
                 continue
             if action == "review":
+                assert rule is not None
+                reviews.append(effective_approval(rule.rule.approval, rule.rule.approvers))
                 if first_review is None:
-                    assert rule is not None
                     suffix = f": {rule.rule.message}" if rule.rule.message else ""
                     first_review = Decision(
                         action="review",
@@ -712,7 +718,7 @@ class Engine:
                 pending=tuple(pending),
             )
         if first_review is not None:
-            return first_review
+            return msgspec.structs.replace(first_review, approvals=tuple(dict.fromkeys(reviews)))
         return Decision(
             action="allow", rule_id=",".join(dict.fromkeys(allowed_by)), facts=tuple(dict.fromkeys(allowed_facts))
         )

@@ -25,6 +25,7 @@ from typing import Final, Literal
 import msgspec
 
 from sqlward.policy import rule_ids
+from sqlward.policy.approval import ApprovalRule, approval_problems
 from sqlward.policy.model import Analysis, StatementFacts
 from sqlward.policy.vocabulary import one_of
 
@@ -37,6 +38,7 @@ class GuardrailConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     environments: tuple[str, ...] = ()  # empty: every environment
     action: Literal["deny", "review"] = "deny"
     approvers: tuple[str, ...] = ()  # for review: who may approve (see Rule.approvers)
+    approval: ApprovalRule | None = None  # for review: how it is approved (policy.approval)
     max_statements: int | None = None  # multi-statement: statements allowed per request (default 1)
     tables: tuple[str, ...] = ()  # select-without-limit: table globs (required)
     max_rows: int | None = None  # mass-write: estimated rows allowed per write (default 1000)
@@ -388,6 +390,12 @@ def guardrail_problems(gid: str, config: GuardrailConfig) -> list[tuple[str, str
             problems.append((option, f"guardrail {gid!r} takes no option {option!r} ({one_of(option, takes)})"))
     if config.approvers and config.action != "review":
         problems.append(("approvers", "only a review guardrail has approvers (set action = \"review\")"))
+    if config.approval is not None:
+        from sqlward.policy.rules import effective_approval  # rules imports nothing of guardrails
+
+        if config.action != "review":
+            problems.append(("approval", "only a review guardrail has an approval table (set action = \"review\")"))
+        problems.extend((f"approval.{k}", m) for k, m in approval_problems(effective_approval(config.approval, config.approvers)))
     if any(not e for e in config.environments):
         problems.append(("environments", "expected non-empty environment names (leave the key out for every environment)"))
     if gid == "multi-statement" and config.max_statements is not None and config.max_statements < 1:

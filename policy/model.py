@@ -15,6 +15,8 @@ from typing import Literal
 
 import msgspec
 
+from sqlward.policy.approval import ApprovalRule
+
 Action = Literal["allow", "deny", "review"]
 ParseStatus = Literal["ok", "unparsed", "error"]
 VerifiedBy = Literal["static", "oidc", "certificate", "none"]
@@ -133,3 +135,6 @@ class Decision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # "deny" (fail closed if the caller ignores this); the caller asks the upstream (EXPLAIN) and
     # decides again with `estimates`.
     pending: tuple[int, ...] = ()
+    # For "review": the approval requirement of every review that matched the request (all must
+    # be satisfied by the approvals); empty when no approver is configured.
+    approvals: tuple[ApprovalRule, ...] = ()

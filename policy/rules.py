@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import msgspec
 
+from sqlward.policy.approval import ApprovalRule, approval_problems
 from sqlward.policy.model import Action
 from sqlward.policy.vocabulary import one_of, operations
 
@@ -56,9 +57,11 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timezone: str = "UTC"
     reason: bool | None = None  # the session stated a reason (True) / did not (False)
     reason_pattern: str = ""  # regular expression the stated reason must contain (case-insensitive)
-    # For review: who may approve ("group:dba", "alice@example.com", "bot:change-bot"); shown with
-    # the refusal until the approval flow exists.
+    # For review: who may approve ("group:dba", "alice@example.com", "bot:change-bot"): shorthand
+    # for `approval.approvers` (policy.approval).
     approvers: tuple[str, ...] = ()
+    # For review: how the statement is approved (approvers, count, groups, expiry, hold / retry).
+    approval: ApprovalRule | None = None
     message: str = ""  # sentence shown to the client; a default is derived from the rule
 
 
@@ -128,8 +131,22 @@ def rule_problems(rule: Rule) -> list[tuple[str, str]]:
             problems.append(("reason_pattern", f"not a valid regular expression: {err}"))
     if rule.approvers and rule.action != "review":
         problems.append(("approvers", "only a review rule has approvers"))
+    if rule.approval is not None:
+        if rule.action != "review":
+            problems.append(("approval", "only a review rule has an approval table"))
+        problems.extend((f"approval.{k}", m) for k, m in approval_problems(effective_approval(rule.approval, rule.approvers)))
     for key in ("rows_over", "statements_over"):
         value = getattr(rule, key)
         if value is not None and value < 0:
             problems.append((key, "expected an integer >= 0"))
     return problems
+
+
+def effective_approval(approval: ApprovalRule | None, approvers: tuple[str, ...]) -> ApprovalRule:
+    """The approval requirement of a review rule or guardrail: its `approval` table with the
+    shorthand `approvers` added."""
+    if approval is None:
+        return ApprovalRule(approvers=approvers)
+    if not approvers:
+        return approval
+    return msgspec.structs.replace(approval, approvers=tuple(dict.fromkeys((*approval.approvers, *approvers))))

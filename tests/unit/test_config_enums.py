@@ -251,7 +251,7 @@ def test_unknown_guardrail_option_lists_that_guardrails_keys(tmp_path: Path) -> 
     assert "unknown field" in message
     values = _expected(message)
     assert values[0] == "max_rows"
-    assert sorted(values) == sorted(["environments", "action", "approvers", "max_rows", "timeout", "on_unknown"])
+    assert sorted(values) == sorted(["environments", "action", "approvers", "approval", "max_rows", "timeout", "on_unknown"])
     message = _line(_error(tmp_path, "[guardrails.truncate]\nenvironment = []\n"), "$.guardrails.truncate.environment")
     assert _expected(message)[0] == "environments" and "tables" not in _expected(message)
     message = _line(_error(tmp_path, '[guardrails.drop-table]\ntables = ["t"]\n'), "$.guardrails.drop-table.tables")
@@ -268,7 +268,7 @@ def test_guardrail_typos_in_yaml(tmp_path: Path) -> None:
 def test_guardrail_vocabulary_is_the_catalogue() -> None:
     assert vocabulary.guardrail_ids() == tuple(CATALOGUE)
     for gid, g in CATALOGUE.items():
-        assert set(vocabulary.guardrail_keys(gid)) == {"environments", "action", "approvers", *g.options}
+        assert set(vocabulary.guardrail_keys(gid)) == {"environments", "action", "approvers", "approval", *g.options}
 
 
 # ------------------------------------------------------------------- days, agents, globs

@@ -1,0 +1,51 @@
+"""The binding hash: what an approval is an approval *of*.
+
+An approver approves one statement in one context. The hash covers everything that changes what
+the statement does when it runs, so that a request approved for one of them cannot release
+another:
+
+- the statement text exactly as the client sent it (literals included; surrounding white space
+  and a final semicolon aside) and the parameter values bound to it (with their formats);
+- the identity: subject, issuer, how it was verified, and the actor chain (an agent acting for
+  alice is not alice, nor another agent);
+- the target (name, protocol, environment), the upstream role the gateway runs it as;
+- the names it resolves through: PostgreSQL's search_path (as the pipeline knew it), MySQL's
+  current database.
+
+The hash is SHA-256 over a msgspec-encoded array (length-prefixed by the encoding, so no two
+contexts collide by concatenation), with a version tag so the recipe can change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import msgspec
+
+__all__ = ["binding_hash", "canonical_text"]
+
+_VERSION = "sqlward-approval-binding-1"
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def canonical_text(sql: str) -> str:
+    """The text an approval binds: as sent, without surrounding white space and final ';'."""
+    text = sql.strip()
+    while text.endswith(";"):
+        text = text[:-1].rstrip()
+    return text
+
+
+def binding_hash(
+    *, sql: str, parameters: Sequence[bytes | None] = (), formats: Sequence[int] = (),
+    subject: str, issuer: str, verified_by: str, actor: Sequence[str],
+    target: str, protocol: str, environment: str, upstream_role: str, names: str,
+) -> str:
+    """Hex SHA-256 binding one statement to its context (module doc)."""
+    payload = _encode([
+        _VERSION, canonical_text(sql), list(parameters), list(formats),
+        subject.casefold(), issuer, verified_by, [a.casefold() for a in actor],
+        target, protocol, environment, upstream_role, names,
+    ])
+    return hashlib.sha256(payload).hexdigest()
