@@ -13,8 +13,10 @@ exactly one session.
   in a trio worker thread; reconnects once when the connection was lost). The gateway creates
   the table and its indexes when they are missing (`CREATE TABLE IF NOT EXISTS`).
 
-Both keep the request as JSON (`body`) beside the columns queries filter on (id, binding,
-status, expires, created, version). `open_store(url)` picks one by the URL: `postgresql://...`
+Both keep the request as JSON text (`body`) beside the columns queries filter on (id, binding,
+status, expires, created, version). PostgreSQL's column is `text`, not `jsonb`: jsonb cannot hold
+a NUL character (\u0000), which a MySQL statement's text or an approver's comment may carry, and
+nothing queries inside the body. `open_store(url)` picks one by the URL: `postgresql://...`
 or `postgres://...` for PostgreSQL, anything else is a SQLite file path (`sqlite:///` prefix
 optional).
 """
@@ -189,7 +191,7 @@ class PostgresStore(_Threaded):
         db.execute(
             f"CREATE TABLE IF NOT EXISTS {t} (id text PRIMARY KEY, binding text NOT NULL, status text NOT NULL, "
             "expires double precision NOT NULL, created double precision NOT NULL, version integer NOT NULL, "
-            "body jsonb NOT NULL)"
+            "body text NOT NULL)"
         )
         db.execute(f"CREATE INDEX IF NOT EXISTS {index}_binding ON {t} (binding, status)")
         db.execute(f"CREATE INDEX IF NOT EXISTS {index}_status ON {t} (status, expires)")
@@ -228,7 +230,7 @@ class PostgresStore(_Threaded):
 
     async def insert(self, request: ApprovalRequest) -> None:
         await self._run(lambda: self._exec(
-            f"INSERT INTO {{t}} ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s::jsonb)", _row(request),
+            f"INSERT INTO {{t}} ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s)", _row(request),
         ))
 
     async def get(self, approval_id: str) -> ApprovalRequest | None:
@@ -239,7 +241,7 @@ class PostgresStore(_Threaded):
         assert new.version == expected_version + 1
         _, _, status, expires, _, version, body = _row(new)
         count = await self._run(lambda: self._exec(
-            "UPDATE {t} SET status = %s, expires = %s, version = %s, body = %s::jsonb WHERE id = %s AND version = %s",
+            "UPDATE {t} SET status = %s, expires = %s, version = %s, body = %s WHERE id = %s AND version = %s",
             (status, expires, version, body, new.id, expected_version),
         ))
         return count == 1
@@ -271,6 +273,6 @@ def open_store(url: str, *, table: str = "sqlward_approvals", password: str = ""
     """The store a `[approvals] store` value names (module doc)."""
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url, table=table, password=password)
-    if url.startswith("sqlite:///"):
-        url = url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////") else url[len("sqlite:///"):]
+    if url.startswith("sqlite:///"):  # sqlite:///relative.db, sqlite:////absolute/path.db
+        url = url[len("sqlite:///"):]
     return SqliteStore(url)
