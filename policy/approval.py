@@ -111,7 +111,9 @@ def approver_problem(
     me = _canon(approver.subject)
     if approver.kind == "person" and me in (_canon(a) for a in requester_actor):
         return "nobody approves their own request"
-    if approver.kind == "bot" and any(_canon(a) == me for a in requester_actor):
+    if approver.kind == "bot" and (me == _canon(requester_subject) or any(_canon(a) == me for a in requester_actor)):
+        # A bot identity may also log in to a database (a password besides its API token): its
+        # own statements are its own request.
         return "nobody approves their own request"
     is_principal = approver.kind == "person" and me == _canon(requester_subject)
     if is_principal:
