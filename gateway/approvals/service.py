@@ -134,18 +134,26 @@ class ApprovalService:
 
     async def wait(self, approval_id: str, until: float) -> ApprovalRequest | None:
         """The request once it is no longer pending, or as it is when `until` (clock time) comes."""
-        while True:
-            current = await self.store.get(approval_id)
-            if current is None or current.status != "pending":
-                return current
-            left = until - self._clock()
-            if left <= 0:
-                return current
+        try:
+            while True:
+                current = await self.store.get(approval_id)
+                if current is None or current.status != "pending":
+                    return current
+                left = until - self._clock()
+                if left <= 0:
+                    return current
+                event = self._events.get(approval_id)
+                if event is None:
+                    event = self._events[approval_id] = trio.Event()
+                with trio.move_on_after(min(self._poll, left)):
+                    await event.wait()
+        finally:
+            # The last waiter drops the event: a request decided through another replica (seen by
+            # polling) or still pending at the deadline is never woken here, and its event would
+            # stay in `_events` for the life of the process.
             event = self._events.get(approval_id)
-            if event is None:
-                event = self._events[approval_id] = trio.Event()
-            with trio.move_on_after(min(self._poll, left)):
-                await event.wait()
+            if event is not None and event.statistics().tasks_waiting == 0:
+                del self._events[approval_id]
 
     async def claim(self, approval_id: str, scope: AuditScope, request_id: int) -> ApprovalRequest | None:
         """approved -> executed for the session about to run it; None when it is not approved
@@ -246,7 +254,12 @@ class ApprovalService:
         except AuditUnavailable:
             # A decision that cannot be recorded does not stand.
             undo = msgspec.structs.replace(current, version=new.version + 1)
-            await self.store.update(undo, expected_version=new.version)
+            if not await self.store.update(undo, expected_version=new.version):
+                # Another writer moved the request first (a replica claimed it): the decision
+                # stands without its record. Say so rather than claim it was not taken.
+                log.error("approval %s: the decision of %s could not be audited nor undone (the request moved on)",
+                          approval_id, approver.subject)
+                raise ApprovalError(503, "the audit trail cannot be written, and the decision could not be undone") from None
             raise ApprovalError(503, "the audit trail cannot be written; the decision was not taken") from None
         self._wake(approval_id)
         self._notify("approval.decided", new)
