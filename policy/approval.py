@@ -136,7 +136,13 @@ def outcome(
     admitted: dict[str, Approver] = {}
     for a in approvals:
         if approver_problem(rules, requester_subject, requester_actor, a) is None:
-            admitted.setdefault(f"{a.kind}:{_canon(a.subject)}", a)
+            key = f"{a.kind}:{_canon(a.subject)}"
+            seen = admitted.get(key)
+            # One approver counts once, with every group it was seen in: keeping only the first
+            # made the result depend on the order (and adding an approval could undo "approved").
+            admitted[key] = a if seen is None else msgspec.structs.replace(
+                seen, groups=tuple(dict.fromkeys((*seen.groups, *a.groups))),
+            )
     for rule in rules:
         mine = [a for a in admitted.values() if _admits(rule, a) or (
             rule.principal and a.kind == "person" and requester_actor and _canon(a.subject) == _canon(requester_subject)
