@@ -45,6 +45,9 @@ Retries: connection errors, timeouts, 5xx and 429 are retried with exponential b
 at most `MAX_RETRY_AFTER`. Any other 4xx is not retried. Every give-up is logged on the
 `sqlward.webhooks` logger. TLS receivers are verified against the system store, or against
 `ca_file` when it is set.
+
+Notifications live in memory only: those still queued when the gateway stops are not sent (the
+audit trail, not the webhooks, is the record of what happened).
 """
 
 from __future__ import annotations

@@ -493,3 +493,33 @@ def test_tls_receiver_with_another_ca_is_refused(tmp_path: Path, caplog: pytest.
         run(go)
     assert receiver.seen == []
     assert any("gave up" in r.getMessage() and "CERTIFICATE_VERIFY_FAILED" in r.getMessage() for r in caplog.records)
+
+
+# -- with the approval service ---------------------------------------------------------------------
+
+
+def test_service_transitions_reach_the_receiver(tmp_path: Path) -> None:
+    from sqlward.audit.recorder import Recorder
+    from sqlward.gateway.approvals.service import ApprovalService
+    from sqlward.gateway.approvals.store import SqliteStore
+    from tests.support.auditsink import ListSink
+
+    receiver = Receiver()
+
+    async def go(nursery: trio.Nursery) -> None:
+        await receiver.serve(nursery)
+        n = notifier(hook(receiver.url))
+        nursery.start_soon(n.run)
+        recorder = Recorder("gw-1", ListSink())
+        store = SqliteStore(str(tmp_path / "approvals.sqlite3"))
+        service = ApprovalService(store, scope=recorder.gateway_scope, notifier=n, link=link)
+        r = await service.create(request(), recorder.scope("conn-1"))
+        await service.decide(r.id, Approver(subject="bob@example.com", groups=("dba",)), "approve")
+        await service.claim(r.id, recorder.scope("conn-1"), 1)
+        await until(lambda: len(receiver.seen) == 3)
+        await store.aclose()
+
+    run(go)
+    assert [(s.json["event"], s.json["approval"]["status"]) for s in receiver.seen] == [
+        ("approval.requested", "pending"), ("approval.decided", "approved"), ("approval.executed", "executed")]
+    assert all(s.json["link"] == link(request().id) for s in receiver.seen)
