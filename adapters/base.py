@@ -24,19 +24,21 @@ from __future__ import annotations
 
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
 from sqlward.adapters.preauth import PreAuthLimiter
-from sqlward.audit.events import Who
+from sqlward.audit.events import StatementCompleted, Who
 from sqlward.audit.recorder import AuditScope, AuditUnavailable, Recorder
 from sqlward.policy.model import Analysis, Decision, Identity, TargetInfo
 from sqlward.policy.searchpath import SearchPath
 
 if TYPE_CHECKING:
+    import trio
+
     from sqlward.masking.context import MaskContext
 
 __all__ = [
@@ -194,6 +196,13 @@ class StatementRequest(msgspec.Struct, frozen=True):
     statement_name: str | None = None
     # kind "command": the protocol command ("FunctionCall", "COM_DROP_DB", "cursor fetch", ...).
     command: str = ""
+    # The text is being prepared (PostgreSQL Parse, MySQL COM_STMT_PREPARE): its runs come later.
+    # A statement that needs approval is then approved at each run, with its parameters.
+    prepare: bool = False
+    # A run of a prepared statement that needs approval: the parameter values bound to it (None
+    # for NULL) and their format codes (PostgreSQL: 0 text, 1 binary), bound into the approval.
+    parameters: tuple[bytes | None, ...] | None = None
+    formats: tuple[int, ...] = ()
 
 
 class KillRequest(msgspec.Struct, frozen=True):
@@ -224,6 +233,12 @@ class Verdict(msgspec.Struct, frozen=True):
     # PostgreSQL: the session's search_path after the request, when it may have changed (the
     # adapter makes sure of it before relying on it; see `policy.searchpath`).
     search_path: SearchPath | None = None
+    # The approval request that released this statement (an allowed review), or that it made
+    # (a refusal in retry mode, a rejection, a timeout).
+    approval_id: str | None = None
+    # A prepared statement (request.prepare) that needs approval at each run: the adapter
+    # prepares it and asks again, with the parameters, before each run.
+    review_at_run: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -235,7 +250,10 @@ class SessionContext:
     request counter. Owned by the session; the pipeline updates `identity` when a statement
     states a new reason (`/* sqlward:reason=... */`) and counts requests."""
 
-    __slots__ = ("audit", "identity", "who", "target", "requests", "offline", "masked", "masked_key")
+    __slots__ = (
+        "audit", "identity", "who", "target", "requests", "offline", "masked", "masked_key",
+        "notice", "client_gone", "hold", "approved", "approval_failed",
+    )
 
     def __init__(self, audit: AuditScope, *, offline: bool = False) -> None:
         self.audit = audit
@@ -249,6 +267,41 @@ class SessionContext:
         # target, policy version).
         self.masked = False
         self.masked_key: tuple[object, ...] | None = None
+        # Approval holds (set by the adapter): `notice` tells the client at once that its
+        # statement is held (PostgreSQL NoticeResponse; None where the protocol cannot);
+        # `client_gone` returns when the client disconnects while a statement is held (reading
+        # and keeping what the client sends meanwhile).
+        self.notice: Callable[[str], Awaitable[None]] | None = None
+        self.client_gone: Callable[[], Awaitable[None]] | None = None
+        # The cancel scope of the hold in progress (a client's cancel withdraws the request).
+        self.hold: trio.CancelScope | None = None
+        # Statements released by an approval and not yet completed: request id -> approval id
+        # (`approval_of`); `approval_failed(approval_id, request_id, error)` is the pipeline's.
+        self.approved: dict[int, str] = {}
+        self.approval_failed: Callable[[str, int, str], None] | None = None
+
+    def approval_of(self, event: StatementCompleted) -> StatementCompleted:
+        """The completion of a statement released by an approval names the request (by its
+        request id, or for a run of a prepared statement its `prepared_ref`); a failed run is
+        reported so the request becomes `failed`. Adapters call it when `approved` is not empty."""
+        approved = self.approved
+        aid = approved.pop(event.request_id, None)
+        if aid is None and event.prepared_ref is not None:
+            aid = approved.pop(event.prepared_ref, None)
+        if aid is None:
+            return event
+        if event.error is not None and self.approval_failed is not None:
+            self.approval_failed(aid, event.request_id, event.error)
+        return msgspec.structs.replace(event, approval_id=aid)
+
+    def withdraw_hold(self) -> bool:
+        """A client's cancel (PostgreSQL CancelRequest, MySQL KILL QUERY): ends the hold in
+        progress, which withdraws its approval request. False when nothing is held."""
+        hold = self.hold
+        if hold is None:
+            return False
+        hold.cancel()
+        return True
 
     def set_identity(self, identity: Identity) -> None:
         self.identity = identity

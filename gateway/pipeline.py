@@ -27,8 +27,13 @@ else assembles a decision. For one request it runs, in this order:
 7. **The mask plan**: for an allowed request of an identity a `[[masks]]` rule applies to, the
    `MaskContext` that the adapter's row rewriters use, or a refusal when masking cannot protect
    the result (`masking-unavailable` when the schema catalogue cannot be read).
-8. *(The approval step of the next issue goes here: a `review` decision waits for a verdict.)*
-   Today `review` refuses with "needs approval".
+8. **Approvals** (`gateway.approvals.gate`): a `review` decision becomes an approval request
+   that the session waits for (`hold`) or that a later identical statement uses (`retry`); the
+   decision that stands is allow (released by an approval: `Verdict.approval_id`, and the mask
+   plan is made then) or a refusal naming the request. A text being prepared (Parse,
+   COM_STMT_PREPARE) is not approved yet: `Verdict.review_at_run` asks the adapter to prepare it
+   and to ask again, with the parameters, before each run. Offline, the note says what a live
+   session would ask.
 9. **The record**: `statement.decided` with the facts that matched is added to the session's
    audit scope. With `durable=True` the scope is flushed at once and a failure refuses the
    request (`audit-unavailable`); with `durable=False` the adapter flushes at its next flush
@@ -48,9 +53,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
+import trio
 
 from sqlward.adapters import identity as ident
 from sqlward.adapters.base import (
@@ -68,7 +75,10 @@ from sqlward.policy.fingerprint import RAW_PREFIX
 from sqlward.policy.model import Analysis, Decision, Identity
 from sqlward.policy.searchpath import Resolution, SearchPath, Unresolvable, needs_catalogue, resolve, trace, unsure
 
+from sqlward.gateway.approvals.gate import precheck, settle
+
 if TYPE_CHECKING:
+    from sqlward.gateway.approvals.service import ApprovalService
     from sqlward.gateway.gatekeeper import Gatekeeper
     from sqlward.masking.context import MaskContext
 
@@ -193,6 +203,34 @@ def _internal_error(exc: BaseException) -> Decision:
     )
 
 
+def _failure_reporter(service: ApprovalService, ctx: SessionContext) -> Callable[[str, int, str], None]:
+    """`SessionContext.approval_failed`: a released statement's run failed; the request becomes
+    `failed` (in a task of its own: the adapter that reports it is relaying bytes)."""
+
+    def report(approval_id: str, request_id: int, error: str) -> None:
+        async def go() -> None:
+            try:
+                await service.finished(approval_id, request_id, error, ctx.audit)
+            except Exception:
+                log.exception("approval %s: its failed run could not be recorded", approval_id)
+
+        trio.lowlevel.spawn_system_task(go)
+
+    return report
+
+
+def _binding_names(request: StatementRequest, names: _Names | None) -> object:
+    """What the statement's names resolve through, for the approval binding: PostgreSQL's
+    resolution (or search_path), MySQL's current database."""
+    if request.dialect == "mysql":
+        return {"database": request.schema}
+    if names is not None and names.audit:
+        return names.audit
+    if request.search_path is not None:
+        return {"search_path": request.search_path.shown()}
+    return None
+
+
 class _Names(NamedTuple):
     """PostgreSQL name resolution of one request (`Pipeline._names`)."""
 
@@ -229,8 +267,10 @@ class Pipeline:
     """`StatementPipeline` of `sqlward.adapters.base`, over the gateway's `Gatekeeper` (its policy
     engine, estimator and masking policy). See the module doc for the order of the steps."""
 
-    def __init__(self, gatekeeper: Gatekeeper) -> None:
+    def __init__(self, gatekeeper: Gatekeeper, approvals: ApprovalService | None = None) -> None:
         self._gk = gatekeeper
+        # None: no live approvals (a review is refused), as for `sqlward policy test`.
+        self._approvals = approvals
         # PostgreSQL name resolution of requests that cannot move the path and need no
         # catalogue, by (fingerprint, path): the same for every text of the shape.
         self._names_memo: dict[tuple[str, SearchPath], _Names] = {}
@@ -348,17 +388,52 @@ class Pipeline:
             log.exception("policy evaluation failed")
             decision = _internal_error(exc)
 
-        # 8. approvals (next issue): a review is a refusal that says who may approve.
-        if decision.action == "review" and not decision.message:
-            decision = msgspec.structs.replace(decision, message=f'statement needs approval (rule "{decision.rule_id}")')
+        # 8. approvals: a review waits for a verdict (hold) or refers to one (retry).
+        approval_id: str | None = None
+        review_at_run = False
+        if decision.action == "review":
+            if not decision.message:
+                decision = msgspec.structs.replace(decision, message=f'statement needs approval (rule "{decision.rule_id}")')
+            refusal = precheck(decision, identity.reason)
+            if refusal is not None:
+                decision = refusal
+            elif ctx.offline:
+                notes.append("a live session would ask for approval: " + ", ".join(
+                    f"{r.mode} by {' or '.join((*r.approvers, *(f'group:{g}' for g in r.all_groups))) or 'the principal'}"
+                    + (f" ({r.approvals} approvals)" if r.approvals > 1 else "")
+                    for r in decision.approvals
+                ))
+            elif request.prepare:
+                review_at_run = True  # each run is approved with its parameters
+            elif self._approvals is None:
+                decision = msgspec.structs.replace(decision, action="deny")
+            else:
+                try:
+                    decision, approval_id = await settle(
+                        self._approvals, ctx, request, rid, decision, analysis=analysis,
+                        names=_binding_names(request, names), estimates=estimates,
+                    )
+                except AuditUnavailable:
+                    return Verdict(request_id=rid, decision=_AUDIT_UNAVAILABLE, analysis=analysis, masked=masked)
+                if decision.action == "allow" and masked:
+                    assert analysis is not None
+                    try:
+                        decision, mask = await self._mask_plan(ctx, request, analysis, decision, notes, names)
+                    except Exception as exc:  # fail closed
+                        log.exception("mask plan of an approved statement failed")
+                        decision = _internal_error(exc)
 
         # 9. the record
         verdict = Verdict(
             request_id=rid, decision=decision, analysis=analysis, mask=mask, masked=masked, kill=kill,
-            search_path=after,
+            search_path=after, approval_id=approval_id, review_at_run=review_at_run,
         )
         if estimates is not None or notes:
             verdict = msgspec.structs.replace(verdict, estimates=estimates or {}, notes=tuple(notes))
+        if approval_id is not None and decision.action == "allow":
+            ctx.approved[rid] = approval_id
+            if ctx.approval_failed is None and self._approvals is not None:
+                ctx.approval_failed = _failure_reporter(self._approvals, ctx)
         return await self._record(ctx, request, rid, decision, durable=durable, verdict=verdict, names=names)
 
     async def _names(self, ctx: SessionContext, path: SearchPath, analysis: Analysis, sql: str) -> _Names:
@@ -490,7 +565,7 @@ class Pipeline:
                 parse_status=parse_status,
                 action=decision.action, rule_id=decision.rule_id, message=decision.message,
                 statement_name=request.statement_name, statement_index=decision.statement_index,
-                facts=decision.facts,
+                facts=decision.facts, approval_id=verdict.approval_id if verdict is not None else None,
                 **(names.audit if names is not None else _NO_FIELDS),
             )
         )

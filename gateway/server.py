@@ -27,6 +27,8 @@ from sqlward.adapters.mysql.listener import MysqlListener
 from sqlward.adapters.postgres.listener import PostgresListener
 from sqlward.audit.events import GatewayStarted, GatewayStopped
 from sqlward.audit.recorder import AuditUnavailable
+from sqlward.gateway.approvals.service import ApprovalService, Notifier
+from sqlward.gateway.approvals.store import open_store
 from sqlward.gateway.cli import sqlward_version
 from sqlward.gateway.config import Config, ListenerConfig, parse_listen
 from sqlward.gateway.gatekeeper import Gatekeeper
@@ -104,6 +106,43 @@ ADAPTERS: dict[str, Callable[[SessionServices, Gatekeeper, ListenerConfig], List
 }
 
 
+def admin_base_url(config: Config) -> str:
+    """Where people reach the admin listener: `[admin] public_url`, else its listen address."""
+    if config.admin.public_url:
+        return config.admin.public_url.rstrip("/")
+    if not config.admin.listen:
+        return ""
+    host, port = parse_listen(config.admin.listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if config.admin.tls else 'http'}://{shown}:{port}"
+
+
+def approval_service(config: Config, gatekeeper: Gatekeeper) -> tuple[ApprovalService, Notifier | None]:
+    """The approval service over the configured store, and the webhook notifier (if any)."""
+    password = ""
+    if config.approvals.store_password_file:
+        with open(config.approvals.store_password_file, encoding="utf-8") as f:
+            password = f.read().strip()
+    store = open_store(config.approvals.store, table=config.approvals.table, password=password)
+    base = admin_base_url(config)
+
+    def link(approval_id: str) -> str:
+        return f"{base}/api/v1/approvals/{approval_id}" if base else approval_id
+
+    notifier = None
+    if config.webhooks:
+        from sqlward.gateway.approvals.webhooks import WebhookNotifier
+
+        notifier = WebhookNotifier.from_config(config.webhooks, link=link, gateway=config.gateway.name)
+    service = ApprovalService(
+        store, scope=gatekeeper.recorder.gateway_scope, notifier=notifier, link=link,
+        poll=config.approvals.poll_seconds, sweep=config.approvals.sweep_seconds, gateway=config.gateway.name,
+    )
+    return service, notifier
+
+
 def raise_descriptor_limit() -> tuple[int, int]:
     """Raise the soft limit of open descriptors to the hard limit (each session holds two, and a
     busy gateway outgrows the common default of 1,024); returns (soft, hard) as they now are."""
@@ -122,8 +161,9 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
     soft, hard = raise_descriptor_limit()
     log.info("descriptor limit: %d (hard %s)", soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
     gatekeeper = Gatekeeper.from_config(config)
+    approvals, notifier = approval_service(config, gatekeeper)
     services = SessionServices(
-        gatekeeper=gatekeeper, pipeline=Pipeline(gatekeeper), recorder=gatekeeper.recorder,
+        gatekeeper=gatekeeper, pipeline=Pipeline(gatekeeper, approvals), recorder=gatekeeper.recorder,
         preauth=PreAuthLimiter(config.gateway.max_unauthenticated, config.gateway.max_unauthenticated_per_address),
     )
     # The audit sink is proven writable before anyone can connect (a path on a full disk,
@@ -149,6 +189,19 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
                 log.info("listening: %s on %s:%d", lst.name, lst.host, port)
             if config.gateway.policy_files:
                 nursery.start_soon(_watch_policy, gatekeeper)
+            nursery.start_soon(approvals.run)
+            if notifier is not None:
+                nursery.start_soon(notifier.run)
+            if config.admin.listen:
+                from sqlward.gateway.http.app import build_app
+                from sqlward.gateway.http.server import serve_admin
+
+                app = build_app(
+                    approvals=approvals, authenticate=gatekeeper.approver_for_bearer, access=config.admin.access,
+                    version=sqlward_version(),
+                )
+                admin_port = await nursery.start(serve_admin, config.admin, app)
+                log.info("listening: admin API on %s (port %d)", config.admin.listen, admin_port)
             task_status.started(ports)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for signum in signals:
@@ -162,6 +215,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await gatekeeper.aclose()  # side connections (row estimates, catalogue)
+            await approvals.store.aclose()
             scope = gatekeeper.recorder.gateway_scope
             scope.add(GatewayStopped(reason=stopping))
             await scope.flush_quietly()

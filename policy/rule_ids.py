@@ -29,6 +29,7 @@ MASKING_UNAVAILABLE: Final = "masking-unavailable"  # the schema catalogue could
 MASKING_CURSOR: Final = "masking-cursor"  # a MySQL cursor whose rows cannot be masked
 INTERNAL_ERROR: Final = "internal-error"  # analysis or policy raised: fail closed
 AUDIT_UNAVAILABLE: Final = "audit-unavailable"  # the decision could not be recorded: fail closed
+APPROVALS_UNAVAILABLE: Final = "approvals-unavailable"  # the approval store cannot be read or written
 SEARCH_PATH_UNKNOWN: Final = "search-path-unknown"  # PostgreSQL: where a bare name resolves is unknown
 CLIENT_CHARSET: Final = "client-charset"  # MySQL: the server reads a charset the analysis cannot
 SQL_READING: Final = "sql-reading"  # a setting that changes how the server reads SQL text (PG standard_conforming_strings, MySQL sql_mode)
@@ -43,7 +44,7 @@ ALL: Final = frozenset(
     {
         UNPARSEABLE, DYNAMIC_SQL, DEFAULT, ESTIMATE_PENDING, IDENTITY_TAMPERING, TOKEN_EXPIRED,
         LOCAL_INFILE, KILL_FORM, OWN_SESSION, FUNCTION_CALL, COMMAND_NOT_ALLOWED,
-        MASKING_UNAVAILABLE, MASKING_CURSOR, INTERNAL_ERROR, AUDIT_UNAVAILABLE, ACCESS, MASK_ON_DOUBT,
+        MASKING_UNAVAILABLE, MASKING_CURSOR, INTERNAL_ERROR, AUDIT_UNAVAILABLE, APPROVALS_UNAVAILABLE, ACCESS, MASK_ON_DOUBT,
         SEARCH_PATH_UNKNOWN, CLIENT_CHARSET, SQL_READING,
     }
 )

@@ -180,6 +180,16 @@ def error_response(sqlstate: str, message: str, *, severity: str = ERROR, detail
     return b"E" + struct.pack("!I", len(body) + 4) + body
 
 
+def notice_response(message: str, *, sqlstate: str = "01000", severity: str = "NOTICE", hint: str = "") -> bytes:
+    """Wire bytes of a NoticeResponse of the gateway's own (an approval hold's news)."""
+    sev = severity.encode("ascii")
+    body = b"S" + sev + b"\0V" + sev + b"\0" + _field(b"C", sqlstate) + _field(b"M", message)
+    if hint:
+        body += _field(b"H", hint)
+    body += b"\0"
+    return b"N" + struct.pack("!I", len(body) + 4) + body
+
+
 def hidden_error(sqlstate: str, severity: str) -> bytes:
     """The ErrorResponse that replaces the server's for a statement reading masked columns: the
     server's text can quote a masked value ("invalid input syntax ...: <value>"), so only its

@@ -210,6 +210,33 @@ def _text_values(body: bytes) -> list[str] | None:
         return None
 
 
+def _bind_parameters(buf: bytearray, start: int, end: int) -> tuple[tuple[bytes | None, ...], tuple[int, ...]]:
+    """The parameter format codes and values of a Bind, from just after its statement name
+    (ProtocolViolation when the message is malformed)."""
+    try:
+        (nformats,) = struct.unpack_from("!h", buf, start)
+        formats = struct.unpack_from(f"!{nformats}h", buf, start + 2) if nformats > 0 else ()
+        pos = start + 2 + 2 * max(nformats, 0)
+        (nvalues,) = struct.unpack_from("!h", buf, pos)
+        pos += 2
+        values: list[bytes | None] = []
+        for _ in range(max(nvalues, 0)):
+            (length,) = struct.unpack_from("!i", buf, pos)
+            pos += 4
+            if length < 0:
+                values.append(None)
+                continue
+            if pos + length > end:
+                raise ProtocolViolation("Bind message is truncated")
+            values.append(bytes(buf[pos : pos + length]))
+            pos += length
+    except struct.error:
+        raise ProtocolViolation("Bind message is truncated") from None
+    if nformats < 0 or nvalues < 0:
+        raise ProtocolViolation("Bind message has a negative count")
+    return tuple(values), tuple(formats)
+
+
 def _describe_portal(portal: bytes) -> bytes:
     """Describe (portal) for the portal named by these bytes, exactly as the client sent them."""
     return _pack_header(_D, len(portal) + 6) + b"P" + portal + b"\0"
@@ -376,6 +403,9 @@ class ClientSide:
         self._copy_portals: set[bytes] = set()
         # Statements whose runs may switch client_encoding (`RelayState.encoding_wait`).
         self._enc_statements: set[bytes] = set()
+        # Prepared statements that need approval at each run (`Verdict.review_at_run`): every
+        # Bind asks the pipeline again, with its parameter values.
+        self._review_statements: set[bytes] = set()
 
     @property
     def asking_text(self) -> bool:
@@ -447,16 +477,28 @@ class ClientSide:
                 if changes is not None:
                     self._st.path.forwarded(changes)
                 prepared = self._prepared_sql.get(stmt)
+                if prepared is not None and self._review_statements and stmt in self._review_statements:
+                    # Each run of a statement that needs approval is approved with its values.
+                    values, formats = _bind_parameters(buf, s_end + 1, end)
+                    version = self._epoch()
+                    self._pos = pos
+                    self._asking = (_ASK_BIND, pos, end, (portal, stmt, prepared[0], version))
+                    return StatementRequest(
+                        sql=prepared[0], dialect="postgres", statement_name=self._st.decode_sql(stmt),
+                        search_path=version[1], parameters=values, formats=formats,
+                    )
                 if prepared is not None:
                     version = self._epoch()
                     if prepared[1] != version:
                         # The policy or the search_path changed since this statement was
-                        # decided: decide again.
+                        # decided: decide again (with the run's values: a statement that needs
+                        # approval now is approved with them).
+                        values, formats = _bind_parameters(buf, s_end + 1, end)
                         self._pos = pos
                         self._asking = (_ASK_BIND, pos, end, (portal, stmt, prepared[0], version))
                         return StatementRequest(
                             sql=prepared[0], dialect="postgres", statement_name=self._st.decode_sql(stmt),
-                            search_path=version[1],
+                            search_path=version[1], parameters=values, formats=formats,
                         )
             elif mtype == _S:
                 self._discarding = False
@@ -485,7 +527,9 @@ class ClientSide:
                 self._pos = pos
                 epoch = self._epoch()
                 self._asking = (_ASK_PARSE, pos, end, (name, sql, epoch))
-                return StatementRequest(sql=sql, dialect="postgres", statement_name=decode(name), search_path=epoch[1])
+                return StatementRequest(
+                    sql=sql, dialect="postgres", statement_name=decode(name), search_path=epoch[1], prepare=True,
+                )
             elif mtype == _C:
                 if end - pos >= 7:
                     name = bytes(buf[pos + 6 : end - 1])
@@ -571,6 +615,11 @@ class ClientSide:
         elif what == _ASK_PARSE:
             assert isinstance(detail, tuple)
             name, sql, version = detail
+            if verdict.review_at_run:  # prepared now, approved at each Bind
+                allowed = True
+                self._review_statements.add(name)
+            elif self._review_statements:
+                self._review_statements.discard(name)
             if allowed:
                 self._statements[name] = rid
                 self._stmt_masks[name] = verdict.mask
@@ -598,6 +647,8 @@ class ClientSide:
             assert isinstance(detail, tuple)
             portal, stmt, sql, version = detail
             if allowed:
+                if verdict.approval_id is not None:  # its completion names the approval
+                    self._portals[portal] = rid
                 self._prepared_sql[stmt] = (sql, version)
                 self._stmt_masks[stmt] = self._portal_masks[portal] = verdict.mask
                 if verdict.search_path is not None:
@@ -711,6 +762,7 @@ class ClientSide:
         self._discarding = True
 
     def _forget_statement(self, name: bytes) -> None:
+        self._review_statements.discard(name)
         self._copy_statements.discard(name)
         self._statements.pop(name, None)
         self._prepared_sql.pop(name, None)

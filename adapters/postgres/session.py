@@ -130,6 +130,8 @@ async def cancel_backend(registry: SessionRegistry[PostgresSession], pid: int, s
     if session is None or not hmac.compare_digest(session.secret, secret):
         log.info("cancel request for unknown backend %d ignored", pid)
         return
+    if session.ctx.withdraw_hold():  # a statement held for approval: the request is withdrawn
+        return
     up = session.up
     target = session.target
     if up is None or target is None:
@@ -163,6 +165,9 @@ class PostgresSession(GovernedSession):
         self._state: RelayState | None = None
         self._upstream_side: UpstreamSide | None = None
         self._probe_done: trio.Event | None = None  # set when the search_path answer is in
+        # What the client sent while a statement was held for approval (read to notice a
+        # disconnect; relayed once the hold is over). Bounded: reading stops at the limit.
+        self._held_input = bytearray()
 
     # ----------------------------------------------------------------------------------------
     # helpers
@@ -577,12 +582,39 @@ class PostgresSession(GovernedSession):
     # relay
 
     async def _relay(self) -> None:
+        self.ctx.notice = self._hold_notice
+        self.ctx.client_gone = self._hold_watch
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._client_task, nursery.cancel_scope)
             nursery.start_soon(self._upstream_task, nursery.cancel_scope)
             deadline = self._closes_at_expiry()
             if deadline is not None:
                 nursery.start_soon(self._expiry_task, deadline, nursery.cancel_scope)
+
+    async def _hold_notice(self, text: str) -> None:
+        """Tell the client at once that its statement is held (a NoticeResponse, legal at any
+        time between messages): sent once everything asked earlier has been answered, so it
+        never lands inside a backend message."""
+        state = self._state
+        assert state is not None
+        while state.pending or self._to_client_partial or (self._upstream_side is not None and self._upstream_side.mid_message):
+            await trio.sleep(0.01)
+        await Pipe(self.client).send(errors.notice_response(text))
+
+    async def _hold_watch(self) -> None:
+        """Returns when the client disconnects during a hold; what it sends meanwhile is kept for
+        the relay (up to the message size limit, then reading stops)."""
+        client = Pipe(self.client)
+        limit = self.settings.max_message_size + 65536
+        while len(self._held_input) < limit:
+            try:
+                data = await client.receive()
+            except _IO_ERRORS:
+                return
+            if not data:
+                return
+            self._held_input += data
+        await trio.sleep_forever()
 
     async def _expiry_task(self, deadline: float, cancel_scope: trio.CancelScope) -> None:
         """Closes an idle session too when its token expires (on_token_expiry = "close")."""
@@ -662,6 +694,9 @@ class PostgresSession(GovernedSession):
                     raise UpstreamLost(str(exc)) from exc
             if side.terminated:
                 return
+            if self._held_input:  # sent while a statement was held for approval
+                data = bytes(self._held_input)
+                self._held_input.clear()
 
     async def _upstream_task(self, cancel_scope: trio.CancelScope) -> None:
         try:
@@ -697,8 +732,9 @@ class PostgresSession(GovernedSession):
             if self._probe_done is not None and not state.path.probing:
                 self._probe_done.set()
                 self._probe_done = None
+            approved = self.ctx.approved
             for event in events:
-                add(event)
+                add(self.ctx.approval_of(event) if approved else event)
             if out or events:
                 # Completions are durable before the client sees them.
                 await flush()

@@ -75,9 +75,10 @@ class ApprovalService:
     def __init__(
         self, store: ApprovalStore, *, scope: AuditScope, notifier: Notifier | None = None,
         link: Callable[[str], str] = lambda approval_id: approval_id, clock: Callable[[], float] = time.time,
-        poll: float = 0.5, sweep: float = 5.0,
+        poll: float = 0.5, sweep: float = 5.0, gateway: str = "",
     ) -> None:
         self.store = store
+        self.gateway = gateway  # this replica's name (ApprovalRequest.gateway)
         self._scope = scope  # the gateway's own audit scope (API decisions, expiries)
         self._notifier = notifier
         self.link = link
@@ -194,12 +195,9 @@ class ApprovalService:
                 events.ApprovalExpired(approval_id=approval_id, was="pending") if status == "expired"
                 else events.ApprovalWithdrawn(approval_id=approval_id, reason=reason)
             )
-            target = scope or self._scope
-            if target is self._scope or scope is None:
-                await self._scope.record(event)
-            else:
-                target.add(event)
-                await target.flush_quietly()
+            target = scope if scope is not None else self._scope
+            target.add(event)
+            await target.flush_quietly()
             self._notify(f"approval.{status}", moved)
         return moved
 
@@ -210,6 +208,7 @@ class ApprovalService:
         moved = await self._move(approval_id, "failed", error=error, frm=("executed",))
         if moved is not None:
             scope.add(events.ApprovalExecuted(approval_id=approval_id, request_id=request_id, status="failed", error=error))
+            await scope.flush_quietly()
             self._notify("approval.failed", moved)
 
     # -- the approver's side -----------------------------------------------------------------------

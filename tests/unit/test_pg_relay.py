@@ -414,7 +414,7 @@ def test_unnamed_pipeline() -> None:
     )
     assert r.to_upstream == parse(b"", b"SELECT 1") + BIND + DESCRIBE_PORTAL + EXECUTE + SYNC
     assert r.requests == [
-        StatementRequest(sql="SELECT 1", dialect="postgres", statement_name="", search_path=PATH),
+        StatementRequest(sql="SELECT 1", dialect="postgres", statement_name="", search_path=PATH, prepare=True),
         StatementRequest(sql="", dialect="postgres", kind="execute", statement_name=""),
     ]
     assert r.to_client == PARSE_COMPLETE + BIND_COMPLETE + ROWDESC_N + ROW_1 + complete(b"SELECT 1") + READY_IDLE
@@ -520,7 +520,7 @@ def test_named_statement_decided_again_after_a_policy_reload() -> None:
         ("u", syntax_error_at(marker) + READY_IDLE),
         judge=lambda: Judge(lambda request, d=iter([None, DROP_REFUSED]): next(d)),
     )
-    assert r.requests[1] == StatementRequest(sql="DELETE FROM t", dialect="postgres", statement_name="s1", search_path=PATH)
+    assert r.requests[1] == StatementRequest(sql="DELETE FROM t", dialect="postgres", statement_name="s1", search_path=PATH, parameters=(), formats=())
     assert r.to_upstream == parse(b"s1", b"DELETE FROM t") + SYNC + parse(b"", marker) + SYNC
     assert r.to_client == PARSE_COMPLETE + READY_IDLE + GATEWAY_DROP_ERROR + READY_IDLE
 

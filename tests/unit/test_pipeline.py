@@ -137,7 +137,8 @@ CASES: list[tuple[str, StatementRequest, str, str]] = [
     ("my-prod", _my("", kind="command", command="cursor fetch"), rule_ids.MASKING_CURSOR, "deny"),
     ("pg-prod", _pg("EXECUTE IMMEDIATE 'DROP TABLE t'"), rule_ids.DYNAMIC_SQL, "deny"),
     ("pg-prod", _pg("DROP TABLE t"), "no-drop", "deny"),
-    ("pg-prod", _pg("DELETE FROM t WHERE id = 1"), "review-deletes", "review"),
+    # A review rule that names no approver cannot be approved: refused, live and offline alike.
+    ("pg-prod", _pg("DELETE FROM t WHERE id = 1"), "review-deletes", "deny"),
     ("pg-prod", _pg("CREATE TABLE t (a int)"), rule_ids.DEFAULT, "deny"),
 ]
 
@@ -227,9 +228,10 @@ def test_stated_reason_becomes_the_sessions(tmp_path: Path) -> None:
     assert live.sink.events[1]["who"]["reason"] == "INC-42"
 
 
-def test_review_is_refused_with_a_sentence_naming_the_rule(tmp_path: Path) -> None:
+def test_review_nobody_may_approve_is_refused_with_a_sentence_naming_the_rule(tmp_path: Path) -> None:
     verdict = Live(_config(tmp_path), "pg-prod", ALICE).judge(_pg("DELETE FROM t WHERE id = 1"))
-    assert verdict.decision.action == "review" and 'rule "review-deletes"' in verdict.decision.message
+    assert verdict.decision.action == "deny" and 'rule "review-deletes"' in verdict.decision.message
+    assert "no approver is configured" in verdict.decision.message
 
 
 def test_durable_false_leaves_the_record_to_the_adapters_flush(tmp_path: Path) -> None:

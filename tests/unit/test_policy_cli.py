@@ -67,6 +67,7 @@ operations = ["delete"]
 has_where = false
 environments = ["production"]
 action = "review"
+approvers = ["group:dba"]
 message = "a DELETE without WHERE in production needs a second pair of eyes"
 
 [[rules]]

@@ -102,6 +102,7 @@ environments = ["production"]
 [guardrails.select-without-limit]
 environments = ["production"]
 action = "review"
+approvers = ["group:dba"]
 tables = ["users"]
 
 [[rules]]
@@ -115,6 +116,7 @@ id = "review-ddl"
 operations = ["create", "alter", "drop"]
 environments = ["production"]
 action = "review"
+approvers = ["group:dba"]
 
 [[rules]]
 id = "dba-writes"
