@@ -13,6 +13,10 @@ a traceback.
                                    protocol --command), explained, through the same statement
                                    pipeline without a gateway (see gateway.policy_check); exit 0
                                    allow, 1 deny, 3 review, 2 usage or configuration error
+    sqlward approvals list [--status S] [--json] | show ID | approve ID | reject ID [--comment TEXT]
+                                   an approver's commands over the admin API (--url / $SQLWARD_ADMIN_URL,
+                                   --token, --token-file / $SQLWARD_TOKEN, --ca-file; see gateway.http.client):
+                                   exit 0 done, 1 the server refused, 2 usage or connection error
     sqlward --version
 
 `gateway.server` is imported only by `serve`, so `check-config` stays fast and works without the
@@ -101,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     test.add_argument("--json", action="store_true", help="print one JSON object")
     test.add_argument("sql", metavar="SQL", nargs="?", default="", help="the SQL text (may hold several statements)")
+
+    from sqlward.gateway.http.client import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -208,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return policy_test(args)
         print("sqlward policy: expected a command: test", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "approvals":
+        from sqlward.gateway.http.client import run as approvals
+
+        return approvals(args)
     parser.print_usage(sys.stderr)
     return EXIT_CONFIG
 
