@@ -225,6 +225,8 @@ class MysqlSession(GovernedSession):
         self._seq = 0
         self._ubuf = bytearray()
         self._prepared = PreparedStatements()
+        # Prepared statements that need approval at each execution (`Verdict.review_at_run`).
+        self._review_statements: set[int] = set()
         self._closing_reason = ""
         self._cpipe: Pipe | None = None
         self._sql_comment = b""
@@ -263,6 +265,22 @@ class MysqlSession(GovernedSession):
             if not data:
                 raise SessionEnd()
             self._framer.feed(data)
+
+    async def _hold_watch(self) -> None:
+        """Returns when the client disconnects while its statement is held for approval; what
+        it sends meanwhile waits in the framer for the command loop (reading stops at the
+        message size limit)."""
+        assert self._cpipe is not None
+        limit = self.settings.max_message_size + 65536
+        while self._framer.buffered < limit:
+            try:
+                data = await self._cpipe.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            if not data:
+                return
+            self._framer.feed(data)
+        await trio.sleep_forever()
 
     async def _write(self, payload: bytes) -> None:
         data, self._seq = encode_packets(payload, self._seq)
@@ -426,6 +444,7 @@ class MysqlSession(GovernedSession):
         self.text.schema = target.database
         self._upstream_charset = self.text.charset
         self._cpipe = Pipe(self.client)
+        self.ctx.client_gone = self._hold_watch
         self._upipe = Pipe(self.up.stream)
         self._ubuf = bytearray(self.up.leftover)
         # The server's word on the character set it reads this client in (it falls back to its
@@ -656,6 +675,7 @@ class MysqlSession(GovernedSession):
             elif kind == "no-response":  # COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA
                 if route.command == Command.STMT_CLOSE and route.number is not None:
                     prepared.close(route.number)
+                    self._review_statements.discard(route.number)
                     self._long_data.discard(route.number)
                 elif route.command == Command.STMT_SEND_LONG_DATA and len(payload) >= 5:
                     self._long_data.add(int.from_bytes(payload[1:5], "little"))
@@ -833,9 +853,9 @@ class MysqlSession(GovernedSession):
         sql = self.text.decode(payload[1:])
         version = self.pipeline.policy_version
         verdict = await self._judge(
-            StatementRequest(sql=sql, dialect="mysql", schema=self.text.schema, statement_name="")
+            StatementRequest(sql=sql, dialect="mysql", schema=self.text.schema, statement_name="", prepare=True)
         )
-        if not verdict.allowed:
+        if not verdict.allowed and not verdict.review_at_run:
             await self._answer(verdict.decision)
             return
         effect = client_charset_effect(sql)
@@ -851,6 +871,10 @@ class MysqlSession(GovernedSession):
                 reads_masked=reads_masked_values(verdict.mask, verdict.analysis), analysis=verdict.analysis,
                 schema=self.text.schema,
             )
+            if verdict.review_at_run:  # each execution is approved with its parameters
+                self._review_statements.add(scanner.statement_id)
+            else:
+                self._review_statements.discard(scanner.statement_id)
             prepared = self._prepared.get(scanner.statement_id)
             if prepared is not None and (effect.switches or mode.switches):
                 prepared.changes_db = True  # its executions switch the character set / sql_mode: ask after each
@@ -875,13 +899,21 @@ class MysqlSession(GovernedSession):
         decided again when the policy changed since PREPARE. False when it was refused (nothing
         forwarded)."""
         name = str(stmt_id)
-        verdict = await self._judge(StatementRequest(sql="", dialect="mysql", kind="execute", statement_name=name))
+        prepared = self._prepared.get(stmt_id)
+        if prepared is not None and stmt_id in self._review_statements:
+            # A statement that needs approval at each run: approved with this run's parameter
+            # bytes (the null bitmap, types and values the server will read).
+            verdict = await self._judge(StatementRequest(
+                sql=prepared.sql, dialect="mysql", schema=prepared.schema, statement_name=name,
+                parameters=(bytes(payload[10:]),), formats=(1,),
+            ))
+        else:
+            verdict = await self._judge(StatementRequest(sql="", dialect="mysql", kind="execute", statement_name=name))
         if not verdict.allowed:
             await self._answer(verdict.decision)
             return False
-        prepared = self._prepared.get(stmt_id)
         version = self.pipeline.policy_version
-        if prepared is not None and prepared.policy_version != version:
+        if prepared is not None and prepared.policy_version != version and stmt_id not in self._review_statements:
             again = await self._judge(  # under the database it was prepared in, which the server keeps
                 StatementRequest(sql=prepared.sql, dialect="mysql", schema=prepared.schema, statement_name=name)
             )
@@ -1126,10 +1158,11 @@ class MysqlSession(GovernedSession):
                     if scanner.done or scanner.wants_infile:
                         if scanner.done and rid is not None:
                             recorded = True
-                            self.audit.add(completion(
+                            event = completion(
                                 scanner, request_id=rid, prepared_ref=ref,
                                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                            ))
+                            )
+                            self.audit.add(self.ctx.approval_of(event) if self.ctx.approved else event)
                             await self.audit.flush()
                         await cpipe.send(bytes(buf[:n]))
                         del buf[:n]
@@ -1174,11 +1207,12 @@ class MysqlSession(GovernedSession):
                     if relay.done:
                         if rid is not None:
                             recorded = True
-                            self.audit.add(completion(
+                            event = completion(
                                 relay.scanner, request_id=rid, prepared_ref=ref,
                                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
                                 masked=relay.masked, error_hidden=relay.error_hidden,
-                            ))
+                            )
+                            self.audit.add(self.ctx.approval_of(event) if self.ctx.approved else event)
                             await self.audit.flush()
                         if out:
                             await cpipe.send(out)
@@ -1248,6 +1282,11 @@ class MysqlSession(GovernedSession):
             return
         if other.identity.subject != self.identity.subject:
             await self._answer(KillNotOwner(gateway_id))
+            return
+        if other is not self and other.ctx.withdraw_hold() and kill.query_only:
+            # Its statement was held for approval, not running: the request is withdrawn.
+            self._seq = 1
+            await self._write(messages.ok_packet(self.client_caps))
             return
         if other.up is None or other.target is None:
             await self._answer(NoSuchThread(gateway_id))

@@ -167,7 +167,7 @@ async def _hold(
     if ctx.notice is not None:
         try:
             await ctx.notice(
-                f"sqlward: this statement needs approval ({decision.message}); it waits as approval request {aid} "
+                f"sqlward: {decision.message}. The statement waits as approval request {aid} "
                 f"for up to {hold_for:.0f} s. An approver runs: sqlward approvals approve {aid} ({link}). "
                 "Cancel the statement to withdraw the request."
             )
