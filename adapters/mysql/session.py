@@ -104,6 +104,7 @@ from sqlward.adapters.base import (
     SessionServices,
     StatementRequest,
     Target,
+    Verdict,
 )
 from sqlward.adapters.mysql import auth, messages, upstream
 from sqlward.adapters.mysql.charsets import (
@@ -228,6 +229,9 @@ class MysqlSession(GovernedSession):
         # Prepared statements that need approval at each execution (`Verdict.review_at_run`).
         self._review_statements: set[int] = set()
         self._closing_reason = ""
+        # Another session of this identity ran KILL CONNECTION on this one while a statement of
+        # it was held for approval: the session ends when the hold does (`_judge`).
+        self._killed = False
         self._cpipe: Pipe | None = None
         self._sql_comment = b""
         self._upipe: Pipe | None = None
@@ -265,6 +269,17 @@ class MysqlSession(GovernedSession):
             if not data:
                 raise SessionEnd()
             self._framer.feed(data)
+
+    async def _judge(self, request: StatementRequest, *, durable: bool = True) -> Verdict:
+        verdict = await super()._judge(request, durable=durable)
+        if self._killed:  # KILL CONNECTION of a held statement: no answer, the session ends
+            self._closing_reason = "killed by KILL CONNECTION while its statement was held for approval"
+            aid = self.ctx.approved.pop(verdict.request_id, None) if verdict.allowed else None
+            if aid is not None and self.ctx.approval_failed is not None:
+                # The approval was claimed in the same instant as the KILL: it did not run.
+                self.ctx.approval_failed(aid, verdict.request_id, "the session was killed before the statement ran")
+            raise SessionEnd()
+        return verdict
 
     async def _hold_watch(self) -> None:
         """Returns when the client disconnects while its statement is held for approval; what
@@ -1283,8 +1298,12 @@ class MysqlSession(GovernedSession):
         if other.identity.subject != self.identity.subject:
             await self._answer(KillNotOwner(gateway_id))
             return
-        if other is not self and other.ctx.withdraw_hold() and kill.query_only:
-            # Its statement was held for approval, not running: the request is withdrawn.
+        if other is not self and other.ctx.hold is not None:
+            # Its statement is held for approval, not running (it has not reached the upstream):
+            # the hold ends, which withdraws the request. KILL CONNECTION also ends that session
+            # (`_judge`), which closes its upstream session as any session end does.
+            other._killed = not kill.query_only
+            other.ctx.withdraw_hold()
             self._seq = 1
             await self._write(messages.ok_packet(self.client_caps))
             return
