@@ -706,3 +706,138 @@ def test_a_rejected_prepared_execution_leaves_the_statement_usable(tmp_path, tab
             assert count(table) == 200
         finally:
             conn.close()
+
+
+def test_two_identical_held_statements_are_two_requests_and_one_approval_releases_only_its_own(tmp_path, table):
+    sql = f"DELETE FROM {table} WHERE id > 100"
+    with make_gateway(tmp_path) as gw, connect(gw) as one, connect(gw) as two:
+        first = in_thread(lambda: execute(one, sql))
+        [r1] = wait_pending(gw)
+        second = in_thread(lambda: refused(lambda: execute(two, sql)))
+        [r2] = wait_pending(gw, known={r1["id"]})
+        assert r1["id"] != r2["id"] and r1["binding"] == r2["binding"]
+        assert approve_cli(gw, r1["id"]).returncode == 0
+        assert first.result(timeout=10) == ROWS - 100
+        time.sleep(0.5)
+        assert not second.done() and show(gw, r2["id"])["status"] == "pending"
+        assert cli(gw, "reject", r2["id"], "--comment", "already done").returncode == 0
+        err = second.result(timeout=10)
+        assert r2["id"] in str(err.args[1])
+        assert count(table) == 100
+        evs = events(gw)
+        assert len(of(evs, "statement.completed", r1["id"])) == 1 and not of(evs, "statement.completed", r2["id"])
+        assert not of(evs, "approval.executed", r2["id"])
+
+
+def test_a_gateway_stopping_while_a_statement_is_held_withdraws_the_request(tmp_path, table):
+    from sqlward.gateway.approvals.store import SqliteStore
+    import trio
+
+    sql = f"DELETE FROM {table} WHERE id > 100"
+    gw = make_gateway(tmp_path)
+    with gw:
+        conn = connect(gw)
+        held = in_thread(lambda: refused(lambda: execute(conn, sql)))
+        [request] = wait_pending(gw)
+    # (leaving the block stopped the gateway: SIGTERM, exit 0, no traceback)
+    err = held.result(timeout=10)
+    assert isinstance(err, pymysql.MySQLError)
+    conn.close()
+
+    async def stored() -> Any:
+        store = SqliteStore(str(tmp_path / "gw" / "approvals.sqlite3"))
+        try:
+            return await store.get(request["id"])
+        finally:
+            await store.aclose()
+
+    found = trio.run(stored)
+    assert found is not None and found.status == "withdrawn", found
+    assert count(table) == ROWS
+    assert len(of(gw.audit_events(), "approval.withdrawn", request["id"])) == 1
+
+
+def test_retry_mode_for_a_prepared_statement_binds_the_parameters(tmp_path, table):
+    sql = f"DELETE FROM {table} WHERE id > %s"
+    retry = {"approvers": ["bot:change-bot"], "mode": "retry", "expires": 120.0, "hold_timeout": 20.0}
+    with make_gateway(tmp_path, approval=retry) as gw:
+        conn = mysql.connector.connect(host=gw.host, port=gw.port, user="alice", password=SECRETS["alice"],
+                                       database="prod", use_pure=True, ssl_disabled=True, autocommit=True)
+        try:
+            cur = conn.cursor(prepared=True)
+            with pytest.raises(mysql.connector.Error) as ei:
+                cur.execute(sql, (100,))
+            [aid] = approval_ids(ei.value.msg)
+            assert approve_cli(gw, aid).returncode == 0
+            with pytest.raises(mysql.connector.Error) as ei:  # another parameter: not approved
+                cur.execute(sql, (99,))
+            [other] = approval_ids(ei.value.msg)
+            assert other != aid and count(table) == ROWS
+            cur.execute(sql, (100,))
+            assert cur.rowcount == ROWS - 100 and count(table) == 100
+            assert show(gw, aid)["status"] == "executed"
+            assert_ran_once(gw, aid, sql.replace("%s", "?"))
+        finally:
+            conn.close()
+
+
+def test_a_held_statement_is_not_released_after_the_sessions_token_expired(tmp_path, table, issuer):
+    """A session cannot outlive its token (issue 4: statements after expiry are refused with
+    rule token-expired). A statement held for approval must not become the way around it: an
+    approval that arrives after the token expired does not run it."""
+    sql = f"DELETE FROM {table} WHERE id > 100"
+    me = f"erin-{SUFFIX}@example.com"
+    token = issuer.mint(sub=me, groups=["dba"], exp=int(time.time()) + 4)
+    with make_gateway(tmp_path, listener={"allow_plaintext_tokens": True},
+                      extra={"oidc": [issuer.oidc_table(source="file", leeway_seconds=0)]}) as gw:
+        with connect(gw, me, password=token) as conn:
+            held = in_thread(lambda: refused(lambda: execute(conn, sql)))
+            [request] = wait_pending(gw)
+            time.sleep(max(0.0, request["created"] + 5.5 - time.time()))  # past exp
+            approve_cli(gw, request["id"])
+            err = held.result(timeout=10)
+            assert is_gateway_refusal(err), err
+        assert count(table) == ROWS, "the held DELETE ran after the session's token had expired"
+        assert show(gw, request["id"])["status"] != "executed"
+
+
+def test_over_tls_a_held_statement_is_released_by_approval_and_withdrawn_by_disconnect(tmp_path, table):
+    from tests.support.gateway import make_gateway_certs, tls_listener
+
+    pki = make_gateway_certs(tmp_path / "pki")
+    sql = f"DELETE FROM {table} WHERE id > 100"
+    with make_gateway(tmp_path, listener={"tls": tls_listener(pki, require=True)}) as gw:
+        tls = {"ssl_disabled": False, "ssl": {"ca": str(pki.ca_file)}}
+        gone = connect(gw, **tls)
+        held = in_thread(lambda: refused(lambda: execute(gone, sql)))
+        [first] = wait_pending(gw)
+        assert gone._sock is not None
+        gone._sock.shutdown(socket.SHUT_RDWR)
+        held.result(timeout=10)
+        gone.close()
+        wait_status(gw, first["id"], "withdrawn", timeout=5)
+        assert count(table) == ROWS
+        with connect(gw, **tls) as conn:
+            held = in_thread(lambda: execute(conn, sql))
+            [second] = wait_pending(gw, known={first["id"]})
+            assert approve_cli(gw, second["id"]).returncode == 0
+            assert held.result(timeout=10) == ROWS - 100
+        assert count(table) == 100
+        assert_ran_once(gw, second["id"], sql)
+
+
+def test_an_approved_statement_runs_inside_the_sessions_open_transaction(tmp_path, table):
+    sql = f"DELETE FROM {table} WHERE id > 100"
+    with make_gateway(tmp_path) as gw, connect(gw, autocommit=False) as conn:
+        execute(conn, "BEGIN")
+        assert execute(conn, f"UPDATE {table} SET v = 'in tx' WHERE id = 1") == 1
+        held = in_thread(lambda: execute(conn, sql))
+        [request] = wait_pending(gw)
+        assert approve_cli(gw, request["id"]).returncode == 0
+        assert held.result(timeout=10) == ROWS - 100
+        assert fetch(conn, f"SELECT count(*) FROM {table}") == [(100,)]  # seen inside the transaction
+        assert count(table) == ROWS  # not committed
+        execute(conn, "ROLLBACK")
+        assert count(table) == ROWS
+        assert root_sql(f"SELECT v FROM {table} WHERE id = 1", database=DB) == [("row 1",)]
+        assert_ran_once(gw, request["id"], sql)
