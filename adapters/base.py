@@ -203,6 +203,9 @@ class StatementRequest(msgspec.Struct, frozen=True):
     # for NULL) and their format codes (PostgreSQL: 0 text, 1 binary), bound into the approval.
     parameters: tuple[bytes | None, ...] | None = None
     formats: tuple[int, ...] = ()
+    # The parameter types the client declared when preparing (PostgreSQL Parse OIDs, 0 for
+    # "server infers"): the same bytes mean another value under another type.
+    types: tuple[int, ...] = ()
 
 
 class KillRequest(msgspec.Struct, frozen=True):

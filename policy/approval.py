@@ -31,6 +31,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from sqlward.policy.names import canonical_name
+
 __all__ = ["ApprovalRule", "Approver", "approval_problems", "approver_problem", "outcome", "reason_problem"]
 
 ApprovalMode = Literal["hold", "retry"]
@@ -72,7 +74,7 @@ class Approver(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _canon(name: str) -> str:
-    return name.casefold()
+    return canonical_name(name)
 
 
 def _admits(rule: ApprovalRule, approver: Approver) -> bool:

@@ -30,6 +30,7 @@ import trio
 from sqlward.adapters.base import AuditUnavailable, AuthError
 from sqlward.adapters.mysql import messages
 from sqlward.adapters.mysql.constants import (
+    ER_UNKNOWN_STMT_HANDLER,
     ER_ACCESS_DENIED_ERROR,
     ER_BAD_DB_ERROR,
     ER_DBACCESS_DENIED_ERROR,
@@ -359,6 +360,18 @@ class SqlModeSwitchNotLast(GatewayError):
             f"{where}: a sql_mode assignment whose value sqlward cannot read from the text (a variable, "
             f"DEFAULT, an expression) must be sent on its own, as a plain SET (rule \"{SQL_MODE_RULE}\")"
         )
+
+
+class NotPrepared(GatewayError):
+    """COM_STMT_EXECUTE of a statement id the gateway did not see prepared in this session (its
+    text was never judged): ER_UNKNOWN_STMT_HANDLER, the session goes on."""
+
+    errno, sqlstate = ER_UNKNOWN_STMT_HANDLER, "HY000"
+
+
+class ParametersRefused(GatewayError):
+    """An execution of a statement that needs approval whose parameters cannot be bound into an
+    approval (sent as long data, or unreadable); the session goes on."""
 
 
 class UnsupportedCommand(GatewayError):

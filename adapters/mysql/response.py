@@ -89,7 +89,7 @@ class ResponseScanner:
     __slots__ = (
         "shape", "deprecate_eof", "state", "_columns_left", "_params_left", "_skip",
         "_continued", "rows", "affected_rows", "results", "error_code", "error_sqlstate",
-        "error_message", "statement_id", "param_count", "column_count", "status", "warnings",
+        "error_message", "statement_id", "param_count", "column_count", "status", "warnings", "warnings_at",
         "session_track", "schema", "client_charset",
     )
 
@@ -116,6 +116,9 @@ class ResponseScanner:
         self.column_count = 0
         self.status = 0
         self.warnings = 0  # of the last OK / EOF
+        # Where that OK / EOF's warning count is in the buffer of the last `scan` call (-1: not
+        # there), so a gateway note can be counted in it (approvals).
+        self.warnings_at = -1
         self.schema: str | None = None  # the last SESSION_TRACK_SCHEMA reported
         # The last character_set_client the server reported (SESSION_TRACK_SYSTEM_VARIABLES).
         self.client_charset: str | None = None
@@ -195,6 +198,7 @@ class ResponseScanner:
         """An EOF or an OK (0xFE header under DEPRECATE_EOF) ending rows or metadata."""
         if 5 <= end - start < 9 and not self.deprecate_eof:  # EOF: 0xFE warnings(2) status(2)
             self.warnings = int.from_bytes(buf[start + 1 : start + 3], "little")
+            self.warnings_at = start + 1
             self.status = int.from_bytes(buf[start + 3 : start + 5], "little")
         else:
             _, p = _lenenc(buf, start + 1, end)
@@ -202,6 +206,7 @@ class ResponseScanner:
             if p + 2 <= end:
                 self.status = int.from_bytes(buf[p : p + 2], "little")
             self.warnings = int.from_bytes(buf[p + 2 : p + 4], "little") if p + 4 <= end else 0
+            self.warnings_at = p + 2 if p + 4 <= end else -1
             self._tracked(buf, start, end)
 
     def _tracked(self, buf: bytearray, start: int, end: int) -> None:
@@ -333,4 +338,5 @@ class ResponseScanner:
         else:
             self.status = 0
         self.warnings = int.from_bytes(buf[p + 2 : p + 4], "little") if p + 4 <= end else 0
+        self.warnings_at = p + 2 if p + 4 <= end else -1
         self._tracked(buf, start, end)

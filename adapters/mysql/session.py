@@ -87,6 +87,7 @@ logged with their traceback and reported as an internal error, never with their 
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import msgspec
@@ -120,6 +121,8 @@ from sqlward.adapters.mysql.charsets import (
 )
 from sqlward.adapters.mysql.constants import Capability, Charset, Command, ServerStatus, sqlstate_of
 from sqlward.adapters.mysql.errors import (
+    NotPrepared,
+    ParametersRefused,
     AccessRefused,
     AuditRefused,
     CharsetRefused,
@@ -146,7 +149,7 @@ from sqlward.adapters.mysql.errors import (
     error_reply,
 )
 from sqlward.adapters.mysql.maskrelay import MaskingRelay, RowState
-from sqlward.adapters.mysql.packets import PacketFramer, PacketTooLarge, ProtocolViolation, encode_packets
+from sqlward.adapters.mysql.packets import PacketFramer, PacketTooLarge, ProtocolViolation, encode_packets, lenenc_str
 from sqlward.adapters.mysql.relaystate import (
     PreparedStatements,
     SessionText,
@@ -192,6 +195,17 @@ def identity_statement(label: str) -> bytes:
     return b"SET @sqlward_identity = CONVERT(X'" + hexed + b"' USING utf8mb4)"
 
 
+_SHOW_WARNINGS = re.compile(r"^\s*SHOW\s+WARNINGS\s*;?\s*$", re.IGNORECASE)
+
+
+def _approval_note(verdict: Verdict) -> str:
+    """The warning a statement released by an approval carries (MySQL has no notice to send
+    while it waits: the id comes with the result)."""
+    if verdict.approval_id is None:
+        return ""
+    return f"sqlward: run as approval request {verdict.approval_id} ({verdict.decision.message})"
+
+
 class MysqlSession(GovernedSession):
     def __init__(
         self, services: SessionServices, settings: ListenerSettings, registry: SessionRegistry[MysqlSession],
@@ -226,8 +240,14 @@ class MysqlSession(GovernedSession):
         self._seq = 0
         self._ubuf = bytearray()
         self._prepared = PreparedStatements()
-        # Prepared statements that need approval at each execution (`Verdict.review_at_run`).
-        self._review_statements: set[int] = set()
+        # Prepared statements that need approval at each execution (`Verdict.review_at_run`):
+        # id -> parameter count, and the parameter types bound by their last execution.
+        self._review_statements: dict[int, int] = {}
+        self._review_types: dict[int, tuple[messages.ParamType, ...]] = {}
+        self._last_prepared: int | None = None  # MariaDB's statement id 0xFFFFFFFF
+        # The note of the last statement released by an approval, until the next statement
+        # clears the warnings (`_show_warnings`).
+        self._approval_note = ""
         self._closing_reason = ""
         # Another session of this identity ran KILL CONNECTION on this one while a statement of
         # it was held for approval: the session ends when the hold does (`_judge`).
@@ -690,7 +710,7 @@ class MysqlSession(GovernedSession):
             elif kind == "no-response":  # COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA
                 if route.command == Command.STMT_CLOSE and route.number is not None:
                     prepared.close(route.number)
-                    self._review_statements.discard(route.number)
+                    self._review_statements.pop(route.number, None)
                     self._long_data.discard(route.number)
                 elif route.command == Command.STMT_SEND_LONG_DATA and len(payload) >= 5:
                     self._long_data.add(int.from_bytes(payload[1:5], "little"))
@@ -806,9 +826,14 @@ class MysqlSession(GovernedSession):
 
     async def _query(self, payload: bytes) -> None:
         sql = self.text.decode(payload[1:])
+        note, self._approval_note = self._approval_note, ""  # the next statement clears warnings
         verdict = await self._judge(StatementRequest(sql=sql, dialect="mysql", schema=self.text.schema))
         if not verdict.allowed:
             await self._answer(verdict.decision)
+            return
+        if note and not self._masked and _SHOW_WARNINGS.match(sql):
+            await self._show_warnings(payload, verdict.request_id, note)
+            self._approval_note = note  # SHOW WARNINGS leaves the warnings in place
             return
         if verdict.kill is not None:
             await self._kill(verdict.kill)
@@ -840,11 +865,53 @@ class MysqlSession(GovernedSession):
             scanner = relay.scanner
             self._note_diagnostics(reads, scanner)
         else:
-            scanner = await self._forward(payload, Shape.RESULTSET, rid=verdict.request_id)
+            scanner = await self._forward(
+                payload, Shape.RESULTSET, rid=verdict.request_id, note=_approval_note(verdict),
+            )
         if scanner.error_code is None:
             self.text.query_succeeded(sql, verdict.analysis)
         self.text.tracked(scanner.schema)
         await self._after_request(scanner, effect, may_change_database(verdict.analysis), mode)
+
+    async def _show_warnings(self, payload: bytes, rid: int, note: str) -> None:
+        """SHOW WARNINGS after a statement released by an approval: the server's warnings, and
+        the gateway's note naming the request as one more row (Level "Note", Code 1105)."""
+        assert self._upipe is not None
+        started = time.perf_counter()
+        await self._upipe_send(payload)
+        scanner = ResponseScanner(
+            Shape.RESULTSET, deprecate_eof=bool(self.client_caps & Capability.DEPRECATE_EOF),
+            session_track=bool(self.client_caps & Capability.SESSION_TRACK),
+        )
+        buf = self._ubuf
+        collected = bytearray()
+        while True:
+            if buf:
+                n = scanner.scan(buf)
+                collected += buf[:n]
+                del buf[:n]
+                if scanner.done:
+                    break
+            buf += await self._upstream_data(self._upipe)
+        framer = PacketFramer()
+        framer.feed(bytes(collected))
+        payloads: list[bytes] = []
+        while (packet := framer.next()) is not None:
+            payloads.append(packet.payload)
+        if scanner.error_code is None and len(payloads) >= 2:
+            row = lenenc_str("Note") + lenenc_str("1105") + lenenc_str(note)
+            payloads.insert(len(payloads) - 1, row)  # before the terminating EOF / OK
+        out = bytearray()
+        seq = 1
+        for p in payloads:
+            data, seq = encode_packets(p, seq)
+            out += data
+        self.audit.add(completion(
+            scanner, request_id=rid, prepared_ref=None, duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        ))
+        await self.audit.flush()
+        assert self._cpipe is not None
+        await self._cpipe.send(bytes(out))
 
     async def _statement_kill(self, sql: str) -> None:
         """A KILL that arrived as a command (COM_PROCESS_KILL): judged as its statement."""
@@ -886,10 +953,12 @@ class MysqlSession(GovernedSession):
                 reads_masked=reads_masked_values(verdict.mask, verdict.analysis), analysis=verdict.analysis,
                 schema=self.text.schema,
             )
+            self._last_prepared = scanner.statement_id
             if verdict.review_at_run:  # each execution is approved with its parameters
-                self._review_statements.add(scanner.statement_id)
+                self._review_statements[scanner.statement_id] = scanner.param_count
             else:
-                self._review_statements.discard(scanner.statement_id)
+                self._review_statements.pop(scanner.statement_id, None)
+            self._review_types.pop(scanner.statement_id, None)
             prepared = self._prepared.get(scanner.statement_id)
             if prepared is not None and (effect.switches or mode.switches):
                 prepared.changes_db = True  # its executions switch the character set / sql_mode: ask after each
@@ -898,10 +967,46 @@ class MysqlSession(GovernedSession):
         """COM_STMT_EXECUTE (see `_run_execute`). The parameters sent with COM_STMT_SEND_LONG_DATA
         are the server's until the statement runs: when the gateway refuses the run, it resets
         the statement upstream, or the client's retry (long data again, then execute) would
-        write them twice."""
+        write them twice. MariaDB's statement id 0xFFFFFFFF ("the one prepared last") is
+        resolved to that statement's id here, and an id the gateway did not see prepared is
+        refused (its text was never judged)."""
+        if stmt_id == 0xFFFFFFFF and self._last_prepared is not None:
+            stmt_id = self._last_prepared
+            payload = payload[:1] + stmt_id.to_bytes(4, "little") + payload[5:]
+        if self._prepared.get(stmt_id) is None:
+            self._seq = 1
+            await self._answer(NotPrepared(
+                f"unknown prepared statement handler ({stmt_id}) given to mysqld_stmt_execute: "
+                "it was not prepared through sqlward in this session"
+            ))
+            return
         if not await self._run_execute(payload, stmt_id):
             await self._drop_long_data(stmt_id)
         self._long_data.discard(stmt_id)
+
+    def _review_parameters(self, payload: bytes, stmt_id: int) -> tuple[tuple[bytes | None, ...], tuple[int, ...]] | str:
+        """The parameter values (as text: what an approver reads and the binding holds) and types
+        of an execution of a statement that needs approval, or why they cannot be bound."""
+        if stmt_id in self._long_data:
+            return ("a statement that needs approval takes its parameters in the execution itself, "
+                    "not by COM_STMT_SEND_LONG_DATA (an approver could not see them)")
+        count = self._review_statements[stmt_id]
+        try:
+            execute = messages.decode_stmt_execute(
+                payload, count, self._review_types.get(stmt_id, ()), self.client_caps,
+            )
+        except Exception as exc:
+            return f"the parameters of this execution cannot be read ({exc}); a statement that needs approval is not run"
+        self._review_types[stmt_id] = execute.types
+        values: list[bytes | None] = []
+        for v in execute.values:
+            if v is None:
+                values.append(None)
+            elif isinstance(v, bytes):
+                values.append(v)
+            else:
+                values.append(str(v).encode())
+        return tuple(values), tuple(t.field_type * 256 + t.flags for t in execute.types)
 
     async def _drop_long_data(self, stmt_id: int) -> None:
         """Clear the long data the client sent for `stmt_id` (COM_STMT_RESET of the gateway's own)."""
@@ -917,10 +1022,15 @@ class MysqlSession(GovernedSession):
         prepared = self._prepared.get(stmt_id)
         if prepared is not None and stmt_id in self._review_statements:
             # A statement that needs approval at each run: approved with this run's parameter
-            # bytes (the null bitmap, types and values the server will read).
+            # values and types, decoded as the server reads them.
+            bound = self._review_parameters(payload, stmt_id)
+            if isinstance(bound, str):
+                await self._answer(ParametersRefused(bound))
+                return False
+            values, types = bound
             verdict = await self._judge(StatementRequest(
                 sql=prepared.sql, dialect="mysql", schema=prepared.schema, statement_name=name,
-                parameters=(bytes(payload[10:]),), formats=(1,),
+                parameters=values, formats=types,
             ))
         else:
             verdict = await self._judge(StatementRequest(sql="", dialect="mysql", kind="execute", statement_name=name))
@@ -955,7 +1065,9 @@ class MysqlSession(GovernedSession):
             self._note_diagnostics(reads, relay.scanner)
             scanner = relay.scanner
         else:
-            scanner = await self._forward(payload, Shape.RESULTSET, rid=verdict.request_id, ref=ref)
+            scanner = await self._forward(
+                payload, Shape.RESULTSET, rid=verdict.request_id, ref=ref, note=_approval_note(verdict),
+            )
         self.text.tracked(scanner.schema)
         # MariaDB prepares USE and SET NAMES: the server says where the session is after them.
         await self._after_request(scanner, NO_EFFECT, prepared is not None and prepared.changes_db)
@@ -1152,7 +1264,7 @@ class MysqlSession(GovernedSession):
         await self._answer(error)
 
     async def _forward(
-        self, payload: bytes, shape: Shape, *, rid: int | None = None, ref: int | None = None,
+        self, payload: bytes, shape: Shape, *, rid: int | None = None, ref: int | None = None, note: str = "",
     ) -> ResponseScanner:
         """Send one command upstream and relay its response to the client. With `rid`, the
         `statement.completed` record is flushed before the last bytes go to the client."""
@@ -1171,6 +1283,13 @@ class MysqlSession(GovernedSession):
                 if buf:
                     n = scanner.scan(buf)
                     if scanner.done or scanner.wants_infile:
+                        if scanner.done and note and scanner.error_code is None and 0 <= scanner.warnings_at < n:
+                            # The approval's note is one more warning of the statement (SHOW
+                            # WARNINGS lists it: `_show_warnings`).
+                            at = scanner.warnings_at
+                            count = min(0xFFFF, int.from_bytes(buf[at : at + 2], "little") + 1)
+                            buf[at : at + 2] = count.to_bytes(2, "little")
+                            self._approval_note = note
                         if scanner.done and rid is not None:
                             recorded = True
                             event = completion(

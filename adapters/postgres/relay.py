@@ -157,6 +157,10 @@ _COPY_DONE, _COPY_FAIL = Frontend.COPY_DONE, Frontend.COPY_FAIL
 _MAY_COPY = re.compile(rb"[cC][oO][pP][yY]")
 _MAY_COPY_TEXT = re.compile(r"[cC][oO][pP][yY]")
 
+# SQL DEALLOCATE of a prepared statement by name (quoted: as written; unquoted: folded to lower
+# case, as the server does); its CommandComplete "DEALLOCATE" tells the relay the server forgot it.
+_DEALLOCATE_HINT = re.compile(rb"[dD][eE][aA][lL][lL][oO][cC][aA][tT][eE]")
+_DEALLOCATE = re.compile(r'\bDEALLOCATE\s+(?:PREPARE\s+)?(?:"((?:[^"]|"")+)"|(?!ALL\b)([A-Za-z_][A-Za-z0-9_$]*))', re.IGNORECASE)
 # The Execute of the unnamed portal (the usual one): the same request every time.
 _EXECUTE_UNNAMED = StatementRequest(sql="", dialect="postgres", kind="execute", statement_name="")
 _FUNCTION_CALL = StatementRequest(sql="", dialect="postgres", kind="command", command="FunctionCall")
@@ -247,7 +251,7 @@ class Pending:
 
     __slots__ = (
         "kind", "request_id", "ref", "started", "tags", "rows", "error", "sqlstate", "audit",
-        "mask", "inject", "masked",
+        "mask", "inject", "masked", "deallocates",
     )
 
     def __init__(
@@ -260,6 +264,9 @@ class Pending:
         self.started = started
         self.tags: list[str] = []
         self.rows: int | None = None
+        # A Query holding SQL DEALLOCATE <name>s, in text order: the prepared statements the
+        # server forgets as each DEALLOCATE completes (`RelayState.deallocated`).
+        self.deallocates: list[bytes] | None = None
         self.error: str | None = None
         self.sqlstate: str | None = None
         self.audit = audit
@@ -290,7 +297,7 @@ class RelayState:
 
     __slots__ = (
         "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
-        "clock", "policy_version", "path", "unsynced", "copy_in", "copy_expected", "bad_encoding", "bad_scs",
+        "clock", "policy_version", "path", "unsynced", "deallocated", "copy_in", "copy_expected", "bad_encoding", "bad_scs",
         "encoding_wait", "encoding_touched",
     )
 
@@ -323,6 +330,9 @@ class RelayState:
         # The client sent extended-protocol messages after its last Sync: its implicit
         # transaction (and its unnamed portal) are still open.
         self.unsynced = False
+        # Prepared statement names the server has forgotten through SQL (DEALLOCATE, DEALLOCATE
+        # ALL / DISCARD ALL: None), by its CommandComplete; the client side forgets them too.
+        self.deallocated: list[bytes | None] = []
         # COPY FROM STDIN is in progress: from the upstream's CopyInResponse (or
         # CopyBothResponse) until the client's CopyDone or CopyFail. `copy_expected`: a request
         # that may start one was forwarded (clients such as asyncpg send their CopyData without
@@ -406,6 +416,8 @@ class ClientSide:
         # Prepared statements that need approval at each run (`Verdict.review_at_run`): every
         # Bind asks the pipeline again, with its parameter values.
         self._review_statements: set[bytes] = set()
+        # The parameter types declared in each statement's Parse (bound into approvals).
+        self._param_types: dict[bytes, tuple[int, ...]] = {}
 
     @property
     def asking_text(self) -> bool:
@@ -430,6 +442,8 @@ class ClientSide:
     def _scan(self) -> StatementRequest | None:
         if self.terminated:
             return None
+        if self._st.deallocated:
+            self._apply_deallocated()
         buf = self._buf
         n = len(buf)
         pos = self._pos
@@ -465,6 +479,16 @@ class ClientSide:
                 s_end = _cstr_end(buf, p_end + 1, end)
                 portal = bytes(buf[pos + 5 : p_end])
                 stmt = bytes(buf[p_end + 1 : s_end])
+                if stmt not in self._prepared_sql:
+                    # A statement the gateway did not see prepared (SQL PREPARE, or one whose
+                    # Parse it refused): its text was never judged here, so it does not run.
+                    self._refuse_bytes(pos, end, errors.error_response(
+                        errors.INSUFFICIENT_PRIVILEGE,
+                        f'prepared statement "{self._st.decode_sql(stmt)}" was not prepared through sqlward '
+                        "(protocol Parse); its runs cannot be judged",
+                    ))
+                    pos = end
+                    continue
                 self._portals[portal] = self._statements.get(stmt)
                 self._portal_masks[portal] = self._stmt_masks.get(stmt)
                 if stmt in self._copy_statements:
@@ -486,6 +510,7 @@ class ClientSide:
                     return StatementRequest(
                         sql=prepared[0], dialect="postgres", statement_name=self._st.decode_sql(stmt),
                         search_path=version[1], parameters=values, formats=formats,
+                        types=self._param_types.get(stmt, ()),
                     )
                 if prepared is not None:
                     version = self._epoch()
@@ -499,6 +524,7 @@ class ClientSide:
                         return StatementRequest(
                             sql=prepared[0], dialect="postgres", statement_name=self._st.decode_sql(stmt),
                             search_path=version[1], parameters=values, formats=formats,
+                            types=self._param_types.get(stmt, ()),
                         )
             elif mtype == _S:
                 self._discarding = False
@@ -523,7 +549,22 @@ class ClientSide:
                     raise ProtocolViolation("Parse message is truncated")
                 decode = self._st.decode_sql
                 name = bytes(buf[pos + 5 : n_end])
+                if name and name in self._prepared_sql:
+                    # PostgreSQL refuses a Parse naming a statement that exists (42P05) and keeps
+                    # the old one: the gateway refuses it first, so its record stays the server's.
+                    self._refuse_bytes(pos, end, errors.error_response(
+                        errors.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{decode(name)}" already exists',
+                    ))
+                    pos = end
+                    continue
                 sql = decode(bytes(buf[n_end + 1 : sql_end]))
+                (ntypes,) = struct.unpack_from("!h", buf, sql_end + 1)
+                if ntypes < 0 or sql_end + 3 + 4 * ntypes > end:
+                    raise ProtocolViolation("Parse message has a bad parameter type count")
+                if ntypes:
+                    self._param_types[name] = struct.unpack_from(f"!{ntypes}I", buf, sql_end + 3)
+                else:
+                    self._param_types.pop(name, None)
                 self._pos = pos
                 epoch = self._epoch()
                 self._asking = (_ASK_PARSE, pos, end, (name, sql, epoch))
@@ -601,7 +642,13 @@ class ClientSide:
                     st.path.forwarded(verdict.search_path)
                 if _MAY_COPY.search(self._buf, pos + 5, end) is not None:
                     st.copy_expected = True
-                st.pending.append(Pending("query", rid, started=st.clock(), mask=verdict.mask))
+                query = Pending("query", rid, started=st.clock(), mask=verdict.mask)
+                st.pending.append(query)
+                if _DEALLOCATE_HINT.search(self._buf, pos + 5, end) is not None:
+                    query.deallocates = [
+                        m.group(1).encode() if m.group(1) is not None else m.group(2).lower().encode()
+                        for m in _DEALLOCATE.finditer(st.decode_sql(bytes(self._buf[pos + 5 : end - 1])))
+                    ]
                 if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
                     body = self._sql_comment + bytes(self._buf[pos + 5 : end])
                     self._replace(pos, end, _pack_header(_Q, len(body) + 4) + body)
@@ -761,8 +808,25 @@ class ClientSide:
         self._replace(pos, end, codec.encode_frontend(codec.Parse("", marker)))
         self._discarding = True
 
+    def _refuse_bytes(self, pos: int, end: int, error: bytes) -> None:
+        """Refuse the message at buf[pos:end] with `error` (an ErrorResponse) before it is judged,
+        as a refusal inside a pipeline is: discard up to Sync."""
+        marker = self._marker(0, error)
+        self._replace(pos, end, codec.encode_frontend(codec.Parse("", marker)))
+        self._discarding = True
+
+    def _apply_deallocated(self) -> None:
+        for name in self._st.deallocated:
+            if name is None:
+                for known in [n for n in self._prepared_sql if n]:
+                    self._forget_statement(known)
+            else:
+                self._forget_statement(name)
+        self._st.deallocated.clear()
+
     def _forget_statement(self, name: bytes) -> None:
         self._review_statements.discard(name)
+        self._param_types.pop(name, None)
         self._copy_statements.discard(name)
         self._statements.pop(name, None)
         self._prepared_sql.pop(name, None)
@@ -912,6 +976,8 @@ class UpstreamSide:
                 self._end_rows(head)
             if head is not None and head.kind != "sync":
                 head.tags.append(tag)
+                if tag.startswith(("DEALLOCATE", "DISCARD")):
+                    self._deallocated(head, tag)
                 rows = codec.command_rows(tag)
                 if rows is not None:
                     head.rows = (head.rows or 0) + rows
@@ -1010,6 +1076,14 @@ class UpstreamSide:
                 self._complete(head)
             return None
         return None
+
+    def _deallocated(self, head: Pending, tag: str) -> None:
+        """The server forgot prepared statements through SQL: tell the client side."""
+        st = self._st
+        if tag in ("DEALLOCATE ALL", "DISCARD ALL"):
+            st.deallocated.append(None)
+        elif tag == "DEALLOCATE" and head.deallocates:
+            st.deallocated.append(head.deallocates.pop(0))
 
     def _on_probe(self, mtype: int, body: bytearray, head: Pending) -> bytes | None:
         """The answer to the gateway's own search_path query: swallowed. Its DataRow holds the

@@ -168,6 +168,8 @@ class PostgresSession(GovernedSession):
         # What the client sent while a statement was held for approval (read to notice a
         # disconnect; relayed once the hold is over). Bounded: reading stops at the limit.
         self._held_input = bytearray()
+        # Set while a hold's NoticeResponse is being sent (nothing else is sent to the client).
+        self._notice_sent: trio.Event | None = None
 
     # ----------------------------------------------------------------------------------------
     # helpers
@@ -595,11 +597,14 @@ class PostgresSession(GovernedSession):
         """Tell the client at once that its statement is held (a NoticeResponse, legal at any
         time between messages): sent once everything asked earlier has been answered, so it
         never lands inside a backend message."""
-        state = self._state
-        assert state is not None
-        while state.pending or self._to_client_partial or (self._upstream_side is not None and self._upstream_side.mid_message):
+        while self._to_client_partial or (self._upstream_side is not None and self._upstream_side.mid_message):
             await trio.sleep(0.01)
-        await Pipe(self.client).send(errors.notice_response(text))
+        done = self._notice_sent = trio.Event()  # the upstream loop waits for it before it sends
+        try:
+            await Pipe(self.client).send(errors.notice_response(text))
+        finally:
+            self._notice_sent = None
+            done.set()
 
     async def _hold_watch(self) -> None:
         """Returns when the client disconnects during a hold; what it sends meanwhile is kept for
@@ -739,6 +744,8 @@ class PostgresSession(GovernedSession):
                 # Completions are durable before the client sees them.
                 await flush()
             if out:
+                if self._notice_sent is not None:  # a hold's notice is on its way: not inside it
+                    await self._notice_sent.wait()
                 self._to_client_partial = True
                 try:
                     await client.send(out)

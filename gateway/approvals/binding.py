@@ -5,7 +5,8 @@ the statement does when it runs, so that a request approved for one of them cann
 another:
 
 - the statement text exactly as the client sent it (literals included; surrounding white space
-  and a final semicolon aside) and the parameter values bound to it (with their formats);
+  and a final semicolon aside) and the parameter values bound to it, with their formats and the
+  types the client declared (the same bytes are another value under another type);
 - the identity: subject, issuer, how it was verified, and the actor chain (an agent acting for
   alice is not alice, nor another agent);
 - the target (name, protocol, environment), the upstream role the gateway runs it as;
@@ -23,6 +24,8 @@ from collections.abc import Sequence
 
 import msgspec
 
+from sqlward.policy.names import canonical_name
+
 __all__ = ["binding_hash", "canonical_text"]
 
 _VERSION = "sqlward-approval-binding-1"
@@ -38,14 +41,14 @@ def canonical_text(sql: str) -> str:
 
 
 def binding_hash(
-    *, sql: str, parameters: Sequence[bytes | None] = (), formats: Sequence[int] = (),
+    *, sql: str, parameters: Sequence[bytes | None] = (), formats: Sequence[int] = (), types: Sequence[int] = (),
     subject: str, issuer: str, verified_by: str, actor: Sequence[str],
     target: str, protocol: str, environment: str, upstream_role: str, names: str,
 ) -> str:
     """Hex SHA-256 binding one statement to its context (module doc)."""
     payload = _encode([
-        _VERSION, canonical_text(sql), list(parameters), list(formats),
-        subject.casefold(), issuer, verified_by, [a.casefold() for a in actor],
+        _VERSION, canonical_text(sql), list(parameters), list(formats), list(types),
+        canonical_name(subject), issuer, verified_by, [canonical_name(a) for a in actor],
         target, protocol, environment, upstream_role, names,
     ])
     return hashlib.sha256(payload).hexdigest()

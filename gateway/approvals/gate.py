@@ -51,8 +51,11 @@ __all__ = ["precheck", "settle", "shown_parameters"]
 log = logging.getLogger("sqlward.approvals")
 
 
-def shown_parameters(values: tuple[bytes | None, ...] | None, formats: tuple[int, ...]) -> tuple[str | None, ...]:
-    """Parameter values as an approver reads them: text as text, binary as \\x hex."""
+def shown_parameters(
+    values: tuple[bytes | None, ...] | None, formats: tuple[int, ...], dialect: str = "postgres",
+) -> tuple[str | None, ...]:
+    """Parameter values as an approver reads them: text as text, binary as \\x hex (PostgreSQL
+    binary format); MySQL values come decoded by the adapter (their formats are the types)."""
     if not values:
         return ()
     shown: list[str | None] = []
@@ -60,6 +63,8 @@ def shown_parameters(values: tuple[bytes | None, ...] | None, formats: tuple[int
         fmt = formats[i] if len(formats) > 1 and i < len(formats) else (formats[0] if formats else 0)
         if v is None:
             shown.append(None)
+        elif dialect == "mysql":
+            shown.append(v.decode("utf-8", "backslashreplace"))
         elif fmt == 0:
             shown.append(v.decode("utf-8", "replace"))
         else:
@@ -107,7 +112,7 @@ async def settle(
     rules = decision.approvals
     shown_names = json.dumps(names, sort_keys=True, default=str) if names else ""
     binding = binding_hash(
-        sql=request.sql, parameters=request.parameters or (), formats=request.formats,
+        sql=request.sql, parameters=request.parameters or (), formats=request.formats, types=request.types,
         subject=identity.subject, issuer=identity.issuer, verified_by=identity.verified_by, actor=identity.actor,
         target=target.info.name, protocol=target.info.protocol, environment=target.info.environment,
         upstream_role=target.user, names=shown_names,
@@ -129,7 +134,7 @@ async def settle(
                     f"{decision.message}; approval request {waiting.id} for this statement is still pending "
                     f"(expires {_when(waiting.expires)}): {service.link(waiting.id)}"
                 )), waiting.id
-        parameters = shown_parameters(request.parameters, request.formats)
+        parameters = shown_parameters(request.parameters, request.formats, request.dialect)
         new = ApprovalRequest(
             id=new_id(), binding=binding, mode=mode,  # type: ignore[arg-type]
             requester=Requester(
@@ -156,6 +161,8 @@ async def settle(
             f"again before {_when(new.expires)} ({link})"
         )), new.id
     hold_for = min(min(r.hold_timeout for r in rules), lifetime)
+    if identity.expires_at is not None:  # never released after the session's token expired
+        hold_for = max(0.0, min(hold_for, identity.expires_at - now))
     return await _hold(service, ctx, new, decision, rid, now + hold_for, hold_for, link)
 
 
@@ -164,18 +171,11 @@ async def _hold(
     until: float, hold_for: float, link: str,
 ) -> tuple[Decision, str | None]:
     aid = new.id
-    if ctx.notice is not None:
-        try:
-            await ctx.notice(
-                f"sqlward: {decision.message}. The statement waits as approval request {aid} "
-                f"for up to {hold_for:.0f} s. An approver runs: sqlward approvals approve {aid} ({link}). "
-                "Cancel the statement to withdraw the request."
-            )
-        except Exception:  # the client is gone: the request goes with it
-            log.info("approval %s: the client could not be told; withdrawn", aid)
-            with trio.CancelScope(shield=True):
-                await _withdraw(service, aid, "the client could not be told", ctx)
-            raise
+    notice = (
+        f"sqlward: {decision.message}. The statement waits as approval request {aid} "
+        f"for up to {hold_for:.0f} s. An approver runs: sqlward approvals approve {aid} ({link}). "
+        "Cancel the statement to withdraw the request."
+    )
     outcome = "cancelled"
     result: ApprovalRequest | None = None
     try:
@@ -195,9 +195,20 @@ async def _hold(
                 outcome = "gone"
                 nursery.cancel_scope.cancel()
 
+            async def tell() -> None:
+                nonlocal outcome
+                assert ctx.notice is not None
+                try:
+                    await ctx.notice(notice)
+                except Exception:  # the client cannot be told: it is gone
+                    outcome = "gone"
+                    nursery.cancel_scope.cancel()
+
             nursery.start_soon(waiter)
             if ctx.client_gone is not None:
                 nursery.start_soon(watcher)
+            if ctx.notice is not None:  # inside the hold: its deadline, cancel and disconnect apply
+                nursery.start_soon(tell)
     except StoreError as exc:
         with trio.CancelScope(shield=True):
             await _withdraw(service, aid, "the approval store failed during the hold", ctx)
@@ -217,6 +228,13 @@ async def _hold(
     try:
         if result is None:
             return _deny(decision, f"approval request {aid} is gone from the approval store; statement refused"), aid
+        expires_at = ctx.identity.expires_at if ctx.identity is not None else None
+        if expires_at is not None and time.time() >= expires_at:
+            await _withdraw(service, aid, "the session's token expired", ctx)
+            return _deny(decision, (
+                f"approval request {aid} was withdrawn: the session's token expired while the statement waited; "
+                "reconnect with a fresh token"
+            ), rule_ids.TOKEN_EXPIRED), aid
         if result.status == "approved":
             claimed = await service.claim(aid, ctx.audit, rid)
             if claimed is not None:

@@ -40,6 +40,7 @@ from sqlward.audit.recorder import AuditScope, AuditUnavailable
 from sqlward.gateway.approvals.model import OPEN, ApprovalRequest, Decision
 from sqlward.gateway.approvals.store import ApprovalStore
 from sqlward.policy.approval import Approver, approver_problem, outcome
+from sqlward.policy.names import canonical_name
 
 __all__ = ["ApprovalError", "ApprovalService", "Notifier", "new_id"]
 
@@ -229,8 +230,8 @@ class ApprovalService:
             why = approver_problem(current.requirements, current.requester.subject, current.requester.actor, approver)
             if why is not None:
                 raise ApprovalError(403, why)
-            key = (approver.kind, approver.subject.casefold())
-            if any((d.approver.kind, d.approver.subject.casefold()) == key for d in current.decisions):
+            key = (approver.kind, canonical_name(approver.subject))
+            if any((d.approver.kind, canonical_name(d.approver.subject)) == key for d in current.decisions):
                 raise ApprovalError(409, f"{approver.subject} has already decided approval request {approval_id}")
             decision = Decision(approver=approver, verdict=verdict, comment=comment[:2000], time=now)  # type: ignore[arg-type]
             decisions = (*current.decisions, decision)

@@ -491,8 +491,10 @@ def test_a_refused_named_statement_is_forgotten() -> None:
         ("c", BIND_S1 + EXECUTE + SYNC),
         judge=lambda: Judge(refuse_drop),
     )
-    assert r.to_upstream == parse(b"", marker) + SYNC + BIND_S1 + EXECUTE + SYNC
-    assert r.state.pending[0].ref is None  # the Execute refers to no decided statement
+    # The Bind of the forgotten name is refused by the gateway (it was never judged) and what
+    # follows it is discarded to Sync.
+    assert r.to_upstream == parse(b"", marker) + SYNC + parse(b"", b"sqlward_refused_0_feed") + SYNC
+    assert [q.kind for q in r.requests] == ["statement"]
 
 
 def test_refused_execute_discards_to_sync() -> None:
@@ -543,9 +545,10 @@ def test_close_forgets_a_statement() -> None:
         ("v", b""),
         ("c", BIND_S1 + EXECUTE + SYNC),
     )
-    # No decision again after the reload: the name is no longer a decided statement.
-    assert [q.kind for q in r.requests] == ["statement", "execute"]
+    # The name is no longer a decided statement: its Bind is refused, nothing runs.
+    assert [q.kind for q in r.requests] == ["statement"]
     assert r.to_upstream.count(close_s1) == 1
+    assert r.to_upstream.endswith(parse(b"", b"sqlward_refused_0_feed") + SYNC)
 
 
 # -- masking -----------------------------------------------------------------------------------
