@@ -365,6 +365,10 @@ class ApprovalsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # another gateway replica are seen within this).
     poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.5
     sweep_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    # Requests one identity may have waiting at once (more are refused at once).
+    max_pending_per_identity: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
+    # Days decided requests stay in the store (the audit trail keeps every transition); 0: kept.
+    retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -237,7 +237,10 @@ def _field_path(prefix: str, field: str) -> str:
     if not field:
         return prefix
     key, bracket, rest = field.partition("[")
-    return key_path(prefix, key) + (bracket + rest if bracket else "")
+    path = prefix
+    for part in key.split("."):  # "approval.hold_timeout": a key of a nested table
+        path = key_path(path, part)
+    return path + (bracket + rest if bracket else "")
 
 
 def _toml_type(value: Any) -> str:

@@ -139,6 +139,7 @@ def approval_service(config: Config, gatekeeper: Gatekeeper) -> tuple[ApprovalSe
     service = ApprovalService(
         store, scope=gatekeeper.recorder.gateway_scope, notifier=notifier, link=link,
         poll=config.approvals.poll_seconds, sweep=config.approvals.sweep_seconds, gateway=config.gateway.name,
+        max_pending=config.approvals.max_pending_per_identity, retention=config.approvals.retention_days * 86400.0,
     )
     return service, notifier
 

@@ -134,6 +134,11 @@ async def settle(
                     f"{decision.message}; approval request {waiting.id} for this statement is still pending "
                     f"(expires {_when(waiting.expires)}): {service.link(waiting.id)}"
                 )), waiting.id
+        if await service.pending_count(identity.subject) >= service.max_pending:
+            return _deny(decision, (
+                f"{decision.message}; {identity.subject} already has {service.max_pending} approval requests waiting "
+                "for a decision, the most one identity may have: wait for them or withdraw some"
+            )), None
         parameters = shown_parameters(request.parameters, request.formats, request.dialect)
         new = ApprovalRequest(
             id=new_id(), binding=binding, mode=mode,  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ import trio
 from sqlward.audit import events
 from sqlward.audit.recorder import AuditScope, AuditUnavailable
 from sqlward.gateway.approvals.model import OPEN, ApprovalRequest, Decision
-from sqlward.gateway.approvals.store import ApprovalStore
+from sqlward.gateway.approvals.store import ApprovalStore, requester_key
 from sqlward.policy.approval import Approver, approver_problem, outcome
 from sqlward.policy.names import canonical_name
 
@@ -76,8 +76,13 @@ class ApprovalService:
     def __init__(
         self, store: ApprovalStore, *, scope: AuditScope, notifier: Notifier | None = None,
         link: Callable[[str], str] = lambda approval_id: approval_id, clock: Callable[[], float] = time.time,
-        poll: float = 0.5, sweep: float = 5.0, gateway: str = "",
+        poll: float = 0.5, sweep: float = 5.0, gateway: str = "", max_pending: int = 20,
+        retention: float = 30 * 86400.0,
     ) -> None:
+        # Pending requests one requester may have at once (a flood of retry-mode requests
+        # would bury everyone else's), and seconds decided requests are kept (0: for ever).
+        self.max_pending = max_pending
+        self._retention = retention
         self.store = store
         self.gateway = gateway  # this replica's name (ApprovalRequest.gateway)
         self._scope = scope  # the gateway's own audit scope (API decisions, expiries)
@@ -105,8 +110,15 @@ class ApprovalService:
     async def get(self, approval_id: str) -> ApprovalRequest | None:
         return await self.store.get(approval_id)
 
-    async def list(self, *, statuses: Collection[str] | None = None, limit: int = 100) -> list[ApprovalRequest]:
-        return await self.store.list(statuses=statuses, limit=limit)
+    async def list(
+        self, *, statuses: Collection[str] | None = None, limit: int = 100, requester: str | None = None,
+        offset: int = 0,
+    ) -> list[ApprovalRequest]:
+        return await self.store.list(statuses=statuses, limit=limit, requester=requester, offset=offset)
+
+    async def pending_count(self, subject: str) -> int:
+        """How many requests of this requester wait for a decision (`max_pending_per_identity`)."""
+        return await self.store.count_pending(requester_key(subject))
 
     async def pending_for(self, binding: str) -> ApprovalRequest | None:
         """An open (pending) request with this binding, if one is still live."""
@@ -271,14 +283,18 @@ class ApprovalService:
         """Expire open requests past their expiry; returns how many moved."""
         moved = 0
         for r in await self.store.due(self._clock()):
+            before = await self.store.get(r.id)
             done = await self._move(r.id, "expired", frm=tuple(OPEN))
             if done is not None:
                 moved += 1
-                self._scope.add(events.ApprovalExpired(approval_id=r.id, was=r.status))
+                was = before.status if before is not None and before.status in OPEN else r.status
+                self._scope.add(events.ApprovalExpired(approval_id=r.id, was=was))
                 self._wake(r.id)
                 self._notify("approval.expired", done)
         if moved:
             await self._scope.flush_quietly()
+        if self._retention > 0:
+            await self.store.purge(self._clock() - self._retention)
         return moved
 
     async def run(self) -> None:

@@ -23,6 +23,7 @@ optional).
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -33,8 +34,9 @@ import msgspec
 import trio
 
 from sqlward.gateway.approvals.model import ApprovalRequest
+from sqlward.policy.names import canonical_name
 
-__all__ = ["ApprovalStore", "PostgresStore", "SqliteStore", "StoreError", "open_store"]
+__all__ = ["ApprovalStore", "PostgresStore", "SqliteStore", "StoreError", "open_store", "requester_key"]
 
 _decode = msgspec.json.Decoder(ApprovalRequest).decode
 _encode = msgspec.json.Encoder().encode
@@ -58,8 +60,11 @@ class ApprovalStore(Protocol):
         """Write `new` (whose version must be expected_version + 1) only if the stored row still
         has `expected_version`; False when another writer got there first."""
 
-    async def list(self, *, statuses: Collection[str] | None = None, limit: int = 100) -> list[ApprovalRequest]:
-        """Newest first."""
+    async def list(
+        self, *, statuses: Collection[str] | None = None, limit: int = 100, requester: str | None = None,
+        offset: int = 0,
+    ) -> list[ApprovalRequest]:
+        """Newest first; `requester`: only that subject's (compared canonically)."""
 
     async def by_binding(self, binding: str, statuses: Collection[str]) -> list[ApprovalRequest]:
         """Requests with this binding in one of `statuses`, oldest first."""
@@ -67,10 +72,18 @@ class ApprovalStore(Protocol):
     async def due(self, now: float) -> list[ApprovalRequest]:
         """Pending or approved requests whose expiry has passed."""
 
+    async def count_pending(self, requester: str) -> int:
+        """Pending requests of a requester (`requester_key` of its subject)."""
+
+    async def purge(self, before: float) -> int:
+        """Delete decided requests (rejected, expired, withdrawn, executed, failed) created
+        before `before`; returns how many."""
+
     async def aclose(self) -> None: ...
 
 
-_COLUMNS = "id, binding, status, expires, created, version, body"
+_COLUMNS = "id, binding, status, expires, created, version, body, requester"
+_FINAL = ("rejected", "expired", "withdrawn", "executed", "failed")
 
 
 class _Threaded:
@@ -91,7 +104,12 @@ class _Threaded:
 
 def _row(request: ApprovalRequest) -> tuple[object, ...]:
     return (request.id, request.binding, request.status, request.expires, request.created, request.version,
-            _encode(request).decode())
+            _encode(request).decode(), requester_key(request.requester.subject))
+
+
+def requester_key(subject: str) -> str:
+    """The requester column: the subject's canonical name (one person, one key)."""
+    return canonical_name(subject)
 
 
 class SqliteStore(_Threaded):
@@ -108,10 +126,11 @@ class SqliteStore(_Threaded):
             db.execute(
                 "CREATE TABLE IF NOT EXISTS approvals (id TEXT PRIMARY KEY, binding TEXT NOT NULL, "
                 "status TEXT NOT NULL, expires REAL NOT NULL, created REAL NOT NULL, version INTEGER NOT NULL, "
-                "body TEXT NOT NULL)"
+                "body TEXT NOT NULL, requester TEXT NOT NULL DEFAULT '')"
             )
             db.execute("CREATE INDEX IF NOT EXISTS approvals_binding ON approvals (binding, status)")
             db.execute("CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires)")
+            db.execute("CREATE INDEX IF NOT EXISTS approvals_requester ON approvals (requester, status)")
             self._db = db
         return self._db
 
@@ -119,7 +138,7 @@ class SqliteStore(_Threaded):
         await self._run(self._conn)
 
     async def insert(self, request: ApprovalRequest) -> None:
-        await self._run(lambda: self._conn().execute(f"INSERT INTO approvals ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)", _row(request)))
+        await self._run(lambda: self._conn().execute(f"INSERT INTO approvals ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", _row(request)))
 
     async def get(self, approval_id: str) -> ApprovalRequest | None:
         rows = await self._run(lambda: self._conn().execute("SELECT body FROM approvals WHERE id = ?", (approval_id,)).fetchall())
@@ -127,7 +146,7 @@ class SqliteStore(_Threaded):
 
     async def update(self, new: ApprovalRequest, *, expected_version: int) -> bool:
         assert new.version == expected_version + 1
-        _, binding, status, expires, _, version, body = _row(new)
+        _, binding, status, expires, _, version, body, _ = _row(new)
 
         def go() -> bool:
             cur = self._conn().execute(
@@ -138,18 +157,39 @@ class SqliteStore(_Threaded):
 
         return await self._run(go)
 
-    async def list(self, *, statuses: Collection[str] | None = None, limit: int = 100) -> list[ApprovalRequest]:
+    async def list(
+        self, *, statuses: Collection[str] | None = None, limit: int = 100, requester: str | None = None,
+        offset: int = 0,
+    ) -> list[ApprovalRequest]:
         def go() -> list[ApprovalRequest]:
+            where: list[str] = []
+            params: list[object] = []
             if statuses:
-                marks = ",".join("?" * len(statuses))
-                rows = self._conn().execute(
-                    f"SELECT body FROM approvals WHERE status IN ({marks}) ORDER BY created DESC LIMIT ?", (*statuses, limit),
-                ).fetchall()
-            else:
-                rows = self._conn().execute("SELECT body FROM approvals ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+                where.append(f"status IN ({','.join('?' * len(statuses))})")
+                params.extend(statuses)
+            if requester is not None:
+                where.append("requester = ?")
+                params.append(requester_key(requester))
+            clause = f"WHERE {' AND '.join(where)} " if where else ""
+            rows = self._conn().execute(
+                f"SELECT body FROM approvals {clause}ORDER BY created DESC LIMIT ? OFFSET ?", (*params, limit, offset),
+            ).fetchall()
             return [_decode(r[0]) for r in rows]
 
         return await self._run(go)
+
+    async def count_pending(self, requester: str) -> int:
+        rows = await self._run(lambda: self._conn().execute(
+            "SELECT count(*) FROM approvals WHERE requester = ? AND status = 'pending'", (requester,),
+        ).fetchall())
+        return int(rows[0][0])
+
+    async def purge(self, before: float) -> int:
+        if self._db is None and not os.path.exists(self.path):
+            return 0
+        return await self._run(lambda: self._conn().execute(
+            f"DELETE FROM approvals WHERE status IN ({','.join('?' * len(_FINAL))}) AND created < ?", (*_FINAL, before),
+        ).rowcount)
 
     async def by_binding(self, binding: str, statuses: Collection[str]) -> list[ApprovalRequest]:
         marks = ",".join("?" * len(statuses))
@@ -159,6 +199,8 @@ class SqliteStore(_Threaded):
         return [_decode(r[0]) for r in rows]
 
     async def due(self, now: float) -> list[ApprovalRequest]:
+        if self._db is None and not os.path.exists(self.path):
+            return []  # never used: the sweeper does not create the file
         rows = await self._run(lambda: self._conn().execute(
             "SELECT body FROM approvals WHERE status IN ('pending', 'approved') AND expires <= ?", (now,),
         ).fetchall())
@@ -191,10 +233,11 @@ class PostgresStore(_Threaded):
         db.execute(
             f"CREATE TABLE IF NOT EXISTS {t} (id text PRIMARY KEY, binding text NOT NULL, status text NOT NULL, "
             "expires double precision NOT NULL, created double precision NOT NULL, version integer NOT NULL, "
-            "body text NOT NULL)"
+            "body text NOT NULL, requester text NOT NULL DEFAULT '')"
         )
         db.execute(f"CREATE INDEX IF NOT EXISTS {index}_binding ON {t} (binding, status)")
         db.execute(f"CREATE INDEX IF NOT EXISTS {index}_status ON {t} (status, expires)")
+        db.execute(f"CREATE INDEX IF NOT EXISTS {index}_requester ON {t} (requester, status)")
         return db
 
     def _exec(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]] | int:
@@ -230,7 +273,7 @@ class PostgresStore(_Threaded):
 
     async def insert(self, request: ApprovalRequest) -> None:
         await self._run(lambda: self._exec(
-            f"INSERT INTO {{t}} ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s)", _row(request),
+            f"INSERT INTO {{t}} ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", _row(request),
         ))
 
     async def get(self, approval_id: str) -> ApprovalRequest | None:
@@ -239,19 +282,43 @@ class PostgresStore(_Threaded):
 
     async def update(self, new: ApprovalRequest, *, expected_version: int) -> bool:
         assert new.version == expected_version + 1
-        _, _, status, expires, _, version, body = _row(new)
+        _, _, status, expires, _, version, body, _ = _row(new)
         count = await self._run(lambda: self._exec(
             "UPDATE {t} SET status = %s, expires = %s, version = %s, body = %s WHERE id = %s AND version = %s",
             (status, expires, version, body, new.id, expected_version),
         ))
         return count == 1
 
-    async def list(self, *, statuses: Collection[str] | None = None, limit: int = 100) -> list[ApprovalRequest]:
+    async def list(
+        self, *, statuses: Collection[str] | None = None, limit: int = 100, requester: str | None = None,
+        offset: int = 0,
+    ) -> list[ApprovalRequest]:
+        where: list[str] = []
+        params: list[object] = []
         if statuses:
-            return await self._run(lambda: self._bodies(
-                "SELECT body::text FROM {t} WHERE status = ANY(%s) ORDER BY created DESC LIMIT %s", (list(statuses), limit),
-            ))
-        return await self._run(lambda: self._bodies("SELECT body::text FROM {t} ORDER BY created DESC LIMIT %s", (limit,)))
+            where.append("status = ANY(%s)")
+            params.append(list(statuses))
+        if requester is not None:
+            where.append("requester = %s")
+            params.append(requester_key(requester))
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return await self._run(lambda: self._bodies(
+            f"SELECT body::text FROM {{t}} {clause}ORDER BY created DESC LIMIT %s OFFSET %s", (*params, limit, offset),
+        ))
+
+    async def count_pending(self, requester: str) -> int:
+        rows = await self._run(lambda: self._exec(
+            "SELECT count(*) FROM {t} WHERE requester = %s AND status = 'pending'", (requester,),
+        ))
+        assert isinstance(rows, list)
+        return int(rows[0][0])  # type: ignore[arg-type]
+
+    async def purge(self, before: float) -> int:
+        count = await self._run(lambda: self._exec(
+            "DELETE FROM {t} WHERE status = ANY(%s) AND created < %s", (list(_FINAL), before),
+        ))
+        assert isinstance(count, int)
+        return count
 
     async def by_binding(self, binding: str, statuses: Collection[str]) -> list[ApprovalRequest]:
         return await self._run(lambda: self._bodies(

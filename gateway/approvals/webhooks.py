@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import unicodedata
 import logging
 import random
 import ssl
@@ -92,6 +93,9 @@ def _slack(text: str) -> str:
 
 
 def _short(text: str, limit: int) -> str:
+    """One line of at most `limit` characters; control and format characters (bidi overrides,
+    zero-width characters: text that would read differently than it runs) shown as \\uXXXX."""
+    text = "".join(c if unicodedata.category(c) not in ("Cc", "Cf") or c in "\t\n\r" else f"\\u{ord(c):04x}" for c in text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -110,11 +114,11 @@ _STATUS_WORDS = {
 def message_text(kind: str, request: ApprovalRequest, link: str, gateway: str) -> str:
     """The one-paragraph, Slack-compatible sentence of a notification (no approve action)."""
     r = request
-    who = r.requester.subject
+    who = _short(r.requester.subject, 200)
     if r.requester.actor:
-        who = f"{' via '.join(r.requester.actor)} (acting for {r.requester.subject})"
+        who = _short(f"{' via '.join(r.requester.actor)} (acting for {r.requester.subject})", 300)
     sql = _short(r.sql, 300).replace("`", "'")
-    where = f"{r.target} ({r.environment})"
+    where = _short(f"{r.target} ({r.environment})", 200)
     parts = [f"[sqlward {gateway}]" if gateway else "[sqlward]", f"{_slack(who)} asks to run `{_slack(sql)}` on {_slack(where)}"]
     scope = []
     if r.operations:
@@ -133,7 +137,9 @@ def message_text(kind: str, request: ApprovalRequest, link: str, gateway: str) -
     last = r.decisions[-1] if r.decisions else None
     if kind == "approval.decided" and last is not None:
         verb = "approved" if last.verdict == "approve" else "rejected"
-        status = f"{verb} by {last.approver.subject}" + (f' ("{_short(last.comment, 200)}")' if last.comment else "")
+        status = f"{verb} by {_short(last.approver.subject, 200)}" + (
+            f' ("{_short(last.comment, 200)}")' if last.comment else ""
+        )
         status += f", now {_STATUS_WORDS.get(r.status, r.status)}"
     elif kind == "approval.failed" and r.error:
         status += f": {_short(r.error, 200)}"

@@ -61,7 +61,7 @@ MAX_BODY = 64 * 1024  # bytes of a request body the API reads
 Authenticate = Callable[[str], Awaitable[Approver]]
 _APPROVER_KEY = "sqlward.approver"  # where the authenticated caller waits in the ASGI scope
 _STATUSES: frozenset[str] = frozenset(get_args(Status))
-_QUERY = frozenset({"status", "limit"})
+_QUERY = frozenset({"status", "limit", "offset", "requester"})
 _encode = msgspec.json.Encoder().encode
 _decode_body = msgspec.json.Decoder(DecisionBody).decode
 
@@ -182,7 +182,7 @@ def build_app(*, approvals: ApprovalService, authenticate: Authenticate, access:
     async def list_approvals(request: Request, approver: Approver) -> Response:
         unknown = sorted(set(request.query_params) - _QUERY)
         if unknown:
-            raise _Refused(400, f"unknown query parameter {unknown[0]!r} (expected status, limit)")
+            raise _Refused(400, f"unknown query parameter {unknown[0]!r} (expected status, limit, offset, requester)")
         statuses: list[str] | None = None
         if "status" in request.query_params:
             statuses = [s.strip() for s in request.query_params["status"].split(",") if s.strip()]
@@ -192,7 +192,13 @@ def build_app(*, approvals: ApprovalService, authenticate: Authenticate, access:
         limit_text = request.query_params.get("limit", "100")
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
             raise _Refused(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {limit_text[:20]!r}")
-        found = await approvals.list(statuses=statuses, limit=int(limit_text))
+        offset_text = request.query_params.get("offset", "0")
+        if not offset_text.isdigit() or len(offset_text) > 9:
+            raise _Refused(400, f"offset must be a whole number >= 0, got {offset_text[:20]!r}")
+        requester = request.query_params.get("requester")
+        if requester is not None and not 0 < len(requester) <= 512:
+            raise _Refused(400, "requester must be a subject of 1 to 512 characters")
+        found = await approvals.list(statuses=statuses, limit=int(limit_text), requester=requester, offset=int(offset_text))
         return _json(ApprovalList(approvals=tuple(approval(r, approvals.link(r.id)) for r in found)))
 
     async def show(request: Request, approver: Approver) -> Response:

@@ -1,6 +1,6 @@
 """`sqlward approvals ...`: the approver's commands, over the admin API.
 
-    sqlward approvals list [--status pending|all|S1,S2] [--limit N] [--json]
+    sqlward approvals list [--status pending|all|S1,S2] [--limit N] [--offset N] [--requester SUBJECT] [--json]
     sqlward approvals show ID [--json]
     sqlward approvals approve ID [--comment TEXT] [--json]
     sqlward approvals reject ID [--comment TEXT] [--json]
@@ -83,6 +83,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help=f"pending (default), all, or a comma-separated list of {', '.join(STATUSES)}",
     )
     ls.add_argument("--limit", type=int, default=100, metavar="N", help=f"at most N requests (1 to {MAX_LIMIT}, default 100)")
+    ls.add_argument("--offset", type=int, default=0, metavar="N", help="skip the N newest matching requests (paging)")
+    ls.add_argument("--requester", default="", metavar="SUBJECT", help="only the requests of this identity")
     show = cmds.add_parser("show", parents=[common], help="show one approval request")
     show.add_argument("id", metavar="ID", help="approval request id (ap-...)")
     for verdict in ("approve", "reject"):
@@ -127,7 +129,13 @@ def _run(command: str, args: argparse.Namespace) -> int:
         statuses = args.status.strip()
         if not 1 <= args.limit <= MAX_LIMIT:
             raise _Usage(f"--limit must be from 1 to {MAX_LIMIT}")
+        if args.offset < 0:
+            raise _Usage("--offset must be 0 or more")
         params = {"limit": str(args.limit)}
+        if args.offset:
+            params["offset"] = str(args.offset)
+        if args.requester:
+            params["requester"] = args.requester
         if statuses != "all":
             bad = [s for s in statuses.split(",") if s.strip() not in STATUSES]
             if bad:

@@ -71,6 +71,16 @@ OPERATIONS: tuple[Operation, ...] = (
                 "description": f"At most this many requests (1 to {MAX_LIMIT}; 100 when not given).",
                 "schema": msgspec.json.schema(Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)]),
             },
+            {
+                "name": "offset", "in": "query", "required": False,
+                "description": "Skip this many of the newest matching requests (paging; 0 when not given).",
+                "schema": msgspec.json.schema(Annotated[int, msgspec.Meta(ge=0)]),
+            },
+            {
+                "name": "requester", "in": "query", "required": False,
+                "description": "Only the requests of this subject (compared as names are everywhere: canonical form).",
+                "schema": {"type": "string", "maxLength": 512},
+            },
         ),
     ),
     Operation(

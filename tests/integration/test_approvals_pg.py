@@ -483,3 +483,17 @@ def test_statements_not_held_get_no_approval_machinery(gw: GatewayProcess, table
         c.execute("DELETE FROM t WHERE id = 1")  # one row: under the guardrail's limit
     assert left(table) == 499
     assert requests(gw) == [] and events(gw, "approval.requested") == []
+
+
+def test_one_identity_cannot_flood_the_store(tmp_path: Path, database: str, issuer: TestIssuer, table: psycopg.Connection) -> None:
+    with _gateway(tmp_path, database, issuer, approval=RETRY, extra={"approvals": {
+        "store": str(tmp_path / "flood.sqlite3"), "poll_seconds": 0.2, "sweep_seconds": 0.5, "max_pending_per_identity": 2,
+    }}) as g:
+        assert "was made" in _run(g, "DELETE FROM t WHERE id > 100")
+        assert "was made" in _run(g, "DELETE FROM t WHERE id > 101")
+        third = _run(g, "DELETE FROM t WHERE id > 102")
+        assert "already has 2 approval requests waiting" in third
+        assert "was made" in _run(g, DELETE, user="carol")  # others are not held back
+        assert len(requests(g, "pending")) == 3
+        r = api(g, "GET", "/api/v1/approvals?requester=bob&status=pending")
+        assert r.status_code == 200 and len(r.json()["approvals"]) == 2

@@ -536,7 +536,7 @@ def test_the_openapi_document_is_valid_and_generated_from_the_structs(env: Env) 
         assert approve["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Approval"}
         assert {"403", "404", "409", "400"} <= set(approve["responses"])
         listing = doc["paths"]["/api/v1/approvals"]["get"]
-        assert [p["name"] for p in listing["parameters"]] == ["status", "limit"]
+        assert [p["name"] for p in listing["parameters"]] == ["status", "limit", "offset", "requester"]
         assert listing["parameters"][1]["schema"]["maximum"] == 500
 
     serve(env, scenario)

@@ -668,3 +668,50 @@ def test_new_ids_are_distinct_and_well_formed() -> None:
     ids = {new_id() for _ in range(2000)}
     assert len(ids) == 2000
     assert all(len(i) == 15 and i.startswith("ap-") and set(i[3:]) <= set("0123456789abcdefghjkmnpqrstvwxyz") for i in ids)
+
+
+# -- limits: requests per requester, retention, paging (issue 13 attack run) -------------------
+
+
+def test_pending_requests_are_counted_per_requester_in_canonical_form(env: Env) -> None:
+    async def go() -> None:
+        for _ in range(3):
+            await created(env)
+        await created(env, requester=Requester(subject="ＡＬＩＣＥ@example.com", verified_by="oidc"))
+        other = await created(env, requester=Requester(subject="zed@example.com", verified_by="oidc"))
+        assert await env.service.pending_count("alice@example.com") == 4
+        assert await env.service.pending_count("Alice@Example.com") == 4
+        assert await env.service.pending_count("zed@example.com") == 1
+        await env.service.decide(other.id, BOB, "reject")
+        assert await env.service.pending_count("zed@example.com") == 0
+
+    env.run(go)
+
+
+def test_list_filters_by_requester_and_pages(env: Env) -> None:
+    async def go() -> None:
+        mine = [await created(env) for _ in range(5)]
+        theirs = await created(env, requester=Requester(subject="zed@example.com", verified_by="oidc"))
+        assert [r.id for r in await env.service.list(requester="zed@example.com")] == [theirs.id]
+        newest_first = [r.id for r in reversed(mine)]
+        page1 = await env.service.list(requester="alice@example.com", limit=2)
+        page2 = await env.service.list(requester="alice@example.com", limit=2, offset=2)
+        assert [r.id for r in page1 + page2] == newest_first[:4]
+
+    env.run(go)
+
+
+def test_decided_requests_are_purged_after_the_retention(env: Env) -> None:
+    async def go() -> None:
+        service = ApprovalService(env.new_store(), scope=env.recorder.gateway_scope, clock=env.clock, retention=3600.0)
+        env.stores.append(service.store)
+        done = await service.create(req(env), env.session)
+        await service.decide(done.id, BOB, "reject")
+        waiting = await service.create(req(env, expires_in=10 * 86400), env.session)
+        env.clock.offset += 7200  # two hours later: past the retention, the pending one still open
+        await service.sweep()
+        assert await service.get(done.id) is None
+        still = await service.get(waiting.id)
+        assert still is not None and still.status == "pending"
+
+    env.run(go)

@@ -357,5 +357,5 @@ def test_config_guardrail_approval_checks_name_the_guardrail_and_field(tmp_path:
     assert len(lines) == 3, lines
     for field, message in (("approvers", "nobody could approve"), ("hold_timeout", "longer than the request lives"),
                            ("reason_pattern", "not a valid regular expression")):
-        assert any(line.startswith("$.guardrails.mass-write") and field in line.split(": ", 1)[0] and message in line
+        assert any(line.startswith(f"$.guardrails.mass-write.approval.{field}: ") and message in line
                    for line in lines), (field, lines)

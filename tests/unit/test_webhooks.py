@@ -523,3 +523,22 @@ def test_service_transitions_reach_the_receiver(tmp_path: Path) -> None:
     assert [(s.json["event"], s.json["approval"]["status"]) for s in receiver.seen] == [
         ("approval.requested", "pending"), ("approval.decided", "approved"), ("approval.executed", "executed")]
     assert all(s.json["link"] == link(request().id) for s in receiver.seen)
+
+
+def test_message_text_shows_invisible_and_bidi_characters_escaped() -> None:
+    """A requester's reason or an approver's comment cannot make the chat text read otherwise
+    than it is (bidi overrides, zero-width characters), nor add Slack markup (links)."""
+    from sqlward.gateway.approvals.model import ApprovalRequest, Decision, Requester
+    from sqlward.gateway.approvals.webhooks import message_text
+    from sqlward.policy.approval import Approver
+
+    r = ApprovalRequest(
+        id="ap-x", binding="0" * 64, requester=Requester(subject="mal\u202elory"), reason="INC-1\u200b <https://evil|approve>",
+        target="prod", environment="production", protocol="postgres", sql="DELETE FROM t \u2066WHERE 1=1\u2069",
+        created=0.0, expires=1.0, status="rejected",
+        decisions=(Decision(approver=Approver(subject="bob"), verdict="reject", comment="<https://evil|click>", time=0.5),),
+    )
+    text = message_text("approval.decided", r, "https://gw/api/v1/approvals/ap-x", "gw")
+    assert "\u202e" not in text and "\u200b" not in text and "\u2066" not in text
+    assert "\\u202e" in text and "\\u200b" in text
+    assert "<https://evil" not in text and "&lt;https://evil|click&gt;" in text
