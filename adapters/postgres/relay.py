@@ -644,7 +644,10 @@ class ClientSide:
                     st.copy_expected = True
                 query = Pending("query", rid, started=st.clock(), mask=verdict.mask)
                 st.pending.append(query)
-                if _DEALLOCATE_HINT.search(self._buf, pos + 5, end) is not None:
+                buf = self._buf
+                if (buf.find(b"lloc", pos + 5, end) >= 0 or buf.find(b"LLOC", pos + 5, end) >= 0) and _DEALLOCATE_HINT.search(buf, pos + 5, end):
+                    # (another casing is not noticed: the name is then kept, and its re-Parse
+                    # refused as a duplicate: fail closed)
                     query.deallocates = [
                         m.group(1).encode() if m.group(1) is not None else m.group(2).lower().encode()
                         for m in _DEALLOCATE.finditer(st.decode_sql(bytes(self._buf[pos + 5 : end - 1])))
