@@ -198,7 +198,9 @@ class ApprovalExpired(_Event, tag="approval.expired", kw_only=True):
 
 class ApprovalWithdrawn(_Event, tag="approval.withdrawn", kw_only=True):
     approval_id: str
-    reason: str  # "cancelled by the client", "session closed", "hold timed out"
+    # "cancelled by the client", "the client disconnected", "the session closed", "no decision
+    # within N s", "the session's token expired", "the approval store failed during the hold"
+    reason: str
 
 
 class ApprovalExecuted(_Event, tag="approval.executed", kw_only=True):

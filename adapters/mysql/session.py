@@ -1414,7 +1414,7 @@ class MysqlSession(GovernedSession):
         if other is None or other.identity is None:
             await self._answer(NoSuchThread(gateway_id))
             return
-        if other.identity.subject != self.identity.subject:
+        if not ident.same_name(other.identity.subject, self.identity.subject):
             await self._answer(KillNotOwner(gateway_id))
             return
         if other is not self and other.ctx.hold is not None:

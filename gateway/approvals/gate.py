@@ -137,7 +137,7 @@ async def settle(
         if await service.pending_count(identity.subject) >= service.max_pending:
             return _deny(decision, (
                 f"{decision.message}; {identity.subject} already has {service.max_pending} approval requests waiting "
-                "for a decision, the most one identity may have: wait for them or withdraw some"
+                "for a decision, the most one identity may have: wait until they are decided or expire"
             )), None
         parameters = shown_parameters(request.parameters, request.formats, request.dialect)
         new = ApprovalRequest(

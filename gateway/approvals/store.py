@@ -128,6 +128,9 @@ class SqliteStore(_Threaded):
                 "status TEXT NOT NULL, expires REAL NOT NULL, created REAL NOT NULL, version INTEGER NOT NULL, "
                 "body TEXT NOT NULL, requester TEXT NOT NULL DEFAULT '')"
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(approvals)")}
+            if "requester" not in columns:  # a store made before the column existed
+                db.execute("ALTER TABLE approvals ADD COLUMN requester TEXT NOT NULL DEFAULT ''")
             db.execute("CREATE INDEX IF NOT EXISTS approvals_binding ON approvals (binding, status)")
             db.execute("CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires)")
             db.execute("CREATE INDEX IF NOT EXISTS approvals_requester ON approvals (requester, status)")
@@ -235,6 +238,7 @@ class PostgresStore(_Threaded):
             "expires double precision NOT NULL, created double precision NOT NULL, version integer NOT NULL, "
             "body text NOT NULL, requester text NOT NULL DEFAULT '')"
         )
+        db.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS requester text NOT NULL DEFAULT ''")
         db.execute(f"CREATE INDEX IF NOT EXISTS {index}_binding ON {t} (binding, status)")
         db.execute(f"CREATE INDEX IF NOT EXISTS {index}_status ON {t} (status, expires)")
         db.execute(f"CREATE INDEX IF NOT EXISTS {index}_requester ON {t} (requester, status)")

@@ -207,7 +207,7 @@ def test_cancel_request_withdraws_a_held_statement(gw: GatewayProcess, table: ps
     [request] = wait_pending(gw)
     conn.cancel()  # a CancelRequest on a connection of its own
     thread.join(15)
-    assert len(errors) == 1 and f"approval request {request['id']} was withdrawn" in str(errors[0])
+    assert len(errors) == 1 and f"approval request {request['id']} was withdrawn: the statement was cancelled" in str(errors[0])
     assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
     conn.close()
     assert [r["status"] for r in requests(gw) if r["id"] == request["id"]] == ["withdrawn"]

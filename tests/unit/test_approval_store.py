@@ -380,3 +380,27 @@ def test_created_times_order_with_sub_second_precision(backend: Backend) -> None
         assert [r.id for r in await store.list()] == [make(i).id for i in (4, 3, 2, 1, 0)]
 
     run(backend, go)
+
+
+def test_a_store_table_made_before_the_requester_column_gets_it(tmp_path: Path) -> None:
+    """Stores made by an earlier build (no `requester` column) are brought up to date at open."""
+    import sqlite3
+
+    path = str(tmp_path / "old.sqlite3")
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE approvals (id TEXT PRIMARY KEY, binding TEXT NOT NULL, status TEXT NOT NULL, "
+        "expires REAL NOT NULL, created REAL NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL)"
+    )
+    db.commit()
+    db.close()
+
+    async def go() -> None:
+        store = SqliteStore(path)
+        try:
+            await store.insert(make())
+            assert await store.count_pending("alice@example.com") == 1
+        finally:
+            await store.aclose()
+
+    trio.run(go)
