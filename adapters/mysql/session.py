@@ -152,6 +152,7 @@ from sqlward.adapters.mysql.maskrelay import MaskingRelay, RowState
 from sqlward.adapters.mysql.packets import PacketFramer, PacketTooLarge, ProtocolViolation, encode_packets, lenenc_str
 from sqlward.adapters.mysql.relaystate import (
     PreparedStatements,
+    Route,
     SessionText,
     command_route,
     completion,
@@ -195,6 +196,10 @@ def identity_statement(label: str) -> bytes:
     return b"SET @sqlward_identity = CONVERT(X'" + hexed + b"' USING utf8mb4)"
 
 
+_LAST_STATEMENT = b"\xff\xff\xff\xff"  # MariaDB: the statement prepared last
+_STATEMENT_COMMANDS = frozenset({
+    Command.STMT_EXECUTE, Command.STMT_SEND_LONG_DATA, Command.STMT_RESET, Command.STMT_CLOSE, Command.STMT_FETCH,
+})
 _SHOW_WARNINGS = re.compile(r"^\s*SHOW\s+WARNINGS\s*;?\s*$", re.IGNORECASE)
 
 
@@ -243,7 +248,7 @@ class MysqlSession(GovernedSession):
         # Prepared statements that need approval at each execution (`Verdict.review_at_run`):
         # id -> parameter count, and the parameter types bound by their last execution.
         self._review_statements: dict[int, int] = {}
-        self._review_types: dict[int, tuple[messages.ParamType, ...]] = {}
+        self._param_counts: dict[int, int] = {}  # every prepared statement's parameter count
         self._last_prepared: int | None = None  # MariaDB's statement id 0xFFFFFFFF
         # The note of the last statement released by an approval, until the next statement
         # clears the warnings (`_show_warnings`).
@@ -300,6 +305,14 @@ class MysqlSession(GovernedSession):
                 self.ctx.approval_failed(aid, verdict.request_id, "the session was killed before the statement ran")
             raise SessionEnd()
         return verdict
+
+    def _last_statement(self, payload: bytes, route: Route) -> tuple[bytes, Route]:  # noqa: D401
+        """A COM_STMT_* naming statement id 0xFFFFFFFF, with the id of the statement prepared
+        last instead (0 when there is none: the server then answers an unknown statement)."""
+        real = self._last_prepared or 0
+        return payload[:1] + real.to_bytes(4, "little") + payload[5:], route._replace(
+            number=real if route.number is not None else None,
+        )
 
     async def _hold_watch(self) -> None:
         """Returns when the client disconnects while its statement is held for approval; what
@@ -700,6 +713,10 @@ class MysqlSession(GovernedSession):
                 continue
             route = command_route(payload)
             kind = route.kind
+            if route.command in _STATEMENT_COMMANDS and payload[1:5] == _LAST_STATEMENT:
+                # MariaDB: statement id 0xFFFFFFFF is "the one prepared last": named plainly here,
+                # so the gateway's books and the server's agree.
+                payload, route = self._last_statement(payload, route)
             if kind == "query":
                 await self._query(payload)
             elif kind == "execute":
@@ -711,6 +728,7 @@ class MysqlSession(GovernedSession):
                 if route.command == Command.STMT_CLOSE and route.number is not None:
                     prepared.close(route.number)
                     self._review_statements.pop(route.number, None)
+                    self._param_counts.pop(route.number, None)
                     self._long_data.discard(route.number)
                 elif route.command == Command.STMT_SEND_LONG_DATA and len(payload) >= 5:
                     self._long_data.add(int.from_bytes(payload[1:5], "little"))
@@ -958,7 +976,7 @@ class MysqlSession(GovernedSession):
                 self._review_statements[scanner.statement_id] = scanner.param_count
             else:
                 self._review_statements.pop(scanner.statement_id, None)
-            self._review_types.pop(scanner.statement_id, None)
+            self._param_counts[scanner.statement_id] = scanner.param_count
             prepared = self._prepared.get(scanner.statement_id)
             if prepared is not None and (effect.switches or mode.switches):
                 prepared.changes_db = True  # its executions switch the character set / sql_mode: ask after each
@@ -970,9 +988,6 @@ class MysqlSession(GovernedSession):
         write them twice. MariaDB's statement id 0xFFFFFFFF ("the one prepared last") is
         resolved to that statement's id here, and an id the gateway did not see prepared is
         refused (its text was never judged)."""
-        if stmt_id == 0xFFFFFFFF and self._last_prepared is not None:
-            stmt_id = self._last_prepared
-            payload = payload[:1] + stmt_id.to_bytes(4, "little") + payload[5:]
         if self._prepared.get(stmt_id) is None:
             self._seq = 1
             await self._answer(NotPrepared(
@@ -992,12 +1007,14 @@ class MysqlSession(GovernedSession):
                     "not by COM_STMT_SEND_LONG_DATA (an approver could not see them)")
         count = self._review_statements[stmt_id]
         try:
-            execute = messages.decode_stmt_execute(
-                payload, count, self._review_types.get(stmt_id, ()), self.client_caps,
-            )
+            execute = messages.decode_stmt_execute(payload, count, (), self.client_caps)
         except Exception as exc:
             return f"the parameters of this execution cannot be read ({exc}); a statement that needs approval is not run"
-        self._review_types[stmt_id] = execute.types
+        if count and not execute.new_params_bound:
+            # The types would be those the server kept from an earlier execution, which the
+            # gateway cannot be sure of (one it refused, say): they come with each run.
+            return ("a statement that needs approval is approved with its parameter types: send them with each "
+                    "execution (new-params-bound flag)")
         values: list[bytes | None] = []
         for v in execute.values:
             if v is None:
@@ -1040,8 +1057,13 @@ class MysqlSession(GovernedSession):
         version = self.pipeline.policy_version
         if prepared is not None and prepared.policy_version != version and stmt_id not in self._review_statements:
             again = await self._judge(  # under the database it was prepared in, which the server keeps
-                StatementRequest(sql=prepared.sql, dialect="mysql", schema=prepared.schema, statement_name=name)
+                StatementRequest(sql=prepared.sql, dialect="mysql", schema=prepared.schema, statement_name=name, prepare=True)
             )
+            if again.review_at_run:
+                # The new policy sends it to review: this run and every later one is approved
+                # with its parameters.
+                self._review_statements[stmt_id] = self._param_counts.get(stmt_id, 0)
+                return await self._run_execute(payload, stmt_id)
             if not again.allowed:
                 await self._answer(again.decision)
                 return False

@@ -112,6 +112,8 @@ for _t in (
     Backend.COMMAND_COMPLETE, Backend.ERROR_RESPONSE, Backend.EMPTY_QUERY_RESPONSE,
     Backend.PORTAL_SUSPENDED, Backend.READY_FOR_QUERY, Backend.PARAMETER_STATUS,
     Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE,
+    # Counted: which Parse / Close the server carried out when an error stops a segment.
+    Backend.PARSE_COMPLETE, Backend.CLOSE_COMPLETE,
 ):
     _WATCH[_t] = 1
 _STREAMED = (Backend.DATA_ROW, Backend.COPY_DATA)  # may be huge: never buffered whole
@@ -141,6 +143,9 @@ _B_PARAMETER_STATUS, _B_EMPTY_QUERY, _B_SUSPENDED = (
 )
 _B_NOTICE = int(Backend.NOTICE_RESPONSE)
 _B_COPY_IN, _B_COPY_BOTH = int(Backend.COPY_IN_RESPONSE), int(Backend.COPY_BOTH_RESPONSE)
+_B_PARSE_COMPLETE, _B_CLOSE_COMPLETE = int(Backend.PARSE_COMPLETE), int(Backend.CLOSE_COMPLETE)
+# Command tags of SQL that changes the session's prepared statements.
+_STATEMENT_TAGS = frozenset({"DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL", "PREPARE"})
 _PROBE_ANSWER = frozenset(
     int(t) for t in (
         Backend.PARSE_COMPLETE, Backend.BIND_COMPLETE, Backend.CLOSE_COMPLETE, Backend.ROW_DESCRIPTION,
@@ -157,10 +162,13 @@ _COPY_DONE, _COPY_FAIL = Frontend.COPY_DONE, Frontend.COPY_FAIL
 _MAY_COPY = re.compile(rb"[cC][oO][pP][yY]")
 _MAY_COPY_TEXT = re.compile(r"[cC][oO][pP][yY]")
 
-# SQL DEALLOCATE of a prepared statement by name (quoted: as written; unquoted: folded to lower
-# case, as the server does); its CommandComplete "DEALLOCATE" tells the relay the server forgot it.
-_DEALLOCATE_HINT = re.compile(rb"[dD][eE][aA][lL][lL][oO][cC][aA][tT][eE]")
-_DEALLOCATE = re.compile(r'\bDEALLOCATE\s+(?:PREPARE\s+)?(?:"((?:[^"]|"")+)"|(?!ALL\b)([A-Za-z_][A-Za-z0-9_$]*))', re.IGNORECASE)
+# A Query that is one SQL DEALLOCATE / PREPARE of a plainly written name (quoted: as written;
+# unquoted ASCII: folded to lower case, as the server does); its CommandComplete tells the relay
+# the server forgot or made that statement. Any other spelling: every name is forgotten.
+_NAMED_STATEMENT = re.compile(
+    r'^\s*(?:DEALLOCATE(?:\s+PREPARE)?|PREPARE)\s+(?:"((?:[^"]|"")+)"|(?!ALL\b)([A-Za-z_][A-Za-z0-9_$]*))(?=[\s;(]|$)',
+    re.IGNORECASE | re.ASCII,
+)
 # The Execute of the unnamed portal (the usual one): the same request every time.
 _EXECUTE_UNNAMED = StatementRequest(sql="", dialect="postgres", kind="execute", statement_name="")
 _FUNCTION_CALL = StatementRequest(sql="", dialect="postgres", kind="command", command="FunctionCall")
@@ -297,7 +305,7 @@ class RelayState:
 
     __slots__ = (
         "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
-        "clock", "policy_version", "path", "unsynced", "deallocated", "copy_in", "copy_expected", "bad_encoding", "bad_scs",
+        "clock", "policy_version", "path", "unsynced", "deallocated", "segment_errors", "copy_in", "copy_expected", "bad_encoding", "bad_scs",
         "encoding_wait", "encoding_touched",
     )
 
@@ -330,9 +338,16 @@ class RelayState:
         # The client sent extended-protocol messages after its last Sync: its implicit
         # transaction (and its unnamed portal) are still open.
         self.unsynced = False
-        # Prepared statement names the server has forgotten through SQL (DEALLOCATE, DEALLOCATE
-        # ALL / DISCARD ALL: None), by its CommandComplete; the client side forgets them too.
+        # Prepared statement names the server has forgotten (or made) through SQL: DEALLOCATE,
+        # PREPARE (the name when the text is exactly one such statement, else None: all of
+        # them), DEALLOCATE ALL / DISCARD ALL (None), by its CommandComplete; the client side
+        # forgets them too.
         self.deallocated: list[bytes | None] = []
+        # Extended-protocol segments (by the number of the Sync that ends them) where the server
+        # answered an error, with how many ParseComplete / CloseComplete came before it: the
+        # Parse and Close messages after those were not carried out (the client side undoes
+        # what it recorded of them: `ClientSide._settle`).
+        self.segment_errors: list[tuple[int, int, int]] = []
         # COPY FROM STDIN is in progress: from the upstream's CopyInResponse (or
         # CopyBothResponse) until the client's CopyDone or CopyFail. `copy_expected`: a request
         # that may start one was forwarded (clients such as asyncpg send their CopyData without
@@ -418,6 +433,10 @@ class ClientSide:
         self._review_statements: set[bytes] = set()
         # The parameter types declared in each statement's Parse (bound into approvals).
         self._param_types: dict[bytes, tuple[int, ...]] = {}
+        # What the statement records were before each Parse / Close recorded here, by the Sync
+        # that ends its segment, in message order: undone when the server did not carry the
+        # message out (an error earlier in its segment, or its own failure): `_settle`.
+        self._effects: deque[tuple[int, str, bytes, tuple[object, ...]]] = deque()
 
     @property
     def asking_text(self) -> bool:
@@ -442,6 +461,8 @@ class ClientSide:
     def _scan(self) -> StatementRequest | None:
         if self.terminated:
             return None
+        if self._effects or self._st.segment_errors:
+            self._settle()
         if self._st.deallocated:
             self._apply_deallocated()
         buf = self._buf
@@ -575,6 +596,7 @@ class ClientSide:
                 if end - pos >= 7:
                     name = bytes(buf[pos + 6 : end - 1])
                     if buf[pos + 5] == 0x53:  # 'S'
+                        self._effect("C", name)
                         self._forget_statement(name)
                     else:
                         self._portals.pop(name, None)
@@ -644,14 +666,13 @@ class ClientSide:
                     st.copy_expected = True
                 query = Pending("query", rid, started=st.clock(), mask=verdict.mask)
                 st.pending.append(query)
-                buf = self._buf
-                if (buf.find(b"lloc", pos + 5, end) >= 0 or buf.find(b"LLOC", pos + 5, end) >= 0) and _DEALLOCATE_HINT.search(buf, pos + 5, end):
-                    # (another casing is not noticed: the name is then kept, and its re-Parse
-                    # refused as a duplicate: fail closed)
-                    query.deallocates = [
-                        m.group(1).encode() if m.group(1) is not None else m.group(2).lower().encode()
-                        for m in _DEALLOCATE.finditer(st.decode_sql(bytes(self._buf[pos + 5 : end - 1])))
-                    ]
+                analysis = verdict.analysis
+                if analysis is not None and len(analysis.statements) == 1 and analysis.operations[:1] in (("deallocate",), ("prepare",)):
+                    # Exactly one DEALLOCATE / PREPARE: the name it names, when plainly written
+                    # (otherwise every name is forgotten when the server says it ran).
+                    m = _NAMED_STATEMENT.match(st.decode_sql(bytes(self._buf[pos + 5 : end - 1])))
+                    if m is not None:
+                        query.deallocates = [m.group(1).replace('""', '"').encode() if m.group(1) is not None else m.group(2).lower().encode()]
                 if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
                     body = self._sql_comment + bytes(self._buf[pos + 5 : end])
                     self._replace(pos, end, _pack_header(_Q, len(body) + 4) + body)
@@ -665,6 +686,7 @@ class ClientSide:
         elif what == _ASK_PARSE:
             assert isinstance(detail, tuple)
             name, sql, version = detail
+            self._effect("P", name)
             if verdict.review_at_run:  # prepared now, approved at each Bind
                 allowed = True
                 self._review_statements.add(name)
@@ -697,8 +719,12 @@ class ClientSide:
             assert isinstance(detail, tuple)
             portal, stmt, sql, version = detail
             if allowed:
-                if verdict.approval_id is not None:  # its completion names the approval
+                if verdict.approval_id is not None:
+                    # Released by an approval (decided again under a new policy that sends it to
+                    # review): its completion names the approval, and every later run of the
+                    # statement is approved again, with its values.
                     self._portals[portal] = rid
+                    self._review_statements.add(stmt)
                 self._prepared_sql[stmt] = (sql, version)
                 self._stmt_masks[stmt] = self._portal_masks[portal] = verdict.mask
                 if verdict.search_path is not None:
@@ -811,6 +837,81 @@ class ClientSide:
         self._replace(pos, end, codec.encode_frontend(codec.Parse("", marker)))
         self._discarding = True
 
+    # -- keeping the statement records the server's --------------------------------------------
+
+    def _snapshot(self, name: bytes) -> tuple[object, ...]:
+        return (
+            self._statements.get(name), self._stmt_masks.get(name), self._prepared_sql.get(name),
+            self._stmt_paths.get(name), self._param_types.get(name), name in self._review_statements,
+            name in self._copy_statements, name in self._enc_statements,
+        )
+
+    def _restore(self, name: bytes, snap: tuple[object, ...]) -> None:
+        self._forget_statement(name)
+        rid, mask, prepared, path, types, review, copy, enc = snap
+        if prepared is None:
+            return
+        self._prepared_sql[name] = prepared  # type: ignore[assignment]
+        if rid is not None:
+            self._statements[name] = rid  # type: ignore[assignment]
+        self._stmt_masks[name] = mask  # type: ignore[assignment]
+        if path is not None:
+            self._stmt_paths[name] = path  # type: ignore[assignment]
+        if types is not None:
+            self._param_types[name] = types  # type: ignore[assignment]
+        if review:
+            self._review_statements.add(name)
+        if copy:
+            self._copy_statements.add(name)
+        if enc:
+            self._enc_statements.add(name)
+
+    def _effect(self, kind: str, name: bytes) -> None:
+        """Log what `name`'s record was before a Parse ("P") or Close ("C") changes it."""
+        self._effects.append((self._st.syncs_sent + 1, kind, name, self._snapshot(name)))
+
+    def _settle(self) -> None:
+        """Segments the server has answered: where an error stopped one, the Parse and Close
+        messages it did not carry out are undone here (the server kept the statements as they
+        were), latest first; a name a later segment touched again is forgotten instead (its
+        record is then unsure: a Bind of it is refused)."""
+        st = self._st
+        effects = self._effects
+        done = st.syncs_done
+        failed = {seg: (parsed, closed) for seg, parsed, closed in st.segment_errors}
+        st.segment_errors[:] = [e for e in st.segment_errors if e[0] > done]
+        undo: list[tuple[int, str, bytes, tuple[object, ...]]] = []
+        while effects and effects[0][0] <= done:
+            segment = effects[0][0]
+            batch = []
+            while effects and effects[0][0] == segment:
+                batch.append(effects.popleft())
+            counts = failed.get(segment)
+            if counts is None:
+                continue  # carried out in full
+            parsed, closed = counts
+            for i, (_, kind, _, _) in enumerate(batch):
+                if kind == "P":
+                    if parsed == 0:
+                        undo.extend(batch[i:])
+                        break
+                    parsed -= 1
+                else:
+                    if closed == 0:
+                        undo.extend(batch[i:])
+                        break
+                    closed -= 1
+        if not undo:
+            return
+        later = {name for _, _, name, _ in effects}
+        for _, _, name, snap in reversed(undo):
+            if name in later:
+                self._forget_statement(name)
+            else:
+                self._restore(name, snap)
+        for name in later & {name for _, _, name, _ in undo}:
+            self._forget_statement(name)
+
     def _refuse_bytes(self, pos: int, end: int, error: bytes) -> None:
         """Refuse the message at buf[pos:end] with `error` (an ErrorResponse) before it is judged,
         as a refusal inside a pipeline is: discard up to Sync."""
@@ -852,6 +953,10 @@ class UpstreamSide:
         self._events: list[StatementCompleted] = []
         self.rows: RowMasker | None = None  # rewriter of the result set being relayed
         self._row_counts: ColumnMasks | None = None
+        # ParseComplete / CloseComplete seen in the current segment, and whether it failed.
+        self._parsed = 0
+        self._closed = 0
+        self._segment_failed = False
 
     @property
     def mid_message(self) -> bool:
@@ -973,13 +1078,19 @@ class UpstreamSide:
         head = pending[0] if pending else None
         if head is not None and head.kind == "probe":
             return self._on_probe(mtype, body, head)
+        if mtype == _B_PARSE_COMPLETE:
+            self._parsed += 1
+            return None
+        if mtype == _B_CLOSE_COMPLETE:
+            self._closed += 1
+            return None
         if mtype == _B_COMMAND_COMPLETE:
             tag = bytes(body[:-1]).decode("utf-8", "replace")
             if self.rows is not None or self._row_counts is not None:
                 self._end_rows(head)
             if head is not None and head.kind != "sync":
                 head.tags.append(tag)
-                if tag.startswith(("DEALLOCATE", "DISCARD")):
+                if tag in _STATEMENT_TAGS:
                     self._deallocated(head, tag)
                 rows = codec.command_rows(tag)
                 if rows is not None:
@@ -989,6 +1100,8 @@ class UpstreamSide:
                     self._complete(head)
             return None
         if mtype == _B_READY:
+            self._parsed = self._closed = 0
+            self._segment_failed = False
             st.tx_status = chr(body[0]) if body else "I"
             st.path.ready(st.tx_status)
             while pending:
@@ -1026,6 +1139,9 @@ class UpstreamSide:
                 self._start_rows(body, head.mask if head is not None else None)
             return None
         if mtype == _B_ERROR:
+            if not self._segment_failed:  # the first error stops the segment
+                self._segment_failed = True
+                st.segment_errors.append((st.syncs_done + 1, self._parsed, self._closed))
             if st.masked:
                 while head is not None and head.kind == "describe":
                     pending.popleft()
@@ -1081,12 +1197,13 @@ class UpstreamSide:
         return None
 
     def _deallocated(self, head: Pending, tag: str) -> None:
-        """The server forgot prepared statements through SQL: tell the client side."""
-        st = self._st
-        if tag in ("DEALLOCATE ALL", "DISCARD ALL"):
-            st.deallocated.append(None)
-        elif tag == "DEALLOCATE" and head.deallocates:
-            st.deallocated.append(head.deallocates.pop(0))
+        """The server forgot (or made) prepared statements through SQL: tell the client side,
+        which forgets that name, or every name when it cannot be told which."""
+        names = head.deallocates
+        if tag in ("DEALLOCATE", "PREPARE") and names:
+            self._st.deallocated.append(names.pop(0))
+        else:
+            self._st.deallocated.append(None)
 
     def _on_probe(self, mtype: int, body: bytearray, head: Pending) -> bytes | None:
         """The answer to the gateway's own search_path query: swallowed. Its DataRow holds the

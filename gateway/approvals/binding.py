@@ -29,14 +29,17 @@ from sqlward.policy.names import canonical_name
 __all__ = ["binding_hash", "canonical_text"]
 
 _VERSION = "sqlward-approval-binding-1"
+# Only ASCII white space is trimmed: the servers read other spaces (NBSP, U+3000, ...) as part
+# of an identifier, so "DELETE FROM junk<NBSP>" names another table.
+_ASCII_SPACE = " \t\n\r\f\v"
 _encode = msgspec.msgpack.Encoder().encode
 
 
 def canonical_text(sql: str) -> str:
-    """The text an approval binds: as sent, without surrounding white space and final ';'."""
-    text = sql.strip()
+    """The text an approval binds: as sent, without surrounding ASCII white space and final ';'."""
+    text = sql.strip(_ASCII_SPACE)
     while text.endswith(";"):
-        text = text[:-1].rstrip()
+        text = text[:-1].rstrip(_ASCII_SPACE)
     return text
 
 

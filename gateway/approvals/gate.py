@@ -254,6 +254,13 @@ async def _hold(
             return _deny(decision, f"approval request {aid} was rejected{by}; statement not run"), aid
         if result.status == "pending":
             await _withdraw(service, aid, f"no decision within {hold_for:.0f} s", ctx)
+            late = await service.get(aid)
+            if late is not None and late.status == "approved":  # approved as the hold ran out
+                claimed = await service.claim(aid, ctx.audit, rid)
+                if claimed is not None:
+                    return msgspec.structs.replace(
+                        decision, action="allow", message=f"approved by {_approvers(claimed)} (request {aid})",
+                    ), aid
             return _deny(decision, (
                 f"approval request {aid} got no decision within {hold_for:.0f} s and was withdrawn; statement not run"
             )), aid

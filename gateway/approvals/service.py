@@ -191,7 +191,7 @@ class ApprovalService:
         """Retry mode: claim the oldest approved, unexpired request with this binding."""
         now = self._clock()
         for r in await self.store.by_binding(binding, ("approved",)):
-            if r.expires > now:
+            if r.expires > now and r.mode == "retry":  # a held request is its own session's
                 done = await self.claim(r.id, scope, request_id)
                 if done is not None:
                     return done

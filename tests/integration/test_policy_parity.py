@@ -61,7 +61,8 @@ CASES: list[tuple[str, str, str]] = [
     ("SELEKT * FROM nowhere", rule_ids.UNPARSEABLE, "deny"),
     ("TRUNCATE parity_t", "truncate", "deny"),
     ("DROP TABLE parity_t", "no-drop", "deny"),
-    ("DELETE FROM parity_t WHERE id = 1", "review-deletes", "review"),
+    # A review rule that names no approver cannot be approved: refused, live and offline alike.
+    ("DELETE FROM parity_t WHERE id = 1", "review-deletes", "deny"),
     ("CREATE TABLE parity_t2 (a int)", rule_ids.DEFAULT, "deny"),
     ("SELECT 1", "reads-and-sets", "allow"),
 ]

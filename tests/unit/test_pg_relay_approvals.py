@@ -117,3 +117,123 @@ def test_discard_all_forgets_every_name() -> None:
         ("c", parse(b"s2", b"SELECT 3") + SYNC),
     )
     assert [q.sql for q in r.requests][-1] == "SELECT 3"
+
+
+# -- the server's word on Parse and Close (second attack run) -----------------------------------
+
+CLOSE_COMPLETE = m(b"3")
+BIND_COMPLETE_ = m(b"2")
+
+
+def close_statement(name: bytes) -> bytes:
+    return m(b"C", b"S" + name + b"\0")
+
+
+def division_error() -> bytes:
+    return server_error(b"22012", b"division by zero")
+
+
+def test_a_parse_and_a_close_the_server_skipped_after_an_error_are_undone() -> None:
+    """After an error the server skips everything up to Sync: a Close of the reviewed
+    statement and a Parse of an innocent text under its name did not happen, so its Binds are
+    still approved as the DELETE they run."""
+    r = exchange(
+        ("c", parse(b"v", b"DELETE FROM t WHERE id <= $1") + SYNC),
+        ("u", PARSE_COMPLETE + READY_IDLE),
+        ("c", parse(b"e", b"SELECT 1/0") + bind(b"e") + EXECUTE + close_statement(b"v") + parse(b"v", b"SELECT $1::int") + SYNC),
+        ("u", PARSE_COMPLETE + BIND_COMPLETE_ + division_error() + READY_IDLE),
+        ("c", bind(b"v", b"50") + EXECUTE + SYNC),
+        judge=ReviewJudge,
+    )
+    last = r.requests[-2]
+    assert (last.sql, last.parameters, last.prepare) == ("DELETE FROM t WHERE id <= $1", (b"50",), False)
+
+
+def test_an_unnamed_parse_the_server_skipped_leaves_the_old_unnamed_statement() -> None:
+    r = exchange(
+        ("c", parse(b"", b"DELETE FROM t WHERE id <= $1") + SYNC),
+        ("u", PARSE_COMPLETE + READY_IDLE),
+        ("c", parse(b"e", b"SELECT 1/0") + bind(b"e") + EXECUTE + parse(b"", b"SELECT $1::int") + SYNC),
+        ("u", PARSE_COMPLETE + BIND_COMPLETE_ + division_error() + READY_IDLE),
+        ("c", bind(b"", b"70") + EXECUTE + SYNC),
+        judge=ReviewJudge,
+    )
+    last = r.requests[-2]
+    assert (last.sql, last.parameters) == ("DELETE FROM t WHERE id <= $1", (b"70",))
+
+
+def test_a_parse_the_server_refused_is_not_recorded() -> None:
+    """The server refuses a Parse (here: 42P05 for a name it still has, which the gateway had
+    forgotten): the gateway records nothing of it, and a Bind of the name is refused."""
+    marker = b"sqlward_refused_0_feed"
+    r = exchange(
+        ("c", parse(b"v", b"DELETE FROM t WHERE id <= $1") + SYNC),
+        ("u", PARSE_COMPLETE + READY_IDLE),
+        ("c", query(b"DEALLOCATE dummy")),  # the text names another statement: every name is forgotten
+        ("u", m(b"C", b"DEALLOCATE\0") + READY_IDLE),
+        ("c", parse(b"v", b"SELECT $1::int") + SYNC),
+        ("u", server_error(b"42P05", b'prepared statement "v" already exists') + READY_IDLE),
+        ("c", bind(b"v", b"40") + EXECUTE + SYNC),
+        ("u", server_error(b"42601", b'syntax error at or near "' + marker + b'"') + READY_IDLE),
+        judge=ReviewJudge,
+    )
+    assert [q.sql for q in r.requests] == ["DELETE FROM t WHERE id <= $1", "DEALLOCATE dummy", "SELECT $1::int"]
+    assert b"was not prepared through sqlward" in r.to_client
+
+
+def test_a_deallocate_run_through_the_extended_protocol_forgets_every_name() -> None:
+    r = exchange(
+        ("c", parse(b"v", b"SELECT $1::int") + SYNC),
+        ("u", PARSE_COMPLETE + READY_IDLE),
+        ("c", parse(b"", b"DEALLOCATE v") + bind(b"") + EXECUTE + SYNC),
+        ("u", PARSE_COMPLETE + BIND_COMPLETE_ + m(b"C", b"DEALLOCATE\0") + READY_IDLE),
+        ("c", bind(b"v", b"10") + EXECUTE + SYNC),
+    )
+    # v may now be anything the session prepares through SQL: its Bind is refused.
+    assert [q.sql for q in r.requests if q.kind == "statement"] == ["SELECT $1::int", "DEALLOCATE v"]
+    assert r.to_upstream.endswith(parse(b"", b"sqlward_refused_0_feed") + SYNC)
+
+
+def test_sql_prepare_of_a_known_name_forgets_it() -> None:
+    r = exchange(
+        ("c", parse(b"v", b"SELECT $1::int") + SYNC),
+        ("u", PARSE_COMPLETE + READY_IDLE),
+        ("c", query(b"PREPARE v2(int) AS DELETE FROM t WHERE id <= $1")),
+        ("u", m(b"C", b"PREPARE\0") + READY_IDLE),
+        ("c", bind(b"v", b"10") + EXECUTE + SYNC),
+    )
+    assert r.to_upstream.endswith(parse(b"", b"sqlward_refused_0_feed") + SYNC)
+
+
+def test_a_close_the_server_carried_out_before_an_error_stays_done() -> None:
+    r = exchange(
+        ("c", parse(b"v", b"SELECT 1") + SYNC),
+        ("u", PARSE_COMPLETE + READY_IDLE),
+        ("c", close_statement(b"v") + parse(b"e", b"SELECT 1/0") + bind(b"e") + EXECUTE + SYNC),
+        ("u", CLOSE_COMPLETE + PARSE_COMPLETE + BIND_COMPLETE_ + division_error() + READY_IDLE),
+        ("c", parse(b"v", b"SELECT 2") + SYNC),
+    )
+    assert [q.sql for q in r.requests if q.kind == "statement"][-1] == "SELECT 2"
+
+
+class ReloadJudge(Judge):
+    """A statement allowed at Parse; after a policy reload its Bind is decided again and released
+    by an approval (approval_id set)."""
+
+    def __call__(self, request: StatementRequest) -> Verdict:
+        verdict = super().__call__(request)
+        if request.parameters is not None and request.kind == "statement":
+            return Verdict(request_id=verdict.request_id, decision=Decision(action="allow", rule_id="mass-write"), approval_id="ap-1")
+        return verdict
+
+
+def test_after_a_reload_an_approved_run_does_not_release_the_next_runs() -> None:
+    r = exchange(
+        ("c", parse(b"v", b"DELETE FROM t WHERE id <= $1") + SYNC),
+        ("u", PARSE_COMPLETE + READY_IDLE),
+        ("v", b""),
+        ("c", bind(b"v", b"1") + EXECUTE + SYNC + bind(b"v", b"100") + EXECUTE + SYNC),
+        judge=ReloadJudge,
+    )
+    asked = [(q.kind, q.parameters) for q in r.requests]
+    assert asked == [("statement", None), ("statement", (b"1",)), ("execute", None), ("statement", (b"100",)), ("execute", None)]
