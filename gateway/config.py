@@ -666,6 +666,17 @@ def _convert(raw: dict[str, Any], file: str) -> Config:
 # Pass 4: cross-field checks, path resolution, defaults
 
 
+def _check_long_secret(value: str | None, file: str, where: str, what: str, problems: list[Problem]) -> None:
+    """A secret given inline (`where`, at least 16 characters) or in a file (`where` + "_file",
+    readable), not both."""
+    if value is not None and file:
+        problems.append(Problem(f"{where}_file", f"both {where.rsplit('.', 1)[-1]} and {where.rsplit('.', 1)[-1]}_file are set (keep one)"))
+    elif value is not None and len(value) < 16:
+        problems.append(Problem(where, f"expected a {what} of at least 16 characters"))
+    elif file:
+        _check_readable(file, f"{where}_file", f"{what} file", problems)
+
+
 def _check_readable(path: str, where: str, what: str, problems: list[Problem]) -> None:
     try:
         with open(path, "rb"):
@@ -796,12 +807,7 @@ def _finish(config: Config, file: str) -> Config:
         token_file = _resolve(ident.api_token_file, base)
         if (ident.api_token is not None or ident.api_token_file) and not ident.bot:
             problems.append(Problem(f"{at}.api_token", "only a bot identity (bot = true) has an API token"))
-        if ident.api_token is not None and ident.api_token_file:
-            problems.append(Problem(f"{at}.api_token_file", "both api_token and api_token_file are set (keep one)"))
-        elif ident.api_token is not None and len(ident.api_token) < 16:
-            problems.append(Problem(f"{at}.api_token", "expected a token of at least 16 characters"))
-        elif token_file:
-            _check_readable(token_file, f"{at}.api_token_file", "API token file", problems)
+        _check_long_secret(ident.api_token, token_file, f"{at}.api_token", "API token", problems)
         if ident.bot and ident.api_token is None and not ident.api_token_file:
             problems.append(Problem(f"{at}.bot", "a bot needs api_token_file (or api_token) to call the admin API"))
         identities.append(msgspec.structs.replace(ident, secret_file=secret_file, api_token_file=token_file))
@@ -905,14 +911,9 @@ def _finish(config: Config, file: str) -> Config:
         if not hook.url.startswith(("http://", "https://")):
             problems.append(Problem(f"{at}.url", f"expected an http:// or https:// URL, got {hook.url!r}"))
         hook_secret = _resolve(hook.secret_file, base)
-        if hook.secret is not None and hook.secret_file:
-            problems.append(Problem(f"{at}.secret_file", "both secret and secret_file are set (keep one)"))
-        elif hook.secret is None and not hook.secret_file:
+        if hook.secret is None and not hook.secret_file:
             problems.append(Problem(f"{at}.secret_file", "a webhook needs a signing secret (secret_file or secret): receivers verify X-Sqlward-Signature"))
-        elif hook.secret is not None and len(hook.secret) < 16:
-            problems.append(Problem(f"{at}.secret", "expected a secret of at least 16 characters"))
-        elif hook_secret:
-            _check_readable(hook_secret, f"{at}.secret_file", "secret file", problems)
+        _check_long_secret(hook.secret, hook_secret, f"{at}.secret", "secret", problems)
         for j, name in enumerate(hook.events):
             if name not in known_events:
                 problems.append(Problem(f"{at}.events[{j}]", f"unknown event {name!r} (expected one of: {', '.join(known_events)})"))
