@@ -91,6 +91,7 @@ INVALID_PASSWORD: Final = "28P01"
 INVALID_CATALOG_NAME: Final = "3D000"  # the database name is no target of this gateway
 SYNTAX_ERROR: Final = "42601"  # startup options the server itself would refuse (malformed)
 DUPLICATE_PREPARED_STATEMENT: Final = "42P05"  # Parse of a statement name in use
+INVALID_SQL_STATEMENT_NAME: Final = "26000"  # Bind of a statement that does not exist
 INSUFFICIENT_PRIVILEGE: Final = "42501"  # a statement refused by policy; access; replication
 PROGRAM_LIMIT_EXCEEDED: Final = "54000"  # a message over the listener's max_message_size
 QUERY_CANCELED: Final = "57014"  # a side query timed out

@@ -503,10 +503,11 @@ class ClientSide:
                 if stmt not in self._prepared_sql:
                     # A statement the gateway did not see prepared (SQL PREPARE, or one whose
                     # Parse it refused): its text was never judged here, so it does not run.
+                    shown = f'prepared statement "{self._st.decode_sql(stmt)}"' if stmt else "unnamed prepared statement"
                     self._refuse_bytes(pos, end, errors.error_response(
-                        errors.INSUFFICIENT_PRIVILEGE,
-                        f'prepared statement "{self._st.decode_sql(stmt)}" was not prepared through sqlward '
-                        "(protocol Parse); its runs cannot be judged",
+                        errors.INVALID_SQL_STATEMENT_NAME,
+                        f"{shown} does not exist (sqlward runs only statements prepared through the protocol in "
+                        "this session, as the server carried them out)",
                     ))
                     pos = end
                     continue

@@ -80,7 +80,7 @@ def test_a_bind_of_a_statement_not_parsed_through_the_gateway_is_refused() -> No
     )
     assert r.requests == []
     assert r.to_upstream == parse(b"", marker) + SYNC
-    assert b"42501" in r.to_client and b"was not prepared through sqlward" in r.to_client
+    assert b"26000" in r.to_client and b"sqlward runs only statements prepared through the protocol" in r.to_client
 
 
 def test_sql_deallocate_forgets_a_name_once_the_server_ran_it() -> None:
@@ -178,7 +178,7 @@ def test_a_parse_the_server_refused_is_not_recorded() -> None:
         judge=ReviewJudge,
     )
     assert [q.sql for q in r.requests] == ["DELETE FROM t WHERE id <= $1", "DEALLOCATE dummy", "SELECT $1::int"]
-    assert b"was not prepared through sqlward" in r.to_client
+    assert b"26000" in r.to_client and b"does not exist" in r.to_client
 
 
 def test_a_deallocate_run_through_the_extended_protocol_forgets_every_name() -> None:
