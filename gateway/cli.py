@@ -133,7 +133,23 @@ def _summary(file: str, config: Config) -> str:
         f"{len(config.identities)} identities, {len(config.rules)} rules"
         + (f", {len(config.masks)} masks" if config.masks else "")
         + ")"
+        + _admin_summary(config)
     )
+
+
+def _admin_summary(config: Config) -> str:
+    """Where approvals are decided and kept, when the config says (the admin listener, the
+    store, webhooks); the store's DSN is not shown (it may carry a password)."""
+    if not config.admin.listen and not config.webhooks:
+        return ""
+    parts = []
+    if config.admin.listen:
+        parts.append(f"admin API on {config.admin.listen}" + (" (TLS)" if config.admin.tls else ""))
+    store = config.approvals.store
+    parts.append("approvals in PostgreSQL" if store.startswith(("postgresql://", "postgres://")) else f"approvals in {store}")
+    if config.webhooks:
+        parts.append(f"{len(config.webhooks)} webhook{'s' if len(config.webhooks) != 1 else ''}")
+    return "; " + ", ".join(parts)
 
 
 def check_config(file: str) -> int:

@@ -192,3 +192,18 @@ def test_the_verify_snippet_accepts_a_real_delivery() -> None:
     assert sent.headers["X-Sqlward-Event"] == "approval.requested"
     assert verify(secret, sent.headers, sent.content)
     assert not verify(secret, sent.headers, sent.content.replace(b"bob", b"eve"))
+
+
+def test_check_config_names_the_admin_listener_and_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlward.gateway import cli
+
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[gateway]\nname = "gw"\n[[listeners]]\nprotocol = "postgres"\nlisten = "127.0.0.1:6432"\n'
+        '[[targets]]\nname = "app"\nprotocol = "postgres"\nenvironment = "production"\n'
+        'dsn = "postgresql://app:pw@127.0.0.1:5432/app"\n'
+        '[admin]\nlisten = "127.0.0.1:8443"\n[approvals]\nstore = "postgresql://sqlward:secret@db/approvals"\n'
+    )
+    assert cli.main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("; admin API on 127.0.0.1:8443, approvals in PostgreSQL") and "secret" not in out
