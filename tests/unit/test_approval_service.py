@@ -27,27 +27,17 @@ from sqlward.gateway.approvals.model import ApprovalRequest, Requester
 from sqlward.gateway.approvals.service import ApprovalError, ApprovalService, new_id
 from sqlward.gateway.approvals.store import ApprovalStore, PostgresStore, SqliteStore
 from sqlward.policy.approval import ApprovalRule, Approver
+from tests.integration.conftest import _admin_dsn, scratch_database
 from tests.support.auditsink import ListSink
 
-PGHOST = os.environ.get("SQLWARD_IT_PGHOST", "127.0.0.1")
-PGPORT = int(os.environ.get("SQLWARD_IT_PGPORT", "5432"))
 DB = f"sqlward_store_svc_{os.getpid()}"
-
-
-def admin_dsn(dbname: str = "postgres") -> str:
-    return f"postgresql://postgres@{PGHOST}:{PGPORT}/{dbname}?sslmode=disable"
+admin_dsn = _admin_dsn
 
 
 @pytest.fixture(scope="module")
 def scratch_db() -> Iterator[str]:
-    with psycopg.connect(admin_dsn(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {DB}")
-    try:
-        yield DB
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    with scratch_database(DB) as name:
+        yield name
 
 
 class Clock:
