@@ -123,7 +123,7 @@ async def settle(
     rows = [v for v in (estimates or {}).values() if v is not None]
     try:
         if mode == "retry":
-            claimed = await service.claim_binding(binding, ctx.audit, rid)
+            claimed = await service.claim_binding(binding, ctx.audit, rid, rules)
             if claimed is not None:
                 return msgspec.structs.replace(
                     decision, action="allow", message=f"approved by {_approvers(claimed)} (request {claimed.id})",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import msgspec
@@ -39,7 +39,7 @@ from sqlward.audit import events
 from sqlward.audit.recorder import AuditScope, AuditUnavailable
 from sqlward.gateway.approvals.model import OPEN, ApprovalRequest, Decision
 from sqlward.gateway.approvals.store import ApprovalStore, requester_key
-from sqlward.policy.approval import Approver, approver_problem, outcome
+from sqlward.policy.approval import ApprovalRule, Approver, approver_problem, outcome
 from sqlward.policy.names import canonical_name
 
 __all__ = ["ApprovalError", "ApprovalService", "Notifier", "new_id"]
@@ -187,10 +187,18 @@ class ApprovalService:
         self._notify("approval.executed", done)
         return done
 
-    async def claim_binding(self, binding: str, scope: AuditScope, request_id: int) -> ApprovalRequest | None:
-        """Retry mode: claim the oldest approved, unexpired request with this binding."""
+    async def claim_binding(
+        self, binding: str, scope: AuditScope, request_id: int, requirements: Sequence[ApprovalRule] | None = None,
+    ) -> ApprovalRequest | None:
+        """Retry mode: claim the oldest approved, unexpired request with this binding (whose
+        approvals also meet `requirements`, the policy's of now: an approval given under a
+        laxer policy does not release the statement after a reload)."""
         now = self._clock()
         for r in await self.store.by_binding(binding, ("approved",)):
+            if requirements is not None and outcome(
+                requirements, r.requester.subject, r.requester.actor, [d.approver for d in r.decisions if d.verdict == "approve"],
+            ) != "approved":
+                continue
             if r.expires > now and r.mode == "retry":  # a held request is its own session's
                 done = await self.claim(r.id, scope, request_id)
                 if done is not None:

@@ -705,3 +705,17 @@ def test_decided_requests_are_purged_after_the_retention(env: Env) -> None:
         assert still is not None and still.status == "pending"
 
     env.run(go)
+
+
+def test_a_retry_approval_given_under_a_laxer_policy_does_not_release_under_a_stricter_one(env: Env) -> None:
+    async def go() -> None:
+        r = await created(env, mode="retry")
+        await env.service.decide(r.id, BOB, "approve")
+        stricter = (ApprovalRule(approvers=("group:dba",), approvals=2),)
+        assert await env.service.claim_binding(r.binding, env.session, 9, stricter) is None
+        still = await env.service.get(r.id)
+        assert still is not None and still.status == "approved"
+        done = await env.service.claim_binding(r.binding, env.session, 9, (DBA,))
+        assert done is not None and done.id == r.id and done.status == "executed"
+
+    env.run(go)
