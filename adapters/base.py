@@ -272,10 +272,10 @@ class SessionContext:
         self.masked_key: tuple[object, ...] | None = None
         # Approval holds (set by the adapter): `notice` tells the client at once that its
         # statement is held (PostgreSQL NoticeResponse; None where the protocol cannot);
-        # `client_gone` returns when the client disconnects while a statement is held (reading
-        # and keeping what the client sends meanwhile).
+        # `client_gone` returns why the hold cannot go on for the client (it disconnected, or
+        # sent more than is kept while held), reading and keeping what it sends meanwhile.
         self.notice: Callable[[str], Awaitable[None]] | None = None
-        self.client_gone: Callable[[], Awaitable[None]] | None = None
+        self.client_gone: Callable[[], Awaitable[str]] | None = None
         # The cancel scope of the hold in progress (a client's cancel withdraws the request).
         self.hold: trio.CancelScope | None = None
         # Statements released by an approval and not yet completed: request id -> approval id

@@ -196,6 +196,8 @@ def identity_statement(label: str) -> bytes:
     return b"SET @sqlward_identity = CONVERT(X'" + hexed + b"' USING utf8mb4)"
 
 
+# What a client may send while its statement is held for approval (kept for after the verdict).
+HELD_INPUT_LIMIT = 1 << 20
 _LAST_STATEMENT = b"\xff\xff\xff\xff"  # MariaDB: the statement prepared last
 _STATEMENT_COMMANDS = frozenset({
     Command.STMT_EXECUTE, Command.STMT_SEND_LONG_DATA, Command.STMT_RESET, Command.STMT_CLOSE, Command.STMT_FETCH,
@@ -314,21 +316,23 @@ class MysqlSession(GovernedSession):
             number=real if route.number is not None else None,
         )
 
-    async def _hold_watch(self) -> None:
+    async def _hold_watch(self) -> str:
         """Returns when the client disconnects while its statement is held for approval; what
         it sends meanwhile waits in the framer for the command loop (reading stops at the
         message size limit)."""
         assert self._cpipe is not None
-        limit = self.settings.max_message_size + 65536
+        limit = HELD_INPUT_LIMIT
         while self._framer.buffered < limit:
             try:
                 data = await self._cpipe.receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return
+                return "the client disconnected"
             if not data:
-                return
+                return "the client disconnected"
             self._framer.feed(data)
-        await trio.sleep_forever()
+        # More than the gateway keeps for a held statement: the request is withdrawn (as for a
+        # disconnect, which could not be noticed any more without reading on).
+        return f"the client sent more than {HELD_INPUT_LIMIT >> 20} MiB while the statement was held"
 
     async def _write(self, payload: bytes) -> None:
         data, self._seq = encode_packets(payload, self._seq)
@@ -713,6 +717,8 @@ class MysqlSession(GovernedSession):
                 continue
             route = command_route(payload)
             kind = route.kind
+            if self._approval_note and kind != "query" and route.command != Command.PING:
+                self._approval_note = ""  # any other command clears the warnings (COM_PING does not)
             if route.command in _STATEMENT_COMMANDS and payload[1:5] == _LAST_STATEMENT:
                 # MariaDB: statement id 0xFFFFFFFF is "the one prepared last": named plainly here,
                 # so the gateway's books and the server's agree.

@@ -139,6 +139,10 @@ async def cancel_backend(registry: SessionRegistry[PostgresSession], pid: int, s
     await upstream.send_cancel(target, up.pid, up.secret)
 
 
+# What a client may send while its statement is held for approval (kept for after the verdict).
+HELD_INPUT_LIMIT = 1 << 20
+
+
 class PostgresSession(GovernedSession):
     def __init__(
         self, services: SessionServices, settings: ListenerSettings,
@@ -606,20 +610,21 @@ class PostgresSession(GovernedSession):
             self._notice_sent = None
             done.set()
 
-    async def _hold_watch(self) -> None:
-        """Returns when the client disconnects during a hold; what it sends meanwhile is kept for
-        the relay (up to the message size limit, then reading stops)."""
+    async def _hold_watch(self) -> str:
+        """Returns when the client disconnects during a hold, or has sent more than
+        HELD_INPUT_LIMIT meanwhile; what it sends is kept for the relay."""
         client = Pipe(self.client)
-        limit = self.settings.max_message_size + 65536
-        while len(self._held_input) < limit:
+        while len(self._held_input) < HELD_INPUT_LIMIT:
             try:
                 data = await client.receive()
             except _IO_ERRORS:
-                return
+                return "the client disconnected"
             if not data:
-                return
+                return "the client disconnected"
             self._held_input += data
-        await trio.sleep_forever()
+        # More than the gateway keeps for a held statement: the request is withdrawn (as for a
+        # disconnect, which could not be noticed any more without reading on).
+        return f"the client sent more than {HELD_INPUT_LIMIT >> 20} MiB while the statement was held"
 
     async def _expiry_task(self, deadline: float, cancel_scope: trio.CancelScope) -> None:
         """Closes an idle session too when its token expires (on_token_expiry = "close")."""

@@ -182,6 +182,7 @@ async def _hold(
         "Cancel the statement to withdraw the request."
     )
     outcome = "cancelled"
+    gone = "the client disconnected"
     result: ApprovalRequest | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -194,9 +195,9 @@ async def _hold(
                 nursery.cancel_scope.cancel()
 
             async def watcher() -> None:
-                nonlocal outcome
+                nonlocal outcome, gone
                 assert ctx.client_gone is not None
-                await ctx.client_gone()
+                gone = await ctx.client_gone()
                 outcome = "gone"
                 nursery.cancel_scope.cancel()
 
@@ -228,8 +229,8 @@ async def _hold(
         await _withdraw(service, aid, "cancelled by the client", ctx)
         return _deny(decision, f"approval request {aid} was withdrawn: the statement was cancelled; it did not run"), aid
     if outcome == "gone":
-        await _withdraw(service, aid, "the client disconnected", ctx)
-        return _deny(decision, f"approval request {aid} was withdrawn: the client disconnected"), aid
+        await _withdraw(service, aid, gone, ctx)
+        return _deny(decision, f"approval request {aid} was withdrawn: {gone}"), aid
     try:
         if result is None:
             return _deny(decision, f"approval request {aid} is gone from the approval store; statement refused"), aid

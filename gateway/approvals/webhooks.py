@@ -95,7 +95,9 @@ def _slack(text: str) -> str:
 def _short(text: str, limit: int) -> str:
     """One line of at most `limit` characters; control and format characters (bidi overrides,
     zero-width characters: text that would read differently than it runs) shown as \\uXXXX."""
-    text = "".join(c if unicodedata.category(c) not in ("Cc", "Cf") or c in "\t\n\r" else f"\\u{ord(c):04x}" for c in text)
+    text = "".join(
+        c if (unicodedata.category(c) not in ("Cc", "Cf", "Zs") or c in " \t\n\r") else f"\\u{ord(c):04x}" for c in text
+    )
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -134,7 +134,7 @@ def _admits(groups: tuple[str, ...], approver: Approver) -> bool:
 async def _read_body(request: Request) -> bytes:
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise _Refused(400, "Content-Length is not a number")
         if int(length) > MAX_BODY:
             raise _Refused(413, f"the body is larger than {MAX_BODY} bytes")
@@ -190,10 +190,10 @@ def build_app(*, approvals: ApprovalService, authenticate: Authenticate, access:
             if bad or not statuses:
                 raise _Refused(400, f"unknown status {(bad or [''])[0]!r} (expected a comma-separated list of {', '.join(sorted(_STATUSES))})")
         limit_text = request.query_params.get("limit", "100")
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        if not (limit_text.isascii() and limit_text.isdigit()) or len(limit_text) > 9 or not 1 <= int(limit_text) <= MAX_LIMIT:
             raise _Refused(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {limit_text[:20]!r}")
         offset_text = request.query_params.get("offset", "0")
-        if not offset_text.isdigit() or len(offset_text) > 9:
+        if not (offset_text.isascii() and offset_text.isdigit()) or len(offset_text) > 9:
             raise _Refused(400, f"offset must be a whole number >= 0, got {offset_text[:20]!r}")
         requester = request.query_params.get("requester")
         if requester is not None and not 0 < len(requester) <= 512:

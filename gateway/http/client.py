@@ -223,8 +223,9 @@ def _decode(content: bytes, kind: type[T], url: str) -> T:
 # -- human output ----------------------------------------------------------------------------------
 #
 # Every text in a request came from someone else (the requester's statement, reason, names; an
-# approver's comment): control characters (an ANSI escape could rewrite what the terminal shows)
-# and invisible format characters (bidi overrides) are shown escaped, never sent to the terminal.
+# approver's comment): control characters (an ANSI escape could rewrite what the terminal shows),
+# invisible format characters (bidi overrides) and spaces other than U+0020 (which the servers read
+# as name characters) are shown escaped, never sent to the terminal as they are.
 
 
 def _safe(text: str) -> str:
@@ -232,7 +233,9 @@ def _safe(text: str) -> str:
     for ch in text:
         if ch == "\t":
             out.append("    ")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") or (ch != " " and unicodedata.category(ch) == "Zs"):
+            # (spaces other than U+0020 too: the servers read a no-break space as part of a name,
+            # so "x<NBSP>WHERE<NBSP>id" is one alias, not a WHERE clause)
             code = ord(ch)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
         else:

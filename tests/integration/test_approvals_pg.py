@@ -497,3 +497,22 @@ def test_one_identity_cannot_flood_the_store(tmp_path: Path, database: str, issu
         assert len(requests(g, "pending")) == 3
         r = api(g, "GET", "/api/v1/approvals?requester=bob&status=pending")
         assert r.status_code == 200 and len(r.json()["approvals"]) == 2
+
+
+def test_a_client_sending_too_much_while_held_withdraws_its_request(gw: GatewayProcess, table: psycopg.Connection) -> None:
+    """What a client sends while its statement is held is kept for after the verdict, up to
+    1 MiB: beyond that the request is withdrawn (a disconnect could not be noticed any more), and
+    the session answers everything in order."""
+    from tests.support import pgwire
+
+    with pgwire.RawConn.connect(gw.host, gw.port) as raw:
+        raw.send(pgwire.startup_message({"user": "bob", "database": "app"}))
+        raw.authenticate("bob", "bob-secret")
+        raw.send(pgwire.query(DELETE))
+        [request] = wait_pending(gw)
+        raw.send(pgwire.query("SELECT 1") * 80_000)  # about 1.2 MiB
+        replies = raw.read_until("Z")
+        errors = [m for m in replies if m.type == "E"]
+        assert errors and "sent more than 1 MiB while the statement was held" in errors[0].text
+    assert [r["status"] for r in requests(gw) if r["id"] == request["id"]] == ["withdrawn"]
+    assert left(table) == 500

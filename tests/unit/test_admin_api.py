@@ -326,6 +326,9 @@ def test_list_filters_by_status_newest_first_and_show_returns_the_stored_request
             ({"limit": "501"}, "limit must be a whole number from 1 to 500"),
             ({"limit": "0"}, "limit must be"),
             ({"limit": "ten"}, "limit must be"),
+            ({"limit": "\u00b2"}, "limit must be"),  # superscript two: a digit to str.isdigit, not to int()
+            ({"limit": "\u0661"}, "limit must be"),  # Arabic-Indic one
+            ({"offset": "\u2460"}, "offset must be"),
             ({"state": "pending"}, "unknown query parameter 'state'"),
         ):
             resp = await c.get("/api/v1/approvals", params=params, headers=h)

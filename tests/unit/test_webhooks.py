@@ -542,3 +542,21 @@ def test_message_text_shows_invisible_and_bidi_characters_escaped() -> None:
     assert "\u202e" not in text and "\u200b" not in text and "\u2066" not in text
     assert "\\u202e" in text and "\\u200b" in text
     assert "<https://evil" not in text and "&lt;https://evil|click&gt;" in text
+
+
+def test_spaces_that_are_name_characters_are_shown_escaped() -> None:
+    """A no-break space reads as a space but is part of a name to the servers: "x<NBSP>WHERE"
+    is one alias; the chat text and the CLI show it escaped, so the approver sees it."""
+    from sqlward.gateway.approvals.model import ApprovalRequest, Requester
+    from sqlward.gateway.approvals.webhooks import message_text
+    from sqlward.gateway.http.client import _safe
+
+    sql = "DELETE FROM t AS x\u00a0WHERE\u00a0id\u00a0IS\u00a0NULL"
+    r = ApprovalRequest(
+        id="ap-x", binding="0" * 64, requester=Requester(subject="alice"), target="prod", environment="production",
+        protocol="postgres", sql=sql, created=0.0, expires=1.0,
+    )
+    text = message_text("approval.requested", r, "https://gw/api/v1/approvals/ap-x", "gw")
+    assert "\u00a0" not in text and "x\\u00a0WHERE\\u00a0id" in text
+    assert _safe(sql) == "DELETE FROM t AS x\\xa0WHERE\\xa0id\\xa0IS\\xa0NULL"
+    assert _safe("ideographic\u3000space") == "ideographic\\u3000space" and _safe("plain space") == "plain space"

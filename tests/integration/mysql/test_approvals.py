@@ -840,3 +840,17 @@ def test_an_approved_statement_runs_inside_the_sessions_open_transaction(tmp_pat
         assert count(table) == ROWS
         assert root_sql(f"SELECT v FROM {table} WHERE id = 1", database=DB) == [("row 1",)]
         assert_ran_once(gw, request["id"], sql)
+
+
+def test_the_approval_note_is_cleared_by_the_next_command(tmp_path, table):
+    """COM_INIT_DB (like any command but COM_PING) clears the warnings, the gateway's Note too."""
+    sql = f"DELETE FROM {table} WHERE id > 100"
+    with make_gateway(tmp_path) as gw, connect(gw) as conn:
+        held = in_thread(lambda: execute(conn, sql))
+        [request] = wait_pending(gw)
+        assert approve_cli(gw, request["id"]).returncode == 0
+        assert held.result(timeout=10) == ROWS - 100
+        conn.ping(reconnect=False)  # COM_PING keeps them, as the server does
+        assert any(request["id"] in str(w[2]) for w in fetch(conn, "SHOW WARNINGS"))
+        conn.select_db(DB)  # COM_INIT_DB (the upstream database: the session stays where it is)
+        assert not any("sqlward" in str(w[2]) for w in fetch(conn, "SHOW WARNINGS"))
