@@ -1,0 +1,171 @@
+"""The audit hash chain and its signed checkpoints, without I/O (issue 14, first part).
+
+Each gateway process keeps one chain over every record it writes, in the order the sink writes
+them. `Chain.link(line)` takes one encoded JSON line (``{...}\\n``, as `audit.recorder` makes
+them) and returns it with two keys added in front of its closing brace:
+
+    "chain":{"v":1,"seq":<n>,"prev":"<hex SHA-256 of the previous linked line's bytes>"}
+
+so every record names its predecessor; the first record of a chain names 64 zeros, or the last
+hash of the file it continues (a rotated file chains to the one before it). `Chain.checkpoint()`
+makes a record of its own, `audit.checkpoint`, holding the sequence number and hash of the last
+record, signed with the gateway's private key (Ed25519 by default; ECDSA P-256 for FIPS-bound
+deployments), so a verifier needs only the public key.
+
+`verify(lines, public_key)` walks a trail and returns a `Report`: the number of records and
+checkpoints, and the first problem with its line number and why:
+
+- a record whose `prev` is not the hash of the line before it, or whose `seq` is not the next:
+  edited, removed, inserted or reordered records;
+- a checkpoint whose signature does not verify, or that names another hash than the chain has:
+  a re-chained forgery (hashes alone can be recomputed by anyone; the signature cannot be made
+  without the private key);
+- records after the last checkpoint: a tail that could have been cut (reported as `unsigned_tail`,
+  a warning: the verifier cannot tell a cut from a trail that is still being written).
+
+The record schema carries its version (`"v":1`) so later fields do not break verification of old
+records: the hash covers the bytes as written, whatever keys they hold.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable
+from typing import Literal
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+__all__ = ["GENESIS", "Chain", "Report", "verify"]
+
+GENESIS = "0" * 64
+VERSION = 1
+Algorithm = Literal["Ed25519", "ECDSA-P256-SHA256"]
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+_decode = msgspec.json.Decoder().decode
+
+
+def _algorithm(key: PrivateKey | PublicKey) -> Algorithm:
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        return "Ed25519"
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) and isinstance(key.curve, ec.SECP256R1):
+        return "ECDSA-P256-SHA256"
+    raise ValueError("audit signing keys are Ed25519 or ECDSA P-256")
+
+
+def _signed_bytes(gateway: str, seq: int, digest: str) -> bytes:
+    """What a checkpoint's signature covers (length-prefixed by the encoding: no ambiguity)."""
+    return msgspec.msgpack.encode(["sqlward-audit-checkpoint-1", gateway, seq, digest])
+
+
+class Chain:
+    """One gateway's chain (module doc). Not thread-safe: the sink's single writer owns it."""
+
+    __slots__ = ("gateway", "seq", "prev", "_key", "_alg")
+
+    def __init__(self, gateway: str, *, key: PrivateKey | None = None, seq: int = 0, prev: str = GENESIS) -> None:
+        self.gateway = gateway
+        self.seq = seq
+        self.prev = prev
+        self._key = key
+        self._alg = _algorithm(key) if key is not None else None
+
+    def link(self, line: bytes) -> bytes:
+        """`line` (a JSON object and a newline) with the chain keys added; advances the chain."""
+        if not line.endswith(b"}\n"):
+            raise ValueError("an audit line is one JSON object ending in a newline")
+        self.seq += 1
+        linked = b'%s,"chain":{"v":%d,"seq":%d,"prev":"%s"}}\n' % (line[:-2], VERSION, self.seq, self.prev.encode())
+        self.prev = hashlib.sha256(linked).hexdigest()
+        return linked
+
+    def checkpoint(self) -> bytes:
+        """A signed `audit.checkpoint` line over the chain as it is (itself linked into it)."""
+        if self._key is None or self._alg is None:
+            raise ValueError("no signing key: checkpoints need [audit] signing_key_file")
+        data = _signed_bytes(self.gateway, self.seq, self.prev)
+        if isinstance(self._key, ed25519.Ed25519PrivateKey):
+            signature = self._key.sign(data)
+        else:
+            signature = self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+        body = msgspec.json.encode({
+            "event": "audit.checkpoint", "gateway": self.gateway, "covers_seq": self.seq, "covers_hash": self.prev,
+            "alg": self._alg, "signature": base64.b64encode(signature).decode("ascii"),
+        })
+        return self.link(body + b"\n")
+
+
+class Report(msgspec.Struct, frozen=True, kw_only=True):
+    """What `verify` found. `ok` is False at the first broken link (`line`, `problem`)."""
+
+    ok: bool
+    records: int = 0
+    checkpoints: int = 0
+    last_checkpoint_seq: int | None = None
+    unsigned_tail: int = 0  # records after the last checkpoint
+    line: int | None = None  # 1-based line of the first problem
+    problem: str = ""
+
+
+def _verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        if isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, data)
+        else:
+            public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def verify(lines: Iterable[bytes], public_key: PublicKey, *, prev: str = GENESIS, seq: int = 0) -> Report:
+    """Verify a trail's lines (module doc); `prev` / `seq`: where the chain stood before them
+    (a window cut from a longer trail starts at its first record's `prev` and `seq` - 1)."""
+    records = checkpoints = 0
+    last_cp: int | None = None
+    tail = 0
+    expected_prev = prev
+    expected_seq = seq
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+
+        def broken(problem: str) -> Report:
+            return Report(ok=False, records=records, checkpoints=checkpoints, last_checkpoint_seq=last_cp,
+                          unsigned_tail=tail, line=number, problem=problem)
+
+        try:
+            record = _decode(line)
+        except msgspec.DecodeError:
+            return broken("not a JSON line (edited or truncated)")
+        chain = record.get("chain") if isinstance(record, dict) else None
+        if not isinstance(chain, dict) or chain.get("v") != VERSION:
+            return broken("a record without a chain link (inserted, or written by something else)")
+        if chain.get("seq") != expected_seq + 1:
+            return broken(f"sequence {chain.get('seq')} where {expected_seq + 1} was due (a record removed, inserted or reordered)")
+        if chain.get("prev") != expected_prev:
+            return broken("its prev is not the hash of the record before it (a record edited, removed, inserted or reordered)")
+        raw = line if line.endswith(b"\n") else line + b"\n"
+        expected_prev = hashlib.sha256(raw).hexdigest()
+        expected_seq += 1
+        records += 1
+        tail += 1
+        if record.get("event") == "audit.checkpoint":
+            try:
+                signature = base64.b64decode(record["signature"], validate=True)
+                data = _signed_bytes(record["gateway"], record["covers_seq"], record["covers_hash"])
+            except (KeyError, ValueError, TypeError):
+                return broken("a malformed checkpoint")
+            if record["covers_seq"] != expected_seq - 1 or record["covers_hash"] != chain.get("prev"):
+                return broken("a checkpoint that does not cover the record before it")
+            if record.get("alg") != _algorithm(public_key) or not _verify_signature(public_key, signature, data):
+                return broken("a checkpoint whose signature does not verify with this public key (a forgery, or another key)")
+            checkpoints += 1
+            last_cp = record["covers_seq"]
+            tail = 0
+    return Report(ok=True, records=records, checkpoints=checkpoints, last_checkpoint_seq=last_cp, unsigned_tail=tail)

@@ -1,0 +1,93 @@
+"""audit.chain: every record names its predecessor's hash, checkpoints are signed, and the
+verifier finds the first broken link (issue 14, first part: the chain and its verifier, not yet
+wired into the writer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from hypothesis import given, settings, strategies as st
+
+from sqlward.audit.chain import GENESIS, Chain, verify
+
+KEY = ed25519.Ed25519PrivateKey.generate()
+
+
+def trail(n: int = 6, *, key: object = KEY, every: int = 3) -> list[bytes]:
+    chain = Chain("gw-1", key=key)  # type: ignore[arg-type]
+    out = []
+    for i in range(1, n + 1):
+        out.append(chain.link(b'{"event":"statement.decided","request_id":%d,"sql":"SELECT %d"}\n' % (i, i)))
+        if i % every == 0:
+            out.append(chain.checkpoint())
+    return out
+
+
+def test_an_untouched_trail_verifies() -> None:
+    report = verify(trail(), KEY.public_key())
+    assert report.ok and report.records == 8 and report.checkpoints == 2 and report.unsigned_tail == 0
+    first = json.loads(trail()[0])
+    assert first["chain"] == {"v": 1, "seq": 1, "prev": GENESIS}
+
+
+def test_ecdsa_p256_keys_sign_and_verify_too() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert verify(trail(key=key), key.public_key()).ok
+    assert not verify(trail(key=key), KEY.public_key()).ok  # another key
+
+
+@pytest.mark.parametrize(("change", "line", "why"), [
+    (lambda t: t[:1] + [t[1].replace(b"SELECT 2", b"SELECT 9")] + t[2:], 3, "prev is not the hash"),
+    (lambda t: t[:1] + t[2:], 2, "sequence 3 where 2 was due"),
+    (lambda t: t[:1] + [t[1], t[1]] + t[2:], 3, "sequence 2 where 3 was due"),
+    (lambda t: [t[1], t[0]] + t[2:], 1, "sequence 2 where 1 was due"),
+    (lambda t: t[:2] + [b'{"event":"statement.decided","sql":"DROP"}\n'] + t[2:], 3, "without a chain link"),
+])
+def test_edits_removals_insertions_and_reorders_name_the_first_broken_line(change, line: int, why: str) -> None:
+    report = verify(change(trail()), KEY.public_key())
+    assert not report.ok and report.line == line and why in report.problem, report
+
+
+def test_a_rechained_forgery_without_the_key_fails_at_the_checkpoint() -> None:
+    """An attacker edits record 2 and recomputes every later hash (anyone can): the chain holds,
+    but the next checkpoint's signature covers the old hash and cannot be remade."""
+    original = trail()
+    forger = Chain("gw-1")
+    forged = []
+    for raw in original:
+        record = json.loads(raw)
+        record.pop("chain")
+        if record.get("request_id") == 2:
+            record["sql"] = "SELECT 'nothing to see'"
+        if record.get("event") == "audit.checkpoint":
+            record["covers_seq"], record["covers_hash"] = forger.seq, forger.prev
+        forged.append(forger.link(json.dumps(record, separators=(",", ":")).encode() + b"\n"))
+    report = verify(forged, KEY.public_key())
+    assert not report.ok and report.line == 4 and "signature does not verify" in report.problem
+
+
+def test_records_after_the_last_checkpoint_are_reported_as_an_unsigned_tail() -> None:
+    t = trail(7)  # checkpoints after 3 and 6: record 7 is not covered
+    report = verify(t, KEY.public_key())
+    assert report.ok and report.unsigned_tail == 1 and report.last_checkpoint_seq == 7
+
+
+def test_a_window_verifies_from_where_the_chain_stood() -> None:
+    t = trail(9)
+    start = json.loads(t[4])["chain"]
+    report = verify(t[4:], KEY.public_key(), prev=start["prev"], seq=start["seq"] - 1)
+    assert report.ok and report.records == len(t) - 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_any_changed_byte_is_found(data: st.DataObject) -> None:
+    t = trail()
+    i = data.draw(st.integers(0, len(t) - 1))
+    j = data.draw(st.integers(0, len(t[i]) - 2))  # not the newline
+    b = data.draw(st.integers(0, 255).filter(lambda v: v != t[i][j]))
+    changed = list(t)
+    changed[i] = t[i][:j] + bytes([b]) + t[i][j + 1:]
+    assert not verify(changed, KEY.public_key()).ok
