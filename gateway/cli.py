@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway until SIGINT / SIGTERM")
     serve.add_argument("--config", "-c", required=True, metavar="FILE", help="TOML configuration file")
 
+    from sqlward.gateway.audit_cli import add_parser as add_audit_parser
+
+    add_audit_parser(sub)
+
     policy = sub.add_parser("policy", help="policy tools")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND")
     test = policy_sub.add_parser(
@@ -232,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return policy_test(args)
         print("sqlward policy: expected a command: test", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "audit":
+        from sqlward.gateway.audit_cli import run as audit
+
+        return audit(args)
     if args.command == "approvals":
         from sqlward.gateway.http.client import run as approvals
 

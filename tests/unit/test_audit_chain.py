@@ -91,3 +91,23 @@ def test_any_changed_byte_is_found(data: st.DataObject) -> None:
     changed = list(t)
     changed[i] = t[i][:j] + bytes([b]) + t[i][j + 1:]
     assert not verify(changed, KEY.public_key()).ok
+
+
+def test_sqlward_audit_verify(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from sqlward.gateway import cli
+
+    key_file = tmp_path / "audit.pub"
+    key_file.write_bytes(KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    good = tmp_path / "audit.jsonl"
+    good.write_bytes(b"".join(trail(7)))
+    assert cli.main(["audit", "verify", str(good), "--public-key", str(key_file)]) == 0
+    assert "ok, 9 records, 2 signed checkpoints; 1 records after the last checkpoint" in capsys.readouterr().out
+    bad = tmp_path / "edited.jsonl"
+    t = trail(7)
+    bad.write_bytes(b"".join(t[:4] + [t[4].replace(b"SELECT 4", b"SELECT 5")] + t[5:]))
+    assert cli.main(["audit", "verify", str(bad), "--public-key", str(key_file)]) == 1
+    assert "BROKEN at line 6" in capsys.readouterr().out
+    assert cli.main(["audit", "verify", str(good), "--public-key", str(good)]) == 2
+    assert "cannot use" in capsys.readouterr().err
