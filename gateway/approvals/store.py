@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import threading
 from collections.abc import Callable, Collection
 from typing import Protocol, TypeVar
 
@@ -224,7 +223,6 @@ class PostgresStore(_Threaded):
         self._password = password
         self._table = table
         self._db: object | None = None
-        self._local = threading.local()
 
     def _connect(self):  # type: ignore[no-untyped-def]
         import psycopg
