@@ -48,18 +48,33 @@ class AuditUnavailable(Exception):
 
 
 class Sink(Protocol):
-    """Where audit lines go. `write` gets one batch of complete JSON lines (each ending in
-    a newline) and returns once they are durable as configured; it raises on failure."""
+    """Where audit lines go (`audit.trail.Trail` in the gateway). `write` gets one batch of
+    complete JSON lines (each ending in a newline) and returns once they are written (in order,
+    ahead of any later batch); `commit` returns once everything written before it is durable as
+    configured ([audit] durability). Both raise on failure."""
 
     async def write(self, data: bytes) -> None: ...
 
+    async def commit(self) -> None: ...
+
     def close(self) -> None: ...
+
+
+class Observer(Protocol):
+    """Sees each event as a scope adds it, before it is encoded (telemetry: spans and metrics
+    from the same events the trail records). It may set the scope's `trace_id` / `span_id`,
+    which the envelope of that event and later ones carries. It must not raise or block."""
+
+    def observe(self, scope: AuditScope, event: msgspec.Struct) -> None: ...
 
 
 class NullSink:
     """Records nothing (`sqlward policy test` never opens the audit file)."""
 
     async def write(self, data: bytes) -> None:
+        return None
+
+    async def commit(self) -> None:
         return None
 
     def close(self) -> None:
@@ -69,9 +84,12 @@ class NullSink:
 class Recorder:
     """One per gateway process: the sink, the gateway's name, the clock (see module doc)."""
 
-    def __init__(self, gateway: str, sink: Sink, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, gateway: str, sink: Sink, *, clock: Callable[[], float] = time.time, observers: tuple[Observer, ...] = (),
+    ) -> None:
         self.gateway = gateway
         self.sink = sink
+        self.observers = observers
         self._clock = clock
         self._encode = msgspec.json.Encoder().encode
         self._gateway_json = msgspec.json.encode(gateway)
@@ -99,6 +117,12 @@ class Recorder:
             await self.sink.write(data)
         except Exception as exc:  # any failure means "not recorded": the caller must refuse
             raise AuditUnavailable(f"audit record not written: {exc}") from exc
+
+    async def commit(self) -> None:
+        try:
+            await self.sink.commit()
+        except Exception as exc:  # not durable: the caller must not show the result
+            raise AuditUnavailable(f"audit record not made durable: {exc}") from exc
 
     def close(self) -> None:
         self.sink.close()
@@ -134,6 +158,9 @@ class AuditScope:
         """Stamp and encode `event`; it is written at the next flush."""
         self._seq = seq = self._seq + 1
         recorder = self._recorder
+        if recorder.observers:
+            for observer in recorder.observers:
+                observer.observe(self, event)
         if self.trace_id:
             trace = b'"trace_id":"%s","span_id":"%s",' % (self.trace_id.encode(), self.span_id.encode())
             self._lines.append(b"".join((recorder._stamp(), self._head, b'"seq":%d,' % seq, trace, recorder._encode(event)[1:], b"\n")))
@@ -148,6 +175,13 @@ class AuditScope:
             return
         self._lines = []
         await self._recorder.write(lines[0] if len(lines) == 1 else b"".join(lines))
+
+    async def commit(self) -> None:
+        """`flush`, then wait until everything this gateway wrote so far is durable (group
+        commit; at once with durability = "buffered"). For the flush points where a client is
+        about to see a statement's result. AuditUnavailable on failure."""
+        await self.flush()
+        await self._recorder.commit()
 
     async def record(self, event: msgspec.Struct) -> None:
         """`add` then `flush`: for events that must be durable before the caller goes on."""

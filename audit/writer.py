@@ -88,6 +88,9 @@ class JsonlWriter:
     async def write(self, data: bytes) -> None:
         self.write_now(data)
 
+    async def commit(self) -> None:
+        return None  # each batch is written (and fsync'd when asked) inside write
+
     def write_now(self, data: bytes) -> None:
         """Append complete lines with one system call (finishing a short write)."""
         if self._fd is None:

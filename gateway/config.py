@@ -74,6 +74,8 @@ from sqlward.masking.policy import rule_problems as mask_rule_problems
 __all__ = [
     "AccessRule",
     "AuditConfig",
+    "AuditSinkConfig",
+    "TelemetryConfig",
     "Config",
     "ConfigError",
     "DEFAULT_JWS_ALGORITHMS",
@@ -215,6 +217,13 @@ class TargetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     password_file: str = ""
     # MySQL only: allow LOAD DATA LOCAL INFILE (the client sends its files to the server).
     allow_local_infile: bool = False
+    # The audit trail's copy of statement text: "as_sent", or "redacted" (every literal
+    # replaced by ?); parameter values of prepared statements likewise. Masked values never.
+    audit_text: Literal["as_sent", "redacted"] = "as_sent"
+    audit_parameters: Literal["as_sent", "redacted"] = "as_sent"
+    # Pass the gateway's trace context upstream as a sqlcommenter comment (/*traceparent='...'*/
+    # appended to each statement the client sends as text) so the database's logs join the trace.
+    trace_upstream: bool = False
 
     def __repr__(self) -> str:
         return _safe_repr(self, ("password",))
@@ -323,9 +332,75 @@ class LoginThrottleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     exempt_addresses: tuple[str, ...] = ()
 
 
+class AuditSinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One `[[audit.sinks]]` table: where a copy of the trail goes (docs/audit.md)."""
+
+    kind: Literal["file", "postgres", "stdout", "otlp"]
+    # Names the sink in errors, metrics, /readyz and its spool folder; default: the kind (and
+    # its position when a kind repeats).
+    name: str = ""
+    # A required sink that cannot take records refuses statements (with [audit] failure =
+    # "closed"); an optional one is reported and retried, never in the way.
+    required: bool = True
+    # kind = "file": the JSON-lines file, rotated by size and/or age (0: never); each new
+    # file continues the chain of the one before it.
+    path: str = ""
+    rotate_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    rotate_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # kind = "postgres": a libpq URI; the table is created when missing.
+    dsn: str = ""
+    password_file: str = ""
+    table: str = "sqlward_audit"
+    # kind = "otlp": the OTLP/HTTP logs endpoint (http://collector:4318/v1/logs).
+    endpoint: str = ""
+    headers: dict[str, str] = {}
+    ca_file: str = ""
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=120)] = 5.0
+    # Remote sinks (postgres, otlp): records not yet delivered wait in a spool on disk, at most
+    # this many bytes (beyond it a required sink refuses statements; an optional one drops).
+    spool_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 16)] = 1 << 30
+
+
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # The JSON-lines file: the only sink when `sinks` is empty.
     file: str = "audit.jsonl"
+    # Kept for old configs: fsync = true is durability = "sync".
     fsync: bool = False
+    # "sync": a statement's records are durable in every required sink (fsync'd, committed),
+    # with group commit, before the client gets its result. "buffered": written at once
+    # (the file: to the kernel; remote sinks: to the spool), made durable in the background.
+    durability: Literal["sync", "buffered"] = "sync"
+    # "closed": when a required sink cannot take records, statements are refused.
+    # "open" (development only): statements go on, and the loss is logged and counted.
+    failure: Literal["closed", "open"] = "closed"
+    # PEM private key (Ed25519, or ECDSA P-256) that signs checkpoints. Default: a key made at
+    # first start next to the audit file (audit-signing-key.pem, and .pub for verifiers).
+    signing_key_file: str = ""
+    # A signed checkpoint after this many records, or this many seconds with records unsigned,
+    # and at shutdown.
+    checkpoint_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    checkpoint_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # Where remote sinks spool records not yet delivered (default: next to the audit file).
+    spool_dir: str = ""
+    # How long a statement waits (sync) for a remote sink before it is refused.
+    sync_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    sinks: tuple[AuditSinkConfig, ...] = ()
+
+
+class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[telemetry]`: OpenTelemetry traces and metrics over OTLP/HTTP (docs/observability.md)."""
+
+    # OTLP/HTTP base URL (http://collector:4318): traces go to /v1/traces, metrics to
+    # /v1/metrics. Empty: nothing is exported (metrics are still served on /metrics).
+    endpoint: str = ""
+    headers: dict[str, str] = {}
+    service_name: str = "sqlward"
+    traces: bool = True
+    # The share of sessions traced (parent-based: a client's sampled traceparent is followed).
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    metrics: bool = True
+    metrics_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
 
 
 class AdminTLS(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -410,6 +485,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     admin: AdminConfig = AdminConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
     webhooks: tuple[WebhookConfig, ...] = ()
+    telemetry: TelemetryConfig = TelemetryConfig()
     # Absolute path of the file this was loaded from (set by load_config, not by the file).
     source: str = ""
 
@@ -843,8 +919,9 @@ def _finish(config: Config, file: str) -> Config:
     if config.masking.catalogue_max_age <= 0:
         problems.append(Problem("$.masking.catalogue_max_age", "expected seconds > 0"))
 
-    if not config.audit.file:
-        problems.append(Problem("$.audit.file", "expected a file path"))
+    audit = _check_audit(config.audit, base, problems)
+    if config.telemetry.endpoint and not re.match(r"https?://[^/\s]+", config.telemetry.endpoint):
+        problems.append(Problem("$.telemetry.endpoint", "expected an http:// or https:// URL (the OTLP/HTTP base, e.g. http://collector:4318)"))
 
     issuers = [_check_issuer(issuer, f"$.oidc[{i}]", base, problems) for i, issuer in enumerate(config.oidc)]
     issuer_at: dict[str, int] = {}
@@ -923,7 +1000,7 @@ def _finish(config: Config, file: str) -> Config:
         webhooks.append(msgspec.structs.replace(hook, secret_file=hook_secret, ca_file=ca))
 
     if problems:
-        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules", "$.masks", "$.masking", "$.oidc", "$.identity", "$.access", "$.login_throttle", "$.admin", "$.approvals", "$.webhooks")
+        order = ("$.gateway", "$.listeners", "$.targets", "$.identities", "$.audit", "$.rules", "$.masks", "$.masking", "$.oidc", "$.identity", "$.access", "$.login_throttle", "$.admin", "$.approvals", "$.webhooks", "$.telemetry")
         problems.sort(key=lambda p: next((i for i, s in enumerate(order) if p.path.startswith(s)), len(order)))
         raise ConfigError(file, problems)
     return msgspec.structs.replace(
@@ -932,12 +1009,73 @@ def _finish(config: Config, file: str) -> Config:
         targets=tuple(targets),
         identities=tuple(identities),
         oidc=tuple(issuers),
-        audit=msgspec.structs.replace(config.audit, file=_resolve(config.audit.file, base)),
+        audit=audit,
         masking=msgspec.structs.replace(config.masking, hash_key_file=hash_key_file),
         admin=msgspec.structs.replace(admin, tls=admin_tls),
         approvals=msgspec.structs.replace(approvals, store=store, store_password_file=store_password_file),
         webhooks=tuple(webhooks),
         source=source,
+    )
+
+
+def audit_sinks(audit: AuditConfig) -> tuple[AuditSinkConfig, ...]:
+    """The sinks in force: `[[audit.sinks]]`, or the one file `[audit] file` names."""
+    if audit.sinks:
+        return audit.sinks
+    return (AuditSinkConfig(kind="file", name="file", path=audit.file),)
+
+
+def _check_audit(audit: AuditConfig, base: str, problems: list[Problem]) -> AuditConfig:
+    """Validate `[audit]` and its sinks; returns it with names filled in and paths absolute."""
+    if not audit.file:
+        problems.append(Problem("$.audit.file", "expected a file path"))
+    durability = "sync" if audit.fsync else audit.durability
+    sinks: list[AuditSinkConfig] = []
+    seen: dict[str, int] = {}
+    kinds = [sink.kind for sink in audit.sinks]
+    for i, sink in enumerate(audit.sinks):
+        at = f"$.audit.sinks[{i}]"
+        name = sink.name or (sink.kind if kinds.count(sink.kind) == 1 else f"{sink.kind}-{kinds[:i].count(sink.kind) + 1}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
+            problems.append(Problem(f"{at}.name", "expected letters, digits, '.', '_' or '-' (it names the spool folder)"))
+        if name in seen:
+            problems.append(Problem(f"{at}.name", f"duplicate sink name {name!r} (first at $.audit.sinks[{seen[name]}])"))
+        seen.setdefault(name, i)
+        fields = {
+            "file": ("path", "rotate_bytes", "rotate_seconds"),
+            "postgres": ("dsn", "password_file", "table", "spool_max_bytes"),
+            "stdout": (),
+            "otlp": ("endpoint", "headers", "ca_file", "timeout_seconds", "spool_max_bytes"),
+        }[sink.kind]
+        defaults = AuditSinkConfig(kind=sink.kind)
+        for key in ("path", "rotate_bytes", "rotate_seconds", "dsn", "password_file", "table", "endpoint", "headers", "ca_file", "timeout_seconds", "spool_max_bytes"):
+            if key not in fields and getattr(sink, key) != getattr(defaults, key):
+                problems.append(Problem(f"{at}.{key}", f"not a setting of a {sink.kind} sink"))
+        path, password_file, ca_file = _resolve(sink.path, base), _resolve(sink.password_file, base), _resolve(sink.ca_file, base)
+        if sink.kind == "file" and not sink.path:
+            problems.append(Problem(f"{at}.path", "expected a file path"))
+        if sink.kind == "postgres":
+            if not sink.dsn.startswith(("postgresql://", "postgres://")):
+                problems.append(Problem(f"{at}.dsn", "expected a postgresql:// URI"))
+            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", sink.table):
+                problems.append(Problem(f"{at}.table", "expected a lower-case SQL identifier"))
+            if password_file:
+                _check_readable(password_file, f"{at}.password_file", "password file", problems)
+        if sink.kind == "otlp":
+            if not re.match(r"https?://[^/\s]+", sink.endpoint):
+                problems.append(Problem(f"{at}.endpoint", "expected an http:// or https:// URL (e.g. http://collector:4318/v1/logs)"))
+            if ca_file:
+                _check_readable(ca_file, f"{at}.ca_file", "CA file", problems)
+        sinks.append(msgspec.structs.replace(sink, name=name, path=path, password_file=password_file, ca_file=ca_file))
+    if audit.sinks and not any(sink.required for sink in audit.sinks):
+        problems.append(Problem("$.audit.sinks", "expected at least one required sink (required = true)"))
+    key_file = _resolve(audit.signing_key_file, base)
+    if key_file:
+        _check_readable(key_file, "$.audit.signing_key_file", "signing key file", problems)
+    file = _resolve(audit.file, base)
+    return msgspec.structs.replace(
+        audit, file=file, durability=durability, signing_key_file=key_file, sinks=tuple(sinks),
+        spool_dir=_resolve(audit.spool_dir, base) or os.path.join(os.path.dirname(file) or ".", "audit-spool"),
     )
 
 

@@ -21,5 +21,9 @@ class ListSink:
         self.batches.append(data)
         self.events.extend(json.loads(line) for line in data.splitlines())
 
+    async def commit(self) -> None:
+        if self.fail is not None:
+            raise self.fail
+
     def close(self) -> None:
         self.closed = True
