@@ -253,6 +253,7 @@ class Spool:
         self._lines_accepted = 0  # since start (plus the recovered backlog, once counted)
         self._lines_shipped = 0
         self._recovered_unknown = False  # a backlog from an earlier run not yet counted
+        self._recovered_end = 0  # ... which ends here
         self._mem: deque[tuple[int, bytes]] = deque()  # (offset, chunk): the newest bytes
         self._mem_bytes = 0
         self._problem = ""  # the last delivery error ("" after a success)
@@ -309,6 +310,7 @@ class Spool:
         else:
             self._end = shipped
         self._shipped = self._state_shipped = shipped
+        self._recovered_end = self._end  # accept() counts what comes after
         self._recovered_unknown = self._shipped < self._end
         if self._recovered_unknown:
             log.info("%s: %d bytes spooled by an earlier run are delivered first", self._who, self._end - self._shipped)
@@ -316,7 +318,7 @@ class Spool:
     async def _count_recovered(self) -> None:
         if not self._recovered_unknown:
             return
-        ranges = self._disk_ranges(self._shipped, self._end)
+        ranges = self._disk_ranges(self._shipped, self._recovered_end)
         count = await trio.to_thread.run_sync(_count_lines, ranges)
         if self._recovered_unknown:  # nothing shipped meanwhile (the count is of the same range)
             self._lines_accepted += count
