@@ -93,8 +93,13 @@ _decode_linked = msgspec.json.Decoder(_Linked).decode
 def describe_error(exc: BaseException) -> str:
     """One line saying why a delivery failed (a driver's message may span lines)."""
     text = " ".join(str(exc).split())
-    if not text:
-        text = type(exc).__name__
+    if not text:  # httpx's timeouts and TLS errors say nothing themselves: ask their causes
+        cause = exc.__cause__ or exc.__context__
+        depth = 0
+        while cause is not None and depth < 5 and not text:
+            text = " ".join(str(cause).split())
+            cause, depth = cause.__cause__ or cause.__context__, depth + 1
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
 
