@@ -127,13 +127,9 @@ def test_short_write_then_failure_resumes_mid_line(pipe: tuple[int, int]) -> Non
     got = bytearray()
     while sink.ready() is not None:
         got += os.read(r, 1 << 16)
+    got += os.read(r, 1 << 16)  # room for one more line
     tail = lines(chain, 1)
-    while True:
-        try:
-            sink.accept(tail)
-            break
-        except SinkError:
-            got += os.read(r, 1 << 16)
+    sink.accept(tail)
     os.close(w)
     got += read_all(r)
     assert bytes(got) == big + tail
