@@ -57,25 +57,24 @@ exporter's thread or on the caller of `prometheus_text()`. They only read what o
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
 
 import msgspec
 import trio
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics import (
     Counter,
-    Histogram as HistogramInstrument,
+    MeterProvider,
     ObservableCounter,
     ObservableGauge,
     ObservableUpDownCounter,
     UpDownCounter,
 )
+from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Gauge,
@@ -117,8 +116,8 @@ from sqlward.audit.events import (
     Who,
 )
 from sqlward.audit.recorder import AuditScope
-from sqlward.audit.sinks import SinkStatus
 from sqlward.gateway.config import Config, TelemetryConfig, parse_dsn
+from sqlward.gateway.health import SinkHealth
 
 __all__ = [
     "MAX_OPEN_STATEMENTS", "MAX_SESSIONS", "SinkHealth", "TargetInfo", "Telemetry", "target_infos",
@@ -163,13 +162,6 @@ def target_infos(config: Config) -> dict[str, TargetInfo]:
             db_system=_DB_SYSTEMS.get(t.protocol, t.protocol), address=dsn.host, port=dsn.port, database=dsn.database,
         )
     return out
-
-
-class SinkHealth(Protocol):
-    """The audit trail's sinks as they are now (`audit.trail.Trail`). May be called from the
-    metrics exporter's thread: it must only read."""
-
-    def status(self) -> list[SinkStatus]: ...
 
 
 def _hex_ids(trace_id: int, span_id: int) -> tuple[str, str]:

@@ -25,6 +25,13 @@ read or written) -> 503, logged; any other exception -> 500 with a generic sente
 its traceback to `sqlward.admin`, never sent to the caller. Starlette's own 404 / 405 (after
 authentication) are answered in the same JSON shape.
 
+Health and metrics (when `build_app` is given `health` / `metrics`): GET /healthz (200
+`{"status": "alive"}` while the listener serves), GET /readyz (200 or 503 with
+`gateway.health.ReadinessReport`: each check, ok and why) and GET /metrics (Prometheus text)
+are answered without a token: kubelet probes and Prometheus scrapers carry none. They show no
+identity, SQL or upstream address: /metrics labels are target names, rule ids, decisions and
+sink names (docs/observability.md).
+
 `build_app` is what `gateway.server` calls; tests build it over a real store and service.
 """
 
@@ -49,6 +56,7 @@ from sqlward.gateway.approvals.model import Status
 from sqlward.gateway.approvals.service import ApprovalError, ApprovalService
 from sqlward.gateway.approvals.store import StoreError
 from sqlward.gateway.config import AdminAccess
+from sqlward.gateway.health import Readiness
 from sqlward.gateway.http import openapi
 from sqlward.gateway.http.schema import MAX_LIMIT, ApprovalList, DecisionBody, ErrorBody, WhoAmI, approval
 from sqlward.policy.approval import Approver
@@ -59,6 +67,8 @@ log = logging.getLogger("sqlward.admin")
 
 MAX_BODY = 64 * 1024  # bytes of a request body the API reads
 Authenticate = Callable[[str], Awaitable[Approver]]
+Metrics = Callable[[], bytes]  # the Prometheus text exposition (telemetry.Telemetry.prometheus_text)
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 _APPROVER_KEY = "sqlward.approver"  # where the authenticated caller waits in the ASGI scope
 _STATUSES: frozenset[str] = frozenset(get_args(Status))
 _QUERY = frozenset({"status", "limit", "offset", "requester"})
@@ -91,12 +101,13 @@ def _unauthorized(invalid: bool) -> Response:
 class _Authenticate:
     """Every HTTP request names its caller by a bearer token, or is answered 401 (module doc)."""
 
-    def __init__(self, app: ASGIApp, authenticate: Authenticate) -> None:
+    def __init__(self, app: ASGIApp, authenticate: Authenticate, public: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.authenticate = authenticate
+        self.public = public  # paths answered without a token (health, metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
         header = Headers(scope=scope).get("authorization", "")
@@ -148,9 +159,13 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def build_app(*, approvals: ApprovalService, authenticate: Authenticate, access: AdminAccess, version: str) -> Starlette:
+def build_app(
+    *, approvals: ApprovalService, authenticate: Authenticate, access: AdminAccess, version: str,
+    health: Readiness | None = None, metrics: Metrics | None = None,
+) -> Starlette:
     """The admin API over `approvals`, its callers named by `authenticate` and admitted by
-    `access` (see the module doc)."""
+    `access`; with `health`, /healthz and /readyz; with `metrics`, /metrics (see the module
+    doc)."""
     document = _encode(openapi.document(version))
 
     def guarded(
@@ -242,7 +257,36 @@ def build_app(*, approvals: ApprovalService, authenticate: Authenticate, access:
         log.error("admin API: unexpected %s", type(exc).__name__)
         return _error(500, "internal error (logged by the gateway)")
 
-    routes = [
+    async def healthz(request: Request) -> Response:
+        return _json({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        assert health is not None
+        try:
+            report = await health.check()
+        except Exception:
+            log.exception("admin API: the readiness check failed")
+            return _json({"status": "not ready", "checks": [{"name": "readiness", "ok": False, "detail": "the check failed (logged)"}]}, 503)
+        return _json(report, 200 if report.ready else 503, {"Cache-Control": "no-store"})
+
+    async def prometheus(request: Request) -> Response:
+        assert metrics is not None
+        try:
+            text = metrics()
+        except Exception:
+            log.exception("admin API: collecting the metrics failed")
+            return _error(500, "internal error (logged by the gateway)")
+        return Response(text, media_type=PROMETHEUS_TEXT, headers={"Cache-Control": "no-store"})
+
+    public: set[str] = set()
+    routes = []
+    if health is not None:
+        routes += [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+        public |= {"/healthz", "/readyz"}
+    if metrics is not None:
+        routes.append(Route("/metrics", prometheus, methods=["GET"]))
+        public.add("/metrics")
+    routes += [
         Route("/api/v1/approvals", guarded("read", list_approvals), methods=["GET"]),
         Route("/api/v1/approvals/{id}", guarded("read", show), methods=["GET"]),
         Route("/api/v1/approvals/{id}/approve", guarded("decide", decide("approve")), methods=["POST"]),
@@ -252,6 +296,6 @@ def build_app(*, approvals: ApprovalService, authenticate: Authenticate, access:
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_Authenticate, authenticate=authenticate)],
+        middleware=[Middleware(_Authenticate, authenticate=authenticate, public=frozenset(public))],
         exception_handlers={HTTPException: http_error},
     )
