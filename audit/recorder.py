@@ -18,8 +18,9 @@ How it works:
   (so the completion is on disk before the client sees it). `record` is `add` + `flush`.
 - Any failure of the sink raises `AuditUnavailable`; the caller refuses or closes (fail
   closed). The lines of a failed batch are dropped, and their sequence numbers stay unused, so
-  the gap shows in the trail. `flush_quietly` is for events about the connection itself
-  (opened, refused, closed): a failure is logged, not raised.
+  the gap shows in the trail (the trail took none of them: see `audit.trail`). `flush_quietly`
+  is for events about the connection itself (opened, refused, closed): a failure is logged,
+  not raised.
 
 Ordering: a session's events reach the sink in the order they were added; sinks write one
 batch at a time (the JSONL file with a single `os.write` of whole lines on an O_APPEND
@@ -131,7 +132,7 @@ class Recorder:
 class AuditScope:
     """The envelope of one session's events and the lines not yet flushed (see module doc)."""
 
-    __slots__ = ("_recorder", "connection_id", "_head", "_seq", "_lines", "trace_id", "span_id")
+    __slots__ = ("_recorder", "connection_id", "_head", "_seq", "_lines", "trace_id", "span_id", "_writes", "_committed")
 
     def __init__(self, recorder: Recorder, connection_id: str) -> None:
         self._recorder = recorder
@@ -143,6 +144,8 @@ class AuditScope:
         self._lines: list[bytes] = []
         self.trace_id = ""  # set by telemetry when the session has a span
         self.span_id = ""
+        self._writes = 0  # batches this scope wrote
+        self._committed = 0  # of those, how many a finished commit covers
 
     @property
     def pending(self) -> int:
@@ -175,13 +178,17 @@ class AuditScope:
             return
         self._lines = []
         await self._recorder.write(lines[0] if len(lines) == 1 else b"".join(lines))
+        self._writes += 1
 
     async def commit(self) -> None:
         """`flush`, then wait until everything this gateway wrote so far is durable (group
         commit; at once with durability = "buffered"). For the flush points where a client is
         about to see a statement's result. AuditUnavailable on failure."""
         await self.flush()
-        await self._recorder.commit()
+        writes = self._writes
+        if writes > self._committed:  # nothing of this session's is waiting otherwise
+            await self._recorder.commit()
+            self._committed = max(self._committed, writes)
 
     async def record(self, event: msgspec.Struct) -> None:
         """`add` then `flush`: for events that must be durable before the caller goes on."""

@@ -51,6 +51,11 @@ class JsonlWriter:
         # starts on a line of its own.
         self._broken_line = False
 
+    @property
+    def fd(self) -> int | None:
+        """The open descriptor (None once closed)."""
+        return self._fd
+
     def _open(self) -> None:
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

@@ -46,8 +46,8 @@ there by a trio lock), so adapters can call it from any task without locks of th
   policy files and, when they are valid, builds a new Engine with the next version and installs
   it with one attribute assignment: a call already inside the old engine finishes with it. A bad
   file leaves the running engine in place. Either way a `policy.reloaded` audit event is written.
-- Audit: the gatekeeper builds the process's `audit.recorder.Recorder` over the configured sink
-  (`audit.writer.JsonlWriter` unless a sink is passed in); sessions get scopes from it, and the
+- Audit: the gatekeeper builds the process's `audit.recorder.Recorder` over the configured
+  trail (`gateway.audit_trail.open_trail`: chain, signing key, sinks) unless a sink is passed in; sessions get scopes from it, and the
   statement pipeline (`gateway.pipeline`) records every decision through them.
 - The statement pipeline (`gateway.pipeline.Pipeline`) is the only caller of `analyse`,
   `decide`, `estimate_rows`, `masks_apply` and `mask_context`: they are the gatekeeper's
@@ -75,7 +75,7 @@ from sqlward.adapters.identity import canonical_glob, canonical_name, name_probl
 from sqlward.adapters.base import AuthError, CertIdentityMode, Dialect, IdentitySettings, MysqlSecret, ScramSecret, Target
 from sqlward.audit.events import LoginThrottled, PolicyReloaded
 from sqlward.audit.recorder import Recorder, Sink
-from sqlward.audit.writer import AuditWriteError, JsonlWriter
+from sqlward.audit.trail import Trail
 from sqlward.gateway.config import AccessRule, Config, ConfigError, Problem, parse_dsn, read_secret_file
 from sqlward.gateway.oidc import IssuerSetupError, TokenError, TokenVerifier
 from sqlward.gateway.estimator import Estimator
@@ -149,6 +149,8 @@ class Gatekeeper:
         self._targets = dict(targets)
         self._hmac_key = hmac_key
         self._owns_writer = owns_writer
+        # The audit trail this gatekeeper opened (None when a sink was passed in).
+        self.trail: Trail | None = None
         self._verifier = verifier if verifier is not None else TokenVerifier(())
         self._access: tuple[AccessRule, ...] = config.access
         self._policy_files: tuple[str, ...] = ()
@@ -262,11 +264,11 @@ class Gatekeeper:
             config, identities=tuple(msgspec.structs.replace(ident, secret=None, api_token=None) for ident in config.identities)
         )
         owns_writer = audit_sink is None
+        trail = None
         if audit_sink is None:
-            try:
-                audit_sink = JsonlWriter(config.audit.file, fsync=config.audit.fsync)
-            except AuditWriteError as exc:
-                raise ConfigError.single(file, "$.audit.file", str(exc)) from None
+            from sqlward.gateway.audit_trail import open_trail
+
+            audit_sink = trail = open_trail(config.audit, gateway=config.gateway.name, file=file)
         gatekeeper = cls(
             config,
             engine=engine,
@@ -277,6 +279,7 @@ class Gatekeeper:
             owns_writer=owns_writer,
             verifier=verifier,
         )
+        gatekeeper.trail = trail
         gatekeeper._policy_files = policy_files
         gatekeeper._masking = masking
         gatekeeper._bots = bots

@@ -169,7 +169,10 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
     )
     # The audit sink is proven writable before anyone can connect (a path on a full disk,
     # /dev/full, a read-only mount: the gateway does not start).
+    trail = gatekeeper.trail
     try:
+        if trail is not None:
+            await trail.start()
         await gatekeeper.recorder.gateway_scope.record(GatewayStarted(
             version=sqlward_version(), listeners=tuple(cfg.name for cfg in config.listeners), pid=os.getpid(),
         ))
@@ -185,6 +188,8 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
     stopping = "error"
     try:
         async with trio.open_nursery() as nursery:
+            if trail is not None:
+                nursery.start_soon(trail.run)
             ports = [await nursery.start(lst.serve) for lst in listeners]
             for lst, port in zip(listeners, ports):
                 log.info("listening: %s on %s:%d", lst.name, lst.host, port)
@@ -220,6 +225,9 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
             scope = gatekeeper.recorder.gateway_scope
             scope.add(GatewayStopped(reason=stopping))
             await scope.flush_quietly()
+        if trail is not None:  # a signed checkpoint over the end, then every sink closed
+            with trio.CancelScope(shield=True):
+                await trail.aclose(timeout=config.audit.sync_timeout_seconds)
         gatekeeper.close()
 
 

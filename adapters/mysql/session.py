@@ -933,7 +933,7 @@ class MysqlSession(GovernedSession):
         self.audit.add(completion(
             scanner, request_id=rid, prepared_ref=None, duration_ms=round((time.perf_counter() - started) * 1000, 3),
         ))
-        await self.audit.flush()
+        await self.audit.commit()
         assert self._cpipe is not None
         await self._cpipe.send(bytes(out))
 
@@ -1288,7 +1288,7 @@ class MysqlSession(GovernedSession):
             request_id=request_id, tags=("ERROR",), duration_ms=0.0, error=error.message,
             sqlstate=error.sqlstate,
         ))
-        await self.audit.flush()
+        await self.audit.commit()
         await self._answer(error)
 
     async def _forward(
@@ -1325,7 +1325,7 @@ class MysqlSession(GovernedSession):
                                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
                             )
                             self.audit.add(self.ctx.approval_of(event) if self.ctx.approved else event)
-                            await self.audit.flush()
+                            await self.audit.commit()
                         await cpipe.send(bytes(buf[:n]))
                         del buf[:n]
                         if scanner.done:
@@ -1375,7 +1375,7 @@ class MysqlSession(GovernedSession):
                                 masked=relay.masked, error_hidden=relay.error_hidden,
                             )
                             self.audit.add(self.ctx.approval_of(event) if self.ctx.approved else event)
-                            await self.audit.flush()
+                            await self.audit.commit()
                         if out:
                             await cpipe.send(out)
                         return relay

@@ -727,7 +727,7 @@ class PostgresSession(GovernedSession):
         state = self._state
         side = self._upstream_side = UpstreamSide(state)
         add = self.audit.add
-        flush = self.audit.flush
+        commit = self.audit.commit
         data = self.up.leftover
         while True:
             if not data:
@@ -747,7 +747,7 @@ class PostgresSession(GovernedSession):
                 add(self.ctx.approval_of(event) if approved else event)
             if out or events:
                 # Completions are durable before the client sees them.
-                await flush()
+                await commit()
             if out:
                 if self._notice_sent is not None:  # a hold's notice is on its way: not inside it
                     await self._notice_sent.wait()

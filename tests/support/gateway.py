@@ -426,6 +426,21 @@ class GatewayProcess:
         """The statement.decided events whose SQL contains `needle`."""
         return [e for e in self.audit_events() if e.get("event") == "statement.decided" and needle in e.get("sql", "")]
 
+    def refused_unrecorded(self, needle: str) -> bool:
+        """Every statement.decided event whose SQL contains `needle` is followed by a completion
+        saying it was refused because the trail could not take it (58030): the trail keeps every
+        record it chained, so a refused statement's decision may reach the file once the disk
+        recovers, but it never reads as a statement that ran."""
+        events = self.audit_events()
+        for decided in (e for e in events if e.get("event") == "statement.decided" and needle in e.get("sql", "")):
+            done = [
+                e for e in events if e.get("event") == "statement.completed"
+                and e.get("connection_id") == decided["connection_id"] and e.get("request_id") == decided["request_id"]
+            ]
+            if not done or any(e.get("sqlstate") != "58030" for e in done):
+                return False
+        return True
+
     def wait_audit(
         self,
         predicate: Callable[[list[dict[str, Any]]], bool],

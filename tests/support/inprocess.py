@@ -85,6 +85,8 @@ class InProcessGateway:
             try:
                 async with trio.open_nursery() as nursery:
                     self._stop = nursery.cancel_scope
+                    if gk.trail is not None:
+                        nursery.start_soon(gk.trail.run)  # the audit file's syncer (group commit)
                     await nursery.start(listener.serve)
                     self._ready.set()
             finally:
