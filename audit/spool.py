@@ -249,7 +249,7 @@ class Spool:
         self._segments: list[_Segment] = []
         self._fd: int | None = None  # the active (last) segment, opened for appending
         self._new_segment = False  # the next append starts a new segment (a failed cut-back)
-        self._unwritten: list[bytes] = []  # accepted batches the disk refused, oldest first
+        self._unwritten: deque[tuple[bytes, int]] = deque()  # (batch, lines) the disk refused, oldest first
         self._unwritten_lines = 0
         self._write_problem = ""
         self._end = 0  # logical offset after the last accepted byte on disk
@@ -353,20 +353,19 @@ class Spool:
         if not data:
             return
         lines = data.count(b"\n")
-        self._unwritten.append(data)
+        self._unwritten.append((data, lines))
         self._unwritten_lines += lines
         self._flush_unwritten()
 
     def _flush_unwritten(self) -> None:
         while self._unwritten:
-            data = self._unwritten[0]
+            data, lines = self._unwritten[0]
             try:
                 self._append(data)
             except OSError as exc:
                 self._write_problem = f"{self._who}: cannot write spool {self.directory!r}: {exc.strerror or exc}"
                 raise SinkError(self._write_problem) from exc
-            self._unwritten.pop(0)
-            lines = data.count(b"\n")
+            self._unwritten.popleft()
             self._unwritten_lines -= lines
             self._lines_accepted += lines
             self._write_problem = ""
@@ -442,7 +441,7 @@ class Spool:
 
     def status(self) -> SinkStatus:
         problem = self._write_problem or (f"{self._who}: {self._problem}" if self._problem else "")
-        backlog_bytes = self._end - self._shipped + sum(len(d) for d in self._unwritten)
+        backlog_bytes = self._end - self._shipped + sum(len(d) for d, _ in self._unwritten)
         backlog = self._lines_accepted - self._lines_shipped + self._unwritten_lines
         if self._recovered_unknown:
             backlog = max(backlog, 1)  # not counted yet: at least one
