@@ -283,7 +283,10 @@ class Spool:
         starts = [int(m.group(1)) for n in names if (m := _SEGMENT_NAME.match(n))]
         for start in starts:
             path = _segment_path(self.directory, start)
-            size = _cut_torn_tail(path, os.stat(path).st_size)
+            try:
+                size = _cut_torn_tail(path, os.stat(path).st_size)
+            except OSError as exc:
+                raise SinkError(f"{self._who}: cannot read spool file {path!r}: {exc.strerror}") from exc
             self._segments.append(_Segment(start, size, path))
         # A segment must begin where the one before ends; a gap (a file removed by hand) would
         # lose records silently: refuse to start.
@@ -292,7 +295,10 @@ class Spool:
                 # A batch that failed part-way and could not be cut back: it was written again,
                 # whole, at the start of the next segment. The fragment goes.
                 before.size = after.start - before.start
-                os.truncate(before.path, before.size)
+                try:
+                    os.truncate(before.path, before.size)
+                except OSError as exc:
+                    raise SinkError(f"{self._who}: cannot cut spool file {before.path!r}: {exc.strerror}") from exc
             elif before.end != after.start:
                 # A gap (a file removed by hand, a torn write lost with the machine) would lose
                 # records silently: refuse to start.

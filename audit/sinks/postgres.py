@@ -6,7 +6,8 @@
 - One connection (sync psycopg 3), used only in a worker thread (`trio.to_thread.run_sync`), one
   call at a time; the trio thread never blocks on the database. A failed call drops the
   connection, and the next call connects again (the spool retries with backoff). Each call is
-  bounded: `connect_timeout`, `statement_timeout` and `tcp_user_timeout` come from `timeout`.
+  bounded: `connect_timeout`, `statement_timeout` and `tcp_user_timeout` come from `timeout`
+  (they, `client_encoding` and `application_name` override the same settings in the DSN).
 - On first use the table is created when it is missing (a role that may only insert finds it
   made by an administrator: docs/audit-sinks-remote.md):
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -53,7 +54,7 @@ class AuditDb:
     def dsn(self, user: str) -> str:
         return f"postgresql://{user}@{PGHOST}:{PGPORT}/{self.name}?sslmode=disable"
 
-    def admin(self) -> psycopg.Connection[tuple[object, ...]]:
+    def admin(self) -> psycopg.Connection[TupleRow]:
         return psycopg.connect(admin_dsn(self.name), autocommit=True)
 
     def rows(self, gateway: str) -> list[tuple[int, str, str]]:
