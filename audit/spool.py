@@ -35,6 +35,9 @@ a timeout each. `ready()` refuses new records while the spool holds `max_bytes` 
 delivered, or holds a batch it could not write. `status()` shows the backlog (records and bytes
 not yet delivered) and the last delivery problem.
 
+`remote_sink(cfg, gateway=, spool_dir=)` builds a spool and its destination from an
+`[[audit.sinks]]` table (kind = "postgres" or "otlp"); `spool_dir` is that sink's own folder.
+
 Everything runs on the gateway's trio thread; blocking file work other than the hot-path append
 (reading segments, writing the state, removing segments) goes to `trio.to_thread`. The
 destination does its own I/O (psycopg in a worker thread, httpx on trio).
@@ -48,13 +51,15 @@ import math
 import os
 import re
 from collections import deque
+from collections.abc import Mapping
+from typing import Protocol
 
 import msgspec
 import trio
 
 from sqlward.audit.sinks import Destination, SinkError, SinkStatus
 
-__all__ = ["Spool", "describe_error"]
+__all__ = ["RemoteSinkSettings", "Spool", "describe_error", "remote_sink"]
 
 log = logging.getLogger("sqlward.audit")
 
@@ -605,3 +610,48 @@ class Spool:
         self._state_shipped = shipped
         for seg in done:
             self._segments.remove(seg)
+
+
+class RemoteSinkSettings(Protocol):
+    """What a remote sink reads of its `[[audit.sinks]]` table (`gateway.config.AuditSinkConfig`
+    has these; `audit` does not import `gateway`: DESIGN.md section 2)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def required(self) -> bool: ...
+    @property
+    def dsn(self) -> str: ...
+    @property
+    def password_file(self) -> str: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def ca_file(self) -> str: ...
+    @property
+    def timeout_seconds(self) -> float: ...
+    @property
+    def spool_max_bytes(self) -> int: ...
+
+
+def remote_sink(cfg: RemoteSinkSettings, *, gateway: str, spool_dir: str) -> Spool:
+    """The sink of an `[[audit.sinks]]` table with kind = "postgres" or "otlp": its destination
+    behind a spool in `spool_dir`, this sink's own folder (made when missing)."""
+    destination: Destination
+    if cfg.kind == "postgres":
+        from sqlward.audit.sinks.postgres import make_destination as postgres_destination
+
+        destination = postgres_destination(cfg, gateway=gateway)
+    elif cfg.kind == "otlp":
+        from sqlward.audit.sinks.otlp import make_destination as otlp_destination
+
+        destination = otlp_destination(cfg, gateway=gateway)
+    else:
+        raise ValueError(f"not a remote audit sink: {cfg.kind}")
+    return Spool(cfg.name or cfg.kind, cfg.kind, cfg.required, destination, spool_dir, cfg.spool_max_bytes, gateway)

@@ -1,7 +1,7 @@
 """The OTLP logs audit sink: each audit record as an OpenTelemetry log record (OTLP/HTTP).
 
 `OtlpLogsDestination` is the `audit.sinks.Destination` behind a spool (`audit.spool.Spool`;
-`make_sink` builds both from an `[[audit.sinks]]` table with kind = "otlp"). How it works:
+`audit.spool.remote_sink` builds both from an `[[audit.sinks]]` table with kind = "otlp"). How it works:
 
 - `deliver(lines)` POSTs one `ExportLogsServiceRequest` (protobuf, `Content-Type:
   application/x-protobuf`) to the endpoint (`http://collector:4318/v1/logs`) with httpx on trio,
@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
 
@@ -35,10 +34,9 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from sqlward.audit.sinks import SinkError
-from sqlward.audit.spool import Spool
-from sqlward.gateway.config import AuditSinkConfig
+from sqlward.audit.spool import RemoteSinkSettings
 
-__all__ = ["OtlpLogsDestination", "encode_request", "make_sink"]
+__all__ = ["OtlpLogsDestination", "encode_request", "make_destination"]
 
 SCOPE = "sqlward.audit"
 
@@ -140,11 +138,10 @@ class OtlpLogsDestination:
         await self._client.aclose()
 
 
-def make_sink(cfg: AuditSinkConfig, *, gateway: str, spool_dir: str) -> Spool:
-    """The spool and destination for an `[[audit.sinks]]` table with kind = "otlp"; its spool is
-    the folder `<spool_dir>/<name>` (name: cfg.name, or "otlp")."""
+def make_destination(cfg: RemoteSinkSettings, *, gateway: str) -> OtlpLogsDestination:
+    """The destination of an `[[audit.sinks]]` table with kind = "otlp"; `audit.spool.remote_sink`
+    puts it behind a spool."""
     if cfg.kind != "otlp":
         raise ValueError(f"not an otlp sink: {cfg.kind}")
-    name = cfg.name or "otlp"
-    destination = OtlpLogsDestination(cfg.endpoint, dict(cfg.headers), cfg.ca_file, cfg.timeout_seconds, gateway, name=name)
-    return Spool(name, "otlp", cfg.required, destination, os.path.join(spool_dir, name), cfg.spool_max_bytes, gateway)
+    return OtlpLogsDestination(cfg.endpoint, dict(cfg.headers), cfg.ca_file, cfg.timeout_seconds, gateway,
+                               name=cfg.name or "otlp")

@@ -1,7 +1,7 @@
 """The PostgreSQL audit sink: the trail in a table that every replica of the gateway shares.
 
 `PostgresDestination` is the `audit.sinks.Destination` behind a spool (`audit.spool.Spool`;
-`make_sink` builds both from an `[[audit.sinks]]` table with kind = "postgres"). How it works:
+`audit.spool.remote_sink` builds both from an `[[audit.sinks]]` table with kind = "postgres"). How it works:
 
 - One connection (sync psycopg 3), used only in a worker thread (`trio.to_thread.run_sync`), one
   call at a time; the trio thread never blocks on the database. A failed call drops the
@@ -35,7 +35,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import msgspec
 import psycopg
@@ -44,10 +43,9 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from sqlward.audit.sinks import SinkError
-from sqlward.audit.spool import Spool
-from sqlward.gateway.config import AuditSinkConfig
+from sqlward.audit.spool import RemoteSinkSettings
 
-__all__ = ["ConflictError", "PostgresDestination", "make_sink"]
+__all__ = ["ConflictError", "PostgresDestination", "make_destination"]
 
 
 class ConflictError(SinkError):
@@ -243,9 +241,10 @@ class PostgresDestination:
             await trio.to_thread.run_sync(self._drop)
 
 
-def make_sink(cfg: AuditSinkConfig, *, gateway: str, spool_dir: str) -> Spool:
-    """The spool and destination for an `[[audit.sinks]]` table with kind = "postgres"; its
-    spool is the folder `<spool_dir>/<name>` (name: cfg.name, or "postgres")."""
+def make_destination(cfg: RemoteSinkSettings, *, gateway: str) -> PostgresDestination:
+    """The destination of an `[[audit.sinks]]` table with kind = "postgres" (the password read
+    from `password_file`, its last line break dropped); `audit.spool.remote_sink` puts it behind
+    a spool."""
     if cfg.kind != "postgres":
         raise ValueError(f"not a postgres sink: {cfg.kind}")
     name = cfg.name or "postgres"
@@ -256,5 +255,4 @@ def make_sink(cfg: AuditSinkConfig, *, gateway: str, spool_dir: str) -> Spool:
                 password = f.read().rstrip("\r\n")
         except OSError as exc:
             raise SinkError(f"postgres sink {name!r}: cannot read password_file {cfg.password_file!r}: {exc.strerror}") from exc
-    destination = PostgresDestination(cfg.dsn, password, cfg.table, gateway, cfg.timeout_seconds, name=name)
-    return Spool(name, "postgres", cfg.required, destination, os.path.join(spool_dir, name), cfg.spool_max_bytes, gateway)
+    return PostgresDestination(cfg.dsn, password, cfg.table, gateway, cfg.timeout_seconds, name=name)

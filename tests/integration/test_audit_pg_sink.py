@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sqlward.audit.chain import Chain, verify
 from sqlward.audit.sinks import SinkError
-from sqlward.audit.sinks.postgres import ConflictError, PostgresDestination, make_sink
-from sqlward.audit.spool import Spool
+from sqlward.audit.sinks.postgres import ConflictError, PostgresDestination
+from sqlward.audit.spool import Spool, remote_sink
 from sqlward.gateway.config import AuditSinkConfig
 
 from .conftest import PGHOST, PGPORT
@@ -213,7 +213,7 @@ def test_insert_only_role(audit_db: AuditDb) -> None:
     assert len(audit_db.rows("g1")) == 2
 
 
-def test_table_made_when_missing_and_make_sink(audit_db: AuditDb, tmp_path: Path) -> None:
+def test_table_made_when_missing_and_remote_sink(audit_db: AuditDb, tmp_path: Path) -> None:
     password_file = tmp_path / "pw"
     password_file.write_text("not-checked-by-trust\n")
     cfg = AuditSinkConfig(kind="postgres", name="central", dsn=audit_db.dsn("postgres"),
@@ -223,8 +223,9 @@ def test_table_made_when_missing_and_make_sink(audit_db: AuditDb, tmp_path: Path
     g1 = Gateway("g1", ed25519.Ed25519PrivateKey.generate())
 
     async def main() -> None:
-        sink = make_sink(cfg, gateway="g1", spool_dir=str(tmp_path / "spool"))
+        sink = remote_sink(cfg, gateway="g1", spool_dir=str(tmp_path / "spool" / "central"))
         assert sink.name == "central" and sink.kind == "postgres" and sink.directory == str(tmp_path / "spool" / "central")
+        assert (tmp_path / "spool" / "central").is_dir()
         assert await sink.last_link("g1") is None  # made the table
         sink.accept(g1.make(2, checkpoint=True))
         await sink.aclose(10)  # delivers what is left

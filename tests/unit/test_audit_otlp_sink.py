@@ -21,8 +21,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, LogRecord
 
 from sqlward.audit.chain import Chain
 from sqlward.audit.sinks import SinkError
-from sqlward.audit.sinks.otlp import OtlpLogsDestination, make_sink
-from sqlward.audit.spool import Spool, describe_error
+from sqlward.audit.sinks.otlp import OtlpLogsDestination
+from sqlward.audit.spool import Spool, describe_error, remote_sink
 from sqlward.gateway.config import AuditSinkConfig
 from tests.support.certs import make_pki
 from tests.support.pgcluster import free_port
@@ -160,8 +160,9 @@ def test_503_then_200_loses_nothing_through_the_spool(receiver: Receiver, tmp_pa
 
     async def main() -> None:
         cfg = AuditSinkConfig(kind="otlp", name="collector", endpoint=receiver.url, headers={"X-Key": "k"}, timeout_seconds=5)
-        sink = make_sink(cfg, gateway="g1", spool_dir=str(tmp_path))
-        assert isinstance(sink, Spool) and sink.kind == "otlp" and sink.directory == str(tmp_path / "collector")
+        sink = remote_sink(cfg, gateway="g1", spool_dir=str(tmp_path / "collector"))
+        assert isinstance(sink, Spool) and sink.name == "collector" and sink.kind == "otlp"
+        assert sink.directory == str(tmp_path / "collector")
         assert await sink.last_link("g1") is None
         async with trio.open_nursery() as n:
             n.start_soon(sink.run)
