@@ -114,6 +114,12 @@ class Target(msgspec.Struct, frozen=True):
     connect_timeout: float = 10.0
     # MySQL: let clients run LOAD DATA LOCAL INFILE (sends client files to the server).
     allow_local_infile: bool = False
+    # The audit trail's copy of statement text and of prepared statements' parameter values:
+    # as sent, or with literals (values) replaced by ? ([[targets]] audit_text, audit_parameters).
+    redact_text: bool = False
+    redact_parameters: bool = False
+    # Append the statement span's trace context to statements sent as text (sqlcommenter).
+    trace_upstream: bool = False
 
     def __repr__(self) -> str:  # keep the secret out of tracebacks and logs
         return f"Target({self.info.name!r}, {self.host}:{self.port}/{self.database}, user={self.user!r})"

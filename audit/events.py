@@ -4,8 +4,9 @@ One frozen msgspec Struct per event kind, tagged by the `event` field in the JSO
 holds only what it is about; the envelope (time, RFC 3339 time text, gateway, connection id,
 per-session sequence number, trace and span ids) is stamped by the session's
 `audit.recorder.AuditScope` when the event is recorded, never spelt out by an adapter.
-Events carry no secrets: never a password or token, never a masked value. Statement text is
-recorded as sent by the client (literal redaction comes with the policy issue).
+Events carry no secrets: never a password or token, never a masked value. Statement text and
+prepared statements' parameter values are recorded as sent by the client, or with literals
+replaced by ? where the target says so (`audit_text`, `audit_parameters`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ class StatementDecided(_Event, tag="statement.decided", kw_only=True):
     search_path: list[list[str]] | str | None = None
     # A reviewed statement released by an approval: the approval request's id.
     approval_id: str | None = None
+    # The W3C trace context the client sent with the statement (a sqlcommenter comment
+    # /*traceparent='00-...'*/): the trail joins the client's trace.
+    traceparent: str | None = None
+    # True when `sql` is the text with its literals replaced by ? ([[targets]] audit_text).
+    redacted: bool = False
 
 
 class StatementExecuted(_Event, tag="statement.executed", kw_only=True):
@@ -106,6 +112,9 @@ class StatementExecuted(_Event, tag="statement.executed", kw_only=True):
     # A protocol step that makes an earlier statement take effect: "CopyDone" (the end of a
     # PostgreSQL COPY FROM STDIN's data, where the server commits it).
     command: str | None = None
+    # The parameter values bound to this run, as text (PostgreSQL binary values as \x hex;
+    # None for NULL); each "?" when the target redacts them ([[targets]] audit_parameters).
+    parameters: tuple[str | None, ...] | None = None
 
 
 class StatementCompleted(_Event, tag="statement.completed", kw_only=True):

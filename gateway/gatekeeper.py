@@ -230,6 +230,9 @@ class Gatekeeper:
                 tls=dsn.tls,
                 connect_timeout=dsn.connect_timeout,
                 allow_local_infile=t.allow_local_infile,
+                redact_text=t.audit_text == "redacted",
+                redact_parameters=t.audit_parameters == "redacted",
+                trace_upstream=t.trace_upstream,
             )
 
         policy_files: tuple[str, ...] = ()

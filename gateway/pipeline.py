@@ -75,7 +75,7 @@ from sqlward.policy.fingerprint import RAW_PREFIX
 from sqlward.policy.model import Analysis, Decision, Identity
 from sqlward.policy.searchpath import Resolution, SearchPath, Unresolvable, needs_catalogue, resolve, trace, unsure
 
-from sqlward.gateway.approvals.gate import precheck, settle
+from sqlward.gateway.approvals.gate import precheck, settle, shown_parameters
 
 if TYPE_CHECKING:
     from sqlward.gateway.approvals.service import ApprovalService
@@ -253,6 +253,18 @@ def _resolution_fields(per: tuple[SearchPath, ...], resolution: Resolution) -> d
             merged.setdefault(name, [])
             merged[name].extend(c for c in candidates if c not in merged[name])
     return {"resolved": merged, "search_path": per[0].shown()}
+
+
+# A sqlcommenter comment at the end of a statement carrying a W3C traceparent (version 00).
+_TRACEPARENT = re.compile(
+    r"/\*[^*]*?\btraceparent='(00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2})'[^*]*\*/\s*;?\s*\Z"
+)
+
+
+def client_traceparent(sql: str) -> str | None:
+    """The traceparent of a sqlcommenter comment closing `sql`, when it is well formed."""
+    match = _TRACEPARENT.search(sql)
+    return match.group(1) if match is not None else None
 
 
 _NO_FIELDS: dict[str, object] = {}
@@ -525,8 +537,16 @@ class Pipeline:
         upstream runs it when `durable` (else at the adapter's flush point, which must refuse
         the run when that flush fails)."""
         if not ctx.offline:
+            parameters = None
+            if request.parameters is not None:
+                target = ctx.target
+                if target is not None and target.redact_parameters:
+                    parameters = tuple(None if v is None else "?" for v in request.parameters)
+                else:
+                    parameters = shown_parameters(request.parameters, request.formats, request.dialect)
             ctx.audit.add(StatementExecuted(
                 request_id=rid, statement_name=request.statement_name, command=request.command or None,
+                parameters=parameters,
             ))
             if durable:
                 try:
@@ -551,6 +571,10 @@ class Pipeline:
             sql, fingerprint = f"{verb} {verdict.kill.connection_id}", f"{verb} ?"
         else:
             sql, fingerprint = printable(request.sql), printable(analysis.fingerprint) if analysis is not None else ""
+        traceparent = client_traceparent(request.sql) if "traceparent" in request.sql else None
+        redacted = target.redact_text and request.kind == "statement"
+        if redacted:  # the fingerprint is the text with every literal replaced by ?
+            sql = fingerprint if fingerprint and not fingerprint.startswith(RAW_PREFIX) else "<text not shown: it could not be read for redaction>"
         killed = verdict is not None and verdict.kill is not None
         if analysis is not None:
             parse_status = analysis.parse_status
@@ -566,6 +590,7 @@ class Pipeline:
                 action=decision.action, rule_id=decision.rule_id, message=decision.message,
                 statement_name=request.statement_name, statement_index=decision.statement_index,
                 facts=decision.facts, approval_id=verdict.approval_id if verdict is not None else None,
+                traceparent=traceparent, redacted=redacted,
                 **(names.audit if names is not None else _NO_FIELDS),
             )
         )

@@ -423,6 +423,8 @@ class ClientSide:
         # Portal name -> its statement's decision (request id) and mask context.
         self._portals: dict[bytes, int | None] = {}
         self._portal_masks: dict[bytes, MaskContext | None] = {}
+        # The parameter values and formats bound to each portal (for the audit record of its runs).
+        self._portal_params: dict[bytes, tuple[tuple[bytes | None, ...], tuple[int, ...]]] = {}
         # Statements and portals whose SQL may be a COPY FROM STDIN (see `_MAY_COPY`).
         self._copy_statements: set[bytes] = set()
         self._copy_portals: set[bytes] = set()
@@ -490,10 +492,17 @@ class ClientSide:
                 p_end = _cstr_end(buf, pos + 5, end)
                 portal = bytes(buf[pos + 5 : p_end])
                 self._asking = (_ASK_EXECUTE, pos, end, portal)
-                if not portal:
-                    return _EXECUTE_UNNAMED
+                bound = self._portal_params.get(portal)
+                if bound is None:
+                    if not portal:
+                        return _EXECUTE_UNNAMED
+                    return StatementRequest(
+                        sql="", dialect="postgres", kind="execute", statement_name=self._st.decode_sql(portal),
+                    )
+                # The run is recorded with the values bound to its portal.
                 return StatementRequest(
                     sql="", dialect="postgres", kind="execute", statement_name=self._st.decode_sql(portal),
+                    parameters=bound[0], formats=bound[1],
                 )
             elif mtype == _B:
                 p_end = _cstr_end(buf, pos + 5, end)
@@ -513,6 +522,11 @@ class ClientSide:
                     continue
                 self._portals[portal] = self._statements.get(stmt)
                 self._portal_masks[portal] = self._stmt_masks.get(stmt)
+                bound = _bind_parameters(buf, s_end + 1, end)
+                if bound[0]:  # values bound: kept for the record of the portal's runs
+                    self._portal_params[portal] = bound
+                elif self._portal_params:
+                    self._portal_params.pop(portal, None)
                 if stmt in self._copy_statements:
                     self._copy_portals.add(portal)
                 elif self._copy_portals:
@@ -602,6 +616,7 @@ class ClientSide:
                     else:
                         self._portals.pop(name, None)
                         self._portal_masks.pop(name, None)
+                        self._portal_params.pop(name, None)
             elif mtype == _D:
                 if self._st.masked:  # its RowDescription / NoData is the client's, not ours
                     self._st.pending.append(Pending("describe", audit=False))

@@ -49,9 +49,9 @@ def test_each_bind_of_a_reviewed_statement_asks_with_its_values() -> None:
     assert asked == [
         ("statement", True, None, ()),
         ("statement", False, (b"100",), ()),
-        ("execute", False, None, ()),
+        ("execute", False, (b"100",), ()),  # each run is recorded with its values
         ("statement", False, (b"\x00\x00\x00\x05", None), (1,)),
-        ("execute", False, None, ()),
+        ("execute", False, (b"\x00\x00\x00\x05", None), (1,)),
     ]
     assert r.to_upstream.startswith(parse(b"s1", b"DELETE FROM t WHERE id > $1") + SYNC)
 
@@ -236,4 +236,4 @@ def test_after_a_reload_an_approved_run_does_not_release_the_next_runs() -> None
         judge=ReloadJudge,
     )
     asked = [(q.kind, q.parameters) for q in r.requests]
-    assert asked == [("statement", None), ("statement", (b"1",)), ("execute", None), ("statement", (b"100",)), ("execute", None)]
+    assert asked == [("statement", None), ("statement", (b"1",)), ("execute", (b"1",)), ("statement", (b"100",)), ("execute", (b"100",))]
