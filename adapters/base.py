@@ -248,6 +248,9 @@ class Verdict(msgspec.Struct, frozen=True):
     # A prepared statement (request.prepare) that needs approval at each run: the adapter
     # prepares it and asks again, with the parameters, before each run.
     review_at_run: bool = False
+    # The statement span's W3C trace context, to append to the text as a sqlcommenter comment
+    # (the target's trace_upstream, with tracing on); None: the text goes as sent.
+    traceparent: str | None = None
 
     @property
     def allowed(self) -> bool:

@@ -78,6 +78,7 @@ from sqlward.policy.searchpath import Resolution, SearchPath, Unresolvable, need
 from sqlward.gateway.approvals.gate import precheck, settle, shown_parameters
 
 if TYPE_CHECKING:
+    from sqlward.audit.recorder import AuditScope
     from sqlward.gateway.approvals.service import ApprovalService
     from sqlward.gateway.gatekeeper import Gatekeeper
     from sqlward.masking.context import MaskContext
@@ -279,8 +280,13 @@ class Pipeline:
     """`StatementPipeline` of `sqlward.adapters.base`, over the gateway's `Gatekeeper` (its policy
     engine, estimator and masking policy). See the module doc for the order of the steps."""
 
-    def __init__(self, gatekeeper: Gatekeeper, approvals: ApprovalService | None = None) -> None:
+    def __init__(
+        self, gatekeeper: Gatekeeper, approvals: ApprovalService | None = None, *,
+        traceparent: Callable[[AuditScope], str | None] | None = None,
+    ) -> None:
         self._gk = gatekeeper
+        # The statement span's trace context for targets with trace_upstream (telemetry on).
+        self._traceparent = traceparent
         # None: no live approvals (a review is refused), as for `sqlward policy test`.
         self._approvals = approvals
         # PostgreSQL name resolution of requests that cannot move the path and need no
@@ -596,6 +602,11 @@ class Pipeline:
         )
         if verdict is None:
             verdict = Verdict(request_id=rid, decision=decision)
+        if (
+            self._traceparent is not None and target.trace_upstream and request.kind == "statement"
+            and not request.prepare and decision.action == "allow"
+        ):
+            verdict = msgspec.structs.replace(verdict, traceparent=self._traceparent(ctx.audit))
         if durable and not ctx.offline:
             try:
                 await ctx.audit.flush()

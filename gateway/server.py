@@ -27,6 +27,8 @@ from sqlward.adapters.mysql.listener import MysqlListener
 from sqlward.adapters.postgres.listener import PostgresListener
 from sqlward.audit.events import GatewayStarted, GatewayStopped
 from sqlward.audit.recorder import AuditUnavailable
+from sqlward.gateway.health import Readiness, upstreams
+from sqlward.gateway.telemetry import Telemetry, target_infos
 from sqlward.gateway.approvals.service import ApprovalService, Notifier
 from sqlward.gateway.approvals.store import open_store
 from sqlward.gateway.cli import sqlward_version
@@ -163,13 +165,20 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
     log.info("descriptor limit: %d (hard %s)", soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
     gatekeeper = Gatekeeper.from_config(config)
     approvals, notifier = approval_service(config, gatekeeper)
+    trail = gatekeeper.trail
+    telemetry = Telemetry(
+        config.telemetry, gateway=config.gateway.name, targets=target_infos(config), sinks=trail, version=sqlward_version(),
+    )
+    if telemetry.on:  # spans and metrics from the same events the trail records
+        gatekeeper.recorder.observers = (telemetry,)
+    traceparent = telemetry.traceparent if telemetry.on and any(t.trace_upstream for t in config.targets) else None
+    readiness = Readiness(upstreams=upstreams(config), sinks=trail)
     services = SessionServices(
-        gatekeeper=gatekeeper, pipeline=Pipeline(gatekeeper, approvals), recorder=gatekeeper.recorder,
+        gatekeeper=gatekeeper, pipeline=Pipeline(gatekeeper, approvals, traceparent=traceparent), recorder=gatekeeper.recorder,
         preauth=PreAuthLimiter(config.gateway.max_unauthenticated, config.gateway.max_unauthenticated_per_address),
     )
     # The audit sink is proven writable before anyone can connect (a path on a full disk,
     # /dev/full, a read-only mount: the gateway does not start).
-    trail = gatekeeper.trail
     try:
         if trail is not None:
             await trail.start()
@@ -204,7 +213,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
 
                 app = build_app(
                     approvals=approvals, authenticate=gatekeeper.approver_for_bearer, access=config.admin.access,
-                    version=sqlward_version(),
+                    version=sqlward_version(), health=readiness, metrics=telemetry.prometheus_text,
                 )
                 admin_port = await nursery.start(serve_admin, config.admin, app)
                 log.info("listening: admin API on %s (port %d)", config.admin.listen, admin_port)
@@ -215,6 +224,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
                         await _reload(gatekeeper, "SIGHUP")
                         continue
                     stopping = signal.Signals(signum).name
+                    readiness.set_draining()  # /readyz says no before anything stops
                     log.info("received %s, shutting down", stopping)
                     nursery.cancel_scope.cancel()
                     break
@@ -225,9 +235,10 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
             scope = gatekeeper.recorder.gateway_scope
             scope.add(GatewayStopped(reason=stopping))
             await scope.flush_quietly()
-        if trail is not None:  # a signed checkpoint over the end, then every sink closed
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if trail is not None:  # a signed checkpoint over the end, then every sink closed
                 await trail.aclose(timeout=config.audit.sync_timeout_seconds)
+            await telemetry.aclose(timeout=5.0)  # the last spans and metrics exported
         gatekeeper.close()
 
 

@@ -874,6 +874,8 @@ class MysqlSession(GovernedSession):
             return
         if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
             payload = payload[:1] + self._sql_comment + payload[1:]
+        if verdict.traceparent:  # sqlcommenter: the statement span, for the server's logs
+            payload = b"%s\n/*traceparent='%s'*/" % (payload, verdict.traceparent.encode())
         if self._masked:
             reads = reads_masked_values(verdict.mask, verdict.analysis)
             if (self._diag_hidden or reads) and reads_diagnostics(sql):
@@ -1031,6 +1033,24 @@ class MysqlSession(GovernedSession):
                 values.append(str(v).encode())
         return tuple(values), tuple(t.field_type * 256 + t.flags for t in execute.types)
 
+    def _run_parameters(self, payload: bytes, stmt_id: int) -> tuple[tuple[bytes | None, ...], tuple[int, ...]] | None:
+        """The values of a run (as text) for its audit record, or None when they cannot be
+        read here (no parameters; long data; types the server kept from an earlier run). The
+        run goes on either way: the server reads the packet, the record is best effort."""
+        count = self._param_counts.get(stmt_id, 0)
+        if not count or stmt_id in self._long_data:
+            return None
+        try:
+            execute = messages.decode_stmt_execute(payload, count, (), self.client_caps)
+        except Exception:
+            return None
+        if not execute.new_params_bound:
+            return None
+        return (
+            tuple(None if v is None else v if isinstance(v, bytes) else str(v).encode() for v in execute.values),
+            tuple(t.field_type * 256 + t.flags for t in execute.types),
+        )
+
     async def _drop_long_data(self, stmt_id: int) -> None:
         """Clear the long data the client sent for `stmt_id` (COM_STMT_RESET of the gateway's own)."""
         if stmt_id in self._long_data:
@@ -1056,7 +1076,12 @@ class MysqlSession(GovernedSession):
                 parameters=values, formats=types,
             ))
         else:
-            verdict = await self._judge(StatementRequest(sql="", dialect="mysql", kind="execute", statement_name=name))
+            values_types = self._run_parameters(payload, stmt_id)
+            verdict = await self._judge(StatementRequest(
+                sql="", dialect="mysql", kind="execute", statement_name=name,
+                parameters=values_types[0] if values_types is not None else None,
+                formats=values_types[1] if values_types is not None else (),
+            ))
         if not verdict.allowed:
             await self._answer(verdict.decision)
             return False

@@ -689,8 +689,12 @@ class ClientSide:
                     m = _NAMED_STATEMENT.match(st.decode_sql(bytes(self._buf[pos + 5 : end - 1])))
                     if m is not None:
                         query.deallocates = [m.group(1).replace('""', '"').encode() if m.group(1) is not None else m.group(2).lower().encode()]
-                if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
-                    body = self._sql_comment + bytes(self._buf[pos + 5 : end])
+                if self._sql_comment or verdict.traceparent:
+                    body = bytes(self._buf[pos + 5 : end])
+                    if verdict.traceparent:  # sqlcommenter: the statement span, for the server's logs
+                        body = b"%s\n/*traceparent='%s'*/\0" % (body[:-1], verdict.traceparent.encode())
+                    if self._sql_comment:  # sqlcommenter-style: who, for the server's logs
+                        body = self._sql_comment + body
                     self._replace(pos, end, _pack_header(_Q, len(body) + 4) + body)
             else:
                 marker = self._inject(verdict)
