@@ -10,7 +10,8 @@ so every record names its predecessor; the first record of a chain names 64 zero
 hash of the file it continues (a rotated file chains to the one before it). `Chain.checkpoint()`
 makes a record of its own, `audit.checkpoint`, holding the sequence number and hash of the last
 record, signed with the gateway's private key (Ed25519 by default; ECDSA P-256 for FIPS-bound
-deployments), so a verifier needs only the public key.
+deployments), so a verifier needs only the public key. A checkpoint names its key (`key_id`, from
+the public key) so a trail that spans a key rotation verifies with the old and new public keys.
 
 `verify(lines, public_key)` walks a trail and returns a `Report`: the number of records and
 checkpoints, and the first problem with its line number and why:
@@ -31,15 +32,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-__all__ = ["GENESIS", "Chain", "Report", "verify"]
+__all__ = ["GENESIS", "Chain", "Report", "key_id", "verify"]
 
 GENESIS = "0" * 64
 VERSION = 1
@@ -58,6 +60,13 @@ def _algorithm(key: PrivateKey | PublicKey) -> Algorithm:
     raise ValueError("audit signing keys are Ed25519 or ECDSA P-256")
 
 
+def key_id(public_key: PublicKey) -> str:
+    """A public key's id in checkpoints: the first 16 hex digits of the SHA-256 of its DER
+    SubjectPublicKeyInfo (`sqlward audit verify` picks the key by it after a key rotation)."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
 def _signed_bytes(gateway: str, seq: int, digest: str) -> bytes:
     """What a checkpoint's signature covers (length-prefixed by the encoding: no ambiguity)."""
     return msgspec.msgpack.encode(["sqlward-audit-checkpoint-1", gateway, seq, digest])
@@ -66,7 +75,7 @@ def _signed_bytes(gateway: str, seq: int, digest: str) -> bytes:
 class Chain:
     """One gateway's chain (module doc). Not thread-safe: the sink's single writer owns it."""
 
-    __slots__ = ("gateway", "seq", "prev", "_key", "_alg")
+    __slots__ = ("gateway", "seq", "prev", "_key", "_alg", "_key_id")
 
     def __init__(self, gateway: str, *, key: PrivateKey | None = None, seq: int = 0, prev: str = GENESIS) -> None:
         self.gateway = gateway
@@ -74,6 +83,7 @@ class Chain:
         self.prev = prev
         self._key = key
         self._alg = _algorithm(key) if key is not None else None
+        self._key_id: str | None = None
 
     def link(self, line: bytes) -> bytes:
         """`line` (a JSON object and a newline) with the chain keys added; advances the chain."""
@@ -84,7 +94,7 @@ class Chain:
         self.prev = hashlib.sha256(linked).hexdigest()
         return linked
 
-    def checkpoint(self) -> bytes:
+    def checkpoint(self, now: float | None = None) -> bytes:
         """A signed `audit.checkpoint` line over the chain as it is (itself linked into it)."""
         if self._key is None or self._alg is None:
             raise ValueError("no signing key: checkpoints need [audit] signing_key_file")
@@ -93,9 +103,12 @@ class Chain:
             signature = self._key.sign(data)
         else:
             signature = self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+        if self._key_id is None:
+            self._key_id = key_id(self._key.public_key())
         body = msgspec.json.encode({
+            "time": time.time() if now is None else now,
             "event": "audit.checkpoint", "gateway": self.gateway, "covers_seq": self.seq, "covers_hash": self.prev,
-            "alg": self._alg, "signature": base64.b64encode(signature).decode("ascii"),
+            "alg": self._alg, "key_id": self._key_id, "signature": base64.b64encode(signature).decode("ascii"),
         })
         return self.link(body + b"\n")
 
@@ -123,9 +136,14 @@ def _verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> b
     return True
 
 
-def verify(lines: Iterable[bytes], public_key: PublicKey, *, prev: str = GENESIS, seq: int = 0) -> Report:
+def verify(
+    lines: Iterable[bytes], public_key: PublicKey | Sequence[PublicKey], *, prev: str = GENESIS, seq: int = 0,
+) -> Report:
     """Verify a trail's lines (module doc); `prev` / `seq`: where the chain stood before them
-    (a window cut from a longer trail starts at its first record's `prev` and `seq` - 1)."""
+    (a window cut from a longer trail starts at its first record's `prev` and `seq` - 1).
+    Several public keys: a trail that spans a key rotation (each checkpoint names its key)."""
+    keys = [public_key] if not isinstance(public_key, Sequence) else list(public_key)
+    by_id = {key_id(k): k for k in keys}
     records = checkpoints = 0
     last_cp: int | None = None
     tail = 0
@@ -163,8 +181,12 @@ def verify(lines: Iterable[bytes], public_key: PublicKey, *, prev: str = GENESIS
                 return broken("a malformed checkpoint")
             if record["covers_seq"] != expected_seq - 1 or record["covers_hash"] != chain.get("prev"):
                 return broken("a checkpoint that does not cover the record before it")
-            if record.get("alg") != _algorithm(public_key) or not _verify_signature(public_key, signature, data):
-                return broken("a checkpoint whose signature does not verify with this public key (a forgery, or another key)")
+            named = record.get("key_id")
+            candidates = [by_id[named]] if isinstance(named, str) and named in by_id else keys
+            if not any(
+                record.get("alg") == _algorithm(k) and _verify_signature(k, signature, data) for k in candidates
+            ):
+                return broken("a checkpoint whose signature does not verify with the public key(s) given (a forgery, or another key)")
             checkpoints += 1
             last_cp = record["covers_seq"]
             tail = 0

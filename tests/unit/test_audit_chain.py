@@ -5,12 +5,13 @@ wired into the writer)."""
 from __future__ import annotations
 
 import json
+import msgspec
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import given, settings, strategies as st
 
-from sqlward.audit.chain import GENESIS, Chain, verify
+from sqlward.audit.chain import GENESIS, Chain, key_id, verify
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 
@@ -21,7 +22,7 @@ def trail(n: int = 6, *, key: object = KEY, every: int = 3) -> list[bytes]:
     for i in range(1, n + 1):
         out.append(chain.link(b'{"event":"statement.decided","request_id":%d,"sql":"SELECT %d"}\n' % (i, i)))
         if i % every == 0:
-            out.append(chain.checkpoint())
+            out.append(chain.checkpoint(now=1765000000.0))
     return out
 
 
@@ -111,3 +112,16 @@ def test_sqlward_audit_verify(tmp_path, capsys) -> None:  # type: ignore[no-unty
     assert "BROKEN at line 6" in capsys.readouterr().out
     assert cli.main(["audit", "verify", str(good), "--public-key", str(good)]) == 2
     assert "cannot use" in capsys.readouterr().err
+
+
+def test_a_trail_across_a_key_rotation_verifies_with_both_public_keys() -> None:
+    old, new = ed25519.Ed25519PrivateKey.generate(), ec.generate_private_key(ec.SECP256R1())
+    first = Chain("gw", key=old)
+    lines = [first.link(b'{"event":"x","n":%d}\n' % n) for n in range(3)] + [first.checkpoint()]
+    second = Chain("gw", key=new, seq=first.seq, prev=first.prev)  # restarted with the new key
+    lines += [second.link(b'{"event":"x","n":%d}\n' % n) for n in range(3, 6)] + [second.checkpoint()]
+    assert verify(lines, [old.public_key(), new.public_key()]).ok
+    assert verify(lines, [new.public_key(), old.public_key()]).ok
+    only_old = verify(lines, old.public_key())
+    assert not only_old.ok and only_old.line == 8
+    assert msgspec.json.decode(lines[3])["key_id"] == key_id(old.public_key())
