@@ -30,7 +30,7 @@ import datetime
 import sys
 from collections.abc import Sequence
 
-from sqlward.gateway.config import Config, ConfigError, load_config
+from sqlward.gateway.config import Config, ConfigError, audit_sinks, load_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -138,7 +138,22 @@ def _summary(file: str, config: Config) -> str:
         + (f", {len(config.masks)} masks" if config.masks else "")
         + ")"
         + _admin_summary(config)
+        + _audit_summary(config)
     )
+
+
+def _audit_summary(config: Config) -> str:
+    """Where the audit trail goes and how durably (a sink's DSN is not shown: it may carry a
+    password), and where telemetry goes."""
+    audit = config.audit
+    sinks = []
+    for sink in audit_sinks(audit):
+        where = {"file": sink.path, "postgres": f"table {sink.table}", "stdout": "", "otlp": sink.endpoint}[sink.kind]
+        sinks.append(f"{sink.kind}{' ' + where if where else ''}{'' if sink.required else ' (optional)'}")
+    text = f"; audit {audit.durability}, fail {audit.failure}: " + ", ".join(sinks)
+    if config.telemetry.endpoint:
+        text += f"; telemetry to {config.telemetry.endpoint}"
+    return text
 
 
 def _admin_summary(config: Config) -> str:

@@ -379,7 +379,8 @@ def test_cli_check_config_ok(capsys: pytest.CaptureFixture[str], monkeypatch: py
     monkeypatch.setenv("SQLWARD_ANALYST_SECRET", "y")
     assert cli.main(["check-config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
-    assert out == f"{EXAMPLE}: ok (2 listeners, 4 targets, 3 identities, 2 rules, 1 masks)\n"
+    audit = EXAMPLE.parent / "audit.jsonl"
+    assert out == f"{EXAMPLE}: ok (2 listeners, 4 targets, 3 identities, 2 rules, 1 masks); audit sync, fail closed: file {audit}\n"
 
 
 def test_cli_check_config_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
