@@ -266,8 +266,9 @@ def _table_name(text: str) -> tuple[str, ...]:
 def _redacted(uri: str) -> str:
     try:
         info = psycopg.conninfo.conninfo_to_dict(uri)
-    except psycopg.Error as exc:
-        raise SourceError(f"not a PostgreSQL URI: {_first_line(exc)}") from None
+    except psycopg.Error as exc:  # its text may quote the URI, password and all: not repeated
+        reason = _first_line(exc).replace(uri, "the URI")
+        raise SourceError(f"not a PostgreSQL URI (postgresql://USER@HOST:PORT/DBNAME?...): {reason}") from None
     host = str(info.get("host", ""))
     port = f":{info['port']}" if info.get("port") else ""
     user = f"{info['user']}@" if info.get("user") else ""

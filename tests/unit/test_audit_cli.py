@@ -268,6 +268,7 @@ def test_search_of_standard_input(tmp_path) -> None:
     ["search", "{dir}/audit.jsonl", "--since", "yesterday-ish"],
     ["export", "{dir}/audit.jsonl", "--since", "-1h", "--until", "2026-13-45"],
     ["search", "postgresql://u@127.0.0.1:notaport/db"],
+    ["search", "postgresql://u:pw@[::1/db"],
     ["search", "postgresql://127.0.0.1:1/db"],
     ["search", "postgresql://127.0.0.1/db", "--table", "a.b.c"],
     ["search", "{dir}/audit.jsonl", "--limit", "-1"],
@@ -276,7 +277,7 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path, key_file, capsys, argv: 
     (tmp_path / "audit.jsonl").write_bytes(b"".join(trail(4)))
     code, out, err = run(capsys, *(a.format(dir=tmp_path, key=key_file) for a in argv))
     assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("sqlward audit "), err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and ":pw@" not in err
 
 
 def test_times() -> None:
