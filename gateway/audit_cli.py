@@ -31,6 +31,7 @@ import argparse
 import os
 import re
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
@@ -68,7 +69,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "its files, a PostgreSQL table per gateway.",
     )
     source(check)
-    check.add_argument("--public-key", required=True, metavar="FILE", help="PEM public key (Ed25519 or ECDSA P-256)")
+    check.add_argument("--public-key", required=True, action="append", metavar="FILE",
+                       help="PEM public key (Ed25519 or ECDSA P-256); repeat for a trail that spans a key rotation")
     check.add_argument("--window", action="store_true",
                        help="a window cut from a longer trail (an export): start where its first record's chain link says")
     check.add_argument("--from-seq", type=int, default=None, metavar="N", help="a window: the chain sequence of its first record")
@@ -170,11 +172,13 @@ class _Tracker:
 def _verify(args: argparse.Namespace) -> int:
     if args.window and (args.from_seq is not None or args.prev is not None):
         raise SourceError("--window takes the start from the first record: not with --from-seq / --prev")
-    try:
-        key = _public_key(args.public_key)
-    except (OSError, ValueError) as exc:
-        print(f"sqlward audit verify: cannot use {args.public_key} as a public key: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    keys: list[PublicKey] = []
+    for path in args.public_key:
+        try:
+            keys.append(_public_key(path))
+        except (OSError, ValueError) as exc:
+            print(f"sqlward audit verify: cannot use {path} as a public key: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     source = reading.open_source(args.source, table=args.table)
     table = isinstance(source, reading.Table)
     status = EXIT_OK
@@ -200,7 +204,7 @@ def _verify(args: argparse.Namespace) -> int:
                 lines = _prepend(first, lines)
             window = f"a window from seq {seq + 1} (records before it are not covered), "
         tracker = _Tracker(lines)
-        report = verify(tracker, key, prev=prev, seq=seq)
+        report = verify(tracker, keys, prev=prev, seq=seq)
         if not report.ok:
             status = EXIT_BROKEN
             print(_broken(name, report, tracker, table, hint=not args.window and args.from_seq is None))
@@ -368,7 +372,13 @@ def _row(line: Line) -> tuple[str, ...]:
     decision = " ".join(x for x in (r.action or r.verdict, r.rule_id or ",".join(r.rules)) if x)
     if r.event == CHECKPOINT and r.covers_seq is not None:
         decision = f"signs seq {r.covers_seq}"
-    return tuple(_show(x) for x in (r.time_text, r.gateway, r.event, who, r.target, decision, r.sql))
+    when = r.time_text or (_time_text(r.time) if r.time is not None else "")
+    return tuple(_show(x) for x in (when, r.gateway, r.event, who, r.target, decision, r.sql))
+
+
+def _time_text(seconds: float) -> str:
+    """RFC 3339 UTC with milliseconds, as the envelope's time_text (checkpoints carry only time)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
 
 
 def _show(text: str) -> str:

@@ -55,13 +55,13 @@ def record(i: int, t: float, gateway: str = "gw-1") -> bytes:
 
 
 def trail(n: int, *, every: int = 4, chain: Chain | None = None, start: int = 0, gateway: str = "gw-1") -> list[bytes]:
-    """n linked records (times T0 + 60 s * i), a checkpoint after every `every`-th."""
+    """n linked records (times T0 + 60 s * i), a checkpoint after every `every`-th (at once)."""
     chain = chain or Chain(gateway, key=KEY)
     out = []
     for i in range(start, start + n):
         out.append(chain.link(record(i, T0 + 60 * i, gateway)))
         if (i + 1) % every == 0:
-            out.append(chain.checkpoint())
+            out.append(chain.checkpoint(now=T0 + 60 * i + 0.5))
     return out
 
 
@@ -81,8 +81,8 @@ def rotated(directory: Path, sizes: tuple[int, ...] = (8, 8, 6)) -> list[Path]:
     start = 0
     for path, size in zip(paths, sizes):
         lines = trail(size, chain=chain, start=start)
-        if path.name != "audit.jsonl" and not lines[-1].startswith(b'{"event":"audit.checkpoint"'):
-            lines.append(chain.checkpoint())
+        if path.name != "audit.jsonl" and json.loads(lines[-1])["event"] != "audit.checkpoint":
+            lines.append(chain.checkpoint(now=T0 + 60 * (start + size - 1) + 0.5))
         path.write_bytes(b"".join(lines))
         start += size
     return paths
@@ -167,7 +167,7 @@ def test_an_exported_window_ends_on_a_checkpoint_and_verifies_on_its_own(tmp_pat
     lines = out.encode().splitlines(keepends=True)
     records = [json.loads(x) for x in lines]
     assert records[0]["time"] == T0 + 60 * 5 and records[-1]["event"] == "audit.checkpoint"
-    timed = [r["time"] for r in records if "time" in r]
+    timed = [r["time"] for r in records if r["event"] != "audit.checkpoint"]
     assert timed[-1] == T0 + 60 * 15 and T0 + 60 * 13 in timed  # on to the checkpoint after record 15
     window = tmp_path / "window.jsonl"
     window.write_bytes(b"".join(lines))
@@ -225,7 +225,7 @@ def test_search_filters(tmp_path, capsys, flags: list[str], expected: list[int])
     code, out, _ = run(capsys, "search", str(path), *flags)
     assert code == 0
     assert [json.loads(x)["seq"] for x in out.splitlines() if '"audit.checkpoint"' not in x] == expected
-    if flags:  # a filter or a limit leaves out the checkpoints (they have no time, no who, no event of these)
+    if flags and flags[0] not in ("--since", "--until"):  # checkpoints have no who, target, ...
         assert '"audit.checkpoint"' not in out
 
 
@@ -318,7 +318,7 @@ def test_tail_follows_appends_and_a_rotation_until_interrupted(tmp_path) -> None
             f.write(b"".join(trail(4, chain=chain, start=4, every=100)))  # records 4..7: 5, 6, 7 are decided
         assert _read_records(proc, 2) == [6, 7]
         with open(live, "ab") as f:  # the writer adds to the old file, then rotates
-            f.write(chain.link(record(8, T0 + 480)) + chain.checkpoint())
+            f.write(chain.link(record(8, T0 + 480)) + chain.checkpoint(now=T0 + 480.5))
         os.rename(live, tmp_path / "audit.jsonl.20261130T090000Z")
         live.write_bytes(b"".join(trail(5, chain=chain, start=10, every=100)))
         assert _read_records(proc, 4) == [8, 11, 12, 13]  # the old file drained, the new one read
@@ -339,3 +339,19 @@ def _read_records(proc: subprocess.Popen[bytes], n: int) -> list[int]:
         assert line, "tail -f ended"
         out.append(json.loads(line)["seq"])
     return out
+
+
+def test_a_set_that_spans_a_key_rotation_verifies_with_both_public_keys(tmp_path, key_file, capsys) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = Chain("gw-1", key=KEY)
+    (logs / "audit.jsonl.20261130T080000Z").write_bytes(b"".join(trail(8, chain=old)))
+    new_key = ed25519.Ed25519PrivateKey.generate()
+    new = Chain("gw-1", key=new_key, seq=old.seq, prev=old.prev)  # the gateway restarted with a new key
+    (logs / "audit.jsonl").write_bytes(b"".join(trail(4, chain=new, start=8)))
+    new_file = tmp_path / "new.pub"
+    new_file.write_bytes(new_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    code, out, _ = run(capsys, "verify", str(logs), "--public-key", str(key_file), "--public-key", str(new_file))
+    assert code == 0 and "ok, 15 records, 3 signed checkpoints" in out
+    code, out, _ = run(capsys, "verify", str(logs), "--public-key", str(key_file))
+    assert code == 1 and f"{logs / 'audit.jsonl'}: BROKEN at line 5: a checkpoint whose signature" in out
