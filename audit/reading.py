@@ -9,7 +9,8 @@ How it works. `open_source(text)` turns a SOURCE argument into one of:
   dot (``audit.jsonl.20261207T101500Z``, ``...Z.1``); siblings come first in name order (their
   names sort in time order), the named file last. A path naming a rotated file itself (it is a
   sibling of another file there) is read alone. A directory holds one set per file that is not
-  a sibling of another (hidden files and subdirectories are skipped);
+  a sibling of another (hidden files, subdirectories and files that do not start with a JSON
+  object are skipped);
 - `Table` (`postgresql://...` or `postgres://...`): the PostgreSQL sink's table (default
   ``sqlward_audit``: gateway, seq, time, event, line; PRIMARY KEY (gateway, seq)), one chain per
   gateway. Rows are read through server-side cursors per gateway in `seq` order (the primary
@@ -290,6 +291,7 @@ def _file_sets_of_directory(directory: Path) -> tuple[FileSet, ...]:
         names = sorted(e.name for e in os.scandir(directory) if e.is_file() and not e.name.startswith("."))
     except OSError as exc:
         raise SourceError(f"cannot read {directory}: {exc.strerror or exc}") from None
+    names = [n for n in names if _json_lines(directory / n)]
     lives = [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
     sets = []
     for live in lives:
@@ -298,6 +300,17 @@ def _file_sets_of_directory(directory: Path) -> tuple[FileSet, ...]:
     if not sets:
         raise SourceError(f"{directory}: no audit files in this directory")
     return tuple(sets)
+
+
+def _json_lines(path: Path) -> bool:
+    """Whether a file of a directory looks like a trail: empty (a live file just rotated) or
+    starting with a JSON object (keys, READMEs and the like beside the files are skipped)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256).lstrip()
+    except OSError:
+        return True  # reading it will say why
+    return not head or head.startswith(b"{")
 
 
 def open_source(text: str, *, table: str = DEFAULT_TABLE) -> Source:

@@ -100,6 +100,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_a_rotated_set_verifies_as_one_chain_from_its_live_file_or_its_directory(tmp_path, key_file, capsys) -> None:
     paths = rotated(tmp_path / "logs")
     (tmp_path / "logs" / ".hidden").write_text("not audit")
+    (tmp_path / "logs" / "audit.pub").write_bytes(key_file.read_bytes())
     for source in (paths[-1], tmp_path / "logs"):
         code, out, err = run(capsys, "verify", str(source), "--public-key", str(key_file))
         assert code == 0, (out, err)
