@@ -257,6 +257,9 @@ class Table(msgspec.Struct, frozen=True):
 Source = Stdin | Files | Table
 
 
+_ROTATED = re.compile(r"(.+)\.\d{8}T\d{6}Z(?:\.\d+)?")
+
+
 def _table_name(text: str) -> tuple[str, ...]:
     parts = tuple(text.split("."))
     if not 1 <= len(parts) <= 2 or not all(parts):
@@ -287,16 +290,23 @@ def _siblings(path: Path, names: Iterable[str]) -> list[Path]:
 
 
 def _file_sets_of_directory(directory: Path) -> tuple[FileSet, ...]:
+    """One set per live file; rotated files whose live file is gone (the gateway stopped and it
+    was moved) are grouped by the name the rotation gave them (``<live>.<UTC time>[.n]``)."""
     try:
         names = sorted(e.name for e in os.scandir(directory) if e.is_file() and not e.name.startswith("."))
     except OSError as exc:
         raise SourceError(f"cannot read {directory}: {exc.strerror or exc}") from None
     names = [n for n in names if _json_lines(directory / n)]
-    lives = [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        owner = next((o for o in names if n.startswith(o + ".")), None)  # sorted: the shortest
+        if owner is None and (m := _ROTATED.fullmatch(n)):
+            owner = m[1]
+        groups.setdefault(owner or n, []).append(n)
     sets = []
-    for live in lives:
-        path = directory / live
-        sets.append(FileSet(path, (*_siblings(path, names), path)))
+    for live, members in groups.items():
+        rotated = sorted(directory / n for n in members if n != live)
+        sets.append(FileSet(directory / live, (*rotated, *([directory / live] if live in members else []))))
     if not sets:
         raise SourceError(f"{directory}: no audit files in this directory")
     return tuple(sets)
@@ -323,16 +333,21 @@ def open_source(text: str, *, table: str = DEFAULT_TABLE) -> Source:
     if path.is_dir():
         return Files(text, _file_sets_of_directory(path))
     try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise SourceError(f"cannot read {text}: {exc.strerror or exc}") from None
-    try:
         names = [e.name for e in os.scandir(path.parent) if e.is_file()]
     except OSError:
-        names = [path.name]
+        names = []
+    siblings = _siblings(path, names)
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        if siblings:  # the live file is gone (moved after the gateway stopped): its rotated files
+            return Files(text, (FileSet(path, tuple(siblings)),))
+        raise SourceError(f"cannot read {text}: no such file") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read {text}: {exc.strerror or exc}") from None
     rotated = any(path.name.startswith(n + ".") for n in names if n != path.name)
-    files = (path,) if rotated else (*_siblings(path, names), path)
+    files = (path,) if rotated else (*siblings, path)
     return Files(text, (FileSet(path, files),))
 
 
@@ -605,7 +620,8 @@ def _tail_files(source: Files, flt: Filter, n: int, follow: bool, poll: float) -
     try:
         earlier = []
         for fs, live in zip(source.sets, followers):
-            rotated = _file_lines(fs.files[:-1], str(fs.live), decoded=True)
+            older = tuple(f for f in fs.files if f != fs.live) if n > 0 else ()  # -n 0: only what comes
+            rotated = _file_lines(older, str(fs.live), decoded=True)
             earlier.append(_last(_matching(itertools.chain(rotated, live.lines()), flt), n))
         yield from _last(heapq.merge(*earlier, key=_key), n)
         while follow:

@@ -356,3 +356,12 @@ def test_a_set_that_spans_a_key_rotation_verifies_with_both_public_keys(tmp_path
     assert code == 0 and "ok, 15 records, 3 signed checkpoints" in out
     code, out, _ = run(capsys, "verify", str(logs), "--public-key", str(key_file))
     assert code == 1 and f"{logs / 'audit.jsonl'}: BROKEN at line 5: a checkpoint whose signature" in out
+
+
+def test_rotated_files_whose_live_file_is_gone_still_form_one_chain(tmp_path, key_file, capsys) -> None:
+    logs = tmp_path / "logs"
+    paths = rotated(logs)
+    paths[-1].rename(tmp_path / "elsewhere.jsonl")
+    for source in (logs, paths[-1]):
+        code, out, _ = run(capsys, "verify", str(source), "--public-key", str(key_file))
+        assert code == 0 and "ok, 20 records, 4 signed checkpoints" in out and "(2 files: " in out, out
