@@ -60,7 +60,8 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 __all__ = [
-    "DEFAULT_TABLE", "Chain", "Files", "Filter", "Line", "Record", "SourceError", "Stdin", "Table",
+    "CHECKPOINT", "DEFAULT_TABLE", "ChainLines", "FileSet", "Files", "Filter", "Line", "Record", "Source",
+    "SourceError", "Stdin", "Table",
     "chains", "decode", "gateways", "open_source", "parse_time", "search", "tail",
 ]
 
@@ -220,7 +221,7 @@ class Line(msgspec.Struct, frozen=True, kw_only=True):
     record: Record | None = None
 
 
-class Chain(msgspec.Struct, frozen=True, kw_only=True):
+class ChainLines(msgspec.Struct, frozen=True, kw_only=True):
     """One chain of a source: `name` is the gateway (a table) or the live file (a file set)."""
 
     name: str
@@ -469,25 +470,25 @@ def _max_seq(conn: psycopg.Connection[TupleRow], source: Table, gateway: str) ->
 # Readers
 
 
-def chains(source: Source, *, gateway: str | None = None, since: float | None = None) -> Iterator[Chain]:
+def chains(source: Source, *, gateway: str | None = None, since: float | None = None) -> Iterator[ChainLines]:
     """Each chain of `source` (module doc); `gateway`: only that one. With `since`, each chain
     starts at its first record at or after `since` (lines are then decoded: `Line.record`)."""
     decoded = since is not None
     if isinstance(source, Stdin):
         lines = _stream_lines(sys.stdin.buffer, "-", "-", decoded=decoded)
-        yield Chain(name="-", gateway="-", lines=_from(lines, since))
+        yield ChainLines(name="-", gateway="-", lines=_from(lines, since))
         return
     if isinstance(source, Files):
         for fs in source.sets:
             name = _gateway_of(fs.files, str(fs.live))
             if gateway is not None and name != gateway:
                 continue
-            yield Chain(name=str(fs.live), gateway=name, lines=_from(_file_lines(fs.files, name, decoded=decoded), since))
+            yield ChainLines(name=str(fs.live), gateway=name, lines=_from(_file_lines(fs.files, name, decoded=decoded), since))
         return
     conn = _connect(source)
     with conn, _pg_errors(source):
         for name in _gateways(conn, source, gateway):
-            yield Chain(name=name, gateway=name, lines=_rows(conn, source, name, start_at=since, decoded=decoded))
+            yield ChainLines(name=name, gateway=name, lines=_rows(conn, source, name, start_at=since, decoded=decoded))
 
 
 def _from(lines: Iterator[Line], since: float | None) -> Iterator[Line]:
