@@ -5,12 +5,12 @@ How it works. `open_source(text)` turns a SOURCE argument into one of:
 
 - `Stdin` (`-`): one chain, read once;
 - `Files`: one or more *file sets*, each one gateway's chain. A path to a file is that file with
-  its rotated siblings: files in the same directory whose names start with the file's name and a
-  dot (``audit.jsonl.20261207T101500Z``, ``...Z.1``); siblings come first in name order (their
-  names sort in time order), the named file last. A path naming a rotated file itself (it is a
-  sibling of another file there) is read alone. A directory holds one set per file that is not
-  a sibling of another (hidden files, subdirectories and files that do not start with a JSON
-  object are skipped);
+  its rotated siblings, named as the file sink rotates (``<name>.<UTC time>[.n]``:
+  ``audit.jsonl.20261207T101500Z``, ``...Z.1``); siblings come first in name order (their names
+  sort in time order), the named file last (when it is gone, the siblings alone). A path naming
+  a rotated file is read alone. A directory holds one set per live file name, with or without
+  the live file (hidden files, subdirectories and files that do not start with a JSON object are
+  skipped);
 - `Table` (`postgresql://...` or `postgres://...`): the PostgreSQL sink's table (default
   ``sqlward_audit``: gateway, seq, time, event, line; PRIMARY KEY (gateway, seq)), one chain per
   gateway. Rows are read through server-side cursors per gateway in `seq` order (the primary
@@ -285,14 +285,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _live_name(name: str) -> str | None:
+    """The live file a rotated file's name comes from (``audit.jsonl.20261207T093000Z.1`` ->
+    ``audit.jsonl``, the names audit/sinks/file.py gives), or None for another name."""
+    m = _ROTATED.fullmatch(name)
+    return m[1] if m else None
+
+
 def _siblings(path: Path, names: Iterable[str]) -> list[Path]:
-    prefix = path.name + "."
-    return sorted(path.parent / n for n in names if n.startswith(prefix) and not n.startswith("."))
+    """`path`'s rotated files among `names`, oldest first (the names sort in writing order)."""
+    return sorted(path.parent / n for n in names if _live_name(n) == path.name)
 
 
 def _file_sets_of_directory(directory: Path) -> tuple[FileSet, ...]:
-    """One set per live file; rotated files whose live file is gone (the gateway stopped and it
-    was moved) are grouped by the name the rotation gave them (``<live>.<UTC time>[.n]``)."""
+    """One set per live file name (rotated files are grouped by it, whether the live file is
+    still there or not)."""
     try:
         names = sorted(e.name for e in os.scandir(directory) if e.is_file() and not e.name.startswith("."))
     except OSError as exc:
@@ -300,10 +307,7 @@ def _file_sets_of_directory(directory: Path) -> tuple[FileSet, ...]:
     names = [n for n in names if _json_lines(directory / n)]
     groups: dict[str, list[str]] = {}
     for n in names:
-        owner = next((o for o in names if n.startswith(o + ".")), None)  # sorted: the shortest
-        if owner is None and (m := _ROTATED.fullmatch(n)):
-            owner = m[1]
-        groups.setdefault(owner or n, []).append(n)
+        groups.setdefault(_live_name(n) or n, []).append(n)
     sets = []
     for live, members in groups.items():
         rotated = sorted(directory / n for n in members if n != live)
@@ -347,8 +351,7 @@ def open_source(text: str, *, table: str = DEFAULT_TABLE) -> Source:
         raise SourceError(f"cannot read {text}: no such file") from None
     except OSError as exc:
         raise SourceError(f"cannot read {text}: {exc.strerror or exc}") from None
-    rotated = any(path.name.startswith(n + ".") for n in names if n != path.name)
-    files = (path,) if rotated else (*siblings, path)
+    files = (path,) if _live_name(path.name) is not None else (*siblings, path)
     return Files(text, (FileSet(path, files),))
 
 

@@ -365,3 +365,12 @@ def test_rotated_files_whose_live_file_is_gone_still_form_one_chain(tmp_path, ke
     for source in (logs, paths[-1]):
         code, out, _ = run(capsys, "verify", str(source), "--public-key", str(key_file))
         assert code == 0 and "ok, 20 records, 4 signed checkpoints" in out and "(2 files: " in out, out
+
+
+def test_files_beside_the_set_that_are_not_rotated_files_of_it_are_left_alone(tmp_path, key_file, capsys) -> None:
+    paths = rotated(tmp_path / "logs")
+    (tmp_path / "logs" / "audit.jsonl.bak").write_bytes(paths[0].read_bytes())  # a copy: its own chain
+    code, out, _ = run(capsys, "verify", str(paths[-1]), "--public-key", str(key_file))
+    assert code == 0 and "(3 files: " in out and ".bak" not in out
+    code, out, _ = run(capsys, "verify", str(tmp_path / "logs"), "--public-key", str(key_file))
+    assert code == 0 and len(out.splitlines()) == 2 and "audit.jsonl.bak: ok, 10 records" in out
