@@ -455,12 +455,16 @@ class Telemetry:
         session.base = base
 
     def _connection_refused(self, scope: AuditScope, event: ConnectionRefused) -> None:
+        """A refused connection: the end of its lifecycle (no connection.closed follows), so
+        its session span ends here and it no longer counts as active."""
         self._refused["refused"] = self._refused.get("refused", 0) + 1
-        session = self._sessions.get(scope.connection_id) if scope.connection_id else None
+        session = self._sessions.pop(scope.connection_id, None) if scope.connection_id else None
         if session is not None:
+            self._active -= 1
             session.attrs["sqlward.refused"] = event.reason
             if event.target:
                 session.attrs["sqlward.target"] = event.target
+            self._end_session(session, {})
 
     def _throttled(self, scope: AuditScope, event: LoginThrottled) -> None:
         if event.refused:
