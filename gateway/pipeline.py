@@ -604,8 +604,8 @@ class Pipeline:
             verdict = Verdict(request_id=rid, decision=decision)
         if (
             self._traceparent is not None and target.trace_upstream and request.kind == "statement"
-            and not request.prepare and decision.action == "allow"
-        ):
+            and not request.prepare and decision.action == "allow" and traceparent is None
+        ):  # (a statement with the client's own traceparent keeps it: one context in the logs)
             verdict = msgspec.structs.replace(verdict, traceparent=self._traceparent(ctx.audit))
         if durable and not ctx.offline:
             try:
