@@ -67,9 +67,19 @@ def key_id(public_key: PublicKey) -> str:
     return hashlib.sha256(der).hexdigest()[:16]
 
 
-def _signed_bytes(gateway: str, seq: int, digest: str) -> bytes:
-    """What a checkpoint's signature covers (length-prefixed by the encoding: no ambiguity)."""
-    return msgspec.msgpack.encode(["sqlward-audit-checkpoint-1", gateway, seq, digest])
+def _signed_bytes(gateway: str, seq: int, digest: str, when: float, alg: str, kid: str) -> bytes:
+    """What a checkpoint's signature covers: every field of the checkpoint but the signature
+    itself (length-prefixed by the encoding: no ambiguity). Its chain link is checked against
+    `seq` / `digest`, and its line must be exactly as `_checkpoint_body` writes it, so no byte
+    of a checkpoint can change unseen, the last line of a trail included."""
+    return msgspec.msgpack.encode(["sqlward-audit-checkpoint-2", gateway, seq, digest, when, alg, kid])
+
+
+def _checkpoint_body(gateway: str, seq: int, digest: str, when: float, alg: str, kid: str, signature: str) -> bytes:
+    return msgspec.json.encode({
+        "time": when, "event": "audit.checkpoint", "gateway": gateway, "covers_seq": seq, "covers_hash": digest,
+        "alg": alg, "key_id": kid, "signature": signature,
+    }) + b"\n"
 
 
 class Chain:
@@ -98,19 +108,18 @@ class Chain:
         """A signed `audit.checkpoint` line over the chain as it is (itself linked into it)."""
         if self._key is None or self._alg is None:
             raise ValueError("no signing key: checkpoints need [audit] signing_key_file")
-        data = _signed_bytes(self.gateway, self.seq, self.prev)
+        if self._key_id is None:
+            self._key_id = key_id(self._key.public_key())
+        when = time.time() if now is None else now
+        data = _signed_bytes(self.gateway, self.seq, self.prev, when, self._alg, self._key_id)
         if isinstance(self._key, ed25519.Ed25519PrivateKey):
             signature = self._key.sign(data)
         else:
             signature = self._key.sign(data, ec.ECDSA(hashes.SHA256()))
-        if self._key_id is None:
-            self._key_id = key_id(self._key.public_key())
-        body = msgspec.json.encode({
-            "time": time.time() if now is None else now,
-            "event": "audit.checkpoint", "gateway": self.gateway, "covers_seq": self.seq, "covers_hash": self.prev,
-            "alg": self._alg, "key_id": self._key_id, "signature": base64.b64encode(signature).decode("ascii"),
-        })
-        return self.link(body + b"\n")
+        body = _checkpoint_body(
+            self.gateway, self.seq, self.prev, when, self._alg, self._key_id, base64.b64encode(signature).decode("ascii"),
+        )
+        return self.link(body)
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,17 +184,21 @@ def verify(
         tail += 1
         if record.get("event") == "audit.checkpoint":
             try:
-                signature = base64.b64decode(record["signature"], validate=True)
-                data = _signed_bytes(record["gateway"], record["covers_seq"], record["covers_hash"])
+                gateway, covers_seq, covers_hash = record["gateway"], record["covers_seq"], record["covers_hash"]
+                when, alg, kid, sig_text = record["time"], record["alg"], record["key_id"], record["signature"]
+                signature = base64.b64decode(sig_text, validate=True)
+                data = _signed_bytes(gateway, covers_seq, covers_hash, when, alg, kid)
+                canonical = Chain(gateway, seq=expected_seq - 1, prev=chain.get("prev", "")).link(
+                    _checkpoint_body(gateway, covers_seq, covers_hash, when, alg, kid, sig_text)
+                )
             except (KeyError, ValueError, TypeError):
                 return broken("a malformed checkpoint")
-            if record["covers_seq"] != expected_seq - 1 or record["covers_hash"] != chain.get("prev"):
+            if covers_seq != expected_seq - 1 or covers_hash != chain.get("prev"):
                 return broken("a checkpoint that does not cover the record before it")
-            named = record.get("key_id")
-            candidates = [by_id[named]] if isinstance(named, str) and named in by_id else keys
-            if not any(
-                record.get("alg") == _algorithm(k) and _verify_signature(k, signature, data) for k in candidates
-            ):
+            if canonical != raw:
+                return broken("a checkpoint whose line is not as the gateway writes it (edited)")
+            candidates = [by_id[kid]] if isinstance(kid, str) and kid in by_id else keys
+            if not any(alg == _algorithm(k) and _verify_signature(k, signature, data) for k in candidates):
                 return broken("a checkpoint whose signature does not verify with the public key(s) given (a forgery, or another key)")
             checkpoints += 1
             last_cp = record["covers_seq"]

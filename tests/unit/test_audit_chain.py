@@ -125,3 +125,17 @@ def test_a_trail_across_a_key_rotation_verifies_with_both_public_keys() -> None:
     only_old = verify(lines, old.public_key())
     assert not only_old.ok and only_old.line == 8
     assert msgspec.json.decode(lines[3])["key_id"] == key_id(old.public_key())
+
+
+@pytest.mark.parametrize("field", [b'"time":', b'"key_id":"', b'"alg":"', b'"gateway":"'])
+def test_no_field_of_the_last_checkpoint_can_be_edited(field: bytes) -> None:
+    chain = Chain("gw", key=KEY)
+    lines = [chain.link(b'{"event":"x","n":%d}\n' % n) for n in range(3)] + [chain.checkpoint(now=1765000000.25)]
+    assert verify(lines, KEY.public_key()).ok
+    last = lines[-1]
+    at = last.index(field) + len(field)
+    edited = last[:at] + (b"9" if last[at:at + 1] != b"9" else b"8") + last[at + 1:]
+    report = verify(lines[:-1] + [edited], KEY.public_key())
+    assert not report.ok and report.line == 4, report
+    spaced = last.replace(b'"event":', b'"event": ', 1)  # the same JSON, other bytes
+    assert not verify(lines[:-1] + [spaced], KEY.public_key()).ok
