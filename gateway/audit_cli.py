@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from sqlward.audit import reading
-from sqlward.audit.chain import GENESIS, PublicKey, Report, verify
+from sqlward.audit.chain import GENESIS, PublicKey, Report, key_id, verify
 from sqlward.audit.reading import CHECKPOINT, Filter, Line, Record, SourceError
 
 __all__ = ["add_parser", "run"]
@@ -49,7 +49,7 @@ Format = Literal["json", "table"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    audit = sub.add_parser("audit", help="audit trail tools: verify, export, search, tail")
+    audit = sub.add_parser("audit", help="audit trail tools: verify, export, search, tail, keygen")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
 
     def source(p: argparse.ArgumentParser) -> None:
@@ -99,6 +99,38 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records until Ctrl-C")
     tail.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                       help="-f: how often to look for new records (default 1)")
+    _keygen_parser(audit_sub)
+
+
+def _keygen_parser(audit_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keygen = audit_sub.add_parser(
+        "keygen", help="make a checkpoint signing key (PEM, mode 0600) and its public key (FILE.pub)",
+        description="Make an audit signing key for [audit] signing_key_file: Ed25519 (default) or ECDSA P-256.",
+    )
+    keygen.add_argument("--out", required=True, metavar="FILE", help="the private key to write (it must not exist)")
+    keygen.add_argument("--ecdsa", action="store_true", help="ECDSA P-256 (FIPS-bound deployments) instead of Ed25519")
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey = (
+        ec.generate_private_key(ec.SECP256R1()) if args.ecdsa else ed25519.Ed25519PrivateKey.generate()
+    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        print(f"sqlward audit keygen: cannot create {args.out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    with open(args.out + ".pub", "wb") as f:
+        f.write(public)
+    print(f"{args.out}: {'ECDSA P-256' if args.ecdsa else 'Ed25519'} signing key; public key {args.out}.pub "
+          f"(key id {key_id(key.public_key())})")
+    return EXIT_OK
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -125,8 +157,10 @@ def _public_key(path: str) -> PublicKey:
 
 def run(args: argparse.Namespace) -> int:
     command = args.audit_command
+    if command == "keygen":
+        return _keygen(args)
     if command not in ("verify", "export", "search", "tail"):
-        print("sqlward audit: expected a command: verify, export, search or tail", file=sys.stderr)
+        print("sqlward audit: expected a command: verify, export, search, tail or keygen", file=sys.stderr)
         return EXIT_USAGE
     try:
         if command == "verify":

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -374,3 +375,22 @@ def test_files_beside_the_set_that_are_not_rotated_files_of_it_are_left_alone(tm
     assert code == 0 and "(3 files: " in out and ".bak" not in out
     code, out, _ = run(capsys, "verify", str(tmp_path / "logs"), "--public-key", str(key_file))
     assert code == 0 and len(out.splitlines()) == 2 and "audit.jsonl.bak: ok, 10 records" in out
+
+
+def test_keygen_makes_a_key_the_gateway_signs_with_and_verify_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlward.audit.sinks.file import FileSink
+    from sqlward.audit.trail import Trail, signing_key
+
+    for ecdsa in (False, True):
+        out = tmp_path / ("ec.pem" if ecdsa else "ed.pem")
+        assert cli.main(["audit", "keygen", "--out", str(out)] + (["--ecdsa"] if ecdsa else [])) == 0
+        assert oct(out.stat().st_mode & 0o777) == "0o600"
+        assert cli.main(["audit", "keygen", "--out", str(out)]) == 2  # never overwrites a key
+        key, _ = signing_key(str(out), default_dir=str(tmp_path))
+        trail_file = tmp_path / f"audit-{out.stem}.jsonl"
+        trail = Trail("gw", [FileSink(str(trail_file))], key=key)
+        trail.append(b'{"event":"x"}\n')
+        trio.run(trail.aclose)
+        capsys.readouterr()
+        assert cli.main(["audit", "verify", str(trail_file), "--public-key", f"{out}.pub"]) == 0
+        assert "ok, 2 records, 1 signed checkpoints" in capsys.readouterr().out
