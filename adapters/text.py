@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def printable(text: str) -> str:
     """Text safe for UTF-8 JSON: surrogate escapes (bytes that did not decode) become \\xNN."""
@@ -10,6 +12,17 @@ def printable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# A quoted string (single or double quotes, doubled quotes inside) or a number in a message.
+_QUOTED_OR_NUMBER = re.compile(r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|(?<![A-Za-z_])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def redacted_message(text: str) -> str:
+    """A server's message with every quoted part and number replaced by ? (for targets whose
+    audit text is redacted: error messages quote the values they are about, e.g. `Duplicate
+    entry '42' for key 'PRIMARY'`, `invalid input syntax for type integer: "x"`)."""
+    return _QUOTED_OR_NUMBER.sub("?", text)
 
 
 def hinted(text: str, words: tuple[str, ...]) -> bool:

@@ -292,9 +292,19 @@ def _live_name(name: str) -> str | None:
     return m[1] if m else None
 
 
+def _rotation_order(p: Path) -> tuple[str, str, int]:
+    """Sort key of rotated files: live name, time stamp, then the clash counter as a number
+    (``.9`` before ``.10``, whether padded or not)."""
+    m = _ROTATED.fullmatch(p.name)
+    if m is None:
+        return (p.name, "", 0)
+    stamp, _, n = p.name[len(m[1]) + 1:].partition(".")
+    return (m[1], stamp, int(n) if n.isdigit() else 0)
+
+
 def _siblings(path: Path, names: Iterable[str]) -> list[Path]:
-    """`path`'s rotated files among `names`, oldest first (the names sort in writing order)."""
-    return sorted(path.parent / n for n in names if _live_name(n) == path.name)
+    """`path`'s rotated files among `names`, oldest first."""
+    return sorted((path.parent / n for n in names if _live_name(n) == path.name), key=_rotation_order)
 
 
 def _file_sets_of_directory(directory: Path) -> tuple[FileSet, ...]:
@@ -310,7 +320,7 @@ def _file_sets_of_directory(directory: Path) -> tuple[FileSet, ...]:
         groups.setdefault(_live_name(n) or n, []).append(n)
     sets = []
     for live, members in groups.items():
-        rotated = sorted(directory / n for n in members if n != live)
+        rotated = sorted((directory / n for n in members if n != live), key=_rotation_order)
         sets.append(FileSet(directory / live, (*rotated, *([directory / live] if live in members else []))))
     if not sets:
         raise SourceError(f"{directory}: no audit files in this directory")

@@ -56,7 +56,7 @@ class Sink(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    async def commit(self) -> None: ...
+    async def commit(self, *, before_run: bool = False) -> None: ...
 
     def close(self) -> None: ...
 
@@ -75,7 +75,7 @@ class NullSink:
     async def write(self, data: bytes) -> None:
         return None
 
-    async def commit(self) -> None:
+    async def commit(self, *, before_run: bool = False) -> None:
         return None
 
     def close(self) -> None:
@@ -119,9 +119,9 @@ class Recorder:
         except Exception as exc:  # any failure means "not recorded": the caller must refuse
             raise AuditUnavailable(f"audit record not written: {exc}") from exc
 
-    async def commit(self) -> None:
+    async def commit(self, *, before_run: bool = False) -> None:
         try:
-            await self.sink.commit()
+            await self.sink.commit(before_run=before_run)
         except Exception as exc:  # not durable: the caller must not show the result
             raise AuditUnavailable(f"audit record not made durable: {exc}") from exc
 
@@ -189,6 +189,20 @@ class AuditScope:
         if writes > self._committed:  # nothing of this session's is waiting otherwise
             await self._recorder.commit()
             self._committed = max(self._committed, writes)
+
+    async def flush_before_run(self) -> None:
+        """`flush` for the records of a statement about to run (its decision, a run of a
+        prepared statement): written, and delivered to the sinks that must have them before it
+        runs (required remote sinks with durability "sync": a destination that fails refuses
+        the statement instead of finding out after it ran). AuditUnavailable on failure."""
+        await self.flush()
+        try:
+            await self._recorder.commit(before_run=True)
+        except AuditUnavailable:
+            # The statement is refused: nothing of it runs, and the refusal the client gets
+            # waits for no record (they stay in the sinks' keeping, delivered later).
+            self._committed = self._writes
+            raise
 
     async def record(self, event: msgspec.Struct) -> None:
         """`add` then `flush`: for events that must be durable before the caller goes on."""

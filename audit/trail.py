@@ -86,6 +86,7 @@ class Trail:
         self.sinks = tuple(sinks)
         self._files = tuple(s for s in self.sinks if isinstance(s, FileSink))
         self._required = tuple(s for s in self.sinks if s.required)
+        self._required_remote = tuple(s for s in self._required if not isinstance(s, FileSink))
         self._sync = durability == "sync"
         self._open = failure == "open"
         self._every = checkpoint_every
@@ -129,10 +130,12 @@ class Trail:
     async def write(self, data: bytes) -> None:
         self.append(data)
 
-    async def commit(self) -> None:
+    async def commit(self, *, before_run: bool = False) -> None:
+        """Durable in every required sink (durability "sync"); `before_run`: in the required
+        remote sinks only (a statement about to run: the file's fsync waits for its result)."""
         if not self._sync:
             return
-        for sink in self._required:
+        for sink in self._required_remote if before_run else self._required:
             try:
                 await sink.durable(self._timeout)
             except SinkError as exc:
@@ -169,6 +172,12 @@ class Trail:
         takers: list[TrailSink] = []
         for sink in self.sinks:
             why = sink.ready()
+            if why is None and self._sync and sink.required and not isinstance(sink, FileSink):
+                # A destination known to be failing (its last delivery failed) would fail the
+                # commit after the statement ran: refuse before it runs instead.
+                status = sink.status()
+                if not status.ok:
+                    why = status.problem
             if why is None:
                 takers.append(sink)
             elif sink.required and not self._open:
@@ -231,6 +240,8 @@ class Trail:
             self.chain.seq, self.chain.prev, self._unsigned = undo
             if any(sink.required for sink, _ in failed) and not self._open:
                 raise SinkError("; ".join(f"audit sink {s.name}: {why}" for s, why in failed))
+            for sink, why in failed:  # failure = "open", or optional sinks only: the records are lost
+                self._drop(sink, linked.count(b"\n"), why)
             return
         refused = [f"audit sink {s.name}: {why}" for s, why in failed if s.required and not self._open]
         for sink, why in failed:

@@ -93,7 +93,7 @@ class JsonlWriter:
     async def write(self, data: bytes) -> None:
         self.write_now(data)
 
-    async def commit(self) -> None:
+    async def commit(self, *, before_run: bool = False) -> None:
         return None  # each batch is written (and fsync'd when asked) inside write
 
     def write_now(self, data: bytes) -> None:

@@ -556,7 +556,7 @@ class Pipeline:
             ))
             if durable:
                 try:
-                    await ctx.audit.flush()
+                    await ctx.audit.flush_before_run()
                 except AuditUnavailable:
                     return Verdict(request_id=rid, decision=_AUDIT_UNAVAILABLE, masked=masked)
         return Verdict(request_id=rid, decision=_ALLOW, masked=masked)
@@ -609,7 +609,7 @@ class Pipeline:
             verdict = msgspec.structs.replace(verdict, traceparent=self._traceparent(ctx.audit))
         if durable and not ctx.offline:
             try:
-                await ctx.audit.flush()
+                await ctx.audit.flush_before_run()
             except AuditUnavailable:
                 return Verdict(request_id=rid, decision=_AUDIT_UNAVAILABLE, analysis=analysis, masked=verdict.masked)
         return verdict

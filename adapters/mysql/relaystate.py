@@ -43,6 +43,7 @@ from sqlward.adapters.mysql.constants import Command
 from sqlward.adapters.mysql.maskrelay import RowState
 from sqlward.adapters.mysql.packets import ProtocolViolation
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
+from sqlward.adapters.text import redacted_message
 from sqlward.audit.events import StatementCompleted
 from sqlward.masking.context import MaskContext
 from sqlward.policy.model import Analysis, StatementFacts
@@ -500,7 +501,7 @@ HIDDEN_ERROR = "(hidden: the statement reads masked columns)"
 
 def completion(
     scanner: ResponseScanner, *, request_id: int, prepared_ref: int | None, duration_ms: float,
-    masked: dict[str, int] | None = None, error_hidden: bool = False,
+    masked: dict[str, int] | None = None, error_hidden: bool = False, redact: bool = False,
 ) -> StatementCompleted:
     """`statement.completed` of one response: ERROR, ROWS n (a result set) or OK n (affected
     rows), the server's error and SQLSTATE, the masked-value counts."""
@@ -518,7 +519,9 @@ def completion(
         request_id=request_id, prepared_ref=prepared_ref, tags=tags,
         rows=scanner.rows if rowset else scanner.affected_rows,
         duration_ms=duration_ms,
-        error=HIDDEN_ERROR if error_hidden else (scanner.error_message if failed else None),
+        error=HIDDEN_ERROR if error_hidden else (
+            (redacted_message(scanner.error_message) if redact else scanner.error_message) if failed else None
+        ),
         sqlstate=(scanner.error_sqlstate or None) if failed else None,
         masked=masked or {},
     )

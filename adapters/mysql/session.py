@@ -261,6 +261,7 @@ class MysqlSession(GovernedSession):
         self._killed = False
         self._cpipe: Pipe | None = None
         self._sql_comment = b""
+        self._redact_errors = False  # the target's audit text is redacted: so are error messages
         self._upipe: Pipe | None = None
         # Messages under masking: a statement of this session read masked values since the
         # upstream's diagnostics area was last emptied (COM_RESET_CONNECTION, CHANGE USER), and
@@ -570,7 +571,7 @@ class MysqlSession(GovernedSession):
             sql=f"<{command}>", fingerprint="", action="allow", facts=(f"protocol command: {effect}",),
         ))
         try:
-            await self.audit.flush()
+            await self.audit.flush_before_run()
         except AuditUnavailable:
             await self._answer(AuditRefused(command))
             return False
@@ -596,6 +597,7 @@ class MysqlSession(GovernedSession):
         """The session is now `identity` on `target`; recorded (durably) before it goes on."""
         self._update_identity(identity)
         self.target = target
+        self._redact_errors = target.redact_text
         assert self.who is not None
         self.audit.add(
             ConnectionAuthenticated(who=self.who, target=target.info.name, environment=target.info.environment)
@@ -933,7 +935,7 @@ class MysqlSession(GovernedSession):
             data, seq = encode_packets(p, seq)
             out += data
         self.audit.add(completion(
-            scanner, request_id=rid, prepared_ref=None, duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            scanner, request_id=rid, prepared_ref=None, duration_ms=round((time.perf_counter() - started) * 1000, 3), redact=self._redact_errors,
         ))
         await self.audit.commit()
         assert self._cpipe is not None
@@ -1347,7 +1349,7 @@ class MysqlSession(GovernedSession):
                             recorded = True
                             event = completion(
                                 scanner, request_id=rid, prepared_ref=ref,
-                                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                                duration_ms=round((time.perf_counter() - started) * 1000, 3), redact=self._redact_errors,
                             )
                             self.audit.add(self.ctx.approval_of(event) if self.ctx.approved else event)
                             await self.audit.commit()
@@ -1396,7 +1398,7 @@ class MysqlSession(GovernedSession):
                             recorded = True
                             event = completion(
                                 relay.scanner, request_id=rid, prepared_ref=ref,
-                                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                                duration_ms=round((time.perf_counter() - started) * 1000, 3), redact=self._redact_errors,
                                 masked=relay.masked, error_hidden=relay.error_hidden,
                             )
                             self.audit.add(self.ctx.approval_of(event) if self.ctx.approved else event)

@@ -88,6 +88,7 @@ from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
 from sqlward.adapters.postgres import codec, errors
 from sqlward.adapters.postgres.codec import Backend, Frontend
 from sqlward.adapters.postgres.encodings import decoder_for, problem as encoding_problem
+from sqlward.adapters.text import redacted_message
 from sqlward.adapters.postgres.reading import may_switch_encoding
 from sqlward.adapters.postgres.errors import MessageTooLarge, ProtocolViolation
 from sqlward.adapters.postgres.rowmask import RowMasker, kind_for_oid
@@ -306,7 +307,7 @@ class RelayState:
     __slots__ = (
         "pending", "refusals", "syncs_sent", "syncs_done", "masked", "decode_sql", "tx_status",
         "clock", "policy_version", "path", "unsynced", "deallocated", "segment_errors", "copy_in", "copy_expected", "bad_encoding", "bad_scs",
-        "encoding_wait", "encoding_touched",
+        "encoding_wait", "encoding_touched", "redact_errors",
     )
 
     def __init__(
@@ -314,6 +315,9 @@ class RelayState:
         clock: Callable[[], float] = time.perf_counter, path: PathTracker | None = None,
     ) -> None:
         self.pending: deque[Pending] = deque()
+        # The target's audit text is redacted: error messages are recorded with the values they
+        # quote replaced by ? (`adapters.text.redacted_message`).
+        self.redact_errors = False
         # marker -> (Syncs sent before it, the gateway's ErrorResponse to put in place of the server's)
         self.refusals: dict[str, tuple[int, bytes]] = {}
         self.syncs_sent = 0
@@ -1086,7 +1090,8 @@ class UpstreamSide:
             StatementCompleted(
                 request_id=p.request_id, prepared_ref=p.ref, tags=tuple(p.tags), rows=p.rows,
                 duration_ms=round((self._st.clock() - p.started) * 1000, 3),
-                error=p.error, sqlstate=p.sqlstate, masked=p.masked or _NO_MASKED,
+                error=redacted_message(p.error) if p.error and self._st.redact_errors else p.error,
+                sqlstate=p.sqlstate, masked=p.masked or _NO_MASKED,
             )
         )
 

@@ -431,6 +431,7 @@ class PostgresSession(GovernedSession):
             policy_version=lambda: pipeline.policy_version, client_encoding=encoding, tx_status=self.up.tx_status,
             path=PathTracker(await self._initial_search_path()),
         )
+        self._state.redact_errors = target.redact_text
         self.secret = secrets.token_bytes(4)
         self.pid = self.registry.add(self)
         out = bytearray()

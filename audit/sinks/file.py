@@ -15,7 +15,7 @@ How it works:
 - Rotation (`rotation_due`, `rotate`): the trail asks before each batch; when the live file has
   reached `rotate_bytes` or is `rotate_seconds` old, the trail writes a signed checkpoint as the
   file's last record, then the file is fsync'd, renamed to `<path>.<UTC time>` (`audit.jsonl.
-  20261207T093000Z`, `.1`, `.2` ... on a clash; the names sort in writing order) and a new file
+  20261207T093000Z`, `.0001`, `.0002` ... on a clash; the names sort in writing order) and a new file
   is opened at the path. Its first record names the hash of the old file's last: each file
   continues the chain of the one before it, and each rotated file ends on a signature.
 - `last_link` reads where the chain stands from the end of the live file (or the newest rotated
@@ -57,8 +57,13 @@ _decode_link = msgspec.json.Decoder(_Chained).decode
 
 
 def rotated_files(path: str) -> list[str]:
-    """The rotated siblings of `path`, oldest first (their names sort in writing order)."""
-    return sorted(p for p in glob.glob(glob.escape(path) + ".*") if _is_rotated_name(path, p))
+    """The rotated siblings of `path`, oldest first: by time stamp, then counter as a number."""
+    return sorted((p for p in glob.glob(glob.escape(path) + ".*") if _is_rotated_name(path, p)), key=lambda p: _rotation_key(path, p))
+
+
+def _rotation_key(path: str, candidate: str) -> tuple[str, int]:
+    stamp, _, n = candidate[len(path) + 1:].partition(".")
+    return stamp, int(n) if n else 0
 
 
 def _is_rotated_name(path: str, candidate: str) -> bool:
@@ -274,7 +279,7 @@ class FileSink:
         n = 0
         while os.path.exists(target):
             n += 1
-            target = f"{self.path}.{stamp}.{n}"
+            target = f"{self.path}.{stamp}.{n:04d}"  # padded: the names sort in writing order
         try:
             os.rename(self.path, target)
             writer = JsonlWriter(self.path)

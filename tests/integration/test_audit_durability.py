@@ -358,3 +358,21 @@ def test_a_tail_cut_after_a_checkpoint_is_reported_as_unsigned_records(
     assert f"; {unsigned} records after the last checkpoint (not yet signed, or a cut tail)" in result.stdout, result.stdout
     report = verify_lines(cut, key)
     assert report.ok and report.unsigned_tail == unsigned
+
+def test_more_than_ten_rotations_in_one_second_still_verify(tmp_path: Path, it_database: str) -> None:
+    live = tmp_path / "trail" / "audit.jsonl"
+    live.parent.mkdir()
+    gw = GatewayProcess(targets=default_targets(), name="rot-burst", workdir=tmp_path,
+                        extra={"audit": {"file": str(tmp_path / "audit.jsonl"),
+                                         "sinks": [{"kind": "file", "path": str(live), "rotate_bytes": 3000}]}})
+    gw.start()
+    try:
+        with psycopg.connect(gw.dsn("alice", SECRETS["alice"], "app"), autocommit=True) as conn:
+            for i in range(40):
+                conn.execute(f"SELECT {i}")
+    finally:
+        assert not gw.stop()
+    names = [f.name for f in trail_files(live)]
+    assert len(names) > 11, names
+    result = run_verify(live, public_key_of(gw))
+    assert result.returncode == 0, (names, result.stdout)

@@ -172,3 +172,23 @@ def test_masked_values_never_reach_the_trail(gw: GatewayProcess, names: dict[str
     done = [e for e in _events(gw, since, "statement.completed") if e.get("masked")]
     assert len(done) >= 2 and all(sum(e["masked"].values()) == 1 for e in done), done
     _absent(gw, MASKED, "4111111111111111")
+
+
+def test_a_failing_statement_on_a_redacted_target_keeps_its_values_out_of_the_trail(
+    gw: GatewayProcess, names: dict[str, str],
+) -> None:
+    """PostgreSQL's own error text can quote the values (a duplicate key's DETAIL): the trail's
+    record of the failure must not carry them on a redacted target."""
+    people = names["people"]
+    email, number = "zq8.duplicate.key@example.org", 9070001
+    since = gw.audit_offset()
+    with psycopg.connect(gw.dsn("alice", SECRETS["alice"], "private"), autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {people} VALUES ({number}, '{email}', 1)")
+        with pytest.raises(psycopg.errors.UniqueViolation) as caught:
+            conn.execute(f"INSERT INTO {people} VALUES ({number}, '{email}', 2)")
+        assert str(number) in str(caught.value.diag.message_detail)  # the client sees it
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            conn.execute(f"SELECT 'x' || CAST('{email}' AS int)")
+    failed = [e for e in _events(gw, since, "statement.completed") if e.get("error")]
+    assert len(failed) == 2, failed
+    _absent(gw, email, number)

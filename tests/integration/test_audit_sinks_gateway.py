@@ -201,3 +201,68 @@ def test_the_stdout_sink_carries_the_same_chained_lines_as_the_file(tmp_path: Pa
     assert out == lines and any(b"to-stdout" in line for line in out)
     report = verify_lines(out, public_key_of(gw))
     assert report.ok and report.unsigned_tail == 0, report
+AUDIT_REFUSED = "audit unavailable: statement not run"
+
+
+def _run_until_accepted(conn: psycopg.Connection, sql: str, timeout: float = 20.0) -> list[Any]:
+    """Run `sql` until the gateway takes it; every refusal meanwhile must be the audit refusal."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return conn.execute(sql).fetchall()
+        except psycopg.Error as exc:
+            assert exc.sqlstate == "58030" and AUDIT_REFUSED in str(exc), exc
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_required_postgres_sink_that_goes_down_refuses_statements_and_loses_nothing(
+    tmp_path: Path, sink_cluster: PgCluster, direct: psycopg.Connection, table: str,
+) -> None:
+    table_name = f"sink_{uuid.uuid4().hex[:8]}"
+    sink_dsn = sink_cluster.dsn("trust_user", sslmode="disable")
+    gw = _gateway(tmp_path, "gw-down", {"durability": "sync", "sync_timeout_seconds": 3.0, "sinks": [
+        {"kind": "file", "path": str(tmp_path / "audit.jsonl")},
+        {"kind": "postgres", "dsn": sink_dsn, "table": table_name, "required": True},
+    ]})
+    gw.start()
+    try:
+        with _connect(gw) as conn:
+            conn.execute(f"INSERT INTO {table} VALUES (1, 'before')")
+            pg_down(sink_cluster)
+            for i in (2, 3):
+                with pytest.raises(psycopg.Error) as caught:
+                    conn.execute(f"INSERT INTO {table} VALUES ({i}, 'while-down')")
+                assert caught.value.sqlstate == "58030" and AUDIT_REFUSED in str(caught.value), (caught.value, gw.stderr_text()[-3000:])
+            assert not conn.closed and not conn.broken  # the session goes on
+            assert direct.execute(f"SELECT id FROM {table} ORDER BY id").fetchall() == [(1,)]
+            pg_up(sink_cluster)
+            _run_until_accepted(conn, f"INSERT INTO {table} VALUES (4, 'after') RETURNING id")
+            assert conn.execute("SELECT 'still here'").fetchone() == ("still here",)
+    finally:
+        if gw.alive:
+            _stop_clean(gw)
+    assert direct.execute(f"SELECT id FROM {table} ORDER BY id").fetchall() == [(1,), (4,)]
+    lines = trail_lines(gw.audit_file)
+    # The first refused decision was chained (spooled) before the destination's failure was
+    # known and is in the trail; once it is known, refused statements are not chained at all.
+    assert sum(b"while-down" in line for line in lines) >= 1
+    rows = wait_for(lambda: (r := table_lines(sink_dsn, table_name, "gw-down")) == lines and r, timeout=10)
+    assert rows == lines, (len(table_lines(sink_dsn, table_name, "gw-down")), len(lines))
+    report = verify_lines(rows, public_key_of(gw))
+    assert report.ok and report.unsigned_tail == 0, report
+
+
+def test_failure_open_logs_the_records_it_loses(tmp_path: Path, direct: psycopg.Connection, table: str) -> None:
+    gw = _gateway(tmp_path, "gw-open-log", {"failure": "open"})
+    gw.start()
+    try:
+        with _connect(gw) as conn:
+            gw.audit_full()
+            conn.execute(f"INSERT INTO {table} VALUES (1, 'unrecorded')")
+        gw.audit_writable()
+    finally:
+        _stop_clean(gw)
+    err = gw.stderr_text()
+    assert "audit sink file" in err and "missed" in err, err  # config.py: "the loss is logged and counted"

@@ -21,7 +21,7 @@ class ListSink:
         self.batches.append(data)
         self.events.extend(json.loads(line) for line in data.splitlines())
 
-    async def commit(self) -> None:
+    async def commit(self, *, before_run: bool = False) -> None:
         if self.fail is not None:
             raise self.fail
 

@@ -145,3 +145,16 @@ def test_masked_values_never_reach_the_trail(gw: GatewayProcess, names: dict[str
     done = [e for e in _events(gw, since, "statement.completed") if e.get("masked")]
     assert len(done) >= 2 and all(sum(e["masked"].values()) == 1 for e in done), done
     _absent(gw, MASKED, "5500005555555559")
+def test_a_failing_statement_on_a_redacted_target_keeps_its_values_out_of_the_trail(
+    gw: GatewayProcess, names: dict[str, str],
+) -> None:
+    people = names["people"]
+    email, number = "zq6.duplicate.key@example.org", 9070003
+    since = gw.audit_offset()
+    with _pymysql(gw, "private") as conn, conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {people} VALUES ({number}, '{email}', 1)")
+        with pytest.raises(pymysql.err.IntegrityError):  # Duplicate entry '9070003' for key 'PRIMARY'
+            cur.execute(f"INSERT INTO {people} VALUES ({number}, '{email}', 2)")
+    failed = [e for e in _events(gw, since, "statement.completed") if e.get("error")]
+    assert len(failed) == 1, failed
+    _absent(gw, email, number)
