@@ -7,11 +7,12 @@ How it works:
   A batch that cannot be written is kept and written first by the next `ready` or `accept`, so
   the file's copy of the chain never has a gap; while it is kept, `ready` says why.
 - `durable` is group commit: each caller notes how many batches were written when it asked and
-  waits until an fsync that began after them has finished. One syncer task (`run`) does the
-  fsyncs in a worker thread, one at a time, each covering every batch written before it began:
-  with many sessions committing at once, one fsync serves them all, and the trio thread never
-  blocks on the disk. The syncer fsyncs a duplicate of the descriptor, so a rotation may close
-  the file meanwhile.
+  waits until an fsync that covers them has finished. One syncer thread (started by `run`)
+  does the fsyncs, one at a time; a caller asks for an fsync covering every batch written so
+  far, replacing the request still waiting, so with many sessions committing at once one fsync
+  serves them all, and the trio thread never blocks on the disk. The thread reports back with
+  `TrioToken.run_sync_soon` (a few microseconds, where a worker thread per fsync costs tens).
+  It fsyncs a duplicate of the descriptor, so a rotation may close the file meanwhile.
 - Rotation (`rotation_due`, `rotate`): the trail asks before each batch; when the live file has
   reached `rotate_bytes` or is `rotate_seconds` old, the trail writes a signed checkpoint as the
   file's last record, then the file is fsync'd, renamed to `<path>.<UTC time>` (`audit.jsonl.
@@ -30,6 +31,7 @@ import glob
 import hashlib
 import logging
 import os
+import threading
 import time
 
 import msgspec
@@ -118,8 +120,11 @@ class FileSink:
         self._problem = ""
         self._written = 0  # batches written
         self._synced = 0  # batches covered by a finished fsync
-        self._wanted = trio.Event()
-        self._done = trio.Event()
+        self._done = trio.Event()  # set (and replaced) each time an fsync ends
+        self._asked = 0  # batches the latest fsync asked for covers
+        self._cond = threading.Condition()  # guards _job and _stop (shared with the thread)
+        self._job: tuple[int, int] | None = None  # (batches covered, descriptor) for the thread
+        self._stop = False
         self._sync_error = ""
         self._running = False  # the syncer task is running
 
@@ -176,49 +181,91 @@ class FileSink:
                 raise SinkError(f"cannot fsync audit file {self.path!r}: {exc.strerror}") from exc
             self._synced = target
             return
+        # Let the sessions that are ready to run write their batches first: the fsync asked
+        # for next then covers them too.
+        await trio.lowlevel.checkpoint()
         with trio.move_on_after(timeout) as scope:
             while self._synced < target:
-                self._wanted.set()
+                self._request_sync()
                 await self._done.wait()
                 if self._sync_error:
                     raise SinkError(self._sync_error)
         if scope.cancelled_caught:
             raise SinkError(f"audit file {self.path}: fsync did not finish within {timeout:g} s")
 
+    def _request_sync(self) -> None:
+        """Ask the syncer thread for an fsync covering every batch written so far (the job
+        waiting for it, if any, is replaced: one fsync serves all)."""
+        target = self._written
+        if self._asked >= target:
+            return
+        fd = self._writer.fd
+        if fd is None:
+            return
+        dup = os.dup(fd)  # the thread's own: a rotation may close the file meanwhile
+        with self._cond:
+            old, self._job = self._job, (target, dup)
+            self._cond.notify()
+        if old is not None:
+            os.close(old[1])
+        self._asked = target
+
     async def run(self) -> None:
-        """The syncer (module doc): one fsync at a time, each covering every batch before it."""
+        """The syncer (module doc): a thread doing one fsync at a time, each covering every
+        batch written before it was asked for; it reports back through the trio token."""
+        token = trio.lowlevel.current_trio_token()
+        self._stop = False
+        thread = threading.Thread(target=self._sync_thread, args=(token,), name=f"sqlward-fsync-{self.name}", daemon=True)
+        thread.start()
         self._running = True
         try:
-            await self._sync_forever()
+            await trio.sleep_forever()
         finally:
             self._running = False
-
-    async def _sync_forever(self) -> None:
-        while True:
-            await self._wanted.wait()
-            # Let the sessions that are ready to run write their batches first: this fsync
-            # then covers them too.
-            await trio.lowlevel.checkpoint()
-            self._wanted = trio.Event()
-            target = self._written
-            fd = self._writer.fd
-            error = ""
-            if fd is not None:
-                dup = os.dup(fd)
-                try:
-                    await trio.to_thread.run_sync(os.fdatasync, dup)
-                except OSError as exc:
-                    error = f"cannot fsync audit file {self.path!r}: {exc.strerror}"
-                finally:
-                    os.close(dup)
-            if error:
-                self._sync_error = error
-                log.error("%s", error)
-            else:
-                self._sync_error = ""
-                self._synced = max(self._synced, target)
+            with self._cond:
+                self._stop = True
+                self._cond.notify()
+            # Waiters see the sync they asked for fail rather than hang.
+            self._sync_error = "the audit file's syncer stopped"
             done, self._done = self._done, trio.Event()
             done.set()
+
+    def _sync_thread(self, token: trio.lowlevel.TrioToken) -> None:
+        while True:
+            with self._cond:
+                while self._job is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    if self._job is not None:
+                        os.close(self._job[1])
+                        self._job = None
+                    return
+                job, self._job = self._job, None
+            assert job is not None
+            target, fd = job
+            error = ""
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                error = f"cannot fsync audit file {self.path!r}: {exc.strerror}"
+            finally:
+                os.close(fd)
+            try:
+                token.run_sync_soon(self._finished, target, error)
+            except trio.RunFinishedError:
+                return
+
+    def _finished(self, target: int, error: str) -> None:
+        """In the trio thread: an fsync ended (covering batches up to `target`)."""
+        if error:
+            self._sync_error = error
+            self._asked = self._synced  # ask again
+            log.error("%s", error)
+        else:
+            self._sync_error = ""
+            self._synced = max(self._synced, target)
+        done, self._done = self._done, trio.Event()
+        done.set()
 
     def status(self) -> SinkStatus:
         problem = self._problem or self._sync_error
