@@ -487,11 +487,6 @@ def test_a_key_id_is_the_first_16_hex_digits_of_the_sha256_of_the_public_keys_de
     assert json.loads(_real_checkpoint(key))["key_id"] == key_id(key.public_key())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "docs/audit.md line 56-57: a checkpoint signs the msgpack array "
-    "['sqlward-audit-checkpoint-2', gateway, covers_seq, covers_hash, time, alg, key_id] "
-    "(audit/chain.py _signed_bytes, format 2), not ['sqlward-audit-checkpoint-1', gateway, covers_seq, covers_hash]"
-))
 def test_the_signed_bytes_are_the_array_the_page_names() -> None:
     """The page's array, built from a real checkpoint's fields, is what its signature covers."""
     text = section(AUDIT, "## The chain and its checkpoints")
@@ -979,8 +974,8 @@ def _row(part: str) -> str:
     return said
 
 
-def test_the_verify_table_has_the_six_rows() -> None:
-    assert len(_verify_table()) == 6
+def test_the_verify_table_has_the_seven_rows() -> None:
+    assert len(_verify_table()) == 7
 
 
 def test_a_record_edited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1073,7 +1068,10 @@ def test_a_forged_tail_rechained_without_the_key(tmp_path: Path, monkeypatch: py
 
 
 def test_the_tail_cut_after_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _row("the tail cut") == "records after the last checkpoint are reported as unsigned"
+    assert _row("the tail cut after the last checkpoint, leaving records after it") == (
+        "those records are reported as unsigned (exit 0: a live trail has them too)"
+    )
+    assert _row("the tail cut exactly after a checkpoint").startswith("nothing: the rest verifies")
     trail = _plain_trail(tmp_path, monkeypatch)
     lines = trail.path.read_bytes().splitlines(keepends=True)
     checkpoints = [i for i, line in enumerate(lines) if b'"audit.checkpoint"' in line]
