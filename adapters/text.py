@@ -18,6 +18,12 @@ def printable(text: str) -> str:
 _QUOTED_OR_NUMBER = re.compile(r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|(?<![A-Za-z_])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
+# The error text recorded for a statement of a target whose audit text is redacted: a server's
+# message can be the value itself (RAISE EXCEPTION '...', SIGNAL ... MESSAGE_TEXT) or quote it
+# unescaped, so none of it is kept; the SQLSTATE is.
+REDACTED_ERROR = "(error text not recorded: the target's audit text is redacted)"
+
+
 def redacted_message(text: str) -> str:
     """A server's message with every quoted part and number replaced by ? (for targets whose
     audit text is redacted: error messages quote the values they are about, e.g. `Duplicate

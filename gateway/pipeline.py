@@ -68,7 +68,7 @@ from sqlward.adapters.base import (
     Verdict,
 )
 from sqlward.adapters.postgres.reading import reading_change
-from sqlward.adapters.text import printable
+from sqlward.adapters.text import printable, redacted_message
 from sqlward.audit.events import StatementDecided, StatementExecuted
 from sqlward.policy import rule_ids
 from sqlward.policy.fingerprint import RAW_PREFIX
@@ -260,6 +260,18 @@ def _resolution_fields(per: tuple[SearchPath, ...], resolution: Resolution) -> d
 _TRACEPARENT = re.compile(
     r"/\*[^*]*?\btraceparent='(00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2})'[^*]*\*/\s*;?\s*\Z"
 )
+
+
+# MySQL executable comments and optimizer hints, which the fingerprint keeps verbatim.
+_KEPT_COMMENT = re.compile(r"/\*[!+M].*?(?:\*/|\Z)", re.S)
+
+
+def redact_kept_comments(fingerprint: str) -> str:
+    """A fingerprint for a redacted audit record: also the literals inside the comments it
+    keeps (MySQL `/*! ... */`, `/*M! ... */`, `/*+ ... */`: the server runs them) become ?."""
+    if "/*" not in fingerprint:
+        return fingerprint
+    return _KEPT_COMMENT.sub(lambda m: redacted_message(m.group(0)), fingerprint)
 
 
 def client_traceparent(sql: str) -> str | None:
@@ -578,9 +590,14 @@ class Pipeline:
         else:
             sql, fingerprint = printable(request.sql), printable(analysis.fingerprint) if analysis is not None else ""
         traceparent = client_traceparent(request.sql) if "traceparent" in request.sql else None
+        # Text the lexer could not read (an unterminated quote or comment) has no literal-free
+        # fingerprint: its key is the raw text, which never leaves the gateway as a fingerprint
+        # (the audit field, telemetry's db.query.text).
+        readable = not fingerprint.startswith(RAW_PREFIX)
+        fingerprint = redact_kept_comments(fingerprint) if readable else ""
         redacted = target.redact_text and request.kind == "statement"
         if redacted:  # the fingerprint is the text with every literal replaced by ?
-            sql = fingerprint if fingerprint and not fingerprint.startswith(RAW_PREFIX) else "<text not shown: it could not be read for redaction>"
+            sql = fingerprint or "<text not shown: it could not be read for redaction>"
         killed = verdict is not None and verdict.kill is not None
         if analysis is not None:
             parse_status = analysis.parse_status
@@ -605,7 +622,11 @@ class Pipeline:
         if (
             self._traceparent is not None and target.trace_upstream and request.kind == "statement"
             and not request.prepare and decision.action == "allow" and traceparent is None
-        ):  # (a statement with the client's own traceparent keeps it: one context in the logs)
+            and readable and analysis is not None and analysis.parse_status == "ok"
+        ):
+            # Appended text must not change what runs: only after text that was read whole (no
+            # quote or comment left open for the comment to close). A statement with the
+            # client's own traceparent keeps it: one context in the logs.
             verdict = msgspec.structs.replace(verdict, traceparent=self._traceparent(ctx.audit))
         if durable and not ctx.offline:
             try:

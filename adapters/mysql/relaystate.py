@@ -43,7 +43,7 @@ from sqlward.adapters.mysql.constants import Command
 from sqlward.adapters.mysql.maskrelay import RowState
 from sqlward.adapters.mysql.packets import ProtocolViolation
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
-from sqlward.adapters.text import redacted_message
+from sqlward.adapters.text import REDACTED_ERROR
 from sqlward.audit.events import StatementCompleted
 from sqlward.masking.context import MaskContext
 from sqlward.policy.model import Analysis, StatementFacts
@@ -520,7 +520,7 @@ def completion(
         rows=scanner.rows if rowset else scanner.affected_rows,
         duration_ms=duration_ms,
         error=HIDDEN_ERROR if error_hidden else (
-            (redacted_message(scanner.error_message) if redact else scanner.error_message) if failed else None
+            (REDACTED_ERROR if redact else scanner.error_message) if failed else None
         ),
         sqlstate=(scanner.error_sqlstate or None) if failed else None,
         masked=masked or {},

@@ -88,7 +88,7 @@ from sqlward.adapters.maskcolumns import Column, ColumnMasks, column_maskers
 from sqlward.adapters.postgres import codec, errors
 from sqlward.adapters.postgres.codec import Backend, Frontend
 from sqlward.adapters.postgres.encodings import decoder_for, problem as encoding_problem
-from sqlward.adapters.text import redacted_message
+from sqlward.adapters.text import REDACTED_ERROR
 from sqlward.adapters.postgres.reading import may_switch_encoding
 from sqlward.adapters.postgres.errors import MessageTooLarge, ProtocolViolation
 from sqlward.adapters.postgres.rowmask import RowMasker, kind_for_oid
@@ -1090,7 +1090,7 @@ class UpstreamSide:
             StatementCompleted(
                 request_id=p.request_id, prepared_ref=p.ref, tags=tuple(p.tags), rows=p.rows,
                 duration_ms=round((self._st.clock() - p.started) * 1000, 3),
-                error=redacted_message(p.error) if p.error and self._st.redact_errors else p.error,
+                error=REDACTED_ERROR if p.error and self._st.redact_errors else p.error,
                 sqlstate=p.sqlstate, masked=p.masked or _NO_MASKED,
             )
         )

@@ -192,3 +192,26 @@ def test_a_failing_statement_on_a_redacted_target_keeps_its_values_out_of_the_tr
     failed = [e for e in _events(gw, since, "statement.completed") if e.get("error")]
     assert len(failed) == 2, failed
     _absent(gw, email, number)
+
+
+def test_no_channel_of_a_redacted_target_carries_a_literal(gw: GatewayProcess, names: dict[str, str]) -> None:
+    """The outside review's spellings: text the lexer cannot read (its cache key is the raw
+    text: never the recorded fingerprint), a message that is the literal itself (RAISE), a
+    value holding a quote inside an error message, a bound parameter quoted by an error."""
+    people = names["people"]
+    since = gw.audit_offset()
+    with psycopg.connect(gw.dsn("alice", SECRETS["alice"], "private"), autocommit=True) as conn:
+        for sql in (
+            f"INSERT INTO {people} VALUES (7, 'SSN-078-05-1120', 1); SELECT $x$ unterminated",
+            "SELECT 'RAWLEAK' || 'unterminated",
+            "DO $$ BEGIN RAISE EXCEPTION 'PGRAISELEAK'; END $$",
+            """SELECT CAST('SEC"PGQUOTELEAK' AS int)""",
+        ):
+            with pytest.raises(psycopg.Error):
+                conn.execute(sql)
+        with pytest.raises(psycopg.Error):
+            conn.execute("SELECT CAST(%s AS int)", ('p"BOUNDLEAK',), prepare=True)
+    decided = _events(gw, since, "statement.decided")
+    assert decided and all(e["redacted"] for e in decided)
+    assert any(e["sql"].startswith("<text not shown") and e["fingerprint"] == "" for e in decided)
+    _absent(gw, "SSN-078-05-1120", "RAWLEAK", "PGRAISELEAK", "PGQUOTELEAK", "BOUNDLEAK")

@@ -158,3 +158,21 @@ def test_a_failing_statement_on_a_redacted_target_keeps_its_values_out_of_the_tr
     failed = [e for e in _events(gw, since, "statement.completed") if e.get("error")]
     assert len(failed) == 1, failed
     _absent(gw, email, number)
+
+
+def test_no_channel_of_a_redacted_target_carries_a_literal_mysql(gw: GatewayProcess, names: dict[str, str]) -> None:
+    """Executable comments (the server runs them, so the fingerprint keeps them) have their
+    literals redacted too; SIGNAL's message and values quoted in errors are not recorded."""
+    people = names["people"]
+    since = gw.audit_offset()
+    with _pymysql(gw, "private") as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 /*! , 'MYEXECCMT' */")
+        for sql in (
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'MYSIGNALLEAK'",
+            f"INSERT INTO {people} VALUES ('O''MYQUOTELEAK', 'x', 1)",
+            "SELECT 'a' 'MYSYNTAXLEAK' FROM",
+        ):
+            with pytest.raises(pymysql.MySQLError):
+                cur.execute(sql)
+    assert _events(gw, since, "statement.decided")
+    _absent(gw, "MYEXECCMT", "MYSIGNALLEAK", "MYQUOTELEAK", "MYSYNTAXLEAK")

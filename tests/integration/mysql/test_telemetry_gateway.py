@@ -245,3 +245,31 @@ def test_trace_upstream_shows_the_statement_span_in_the_processlist(database: st
     [decided] = [e for e in gw.audit_events() if e.get("event") == "statement.decided" and f"{marker}_traced" in e["sql"]]
     assert (decided["trace_id"], decided["span_id"]) == (trace_id, span_id)
     assert "traceparent" not in decided["sql"]
+
+
+def test_trace_upstream_never_closes_a_comment_the_client_left_open(database: str, tmp_path: Path) -> None:
+    """MySQL comments do not nest: appending `/*traceparent='...'*/` to a statement that ends
+    inside an open comment would close it, and the server would run a statement it would have
+    refused as a syntax error (which the gateway, unable to read it, could not judge by its
+    operation). The comment is appended only to text the gateway read whole. (Outside review.)"""
+    table = f"tel_victim_{uuid.uuid4().hex[:8]}"
+    root_sql(f"CREATE TABLE {table} (id INT)", f"INSERT INTO {table} VALUES (1), (2), (3)", database=DB)
+    dev = my_target("dev", "development", dsn=upstream_dsn(DB, user="root"), password=None, trace_upstream=True)
+    with OtlpReceiver() as receiver:
+        directory = tmp_path / "gw"
+        directory.mkdir()
+        gw = GatewayProcess(
+            targets=[dev], rules=[{"id": "no-delete", "operations": ["delete"], "action": "deny"}],
+            listener=mysql_listener(), name="tel-my-open", workdir=directory,
+            extra={"telemetry": {"endpoint": receiver.endpoint, "timeout_seconds": 5}},
+        )
+        with gw, pymysql_connect(gw, "dev") as c, c.cursor() as cur:
+            for sql in (f"DELETE FROM {table} /*", f"DELETE FROM {table} /* open", f"SELECT 1 /*"):
+                with pytest.raises(pymysql.MySQLError):
+                    cur.execute(sql)
+            cur.execute("SELECT 1")  # text read whole still gets its comment, and runs
+            assert cur.fetchone() == (1,)
+    with system_root() as direct, direct.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {DB}.{table}")
+        assert cur.fetchone() == (3,)
+        cur.execute(f"DROP TABLE {DB}.{table}")
