@@ -21,8 +21,16 @@ checkpoints, and the first problem with its line number and why:
 - a checkpoint whose signature does not verify, or that names another hash than the chain has:
   a re-chained forgery (hashes alone can be recomputed by anyone; the signature cannot be made
   without the private key);
-- records after the last checkpoint: a tail that could have been cut (reported as `unsigned_tail`,
-  a warning: the verifier cannot tell a cut from a trail that is still being written).
+- records after the last checkpoint: a tail that could have been cut (reported as `unsigned_tail`:
+  the verifier cannot tell a cut from a trail that is still being written);
+- records no checkpoint covered when the gateway restarted (`adopted`, at the lines of those
+  `gateway.started` records): written before a crash, or added by someone while the gateway was
+  down; the restarted gateway continues the chain after them and its next checkpoint covers them,
+  but the gateway that wrote them never signed them.
+
+`Report.vouched` is the strict answer: intact, at least one checkpoint, no unsigned tail and
+nothing adopted. A checkpoint has one encoding only (canonical base64, and a low S for ECDSA), and
+a blank line is not skipped: every byte of a trail is accounted for.
 
 The record schema carries its version (`"v":1`) so later fields do not break verification of old
 records: the hash covers the bytes as written, whatever keys they hold.
@@ -40,10 +48,13 @@ import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 __all__ = ["GENESIS", "Chain", "Report", "key_id", "verify"]
 
 GENESIS = "0" * 64
+# The order of the P-256 group (for low-S ECDSA signatures).
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 VERSION = 1
 Algorithm = Literal["Ed25519", "ECDSA-P256-SHA256"]
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -114,8 +125,9 @@ class Chain:
         data = _signed_bytes(self.gateway, self.seq, self.prev, when, self._alg, self._key_id)
         if isinstance(self._key, ed25519.Ed25519PrivateKey):
             signature = self._key.sign(data)
-        else:
-            signature = self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+        else:  # low S: the one encoding of the signature a verifier accepts
+            r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
+            signature = encode_dss_signature(r, min(s, _P256_ORDER - s))
         body = _checkpoint_body(
             self.gateway, self.seq, self.prev, when, self._alg, self._key_id, base64.b64encode(signature).decode("ascii"),
         )
@@ -130,8 +142,19 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     checkpoints: int = 0
     last_checkpoint_seq: int | None = None
     unsigned_tail: int = 0  # records after the last checkpoint
+    # Records that no checkpoint had covered when the gateway restarted and continued its chain
+    # after them (a crash, or records added while it was down): the next checkpoint covers them,
+    # but the gateway that wrote them never signed them. `restarts`: the lines of those restarts.
+    adopted: int = 0
+    restarts: tuple[int, ...] = ()
     line: int | None = None  # 1-based line of the first problem
     problem: str = ""
+
+    @property
+    def vouched(self) -> bool:
+        """Intact and every record signed by the gateway that wrote it, before it stopped:
+        at least one checkpoint, nothing after the last, nothing adopted at a restart."""
+        return self.ok and self.checkpoints > 0 and not self.unsigned_tail and not self.adopted
 
 
 def _verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> bool:
@@ -139,8 +162,12 @@ def _verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> b
         if isinstance(public_key, ed25519.Ed25519PublicKey):
             public_key.verify(signature, data)
         else:
+            # One encoding only: DER as the signer wrote it, with a low S (r, n - s verifies too)
+            r, s = decode_dss_signature(signature)
+            if s > _P256_ORDER // 2 or encode_dss_signature(r, s) != signature:
+                return False
             public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):  # ValueError: not a DER signature at all
         return False
     return True
 
@@ -153,18 +180,20 @@ def verify(
     Several public keys: a trail that spans a key rotation (each checkpoint names its key)."""
     keys = [public_key] if not isinstance(public_key, Sequence) else list(public_key)
     by_id = {key_id(k): k for k in keys}
-    records = checkpoints = 0
+    records = checkpoints = adopted = 0
+    restarts: list[int] = []
     last_cp: int | None = None
     tail = 0
     expected_prev = prev
     expected_seq = seq
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
 
         def broken(problem: str) -> Report:
             return Report(ok=False, records=records, checkpoints=checkpoints, last_checkpoint_seq=last_cp,
-                          unsigned_tail=tail, line=number, problem=problem)
+                          unsigned_tail=tail, adopted=adopted, restarts=tuple(restarts), line=number, problem=problem)
+
+        if not line.strip():
+            return broken("a line that is not a record (inserted)")
 
         try:
             record = _decode(line)
@@ -182,11 +211,18 @@ def verify(
         expected_seq += 1
         records += 1
         tail += 1
+        if record.get("event") == "gateway.started" and tail > 1:
+            # The gateway restarted after records no checkpoint covered: it continues after
+            # them, but cannot vouch for them (module doc).
+            adopted += tail - 1
+            restarts.append(number)
         if record.get("event") == "audit.checkpoint":
             try:
                 gateway, covers_seq, covers_hash = record["gateway"], record["covers_seq"], record["covers_hash"]
                 when, alg, kid, sig_text = record["time"], record["alg"], record["key_id"], record["signature"]
                 signature = base64.b64decode(sig_text, validate=True)
+                if base64.b64encode(signature).decode("ascii") != sig_text:
+                    raise ValueError("not canonical base64")
                 data = _signed_bytes(gateway, covers_seq, covers_hash, when, alg, kid)
                 canonical = Chain(gateway, seq=expected_seq - 1, prev=chain.get("prev", "")).link(
                     _checkpoint_body(gateway, covers_seq, covers_hash, when, alg, kid, sig_text)
@@ -203,4 +239,7 @@ def verify(
             checkpoints += 1
             last_cp = record["covers_seq"]
             tail = 0
-    return Report(ok=True, records=records, checkpoints=checkpoints, last_checkpoint_seq=last_cp, unsigned_tail=tail)
+    return Report(
+        ok=True, records=records, checkpoints=checkpoints, last_checkpoint_seq=last_cp, unsigned_tail=tail,
+        adopted=adopted, restarts=tuple(restarts),
+    )

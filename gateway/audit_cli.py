@@ -44,7 +44,9 @@ from sqlward.audit.reading import CHECKPOINT, Filter, Line, Record, SourceError
 
 __all__ = ["add_parser", "run"]
 
-EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
+# 3: the chain is intact but not every record was signed by the gateway that wrote it (records
+# after the last checkpoint, records adopted unsigned at a restart, no checkpoint at all).
+EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_UNSIGNED = 0, 1, 2, 3
 Format = Literal["json", "table"]
 
 
@@ -193,6 +195,7 @@ class _Tracker:
         self.count = 0
         self.last: Line | None = None
         self.files: list[str] = []
+        self.restarts: dict[int, Line] = {}  # where each gateway.started is, by line count
 
     def __iter__(self) -> Iterator[bytes]:
         for line in self._lines:
@@ -200,7 +203,17 @@ class _Tracker:
             self.last = line
             if not self.files or self.files[-1] != line.origin:
                 self.files.append(line.origin)
+            if b'"event":"gateway.started"' in line.raw:
+                self.restarts[self.count] = line
             yield line.raw
+
+
+def _where_number(tracker: _Tracker, count: int, table: bool) -> str:
+    """Where the `count`-th line given to verify is: file and line, or a table row's seq."""
+    line = tracker.restarts.get(count)
+    if line is None:
+        return f"line {count}"
+    return f"seq {line.number}" if table else f"{line.origin} line {line.number}"
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -244,9 +257,21 @@ def _verify(args: argparse.Namespace) -> int:
             print(_broken(name, report, tracker, table, hint=not args.window and args.from_seq is None))
             continue
         files = f" ({len(tracker.files)} files: {', '.join(tracker.files)})" if len(tracker.files) > 1 else ""
-        tail = (f"; {report.unsigned_tail} records after the last checkpoint (not yet signed, or a cut tail)"
-                if report.unsigned_tail else "")
-        print(f"{name}: ok, {window}{report.records} records, {report.checkpoints} signed checkpoints{tail}{files}")
+        unsigned = []
+        if report.unsigned_tail:
+            unsigned.append(f"{report.unsigned_tail} records after the last checkpoint (not yet signed, or a cut tail)")
+        if report.adopted:
+            at = ", ".join(_where_number(tracker, n, table) for n in report.restarts)
+            unsigned.append(f"{report.adopted} records no checkpoint covered before the gateway restarted at {at} "
+                            "(written before a crash, or added while it was down: never signed by their writer)")
+        if not report.checkpoints:
+            unsigned.append("no signed checkpoint at all: nothing here is vouched for")
+        if report.vouched:
+            print(f"{name}: ok, {window}{report.records} records, {report.checkpoints} signed checkpoints{files}")
+        else:
+            status = max(status, EXIT_UNSIGNED) if status != EXIT_BROKEN else status
+            print(f"{name}: intact but not all signed (exit 3), {window}{report.records} records, "
+                  f"{report.checkpoints} signed checkpoints; " + "; ".join(unsigned) + files)
     if not seen:
         raise SourceError(f"{source.name}: no records" + (f" of gateway {args.gateway}" if args.gateway else ""))
     return status

@@ -103,8 +103,8 @@ def test_sqlward_audit_verify(tmp_path, capsys) -> None:  # type: ignore[no-unty
     key_file.write_bytes(KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     good = tmp_path / "audit.jsonl"
     good.write_bytes(b"".join(trail(7)))
-    assert cli.main(["audit", "verify", str(good), "--public-key", str(key_file)]) == 0
-    assert "ok, 9 records, 2 signed checkpoints; 1 records after the last checkpoint" in capsys.readouterr().out
+    assert cli.main(["audit", "verify", str(good), "--public-key", str(key_file)]) == 3  # intact, a record unsigned
+    assert "intact but not all signed (exit 3), 9 records, 2 signed checkpoints; 1 records after the last checkpoint" in capsys.readouterr().out
     bad = tmp_path / "edited.jsonl"
     t = trail(7)
     bad.write_bytes(b"".join(t[:4] + [t[4].replace(b"SELECT 4", b"SELECT 5")] + t[5:]))
@@ -139,3 +139,30 @@ def test_no_field_of_the_last_checkpoint_can_be_edited(field: bytes) -> None:
     assert not report.ok and report.line == 4, report
     spaced = last.replace(b'"event":', b'"event": ', 1)  # the same JSON, other bytes
     assert not verify(lines[:-1] + [spaced], KEY.public_key()).ok
+
+
+def test_every_byte_counts_blank_lines_and_other_signature_encodings() -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    chain = Chain("gw", key=KEY)
+    lines = [chain.link(b'{"event":"x","n":%d}\n' % n) for n in range(3)] + [chain.checkpoint(now=1.5)]
+    assert not verify(lines[:2] + [b"\n"] + lines[2:], KEY.public_key()).ok
+    record = msgspec.json.decode(lines[-1])
+    sig = record["signature"]
+    padded = sig.rstrip("=") + "=" * (len(sig) - len(sig.rstrip("=")))  # same text: sanity
+    assert padded == sig
+    other = base64.b64encode(base64.b64decode(sig)).decode()
+    assert other == sig
+    # ECDSA: (r, n - s) verifies with the library, but is not the encoding the gateway writes
+    ecdsa = ec.generate_private_key(ec.SECP256R1())
+    c2 = Chain("gw", key=ecdsa)
+    lines2 = [c2.link(b'{"event":"x"}\n'), c2.checkpoint(now=2.5)]
+    assert verify(lines2, ecdsa.public_key()).ok
+    rec = msgspec.json.decode(lines2[-1])
+    r, s = decode_dss_signature(base64.b64decode(rec["signature"]))
+    assert s <= 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551 // 2  # written low
+    high = base64.b64encode(encode_dss_signature(r, 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551 - s)).decode()
+    twin = lines2[-1].replace(rec["signature"].encode(), high.encode())
+    assert not verify([lines2[0], twin], ecdsa.public_key()).ok

@@ -104,8 +104,8 @@ def test_a_rotated_set_verifies_as_one_chain_from_its_live_file_or_its_directory
     (tmp_path / "logs" / "audit.pub").write_bytes(key_file.read_bytes())
     for source in (paths[-1], tmp_path / "logs"):
         code, out, err = run(capsys, "verify", str(source), "--public-key", str(key_file))
-        assert code == 0, (out, err)
-        assert "ok, 27 records, 5 signed checkpoints; 2 records after the last checkpoint" in out
+        assert code == 3, (out, err)
+        assert "intact but not all signed (exit 3), 27 records, 5 signed checkpoints; 2 records after the last checkpoint" in out
         assert "(3 files: " in out and out.index(paths[0].name) < out.index(paths[1].name)
 
 
@@ -155,7 +155,7 @@ def test_from_seq_and_prev_still_verify_a_window(tmp_path, key_file, capsys) -> 
     path.write_bytes(b"".join(lines[5:]))
     code, out, _ = run(capsys, "verify", str(path), "--public-key", str(key_file),
                        "--from-seq", str(link["seq"]), "--prev", link["prev"])
-    assert code == 0 and f"{path}: ok, " in out
+    assert code == 3 and f"{path}: intact but not all signed (exit 3), " in out
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -372,9 +372,9 @@ def test_files_beside_the_set_that_are_not_rotated_files_of_it_are_left_alone(tm
     paths = rotated(tmp_path / "logs")
     (tmp_path / "logs" / "audit.jsonl.bak").write_bytes(paths[0].read_bytes())  # a copy: its own chain
     code, out, _ = run(capsys, "verify", str(paths[-1]), "--public-key", str(key_file))
-    assert code == 0 and "(3 files: " in out and ".bak" not in out
+    assert code == 3 and "(3 files: " in out and ".bak" not in out
     code, out, _ = run(capsys, "verify", str(tmp_path / "logs"), "--public-key", str(key_file))
-    assert code == 0 and len(out.splitlines()) == 2 and "audit.jsonl.bak: ok, 10 records" in out
+    assert code == 3 and len(out.splitlines()) == 2 and "audit.jsonl.bak: ok, 10 records" in out
 
 
 def test_keygen_makes_a_key_the_gateway_signs_with_and_verify_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

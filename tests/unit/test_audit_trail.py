@@ -307,3 +307,37 @@ def test_the_short_path_and_the_long_path_write_the_same_chain(tmp_path: Path) -
     assert [(r["event"], r.get("n"), r["chain"]["seq"]) for r in mine] == [(r["event"], r.get("n"), r["chain"]["seq"]) for r in other]
     assert mine[:4] == other[:4]
     assert verify(all_lines(one), KEY.public_key()).ok and verify(all_lines(tmp_path / "two.jsonl"), KEY.public_key()).ok
+
+
+def test_records_added_while_the_gateway_was_down_are_reported_not_signed(tmp_path: Path) -> None:
+    """The outside review's laundering: after a clean stop, someone appends a record chained to
+    the last checkpoint; the restarted gateway continues after it and signs the chain, but
+    verify names the records no checkpoint covered before the restart."""
+    path = tmp_path / "audit.jsonl"
+    trail = trail_at(path)
+    trail.append(b'{"event":"gateway.started","n":0}\n' + line(1))
+    trio.run(trail.aclose)
+    assert verify(all_lines(path), KEY.public_key()).vouched
+    from sqlward.audit.chain import Chain  # the forger: no key, only hashes
+
+    last = all_lines(path)[-1]
+    forger = Chain("gw-test", seq=msgspec.json.decode(last)["chain"]["seq"], prev=__import__("hashlib").sha256(last).hexdigest())
+    with open(path, "ab") as f:
+        f.write(forger.link(b'{"event":"statement.decided","sql":"DROP TABLE payroll -- FORGED"}\n'))
+    trail = trail_at(path)  # the restart
+    trail.append(b'{"event":"gateway.started","n":1}\n' + line(2))
+    trio.run(trail.aclose)
+    report = verify(all_lines(path), KEY.public_key())
+    assert report.ok and not report.vouched and report.adopted == 1 and report.restarts == (5,), report
+
+
+def test_a_crash_tail_is_reported_at_the_restart(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    trail = trail_at(path)
+    trail.append(b'{"event":"gateway.started","n":0}\n' + line(1) + line(2))
+    trail.close()  # killed: no checkpoint
+    trail = trail_at(path)
+    trail.append(b'{"event":"gateway.started","n":1}\n')
+    trio.run(trail.aclose)
+    report = verify(all_lines(path), KEY.public_key())
+    assert report.ok and report.adopted == 3 and report.unsigned_tail == 0 and not report.vouched

@@ -773,8 +773,8 @@ def test_verify_prints_ok_n_records_m_signed_checkpoints(doc_trail: DocTrail, tm
     prints `ok, N records, M signed checkpoints` (the live trail: and its unsigned records)."""
     [cmd] = [c for c in command("audit verify", "audit-signing-key.pem.pub")]
     code, out, _ = run_doc(cmd, doc_paths(doc_trail, tmp_path), capsys)
-    assert code == 0
-    assert re.search(r": ok, \d+ records, \d+ signed checkpoints", out), out
+    assert code == 3  # the live trail has records after its last checkpoint
+    assert re.search(r": intact but not all signed \(exit 3\), \d+ records, \d+ signed checkpoints", out), out
     # A trail that stopped cleanly has no record after its last checkpoint.
     doc_trail.trail = Trail("gw-a", [FileSink(str(doc_trail.path))], key=doc_trail.key)
     doc_trail.stop()
@@ -785,9 +785,9 @@ def test_verify_prints_ok_n_records_m_signed_checkpoints(doc_trail: DocTrail, tm
 def test_verify_of_a_live_rotated_trail_prints_the_pages_line(doc_trail: DocTrail, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """"verify" block, first command and its output."""
-    cmd = next(c for c in command("audit verify /var/log/sqlward/audit.jsonl", "audit.pub") if c.output and ": ok," in c.output[0])
+    cmd = next(c for c in command("audit verify /var/log/sqlward/audit.jsonl", "audit.pub") if c.output and ": intact but not all signed" in c.output[0])
     code, out, _ = run_doc(cmd, doc_paths(doc_trail, tmp_path), capsys)
-    assert code == 0
+    assert code == 3
     assert pattern(cmd.output[0], doc_trail).fullmatch(out.rstrip("\n")), (cmd.output[0], out)
 
 
@@ -974,8 +974,8 @@ def _row(part: str) -> str:
     return said
 
 
-def test_the_verify_table_has_the_seven_rows() -> None:
-    assert len(_verify_table()) == 7
+def test_the_verify_table_has_the_nine_rows() -> None:
+    assert len(_verify_table()) == 9
 
 
 def test_a_record_edited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1048,7 +1048,7 @@ def _rechain(lines: list[bytes], start: int, edit: Callable[[bytes], bytes], che
 
 def test_a_forged_tail_rechained_without_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     said = _row("a forged tail")
-    assert said == "a checkpoint whose signature does not verify (or: the trail does not end on a checkpoint)"
+    assert said == "a checkpoint whose signature does not verify, or (no checkpoint after it) its records are reported as not signed (exit 3)"
     trail = _plain_trail(tmp_path, monkeypatch)
     lines = trail.path.read_bytes().splitlines(keepends=True)
     start = _records(lines)[5]
@@ -1064,12 +1064,12 @@ def test_a_forged_tail_rechained_without_the_key(tmp_path: Path, monkeypatch: py
     # The forged tail's checkpoints left out: every hash holds, and the trail does not end on a
     # checkpoint: its records after the last one are reported.
     code, out = _verify(trail, _rechain(lines, start, edit, "drop"), capsys)
-    assert code == 0 and re.search(r"; \d+ records after the last checkpoint \(not yet signed, or a cut tail\)", out), out
+    assert code == 3 and re.search(r"; \d+ records after the last checkpoint \(not yet signed, or a cut tail\)", out), out
 
 
 def test_the_tail_cut_after_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     assert _row("the tail cut after the last checkpoint, leaving records after it") == (
-        "those records are reported as unsigned (exit 0: a live trail has them too)"
+        "those records are reported as not signed (exit 3: a live trail has them too)"
     )
     assert _row("the tail cut exactly after a checkpoint").startswith("nothing: the rest verifies")
     trail = _plain_trail(tmp_path, monkeypatch)
@@ -1077,7 +1077,7 @@ def test_the_tail_cut_after_the_last_checkpoint(tmp_path: Path, monkeypatch: pyt
     checkpoints = [i for i, line in enumerate(lines) if b'"audit.checkpoint"' in line]
     cut = lines[: checkpoints[-2] + 3]  # two records after the last checkpoint left
     code, out = _verify(trail, cut, capsys)
-    assert code == 0 and "; 2 records after the last checkpoint (not yet signed, or a cut tail)" in out, out
+    assert code == 3 and "; 2 records after the last checkpoint (not yet signed, or a cut tail)" in out, out
     # A cut exactly after a checkpoint leaves nothing unsigned: verify cannot see it (reported).
     code, out = _verify(trail, lines[: checkpoints[-2] + 1], capsys)
     assert code == 0 and "after the last checkpoint" not in out, out
@@ -1086,7 +1086,7 @@ def test_the_tail_cut_after_the_last_checkpoint(tmp_path: Path, monkeypatch: pyt
 def test_exit_status_two_for_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """"Exit status: 0 verified, 1 broken, 2 a usage error (an unreadable file, a key that is not
     an Ed25519 or P-256 public key)"."""
-    assert "Exit status: 0 verified, 1 broken, 2 a usage error" in AUDIT.read_text()
+    assert "Exit status: 0 verified and every record signed; 1 broken; 2 a usage error" in " ".join(AUDIT.read_text().split())
     trail = _plain_trail(tmp_path, monkeypatch)
     rsa_pub = tmp_path / "rsa.pub"
     rsa_pub.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
