@@ -86,7 +86,8 @@ def test_a_window_verifies_from_where_the_chain_stood() -> None:
 @given(st.data())
 def test_any_changed_byte_is_found(data: st.DataObject) -> None:
     t = trail()
-    i = data.draw(st.integers(0, len(t) - 1))
+    signed = max(n for n, line in enumerate(t) if b'"audit.checkpoint"' in line)  # the tail after it is reported unsigned
+    i = data.draw(st.integers(0, signed))
     j = data.draw(st.integers(0, len(t[i]) - 2))  # not the newline
     b = data.draw(st.integers(0, 255).filter(lambda v: v != t[i][j]))
     changed = list(t)
