@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import ssl
+import urllib.parse
 import time
 
 import httpx
@@ -95,6 +96,15 @@ def encode_request(lines: list[bytes], gateway: str) -> bytes:
     return request.SerializeToString()
 
 
+def _shown_url(url: str) -> str:
+    """`url` as messages may show it: scheme, host, port and path (no user, password, query)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
 class OtlpLogsDestination:
     """Audit lines to an OTLP/HTTP logs endpoint (module doc); a `Destination`."""
 
@@ -104,6 +114,7 @@ class OtlpLogsDestination:
             raise SinkError(f"otlp sink {name!r}: endpoint {endpoint!r} is not an http(s) URL")
         self.name = name
         self._endpoint = endpoint
+        self._shown = _shown_url(endpoint)  # for messages: no credentials, no query
         self._headers = {**headers, "Content-Type": "application/x-protobuf"}
         self._gateway = gateway
         verify: ssl.SSLContext | bool = True
@@ -118,8 +129,8 @@ class OtlpLogsDestination:
         body = encode_request(lines, self._gateway)
         response = await self._client.post(self._endpoint, content=body, headers=self._headers)
         if not 200 <= response.status_code < 300:
-            text = " ".join(response.text.split())[:200]
-            raise SinkError(f"HTTP {response.status_code} from {self._endpoint}" + (f": {text}" if text else ""))
+            # The reply's text is not repeated: a collector may echo what it was sent (a token).
+            raise SinkError(f"HTTP {response.status_code} from {self._shown}")
         if response.content:
             reply = ExportLogsServiceResponse()
             try:
@@ -129,7 +140,7 @@ class OtlpLogsDestination:
             rejected = reply.partial_success.rejected_log_records
             if rejected:
                 why = reply.partial_success.error_message
-                raise SinkError(f"{self._endpoint} rejected {rejected} of {len(lines)} records" + (f": {why}" if why else ""))
+                raise SinkError(f"{self._shown} rejected {rejected} of {len(lines)} records" + (f": {why}" if why else ""))
 
     async def last_link(self, gateway: str) -> tuple[int, str] | None:
         return None

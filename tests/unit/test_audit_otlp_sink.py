@@ -140,7 +140,7 @@ def test_non_2xx_and_partial_success_raise(receiver: Receiver) -> None:
     async def main() -> None:
         dest = OtlpLogsDestination(receiver.url, {}, "", 5.0, "g1")
         receiver.statuses = [503]
-        with pytest.raises(SinkError, match="HTTP 503 from http://127.0.0.1:.*unavailable"):
+        with pytest.raises(SinkError, match=r"HTTP 503 from http://127.0.0.1:\d+/v1/logs$"):  # the reply is not repeated
             await dest.deliver(lines.make(1))
         rejected = ExportLogsServiceResponse()
         rejected.partial_success.rejected_log_records = 1
@@ -231,3 +231,10 @@ def test_https_with_ca_file(tmp_path: Path) -> None:
 def test_bad_endpoint_is_refused() -> None:
     with pytest.raises(SinkError, match="not an http"):
         OtlpLogsDestination("collector:4318", {}, "", 5.0, "g1")
+
+
+def test_messages_never_show_the_endpoints_credentials_or_query() -> None:
+    from sqlward.audit.sinks.otlp import _shown_url
+
+    assert _shown_url("http://ingest-user:S3CRETPASS@collector:4318/v1/logs?api_key=QUERYTOKEN123") == "http://collector:4318/v1/logs"
+    assert _shown_url("https://[::1]/v1/logs#x") == "https://[::1]/v1/logs"
