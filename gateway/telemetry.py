@@ -31,11 +31,22 @@ How it works:
   it (the decision, the run and the completion lines carry the statement's span); after it
   ends they name the session span again. `traceparent(scope)` gives the same context as a W3C
   header value (for passing it upstream: `trace_upstream`).
-- Spans are written straight to the SDK's `BatchSpanProcessor` as finished `ReadableSpan`s
-  with attributes built here; the SDK's `Tracer` is not used: its per-span attribute
-  validation and locking cost about 40 µs a statement, this path a few µs (docs/performance
-  figures in docs/observability.md). The batch processor's thread exports over OTLP/HTTP
-  (`endpoint` + "/v1/traces").
+- Spans are not the SDK's: no `Tracer`, no `ReadableSpan`, no `BatchSpanProcessor`, no
+  `OTLPSpanExporter` (the Tracer's per-span checks cost about 40 µs a statement; the SDK's
+  encoder about 60 µs a span in its export thread, holding the GIL against the trio thread:
+  30-50 % of `pgbench -S` throughput with every session traced). A span is encoded in
+  OTLP/protobuf when it ends, on the trio thread, by `gateway.otlp_traces`, from parts encoded
+  once: the resource and scope (`otlp_traces.Envelope`), a session's shared statement
+  attributes (`_Session.base`: who, target, environment, db.system.name, db.namespace,
+  server.*), a (decision, rule) pair's, and a statement shape's (operation, table, fingerprint:
+  name, db.operation.name, db.collection.name, db.query.text; `_query_part`, an LRU of
+  MAX_QUERY_SHAPES). Per statement only the ids, times, status and the completion's attributes
+  are encoded. The bytes go to `otlp_traces.BatchExporter` (a bounded queue of 2048 spans:
+  beyond, spans are dropped, counted and the first drop logged) whose thread joins them into
+  one ExportTraceServiceRequest per batch (512 spans, or what is there after 1 s) and POSTs it
+  to `endpoint` + "/v1/traces" (retrying 429/502/503/504 within `timeout_seconds`). With
+  `span_exporter` (tests) the same spans are built as SDK `ReadableSpan`s for that exporter
+  instead; tests/unit/test_otlp_traces.py checks both paths give the same OTLP.
 - Metrics. The hot path only bumps plain counters in this object (a dict add; for a duration
   a bisect into its target's buckets); a `MeterProvider` of its own reads them through
   observable instruments when a reader collects: the periodic OTLP reader (`endpoint` +
@@ -46,17 +57,20 @@ How it works:
   pull reader). Every metric is cumulative.
 
 Error handling: `observe` never raises (an `Observer` must not): an unexpected error is logged
-once to `sqlward.telemetry` and that event is skipped. An export failure is the SDK's to retry
-and log; it never reaches a session.
+once to `sqlward.telemetry` and that event is skipped. An export failure is the exporter
+thread's to retry and log (`otlp_traces`); it never reaches a session.
 
-Threads: `observe` runs on the gateway's trio thread; the metric callbacks run on the
-exporter's thread or on the caller of `prometheus_text()`. They only read what observe writes
-(ints, dict items copied in one call, a deque), and `SinkHealth.status()` must only read.
+Threads: `observe` runs on the gateway's trio thread (it only appends encoded spans to the
+span exporter's deque); the metric callbacks run on the metric exporter's thread or on the
+caller of `prometheus_text()`. They only read what observe writes (ints, dict items copied in
+one call, a deque), and `SinkHealth.status()` must only read.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
@@ -64,7 +78,6 @@ from collections.abc import Callable, Iterable, Mapping
 import msgspec
 import trio
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -92,8 +105,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -116,6 +128,7 @@ from sqlward.audit.events import (
     Who,
 )
 from sqlward.audit.recorder import AuditScope
+from sqlward.gateway import otlp_traces as otlp
 from sqlward.gateway.config import Config, TelemetryConfig, parse_dsn
 from sqlward.gateway.health import SinkHealth
 
@@ -130,12 +143,15 @@ MAX_OPEN_STATEMENTS = 8  # open statement spans per session (pipelining, held ap
 MAX_PREPARED = 32  # prepared statements per session whose attributes are kept for later runs
 MAX_PENDING_APPROVALS = 10_000  # approval ids followed for sqlward.approvals.pending
 MAX_QUERY_TEXT = 4096  # characters of db.query.text (a fingerprint can be a whole script)
+MAX_QUERY_SHAPES = 1024  # statement shapes (fingerprint, operation, table) whose attributes are kept encoded
+MAX_DECISIONS = 1024  # (decision, rule) pairs whose attributes are kept encoded
 DURATION_BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000)
 
 _DB_SYSTEMS = {"postgres": "postgresql", "mysql": "mysql"}
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _OK = Status(StatusCode.UNSET)
+_randbits = random.getrandbits
 _PROM_UNITS = {"ms": "milliseconds", "s": "seconds", "By": "bytes"}
 _SCOPE = "sqlward.gateway.telemetry"
 _CUMULATIVE = {
@@ -164,12 +180,24 @@ def target_infos(config: Config) -> dict[str, TargetInfo]:
     return out
 
 
-def _hex_ids(trace_id: int, span_id: int) -> tuple[str, str]:
-    return format(trace_id, "032x"), format(span_id, "016x")
+def _new_trace_id() -> bytes:
+    """16 random bytes, not all zero (as the SDK's RandomIdGenerator: W3C ids are never zero)."""
+    while True:
+        value = _randbits(128)
+        if value:
+            return value.to_bytes(16, "big")
 
 
-def _parse_traceparent(value: str) -> SpanContext | None:
-    """The remote parent named by a W3C traceparent (version 00), or None when it is unusable."""
+def _new_span_id() -> bytes:
+    while True:
+        value = _randbits(64)
+        if value:
+            return value.to_bytes(8, "big")
+
+
+def _parse_traceparent(value: str) -> tuple[bytes, bytes, bool] | None:
+    """The remote parent named by a W3C traceparent (version 00) as (trace id, span id,
+    sampled), or None when it is unusable."""
     if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
         return None
     try:
@@ -178,46 +206,93 @@ def _parse_traceparent(value: str) -> SpanContext | None:
         flags = int(value[53:55], 16)
     except ValueError:
         return None
-    if not trace_id or not span_id:
+    if not 0 < trace_id < 1 << 128 or not 0 < span_id < 1 << 64:
         return None
-    return SpanContext(trace_id, span_id, True, _SAMPLED if flags & 1 else _NOT_SAMPLED)
+    return trace_id.to_bytes(16, "big"), span_id.to_bytes(8, "big"), bool(flags & 1)
+
+
+# A group of attributes as a dict (for the SDK's ReadableSpan: `span_exporter`) and as encoded
+# Span.attributes fields (for OTLP), made once and shared (never mutated).
+_Part = tuple[dict[str, object], bytes]
+_NO_PART: _Part = ({}, b"")
+_returned_rows = otlp.IntAttribute("db.response.returned_rows")
+
+
+@functools.lru_cache(maxsize=MAX_QUERY_SHAPES)
+def _query_part(fingerprint: str, operation: str | None, table: str | None) -> tuple[str, _Part]:
+    """A statement shape's name and its db.operation.name / db.collection.name / db.query.text
+    (the fingerprint is cut to MAX_QUERY_TEXT before it is a key: the cache stays bounded)."""
+    attrs: dict[str, object] = {}
+    name = ""
+    if operation is not None:
+        name = attrs["db.operation.name"] = operation.upper()
+        if table is not None:
+            attrs["db.collection.name"] = table
+            name = f"{name} {table}"
+    if fingerprint:
+        attrs["db.query.text"] = fingerprint
+    return name, (attrs, otlp.attributes(attrs))
 
 
 class _Statement:
-    """An open statement span."""
+    """A statement span: its ids, its parent's (`remote`: the client's span), a link to the
+    session span (client traceparent), and its attributes as shared parts (the session's, the
+    decision's, the statement shape's) plus what varies (`approval_id`, `extra`)."""
 
-    __slots__ = ("context", "parent", "ids", "start", "name", "attrs", "links", "status")
+    __slots__ = (
+        "trace_id", "span_id", "parent_id", "remote", "sampled", "link", "ids", "start", "name",
+        "base", "decision", "query", "approval_id", "rows", "extra", "status", "message",
+    )
 
     def __init__(
-        self, context: SpanContext, parent: SpanContext, start: int, name: str,
-        attrs: dict[str, object], links: tuple[Link, ...],
+        self, trace_id: bytes, span_id: bytes, parent_id: bytes, remote: bool, sampled: bool,
+        link: tuple[bytes, bytes, bool] | None, start: int, name: str, base: _Part, decision: _Part, query: _Part,
+        approval_id: str,
     ) -> None:
-        self.context = context
-        self.parent = parent
-        self.ids = _hex_ids(context.trace_id, context.span_id)
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.remote = remote
+        self.sampled = sampled
+        self.link = link
+        self.ids = (trace_id.hex(), span_id.hex())
         self.start = start
         self.name = name
-        self.attrs = attrs
-        self.links = links
-        self.status = _OK
+        self.base = base
+        self.decision = decision
+        self.query = query
+        self.approval_id = approval_id
+        self.rows: int | None = None  # db.response.returned_rows
+        self.extra: dict[str, object] | None = None  # from the completion (rows, errors), sqlward.unfinished
+        self.status = otlp.STATUS_UNSET
+        self.message: str | None = None
+
+    def set(self, key: str, value: object) -> None:
+        extra = self.extra
+        if extra is None:
+            self.extra = {key: value}
+        else:
+            extra[key] = value
 
 
 class _Session:
     """One session's span and statements (module doc)."""
 
     __slots__ = (
-        "context", "ids", "start", "attrs", "target", "who", "base", "db_system",
+        "trace_id", "span_id", "sampled", "ids", "start", "attrs", "target", "who", "base", "db_system",
         "statements", "prepared", "restore",
     )
 
-    def __init__(self, context: SpanContext, start: int, attrs: dict[str, object]) -> None:
-        self.context = context
-        self.ids = _hex_ids(context.trace_id, context.span_id)
+    def __init__(self, trace_id: bytes, span_id: bytes, sampled: bool, start: int, attrs: dict[str, object]) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.sampled = sampled
+        self.ids = (trace_id.hex(), span_id.hex())
         self.start = start
         self.attrs = attrs
         self.target = ""
         self.who: Who | None = None
-        self.base: dict[str, object] = {}  # the statement attributes every statement shares
+        self.base: _Part = _NO_PART  # the statement attributes every statement shares
         self.db_system = ""
         self.statements: dict[int, _Statement] = {}
         self.prepared: dict[int, _Statement] = {}
@@ -271,20 +346,27 @@ class Telemetry:
         self._scope_info = InstrumentationScope("sqlward.gateway.telemetry", version or None)
         no_meters = NoOpMeterProvider()  # the SDK's own metrics about itself: none, and no global lookup
 
-        # -- traces
-        if span_exporter is None and config.traces and config.endpoint:
-            span_exporter = OTLPSpanExporter(
-                endpoint=config.endpoint.rstrip("/") + "/v1/traces", headers=dict(config.headers),
-                timeout=config.timeout_seconds, meter_provider=no_meters,
+        # -- traces: encoded here (otlp_traces), or SDK ReadableSpans for a given SDK exporter (tests)
+        self.tracing = config.traces and (span_exporter is not None or bool(config.endpoint))
+        self._span_exporter = span_exporter if self.tracing else None
+        self._readable = self._span_exporter is not None
+        self._spans: otlp.BatchExporter[object] | None = None
+        self._sender: otlp.OtlpHttpSender | None = None
+        if self._span_exporter is not None:
+            exporter = self._span_exporter
+            self._spans = otlp.BatchExporter(
+                lambda batch, deadline: exporter.export(batch) is SpanExportResult.SUCCESS, timeout=config.timeout_seconds,
             )
-        self.tracing = config.traces and span_exporter is not None
-        self._processor: BatchSpanProcessor | None = None
-        if self.tracing and span_exporter is not None:
-            self._processor = BatchSpanProcessor(
-                span_exporter, export_timeout_millis=config.timeout_seconds * 1000, meter_provider=no_meters,
+        elif self.tracing:
+            self._sender = otlp.OtlpHttpSender(
+                config.endpoint.rstrip("/") + "/v1/traces", otlp.Envelope(self.resource.attributes, _SCOPE, version or None),
+                headers=config.headers, timeout=config.timeout_seconds,
             )
+            self._spans = otlp.BatchExporter(self._sender, timeout=config.timeout_seconds)  # type: ignore[arg-type]
         self._sampler = ParentBased(TraceIdRatioBased(config.sample_ratio))
-        self._ids = RandomIdGenerator()
+        self._new_trace_id = _new_trace_id  # replaceable by tests (deterministic ids)
+        self._new_span_id = _new_span_id
+        self._decisions: dict[tuple[str, str], _Part] = {}
 
         # -- metrics: plain counters written by observe, read by the instruments' callbacks
         self.metrics = config.metrics
@@ -299,12 +381,12 @@ class Telemetry:
             self._pull = InMemoryMetricReader(preferred_temporality=_CUMULATIVE)
             readers: list[InMemoryMetricReader | PeriodicExportingMetricReader] = [self._pull]
             if config.endpoint:
-                otlp = OTLPMetricExporter(
+                metric_exporter = OTLPMetricExporter(
                     endpoint=config.endpoint.rstrip("/") + "/v1/metrics", headers=dict(config.headers),
                     timeout=config.timeout_seconds, preferred_temporality=_CUMULATIVE, meter_provider=no_meters,
                 )
                 readers.append(PeriodicExportingMetricReader(
-                    _WithDurations(otlp, self._with_durations),
+                    _WithDurations(metric_exporter, self._with_durations),
                     export_interval_millis=config.metrics_interval_seconds * 1000,
                     export_timeout_millis=config.timeout_seconds * 1000,
                 ))
@@ -376,10 +458,10 @@ class Telemetry:
         session = self._sessions.get(scope.connection_id) if self.tracing else None
         if session is None or not scope.trace_id:
             return None
-        flags = "01" if session.context.trace_flags.sampled else "00"
+        flags = "01" if session.sampled else "00"
         for statement in session.statements.values():
             if statement.ids[1] == scope.span_id:
-                flags = "01" if statement.context.trace_flags.sampled else "00"
+                flags = "01" if statement.sampled else "00"
                 break
         return f"00-{scope.trace_id}-{scope.span_id}-{flags}"
 
@@ -402,13 +484,14 @@ class Telemetry:
             self._end_session(sessions[oldest], {"sqlward.unfinished": True})
             del sessions[oldest]
             self._active -= 1
-        trace_id = self._ids.generate_trace_id()
-        span_id = self._ids.generate_span_id()
+        trace_id = self._new_trace_id()
+        span_id = self._new_span_id()
         sampled = False
         if self.tracing:
-            sampled = self._sampler.should_sample(None, trace_id, "sqlward.session", SpanKind.SERVER).decision.is_sampled()
-        context = SpanContext(trace_id, span_id, False, _SAMPLED if sampled else _NOT_SAMPLED)
-        session = _Session(context, self._clock(), attrs)
+            sampled = self._sampler.should_sample(
+                None, int.from_bytes(trace_id, "big"), "sqlward.session", SpanKind.SERVER,
+            ).decision.is_sampled()
+        session = _Session(trace_id, span_id, sampled, self._clock(), attrs)
         sessions[scope.connection_id] = session
         self._active += 1
         if self.tracing:
@@ -435,7 +518,7 @@ class Telemetry:
         if session is None:
             return
         self._bind(session, event.who, event.target, event.environment)
-        session.attrs.update(session.base)
+        session.attrs.update(session.base[0])
         if event.application_name:
             session.attrs["sqlward.application_name"] = event.application_name
 
@@ -452,7 +535,7 @@ class Telemetry:
             base["server.address"] = info.address
             base["server.port"] = info.port
         _who_attributes(who, base)
-        session.base = base
+        session.base = (base, otlp.attributes(base))
 
     def _connection_refused(self, scope: AuditScope, event: ConnectionRefused) -> None:
         """A refused connection: the end of its lifecycle (no connection.closed follows), so
@@ -485,17 +568,28 @@ class Telemetry:
             return
         now = self._clock()
         for statement in session.statements.values():
-            statement.attrs["sqlward.unfinished"] = True
+            statement.set("sqlward.unfinished", True)
             self._export(statement, now)
         session.statements.clear()
         session.attrs.update(attrs)
-        processor = self._processor
-        if processor is not None and session.context.trace_flags.sampled:
-            status = Status(StatusCode.ERROR, "login refused") if "sqlward.refused" in session.attrs else _OK
-            processor.on_end(ReadableSpan(
-                "sqlward.session", session.context, None, self.resource, session.attrs, (), (), SpanKind.SERVER,
-                None, status, session.start, now, self._scope_info,
+        spans = self._spans
+        if spans is None or not session.sampled:
+            return
+        refused = "sqlward.refused" in session.attrs
+        if self._readable:
+            context = SpanContext(
+                int.from_bytes(session.trace_id, "big"), int.from_bytes(session.span_id, "big"), False, _SAMPLED,
+            )
+            spans.put(ReadableSpan(
+                "sqlward.session", context, None, self.resource, dict(session.attrs), (), (), SpanKind.SERVER,
+                None, Status(StatusCode.ERROR, "login refused") if refused else _OK, session.start, now, self._scope_info,
             ))
+            return
+        spans.put(otlp.encode_span(
+            session.trace_id, session.span_id, None, "sqlward.session", otlp.KIND_SERVER, session.start, now,
+            otlp.attributes(session.attrs), b"", otlp.STATUS_ERROR if refused else otlp.STATUS_UNSET,
+            "login refused" if refused else None,
+        ))
 
     # -- statements -------------------------------------------------------------------------
 
@@ -509,40 +603,46 @@ class Telemetry:
         session = self._session(scope)
         if session is None:
             return
-        parent = session.context
-        links: tuple[Link, ...] = ()
+        link = None
         client = _parse_traceparent(event.traceparent) if event.traceparent else None
-        if client is not None:
-            parent = client
-            links = (Link(session.context),)
-        context = SpanContext(parent.trace_id, self._ids.generate_span_id(), False, parent.trace_flags)
-        if not parent.trace_flags.sampled:  # nothing to export: the ids only (the envelope, upstream)
-            statement = _Statement(context, parent, 0, "", {}, links)
+        if client is None:
+            trace_id, parent_id, sampled, remote = session.trace_id, session.span_id, session.sampled, False
+        else:
+            (trace_id, parent_id, sampled), remote = client, True
+            link = (session.trace_id, session.span_id, session.sampled)
+        span_id = self._new_span_id()
+        if not sampled:  # nothing to export: the ids only (the envelope, upstream)
+            statement = _Statement(trace_id, span_id, parent_id, remote, False, link, 0, "", _NO_PART, _NO_PART, _NO_PART, "")
             self._opened_statement(scope, session, event, statement)
             return
-        if event.who is not session.who or event.target != session.target:
-            self._bind(session, event.who, event.target, event.environment)
-        attrs = dict(session.base)
-        attrs["sqlward.decision"] = event.action
-        if event.rule_id:
-            attrs["sqlward.rule"] = event.rule_id
-        if event.approval_id:
-            attrs["sqlward.approval_id"] = event.approval_id
-        name = ""
-        if event.operations:
-            name = attrs["db.operation.name"] = event.operations[0].upper()
-            if event.tables:
-                attrs["db.collection.name"] = event.tables[0]
-                name = f"{name} {event.tables[0]}"
-        if event.fingerprint:
-            attrs["db.query.text"] = event.fingerprint[:MAX_QUERY_TEXT]
-        statement = _Statement(context, parent, self._clock(), name or session.db_system or "sqlward.statement", attrs, links)
+        who = event.who
+        if (who is not session.who and who != session.who) or event.target != session.target:
+            self._bind(session, who, event.target, event.environment)
+        key = (event.action, event.rule_id)
+        decision = self._decisions.get(key)
+        if decision is None:
+            attrs: dict[str, object] = {"sqlward.decision": event.action}
+            if event.rule_id:
+                attrs["sqlward.rule"] = event.rule_id
+            if len(self._decisions) >= MAX_DECISIONS:
+                self._decisions.clear()
+            decision = self._decisions[key] = (attrs, otlp.attributes(attrs))
+        operations = event.operations
+        name, query = _query_part(
+            event.fingerprint[:MAX_QUERY_TEXT], operations[0] if operations else None,
+            event.tables[0] if operations and event.tables else None,
+        )
+        statement = _Statement(
+            trace_id, span_id, parent_id, remote, True, link, self._clock(), name or session.db_system or "sqlward.statement",
+            session.base, decision, query, event.approval_id,
+        )
         self._opened_statement(scope, session, event, statement)
 
     def _opened_statement(self, scope: AuditScope, session: _Session, event: StatementDecided, statement: _Statement) -> None:
         scope.trace_id, scope.span_id = statement.ids
         if event.action == "deny":
-            statement.status = Status(StatusCode.ERROR, f"denied by {event.rule_id or 'policy'}")
+            statement.status = otlp.STATUS_ERROR
+            statement.message = f"denied by {event.rule_id or 'policy'}"
             self._export(statement, statement.start)
             session.restore = True
             return
@@ -550,7 +650,7 @@ class Telemetry:
         if len(open_) >= MAX_OPEN_STATEMENTS:
             oldest = next(iter(open_))
             old = open_.pop(oldest)
-            old.attrs["sqlward.unfinished"] = True
+            old.set("sqlward.unfinished", True)
             self._export(old, self._clock())
         open_[event.request_id] = statement
         if event.statement_name is not None:  # a preparation: later runs take its attributes
@@ -574,28 +674,26 @@ class Telemetry:
                 prepared = session.prepared.get(event.prepared_ref)
                 if prepared is None:
                     return
-                context = SpanContext(
-                    prepared.parent.trace_id, self._ids.generate_span_id(), False, prepared.parent.trace_flags,
-                )
                 statement = _Statement(
-                    context, prepared.parent, now - int(event.duration_ms * 1_000_000), prepared.name,
-                    dict(prepared.attrs), prepared.links,
+                    prepared.trace_id, self._new_span_id(), prepared.parent_id, prepared.remote, prepared.sampled,
+                    prepared.link, now - int(event.duration_ms * 1_000_000), prepared.name, prepared.base,
+                    prepared.decision, prepared.query, prepared.approval_id,
                 )
         if statement is None:
             return
-        attrs = statement.attrs
-        if event.rows is not None:
-            attrs["db.response.returned_rows"] = event.rows
-        if event.masked:
-            attrs["sqlward.masked_columns"] = tuple(event.masked)
-        if event.approval_id:
-            attrs["sqlward.approval_id"] = event.approval_id
-        if event.error is not None or event.sqlstate is not None:
-            if event.sqlstate:
-                attrs["db.response.status_code"] = event.sqlstate
-            attrs["error.type"] = event.sqlstate or "error"
-            statement.status = Status(StatusCode.ERROR, f"SQLSTATE {event.sqlstate}" if event.sqlstate else "failed")
-        self._export(statement, now)
+        if statement.sampled:
+            statement.rows = event.rows
+            if event.masked:
+                statement.set("sqlward.masked_columns", tuple(event.masked))
+            if event.approval_id:
+                statement.approval_id = event.approval_id
+            if event.error is not None or event.sqlstate is not None:
+                if event.sqlstate:
+                    statement.set("db.response.status_code", event.sqlstate)
+                statement.set("error.type", event.sqlstate or "error")
+                statement.status = otlp.STATUS_ERROR
+                statement.message = f"SQLSTATE {event.sqlstate}" if event.sqlstate else "failed"
+            self._export(statement, now)
         scope.trace_id, scope.span_id = statement.ids
         session.restore = True
 
@@ -606,12 +704,57 @@ class Telemetry:
         return session.ids
 
     def _export(self, statement: _Statement, end: int) -> None:
-        processor = self._processor
-        if processor is not None and statement.context.trace_flags.sampled:
-            processor.on_end(ReadableSpan(
-                statement.name, statement.context, statement.parent, self.resource, statement.attrs, (), statement.links,
-                SpanKind.CLIENT, None, statement.status, statement.start, end, self._scope_info,
-            ))
+        """Queue the ended statement span (sampled only): encoded for OTLP, or as an SDK
+        ReadableSpan when an SDK exporter was given."""
+        spans = self._spans
+        if spans is None or not statement.sampled:
+            return
+        if self._readable:
+            spans.put(self._readable_statement(statement, end))
+            return
+        parts = [statement.base[1], statement.decision[1]]
+        if statement.approval_id:
+            parts.append(otlp.attribute("sqlward.approval_id", statement.approval_id))
+        parts.append(statement.query[1])
+        if statement.rows is not None:
+            parts.append(_returned_rows(statement.rows))
+        if statement.extra:
+            parts.append(otlp.attributes(statement.extra))
+        link = statement.link
+        spans.put(otlp.encode_span(
+            statement.trace_id, statement.span_id, statement.parent_id, statement.name, otlp.KIND_CLIENT,
+            statement.start, end, b"".join(parts), otlp.link(link[0], link[1]) if link is not None else b"",
+            statement.status, statement.message, statement.remote,
+        ))
+
+    def _readable_statement(self, statement: _Statement, end: int) -> ReadableSpan:
+        """The statement span as the SDK's ReadableSpan (the `span_exporter` path: tests)."""
+        attrs = {**statement.base[0], **statement.decision[0]}
+        if statement.approval_id:
+            attrs["sqlward.approval_id"] = statement.approval_id
+        attrs.update(statement.query[0])
+        if statement.rows is not None:
+            attrs["db.response.returned_rows"] = statement.rows
+        if statement.extra:
+            attrs.update(statement.extra)
+        flags = _SAMPLED if statement.sampled else _NOT_SAMPLED
+        trace_id = int.from_bytes(statement.trace_id, "big")
+        context = SpanContext(trace_id, int.from_bytes(statement.span_id, "big"), False, flags)
+        parent = SpanContext(trace_id, int.from_bytes(statement.parent_id, "big"), statement.remote, flags)
+        links: tuple[Link, ...] = ()
+        if statement.link is not None:
+            link_trace, link_span, link_sampled = statement.link
+            links = (Link(SpanContext(
+                int.from_bytes(link_trace, "big"), int.from_bytes(link_span, "big"), False,
+                _SAMPLED if link_sampled else _NOT_SAMPLED,
+            )),)
+        status = _OK if statement.status == otlp.STATUS_UNSET and statement.message is None else Status(
+            StatusCode(statement.status), statement.message,
+        )
+        return ReadableSpan(
+            statement.name, context, parent, self.resource, attrs, (), links, SpanKind.CLIENT, None, status,
+            statement.start, end, self._scope_info,
+        )
 
     # -- approvals (sqlward.approvals.pending, when no count is given) ---------------------
 
@@ -695,11 +838,16 @@ class Telemetry:
         registry.register(_PrometheusView(data))
         return generate_latest(registry)
 
+    @property
+    def spans_dropped(self) -> int:
+        """Spans dropped because the export queue was full (a collector slower than the gateway)."""
+        return self._spans.dropped if self._spans is not None else 0
+
     def force_flush(self, timeout: float = 10.0) -> bool:
         """Export the spans ended so far (blocks up to `timeout` seconds)."""
-        if self._processor is None:
+        if self._spans is None:
             return True
-        return self._processor.force_flush(int(timeout * 1000))
+        return self._spans.force_flush(timeout)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """End the spans of sessions still open, flush spans and metrics within `timeout`
@@ -711,9 +859,12 @@ class Telemetry:
         self._sessions.clear()
         self._active = 0
         self.on = False
-        if self._processor is not None:
-            self._processor.force_flush(int(max(0.0, deadline - time.monotonic()) * 1000))
-            self._processor.shutdown()
+        if self._spans is not None:
+            self._spans.shutdown(max(0.0, deadline - time.monotonic()))
+            if self._sender is not None:
+                self._sender.close()
+            if self._span_exporter is not None:
+                self._span_exporter.shutdown()
         if self._meters is not None:
             self._meters.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
 

@@ -1,7 +1,8 @@
 """gateway.telemetry: spans and metrics from the audit events a real `Recorder` sees.
 
-How it works: each test builds a `Telemetry` over the SDK's `InMemorySpanExporter` (the real
-batch processor in front of it; `force_flush` before reading), puts it as the observer of a
+How it works: each test builds a `Telemetry` over the SDK's `InMemorySpanExporter` (its own
+batch exporter thread in front of it, `gateway.otlp_traces.BatchExporter`; `force_flush` before
+reading; that the OTLP path sends the same spans is tests/unit/test_otlp_traces.py's), puts it as the observer of a
 `Recorder` writing to `tests.support.auditsink.ListSink`, and adds events as a session would
 (opened, authenticated, decided, executed, completed, closed). Assertions are on the finished
 spans (names, kinds, parents, attributes, status), on the envelope of the recorded lines
@@ -248,6 +249,21 @@ def test_prepared_statements_first_run_ends_the_preparation_span_later_runs_get_
     assert (run[0]["span_id"], run[1]["span_id"]) == (ids(first)[1], ids(second)[1])
 
 
+def test_a_later_run_of_a_prepared_statement_does_not_inherit_the_first_runs_outcome() -> None:
+    env = Env()
+    scope = env.session()
+    scope.add(decided(1, statement_name="s1"))
+    scope.add(StatementCompleted(request_id=2, prepared_ref=1, duration_ms=1.0, error="dup", sqlstate="23505", masked={"email": 1}))
+    scope.add(StatementCompleted(request_id=3, prepared_ref=1, rows=2, duration_ms=1.0))
+    first, second = by_kind(env.spans(), SpanKind.CLIENT)
+    assert first.status.status_code == StatusCode.ERROR and (first.attributes or {})["error.type"] == "23505"
+    assert second.status.status_code == StatusCode.UNSET
+    attributes = dict(second.attributes or {})
+    assert "error.type" not in attributes and "db.response.status_code" not in attributes
+    assert "sqlward.masked_columns" not in attributes and attributes["db.response.returned_rows"] == 2
+    assert attributes["db.query.text"] == FINGERPRINT and attributes["sqlward.decision"] == "allow"
+
+
 def test_statements_never_completed_end_at_close_and_at_most_a_few_stay_open() -> None:
     env = Env()
     scope = env.session()
@@ -401,10 +417,16 @@ def test_observe_costs_a_few_microseconds_per_statement() -> None:
 
     figures = {}
     for name, config in (
-        ("traces+metrics", TelemetryConfig()), ("metrics", TelemetryConfig(traces=False)),
+        ("otlp traces+metrics", TelemetryConfig()),
+        ("sdk spans+metrics", TelemetryConfig()), ("metrics", TelemetryConfig(traces=False)),
         ("off", TelemetryConfig(traces=False, metrics=False)),
     ):
         telemetry = Telemetry(config, gateway="g", targets=TARGETS, span_exporter=Null())
+        if name == "otlp traces+metrics":  # the production path: spans encoded here; the queue's put only
+            telemetry = Telemetry(TelemetryConfig(endpoint="http://127.0.0.1:9", metrics_interval_seconds=3600), gateway="g", targets=TARGETS)
+            assert telemetry._spans is not None
+            encoded: list[object] = []
+            telemetry._spans.put = encoded.append  # type: ignore[method-assign]
         scope = Recorder("g", ListSink()).scope("c1")
         telemetry.observe(scope, ConnectionOpened(client_addr="x", listener="pg", protocol="postgres"))
         telemetry.observe(scope, ConnectionAuthenticated(who=WHO, target="app", environment="production"))
@@ -417,7 +439,9 @@ def test_observe_costs_a_few_microseconds_per_statement() -> None:
                 telemetry.observe(scope, d)
                 telemetry.observe(scope, c)
             best = min(best, (time.perf_counter() - start) / n * 1e6)
+            if name == "otlp traces+metrics":
+                encoded.clear()
         figures[name] = best
         telemetry.shutdown(2)
     print("observe() per statement, µs:", {k: round(v, 2) for k, v in figures.items()})
-    assert figures["traces+metrics"] < 100  # a loose bound: this is a figure, not a race
+    assert figures["otlp traces+metrics"] < 100 and figures["sdk spans+metrics"] < 100  # a loose bound: this is a figure, not a race
