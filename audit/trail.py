@@ -66,7 +66,10 @@ def signing_key(path: str, *, default_dir: str) -> tuple[PrivateKey, str]:
                 f.write(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
             log.warning("made a new audit signing key %s (verifiers need %s.pub)", path, path)
     with open(path, "rb") as f:
-        key = serialization.load_pem_private_key(f.read(), password=None)
+        try:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+        except TypeError:  # encrypted: the gateway reads its key unattended
+            raise ValueError(f"{path}: an encrypted key (store it unencrypted, mode 0600)") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey) and not (
         isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
     ):

@@ -379,7 +379,7 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # A signed checkpoint after this many records, or this many seconds with records unsigned,
     # and at shutdown.
     checkpoint_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
-    checkpoint_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    checkpoint_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
     # Where remote sinks spool records not yet delivered (default: next to the audit file).
     spool_dir: str = ""
     # How long a statement waits (sync) for a remote sink before it is refused.
@@ -399,7 +399,7 @@ class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # The share of sessions traced (parent-based: a client's sampled traceparent is followed).
     sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
     metrics: bool = True
-    metrics_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    metrics_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
 
 
@@ -920,6 +920,13 @@ def _finish(config: Config, file: str) -> Config:
         problems.append(Problem("$.masking.catalogue_max_age", "expected seconds > 0"))
 
     audit = _check_audit(config.audit, base, problems)
+    for key, value in config.telemetry.headers.items():
+        if not _header_ok(key, value):
+            problems.append(Problem("$.telemetry.headers", f"header {key!r}: expected a token name and a value without line breaks"))
+    if not config.telemetry.endpoint or not config.telemetry.traces:
+        for i, t in enumerate(config.targets):
+            if t.trace_upstream:
+                problems.append(Problem(f"$.targets[{i}].trace_upstream", "needs traces: [telemetry] endpoint, with traces = true"))
     if config.telemetry.endpoint and not re.match(r"https?://[^/\s]+", config.telemetry.endpoint):
         problems.append(Problem("$.telemetry.endpoint", "expected an http:// or https:// URL (the OTLP/HTTP base, e.g. http://collector:4318)"))
 
@@ -1067,16 +1074,58 @@ def _check_audit(audit: AuditConfig, base: str, problems: list[Problem]) -> Audi
             if ca_file:
                 _check_readable(ca_file, f"{at}.ca_file", "CA file", problems)
         sinks.append(msgspec.structs.replace(sink, name=name, path=path, password_file=password_file, ca_file=ca_file))
+    paths: dict[str, int] = {}
+    for i, sink in enumerate(sinks):
+        if sink.kind == "file" and sink.path:
+            if sink.path in paths:
+                problems.append(Problem(f"$.audit.sinks[{i}].path", f"the same file as $.audit.sinks[{paths[sink.path]}] (each file sink needs its own)"))
+            paths.setdefault(sink.path, i)
+        for key, value in sink.headers.items():
+            if not _header_ok(key, value):
+                problems.append(Problem(f"$.audit.sinks[{i}].headers", f"header {key!r}: expected a token name and a value without line breaks"))
     if audit.sinks and not any(sink.required for sink in audit.sinks):
         problems.append(Problem("$.audit.sinks", "expected at least one required sink (required = true)"))
     key_file = _resolve(audit.signing_key_file, base)
     if key_file:
-        _check_readable(key_file, "$.audit.signing_key_file", "signing key file", problems)
+        _check_signing_key(key_file, problems)
     file = _resolve(audit.file, base)
     return msgspec.structs.replace(
         audit, file=file, durability=durability, signing_key_file=key_file, sinks=tuple(sinks),
         spool_dir=_resolve(audit.spool_dir, base) or os.path.join(os.path.dirname(file) or ".", "audit-spool"),
     )
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_ok(name: str, value: str) -> bool:
+    """An HTTP header the exporter may send: a token name, a value without control characters."""
+    return bool(_HEADER_NAME.fullmatch(name)) and not any(c in value for c in "\r\n\0")
+
+
+def _check_signing_key(path: str, problems: list[Problem]) -> None:
+    """The checkpoint signing key loads: an unencrypted PEM private key, Ed25519 or P-256."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    where = "$.audit.signing_key_file"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        problems.append(Problem(where, f"cannot read signing key file {path}: {exc.strerror or exc}"))
+        return
+    try:
+        key = load_pem_private_key(data, password=None)
+    except TypeError:
+        problems.append(Problem(where, f"{path}: an encrypted key (the gateway reads it unattended: store it unencrypted, mode 0600)"))
+        return
+    except (ValueError, UnsupportedAlgorithm):
+        problems.append(Problem(where, f"{path}: not a PEM private key (a public key, or another format)"))
+        return
+    if not isinstance(key, ed25519.Ed25519PrivateKey) and not (isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)):
+        problems.append(Problem(where, f"{path}: expected an Ed25519 or ECDSA P-256 private key"))
 
 
 def _check_issuer(issuer: IssuerConfig, at: str, base: str, problems: list[Problem]) -> IssuerConfig:

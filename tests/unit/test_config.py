@@ -897,3 +897,80 @@ def test_mutual_tls_listener_ok(tmp_path: Path) -> None:
     )
     listener = load_config(write(tmp_path, text), env={}).listeners[0]
     assert (listener.client_ca_file, listener.cert_identity) == (str(tmp_path / "ca.pem"), "subject-cn")
+
+
+# ---------------------------------------------------------------------------------------------
+# [audit], [[audit.sinks]], [telemetry] (issue 14)
+
+
+def _pem(key: object) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def test_audit_sinks_load_with_names_and_absolute_paths(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + """
+[audit]
+durability = "buffered"
+[[audit.sinks]]
+kind = "file"
+path = "trail/audit.jsonl"
+rotate_bytes = 1000000
+[[audit.sinks]]
+kind = "stdout"
+required = false
+[[audit.sinks]]
+kind = "otlp"
+endpoint = "http://collector:4318/v1/logs"
+required = false
+""")
+    config = load_config(path, env={})
+    names = [(s.name, s.kind, s.required) for s in config.audit.sinks]
+    assert names == [("file", "file", True), ("stdout", "stdout", False), ("otlp", "otlp", False)]
+    assert config.audit.sinks[0].path == str(tmp_path / "trail" / "audit.jsonl")
+    assert config.audit.spool_dir == str(tmp_path / "audit-spool")
+
+
+@pytest.mark.parametrize(("extra", "where", "fragment"), [
+    ('[[audit.sinks]]\nkind = "file"\npath = "a.jsonl"\n[[audit.sinks]]\nkind = "file"\npath = "a.jsonl"\nname = "two"\n',
+     "$.audit.sinks[1].path", "the same file"),
+    ('[[audit.sinks]]\nkind = "stdout"\nrequired = false\n', "$.audit.sinks", "at least one required sink"),
+    ('[[audit.sinks]]\nkind = "stdout"\npath = "x"\n', "$.audit.sinks[0].path", "not a setting of a stdout sink"),
+    ('[[audit.sinks]]\nkind = "postgres"\ndsn = "mysql://x"\n', "$.audit.sinks[0].dsn", "postgresql://"),
+    ('[[audit.sinks]]\nkind = "otlp"\nendpoint = "http://c/v1/logs"\nheaders = { "X-A" = "a\\r\\nX-B: b" }\n',
+     "$.audit.sinks[0].headers", "line breaks"),
+    ('[telemetry]\nendpoint = "http://c:4318"\nheaders = { "Bad Name" = "x" }\n', "$.telemetry.headers", "token name"),
+    ('[audit]\ncheckpoint_seconds = inf\n', "$.audit.checkpoint_seconds", ""),
+])
+def test_bad_audit_settings_are_named(tmp_path: Path, extra: str, where: str, fragment: str) -> None:
+    err = load_error(tmp_path, MINIMAL + extra)
+    assert_problem(err, where, fragment)
+
+
+def test_trace_upstream_needs_traces(tmp_path: Path) -> None:
+    err = load_error(tmp_path, MINIMAL.replace('dsn = "postgresql://svc@127.0.0.1:5432/app"', 'dsn = "postgresql://svc@127.0.0.1:5432/app"\ntrace_upstream = true'))
+    assert_problem(err, "$.targets[0].trace_upstream", "needs traces")
+
+
+def test_the_signing_key_is_checked_when_the_config_is_loaded(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    good = ed25519.Ed25519PrivateKey.generate()
+    cases = {
+        "encrypted.pem": (good.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.BestAvailableEncryption(b"pw")), "an encrypted key"),
+        "public.pem": (good.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+                       "not a PEM private key"),
+        "rsa.pem": (_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)), "Ed25519 or ECDSA P-256"),
+        "p384.pem": (_pem(ec.generate_private_key(ec.SECP384R1())), "Ed25519 or ECDSA P-256"),
+        "garbage.pem": (b"hello", "not a PEM private key"),
+    }
+    for name, (data, fragment) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        err = load_error(tmp_path, MINIMAL + f'[audit]\nsigning_key_file = "{name}"\n')
+        assert_problem(err, "$.audit.signing_key_file", fragment)
+    (tmp_path / "good.pem").write_bytes(_pem(good))
+    load_config(write(tmp_path, MINIMAL + '[audit]\nsigning_key_file = "good.pem"\n'), env={})
