@@ -461,16 +461,37 @@ def _rows(
     if after_seq is not None:
         where.append(sql.SQL("seq > %s"))
         params.append(after_seq)
-    query = sql.SQL("SELECT seq, line FROM {t} WHERE {w} ORDER BY seq {d}").format(
+    query = sql.SQL("SELECT seq, line, event, time FROM {t} WHERE {w} ORDER BY seq {d}").format(
         t=t, w=sql.SQL(" AND ").join(where), d=sql.SQL("DESC" if descending else "ASC"))
     origin = f"table {'.'.join(source.table)}"
     with _pg_errors(source), conn.cursor(name=f"sqlward_audit_{id(where):x}") as cur:
         cur.itersize = _ITERSIZE
         cur.execute(query, params)
-        for seq, text in cur:
+        for seq, text, event, when in cur:
             raw = str(text).encode() + b"\n"
-            yield Line(raw=raw, origin=origin, number=int(seq), gateway=gateway,
-                       record=decode(raw) if decoded else None)
+            record = decode(raw)
+            mismatch = _row_mismatch(record, int(seq), gateway, str(event), when)
+            if mismatch:
+                # The columns search filters on must say what the verified line says: a row whose
+                # event, time or key was edited is reported where verify reads it.
+                raw = msgspec.json.encode({"row_edited": f"seq {seq}: the row's {mismatch} does not match its line"}) + b"\n"
+                record = None
+            yield Line(raw=raw, origin=origin, number=int(seq), gateway=gateway, record=record if decoded else None)
+
+
+def _row_mismatch(record: Record | None, seq: int, gateway: str, event: str, when: datetime.datetime) -> str:
+    """Which column of a sink row disagrees with its line ("" when none)."""
+    if record is None or record.chain is None:
+        return ""  # verify reports the line itself
+    if record.chain.seq != seq:
+        return "seq"
+    if record.gateway and record.gateway != gateway:
+        return "gateway"
+    if record.event != event:
+        return "event"
+    if record.time is not None and abs(when.timestamp() - record.time) > 0.001:
+        return "time"
+    return ""
 
 
 def _max_seq(conn: psycopg.Connection[TupleRow], source: Table, gateway: str) -> int:

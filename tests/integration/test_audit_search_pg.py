@@ -202,3 +202,16 @@ def _read(proc: subprocess.Popen[bytes], n: int) -> list[tuple[str, int]]:
         r = json.loads(line)
         out.append((r["gateway"], r["seq"]))
     return out
+
+
+@pytest.mark.parametrize("edit", [
+    "SET event = 'audit.checkpoint'",
+    "SET time = '2001-01-01T00:00:00Z'",
+])
+def test_an_edited_column_that_search_filters_on_is_found_by_verify(dsn, chains, key_file, capsys, edit) -> None:
+    """search pushes time and event into SQL: a row whose columns were edited to hide it from a
+    search (the line untouched) no longer verifies (outside review)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"UPDATE sqlward_audit {edit} WHERE gateway = 'gw-a' AND seq = 2")
+    code, out, _ = run(capsys, "verify", dsn, "--public-key", str(key_file), "--gateway", "gw-a")
+    assert code == 1 and "BROKEN at seq 2" in out, out

@@ -4,7 +4,7 @@ commands over a `postgresql://` source print what the page shows.
 
 How it works: the trails are made as in tests/unit/test_docs_audit.py (`audit.trail.Trail` and a
 `FileSink`, through a `Recorder`), then copied into the table as the PostgreSQL sink stores them
-(`line` without its newline; a checkpoint at the time of the record before it). gw-a stopped
+(`line` without its newline; each row at its record's own time). gw-a stopped
 cleanly; one row of gw-b is deleted. The page's URI `postgresql://reader@audit-db/audit` is
 replaced by the scratch database's; an output line of the page becomes a pattern (any number for
 a number, anything for `...`). `tail -f` from a table is tested in test_audit_search_pg.py.
@@ -47,7 +47,7 @@ def _insert(conn: psycopg.Connection, lines: list[bytes]) -> None:
     with conn.cursor() as cur:
         for raw in lines:
             r = json.loads(raw)
-            when = r["time"] if r["event"] != "audit.checkpoint" else when
+            when = r["time"]  # every record has its time (a checkpoint its own, since format 2)
             cur.execute(
                 "INSERT INTO sqlward_audit (gateway, seq, time, event, line) VALUES (%s, %s, %s, %s, %s)",
                 (r["gateway"], r["chain"]["seq"], datetime.datetime.fromtimestamp(when, datetime.timezone.utc),
