@@ -20,7 +20,24 @@ from typing import Protocol
 
 import msgspec
 
-__all__ = ["Destination", "SinkError", "SinkStatus", "TrailSink"]
+__all__ = ["Destination", "LineHead", "SinkError", "SinkStatus", "TrailSink", "decode_head"]
+
+
+class _Link(msgspec.Struct, frozen=True):
+    seq: int
+
+
+class LineHead(msgspec.Struct, frozen=True):
+    """The keys of a linked audit line that sinks index it by (the rest is ignored)."""
+
+    chain: _Link
+    time: float | None = None
+    event: str = ""
+    gateway: str = ""
+
+
+# Raises msgspec.DecodeError (or ValidationError) for a line without a chain link.
+decode_head = msgspec.json.Decoder(LineHead).decode
 
 
 class SinkError(Exception):

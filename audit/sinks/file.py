@@ -37,7 +37,7 @@ import time
 import msgspec
 import trio
 
-from sqlward.audit.sinks import SinkError, SinkStatus
+from sqlward.audit.sinks import SinkError, SinkStatus, decode_head
 from sqlward.audit.writer import AuditWriteError, JsonlWriter
 
 log = logging.getLogger("sqlward.audit")
@@ -47,15 +47,6 @@ __all__ = ["FileSink", "last_line", "rotated_files"]
 _TAIL = 1 << 16  # bytes read from the end of a file to find its last line (records are smaller)
 
 
-class _Link(msgspec.Struct):
-    seq: int
-
-
-class _Chained(msgspec.Struct):
-    chain: _Link
-
-
-_decode_link = msgspec.json.Decoder(_Chained).decode
 
 
 def rotated_files(path: str) -> list[str]:
@@ -281,7 +272,7 @@ class FileSink:
             if line is None:
                 continue
             try:
-                seq = _decode_link(line).chain.seq
+                seq = decode_head(line).chain.seq
             except msgspec.DecodeError:
                 log.warning("audit file %s does not end with a chained record; a new chain begins", path)
                 return None

@@ -34,7 +34,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from sqlward.audit.sinks import SinkError
+from sqlward.audit.sinks import SinkError, decode_head
 from sqlward.audit.spool import RemoteSinkSettings
 
 __all__ = ["OtlpLogsDestination", "encode_request", "make_destination"]
@@ -42,20 +42,7 @@ __all__ = ["OtlpLogsDestination", "encode_request", "make_destination"]
 SCOPE = "sqlward.audit"
 
 
-class _Link(msgspec.Struct, frozen=True):
-    seq: int
-
-
-class _Head(msgspec.Struct, frozen=True):
-    """The keys of a linked line a log record carries as attributes (the rest is ignored)."""
-
-    chain: _Link
-    time: float | None = None
-    event: str = ""
-    gateway: str = ""
-
-
-_decode_head = msgspec.json.Decoder(_Head).decode
+_decode_head = decode_head
 
 
 def _attr(key: str, value: str | int) -> KeyValue:

@@ -42,7 +42,7 @@ import trio
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from sqlward.audit.sinks import SinkError
+from sqlward.audit.sinks import SinkError, decode_head
 from sqlward.audit.spool import RemoteSinkSettings
 
 __all__ = ["ConflictError", "PostgresDestination", "make_destination"]
@@ -52,20 +52,7 @@ class ConflictError(SinkError):
     """A row already holds this (gateway, seq) with another line."""
 
 
-class _Link(msgspec.Struct, frozen=True):
-    seq: int
-
-
-class _Head(msgspec.Struct, frozen=True):
-    """The keys of a linked line the table has columns for (the rest is ignored)."""
-
-    chain: _Link
-    time: float | None = None
-    event: str = ""
-    gateway: str = ""
-
-
-_decode_head = msgspec.json.Decoder(_Head).decode
+_decode_head = decode_head
 
 
 def _int(value: object) -> int:
