@@ -177,8 +177,9 @@ class FileSink:
         await trio.lowlevel.checkpoint()
         with trio.move_on_after(timeout) as scope:
             while self._synced < target:
-                self._request_sync()
-                await self._done.wait()
+                done = self._done
+                self._request_sync()  # may fsync at once (no descriptor to spare): done is set
+                await done.wait()
                 if self._sync_error:
                     raise SinkError(self._sync_error)
         if scope.cancelled_caught:
@@ -193,7 +194,18 @@ class FileSink:
         fd = self._writer.fd
         if fd is None:
             return
-        dup = os.dup(fd)  # the thread's own: a rotation may close the file meanwhile
+        try:
+            dup = os.dup(fd)  # the thread's own: a rotation may close the file meanwhile
+        except OSError:
+            # No descriptor to spare (a process at its limit): fsync here, blocking the loop
+            # for one fsync, rather than fail a statement that could be recorded.
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                self._finished(self._synced, f"cannot fsync audit file {self.path!r}: {exc.strerror}")
+                return
+            self._finished(target, "")
+            return
         with self._cond:
             old, self._job = self._job, (target, dup)
             self._cond.notify()

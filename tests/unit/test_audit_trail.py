@@ -341,3 +341,39 @@ def test_a_crash_tail_is_reported_at_the_restart(tmp_path: Path) -> None:
     trio.run(trail.aclose)
     report = verify(all_lines(path), KEY.public_key())
     assert report.ok and report.adopted == 3 and report.unsigned_tail == 0 and not report.vouched
+
+
+def test_group_commit_still_works_with_no_descriptor_to_spare(tmp_path: Path) -> None:
+    """The syncer thread gets a duplicate descriptor per fsync; at the process's descriptor
+    limit the commit fsyncs in place instead of failing (found by the descriptor-flood test)."""
+    import socket
+
+    trail = trail_at(tmp_path / "audit.jsonl")
+    done: list[str] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trail.run)
+            await trio.sleep(0.05)
+            trail.append(line(1))
+            await trail.commit()
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            hog: list[socket.socket] = []
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+                with pytest.raises(OSError):
+                    while True:
+                        hog.append(socket.socket())
+                trail.append(line(2))
+                with trio.fail_after(3):
+                    await trail.commit()
+                done.append("ok")
+            finally:
+                for s in hog:
+                    s.close()
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    trail.close()
+    assert done == ["ok"]
