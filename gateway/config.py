@@ -366,10 +366,11 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     file: str = "audit.jsonl"
     # Kept for old configs: fsync = true is durability = "sync".
     fsync: bool = False
-    # "sync": a statement's records are durable in every required sink (fsync'd, committed),
-    # with group commit, before the client gets its result. "buffered": written at once
-    # (the file: to the kernel; remote sinks: to the spool), made durable in the background.
-    durability: Literal["sync", "buffered"] = "sync"
+    # "buffered" (default): written before the client gets a statement's result (the file: to
+    # the kernel, so a killed gateway loses nothing; remote sinks: to the spool), made durable
+    # in the background. "sync": durable in every required sink (fsync'd, committed), with
+    # group commit, before the client gets the result: also across a power loss.
+    durability: Literal["sync", "buffered"] = "buffered"
     # "closed": when a required sink cannot take records, statements are refused.
     # "open" (development only): statements go on, and the loss is logged and counted.
     failure: Literal["closed", "open"] = "closed"

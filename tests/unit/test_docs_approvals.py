@@ -206,4 +206,4 @@ def test_check_config_names_the_admin_listener_and_the_store(tmp_path: Path, cap
     )
     assert cli.main(["check-config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "; admin API on 127.0.0.1:8443, approvals in PostgreSQL; audit sync, fail closed: file " in out and "secret" not in out
+    assert "; admin API on 127.0.0.1:8443, approvals in PostgreSQL; audit buffered, fail closed: file " in out and "secret" not in out
