@@ -49,6 +49,7 @@ log = logging.getLogger("sqlward.audit")
 __all__ = ["DEFAULT_KEY_NAME", "Trail", "signing_key"]
 
 DEFAULT_KEY_NAME = "audit-signing-key.pem"
+_sha256 = hashlib.sha256
 
 
 def signing_key(path: str, *, default_dir: str) -> tuple[PrivateKey, str]:
@@ -158,18 +159,14 @@ class Trail:
             # The common case, kept short: one line, one file sink that is well and not due to
             # rotate, no checkpoint due.
             sink = self._fast
-            if sink.ready() is None and not sink.rotation_due(len(data)):
+            if sink.steady(len(data)):
                 chain = self.chain
                 if data[-2:] != b"}\n":
                     raise SinkError("an audit line is one JSON object ending in a newline")
-                seq, prev = chain.seq, chain.prev
-                linked = b'%s,"chain":{"v":1,"seq":%d,"prev":"%s"}}\n' % (data[:-2], seq + 1, prev.encode())
-                try:
-                    sink.accept(linked)
-                except SinkError:
-                    sink.withdraw()
-                    raise
-                chain.seq, chain.prev = seq + 1, hashlib.sha256(linked).hexdigest()
+                seq = chain.seq + 1
+                linked = b'%s,"chain":{"v":1,"seq":%d,"prev":"%s"}}\n' % (data[:-2], seq, chain.prev.encode())
+                sink.write_linked(linked)  # SinkError: nothing kept, the chain unchanged
+                chain.seq, chain.prev = seq, _sha256(linked).hexdigest()
                 self._unsigned += 1
                 return
         takers: list[TrailSink] = []

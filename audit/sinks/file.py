@@ -101,6 +101,7 @@ class FileSink:
         self.required = required
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
+        self._rotates = bool(rotate_bytes or rotate_seconds)
         try:
             self._writer = JsonlWriter(path)
         except AuditWriteError as exc:
@@ -143,6 +144,15 @@ class FileSink:
         except SinkError:
             self._kept = data
             raise
+
+    def steady(self, incoming: int) -> bool:
+        """Nothing kept from a failed batch and no rotation due: `Trail.append`'s short path."""
+        return not self._kept and (not self._rotates or not self.rotation_due(incoming))
+
+    def write_linked(self, data: bytes) -> None:
+        """`accept` for the short path (nothing kept): a failed write keeps nothing, the trail
+        takes the batch back."""
+        self._write(data)
 
     def withdraw(self) -> None:
         """Forget the batch kept after a failed `accept` (the trail took it back); the problem
