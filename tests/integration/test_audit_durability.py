@@ -163,7 +163,7 @@ def test_kill_9_under_load_loses_no_completed_statement_and_the_chain_continues(
     gw = _gateway(tmp_path, f"dur-{durability}", {"durability": durability})
     acknowledged: list[str] = []
     try:
-        for round_no in range(3):
+        for round_no in range(2):
             gw.start()
             load = Load(gw, table, f"{uuid.uuid4().hex[:5]}{round_no}")
             load.start()
@@ -188,7 +188,7 @@ def test_kill_9_under_load_loses_no_completed_statement_and_the_chain_continues(
     records = trail_records(gw.audit_file)
     _assert_recorded(records, acknowledged)
     starts = [r for r in records if r.get("event") == "gateway.started"]
-    assert len(starts) == 4, [r.get("event") for r in records[:3]]
+    assert len(starts) == 3, [r.get("event") for r in records[:3]]
     # One chain across the crashes, intact, signed at the clean stop. The records each crash
     # left after the last checkpoint before it were never signed by the gateway that wrote them:
     # verify names them at the restarts and exits 3 ("intact but not all signed").
@@ -197,7 +197,7 @@ def test_kill_9_under_load_loses_no_completed_statement_and_the_chain_continues(
     assert "BROKEN" not in result.stdout and "after the last checkpoint" not in result.stdout, result.stdout
     report = verify_lines(trail_lines(gw.audit_file), public_key_of(gw))
     assert report.ok and report.unsigned_tail == 0, report
-    assert len(report.restarts) <= 3 and (result.returncode == 3) == bool(report.adopted), (report, result.stdout)
+    assert len(report.restarts) <= 2 and (result.returncode == 3) == bool(report.adopted), (report, result.stdout)
     assert records[-1]["event"] == "audit.checkpoint"
     seqs = [r["chain"]["seq"] for r in records]
     assert seqs == list(range(1, len(records) + 1))
@@ -214,10 +214,9 @@ def test_rotation_under_load_keeps_one_verifiable_chain_with_each_file_signed(
     })
     gw.start()
     try:
-        # Paced (about 100 statements a second, a rotation every 0.2 s or so): more than ten
-        # rotations within one second break the order of the rotated names (a product bug,
-        # reported separately).
-        load = Load(gw, table, uuid.uuid4().hex[:5] + "r", pace=0.05)
+        # Paced a little (a rotation every few hundredths of a second); more than ten rotations
+        # within one second is test_more_than_ten_rotations_in_one_second_still_verify's case.
+        load = Load(gw, table, uuid.uuid4().hex[:5] + "r", pace=0.01)
         load.start()
         load.wait_for(350, timeout=30)
         load.join()

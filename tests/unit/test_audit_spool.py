@@ -390,7 +390,7 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_property_every_line_once_in_order(tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]) -> None:
     directory = tmp_path_factory.mktemp("spool")

@@ -188,7 +188,7 @@ VALUES = ATOMS | st.lists(st.text(max_size=10), max_size=5).map(tuple) | st.list
 ).map(tuple) | st.lists(st.booleans(), max_size=5).map(tuple) | st.lists(st.floats(allow_nan=False), max_size=5).map(tuple)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     attrs=st.dictionaries(st.text(max_size=30), VALUES, max_size=12),
     name=st.text(max_size=60),
