@@ -20,7 +20,7 @@ from typing import Protocol
 
 import msgspec
 
-__all__ = ["Destination", "LineHead", "SinkError", "SinkStatus", "TrailSink", "decode_head"]
+__all__ = ["Destination", "LineHead", "SinkError", "SinkStatus", "TrailSink", "decode_head", "read_linked"]
 
 
 class _Link(msgspec.Struct, frozen=True):
@@ -38,6 +38,18 @@ class LineHead(msgspec.Struct, frozen=True):
 
 # Raises msgspec.DecodeError (or ValidationError) for a line without a chain link.
 decode_head = msgspec.json.Decoder(LineHead).decode
+
+
+def read_linked(raw: bytes) -> tuple[LineHead, str]:
+    """One linked line (with its newline) as a destination stores it: its head and its text
+    without the newline; SinkError when it is not one."""
+    if not raw.endswith(b"\n"):
+        raise SinkError("an audit line without its newline")
+    body = raw[:-1]
+    try:
+        return decode_head(body), body.decode("utf-8")
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise SinkError(f"not a linked audit line: {exc}") from exc
 
 
 class SinkError(Exception):

@@ -27,14 +27,13 @@ import urllib.parse
 import time
 
 import httpx
-import msgspec
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from sqlward.audit.sinks import SinkError, decode_head
+from sqlward.audit.sinks import SinkError, read_linked
 from sqlward.audit.spool import RemoteSinkSettings
 
 __all__ = ["OtlpLogsDestination", "encode_request", "make_destination"]
@@ -42,7 +41,6 @@ __all__ = ["OtlpLogsDestination", "encode_request", "make_destination"]
 SCOPE = "sqlward.audit"
 
 
-_decode_head = decode_head
 
 
 def _attr(key: str, value: str | int) -> KeyValue:
@@ -57,14 +55,7 @@ def encode_request(lines: list[bytes], gateway: str) -> bytes:
     records: list[LogRecord] = []
     last_time: int | None = None
     for raw in lines:
-        if not raw.endswith(b"\n"):
-            raise SinkError("an audit line without its newline")
-        body = raw[:-1]
-        try:
-            head = _decode_head(body)
-            text = body.decode("utf-8")
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise SinkError(f"not a linked audit line: {exc}") from exc
+        head, text = read_linked(raw)
         if head.time is not None:
             last_time = int(round(head.time * 1e6)) * 1000  # microseconds: what a float holds
         records.append(LogRecord(

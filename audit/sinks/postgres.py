@@ -42,7 +42,7 @@ import trio
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from sqlward.audit.sinks import SinkError, decode_head
+from sqlward.audit.sinks import SinkError, read_linked
 from sqlward.audit.spool import RemoteSinkSettings
 
 __all__ = ["ConflictError", "PostgresDestination", "make_destination"]
@@ -52,7 +52,6 @@ class ConflictError(SinkError):
     """A row already holds this (gateway, seq) with another line."""
 
 
-_decode_head = decode_head
 
 
 def _int(value: object) -> int:
@@ -80,14 +79,7 @@ def rows_of(lines: list[bytes], gateway: str) -> _Rows:
     rows = _Rows([], [], [], [], [])
     last_time: float | None = None
     for raw in lines:
-        if not raw.endswith(b"\n"):
-            raise SinkError("an audit line without its newline")
-        body = raw[:-1]
-        try:
-            head = _decode_head(body)
-            text = body.decode("utf-8")
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise SinkError(f"not a linked audit line: {exc}") from exc
+        head, text = read_linked(raw)
         if head.time is not None:
             last_time = head.time
         rows.gateways.append(head.gateway or gateway)
