@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
+from sqlward.adapters.drain import Drain
 from sqlward.adapters.preauth import PreAuthLimiter
 from sqlward.audit.events import StatementCompleted, Who
 from sqlward.audit.recorder import AuditScope, AuditUnavailable, Recorder
@@ -349,6 +350,8 @@ class SessionServices:
     recorder: Recorder
     # Connections awaiting authentication, over all listeners (see adapters/preauth.py).
     preauth: PreAuthLimiter = field(default_factory=lambda: PreAuthLimiter(256, 32))
+    # The gateway's shutdown: sessions close when idle once it starts (adapters/drain.py).
+    drain: Drain = field(default_factory=Drain)
 
 
 @dataclass(frozen=True)

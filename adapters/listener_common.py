@@ -10,6 +10,9 @@ live sessions and hands services, settings and registry to each session it creat
 session never reads its listener's attributes (and the session module never imports the
 listener's).
 
+Stopping: `stop_accepting()` closes the listening sockets (the gateway's drain, first step);
+the sessions accepted run on in their own nursery until they end.
+
 Accepting: each accepted connection takes a slot of the process's `PreAuthLimiter` (global and
 per client address); over a cap it gets the protocol's refusal at once and is closed, and the
 session releases its slot when the client has authenticated. When accept fails for want of
@@ -54,6 +57,8 @@ class ListenerBase:
         self.refused_preauth = 0  # connections refused by the pre-authentication caps
         self._refusals_unlogged = 0
         self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
+        self._accepting = trio.CancelScope()
+        self.active = 0  # connections being served (authenticated or not)
 
     async def prepare(self) -> None:
         """Work to do before the socket opens."""
@@ -75,10 +80,18 @@ class ListenerBase:
                           f"{exc.strerror or exc}") from None
         if self.port == 0:
             self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started(self.port)
+        async with trio.open_nursery() as sessions:
+            with self._accepting:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener, sessions)
+                    task_status.started(self.port)
+            # Not accepting any more (`stop_accepting`, the listening sockets are closed): the
+            # sessions go on until they end (a drain closes them, adapters/drain.py).
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; sessions already accepted go on."""
+        self._accepting.cancel()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         exhausted_since: float | None = None
@@ -119,11 +132,13 @@ class ListenerBase:
         if slot is None:
             await self._refuse(stream, limiter.refusal(host))
             return
+        self.active += 1
         try:
             session = self.new_session(stream, addr)
             session.preauth = slot  # type: ignore[attr-defined]
             await session.run()
         finally:
+            self.active -= 1
             slot.release()
 
     async def _refuse(self, stream: trio.SocketStream, message: str) -> None:

@@ -63,6 +63,7 @@ class GovernedSession:
         self.client = client
         self.client_addr = client_addr
         self.audit = services.recorder.scope(connection_id)
+        self.drain = services.drain  # the gateway's shutdown (adapters/drain.py)
         self.ctx = SessionContext(self.audit)
         # This connection's place among those awaiting authentication (adapters/preauth.py):
         # set by the listener, released once the client is authenticated (`_authenticated`).

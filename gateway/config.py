@@ -6,7 +6,8 @@ How it works (`load_config`), in four passes, each reporting problems as
 1. Read. The file is parsed with `tomllib`; a missing file or a TOML syntax error (with its line
    and column) is reported before anything else.
 2. Expand. Every *string value* of the decoded tree is scanned for ``${VAR}`` references, which are
-   replaced by the environment variable's value (``$${`` writes a literal ``${``; keys, numbers and
+   replaced by the environment variable's value; ``${VAR:-default}`` gives ``default`` when VAR is
+   unset or empty, as in the shell (``$${`` writes a literal ``${``; keys, numbers and
    booleans are never touched; values are not expanded twice). The walk tracks the ``$.path`` so
    an unset variable is reported where it is used:
    ``dev.toml: $.targets[0].password: environment variable APP_DEV_PASSWORD is not set``.
@@ -159,6 +160,13 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # refused at once with a "too many connections" error in its protocol (see docs/security.md).
     max_unauthenticated: Annotated[int, msgspec.Meta(ge=1)] = 256
     max_unauthenticated_per_address: Annotated[int, msgspec.Meta(ge=1)] = 32
+    # Seconds a SIGTERM lets statements in flight and held approvals finish before the sessions
+    # still busy are closed (idle sessions are closed at once); see docs/operations.md.
+    drain_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    # Log level of the gateway's own log on stderr: "debug", "info", "warning" or "error".
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "json": one JSON object per line (for log collectors); "text": one readable line.
+    log_format: Literal["json", "text"] = "text"
 
 
 class ListenerTLS(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -689,14 +697,17 @@ def _expand_string(text: str, env: Mapping[str, str], path: str, problems: list[
             if end < 0:
                 problems.append(Problem(path, "unterminated ${ (write $${ for a literal ${)"))
                 return text
-            name = text[j + 2 : end]
+            name, sep, default = text[j + 2 : end].partition(":-")
             if not _VAR_NAME.fullmatch(name):
                 # The text may be a secret: do not quote it.
                 problems.append(
-                    Problem(path, "malformed ${...}: expected ${NAME} with letters, digits and _ (write $${ for a literal ${)")
+                    Problem(path, "malformed ${...}: expected ${NAME} or ${NAME:-default}, NAME of letters, digits "
+                            "and _ (write $${ for a literal ${)")
                 )
                 return text
             value = env.get(name)
+            if sep and not value:  # ${NAME:-default}: the default when NAME is unset or empty
+                value = default
             if value is None:
                 problems.append(Problem(path, f"environment variable {name} is not set"))
                 value = ""

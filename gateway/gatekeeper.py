@@ -306,24 +306,37 @@ class Gatekeeper:
             return False
         return files_state(self._config) != self._policy_state
 
-    async def reload_policy(self) -> str | None:
+    async def reload_policy(self, config: Config | None = None) -> str | None:
         """Re-read the policy files and swap in a new engine (version + 1). Returns None on
-        success, or the error message (the running policy stays). Writes `policy.reloaded`."""
-        if self._config.gateway.policy_files:
-            self._policy_state = files_state(self._config)  # before reading: a later edit reloads again
+        success, or the error message (the running policy stays). Writes `policy.reloaded`.
+
+        With `config` (a configuration file read again, SIGHUP), its policy tables replace the
+        running ones too: `[[rules]]`, `[environments.*]`, `[guardrails.*]`, `[[masks]]`,
+        `[masking]`, `[[access]]` and `[gateway] policy_files` (`RELOADABLE`); the caller
+        reports the other tables that changed as needing a restart."""
+        base = self._config
+        if config is not None:
+            base = msgspec.structs.replace(
+                base, rules=config.rules, environments=config.environments, guardrails=config.guardrails,
+                masks=config.masks, masking=config.masking, access=config.access,
+                gateway=msgspec.structs.replace(base.gateway, policy_files=config.gateway.policy_files),
+            )
+        if base.gateway.policy_files:
+            self._policy_state = files_state(base)  # before reading: a later edit reloads again
         version = self.policy_version
         error: str | None = None
         files = self._policy_files
         try:
-            bundle = load_policy(self._config)
+            bundle = load_policy(base)
             engine = _build_engine(bundle, version + 1)
-            masking = _build_masking(self._config, bundle)
+            masking = _build_masking(base, bundle)
         except ConfigError as exc:
             error = str(exc)
         except Exception as exc:  # never let a reload take the gateway down
             error = f"policy reload failed: {type(exc).__name__}: {exc}"
         else:
             self._engine, self._masking = engine, masking  # the atomic swap
+            self._config, self._access = base, base.access
             self._plans.clear()
             self._policy_files = files = bundle.files
             version += 1
@@ -332,6 +345,13 @@ class Gatekeeper:
         scope.add(PolicyReloaded(version=version, files=files, error=error))
         await scope.flush_quietly()
         return error
+
+    async def reload_policy_failed(self, error: str) -> None:
+        """A reload that could not even read its configuration: recorded like a refused policy
+        (`policy.reloaded` with the error; the running policy stays)."""
+        scope = self.recorder.gateway_scope
+        scope.add(PolicyReloaded(version=self.policy_version, files=self._policy_files, error=error))
+        await scope.flush_quietly()
 
     def close(self) -> None:
         """Close the audit sink if this gatekeeper opened it."""

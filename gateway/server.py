@@ -1,9 +1,24 @@
 """The gateway process: builds the gatekeeper and one listener per configured listener, serves
-until SIGINT or SIGTERM, then stops accepting and closes sessions.
+until SIGTERM or SIGINT, then drains.
 
-SIGHUP reloads the policy (`Gatekeeper.reload_policy`); with `[gateway] policy_files`, a task
-also polls the files' mtimes every `POLICY_POLL_SECONDS` and reloads when one changes (or a glob
-matches another set of files). Each result is logged; a bad file keeps the running policy.
+Signals:
+
+- SIGTERM / SIGINT drain the gateway (`_drain`): `/readyz` answers 503 first, the listeners
+  stop accepting, idle sessions are closed at once with the protocol's shutdown error (FATAL
+  57P01 / ER_SERVER_SHUTDOWN), busy ones (a statement running, a statement held for approval)
+  when they are idle again, and those still open after `[gateway] drain_seconds` whatever they
+  do (adapters/drain.py). The admin listener serves until the end (approvers can still decide
+  held statements). A second signal stops at once. Then the audit trail is closed with a signed
+  checkpoint and the last spans are exported.
+- SIGHUP reads the configuration file again (`_reload_config`): the policy tables
+  (`RELOADABLE`: rules, environments, guardrails, masks, masking, access, policy files) and the
+  log level and format take effect; every other table that changed is named in the log as
+  needing a restart; a file that does not load (or a policy that does not build) keeps the
+  running configuration, and the error is logged. With `[gateway] policy_files`, a task also
+  polls the files' mtimes every `POLICY_POLL_SECONDS` and reloads when one changes.
+
+Logging (gateway/logs.py): level and format from `[gateway] log_level` / `log_format`;
+refused connections and upstream failures are logged from the audit events (`LogObserver`).
 
 Adapters are looked up by protocol name in `ADAPTERS`; a new protocol is one entry there.
 """
@@ -15,12 +30,13 @@ import os
 import resource
 import signal
 import ssl
-import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import trio
 
 from sqlward.adapters.base import ListenerSettings, SessionServices
+from sqlward.adapters.drain import Drain
 from sqlward.adapters.listener_common import ListenerBase
 from sqlward.adapters.preauth import PreAuthLimiter
 from sqlward.adapters.mysql.listener import MysqlListener
@@ -32,7 +48,8 @@ from sqlward.gateway.telemetry import Telemetry, target_infos
 from sqlward.gateway.approvals.service import ApprovalService, Notifier
 from sqlward.gateway.approvals.store import open_store
 from sqlward.gateway.cli import sqlward_version
-from sqlward.gateway.config import Config, ListenerConfig, parse_listen
+from sqlward.gateway import logs
+from sqlward.gateway.config import Config, ConfigError, ListenerConfig, load_config, parse_listen
 from sqlward.gateway.gatekeeper import Gatekeeper
 from sqlward.gateway.pipeline import Pipeline
 
@@ -41,12 +58,99 @@ log = logging.getLogger("sqlward")
 POLICY_POLL_SECONDS = 2.0
 
 
-async def _reload(gatekeeper: Gatekeeper, why: str) -> None:
-    error = await gatekeeper.reload_policy()
+# What SIGHUP changes in a running gateway; any other table that changed needs a restart.
+RELOADABLE = frozenset({"rules", "environments", "guardrails", "masks", "masking", "access"})
+RELOADABLE_GATEWAY = frozenset({"policy_files", "log_level", "log_format"})
+DRAIN_CLOSE_MARGIN = 6.0  # seconds after the drain deadline for the last sessions' goodbyes
+
+
+async def _reload(gatekeeper: Gatekeeper, why: str, config: Config | None = None) -> bool:
+    error = await gatekeeper.reload_policy(config)
     if error is None:
         log.info("policy reloaded (%s): version %d", why, gatekeeper.policy_version)
+        return True
+    log.error("policy reload (%s) refused, version %d stays: %s", why, gatekeeper.policy_version, error)
+    return False
+
+
+def needs_restart(running: Config, loaded: Config) -> list[str]:
+    """The keys that differ between two configurations and that SIGHUP cannot change."""
+    changed = []
+    for field in msgspec.structs.fields(Config):
+        name = field.name
+        if name in RELOADABLE or name == "source":
+            continue
+        old, new = getattr(running, name), getattr(loaded, name)
+        if name == "gateway":
+            changed += [
+                f"gateway.{f.name}" for f in msgspec.structs.fields(old)
+                if f.name not in RELOADABLE_GATEWAY and getattr(old, f.name) != getattr(new, f.name)
+            ]
+        elif old != new:
+            changed.append(name)
+    return changed
+
+
+async def _reload_config(gatekeeper: Gatekeeper, running: Config) -> Config:
+    """SIGHUP (module doc): returns the configuration now in force."""
+    try:
+        loaded = load_config(running.source)
+    except ConfigError as exc:
+        log.error("configuration reload (SIGHUP) refused, the running configuration stays: %s", exc)
+        await gatekeeper.reload_policy_failed(str(exc))
+        return running
+    if not await _reload(gatekeeper, "SIGHUP", loaded):
+        return running
+    if (loaded.gateway.log_level, loaded.gateway.log_format) != (running.gateway.log_level, running.gateway.log_format):
+        logs.configure(loaded.gateway.log_level, loaded.gateway.log_format)
+        log.info("log level %s, format %s", loaded.gateway.log_level, loaded.gateway.log_format)
+    restart = needs_restart(running, loaded)
+    if restart:
+        log.warning(
+            "configuration reloaded (SIGHUP); these changes need a restart and are not in force: %s",
+            ", ".join(restart),
+        )
+    # What is in force: the reloadable parts of the new file, the rest as started.
+    gateway = msgspec.structs.replace(
+        running.gateway, **{name: getattr(loaded.gateway, name) for name in RELOADABLE_GATEWAY}
+    )
+    return msgspec.structs.replace(
+        running, gateway=gateway, **{name: getattr(loaded, name) for name in RELOADABLE}
+    )
+
+
+async def _drain(
+    listeners: list[ListenerBase], drain: Drain, grace: float, signals: AsyncIterator[int],
+) -> None:
+    """SIGTERM (module doc): returns when every session has ended, the drain's deadline (plus
+    the margin for the last goodbyes) has passed, or a second SIGTERM / SIGINT came."""
+    for lst in listeners:
+        lst.stop_accepting()
+    drain.start(trio.current_time() + grace)
+    sessions = sum(lst.active for lst in listeners)
+    log.info("draining: not accepting; %d session(s) close when idle, the rest in %g s", sessions, grace)
+
+    async def all_ended(done: trio.CancelScope) -> None:
+        while any(lst.active for lst in listeners):
+            await trio.sleep(0.05)
+        done.cancel()
+
+    async def second_signal(done: trio.CancelScope) -> None:
+        async for signum in signals:
+            if signum != signal.SIGHUP:
+                log.warning("received %s while draining: stopping now", signal.Signals(signum).name)
+                done.cancel()
+                return
+
+    with trio.move_on_at(drain.deadline + DRAIN_CLOSE_MARGIN):
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(all_ended, waiting.cancel_scope)
+            waiting.start_soon(second_signal, waiting.cancel_scope)
+    left = sum(lst.active for lst in listeners)
+    if left:
+        log.warning("drain over with %d session(s) still open: closing them", left)
     else:
-        log.error("policy reload (%s) refused, version %d stays: %s", why, gatekeeper.policy_version, error)
+        log.info("drained: every session has ended")
 
 
 async def _watch_policy(gatekeeper: Gatekeeper) -> None:
@@ -169,8 +273,9 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
     telemetry = Telemetry(
         config.telemetry, gateway=config.gateway.name, targets=target_infos(config), sinks=trail, version=sqlward_version(),
     )
-    if telemetry.on:  # spans and metrics from the same events the trail records
-        gatekeeper.recorder.observers = (telemetry,)
+    # Refused logins and upstream failures in the log; spans and metrics from the same events
+    # the trail records.
+    gatekeeper.recorder.observers = (logs.LogObserver(), telemetry) if telemetry.on else (logs.LogObserver(),)
     traceparent = telemetry.traceparent if telemetry.on and any(t.trace_upstream for t in config.targets) else None
     readiness = Readiness(upstreams=upstreams(config), sinks=trail)
     services = SessionServices(
@@ -218,14 +323,16 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
                 admin_port = await nursery.start(serve_admin, config.admin, app)
                 log.info("listening: admin API on %s (port %d)", config.admin.listen, admin_port)
             task_status.started(ports)
+            running = config
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        await _reload(gatekeeper, "SIGHUP")
+                        running = await _reload_config(gatekeeper, running)
                         continue
                     stopping = signal.Signals(signum).name
                     readiness.set_draining()  # /readyz says no before anything stops
                     log.info("received %s, shutting down", stopping)
+                    await _drain(listeners, services.drain, config.gateway.drain_seconds, signals)
                     nursery.cancel_scope.cancel()
                     break
     finally:
@@ -243,9 +350,5 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
 
 
 def run(config: Config) -> None:
-    logging.getLogger("sqlglot").setLevel(logging.ERROR)  # fallback warnings are ours to report
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(config.gateway.log_level, config.gateway.log_format)
     trio.run(serve, config)

@@ -42,11 +42,13 @@ from sqlward.adapters.mysql.constants import (
     ER_NOT_SUPPORTED_AUTH_MODE,
     ER_QUERY_INTERRUPTED,
     ER_SECURE_TRANSPORT_REQUIRED,
+    ER_SERVER_SHUTDOWN,
     ER_SPECIFIC_ACCESS_DENIED_ERROR,
     ER_UNKNOWN_COM_ERROR,
     ER_UNKNOWN_ERROR,
 )
 from sqlward.adapters.mysql.packets import PacketTooLarge, ProtocolViolation
+from sqlward.adapters.drain import GatewayShutdown
 from sqlward.adapters.session_common import SessionEnd, TokenExpired, refusal_message
 from sqlward.policy import rule_ids
 from sqlward.policy.model import Decision
@@ -424,6 +426,8 @@ def error_reply(error: BaseException | Decision) -> ErrorReply:
         )
     if isinstance(error, ProtocolViolation):
         return _reply(error.errno, SQLSTATE_LINK, f"protocol violation: {error}", f"protocol violation: {error}")
+    if isinstance(error, GatewayShutdown):
+        return _reply(ER_SERVER_SHUTDOWN, SQLSTATE_LINK, str(error), "gateway shutting down")
     if isinstance(error, TokenExpired):
         return _reply(ER_ACCESS_DENIED_ERROR, SQLSTATE_AUTH, "the session's token expired; sqlward closed the session",
                       "token expired")

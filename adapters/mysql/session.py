@@ -169,6 +169,7 @@ from sqlward.adapters.mysql.relaystate import (
 from sqlward.adapters.mysql.response import ResponseScanner, Shape
 from sqlward.adapters.mysql.server_state import MysqlServerState
 from sqlward.adapters.netio import Pipe, PrefixedStream
+from sqlward.adapters.drain import GatewayShutdown
 from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired
 from sqlward.audit.events import (
     ConnectionAuthenticated,
@@ -231,6 +232,10 @@ class MysqlSession(GovernedSession):
         # A connection.refused (or, authenticated, connection.closed) ends the lifecycle of
         # every connection.opened; the user name the client gave, for that record.
         self._lifecycle_ended = False
+        # The cancel scope of the command phase (token expiry, drain) and whether the session is
+        # waiting for its client's next command with nothing buffered (adapters/drain.py).
+        self._command_scope: trio.CancelScope | None = None
+        self._idle = False
         self._login_user = ""
         # The collation id the upstream session was opened with (what its COM_RESET_CONNECTION
         # returns to), and the unreadable character set the server reads this session in after a
@@ -387,10 +392,18 @@ class MysqlSession(GovernedSession):
                 await self._refuse_connection(AuthTimedOut())
             elif ok:
                 deadline = self._closes_at_expiry()
-                with trio.CancelScope(deadline=deadline if deadline is not None else float("inf")) as expiry:
-                    await self._command_loop()
-                if expiry.cancelled_caught:  # the token expired (on_token_expiry = "close")
-                    raise TokenExpired()
+                expires = deadline if deadline is not None else float("inf")
+                with trio.CancelScope(deadline=expires) as scope:
+                    self._command_scope = scope
+                    unsubscribe = self.drain.subscribe(self._drain_hook)
+                    try:
+                        await self._command_loop()
+                    finally:
+                        unsubscribe()
+                if scope.cancelled_caught:
+                    if self.drain.started and trio.current_time() < expires:
+                        raise GatewayShutdown()  # idle, or busy at the drain's deadline
+                    raise TokenExpired()  # the token expired (on_token_expiry = "close")
         except Exception as exc:
             reply = error_reply(exc)
             if reply.unexpected:
@@ -707,10 +720,32 @@ class MysqlSession(GovernedSession):
     # ------------------------------------------------------------------------------------
     # command phase
 
+    def _drain_hook(self) -> None:
+        """The gateway drains (adapters/drain.py): an idle session (waiting for its client's
+        next command) is closed now; a busy one at its next idle moment (`_next_command`) or
+        at the drain's deadline."""
+        scope = self._command_scope
+        if scope is None:
+            return
+        scope.deadline = min(scope.deadline, self.drain.deadline)
+        if self._idle:
+            scope.cancel()
+
+    async def _next_command(self) -> bytes:
+        """The client's next command; GatewayShutdown when the gateway drains and none is
+        waiting in the buffer."""
+        if self.drain.started and not self._framer.buffered:
+            raise GatewayShutdown()
+        self._idle = not self._framer.buffered
+        try:
+            return await self._read_packet(0)
+        finally:
+            self._idle = False
+
     async def _command_loop(self) -> None:
         prepared = self._prepared
         while True:
-            payload = await self._read_packet(0)
+            payload = await self._next_command()
             if self._charset_lost and not self._restores_charset(payload):
                 await self._refuse_unreadable(payload)
                 continue

@@ -46,6 +46,7 @@ The mapping, in full (the unit tests hold the byte table):
   `MessageTooLarge`                         FATAL     54000      protocol violation: <message>
   `ProtocolViolation`                       FATAL     08P01      protocol violation: <message>
   `TokenExpired`                            FATAL     28000      token expired
+  `GatewayShutdown` (drain, adapters/drain) FATAL     57P01      gateway shutting down
   `AuditUnavailable` (any other flush)      FATAL     58000      audit unavailable
   `UpstreamLost`                            FATAL     08006      upstream connection lost (if no other)
   `Refused`                                 FATAL     its own    its own ("" : none)
@@ -95,6 +96,7 @@ INVALID_SQL_STATEMENT_NAME: Final = "26000"  # Bind of a statement that does not
 INSUFFICIENT_PRIVILEGE: Final = "42501"  # a statement refused by policy; access; replication
 PROGRAM_LIMIT_EXCEEDED: Final = "54000"  # a message over the listener's max_message_size
 QUERY_CANCELED: Final = "57014"  # a side query timed out
+ADMIN_SHUTDOWN: Final = "57P01"  # the gateway is shutting down (SIGTERM): the session is closed
 SYSTEM_ERROR: Final = "58000"  # the audit trail cannot be written: the session is closed
 IO_ERROR: Final = "58030"  # the audit record of one request cannot be written: the request is refused
 INTERNAL_ERROR: Final = "XX000"  # a bug in the gateway (the client never sees the traceback)
@@ -242,6 +244,7 @@ def _fatal(sqlstate: str, message: str, state: WireState, *, detail: str = "") -
 def reply(error: BaseException | Decision, state: WireState) -> Reply:
     """The bytes for the client and what becomes of the session when `error` happens with the
     client's stream in `state` (see the table in the module doc)."""
+    from sqlward.adapters.drain import GatewayShutdown
     from sqlward.adapters.session_common import SessionEnd, TokenExpired, refusal_message
 
     if isinstance(error, Decision) and error.rule_id == rule_ids.AUDIT_UNAVAILABLE:
@@ -267,6 +270,8 @@ def reply(error: BaseException | Decision, state: WireState) -> Reply:
         return Reply(_fatal(error.sqlstate, str(error), state), True, f"protocol violation: {error}")
     if isinstance(error, TokenExpired):
         return Reply(_fatal(INVALID_AUTHORIZATION_SPECIFICATION, _TOKEN_EXPIRED, state), True, "token expired")
+    if isinstance(error, GatewayShutdown):
+        return Reply(_fatal(ADMIN_SHUTDOWN, str(error), state), True, "gateway shutting down")
     if isinstance(error, AuditUnavailable):
         return Reply(_fatal(SYSTEM_ERROR, _AUDIT_LOST, state), True, "audit unavailable")
     if isinstance(error, UpstreamLost):

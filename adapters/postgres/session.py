@@ -37,7 +37,9 @@ authentication: a refusal, a TLS failure, a malformed packet, a client that left
 CancelRequest, the timeout).
 
 Relay (`_relay`): two tasks (and a third that closes the session when its token expires, with
-`on_token_expiry = "close"`).
+`on_token_expiry = "close"`, and a fourth once the gateway drains: it closes the session with
+FATAL 57P01 when both loops are parked on their sockets and nothing is in flight, or at the
+drain's deadline; see adapters/drain.py).
 
 - Client task: each chunk received is fed to `relay.ClientSide`; every request it asks about
   (Query, Parse, a Bind of a statement decided under an older policy, Execute, FunctionCall) is
@@ -73,12 +75,14 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 import msgspec
 import trio
 
 from sqlward.adapters.netio import Pipe, PrefixedStream
 from sqlward.adapters.base import AuthError, ListenerSettings, SessionRegistry, SessionServices
+from sqlward.adapters.drain import GatewayShutdown
 from sqlward.adapters.session_common import GovernedSession, SessionEnd, TokenExpired
 from sqlward.adapters import identity as ident
 from sqlward.adapters.postgres import codec, errors, startup, upstream
@@ -141,6 +145,8 @@ async def cancel_backend(registry: SessionRegistry[PostgresSession], pid: int, s
 
 # What a client may send while its statement is held for approval (kept for after the verdict).
 HELD_INPUT_LIMIT = 1 << 20
+# Seconds between looks at a draining session's state (only while the gateway shuts down).
+DRAIN_POLL = 0.02
 
 
 class PostgresSession(GovernedSession):
@@ -174,6 +180,10 @@ class PostgresSession(GovernedSession):
         self._held_input = bytearray()
         # Set while a hold's NoticeResponse is being sent (nothing else is sent to the client).
         self._notice_sent: trio.Event | None = None
+        # Each relay loop parked on its socket with nothing of its own in hand (with an idle
+        # relay state: nothing in flight, the session may be closed for a drain).
+        self._client_waiting = False
+        self._upstream_waiting = False
 
     # ----------------------------------------------------------------------------------------
     # helpers
@@ -591,12 +601,29 @@ class PostgresSession(GovernedSession):
     async def _relay(self) -> None:
         self.ctx.notice = self._hold_notice
         self.ctx.client_gone = self._hold_watch
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._client_task, nursery.cancel_scope)
-            nursery.start_soon(self._upstream_task, nursery.cancel_scope)
-            deadline = self._closes_at_expiry()
-            if deadline is not None:
-                nursery.start_soon(self._expiry_task, deadline, nursery.cancel_scope)
+        unsubscribe: Callable[[], None] | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._client_task, nursery.cancel_scope)
+                nursery.start_soon(self._upstream_task, nursery.cancel_scope)
+                deadline = self._closes_at_expiry()
+                if deadline is not None:
+                    nursery.start_soon(self._expiry_task, deadline, nursery.cancel_scope)
+                unsubscribe = self.drain.subscribe(lambda: nursery.start_soon(self._drain_task, nursery.cancel_scope))
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+
+    async def _drain_task(self, cancel_scope: trio.CancelScope) -> None:
+        """The gateway drains (adapters/drain.py): close the session once nothing is in flight
+        (both loops parked on their sockets, no request waiting for its answer, no message half
+        sent), or at the drain's deadline whatever it does, with FATAL 57P01."""
+        state = self._state
+        assert state is not None
+        with trio.move_on_at(self.drain.deadline):
+            while not (self._client_waiting and self._upstream_waiting and state.idle and not self._to_client_partial):
+                await trio.sleep(DRAIN_POLL)
+        await self._fail(GatewayShutdown(), cancel_scope)
 
     async def _hold_notice(self, text: str) -> None:
         """Tell the client at once that its statement is held (a NoticeResponse, legal at any
@@ -653,10 +680,13 @@ class PostgresSession(GovernedSession):
         self._startup_rest = b""
         while True:
             if not data:
+                self._client_waiting = True
                 try:
                     data = await client.receive()
                 except _IO_ERRORS as exc:
                     raise ClientLost(str(exc)) from exc
+                finally:
+                    self._client_waiting = False
                 if not data:
                     try:
                         await up.send(_TERMINATE)
@@ -732,10 +762,13 @@ class PostgresSession(GovernedSession):
         data = self.up.leftover
         while True:
             if not data:
+                self._upstream_waiting = True
                 try:
                     data = await up.receive()
                 except _IO_ERRORS as exc:
                     raise UpstreamLost(str(exc)) from exc
+                finally:
+                    self._upstream_waiting = False
                 if not data:
                     raise UpstreamLost("the upstream closed the connection")
             out, events = side.feed(data)

@@ -1,0 +1,218 @@
+"""Operating the gateway (issue 15): SIGTERM drains, SIGHUP reloads, JSON logs carry no secret.
+
+Real gateway processes, real PostgreSQL, psycopg clients.
+
+- SIGTERM: `/readyz` says 503 at once; the port stops accepting; an idle session is closed at
+  once with FATAL 57P01; a statement in flight finishes and its client gets the rows, then the
+  session is closed; a statement still running at `drain_seconds` is cut with 57P01; the process
+  exits 0 soon after.
+- SIGHUP: a rule added to the file takes effect; a broken file keeps the running policy (and
+  says why in the log); a change that needs a restart is named in the log.
+- `log_format = "json"`: every stderr line is a JSON object; a failed login and an unreachable
+  upstream are logged; neither the wrong password, the target's password nor the DSN appear.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import upstream_dsn
+from tests.support.gateway import GatewayProcess, connection_events, connection_id_for_app, free_port, target
+
+pytestmark = pytest.mark.integration
+
+
+def _readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:  # not listening (yet, or any more)
+        return 0
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        if line.strip():
+            out.append(json.loads(line))  # every line must parse
+    return out
+
+
+def _wait(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def test_sigterm_drains_idle_busy_and_overdue_sessions(it_database: str) -> None:
+    admin = free_port()
+    gw = GatewayProcess(
+        targets=[target("app", upstream_dsn())],
+        extra={"admin": {"listen": f"127.0.0.1:{admin}"}},
+        name="it-drain",
+    )
+    gw.config["gateway"]["drain_seconds"] = 4
+    gw.config_text = gw._render(gw.config)
+    with gw:
+        assert _wait(lambda: _readyz(admin) == 200)
+        idle = psycopg.connect(gw.dsn("alice", "alice-secret", "app", application_name="drain-idle"), autocommit=True)
+        busy = psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True)
+        overdue = psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True)
+        idle.execute("select 1")
+        results: dict[str, Any] = {}
+
+        def run(name: str, conn: psycopg.Connection, sql: str) -> None:
+            try:
+                results[name] = conn.execute(sql).fetchall()
+            except psycopg.Error as exc:
+                results[name] = exc
+            results[name + "_at"] = time.monotonic()
+
+        threads = [
+            threading.Thread(target=run, args=("busy", busy, "select 'finished' from pg_sleep(1.5)")),
+            threading.Thread(target=run, args=("overdue", overdue, "select pg_sleep(60)")),
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # both statements are running upstream
+        assert gw.proc is not None
+        signalled = time.monotonic()
+        gw.exit_expected = True
+        gw.proc.send_signal(signal.SIGTERM)
+        assert _wait(lambda: _readyz(admin) == 503, timeout=3), "readyz must say no while draining"
+        # Not accepting any more.
+        assert _wait(lambda: _refused(gw.port), timeout=3)
+        # The idle session is closed at once, with the shutdown error.
+        cid = connection_id_for_app(gw.audit_events(), "drain-idle")
+        assert _wait(lambda: any(
+            e["event"] == "connection.closed" and e.get("reason") == "gateway shutting down"
+            for e in connection_events(gw.audit_events(), cid)
+        ), timeout=3)
+        assert "busy" not in results  # closed while the other statement still ran
+        with pytest.raises(psycopg.OperationalError):
+            idle.execute("select 1")
+        for t in threads:
+            t.join(15)
+        # The statement in flight finished and its rows arrived.
+        assert results["busy"] == [("finished",)]
+        # The one still running at the deadline was cut with 57P01, about drain_seconds in.
+        err = results["overdue"]
+        assert isinstance(err, psycopg.OperationalError), err
+        assert "shutting down" in str(err)
+        assert 3.0 <= results["overdue_at"] - signalled <= 10.0
+        assert gw.proc.wait(15) == 0
+        for conn in (idle, busy, overdue):
+            conn.close()
+        events = gw.audit_events()
+        closed = [e for e in events if e["event"] == "connection.closed"]
+        assert sum(1 for e in closed if e.get("reason") == "gateway shutting down") == 3
+        stopped = [e for e in events if e["event"] == "gateway.stopped"]
+        assert stopped and stopped[-1]["reason"] == "SIGTERM"
+        assert "draining" in gw.stderr_text()
+
+
+def _refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+def test_idle_session_gets_admin_shutdown_sqlstate(it_database: str) -> None:
+    gw = GatewayProcess(targets=[target("app", upstream_dsn())], name="it-drain2")
+    with gw:
+        conn = psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True)
+        conn.execute("select 1")
+        assert gw.proc is not None
+        gw.exit_expected = True
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(10) == 0  # only an idle session: the drain ends at once
+        with pytest.raises(psycopg.OperationalError) as info:
+            conn.execute("select 1")
+        conn.close()
+        assert "gateway shutting down" in {e.get("reason") for e in gw.audit_events() if e["event"] == "connection.closed"}
+    assert "shutting down" in str(info.value)
+
+
+def test_sighup_reloads_rules_keeps_old_policy_on_error_and_names_restart(it_database: str) -> None:
+    gw = GatewayProcess(targets=[target("app", upstream_dsn())], name="it-hup")
+    with gw:
+        conn = psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True)
+        assert conn.execute("select 41 + 1").fetchone() == (42,)
+        assert gw.proc is not None
+        # 1. A rule added to the file: in force after SIGHUP.
+        gw.config["rules"] = [{"id": "no-pg-sleep-hup", "operations": ["select"], "tables": ["pg_class"], "action": "deny"}]
+        gw.config_file.write_text(gw._render(gw.config))
+        mark = gw.stderr_size()
+        gw.proc.send_signal(signal.SIGHUP)
+        assert _wait(lambda: "policy reloaded (SIGHUP)" in gw.stderr_text(mark))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            conn.execute("select count(*) from pg_class")
+        assert "no-pg-sleep-hup" in str(refused.value)
+        # 2. A broken file: the running policy stays, the log says why.
+        good = gw.config_file.read_text()
+        gw.config_file.write_text(good.replace('action = "deny"', 'action = "smite"'))
+        mark = gw.stderr_size()
+        gw.proc.send_signal(signal.SIGHUP)
+        assert _wait(lambda: "reload (SIGHUP) refused" in gw.stderr_text(mark))
+        assert "action" in gw.stderr_text(mark)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select count(*) from pg_class")
+        assert conn.execute("select 1").fetchone() == (1,)
+        # 3. A change that needs a restart is named; the policy part still reloads.
+        gw.config["listeners"][0]["max_message_size"] = 1 << 20
+        gw.config["rules"] = []
+        gw.config_file.write_text(gw._render(gw.config))
+        mark = gw.stderr_size()
+        gw.proc.send_signal(signal.SIGHUP)
+        assert _wait(lambda: "need a restart" in gw.stderr_text(mark))
+        assert "listeners" in gw.stderr_text(mark)
+        assert conn.execute("select count(*) > 0 from pg_class").fetchone() == (True,)
+        conn.close()
+        reloads = [e for e in gw.audit_events() if e["event"] == "policy.reloaded"]
+        assert [bool(e.get("error")) for e in reloads] == [False, True, False]
+
+
+def test_json_logs_parse_and_carry_no_secret(it_database: str) -> None:
+    dead = free_port()  # nothing listens there: the upstream cannot be reached
+    gw = GatewayProcess(
+        targets=[
+            target("app", upstream_dsn()),
+            target("gone", f"postgresql://postgres@127.0.0.1:{dead}/x?sslmode=disable&connect_timeout=2",
+                   password="dsn-password-77f1"),
+        ],
+        name="it-logs",
+    )
+    gw.config["gateway"]["log_format"] = "json"
+    gw.config["gateway"]["log_level"] = "info"
+    gw.config_text = gw._render(gw.config)
+    with gw:
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(gw.dsn("alice", "wrong-secret-9c2e", "app"))
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(gw.dsn("alice", "alice-secret", "gone"))
+        assert _wait(lambda: gw.stderr_text().count('"connection.refused"') >= 2)
+        text = gw.stderr_text()
+    lines = _json_lines(text)
+    assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    refused = [line for line in lines if line.get("event") == "connection.refused"]
+    assert any(line["user"] == "alice" and line["target"] == "" or "password" in line["reason"] for line in refused)
+    assert any(line["target"] == "gone" for line in refused)
+    for secret in ("wrong-secret-9c2e", "dsn-password-77f1", "alice-secret"):
+        assert secret not in text
