@@ -434,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     for tool in ("psql", "pgbench"):
         if shutil.which(tool) is None:
-            log(f"{tool} not found: install postgresql-client (scripts/setup does)")
+            log(f"{tool} not found: run bench/setup (it installs postgresql-client and the other benchmark tools)")
             return 2
     started = time.monotonic()
     rc = harness.run_guarded(

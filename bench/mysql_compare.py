@@ -400,10 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.mariadb = find_mariadb()
     if args.mariadb is None:
-        log("mariadb not found: install mariadb-client (scripts/setup does)")
+        log("mariadb not found: run bench/setup (it installs mariadb-client and the other benchmark tools)")
         return 2
     if shutil.which("sysbench") is None:
-        log("sysbench not found: install sysbench (scripts/setup does)")
+        log("sysbench not found: run bench/setup (it installs sysbench and the other benchmark tools)")
         return 2
     return harness.run_guarded(
         lambda services: measure(args, services), log, tmp_prefix="sqlward-mysql-bench-", keep_tmp=args.keep_tmp

@@ -279,7 +279,7 @@ def measure(args: argparse.Namespace, services: harness.Services) -> int:
     def pgbouncer() -> harness.Service | None:
         binary = find_pgbouncer()
         if binary is None:
-            run.note("pgbouncer: binary not found, column skipped (scripts/setup installs it)")
+            run.note("pgbouncer: binary not found, column skipped (bench/setup installs it)")
             return None
         return start_pgbouncer(args, services, binary)
 
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for tool in ("psql", "pgbench"):
         if shutil.which(tool) is None:
-            log(f"{tool} not found: install postgresql-client (scripts/setup does)")
+            log(f"{tool} not found: run bench/setup (it installs postgresql-client and the other benchmark tools)")
             return 2
     return harness.run_guarded(
         lambda services: measure(args, services), log, tmp_prefix="sqlward-bench-", keep_tmp=args.keep_tmp
