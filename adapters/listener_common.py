@@ -76,7 +76,7 @@ class ListenerBase:
         try:
             listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         except OSError as exc:
-            raise OSError(exc.errno, f"listener {self.name!r} cannot listen on {self.host}:{self.port}: "
+            raise OSError(exc.errno, f"listener {self.name!r} ([[listeners]] listen) cannot listen on {self.host}:{self.port}: "
                           f"{exc.strerror or exc}") from None
         if self.port == 0:
             self.port = listeners[0].socket.getsockname()[1]

@@ -17,6 +17,10 @@ a traceback.
                                    an approver's commands over the admin API (--url / $SQLWARD_ADMIN_URL,
                                    --token, --token-file / $SQLWARD_TOKEN, --ca-file; see gateway.http.client):
                                    exit 0 done, 1 the server refused, 2 usage or connection error
+    sqlward version                the version of sqlward, Python and the key dependencies
+    sqlward healthcheck [--url URL] exit 0 when the admin listener's health URL answers 200
+                                   (a container HEALTHCHECK; default $SQLWARD_HEALTH_URL, else
+                                   http://127.0.0.1:8080/healthz)
     sqlward --version
 
 `gateway.server` is imported only by `serve`, so `check-config` stays fast and works without the
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 from collections.abc import Sequence
 
@@ -56,6 +61,18 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", metavar="FILE", help="TOML configuration file")
+
+    sub.add_parser("version", help="print the version of sqlward and of its key dependencies")
+
+    health = sub.add_parser(
+        "healthcheck", help="exit 0 when the admin listener's health URL answers 200 (container HEALTHCHECK)",
+    )
+    health.add_argument(
+        "--url", default=os.environ.get("SQLWARD_HEALTH_URL", DEFAULT_HEALTH_URL), metavar="URL",
+        help=f"the URL to ask (default: $SQLWARD_HEALTH_URL, else {DEFAULT_HEALTH_URL})",
+    )
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long")
+    health.add_argument("--ca-file", metavar="FILE", help="CA certificate for an https URL")
 
     serve = sub.add_parser("serve", help="run the gateway until SIGINT / SIGTERM")
     serve.add_argument("--config", "-c", required=True, metavar="FILE", help="TOML configuration file")
@@ -132,11 +149,22 @@ def _when(text: str) -> float:
 
 
 def _summary(file: str, config: Config) -> str:
+    """One line: what the config defines, counting what its policy files add (load_config has
+    already read them once, so they load)."""
+    from sqlward.gateway.policy_files import load_policy
+
+    bundle = load_policy(config)
+    rules = f"{len(bundle.rules)} rules"
+    masks = f", {len(bundle.masks)} masks" if bundle.masks else ""
+    if bundle.files:
+        added, added_masks = len(bundle.rules) - len(config.rules), len(bundle.masks) - len(config.masks)
+        n = len(bundle.files)
+        rules += f" ({added} from {n} policy file{'s' if n != 1 else ''})"
+        if added_masks:
+            masks += f" ({added_masks} from policy files)"
     return (
         f"{file}: ok ({len(config.listeners)} listeners, {len(config.targets)} targets, "
-        f"{len(config.identities)} identities, {len(config.rules)} rules"
-        + (f", {len(config.masks)} masks" if config.masks else "")
-        + ")"
+        f"{len(config.identities)} identities, {rules}{masks})"
         + _admin_summary(config)
         + _audit_summary(config)
     )
@@ -171,6 +199,53 @@ def _admin_summary(config: Config) -> str:
     return "; " + ", ".join(parts)
 
 
+# The packages whose versions `sqlward version` prints (what a bug report needs).
+KEY_DEPENDENCIES = (
+    "trio", "sqlglot", "sqlglotc", "msgspec", "cryptography", "joserfc", "authlib", "scramp", "hypercorn",
+    "starlette", "httpx", "opentelemetry-sdk",
+)
+DEFAULT_HEALTH_URL = "http://127.0.0.1:8080/healthz"
+
+
+def version_report() -> str:
+    """`sqlward version`: sqlward, Python, the key dependencies and whether the compiled hot
+    paths are in use."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = [f"sqlward {sqlward_version()}", f"python {platform.python_version()} ({platform.machine()})"]
+    for name in KEY_DEPENDENCIES:
+        try:
+            lines.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            lines.append(f"{name} (not installed)")
+    from sqlward.adapters.postgres import rowmask
+
+    lines.append(f"PostgreSQL masking row walk: {'compiled' if rowmask._rowwalk is not None else 'pure Python'}")
+    return "\n".join(lines)
+
+
+def healthcheck(url: str, timeout: float, ca_file: str | None) -> int:
+    """GET `url`: exit 0 on 200, 1 otherwise (the reason on stderr)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        print(f"sqlward healthcheck: {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    if status != 200:
+        print(f"sqlward healthcheck: {url} answered {status}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def check_config(file: str) -> int:
     try:
         config = load_config(file)
@@ -196,8 +271,8 @@ def serve(file: str) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
-    except OSError as exc:  # e.g. the listen address is taken
-        print(f"sqlward: {exc}", file=sys.stderr)
+    except OSError as exc:  # e.g. the listen address is taken (the message names the listener)
+        print(f"sqlward: {exc.strerror if exc.strerror else exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -244,6 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "version":
+        print(version_report())
+        return EXIT_OK
+    if args.command == "healthcheck":
+        return healthcheck(args.url, args.timeout, args.ca_file)
     if args.command == "serve":
         return serve(args.config)
     if args.command == "policy":

@@ -183,7 +183,9 @@ class ListenerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # "host:port", "[ipv6]:port"; port 0 picks a free port (tests).
     listen: str
     tls: ListenerTLS | None = None
-    # Target used when the client names no database ("" = none).
+    # Target used when the client names no database ("" = none). PostgreSQL clients built on
+    # libpq (psql, psycopg) send the user name when no database is given: a database name equal
+    # to the user name that names no target lands here too.
     default_target: str = ""
     # Largest client message accepted, in bytes.
     max_message_size: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = DEFAULT_MAX_MESSAGE_SIZE

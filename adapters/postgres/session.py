@@ -382,6 +382,10 @@ class PostgresSession(GovernedSession):
                 errors.INSUFFICIENT_PRIVILEGE, "replication connections are not allowed through sqlward", user=user,
             )
         dbname = params.get("database") or self.settings.default_target or user
+        if dbname == user and self.settings.default_target and self.gk.resolve_target(user, "postgres") is None:
+            # libpq (psql, psycopg, ...) sends the user name as the database when none is given:
+            # a name that is no target lands on the listener's default target.
+            dbname = self.settings.default_target
         try:
             self._startup_settings = startup.read_startup(msg.params)
         except startup.StartupRefused as exc:
@@ -609,7 +613,14 @@ class PostgresSession(GovernedSession):
                 deadline = self._closes_at_expiry()
                 if deadline is not None:
                     nursery.start_soon(self._expiry_task, deadline, nursery.cancel_scope)
-                unsubscribe = self.drain.subscribe(lambda: nursery.start_soon(self._drain_task, nursery.cancel_scope))
+
+                def drain_starts() -> None:
+                    try:
+                        nursery.start_soon(self._drain_task, nursery.cancel_scope)
+                    except RuntimeError:  # the relay has ended already (its nursery is closed)
+                        pass
+
+                unsubscribe = self.drain.subscribe(drain_starts)
         finally:
             if unsubscribe is not None:
                 unsubscribe()

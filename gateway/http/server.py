@@ -80,7 +80,11 @@ async def serve_admin(
             log.error("the admin listener on %s stopped by itself", cfg.listen)
 
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(partial(run))
+        try:
+            binds: list[str] = await nursery.start(partial(run))
+        except OSError as exc:  # the port is taken, the address is not ours: name the listener
+            raise OSError(exc.errno, f"the admin listener ([admin] listen) cannot listen on {cfg.listen}: "
+                          f"{exc.strerror or exc}") from None
         task_status.started(_port(binds[0]))
         try:
             await trio.sleep_forever()

@@ -15,8 +15,11 @@ Real gateway processes, real PostgreSQL, psycopg clients.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -216,3 +219,48 @@ def test_json_logs_parse_and_carry_no_secret(it_database: str) -> None:
     assert any(line["target"] == "gone" for line in refused)
     for secret in ("wrong-secret-9c2e", "dsn-password-77f1", "alice-secret"):
         assert secret not in text
+
+
+def test_psql_without_a_database_lands_on_default_target(it_database: str) -> None:
+    """libpq sends the user name as the database when none is given: that lands on the
+    listener's default_target (a name that is a target still wins)."""
+    gw = GatewayProcess(
+        targets=[target("app", upstream_dsn()), target("bob", upstream_dsn(), "staging")],
+        listener={"default_target": "app"}, name="it-default",
+    )
+    with gw:
+        env = {**os.environ, "PGPASSWORD": "alice-secret", "PGAPPNAME": "psql-default"}
+        out = subprocess.run(
+            ["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(gw.port), "-U", "alice", "-c", "select current_database()"],
+            env=env, capture_output=True, text=True, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "sqlward_it"
+        with psycopg.connect(f"host=127.0.0.1 port={gw.port} user=alice password=alice-secret sslmode=disable") as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        # bob names a target: his own name still means that target.
+        with psycopg.connect(f"host=127.0.0.1 port={gw.port} user=bob password=bob-secret sslmode=disable") as conn:
+            conn.execute("select 1")
+        targets = [e["target"] for e in gw.audit_events() if e["event"] == "connection.authenticated"]
+        assert targets == ["app", "app", "bob"]
+
+
+def test_a_taken_port_is_reported_with_the_listener_that_wanted_it(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for admin, needle in ((False, "listener 'pg'"), (True, "the admin listener ([admin] listen)")):
+            gw = GatewayProcess(targets=[target("app", upstream_dsn())], listener={"name": "pg"}, name="it-port")
+            if admin:
+                gw.config["admin"] = {"listen": f"127.0.0.1:{port}"}
+            else:
+                gw.config["listeners"][0]["listen"] = f"127.0.0.1:{port}"
+            (tmp_path / "c.toml").write_text(gw._render(gw.config))
+            out = subprocess.run(
+                [sys.executable, "-m", "sqlward.gateway", "serve", "--config", str(tmp_path / "c.toml")],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert out.returncode == 1
+            assert needle in out.stderr and f"127.0.0.1:{port}" in out.stderr and "in use" in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr

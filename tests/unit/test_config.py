@@ -337,7 +337,7 @@ def test_not_utf8(tmp_path: Path) -> None:
         ('name = "app-dev"\n', "", "$.targets[0].name", ("required field is missing",)),
         ('[gateway]\nname = "dev"\n', "", "$.gateway", ("required field is missing",)),
         ('listen = "127.0.0.1:6432"', 'lisen = "127.0.0.1:6432"', "$.listeners[0].lisen", ("unknown field", "listen")),
-        ('[gateway]\nname = "dev"', '[gateway]\nname = "dev"\nport = 1', "$.gateway.port", ("unknown field (expected one of: name, policy_files, max_unauthenticated, max_unauthenticated_per_address)",)),
+        ('[gateway]\nname = "dev"', '[gateway]\nname = "dev"\nport = 1', "$.gateway.port", ("unknown field (expected one of: name, policy_files, max_unauthenticated, max_unauthenticated_per_address, drain_seconds, log_level, log_format)",)),
         ("[gateway]", "colour = 'red'\n[gateway]", "$.colour", ("unknown field", "listeners", "targets")),
         ('[gateway]\nname = "dev"', '[gateway]\nname = "dev"\n[audit]\nfsync = "yes"', "$.audit.fsync", ("Expected `bool`, got `str`",)),
         ('environment = "development"', "environment = 1.5", "$.targets[0].environment", ("Expected `str`, got `float`",)),
@@ -974,3 +974,21 @@ def test_the_signing_key_is_checked_when_the_config_is_loaded(tmp_path: Path) ->
         assert_problem(err, "$.audit.signing_key_file", fragment)
     (tmp_path / "good.pem").write_bytes(_pem(good))
     load_config(write(tmp_path, MINIMAL + '[audit]\nsigning_key_file = "good.pem"\n'), env={})
+
+
+def test_expansion_default_when_unset_or_empty(tmp_path: Path) -> None:
+    """${NAME:-default}, as in the shell: the default when NAME is unset or empty; a set value wins."""
+    text = MINIMAL.replace('name = "dev"', 'name = "${POD_NAME:-gw-0}"')
+    assert load_config(write(tmp_path, text), env={}).gateway.name == "gw-0"
+    assert load_config(write(tmp_path, text), env={"POD_NAME": ""}).gateway.name == "gw-0"
+    assert load_config(write(tmp_path, text), env={"POD_NAME": "gw-7"}).gateway.name == "gw-7"
+    text = MINIMAL.replace('name = "dev"', 'name = "${A:-}x"')
+    assert load_config(write(tmp_path, text), env={}).gateway.name == "x"
+
+
+def test_gateway_log_and_drain_settings(tmp_path: Path) -> None:
+    text = MINIMAL.replace('name = "dev"', 'name = "dev"\nlog_level = "${LOG_LEVEL:-info}"\nlog_format = "json"\ndrain_seconds = 5')
+    config = load_config(write(tmp_path, text), env={"LOG_LEVEL": "debug"})
+    assert (config.gateway.log_level, config.gateway.log_format, config.gateway.drain_seconds) == ("debug", "json", 5)
+    err = load_error(tmp_path, MINIMAL.replace('name = "dev"', 'name = "dev"\nlog_level = "loud"'))
+    assert "$.gateway.log_level" in str(err)

@@ -319,3 +319,62 @@ def test_search_path_option_resolves_bare_names(tmp_path: Path, capsys: pytest.C
     report = json.loads(capsys.readouterr().out)
     assert report["statements"][1]["tables_read"] == ["vault.secrets"]
     assert run(config, "--as", "alice", "--target", "app-prod", "--search-path", "a,", "SELECT 1") == 2
+
+
+def test_check_config_counts_rules_and_masks_from_policy_files(tmp_path, capsys) -> None:
+    """check-config counts what the policy files add (it used to say `0 rules`)."""
+    from sqlward.gateway.cli import main
+
+    (tmp_path / "policy.toml").write_text(
+        '[[rules]]\nid = "r1"\noperations = ["drop"]\naction = "deny"\n'
+        '[[rules]]\nid = "r2"\noperations = ["truncate"]\naction = "deny"\n'
+        '[[masks]]\nid = "m1"\ncolumns = ["*.email"]\nfunction = "redact"\n'
+    )
+    (tmp_path / "c.toml").write_text(
+        '[gateway]\nname = "g"\npolicy_files = ["policy.toml"]\n'
+        '[[listeners]]\nprotocol = "postgres"\nlisten = "127.0.0.1:6432"\n'
+        '[[targets]]\nname = "app"\nprotocol = "postgres"\nenvironment = "development"\n'
+        'dsn = "postgresql://postgres@127.0.0.1:5432/app"\n'
+        '[[rules]]\nid = "own"\noperations = ["delete"]\naction = "deny"\n'
+    )
+    assert main(["check-config", str(tmp_path / "c.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "3 rules (2 from 1 policy file)" in out and "1 masks (1 from policy files)" in out
+
+
+def test_version_names_the_key_dependencies(capsys) -> None:
+    from sqlward.gateway.cli import KEY_DEPENDENCIES, main
+
+    assert main(["version"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("sqlward ") and out[1].startswith("python 3.")
+    names = {line.split()[0] for line in out}
+    assert set(KEY_DEPENDENCIES) <= names
+    assert out[-1].startswith("PostgreSQL masking row walk: ")
+
+
+def test_healthcheck_exit_codes(capsys) -> None:
+    import http.server
+    import threading
+
+    from sqlward.gateway.cli import main
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200 if self.path == "/healthz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        assert main(["healthcheck", "--url", base + "/healthz"]) == 0
+        assert main(["healthcheck", "--url", base + "/readyz"]) == 1
+        assert "answered 503" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+    assert main(["healthcheck", "--url", base + "/healthz", "--timeout", "1"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
