@@ -34,7 +34,7 @@ How it works:
 - Shell: a ```sh block is one command a line (``\\`` continues a line, ``#`` starts a comment); a
   ```console block has ``$ `` before each command and the command's output under it. The
   commands run here: `sqlward` (`check-config`, `policy test`, `audit verify | keygen`,
-  `--version`) in-process through `sqlward.gateway.cli.main`; `python -c ...` in a subprocess;
+  `version`, `--version`) in-process through `sqlward.gateway.cli.main`; `python -c ...` in a subprocess;
   `export NAME=VALUE ...` (for the page's later commands), `. .venv/bin/activate` (sqlward is
   already importable here) and `echo $?` (the exit status the page states). They run in a
   directory of the test's own, with `deploy/` linked from the repository and the page's `file:`
@@ -299,7 +299,7 @@ def commands(block: Block) -> list[Command]:
 
 
 def _sqlward_runs_here(argv: list[str]) -> bool:
-    if argv[:1] == ["--version"] or argv[:1] == ["check-config"]:
+    if argv[:1] in (["--version"], ["version"], ["check-config"]):
         return True
     return argv[:2] in (["policy", "test"], ["audit", "verify"], ["audit", "keygen"])
 
