@@ -484,16 +484,31 @@ def test_pages_link_the_design_inside_the_repository() -> None:
         assert f"(docs/{name}.md)" in readme, name
 
 
-def test_relative_links_point_at_files() -> None:
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub makes of a page's headings (lower case, punctuation but - and _ dropped,
+    spaces to -, a repeated one numbered), code blocks left out."""
+    text = re.sub(r"^ *```.*?^ *```", "", page.read_text(encoding="utf-8"), flags=re.MULTILINE | re.DOTALL)
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        out.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+def test_relative_links_point_at_files_and_headings() -> None:
     for page in pages():
         text = page.read_text(encoding="utf-8")
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
             if re.match(r"[a-z]+:", target):
                 continue
-            path = (page.parent / target).resolve()
+            path = (page.parent / target).resolve() if target else page
             if str(path.relative_to(REPO)) in SKIPPED_PAGES:
                 continue
             assert path.exists(), f"{page.relative_to(REPO)}: link to {target}, which does not exist"
+            if anchor and path.suffix == ".md":
+                assert anchor in _anchors(path), f"{page.relative_to(REPO)}: link to {target}#{anchor}: no such heading"
 
 
 # -- what the prose around the examples says -------------------------------------------------------
