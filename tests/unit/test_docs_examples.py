@@ -342,6 +342,8 @@ class Shell:
         self.dir = directory
         self.monkeypatch = monkeypatch
         self.status = 0
+        for name in [n for n in os.environ if n.startswith("SQLWARD_")]:  # only what the page exports
+            monkeypatch.delenv(name)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "deploy").symlink_to(REPO / "deploy")
         files: dict[str, str] = {}
