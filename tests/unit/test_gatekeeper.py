@@ -380,7 +380,7 @@ def test_cli_check_config_ok(capsys: pytest.CaptureFixture[str], monkeypatch: py
     assert cli.main(["check-config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
     audit = EXAMPLE.parent / "audit.jsonl"
-    assert out == f"{EXAMPLE}: ok (2 listeners, 4 targets, 3 identities, 2 rules, 1 masks); audit buffered, fail closed: file {audit}\n"
+    assert out == f"{EXAMPLE}: ok (2 listeners, 4 targets, 3 identities, 5 rules, 1 masks); audit buffered, fail closed: file {audit}\n"
 
 
 def test_cli_check_config_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
