@@ -561,3 +561,57 @@ def test_policy_test_json_fields_are_the_ones_listed() -> None:
     listed = set(re.findall(r"`([a-z_]+)`", paragraph))
     keys = set(document) | set(document["identity"]) | set(document["target"]) | {k for s in document["statements"] for k in s}
     assert keys <= listed, keys - listed
+
+
+def _schema_tables() -> dict[str, set[str]]:
+    """TOML table path -> its keys (sub-tables included by name), from the config schema."""
+    import msgspec.inspect as mi
+
+    from sqlward.gateway import config_reference as ref
+
+    out: dict[str, set[str]] = {}
+
+    def walk(struct: mi.StructType, path: str) -> None:
+        keys = out.setdefault(path, set())
+        for field in struct.fields:
+            if f"{struct.cls.__name__}.{field.name}" in ref.INTERNAL:
+                continue
+            keys.add(field.encode_name)
+            inner, how, _ = ref._struct(field.type)
+            if inner is not None:
+                sub = f"{path}.{field.encode_name}" if path else field.encode_name
+                if how == "dict":
+                    sub += "." + ref.KEY_PLACEHOLDERS.get(field.encode_name, "<name>")
+                walk(inner, sub)
+
+    walk(mi.type_info(Config), "")
+    return out
+
+
+@pytest.mark.parametrize("page", ["configuration.md", "policy.md", "masking.md"])
+def test_key_tables_list_the_schemas_keys(page: str) -> None:
+    """Each key table of these pages (under a heading naming a TOML table) names exactly the keys
+    of that table."""
+    tables = _schema_tables()
+    text = (DOCS / page).read_text(encoding="utf-8")
+    parts = re.split(r"^(#{2,3} .+)$", text, flags=re.MULTILINE)
+    other = {"### `tls = { ... }` of a listener": "listeners.tls", "### The approval table of review rules and guardrails": "rules.approval"}
+    sections: dict[str, str] = {}
+    for heading, body in zip(parts[1::2], parts[2::2]):
+        m = re.search(r"`\[\[?([^\]`]+)\]\]?`", heading)
+        table = other.get(heading.strip()) or (m.group(1) if m else None)
+        if table is not None and table in tables:
+            sections[table] = body
+    checked = set()
+    for table, body in sections.items():
+        rows = [line for line in body.splitlines() if line.startswith("| `")]
+        if not rows:
+            continue
+        documented = {k for line in rows for k in re.findall(r"`([a-z0-9_]+)`", line.split("|")[1])}
+        # A sub-table with a section of its own need not be a row of its parent's table too.
+        expected = {k for k in tables[table] if f"{table}.{k}" not in sections or k in documented}
+        assert documented == expected, (table, documented ^ expected)
+        checked.add(table)
+    assert checked, page
+    if page == "configuration.md":
+        assert {"gateway", "listeners", "targets", "audit", "audit.sinks", "rules", "masks", "webhooks"} <= checked, checked
