@@ -615,3 +615,17 @@ def test_key_tables_list_the_schemas_keys(page: str) -> None:
     assert checked, page
     if page == "configuration.md":
         assert {"gateway", "listeners", "targets", "audit", "audit.sinks", "rules", "masks", "webhooks"} <= checked, checked
+
+
+def test_the_guardrail_catalogue_table_is_the_catalogue() -> None:
+    """guardrails.md's catalogue: every guardrail, in the order they are checked, with its options."""
+    from sqlward.policy.guardrails import CATALOGUE
+
+    text = (DOCS / "guardrails.md").read_text(encoding="utf-8")
+    table = text.split("## Catalogue", 1)[1].split("\n\n", 2)[1]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()[2:]]
+    assert [r[0].strip("`") for r in rows] == list(CATALOGUE)
+    for row in rows:
+        options = re.findall(r"`([a-z_]+)` \(", row[2]) + re.findall(r"^`([a-z_]+)`$", row[2])
+        assert tuple(options) == CATALOGUE[row[0].strip("`")].options, row
+    assert "not in the catalogue yet" not in text
