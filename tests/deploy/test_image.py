@@ -32,7 +32,7 @@ from tests.deploy.support import DOCKER, ROOT, check_config, signing_key_pem
 DOCKERFILE = DOCKER / "Dockerfile"
 EXAMPLE = DOCKER / "sqlward.toml"
 LOCK = DOCKER / "requirements.lock"
-BUILD_CONSTRAINTS = DOCKER / "build-constraints.txt"
+BUILD_REQUIREMENTS = DOCKER / "build-requirements.txt"
 
 # The platform the image is built for (python:3.11-slim on x86_64), for evaluating markers.
 IMAGE_PLATFORM = {
@@ -108,9 +108,11 @@ def test_the_build_stage_installs_the_lock_and_builds_the_compiled_wheel() -> No
     build = _stages()[0]
     runs = " ".join(i["value"] for i in build if i["instruction"] == "RUN")
     copies = " ".join(i["value"] for i in build if i["instruction"] == "COPY")
-    assert "deploy/docker/requirements.lock" in copies and "deploy/docker/build-constraints.txt" in copies
+    assert "deploy/docker/requirements.lock" in copies and "deploy/docker/build-requirements.txt" in copies
     assert re.search(r"install --no-deps --only-binary=:all:\s+-r deploy/docker/requirements.lock", runs)
-    assert "PIP_CONSTRAINT=deploy/docker/build-constraints.txt pip wheel --no-deps" in runs
+    # The build backend is pinned and nothing else is fetched for the build.
+    assert "pip install --no-deps --only-binary=:all: -r deploy/docker/build-requirements.txt" in runs
+    assert "pip wheel --no-deps --no-build-isolation" in runs
     assert re.search(r"install --no-deps /tmp/wheels/sqlward-\*\.whl", runs)
     # The build fails unless the Cython extension compiled and sqlglotc is in use.
     assert "from sqlward.adapters.postgres import _rowwalk" in runs and "assert COMPILED" in runs
@@ -331,9 +333,9 @@ def test_every_runtime_dependency_is_pinned_within_its_specifier() -> None:
     assert not {"setuptools", "cython", "pip", "wheel"} & set(pins)
 
 
-def test_the_build_constraints_satisfy_the_build_system() -> None:
+def test_the_build_requirements_satisfy_the_build_system() -> None:
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
-    pins = dict(line.split("==") for line in BUILD_CONSTRAINTS.read_text().splitlines() if line and not line.startswith("#"))
+    pins = dict(line.split("==") for line in BUILD_REQUIREMENTS.read_text().splitlines() if line and not line.startswith("#"))
     pins = {canonicalize_name(k): v for k, v in pins.items()}
     for req in map(Requirement, requires):
         assert req.specifier.contains(pins[canonicalize_name(req.name)]), req
@@ -385,29 +387,32 @@ class _Jobs:
 
 
 def test_the_lock_and_the_wheel_install_into_a_clean_virtual_environment(tmp_path: Path) -> None:
-    """As the Dockerfile does: the lock with --no-deps (wheels only), the project's wheel (built
-    with its Cython extension, the build backend pinned by build-constraints.txt) with
+    """As the Dockerfile does: the lock with --no-deps (wheels only) into a clean environment;
+    the project's wheel built (with its Cython extension) without build isolation by the pinned
+    backend of build-requirements.txt, in a build environment of its own, and installed with
     --no-deps; then nothing is missing (pip check), the extension and sqlglotc are in use, and
     the environment runs check-config on the example config. Needs PyPI (or pip's cache). The
     lock's install and the wheel's build are independent and run at the same time."""
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    venv = tmp_path / "venv"
-    python = str(venv / "bin" / "python")
+    venv, build = tmp_path / "venv", tmp_path / "build"
+    python, build_python = str(venv / "bin" / "python"), str(build / "bin" / "python")
     (tmp_path / "src").mkdir()
     src = _project_sources(tmp_path / "src")
     jobs = _Jobs()
     try:
-        jobs.run("venv", [sys.executable, "-m", "venv", "--without-pip", str(venv)])
+        jobs.run("venvs", [sys.executable, "-c", "import sys, venv; [venv.create(d, with_pip=False) for d in sys.argv[1:]]",
+                           str(venv), str(build)])
         lock = jobs.start(pip + ["--python", python, "install", "--no-deps", "--only-binary=:all:", "-r", str(LOCK)])
-        wheel = jobs.start(pip + ["wheel", "--no-deps", "--wheel-dir", str(tmp_path / "wheels"), str(src)],
-                           env=os.environ | {"PIP_CONSTRAINT": str(BUILD_CONSTRAINTS)})
-        jobs.finish("wheel (parallel)", wheel)
-        jobs.finish("lock (parallel)", lock)
+        jobs.run("build backend", pip + ["--python", build_python, "install", "--no-deps", "--only-binary=:all:", "-r",
+                                         str(BUILD_REQUIREMENTS)])
+        jobs.run("wheel", pip + ["--python", build_python, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
+                                 str(tmp_path / "wheels"), str(src)])
+        jobs.finish("lock (meanwhile)", lock)
         wheels = list((tmp_path / "wheels").glob("sqlward-*.whl"))
         assert len(wheels) == 1 and "-cp311-" in wheels[0].name, wheels  # a platform wheel: the extension is in it
         # The pinned build backend made it: setuptools names itself in WHEEL, Cython in the
         # extension's shared-type module name (_cython_3_3_2).
-        pins = dict(line.split("==") for line in BUILD_CONSTRAINTS.read_text().splitlines() if "==" in line)
+        pins = dict(line.split("==") for line in BUILD_REQUIREMENTS.read_text().splitlines() if "==" in line)
         with zipfile.ZipFile(wheels[0]) as whl:
             assert f"Generator: setuptools ({pins['setuptools']})" in whl.read("sqlward-0.1.0.dist-info/WHEEL").decode()
             [ext] = [n for n in whl.namelist() if re.fullmatch(r"sqlward/adapters/postgres/_rowwalk\..*\.so", n)]
