@@ -1216,6 +1216,34 @@ def _check_jwks_file(path: str, where: str, problems: list[Problem]) -> None:
 # Entry point
 
 
+def reload_plan(running: Config, loaded: Config) -> tuple[Config, list[str]]:
+    """SIGHUP (gateway/server.py): the configuration in force once `loaded` (the file read
+    again, its policy already installed by `Gatekeeper.reload_policy`) is applied to `running`,
+    and the keys that changed in the file but need a restart (they stay as started).
+
+    What a running gateway takes: the policy tables (`[[rules]]`, `[environments.*]`,
+    `[guardrails.*]`, `[[masks]]`, `[masking]`, `[[access]]`, `[gateway] policy_files`) and
+    `[gateway] log_level` / `log_format`."""
+    gateway = msgspec.structs.replace(
+        running.gateway, policy_files=loaded.gateway.policy_files, log_level=loaded.gateway.log_level,
+        log_format=loaded.gateway.log_format,
+    )
+    in_force = msgspec.structs.replace(
+        running, gateway=gateway, rules=loaded.rules, environments=loaded.environments,
+        guardrails=loaded.guardrails, masks=loaded.masks, masking=loaded.masking, access=loaded.access,
+    )
+    restart: list[str] = []
+    for name in Config.__struct_fields__:
+        if name == "source":
+            continue
+        mine, theirs = getattr(in_force, name), getattr(loaded, name)
+        if name == "gateway":
+            restart += [f"gateway.{f}" for f in GatewaySettings.__struct_fields__ if getattr(mine, f) != getattr(theirs, f)]
+        elif mine != theirs:
+            restart.append(name)
+    return in_force, restart
+
+
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """Read, expand, convert and check a config file; raise ConfigError naming every problem.
 

@@ -10,9 +10,9 @@ Signals:
   do (adapters/drain.py). The admin listener serves until the end (approvers can still decide
   held statements). A second signal stops at once. Then the audit trail is closed with a signed
   checkpoint and the last spans are exported.
-- SIGHUP reads the configuration file again (`_reload_config`): the policy tables
-  (`RELOADABLE`: rules, environments, guardrails, masks, masking, access, policy files) and the
-  log level and format take effect; every other table that changed is named in the log as
+- SIGHUP reads the configuration file again (`_reload_config`): the policy tables (rules,
+  environments, guardrails, masks, masking, access, policy files) and the log level and format
+  take effect (`gateway.config.reload_plan`); every other table that changed is named in the log as
   needing a restart; a file that does not load (or a policy that does not build) keeps the
   running configuration, and the error is logged. With `[gateway] policy_files`, a task also
   polls the files' mtimes every `POLICY_POLL_SECONDS` and reloads when one changes.
@@ -32,7 +32,6 @@ import signal
 import ssl
 from collections.abc import AsyncIterator, Callable
 
-import msgspec
 import trio
 
 from sqlward.adapters.base import ListenerSettings, SessionServices
@@ -49,7 +48,7 @@ from sqlward.gateway.approvals.service import ApprovalService, Notifier
 from sqlward.gateway.approvals.store import open_store
 from sqlward.gateway.cli import sqlward_version
 from sqlward.gateway import logs
-from sqlward.gateway.config import Config, ConfigError, ListenerConfig, load_config, parse_listen
+from sqlward.gateway.config import Config, ConfigError, ListenerConfig, load_config, parse_listen, reload_plan
 from sqlward.gateway.gatekeeper import Gatekeeper
 from sqlward.gateway.pipeline import Pipeline
 
@@ -58,9 +57,6 @@ log = logging.getLogger("sqlward")
 POLICY_POLL_SECONDS = 2.0
 
 
-# What SIGHUP changes in a running gateway; any other table that changed needs a restart.
-RELOADABLE = frozenset({"rules", "environments", "guardrails", "masks", "masking", "access"})
-RELOADABLE_GATEWAY = frozenset({"policy_files", "log_level", "log_format"})
 DRAIN_CLOSE_MARGIN = 6.0  # seconds after the drain deadline for the last sessions' goodbyes
 
 
@@ -73,24 +69,6 @@ async def _reload(gatekeeper: Gatekeeper, why: str, config: Config | None = None
     return False
 
 
-def needs_restart(running: Config, loaded: Config) -> list[str]:
-    """The keys that differ between two configurations and that SIGHUP cannot change."""
-    changed = []
-    for field in msgspec.structs.fields(Config):
-        name = field.name
-        if name in RELOADABLE or name == "source":
-            continue
-        old, new = getattr(running, name), getattr(loaded, name)
-        if name == "gateway":
-            changed += [
-                f"gateway.{f.name}" for f in msgspec.structs.fields(old)
-                if f.name not in RELOADABLE_GATEWAY and getattr(old, f.name) != getattr(new, f.name)
-            ]
-        elif old != new:
-            changed.append(name)
-    return changed
-
-
 async def _reload_config(gatekeeper: Gatekeeper, running: Config) -> Config:
     """SIGHUP (module doc): returns the configuration now in force."""
     try:
@@ -101,22 +79,16 @@ async def _reload_config(gatekeeper: Gatekeeper, running: Config) -> Config:
         return running
     if not await _reload(gatekeeper, "SIGHUP", loaded):
         return running
-    if (loaded.gateway.log_level, loaded.gateway.log_format) != (running.gateway.log_level, running.gateway.log_format):
-        logs.configure(loaded.gateway.log_level, loaded.gateway.log_format)
-        log.info("log level %s, format %s", loaded.gateway.log_level, loaded.gateway.log_format)
-    restart = needs_restart(running, loaded)
+    in_force, restart = reload_plan(running, loaded)
+    if (in_force.gateway.log_level, in_force.gateway.log_format) != (running.gateway.log_level, running.gateway.log_format):
+        logs.configure(in_force.gateway.log_level, in_force.gateway.log_format)
+        log.info("log level %s, format %s", in_force.gateway.log_level, in_force.gateway.log_format)
     if restart:
         log.warning(
             "configuration reloaded (SIGHUP); these changes need a restart and are not in force: %s",
             ", ".join(restart),
         )
-    # What is in force: the reloadable parts of the new file, the rest as started.
-    gateway = msgspec.structs.replace(
-        running.gateway, **{name: getattr(loaded.gateway, name) for name in RELOADABLE_GATEWAY}
-    )
-    return msgspec.structs.replace(
-        running, gateway=gateway, **{name: getattr(loaded, name) for name in RELOADABLE}
-    )
+    return in_force
 
 
 async def _drain(

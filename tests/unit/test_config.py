@@ -992,3 +992,19 @@ def test_gateway_log_and_drain_settings(tmp_path: Path) -> None:
     assert (config.gateway.log_level, config.gateway.log_format, config.gateway.drain_seconds) == ("debug", "json", 5)
     err = load_error(tmp_path, MINIMAL.replace('name = "dev"', 'name = "dev"\nlog_level = "loud"'))
     assert "$.gateway.log_level" in str(err)
+
+
+def test_reload_plan_takes_the_policy_and_names_what_needs_a_restart(tmp_path: Path) -> None:
+    from sqlward.gateway.config import reload_plan
+
+    running = load_config(write(tmp_path, MINIMAL, "a.toml"))
+    changed = MINIMAL.replace('name = "dev"', 'name = "dev"\nlog_level = "debug"\nmax_unauthenticated = 7') + (
+        '\n[[rules]]\nid = "r"\noperations = ["drop"]\naction = "deny"\n'
+    )
+    loaded = load_config(write(tmp_path, changed, "a.toml"))
+    in_force, restart = reload_plan(running, loaded)
+    assert [r.id for r in in_force.rules] == ["r"] and in_force.gateway.log_level == "debug"
+    assert in_force.gateway.max_unauthenticated == running.gateway.max_unauthenticated
+    assert restart == ["gateway.max_unauthenticated"]
+    same, nothing = reload_plan(running, running)
+    assert same == running and nothing == []

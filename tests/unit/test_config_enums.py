@@ -328,8 +328,10 @@ def test_reload_with_a_typo_keeps_the_running_policy(tmp_path: Path) -> None:
 def test_shipped_examples_still_load(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SQLWARD_ALICE_SECRET", "alice-secret")
     monkeypatch.setenv("SQLWARD_ANALYST_SECRET", "a")
-    examples = sorted((REPO / "deploy").rglob("*.toml"))
-    assert examples
+    # The development example needs only its two secrets; the production-shaped examples and
+    # the image's and Kubernetes' configs need their variables and files (tests/unit/
+    # test_examples.py and tests/deploy check them with what their READMEs name).
+    examples = [REPO / "deploy" / "examples" / "dev.toml"]
     for path in examples:
         assert cli.main(["check-config", str(path)]) == 0, capsys.readouterr().err
 
