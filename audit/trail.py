@@ -153,21 +153,41 @@ class Trail:
 
     # -- chaining ------------------------------------------------------------------------------
 
+    def can_defer(self) -> bool:
+        """Whether the records of a read may wait for its completion (`AuditScope.
+        flush_before_run`): only with the short path's set-up (one required file sink) while
+        that file takes records (nothing kept from a failed batch, no problem reported), so
+        fail-closed still refuses before the read runs when the file is failing."""
+        fast = self._fast
+        return fast is not None and fast.well()
+
     def append(self, data: bytes, *, checkpoint: bool = False) -> None:
         """Chain `data` (complete JSON lines) and hand it to every sink; never yields."""
-        if self._fast and not checkpoint and data.find(b"\n") == len(data) - 1 and self._unsigned + 1 < self._every:
-            # The common case, kept short: one line, one file sink that is well and not due to
-            # rotate, no checkpoint due.
+        if self._fast and not checkpoint:
+            # The common case, kept short: one file sink that is well and not due to rotate,
+            # no checkpoint due.
             sink = self._fast
-            if sink.steady(len(data)):
+            lines = data.count(b"\n")
+            if self._unsigned + lines < self._every and sink.steady(len(data)):
                 chain = self.chain
-                if data[-2:] != b"}\n":
+                if lines == 1 and data[-1:] == b"\n":
+                    if data[-2:] != b"}\n":
+                        raise SinkError("an audit line is one JSON object ending in a newline")
+                    seq = chain.seq + 1
+                    linked = b'%s,"chain":{"v":1,"seq":%d,"prev":"%s"}}\n' % (data[:-2], seq, chain.prev.encode())
+                    sink.write_linked(linked)  # SinkError: nothing kept, the chain unchanged
+                    chain.seq, chain.prev = seq, _sha256(linked).hexdigest()
+                    self._unsigned += 1
+                    return
+                if data[-1:] != b"\n":
                     raise SinkError("an audit line is one JSON object ending in a newline")
-                seq = chain.seq + 1
-                linked = b'%s,"chain":{"v":1,"seq":%d,"prev":"%s"}}\n' % (data[:-2], seq, chain.prev.encode())
-                sink.write_linked(linked)  # SinkError: nothing kept, the chain unchanged
-                chain.seq, chain.prev = seq, _sha256(linked).hexdigest()
-                self._unsigned += 1
+                undo = (chain.seq, chain.prev, self._unsigned)
+                linked = self._link(data)
+                try:
+                    sink.write_linked(linked)
+                except SinkError:
+                    chain.seq, chain.prev, self._unsigned = undo
+                    raise
                 return
         takers: list[TrailSink] = []
         for sink in self.sinks:

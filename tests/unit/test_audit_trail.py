@@ -377,3 +377,110 @@ def test_group_commit_still_works_with_no_descriptor_to_spare(tmp_path: Path) ->
     trio.run(main)
     trail.close()
     assert done == ["ok"]
+
+
+def test_the_short_path_takes_batches_and_gives_a_failed_one_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several lines in one write on the short path: chained like the long path; a batch the
+    file refuses leaves the chain as it was; a batch without its last newline is refused."""
+    path = tmp_path / "audit.jsonl"
+    trail = trail_at(path)
+    writes: list[bytes] = []
+    real = trail._fast._writer.write_now  # type: ignore[union-attr]
+
+    def spy(data: bytes) -> None:
+        writes.append(data)
+        real(data)
+
+    monkeypatch.setattr(trail._fast._writer, "write_now", spy)  # type: ignore[union-attr]
+    trail.append(line(1) + line(2) + line(3))
+    assert len(writes) == 1 and writes[0].count(b"\n") == 3
+    seq = trail.chain.seq
+    with Broken(trail._fast, monkeypatch):  # type: ignore[arg-type]
+        with pytest.raises(SinkError):
+            trail.append(line(4) + line(5))
+    assert trail.chain.seq == seq
+    with pytest.raises(SinkError):
+        trail.append(line(6) + line(7)[:-1])
+    assert trail.chain.seq == seq
+    trail.append(line(8))
+    trio.run(trail.aclose)
+    check(path)
+    assert [msgspec.json.decode(raw).get("n") for raw in all_lines(path)] == [1, 2, 3, 8, None]
+
+
+def test_a_reads_records_wait_for_its_completion_in_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flush_before_run(deferrable=True) keeps the lines while the file is well; the next
+    commit writes them with the completion in one batch; `flush_undeferred` leaves them; a
+    failing file is not deferred to: the flush before the run fails (fail closed)."""
+    from sqlward.audit.recorder import AuditUnavailable, Recorder
+
+    path = tmp_path / "audit.jsonl"
+    trail = trail_at(path, durability="buffered")
+    writes: list[bytes] = []
+    real = trail._fast._writer.write_now  # type: ignore[union-attr]
+    monkeypatch.setattr(trail._fast._writer, "write_now", lambda data: (writes.append(data), real(data)))  # type: ignore[union-attr]
+    scope = Recorder("gw-test", trail).scope("c1")
+
+    async def run() -> None:
+        scope.add(_Ev(n=1))
+        await scope.flush_before_run(deferrable=True)
+        await scope.flush_undeferred()
+        assert writes == [] and scope.pending == 1
+        scope.add(_Ev(n=2))
+        await scope.commit()
+        assert len(writes) == 1 and writes[0].count(b"\n") == 2
+        # Not deferrable: written before the run, as always.
+        scope.add(_Ev(n=3))
+        await scope.flush_before_run()
+        assert len(writes) == 2
+        # A line added after the deferral is flushed by flush_undeferred (with the deferred one).
+        scope.add(_Ev(n=4))
+        await scope.flush_before_run(deferrable=True)
+        scope.add(_Ev(n=5))
+        await scope.flush_undeferred()
+        assert len(writes) == 3 and writes[2].count(b"\n") == 2
+        # The file fails: once it has said so, nothing waits any more, the flush before the
+        # run of a read refuses it too (fail closed).
+        with Broken(trail._fast, monkeypatch):  # type: ignore[arg-type]
+            scope.add(_Ev(n=6))
+            with pytest.raises(AuditUnavailable):
+                await scope.flush_before_run()
+            assert not trail.can_defer()
+            scope.add(_Ev(n=6))
+            with pytest.raises(AuditUnavailable):
+                await scope.flush_before_run(deferrable=True)
+        assert not trail.can_defer()
+        scope.add(_Ev(n=7))
+        await scope.flush_before_run(deferrable=True)  # this write goes through (and heals the file)
+        assert trail.can_defer()
+        await scope.commit()
+
+    trio.run(run)
+    trio.run(trail.aclose)
+    check(path)
+    assert [msgspec.json.decode(raw).get("n") for raw in all_lines(path)] == [1, 2, 3, 4, 5, 7, None]
+
+
+class _Ev(msgspec.Struct, tag_field="event", tag="test"):
+    n: int
+
+
+def test_pure_read_is_conservative() -> None:
+    from sqlward.policy.engine import Engine
+    from sqlward.policy.model import pure_read
+
+    engine = Engine((), {}, 1)
+    reads = ["select abalance from pgbench_accounts where aid = 1", "select a, b from t join u on t.id = u.id",
+             "select * from t for update", "select 1; select 2"]
+    not_reads = [
+        "select nextval('s')", "select count(*) from t", "select pg_terminate_backend(1)", "select * into x from t",
+        "with d as (delete from t returning *) select * from d", "explain analyze delete from t", "delete from t",
+        "update t set a = 1", "insert into t values (1)", "select 1; delete from t", "set role admin", "show all",
+        "select lo_import('/etc/passwd')", "select * from t where f(x)", "select 'unterminated",
+    ]
+    for sql in reads:
+        assert pure_read(engine.analyse(sql, "postgres")), sql
+    for sql in not_reads:
+        assert not pure_read(engine.analyse(sql, "postgres")), sql
+    assert not pure_read(engine.analyse("/*! DELETE FROM t */ SELECT 1", "mysql"))
+    assert not pure_read(engine.analyse("select * from t into outfile '/tmp/x'", "mysql"))
