@@ -22,9 +22,10 @@ The configurations:
 
   off               bench/audit_off_gateway.py: the same gateway with Gatekeeper.from_config
                     given audit_sink=NullSink(): events are built and encoded, never chained,
-                    signed, written or fsync'd. Not a product setting (there is none).
+  buffered          [audit] durability = "buffered" (the default: written before a client sees a
+                    statement's result)
   buffered          [audit] durability = "buffered"
-  sync              [audit] durability = "sync" (the default: fsync with group commit before a
+  sync              [audit] durability = "sync" (fsync with group commit before a
                     client sees a statement's result)
   sync+tracing      sync, plus [telemetry] endpoint = the local OTLP sink, sample_ratio = 1.0
   buffered+tracing  buffered, plus the same telemetry
@@ -69,8 +70,8 @@ class Setup:
 
 CONFIGS: dict[str, Setup] = {
     "off": Setup(None, False, "NullSink: records encoded, never written (bench/audit_off_gateway.py)"),
-    "buffered": Setup("buffered", False, '[audit] durability = "buffered"'),
-    "sync": Setup("sync", False, '[audit] durability = "sync" (default)'),
+    "buffered": Setup("buffered", False, '[audit] durability = "buffered" (default)'),
+    "sync": Setup("sync", False, '[audit] durability = "sync"'),
     "sync+tracing": Setup("sync", True, "sync + [telemetry] to a local OTLP/HTTP sink, sample_ratio = 1.0"),
     "buffered+tracing": Setup("buffered", True, "buffered + the same telemetry"),
 }
