@@ -22,9 +22,9 @@ The configurations:
 
   off               bench/audit_off_gateway.py: the same gateway with Gatekeeper.from_config
                     given audit_sink=NullSink(): events are built and encoded, never chained,
+                    signed, written or fsync'd. Not a product setting (there is none).
   buffered          [audit] durability = "buffered" (the default: written before a client sees a
                     statement's result)
-  buffered          [audit] durability = "buffered"
   sync              [audit] durability = "sync" (fsync with group commit before a
                     client sees a statement's result)
   sync+tracing      sync, plus [telemetry] endpoint = the local OTLP sink, sample_ratio = 1.0
