@@ -90,9 +90,6 @@ class Recorder:
     ) -> None:
         self.gateway = gateway
         self.sink = sink
-        # Whether the records of a read may wait for its completion now (`Sink.can_defer`, when
-        # the sink has it: the trail in a state where the next write will go through).
-        self._can_defer: Callable[[], bool] | None = getattr(sink, "can_defer", None)
         self.observers = observers
         self._clock = clock
         self._encode = msgspec.json.Encoder().encode
@@ -135,10 +132,7 @@ class Recorder:
 class AuditScope:
     """The envelope of one session's events and the lines not yet flushed (see module doc)."""
 
-    __slots__ = (
-        "_recorder", "connection_id", "_head", "_seq", "_lines", "trace_id", "span_id", "_writes", "_committed",
-        "_deferred",
-    )
+    __slots__ = ("_recorder", "connection_id", "_head", "_seq", "_lines", "trace_id", "span_id", "_writes", "_committed")
 
     def __init__(self, recorder: Recorder, connection_id: str) -> None:
         self._recorder = recorder
@@ -152,9 +146,6 @@ class AuditScope:
         self.span_id = ""
         self._writes = 0  # batches this scope wrote
         self._committed = 0  # of those, how many a finished commit covers
-        # Pending lines allowed to wait for the next flush that is not `flush_undeferred`
-        # (`flush_before_run(deferrable=True)`: the records of a read that changes nothing).
-        self._deferred = 0
 
     @property
     def pending(self) -> int:
@@ -186,15 +177,8 @@ class AuditScope:
         if not lines:
             return
         self._lines = []
-        self._deferred = 0
         await self._recorder.write(lines[0] if len(lines) == 1 else b"".join(lines))
         self._writes += 1
-
-    async def flush_undeferred(self) -> None:
-        """`flush`, unless every pending line was deferred by `flush_before_run(deferrable=True)`
-        (they go with the next `commit`)."""
-        if len(self._lines) > self._deferred:
-            await self.flush()
 
     async def commit(self) -> None:
         """`flush`, then wait until everything this gateway wrote so far is durable (group
@@ -206,23 +190,11 @@ class AuditScope:
             await self._recorder.commit()
             self._committed = max(self._committed, writes)
 
-    async def flush_before_run(self, *, deferrable: bool = False) -> None:
+    async def flush_before_run(self) -> None:
         """`flush` for the records of a statement about to run (its decision, a run of a
         prepared statement): written, and delivered to the sinks that must have them before it
         runs (required remote sinks with durability "sync": a destination that fails refuses
-        the statement instead of finding out after it ran). AuditUnavailable on failure.
-
-        `deferrable`: the statement is a read that changes nothing (`policy.purity.pure_read`).
-        When the sink says it can take records now (`Sink.can_defer`), its records wait and
-        are written with its completion, in the same write, before the client sees a row:
-        one system call per read instead of two. A read whose rows never reach the client
-        then leaves no record if the gateway is killed meanwhile; nothing was changed and
-        nothing was shown."""
-        if deferrable:
-            can_defer = self._recorder._can_defer
-            if can_defer is not None and can_defer():
-                self._deferred = len(self._lines)
-                return
+        the statement instead of finding out after it ran). AuditUnavailable on failure."""
         await self.flush()
         try:
             await self._recorder.commit(before_run=True)

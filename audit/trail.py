@@ -153,14 +153,6 @@ class Trail:
 
     # -- chaining ------------------------------------------------------------------------------
 
-    def can_defer(self) -> bool:
-        """Whether the records of a read may wait for its completion (`AuditScope.
-        flush_before_run`): only with the short path's set-up (one required file sink) while
-        that file takes records (nothing kept from a failed batch, no problem reported), so
-        fail-closed still refuses before the read runs when the file is failing."""
-        fast = self._fast
-        return fast is not None and fast.well()
-
     def append(self, data: bytes, *, checkpoint: bool = False) -> None:
         """Chain `data` (complete JSON lines) and hand it to every sink; never yields."""
         if self._fast and not checkpoint:

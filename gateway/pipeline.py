@@ -72,7 +72,7 @@ from sqlward.adapters.text import printable, redacted_message
 from sqlward.audit.events import StatementDecided, StatementExecuted
 from sqlward.policy import rule_ids
 from sqlward.policy.fingerprint import RAW_PREFIX
-from sqlward.policy.model import Analysis, Decision, Identity, pure_read
+from sqlward.policy.model import Analysis, Decision, Identity
 from sqlward.policy.searchpath import Resolution, SearchPath, Unresolvable, needs_catalogue, resolve, trace, unsure
 
 from sqlward.gateway.approvals.gate import precheck, settle, shown_parameters
@@ -629,15 +629,8 @@ class Pipeline:
             # client's own traceparent keeps it: one context in the logs.
             verdict = msgspec.structs.replace(verdict, traceparent=self._traceparent(ctx.audit))
         if durable and not ctx.offline:
-            # A plain read that changes nothing may have its record wait for its completion
-            # (written together, before the client sees a row; audit.recorder).
-            deferrable = (
-                decision.action == "allow" and request.kind == "statement" and not request.prepare
-                and analysis is not None
-                and verdict.approval_id is None and pure_read(analysis)
-            )
             try:
-                await ctx.audit.flush_before_run(deferrable=deferrable)
+                await ctx.audit.flush_before_run()
             except AuditUnavailable:
                 return Verdict(request_id=rid, decision=_AUDIT_UNAVAILABLE, analysis=analysis, masked=verdict.masked)
         return verdict

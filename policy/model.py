@@ -118,24 +118,6 @@ class Analysis(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             msgspec.structs.force_setattr(self, "tables", tables)
 
 
-def pure_read(analysis: Analysis) -> bool:
-    """True when every statement of the text is a plain SELECT that can change nothing: parsed
-    whole, no function call at all (a function may write, lock out or signal: nextval,
-    pg_terminate_backend, set_config, a user's own), no SELECT INTO, no data-modifying CTE, no
-    EXPLAIN ANALYZE, no table written, no MySQL executable comment. Conservative by design: the
-    audit trail lets only such reads wait for their completion (`AuditScope.flush_before_run`)."""
-    if analysis.parse_status != "ok" or analysis.executable_comment or not analysis.statements:
-        return False
-    for st in analysis.statements:
-        if (
-            st.operation != "select" or st.operations != ("select",) or st.functions or st.select_into
-            or st.data_modifying_cte or st.tables_written or st.load_data or st.explain_analyze
-            or st.parse_status != "ok"
-        ):
-            return False
-    return True
-
-
 class Decision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What the policy says about a request."""
 

@@ -686,7 +686,7 @@ class PostgresSession(GovernedSession):
         state = self._state
         side = ClientSide(state, max_message_size=self.settings.max_message_size, sql_comment=self._sql_comment)
         judge = self._judge
-        flush = self.audit.flush_undeferred
+        flush = self.audit.flush
         data = self._startup_rest
         self._startup_rest = b""
         while True:
@@ -738,7 +738,7 @@ class PostgresSession(GovernedSession):
                     continue
                 request = side.resume(verdict)
             out = side.take_output()
-            await flush()  # anything else pending (normally nothing; a read's record may wait)
+            await flush()  # anything else pending (normally nothing)
             if out:
                 try:
                     await up.send(out)

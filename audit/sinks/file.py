@@ -145,10 +145,6 @@ class FileSink:
             self._kept = data
             raise
 
-    def well(self) -> bool:
-        """Nothing kept from a failed batch and no problem reported by the last write."""
-        return not self._kept and not self._problem
-
     def steady(self, incoming: int) -> bool:
         """Nothing kept from a failed batch and no rotation due: `Trail.append`'s short path."""
         return not self._kept and (not self._rotates or not self.rotation_due(incoming))
