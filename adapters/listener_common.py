@@ -133,11 +133,22 @@ class ListenerBase:
             await self._refuse(stream, limiter.refusal(host))
             return
         self.active += 1
+        # A drain ends a connection that has not authenticated at once: it has no statement of
+        # its own to finish (an authenticated one drains in its relay, adapters/drain.py).
+        preauth = trio.CancelScope()
+
+        def drain_starts() -> None:
+            if slot.held:
+                preauth.cancel()
+
+        unsubscribe = self.services.drain.subscribe(drain_starts)
         try:
             session = self.new_session(stream, addr)
             session.preauth = slot  # type: ignore[attr-defined]
-            await session.run()
+            with preauth:
+                await session.run()
         finally:
+            unsubscribe()
             self.active -= 1
             slot.release()
 

@@ -23,6 +23,11 @@ class PreAuthSlot:
         self._limiter = limiter
         self._address = address
 
+    @property
+    def held(self) -> bool:
+        """Not released yet: the connection has not authenticated."""
+        return self._limiter is not None
+
     def release(self) -> None:
         limiter, self._limiter = self._limiter, None
         if limiter is not None:

@@ -414,6 +414,8 @@ class MysqlSession(GovernedSession):
             if reply.payload is not None:
                 await self._send_last(reply.payload)
         finally:
+            if not self._closing_reason and trio.current_effective_deadline() == float("-inf"):
+                self._closing_reason = "gateway shutting down"  # cancelled from outside
             self.registry.remove(self.connection_id, self)
             with trio.CancelScope(shield=True):
                 if self.up is not None:

@@ -466,13 +466,13 @@ def test_the_tls_advice_is_true_for_the_listener(db: str, pki, issuer: TestIssue
 
 
 def test_the_gateways_shutdown_ends_every_connection_in_the_trail(db: str) -> None:
-    """SIGTERM: a connection waiting before authentication is refused, an authenticated one is
-    closed, and the statement it was running completes with the error."""
+    """SIGTERM: a connection waiting before authentication is refused at once, an authenticated
+    one finishes the statement it was running (the drain) and is then closed."""
     g = GatewayProcess(targets=_targets(db), name="pgh12-shutdown").start()
     try:
         idle = pgwire.RawConn.connect(g.host, g.port)
         busy = _session(g)
-        busy.send(pgwire.query("SELECT 'pgh12-shutdown', pg_sleep(5)"))
+        busy.send(pgwire.query("SELECT 'pgh12-shutdown', pg_sleep(2)"))
         time.sleep(0.5)
     finally:
         assert g.stop() == []  # SIGTERM; exit status 0, no traceback
@@ -487,7 +487,7 @@ def test_the_gateways_shutdown_ends_every_connection_in_the_trail(db: str) -> No
     decided = [e for e in events if e["event"] == "statement.decided" and "pgh12-shutdown" in e["sql"]][0]
     done = [e for e in events if e["event"] == "statement.completed" and e["request_id"] == decided["request_id"]
             and e["connection_id"] == decided["connection_id"]]
-    assert done and "gateway shutting down" in done[0]["error"], events
+    assert done and not done[0].get("error"), events  # it finished within the drain
 
 
 def test_a_token_password_is_capped_at_what_a_login_needs(db: str, pki, issuer: TestIssuer) -> None:
