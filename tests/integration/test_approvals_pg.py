@@ -516,3 +516,27 @@ def test_a_client_sending_too_much_while_held_withdraws_its_request(gw: GatewayP
         assert errors and "sent more than 1 MiB while the statement was held" in errors[0].text
     assert [r["status"] for r in requests(gw) if r["id"] == request["id"]] == ["withdrawn"]
     assert left(table) == 500
+
+
+def test_a_statement_held_when_the_gateway_drains_runs_once_approved_during_the_drain(
+    tmp_path: Path, database: str, issuer: TestIssuer, table: psycopg.Connection,
+) -> None:
+    """SIGTERM while a statement waits for approval: the gateway stops accepting, its admin API
+    keeps serving, the approver approves, the statement runs, its client gets the result, and
+    the gateway then stops (exit 0)."""
+    gw = _gateway(tmp_path, database, issuer, extra={"gateway": {"name": "it-drain-held", "drain_seconds": 20}})
+    with gw:
+        client = psql(gw, DELETE)
+        [request] = wait_pending(gw)
+        assert gw.proc is not None
+        gw.exit_expected = True
+        gw.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert gw.proc.poll() is None  # draining: the held statement keeps it up
+        assert decide(gw, request["id"], "approve").status_code == 200  # the admin API still serves
+        out, err = client.communicate(timeout=30)
+        assert client.returncode == 0 and "DELETE 400" in out, err
+        assert left(table) == 100
+        assert gw.proc.wait(15) == 0
+        trail = events(gw)
+        assert [e["event"] for e in trail if e.get("approval_id") == request["id"]][-1] == "statement.completed"
