@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +29,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import upstream_dsn
+from tests.support.background import background
 from tests.support.gateway import GatewayProcess, connection_events, connection_id_for_app, free_port, target
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def test_sigterm_drains_idle_busy_and_overdue_sessions(it_database: str) -> None
         extra={"admin": {"listen": f"127.0.0.1:{admin}"}},
         name="it-drain",
     )
-    gw.config["gateway"]["drain_seconds"] = 4
+    gw.config["gateway"]["drain_seconds"] = 6
     gw.config_text = gw._render(gw.config)
     with gw:
         assert _wait(lambda: _readyz(admin) == 200)
@@ -78,20 +78,10 @@ def test_sigterm_drains_idle_busy_and_overdue_sessions(it_database: str) -> None
         overdue = psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True)
         idle.execute("select 1")
         results: dict[str, Any] = {}
-
-        def run(name: str, conn: psycopg.Connection, sql: str) -> None:
-            try:
-                results[name] = conn.execute(sql).fetchall()
-            except psycopg.Error as exc:
-                results[name] = exc
-            results[name + "_at"] = time.monotonic()
-
         threads = [
-            threading.Thread(target=run, args=("busy", busy, "select 'finished' from pg_sleep(1.5)")),
-            threading.Thread(target=run, args=("overdue", overdue, "select pg_sleep(60)")),
+            background(results, "busy", lambda: busy.execute("select 'finished' from pg_sleep(3)").fetchall(), psycopg.Error),
+            background(results, "overdue", lambda: overdue.execute("select pg_sleep(60)").fetchall(), psycopg.Error),
         ]
-        for t in threads:
-            t.start()
         time.sleep(0.5)  # both statements are running upstream
         assert gw.proc is not None
         signalled = time.monotonic()
@@ -117,7 +107,7 @@ def test_sigterm_drains_idle_busy_and_overdue_sessions(it_database: str) -> None
         err = results["overdue"]
         assert isinstance(err, psycopg.OperationalError), err
         assert "shutting down" in str(err)
-        assert 3.0 <= results["overdue_at"] - signalled <= 10.0
+        assert 5.0 <= results["overdue_at"] - signalled <= 12.0
         assert gw.proc.wait(15) == 0
         for conn in (idle, busy, overdue):
             conn.close()

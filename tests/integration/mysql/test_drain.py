@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import threading
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 from tests.integration.mysql.conftest import default_targets, mysql_listener
 from tests.support import mywire
+from tests.support.background import background
 from tests.support.gateway import SECRETS, GatewayProcess
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def _refused(port: int) -> bool:
 
 def test_sigterm_drains_mysql_sessions(mysql_it_database: str) -> None:
     gw = GatewayProcess(targets=default_targets(), listener=mysql_listener(default_target="app"), name="it-my-drain")
-    gw.config["gateway"]["drain_seconds"] = 4
+    gw.config["gateway"]["drain_seconds"] = 6
     gw.config_text = gw._render(gw.config)
     with gw:
         idle = _connect(gw)
@@ -49,21 +49,15 @@ def test_sigterm_drains_mysql_sessions(mysql_it_database: str) -> None:
             cur.execute("SELECT 1")
         results: dict[str, Any] = {}
 
-        def run(name: str, conn: pymysql.Connection, sql: str) -> None:
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(sql)
-                    results[name] = cur.fetchall()
-            except pymysql.MySQLError as exc:
-                results[name] = exc
-            results[name + "_at"] = time.monotonic()
+        def rows(conn: pymysql.Connection, sql: str) -> Any:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
 
         threads = [
-            threading.Thread(target=run, args=("busy", busy, "SELECT 'finished' FROM (SELECT SLEEP(1.5)) AS s")),
-            threading.Thread(target=run, args=("overdue", overdue, "SELECT SLEEP(60)")),
+            background(results, "busy", lambda: rows(busy, "SELECT 'finished' FROM (SELECT SLEEP(3)) AS s"), pymysql.MySQLError),
+            background(results, "overdue", lambda: rows(overdue, "SELECT SLEEP(60)"), pymysql.MySQLError),
         ]
-        for t in threads:
-            t.start()
         time.sleep(0.5)
         assert gw.proc is not None
         gw.exit_expected = True
@@ -88,7 +82,7 @@ def test_sigterm_drains_mysql_sessions(mysql_it_database: str) -> None:
         assert results["busy"] == (("finished",),)
         err = results["overdue"]
         assert isinstance(err, pymysql.MySQLError), err
-        assert 3.0 <= results["overdue_at"] - signalled <= 10.0
+        assert 5.0 <= results["overdue_at"] - signalled <= 12.0
         assert gw.proc.wait(15) == 0
         closed = [e for e in gw.audit_events() if e["event"] == "connection.closed"]
         assert sum(1 for e in closed if e.get("reason") == "gateway shutting down") == 4
