@@ -264,7 +264,7 @@ class SessionContext:
     states a new reason (`/* sqlward:reason=... */`) and counts requests."""
 
     __slots__ = (
-        "audit", "identity", "who", "target", "requests", "offline", "masked", "masked_key",
+        "audit", "identity", "who", "target", "requests", "offline", "masked", "masked_key", "access_refusal",
         "notice", "client_gone", "hold", "approved", "approval_failed",
     )
 
@@ -280,6 +280,9 @@ class SessionContext:
         # target, policy version).
         self.masked = False
         self.masked_key: tuple[object, ...] | None = None
+        # Why [[access]] no longer lets this identity reach this target (None: it does), looked
+        # up with `masked` (a reload that revokes access reaches open sessions).
+        self.access_refusal: str | None = None
         # Approval holds (set by the adapter): `notice` tells the client at once that its
         # statement is held (PostgreSQL NoticeResponse; None where the protocol cannot);
         # `client_gone` returns why the hold cannot go on for the client (it disconnected, or

@@ -32,9 +32,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
+from sqlward.audit.sinks import shown_url
 from sqlward.gateway.config import Config, ConfigError, audit_sinks, load_config
 
 EXIT_OK = 0
@@ -176,11 +178,11 @@ def _audit_summary(config: Config) -> str:
     audit = config.audit
     sinks = []
     for sink in audit_sinks(audit):
-        where = {"file": sink.path, "postgres": f"table {sink.table}", "stdout": "", "otlp": sink.endpoint}[sink.kind]
+        where = {"file": sink.path, "postgres": f"table {sink.table}", "stdout": "", "otlp": shown_url(sink.endpoint)}[sink.kind]
         sinks.append(f"{sink.kind}{' ' + where if where else ''}{'' if sink.required else ' (optional)'}")
     text = f"; audit {audit.durability}, fail {audit.failure}: " + ", ".join(sinks)
     if config.telemetry.endpoint:
-        text += f"; telemetry to {config.telemetry.endpoint}"
+        text += f"; telemetry to {shown_url(config.telemetry.endpoint)}"
     return text
 
 
@@ -226,19 +228,36 @@ def version_report() -> str:
 
 
 def healthcheck(url: str, timeout: float, ca_file: str | None) -> int:
-    """GET `url`: exit 0 on 200, 1 otherwise (the reason on stderr)."""
+    """GET `url`: exit 0 on 200, 1 otherwise (one line on stderr), all within `timeout` seconds
+    (the request runs in a thread: a server that trickles its answer cannot hold the check)."""
+    import http.client
     import ssl
+    import threading
     import urllib.error
     import urllib.request
 
-    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (OSError, ValueError) as exc:
-        print(f"sqlward healthcheck: {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+    outcome: list[str | int] = []
+
+    def ask() -> None:
+        try:
+            context = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+                resp.read(1 << 16)
+                outcome.append(resp.status)
+        except urllib.error.HTTPError as exc:
+            outcome.append(exc.code)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            outcome.append(str(getattr(exc, "reason", None) or exc) or type(exc).__name__)
+
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        print(f"sqlward healthcheck: {url}: no answer within {timeout:g} s", file=sys.stderr)
+        return EXIT_FAILURE
+    status = outcome[0]
+    if isinstance(status, str):
+        print(f"sqlward healthcheck: {url}: {status}", file=sys.stderr)
         return EXIT_FAILURE
     if status != 200:
         print(f"sqlward healthcheck: {url} answered {status}", file=sys.stderr)
@@ -257,6 +276,10 @@ def check_config(file: str) -> int:
 
 
 def serve(file: str) -> int:
+    # SIGHUP asks a running gateway to reload; until its signal handling is set up (and after
+    # it is gone, during the last flush) it must not end the process, as its default does (a
+    # ConfigMap reloader may signal a pod that is still starting).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         config = load_config(file)
     except ConfigError as exc:

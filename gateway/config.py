@@ -567,6 +567,8 @@ def mask_dsn(dsn: str) -> str:
     try:
         parts = urlsplit(dsn)
         if parts.password is None:
+            if "@" in dsn.partition("://")[2] and "@" not in parts.netloc:
+                return "<unparsable DSN>"  # a password holding / ? or # cut the netloc short
             return dsn
         userinfo, _, hostinfo = parts.netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
@@ -595,8 +597,11 @@ def parse_dsn(dsn: str, protocol: str, base_dir: str = "") -> ParsedDSN:
         parts = urlsplit(dsn)
         port = parts.port
         host = parts.hostname
-    except ValueError as exc:  # bad port, bad IPv6 literal
-        raise ValueError(f"malformed DSN: {exc}") from None
+    except ValueError:  # bad port, bad IPv6 literal; urllib's message may quote the password
+        raise ValueError(
+            "malformed DSN: the port is not a number or the host is not valid (a password with # / ? @ "
+            "or : must be percent-encoded, e.g. %23 for #)"
+        ) from None
     if parts.fragment:
         raise ValueError("a DSN has no #fragment")
     if not host:
@@ -706,6 +711,9 @@ def _expand_string(text: str, env: Mapping[str, str], path: str, problems: list[
                     Problem(path, "malformed ${...}: expected ${NAME} or ${NAME:-default}, NAME of letters, digits "
                             "and _ (write $${ for a literal ${)")
                 )
+                return text
+            if "${" in default:
+                problems.append(Problem(path, "a ${NAME:-default} default cannot hold another ${...} (not expanded)"))
                 return text
             value = env.get(name)
             if sep and not value:  # ${NAME:-default}: the default when NAME is unset or empty
@@ -1007,7 +1015,8 @@ def _finish(config: Config, file: str) -> Config:
     for i, hook in enumerate(config.webhooks):
         at = f"$.webhooks[{i}]"
         if not hook.url.startswith(("http://", "https://")):
-            problems.append(Problem(f"{at}.url", f"expected an http:// or https:// URL, got {hook.url!r}"))
+            # The URL itself is not quoted: a chat incoming webhook's URL is its credential.
+            problems.append(Problem(f"{at}.url", "expected an http:// or https:// URL"))
         hook_secret = _resolve(hook.secret_file, base)
         if hook.secret is None and not hook.secret_file:
             problems.append(Problem(f"{at}.secret_file", "a webhook needs a signing secret (secret_file or secret): receivers verify X-Sqlward-Signature"))

@@ -668,8 +668,12 @@ class Gatekeeper:
                     out[i] = await self._estimate_under_paths(target, texts[i], search_paths[i], timeout)
                 else:
                     out[i] = await self._estimator.rows(target, texts[i], analysis.dialect, schema=schema, timeout=timeout)
-            except Exception:  # no estimate: the policy fails closed on None
-                log.warning("row estimate failed for target %s", target.info.name, exc_info=True)
+            except Exception as exc:  # no estimate: the policy fails closed on None
+                # The server's message may quote the statement's values ('invalid input syntax
+                # for type integer: "4111..."'): only its kind and SQLSTATE are logged.
+                code = getattr(exc, "sqlstate", "") or getattr(exc, "errno", "") or ""
+                log.warning("row estimate failed for target %s: %s%s", target.info.name, type(exc).__name__,
+                            f" (SQLSTATE {code})" if code else "")
                 out[i] = None
         return out
 

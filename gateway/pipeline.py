@@ -329,7 +329,14 @@ class Pipeline:
             except Exception:  # fail closed: watch the rows
                 log.exception("masking policy lookup failed")
                 masked = True
+            # [[access]] is judged at login; a reload may have revoked it since (open sessions
+            # get the new policy at their next request).
+            ctx.access_refusal = None if ctx.offline else gk.access_refusal(identity, info)
             ctx.masked, ctx.masked_key = masked, masked_key
+        if ctx.access_refusal is not None:
+            denied = Decision(action="deny", rule_id=rule_ids.ACCESS, message=ctx.access_refusal)
+            return await self._record(ctx, request, rid, denied, durable=durable,
+                                      verdict=Verdict(request_id=rid, decision=denied, masked=masked))
 
         # The run of a prepared statement decided before: only a session-wide check (the token)
         # can refuse it.

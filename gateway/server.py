@@ -279,8 +279,7 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[list[int]] = tri
             ports = [await nursery.start(lst.serve) for lst in listeners]
             for lst, port in zip(listeners, ports):
                 log.info("listening: %s on %s:%d", lst.name, lst.host, port)
-            if config.gateway.policy_files:
-                nursery.start_soon(_watch_policy, gatekeeper)
+            nursery.start_soon(_watch_policy, gatekeeper)  # idle until a reload names policy files
             nursery.start_soon(approvals.run)
             if notifier is not None:
                 nursery.start_soon(notifier.run)

@@ -704,6 +704,11 @@ class PostgresSession(GovernedSession):
                     except _IO_ERRORS:
                         pass
                     return
+                if self.drain.started:
+                    # Sent after the drain began: not run. The session is closed (57P01) once
+                    # what was asked before has been answered, or at the drain's deadline.
+                    data = b""
+                    continue
             if state.path.wants_probe(state.idle):
                 await self._probe_search_path(up)
             request = side.feed(data)

@@ -16,11 +16,14 @@ new records (fail closed) before it links them.
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Protocol
 
 import msgspec
 
-__all__ = ["Destination", "LineHead", "SinkError", "SinkStatus", "TrailSink", "decode_head", "read_linked"]
+__all__ = [
+    "Destination", "LineHead", "SinkError", "SinkStatus", "TrailSink", "decode_head", "read_linked", "shown_url",
+]
 
 
 class _Link(msgspec.Struct, frozen=True):
@@ -124,3 +127,18 @@ class Destination(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def shown_url(url: str, *, path: bool = True) -> str:
+    """`url` as logs and summaries may show it: scheme, host, port and (with `path`) the path;
+    never a user, password or query (where credentials and tokens ride). Without `path` for a
+    URL whose path is itself the credential (a chat incoming webhook)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path if path else ''}"

@@ -33,7 +33,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from sqlward.audit.sinks import SinkError, read_linked
+from sqlward.audit.sinks import SinkError, read_linked, shown_url
 from sqlward.audit.spool import RemoteSinkSettings
 
 __all__ = ["OtlpLogsDestination", "encode_request", "make_destination"]
@@ -74,15 +74,6 @@ def encode_request(lines: list[bytes], gateway: str) -> bytes:
     return request.SerializeToString()
 
 
-def _shown_url(url: str) -> str:
-    """`url` as messages may show it: scheme, host, port and path (no user, password, query)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
-
-
 class OtlpLogsDestination:
     """Audit lines to an OTLP/HTTP logs endpoint (module doc); a `Destination`."""
 
@@ -92,7 +83,7 @@ class OtlpLogsDestination:
             raise SinkError(f"otlp sink {name!r}: endpoint {endpoint!r} is not an http(s) URL")
         self.name = name
         self._endpoint = endpoint
-        self._shown = _shown_url(endpoint)  # for messages: no credentials, no query
+        self._shown = shown_url(endpoint)  # for messages: no credentials, no query
         self._headers = {**headers, "Content-Type": "application/x-protobuf"}
         self._gateway = gateway
         verify: ssl.SSLContext | bool = True

@@ -68,12 +68,18 @@ import httpx
 import msgspec
 import trio
 
+from sqlward.audit.sinks import shown_url
 from sqlward.gateway.approvals.model import ApprovalRequest
 from sqlward.gateway.config import WebhookConfig
 
 __all__ = ["MAX_BACKOFF", "MAX_RETRY_AFTER", "WebhookNotifier", "message_text", "sign"]
 
 log = logging.getLogger("sqlward.webhooks")
+
+
+def _scrub(text: str, url: str) -> str:
+    """An error's text without the receiver's URL (httpx names the URL it failed on)."""
+    return text.replace(url, shown_url(url, path=False)) if url else text
 
 MAX_BACKOFF = 300.0  # seconds between two attempts at most
 MAX_RETRY_AFTER = 120.0  # a larger Retry-After is ignored (the backoff applies)
@@ -241,12 +247,12 @@ class WebhookNotifier:
                     receiver.dropped += 1
                     log.warning(
                         "webhook %s: queue full (%d), dropped the oldest notification (%s of %s)",
-                        receiver.hook.url, receiver.queue_size, lost.kind, lost.request.id,
+                        shown_url(receiver.hook.url, path=False), receiver.queue_size, lost.kind, lost.request.id,
                     )
                 receiver.queue.append(_Delivery(kind, request))
                 receiver.ready.set()
             except Exception:
-                log.exception("webhook %s: could not queue %s", receiver.hook.url, kind)
+                log.error("webhook %s: could not queue %s", shown_url(receiver.hook.url, path=False), kind)
 
     def pending(self) -> int:
         """Notifications queued and not yet delivered or given up (all receivers)."""
@@ -280,7 +286,8 @@ class WebhookNotifier:
                 try:
                     await self._deliver(client, receiver, delivery)
                 except Exception:  # a bug here must not stop later notifications
-                    log.exception("webhook %s: delivery %s failed", receiver.hook.url, delivery.id)
+                    log.error("webhook %s: delivery %s failed (a bug; no detail logged, it may name the receiver's URL)",
+                              shown_url(receiver.hook.url, path=False), delivery.id)
                 finally:
                     receiver.busy = 0
 
@@ -314,24 +321,24 @@ class WebhookNotifier:
             try:
                 response = await client.post(hook.url, content=body, headers=headers)
             except (httpx.TransportError, OSError) as exc:  # connection refused, reset, timeout, TLS
-                problem = _describe(exc)
+                problem = _scrub(_describe(exc), hook.url)
             else:
                 status = response.status_code
                 if 200 <= status < 300:
                     return True
                 if status < 500 and status != 429:
-                    log.error("webhook %s: gave up on %s: HTTP %d (not retried)", hook.url, what, status)
+                    log.error("webhook %s: gave up on %s: HTTP %d (not retried)", shown_url(hook.url, path=False), what, status)
                     return False
                 problem = f"HTTP {status}"
                 if status in (429, 503):
                     wait = _retry_after(response)
             if attempt + 1 >= hook.max_attempts:
-                log.error("webhook %s: gave up on %s after %d attempt(s): %s", hook.url, what, attempt + 1, problem)
+                log.error("webhook %s: gave up on %s after %d attempt(s): %s", shown_url(hook.url, path=False), what, attempt + 1, problem)
                 return False
             if wait is None:
                 wait = min(hook.backoff_seconds * 2**attempt, MAX_BACKOFF)
                 wait += random.uniform(0, wait * 0.1)
             log.warning("webhook %s: %s, attempt %d of %d; retrying %s in %.1f s",
-                        hook.url, problem, attempt + 1, hook.max_attempts, what, wait)
+                        shown_url(hook.url, path=False), problem, attempt + 1, hook.max_attempts, what, wait)
             await trio.sleep(wait)
         return False

@@ -234,7 +234,10 @@ def test_bad_endpoint_is_refused() -> None:
 
 
 def test_messages_never_show_the_endpoints_credentials_or_query() -> None:
-    from sqlward.audit.sinks.otlp import _shown_url
+    from sqlward.audit.sinks import shown_url
 
-    assert _shown_url("http://ingest-user:S3CRETPASS@collector:4318/v1/logs?api_key=QUERYTOKEN123") == "http://collector:4318/v1/logs"
-    assert _shown_url("https://[::1]/v1/logs#x") == "https://[::1]/v1/logs"
+    assert shown_url("http://ingest-user:S3CRETPASS@collector:4318/v1/logs?api_key=QUERYTOKEN123") == "http://collector:4318/v1/logs"
+    assert shown_url("https://[::1]/v1/logs#x") == "https://[::1]/v1/logs"
+    # A URL whose path is the credential (a chat incoming webhook): host and port only.
+    assert shown_url("https://hooks.example.com/services/T0/B0/SECRETPATH", path=False) == "https://hooks.example.com"
+    assert shown_url("http://host:99999999/x") == "<unparsable URL>"
