@@ -433,9 +433,11 @@ def summarise(spec: harness.Spec, samples: harness.Samples, paths: Sequence[str]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if shutil.which("psql") is None or shutil.which("pgbench") is None:
+        harness.install_tools(log, "psql or pgbench")
     for tool in ("psql", "pgbench"):
         if shutil.which(tool) is None:
-            log(f"{tool} not found: run bench/setup (it installs postgresql-client and the other benchmark tools)")
+            log(f"{tool} not found, and bench/setup did not install it")
             return 2
     started = time.monotonic()
     rc = harness.run_guarded(

@@ -65,6 +65,20 @@ class BenchError(RuntimeError):
     """A step failed; the message is meant for the user."""
 
 
+def install_tools(log: Callable[[str], None], what: str) -> bool:
+    """Run bench/setup (the benchmark tools, installed with apt when missing) because `what` is
+    missing; True when it ran cleanly. The benchmarks install what they run themselves."""
+    log(f"{what} not found: running bench/setup to install the benchmark tools")
+    try:
+        done = subprocess.run([str(REPO_ROOT / "bench" / "setup")], check=False)
+    except OSError as exc:
+        log(f"bench/setup could not run: {exc}")
+        return False
+    if done.returncode != 0:
+        log(f"bench/setup failed (exit {done.returncode})")
+    return done.returncode == 0
+
+
 def logger(prefix: str) -> Callable[[str], None]:
     """A function printing `[prefix] message` lines to stderr (progress, never the results)."""
 

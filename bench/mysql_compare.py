@@ -398,12 +398,14 @@ def measure(args: argparse.Namespace, services: harness.Services) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if find_mariadb() is None or shutil.which("sysbench") is None:
+        harness.install_tools(log, "mariadb or sysbench")
     args.mariadb = find_mariadb()
     if args.mariadb is None:
-        log("mariadb not found: run bench/setup (it installs mariadb-client and the other benchmark tools)")
+        log("mariadb not found, and bench/setup did not install it")
         return 2
     if shutil.which("sysbench") is None:
-        log("sysbench not found: run bench/setup (it installs sysbench and the other benchmark tools)")
+        log("sysbench not found, and bench/setup did not install it")
         return 2
     return harness.run_guarded(
         lambda services: measure(args, services), log, tmp_prefix="sqlward-mysql-bench-", keep_tmp=args.keep_tmp

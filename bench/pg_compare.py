@@ -279,7 +279,7 @@ def measure(args: argparse.Namespace, services: harness.Services) -> int:
     def pgbouncer() -> harness.Service | None:
         binary = find_pgbouncer()
         if binary is None:
-            run.note("pgbouncer: binary not found, column skipped (bench/setup installs it)")
+            run.note("pgbouncer: binary not found (bench/setup could not install it), column skipped")
             return None
         return start_pgbouncer(args, services, binary)
 
@@ -308,9 +308,13 @@ def measure(args: argparse.Namespace, services: harness.Services) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    wanted = ["psql", "pgbench"] + (["pgbouncer"] if "pgbouncer" in args.paths else [])
+    missing = [t for t in wanted if (find_pgbouncer() if t == "pgbouncer" else shutil.which(t)) is None]
+    if missing:
+        harness.install_tools(log, ", ".join(missing))
     for tool in ("psql", "pgbench"):
         if shutil.which(tool) is None:
-            log(f"{tool} not found: run bench/setup (it installs postgresql-client and the other benchmark tools)")
+            log(f"{tool} not found, and bench/setup did not install it")
             return 2
     return harness.run_guarded(
         lambda services: measure(args, services), log, tmp_prefix="sqlward-bench-", keep_tmp=args.keep_tmp
