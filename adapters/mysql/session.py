@@ -734,9 +734,9 @@ class MysqlSession(GovernedSession):
             scope.cancel()
 
     async def _next_command(self) -> bytes:
-        """The client's next command; GatewayShutdown when the gateway drains and none is
-        waiting in the buffer."""
-        if self.drain.started and not self._framer.buffered:
+        """The client's next command; GatewayShutdown once the gateway drains (no command
+        starts after that, even one the client sent early)."""
+        if self.drain.started:
             raise GatewayShutdown()
         self._idle = not self._framer.buffered
         try:
