@@ -147,6 +147,9 @@ async def cancel_backend(registry: SessionRegistry[PostgresSession], pid: int, s
 HELD_INPUT_LIMIT = 1 << 20
 # Seconds between looks at a draining session's state (only while the gateway shuts down).
 DRAIN_POLL = 0.02
+# How long a session closed by the drain keeps reading (and dropping) what its client sends
+# after the FATAL, so that the FATAL is not lost to a reset.
+LINGER_SECONDS = 0.5
 
 
 class PostgresSession(GovernedSession):
@@ -216,7 +219,7 @@ class PostgresSession(GovernedSession):
         if scope is not None:
             scope.cancel()
         if reply.data:
-            await self._send_last_words(reply.data)
+            await self._send_last_words(reply.data, linger=isinstance(exc, GatewayShutdown))
 
     async def _record_end(self, event: ConnectionRefused | ConnectionClosed) -> None:
         """The record that ends the connection's story (refused, or closed); written quietly."""
@@ -224,15 +227,28 @@ class PostgresSession(GovernedSession):
         with trio.CancelScope(shield=True):
             await self._record_quietly(event)
 
-    async def _send_last_words(self, data: bytes) -> None:
+    async def _send_last_words(self, data: bytes, *, linger: bool = False) -> None:
         """Best-effort FATAL to the client; shielded (it is sent while the session is being torn
-        down) but bounded, so a client that stopped reading cannot hold the session open."""
+        down) but bounded, so a client that stopped reading cannot hold the session open.
+
+        `linger` (the drain's 57P01): half-close, then read and drop what the client still
+        sends for up to LINGER_SECONDS, so a query crossing the close on the wire does not make
+        the kernel answer with a reset that discards the FATAL before the client reads it."""
         with trio.CancelScope(shield=True):
             with trio.move_on_after(5):
                 try:
                     await self.client.send_all(data)
                 except (*_IO_ERRORS, trio.BusyResourceError, OSError):
-                    pass
+                    return
+            if linger and isinstance(self.client, trio.SocketStream):
+                with trio.move_on_after(LINGER_SECONDS):
+                    try:
+                        await trio.sleep(0)  # the relay's cancelled tasks let go of the stream first
+                        await self.client.send_eof()
+                        while await self.client.receive_some(65536):
+                            pass
+                    except (*_IO_ERRORS, trio.BusyResourceError, OSError):
+                        pass
 
     # ----------------------------------------------------------------------------------------
     # lifecycle

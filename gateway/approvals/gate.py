@@ -50,6 +50,11 @@ __all__ = ["precheck", "settle", "shown_parameters"]
 
 log = logging.getLogger("sqlward.approvals")
 
+# How long a session being torn down (the client gone, the gateway stopping) spends on
+# withdrawing its held request; a store that does not answer by then leaves it to the sweeper,
+# which expires it.
+WITHDRAW_SECONDS = 5.0
+
 
 def shown_parameters(
     values: tuple[bytes | None, ...] | None, formats: tuple[int, ...], dialect: str = "postgres",
@@ -216,11 +221,11 @@ async def _hold(
             if ctx.notice is not None:  # inside the hold: its deadline, cancel and disconnect apply
                 nursery.start_soon(tell)
     except StoreError as exc:
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), trio.move_on_after(WITHDRAW_SECONDS):
             await _withdraw(service, aid, "the approval store failed during the hold", ctx)
         return _unavailable(exc), aid
     except BaseException:  # the session is being torn down (client gone, gateway stopping)
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), trio.move_on_after(WITHDRAW_SECONDS):
             await _withdraw(service, aid, "the session closed", ctx)
         raise
     finally:
