@@ -7,7 +7,10 @@ How it works: the gateway holds one `Drain` and hands it to every session (throu
   closed at once with the protocol's shutdown error (PostgreSQL FATAL 57P01 admin_shutdown,
   MySQL ER_SERVER_SHUTDOWN 1053), so the client reconnects elsewhere;
 - a busy session (a statement running, a statement held for approval, rows on their way) goes
-  on; it is closed at the first moment it is idle again;
+  on; it is closed at the first moment it is idle again, and nothing its client sends after
+  the drain began is run;
+- a connection that has not authenticated yet is ended at once (the listener's part:
+  `adapters/listener_common.py`);
 - at `deadline` (`grace` seconds after the start) every session still open is closed with the
   same error, whatever it is doing.
 
