@@ -30,7 +30,10 @@ import pytest
 
 from tests.integration.conftest import upstream_dsn
 from tests.support.background import background
-from tests.support.gateway import GatewayProcess, connection_events, connection_id_for_app, free_port, target
+from tests.support.gateway import (
+    GatewayProcess, connection_events, connection_id_for_app, free_port, port_closed, target,
+)
+from tests.support.pgcluster import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -53,15 +56,6 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
     return out
 
 
-def _wait(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def test_sigterm_drains_idle_busy_and_overdue_sessions(it_database: str) -> None:
     admin = free_port()
     gw = GatewayProcess(
@@ -72,7 +66,7 @@ def test_sigterm_drains_idle_busy_and_overdue_sessions(it_database: str) -> None
     gw.config["gateway"]["drain_seconds"] = 6
     gw.config_text = gw._render(gw.config)
     with gw:
-        assert _wait(lambda: _readyz(admin) == 200)
+        assert wait_for(lambda: _readyz(admin) == 200, timeout=10)
         idle = psycopg.connect(gw.dsn("alice", "alice-secret", "app", application_name="drain-idle"), autocommit=True)
         busy = psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True)
         overdue = psycopg.connect(gw.dsn("alice", "alice-secret", "app"), autocommit=True)
@@ -87,12 +81,12 @@ def test_sigterm_drains_idle_busy_and_overdue_sessions(it_database: str) -> None
         signalled = time.monotonic()
         gw.exit_expected = True
         gw.proc.send_signal(signal.SIGTERM)
-        assert _wait(lambda: _readyz(admin) == 503, timeout=3), "readyz must say no while draining"
+        assert wait_for(lambda: _readyz(admin) == 503, timeout=3), "readyz must say no while draining"
         # Not accepting any more.
-        assert _wait(lambda: _refused(gw.port), timeout=3)
+        assert wait_for(lambda: port_closed(gw.port), timeout=3)
         # The idle session is closed at once, with the shutdown error.
         cid = connection_id_for_app(gw.audit_events(), "drain-idle")
-        assert _wait(lambda: any(
+        assert wait_for(lambda: any(
             e["event"] == "connection.closed" and e.get("reason") == "gateway shutting down"
             for e in connection_events(gw.audit_events(), cid)
         ), timeout=3)
@@ -117,14 +111,6 @@ def test_sigterm_drains_idle_busy_and_overdue_sessions(it_database: str) -> None
         stopped = [e for e in events if e["event"] == "gateway.stopped"]
         assert stopped and stopped[-1]["reason"] == "SIGTERM"
         assert "draining" in gw.stderr_text()
-
-
-def _refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except OSError:
-        return True
 
 
 def test_idle_session_gets_admin_shutdown_sqlstate(it_database: str) -> None:
@@ -154,7 +140,7 @@ def test_sighup_reloads_rules_keeps_old_policy_on_error_and_names_restart(it_dat
         gw.config_file.write_text(gw._render(gw.config))
         mark = gw.stderr_size()
         gw.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: "policy reloaded (SIGHUP)" in gw.stderr_text(mark))
+        assert wait_for(lambda: "policy reloaded (SIGHUP)" in gw.stderr_text(mark), timeout=10)
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
             conn.execute("select count(*) from pg_class")
         assert "no-pg-sleep-hup" in str(refused.value)
@@ -163,7 +149,7 @@ def test_sighup_reloads_rules_keeps_old_policy_on_error_and_names_restart(it_dat
         gw.config_file.write_text(good.replace('action = "deny"', 'action = "smite"'))
         mark = gw.stderr_size()
         gw.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: "reload (SIGHUP) refused" in gw.stderr_text(mark))
+        assert wait_for(lambda: "reload (SIGHUP) refused" in gw.stderr_text(mark), timeout=10)
         assert "action" in gw.stderr_text(mark)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select count(*) from pg_class")
@@ -174,7 +160,7 @@ def test_sighup_reloads_rules_keeps_old_policy_on_error_and_names_restart(it_dat
         gw.config_file.write_text(gw._render(gw.config))
         mark = gw.stderr_size()
         gw.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: "need a restart" in gw.stderr_text(mark))
+        assert wait_for(lambda: "need a restart" in gw.stderr_text(mark), timeout=10)
         assert "listeners" in gw.stderr_text(mark)
         assert conn.execute("select count(*) > 0 from pg_class").fetchone() == (True,)
         conn.close()
@@ -200,7 +186,7 @@ def test_json_logs_parse_and_carry_no_secret(it_database: str) -> None:
             psycopg.connect(gw.dsn("alice", "wrong-secret-9c2e", "app"))
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(gw.dsn("alice", "alice-secret", "gone"))
-        assert _wait(lambda: gw.stderr_text().count('"connection.refused"') >= 2)
+        assert wait_for(lambda: gw.stderr_text().count('"connection.refused"') >= 2, timeout=10)
         text = gw.stderr_text()
     lines = _json_lines(text)
     assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)

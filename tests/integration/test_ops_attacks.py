@@ -25,9 +25,10 @@ from tests.integration.conftest import upstream_dsn
 from tests.support import mywire, pgwire
 from tests.support.audit_trail import public_key_of, run_verify
 from tests.support.gateway import (
-    REPO_ROOT, SECRETS, GatewayProcess, free_port, make_gateway_certs, target, tls_listener,
+    REPO_ROOT, SECRETS, GatewayProcess, free_port, make_gateway_certs, port_closed, target, tls_listener,
 )
 from tests.support.mariadb import root_sql
+from tests.support.pgcluster import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -59,15 +60,6 @@ def my_target(name: str, **extra: Any) -> dict[str, Any]:
     return target(name, f"mysql://root@127.0.0.1:3306/{MY_DB}?sslmode=disable", protocol="mysql", **extra)
 
 
-def _wait(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def _reconfigure(gw: GatewayProcess) -> None:
     gw.config_text = gw._render(gw.config)
 
@@ -88,14 +80,6 @@ def _connect_when_listening(port: int, timeout: float = 10.0) -> socket.socket:
             if time.monotonic() > end:
                 raise
             time.sleep(0.05)
-
-
-def _refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except OSError:
-        return True
 
 
 def _small_rcvbuf_socket(port: int) -> socket.socket:
@@ -201,7 +185,7 @@ def test_drain_siege_every_stalling_client_is_bounded(pg_tables: str, my_databas
         gw.exit_expected = True
         signalled = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
-        assert _wait(lambda: _refused(gw.port) and _refused(my_port), timeout=2), "a listener still accepts after SIGTERM"
+        assert wait_for(lambda: port_closed(gw.port) and port_closed(my_port), timeout=2), "a listener still accepts after SIGTERM"
         try:
             code = gw.proc.wait(DRAIN + DRAIN_CLOSE_MARGIN + 4)
         except subprocess.TimeoutExpired:
@@ -278,7 +262,7 @@ def test_drain_tight_loop_new_connections_sighup_and_second_sigterm(pg_tables: s
         # on the wire, the client may see only the connection reset (a TCP race, ~1 in 40).
         assert isinstance(loop_end.get("error"), psycopg.OperationalError), loop_end
         assert loop_end["at"] - signalled < 1.0, "the busy-looping session outlived its first idle moment"
-        assert _wait(lambda: _healthcheck(f"http://127.0.0.1:{admin}/readyz").returncode == 1, timeout=5)
+        assert wait_for(lambda: _healthcheck(f"http://127.0.0.1:{admin}/readyz").returncode == 1, timeout=5)
         assert _healthcheck(f"http://127.0.0.1:{admin}/healthz").returncode == 0
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(gw.dsn("alice", SECRETS["alice"], "app"), connect_timeout=3)
@@ -355,7 +339,7 @@ def test_sighup_during_startup_does_not_kill_the_gateway(it_database: str) -> No
     try:
         time.sleep(0.1)  # importing and reading the config
         proc.send_signal(signal.SIGHUP)
-        listening = _wait(lambda: proc.poll() is not None or gw._listening(), timeout=15) and gw._listening()
+        listening = wait_for(lambda: proc.poll() is not None or gw._listening(), timeout=15) and gw._listening()
         code = proc.poll()
         assert code is None and listening, f"SIGHUP during startup: exit status {code} (-1: killed by SIGHUP)"
     finally:
@@ -410,8 +394,8 @@ def test_sighup_refusal_never_quotes_the_dsn_password(it_database: str) -> None:
         gw.config_file.write_text(gw._render(gw.config))
         mark = gw.stderr_size()
         gw.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: "reload (SIGHUP) refused" in gw.stderr_text(mark))
-        assert _wait(lambda: any(e.get("event") == "policy.reloaded" for e in gw.audit_events()))
+        assert wait_for(lambda: "reload (SIGHUP) refused" in gw.stderr_text(mark), timeout=10)
+        assert wait_for(lambda: any(e.get("event") == "policy.reloaded" for e in gw.audit_events()), timeout=10)
         log_text, audit_text = gw.stderr_text(mark), gw.audit_text()
     leaks = [where for where, text in (("gateway log", log_text), ("audit trail", audit_text)) if DSN_PASSWORD[:8] in text]
     assert leaks == [], f"the DSN password is in the {' and the '.join(leaks)}:\n{log_text}"
@@ -534,11 +518,11 @@ def test_sighup_access_revocation_reaches_open_sessions(it_database: str) -> Non
         gw.config_file.write_text(gw._render(gw.config))
         mark = gw.stderr_size()
         gw.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: "policy reloaded (SIGHUP)" in gw.stderr_text(mark))
+        assert wait_for(lambda: "policy reloaded (SIGHUP)" in gw.stderr_text(mark), timeout=10)
         with pytest.raises(psycopg.OperationalError) as refused:
             psycopg.connect(gw.dsn("bob", SECRETS["bob"], "app"))
         assert "may not reach" in str(refused.value)
-        assert _wait(lambda: '"connection.refused"' in gw.stderr_text(mark))
+        assert wait_for(lambda: '"connection.refused"' in gw.stderr_text(mark), timeout=10)
         later = gw.stderr_text(mark).splitlines()
         switched = [i for i, line in enumerate(later) if "log level" in line and "format json" in line]
         assert switched, later
@@ -567,7 +551,7 @@ def test_sighup_adding_policy_files_also_watches_them(it_database: str, tmp_path
         gw.config_file.write_text(gw._render(gw.config))
         mark = gw.stderr_size()
         gw.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: "policy reloaded (SIGHUP)" in gw.stderr_text(mark))
+        assert wait_for(lambda: "policy reloaded (SIGHUP)" in gw.stderr_text(mark), timeout=10)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select count(*) from pg_class")
         # An edit of the policy file, no signal: the rule goes away within two seconds.
@@ -581,7 +565,7 @@ def test_sighup_adding_policy_files_also_watches_them(it_database: str, tmp_path
             except psycopg.errors.InsufficientPrivilege:
                 return False
 
-        gone = _wait(rule_gone, timeout=4.5, step=0.25)
+        gone = wait_for(rule_gone, timeout=4.5, interval=0.25)
         conn.close()
     assert gone, "an edit of a policy file added by SIGHUP was not picked up (no watcher)"
 
@@ -663,8 +647,8 @@ def test_log_webhook_url_credential_never_logged(leaky: GatewayProcess) -> None:
     with psycopg.connect(leaky.dsn("alice", SECRETS["alice"], "app"), autocommit=True) as c:
         with pytest.raises(psycopg.Error):
             c.execute("delete from accounts where owner = 'nobody'")
-    assert _wait(lambda: "webhook" in leaky.stderr_text(mark), timeout=5)
-    assert _wait(lambda: "gave up" in leaky.stderr_text(mark), timeout=5)
+    assert wait_for(lambda: "webhook" in leaky.stderr_text(mark), timeout=5)
+    assert wait_for(lambda: "gave up" in leaky.stderr_text(mark), timeout=5)
     text = leaky.stderr_text(mark)
     assert WEBHOOK_TOKEN not in text, [line["message"] for line in _log_lines(text) if WEBHOOK_TOKEN in line["message"]]
 
@@ -695,7 +679,7 @@ def test_log_tokens_passwords_and_values_stay_out_at_debug(leaky: GatewayProcess
         with pytest.raises(psycopg.Error):
             c.execute("select 'UpstreamQuoted-19af'::int")
         assert c.execute("select 'ResultValue-' || 'c0ffee'").fetchone() == ("ResultValue-c0ffee",)
-    assert _wait(lambda: leaky.stderr_text(mark).count('"connection.refused"') >= 5, timeout=5)
+    assert wait_for(lambda: leaky.stderr_text(mark).count('"connection.refused"') >= 5, timeout=5)
     text = leaky.stderr_text(mark)
     reasons = [line.get("reason", "") for line in _log_lines(text) if line.get("event") == "connection.refused"]
     assert sum("token refused" in r or "not a JWT" in r for r in reasons) >= 3, reasons  # the token paths ran

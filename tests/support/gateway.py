@@ -54,6 +54,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_closed(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing accepts connections on host:port (a gateway that stopped listening)."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
 def make_gateway_certs(directory: str | os.PathLike[str], prefix: str = "gw-") -> TestPKI:
     """A test CA plus a server certificate/key for 127.0.0.1 and localhost."""
     return make_pki(directory, prefix=prefix)

@@ -8,7 +8,6 @@ which reads the unsolicited ERR packet an idle session gets.
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from tests.integration.mysql.conftest import default_targets, mysql_listener
 from tests.support import mywire
 from tests.support.background import background
-from tests.support.gateway import SECRETS, GatewayProcess
+from tests.support.gateway import SECRETS, GatewayProcess, port_closed
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +25,6 @@ pytestmark = pytest.mark.integration
 def _connect(gw: GatewayProcess) -> pymysql.Connection:
     return pymysql.connect(host="127.0.0.1", port=gw.port, user="alice", password=SECRETS["alice"],
                            database="app", autocommit=True, connect_timeout=10, ssl_disabled=True)
-
-
-def _refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except OSError:
-        return True
 
 
 def test_sigterm_drains_mysql_sessions(mysql_it_database: str) -> None:
@@ -64,9 +55,9 @@ def test_sigterm_drains_mysql_sessions(mysql_it_database: str) -> None:
         signalled = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 3
-        while not _refused(gw.port) and time.monotonic() < deadline:
+        while not port_closed(gw.port) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _refused(gw.port)
+        assert port_closed(gw.port)
         # The idle raw session is told at once: an unsolicited ERR 1053, then the end.
         raw_idle.sock.settimeout(3)
         packet = raw_idle.read_packet()
